@@ -1,0 +1,134 @@
+/**
+ * The one file that loads the compiled addon (build/Release/fakeproxy.node)
+ * and declares its surface as interfaces (modelled on serialport's
+ * lib/poller.ts). Everything else imports from here, never the .node file.
+ *
+ * Native errors are JS errors with Node-style `code` (errno name), `errno`
+ * and `syscall`, and a message that names the fix.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// ---- TUN device (native/tun.cc) ----
+export interface TunOpenOptions {
+  /** Interface name, at most 15 bytes (IFNAMSIZ-1). */
+  name: string;
+  mtu: number;
+  /** Gateway address assigned to the device (dotted quad). */
+  address: string;
+  /** Prefix length of the range; the kernel adds the prefix route. */
+  prefixLen: number;
+  /** Number of queues (IFF_MULTI_QUEUE when > 1); one fd per queue. */
+  queues: number;
+}
+export interface TunHandle {
+  name: string;
+  ifindex: number;
+  /** Non-blocking fds, one per queue. */
+  fds: number[];
+}
+// ---- Packet engine (native/engine*.cc) ----
+export interface EngineTimeouts {
+  tcpSynMs: number;
+  tcpEstablishedMs: number;
+  tcpFinMs: number;
+  udpMs: number;
+  udpDnsMs: number;
+}
+export interface EngineOptions {
+  /** Network address of the range and its prefix length. */
+  network: string;
+  prefixLen: number;
+  /** Gateway (TUN address). Never used as a NAT address. */
+  gateway: string;
+  /** Listener port on the gateway (TCP and UDP). */
+  listenPort: number;
+  /** DNS port on the gateway; packets to any-address:53 are NATed here when dnsHijack. */
+  dnsPort: number;
+  dnsHijack: boolean;
+  maxFlows: number;
+  timeouts: EngineTimeouts;
+  /** How long a freed NAT pair is not handed out again (TIME_WAIT is 60 s). */
+  reuseDelayMs: number;
+}
+export interface NativeFlow {
+  id: number;
+  proto: 6 | 17;
+  srcIp: string;
+  srcPort: number;
+  dstIp: string;
+  dstPort: number;
+  natIp: string;
+  natPort: number;
+  state: 'syn' | 'established' | 'fin' | 'closed' | 'udp';
+  createdMs: number;
+  lastSeenMs: number;
+  pktsOut: number;
+  bytesOut: number;
+  pktsIn: number;
+  bytesIn: number;
+}
+export interface NativeFlowEvent {
+  type: 'open' | 'close';
+  flow: NativeFlow;
+  reason?: 'fin' | 'rst' | 'timeout' | 'evicted' | 'shutdown';
+}
+export interface EngineStats {
+  [counter: string]: number;
+}
+export interface NativeEngine {
+  /** Start one engine thread per fd; events are delivered to JS in batches. */
+  start(fds: number[], onEvents: (events: NativeFlowEvent[]) => void): void;
+  /** Stop and join the threads. Idempotent. */
+  stop(): void;
+  lookup(proto: 6 | 17, natIp: string, natPort: number): NativeFlow | undefined;
+  entries(): NativeFlow[];
+  stats(): EngineStats;
+  /**
+   * Test/bench seam: run one packet through the same classify+rewrite code
+   * the thread uses, without a TUN. Returns the packet(s) the engine would
+   * write to the TUN (rewritten packet, RST, ICMP reply/error) or none (drop).
+   */
+  processPacket(packet: Buffer, nowMs: number): Buffer[];
+  /** Test seam: run expiry as the thread would at time nowMs. */
+  expire(nowMs: number): void;
+  /** Allocate (or find) a flow from the Listener side, for UDP replies from a remote the app never sent to. */
+  ensureFlow(proto: 6 | 17, srcIp: string, srcPort: number, dstIp: string, dstPort: number, nowMs: number): NativeFlow;
+}
+
+export interface NativeBinding {
+  tunOpen(opts: TunOpenOptions): TunHandle;
+  /** Close the fds (the non-persistent device disappears with the last one). */
+  tunClose(fds: number[]): void;
+  /** Test-only: write one raw IP packet into the device. */
+  tunWritePacketForTest(fd: number, packet: Buffer): number;
+  /** Test-only: read one raw IP packet (non-blocking; undefined when none within timeoutMs). */
+  tunReadPacketForTest(fd: number, timeoutMs: number): Buffer | undefined;
+  Engine: new (opts: EngineOptions) => NativeEngine;
+}
+
+function findAddon(): string {
+  // dist/src/native.js and src/native.ts (vitest) both sit two levels below the root, or one.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    for (const sub of ['build/Release/fakeproxy.node', 'build/Debug/fakeproxy.node']) {
+      const p = join(dir, sub);
+      if (existsSync(p)) return p;
+    }
+    dir = dirname(dir);
+  }
+  throw Object.assign(new Error('native addon not built: run `npm run build:native` (needs g++, make, python3)'), {
+    code: 'ENOADDON',
+  });
+}
+
+let cached: NativeBinding | undefined;
+export function native(): NativeBinding {
+  if (!cached) {
+    const require = createRequire(import.meta.url);
+    cached = require(findAddon()) as NativeBinding;
+  }
+  return cached;
+}
