@@ -1,16 +1,19 @@
 import { defineConfig } from 'vitest/config';
 
-// Two projects: `unit` runs anywhere; `e2e` needs root, /dev/net/tun and
-// network namespaces, and runs its files one at a time (they create
-// namespaces and TUN devices, and time-sensitive flows share 2 cores).
+// Two projects in one run (one closing line): `unit` runs anywhere; `e2e`
+// needs root, /dev/net/tun and network namespaces. groupOrder runs e2e after
+// unit, and its files one at a time: they build namespaces and TUN devices
+// and measure real flows on a 2-core machine.
 export default defineConfig({
   test: {
+    reporters: ['default', './test/reporters/ciGuard.ts'],
     projects: [
       {
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
-          testTimeout: 20_000,
+          testTimeout: 30_000,
+          sequence: { groupOrder: 0 },
         },
       },
       {
@@ -21,6 +24,7 @@ export default defineConfig({
           hookTimeout: 120_000,
           fileParallelism: false,
           globalSetup: ['test/e2e/globalSetup.ts'],
+          sequence: { groupOrder: 1 },
         },
       },
     ],

@@ -1,0 +1,133 @@
+// Module entry: the TUN functions live here; the engine registers itself
+// through InitEngine (engine_addon.cc).
+#include <napi.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "napi_errors.h"
+#include "tun.h"
+
+namespace fakeproxy {
+namespace {
+
+bool ParseIpv4(const std::string& text, uint32_t* out) {
+  struct in_addr a;
+  if (inet_pton(AF_INET, text.c_str(), &a) != 1) return false;
+  *out = ntohl(a.s_addr);
+  return true;
+}
+
+uint32_t GetU32(const Napi::Object& o, const char* key, uint32_t def) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : def;
+}
+
+// tunOpen({ name, mtu, address, prefixLen, queues }) -> { name, ifindex, fds }
+Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) {
+    ThrowArg(env, "tunOpen(options) needs an options object");
+    return env.Undefined();
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  TunConfig cfg;
+  Napi::Value name = o.Get("name");
+  Napi::Value address = o.Get("address");
+  if (!name.IsString() || !address.IsString()) {
+    ThrowArg(env, "tunOpen: name and address must be strings");
+    return env.Undefined();
+  }
+  cfg.name = name.As<Napi::String>().Utf8Value();
+  if (!ParseIpv4(address.As<Napi::String>().Utf8Value(), &cfg.address)) {
+    ThrowArg(env, "tunOpen: address must be a dotted-quad IPv4 address");
+    return env.Undefined();
+  }
+  cfg.mtu = GetU32(o, "mtu", 9000);
+  cfg.prefix_len = GetU32(o, "prefixLen", 16);
+  cfg.queues = GetU32(o, "queues", 1);
+  TunResult result;
+  SysError error;
+  if (!TunOpen(cfg, &result, &error)) {
+    ThrowSys(env, error.err, error.syscall, error.message);
+    return env.Undefined();
+  }
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("name", result.name);
+  r.Set("ifindex", result.ifindex);
+  Napi::Array fds = Napi::Array::New(env, result.fds.size());
+  for (size_t i = 0; i < result.fds.size(); i++) fds.Set(static_cast<uint32_t>(i), result.fds[i]);
+  r.Set("fds", fds);
+  return r;
+}
+
+std::vector<int> FdList(const Napi::Value& v) {
+  std::vector<int> fds;
+  if (!v.IsArray()) return fds;
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (e.IsNumber()) fds.push_back(e.As<Napi::Number>().Int32Value());
+  }
+  return fds;
+}
+
+Napi::Value TunCloseJs(const Napi::CallbackInfo& info) {
+  if (info.Length() >= 1) TunClose(FdList(info[0]));
+  return info.Env().Undefined();
+}
+
+// Test-only: write one raw packet into the device.
+Napi::Value TunWritePacketForTest(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer()) {
+    ThrowArg(env, "tunWritePacketForTest(fd, buffer)");
+    return env.Undefined();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
+  ssize_t n = write(fd, b.Data(), b.Length());
+  if (n < 0) {
+    ThrowSys(env, errno, "write", "write packet to TUN");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// Test-only: wait up to timeoutMs for one packet; undefined when none came.
+Napi::Value TunReadPacketForTest(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    ThrowArg(env, "tunReadPacketForTest(fd, timeoutMs)");
+    return env.Undefined();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int timeout = info[1].As<Napi::Number>().Int32Value();
+  struct pollfd p = {fd, POLLIN, 0};
+  int r = poll(&p, 1, timeout);
+  if (r <= 0) return env.Undefined();
+  std::vector<uint8_t> buf(65536);
+  ssize_t n = read(fd, buf.data(), buf.size());
+  if (n < 0) {
+    if (errno == EAGAIN) return env.Undefined();
+    ThrowSys(env, errno, "read", "read packet from TUN");
+    return env.Undefined();
+  }
+  return Napi::Buffer<uint8_t>::Copy(env, buf.data(), static_cast<size_t>(n));
+}
+
+}  // namespace
+}  // namespace fakeproxy
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  using namespace fakeproxy;
+  exports.Set("tunOpen", Napi::Function::New(env, TunOpenJs, "tunOpen"));
+  exports.Set("tunClose", Napi::Function::New(env, TunCloseJs, "tunClose"));
+  exports.Set("tunWritePacketForTest", Napi::Function::New(env, TunWritePacketForTest, "tunWritePacketForTest"));
+  exports.Set("tunReadPacketForTest", Napi::Function::New(env, TunReadPacketForTest, "tunReadPacketForTest"));
+  return exports;
+}
+
+NODE_API_MODULE(fakeproxy, Init)

@@ -1,0 +1,41 @@
+// TUN device: open, configure (MTU, address, up) with ioctl. No napi.h here so
+// it can be used from plain C++ tests and benchmarks.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fakeproxy {
+
+// A failed system call with the step that failed; the addon turns it into a JS
+// error with code/errno/syscall and a message that names the fix.
+struct SysError {
+  int err;              // errno
+  std::string syscall;  // "open", "ioctl(TUNSETIFF)", ...
+  std::string message;  // operator-readable, names the fix
+};
+
+struct TunConfig {
+  std::string name;     // <= 15 bytes
+  uint32_t mtu;         // bytes
+  uint32_t address;     // gateway, host byte order
+  uint32_t prefix_len;  // 1..30
+  uint32_t queues;      // >= 1; > 1 uses IFF_MULTI_QUEUE
+};
+
+struct TunResult {
+  std::string name;
+  int ifindex = 0;
+  std::vector<int> fds;
+};
+
+// Opens and configures the device. On failure closes whatever it opened (the
+// non-persistent device disappears with its last fd) and returns false with
+// *error filled in.
+bool TunOpen(const TunConfig& cfg, TunResult* out, SysError* error);
+
+// Closes the fds; the device, its address and its prefix route go with the last.
+void TunClose(const std::vector<int>& fds);
+
+}  // namespace fakeproxy

@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { loadConfigFile, resolveStartConfig } from './config.js';
+import { Daemon } from './daemon.js';
+import { FakeproxyError, UsageError } from './errors.js';
+
+/** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
+const EXIT_RUNTIME = 1;
+const EXIT_USAGE = 2;
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function fail(e: unknown, debug: boolean): never {
+  const err = e as Error & { code?: string };
+  if (debug && err.stack) process.stderr.write(`${err.stack}\n`);
+  const code = e instanceof UsageError ? EXIT_USAGE : EXIT_RUNTIME;
+  process.stderr.write(`fakeproxy: ${err.message ?? String(e)}\n`);
+  process.exit(code);
+}
+
+async function runStart(opts: Record<string, unknown>): Promise<void> {
+  const debug = Boolean(opts.debug);
+  let daemon: Daemon | undefined;
+  try {
+    const file = typeof opts.config === 'string' ? loadConfigFile(opts.config) : {};
+    const { config: _c, ...flags } = opts;
+    const cfg = resolveStartConfig(flags, file);
+    daemon = new Daemon(cfg);
+    const d = daemon;
+    // Teardown on every way out: signals (clean, exit 0), uncaught errors (exit 1),
+    // and process exit (synchronous native close as a last resort).
+    process.on('exit', () => d.closeSync());
+    const onSignal = (sig: string) => {
+      d.log(`${sig}: shutting down`);
+      d.stop().then(
+        () => process.exit(0),
+        () => process.exit(EXIT_RUNTIME),
+      );
+    };
+    process.once('SIGINT', () => onSignal('SIGINT'));
+    process.once('SIGTERM', () => onSignal('SIGTERM'));
+    process.on('uncaughtException', (e) => {
+      d.log(`internal error: ${e.stack ?? e.message}`);
+      d.closeSync();
+      process.exit(EXIT_RUNTIME);
+    });
+    await d.start();
+    // Holds the event loop open until a signal stops the daemon, even before
+    // any socket is listening.
+    const keepAlive = setInterval(() => {}, 1 << 30);
+    void d.stopped.then(() => clearInterval(keepAlive));
+    d.log('running; Ctrl-C to stop');
+  } catch (e) {
+    daemon?.closeSync();
+    fail(e, debug);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('fakeproxy')
+    .description('Transparent proxy: fake-IP DNS + TUN NAT onto the kernel TCP/UDP stack')
+    .version('0.1.0')
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({
+      // One line, our prefix: "fakeproxy: unknown option '--bogus'".
+      writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `fakeproxy: ${s.slice(7)}` : s),
+    });
+
+  program
+    .command('start')
+    .description('create the TUN device and run the daemon until SIGINT/SIGTERM')
+    .option('--cidr <cidr>', 'fake-IP range routed into the TUN (default 198.18.0.0/16)')
+    .option('--tun <name>', 'TUN device name (default fp0)')
+    .option('--mtu <n>', 'TUN MTU (default 9000)')
+    .option('--queues <n>', 'TUN queues, one engine thread each (default 1)')
+    .option('--listen-port <port>', 'Listener port on the gateway, TCP and UDP (default 1313)')
+    .option('--dns-listen <addr:port>', 'DNS listen address, repeatable (default gateway:53)', collect)
+    .option('--dns-upstream <addr[:port]>', 'real resolver (default: first non-fakeproxy nameserver in /etc/resolv.conf)')
+    .option('--fake-ip-filter <pattern>', 'names that get real answers, repeatable (+.lan, *.local, time.*.com)', collect)
+    .option('--fake-ip-ttl <seconds>', 'TTL of fake answers (default 1)')
+    .option('--no-dns-hijack', 'do not answer port-53 traffic to other addresses that enters the TUN')
+    .option('--upstream <url>', 'direct | socks5://[user:pass@]host:port | http://[user:pass@]host:port (default direct)')
+    .option('--redis <url>', 'mirror the NAT table and fake-IP map to redis://[user:pass@]host:port[/db]')
+    .option('--node-id <id>', 'Redis key namespace fakeproxy:<id>: (default hostname)')
+    .option('--redis-shared-pool', 'share the fake-IP pool with other daemons on the same Redis and CIDR')
+    .option('--state-dir <dir>', "where the fake-IP map survives restarts; '' disables (default /var/lib/fakeproxy)")
+    .option('--max-flows <n>', 'NAT table size (default 1048576)')
+    .option('--config <file.yaml>', 'config file; every flag has a camelCase twin, flags win')
+    .option('--debug', 'stack traces on errors')
+    .action(async (opts: Record<string, unknown>) => {
+      // commander sets dnsHijack=true by default via --no-dns-hijack; keep it
+      // undefined unless given so the config file can set it.
+      if (opts.dnsHijack === true && !process.argv.includes('--no-dns-hijack')) opts.dnsHijack = undefined;
+      await runStart(opts);
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
+        process.exit(0);
+      }
+      process.exit(EXIT_USAGE);
+    }
+    fail(e instanceof FakeproxyError ? e : e, argv.includes('--debug'));
+  }
+}
+
+main(process.argv);

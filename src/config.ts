@@ -1,0 +1,140 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { UsageError } from './errors.js';
+import { type Ipv4Range, parseCidr, parseHostPort, parsePort } from './util/cidr.js';
+
+/**
+ * Everything `fakeproxy start` can be told. Every flag has a config-file twin
+ * (the camelCase key in YAML); a flag given on the command line wins.
+ */
+export interface StartConfig {
+  /** @default '198.18.0.0/16' (RFC 2544 benchmarking space: no real host lives there) */
+  cidr: Ipv4Range;
+  /** @default 'fp0' */
+  tun: string;
+  /** @default 9000 (see TunDevice: fewer syscalls per byte on the local hop) */
+  mtu: number;
+  /** TUN queues, one engine thread each. @default 1 */
+  queues: number;
+  /** @default 1313 */
+  listenPort: number;
+  /** @default [gateway:53] */
+  dnsListen: { host: string; port: number }[];
+  /** @default first nameserver of /etc/resolv.conf that is not us */
+  dnsUpstream?: { host: string; port: number };
+  /** @default [] */
+  fakeIpFilter: string[];
+  /** TTL of fake answers in seconds. @default 1 (short, so a stopped daemon is forgotten fast) */
+  fakeIpTtl: number;
+  /** Answer every port-53 packet entering the TUN. @default true */
+  dnsHijack: boolean;
+  /** @default 'direct' */
+  upstream: string;
+  redis?: string;
+  /** @default hostname */
+  nodeId: string;
+  /** @default false */
+  redisSharedPool: boolean;
+  /** Where the fake-IP map survives restarts; '' disables. @default '/var/lib/fakeproxy' */
+  stateDir: string;
+  /** @default 1048576 */
+  maxFlows: number;
+  /** @default false */
+  debug: boolean;
+}
+
+/** Raw option bag as commander produces it (strings / arrays), or as YAML gives it. */
+export type RawStart = Record<string, unknown>;
+
+const KNOWN_KEYS = new Set([
+  'cidr',
+  'tun',
+  'mtu',
+  'queues',
+  'listenPort',
+  'dnsListen',
+  'dnsUpstream',
+  'fakeIpFilter',
+  'fakeIpTtl',
+  'dnsHijack',
+  'upstream',
+  'redis',
+  'nodeId',
+  'redisSharedPool',
+  'stateDir',
+  'maxFlows',
+  'debug',
+]);
+
+export function loadConfigFile(path: string): RawStart {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`--config ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? e})`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new UsageError(`--config ${path}: not valid YAML (${(e as Error).message.split('\n')[0]})`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`--config ${path}: must be a YAML mapping`);
+  for (const k of Object.keys(doc)) {
+    if (!KNOWN_KEYS.has(k)) throw new UsageError(`--config ${path}: unknown key '${k}'`);
+  }
+  return doc as RawStart;
+}
+
+function str(v: unknown, key: string): string {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number') return String(v);
+  throw new UsageError(`${key}: expected a string`);
+}
+function list(v: unknown, key: string): string[] {
+  if (v === undefined) return [];
+  if (Array.isArray(v)) return v.map((x) => str(x, key));
+  return [str(v, key)];
+}
+function int(v: unknown, key: string, min: number, max: number): number {
+  const n = typeof v === 'number' ? v : Number(str(v, key));
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${key} ${v}: must be an integer ${min}-${max}`);
+  return n;
+}
+function bool(v: unknown): boolean {
+  return v === true || v === 'true' || v === '1' || v === 'yes';
+}
+
+/** Merges file and flags (flags win) and validates everything once, at the edge. */
+export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartConfig {
+  const pick = (k: string) => (flags[k] !== undefined ? flags[k] : file[k]);
+  const cidr = parseCidr(str(pick('cidr') ?? '198.18.0.0/16', '--cidr'));
+  const listenPort = pick('listenPort') === undefined ? 1313 : parsePort(str(pick('listenPort'), '--listen-port'), '--listen-port');
+  const dnsListenRaw = list(pick('dnsListen'), '--dns-listen');
+  const dnsListen = dnsListenRaw.length
+    ? dnsListenRaw.map((t) => parseHostPort(t, 53, '--dns-listen'))
+    : [{ host: cidr.gatewayIp, port: 53 }];
+  const up = pick('dnsUpstream');
+  const hijack = pick('dnsHijack');
+  return {
+    cidr,
+    tun: str(pick('tun') ?? 'fp0', '--tun'),
+    mtu: int(pick('mtu') ?? 9000, '--mtu', 576, 65535),
+    queues: int(pick('queues') ?? 1, '--queues', 1, 16),
+    listenPort,
+    dnsListen,
+    dnsUpstream: up === undefined ? undefined : parseHostPort(str(up, '--dns-upstream'), 53, '--dns-upstream'),
+    fakeIpFilter: list(pick('fakeIpFilter'), '--fake-ip-filter'),
+    fakeIpTtl: int(pick('fakeIpTtl') ?? 1, '--fake-ip-ttl', 0, 86400),
+    dnsHijack: hijack === undefined ? true : bool(hijack),
+    upstream: str(pick('upstream') ?? 'direct', '--upstream'),
+    redis: pick('redis') === undefined ? undefined : str(pick('redis'), '--redis'),
+    nodeId: str(pick('nodeId') ?? hostname(), '--node-id'),
+    redisSharedPool: bool(pick('redisSharedPool')),
+    stateDir: str(pick('stateDir') ?? '/var/lib/fakeproxy', '--state-dir'),
+    maxFlows: int(pick('maxFlows') ?? 1_048_576, '--max-flows', 16, 16_777_216),
+    debug: bool(pick('debug')),
+  };
+}

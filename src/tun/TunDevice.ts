@@ -1,0 +1,144 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { FakeproxyError, UsageError } from '../errors.js';
+import { type NativeBinding, native } from '../native.js';
+import { type Ipv4Range, intToIp, rangesOverlap } from '../util/cidr.js';
+
+export interface TunOptions {
+  /**
+   * Interface name, 1–15 bytes.
+   * @default 'fp0'
+   */
+  name?: string;
+  range: Ipv4Range;
+  /**
+   * MTU. 9000 (a jumbo frame) rather than 1500 because every packet costs the
+   * engine one read and one write syscall: bigger packets mean fewer syscalls
+   * per byte for flows between the app and the Listener, which never leave the
+   * machine. Path MTU to the real Internet is the upstream socket's business.
+   * @default 9000
+   */
+  mtu?: number;
+  /**
+   * TUN queues (IFF_MULTI_QUEUE), one engine thread each.
+   * @default 1
+   */
+  queues?: number;
+  /** Injectable for tests. */
+  binding?: NativeBinding;
+  /** Injectable for tests: text of /proc/net/route. */
+  readRoutes?: () => string;
+}
+
+interface KernelRoute {
+  iface: string;
+  network: number;
+  broadcast: number;
+  text: string;
+}
+
+/** Parses /proc/net/route (little-endian hex fields) into ranges, skipping default routes. */
+export function parseProcRoutes(text: string): KernelRoute[] {
+  const out: KernelRoute[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 8) continue;
+    const dst = Number.parseInt(f[1], 16);
+    const mask = Number.parseInt(f[7], 16);
+    if (!Number.isFinite(dst) || !Number.isFinite(mask) || mask === 0) continue;
+    const swap = (n: number) => (((n & 255) << 24) | (((n >>> 8) & 255) << 16) | (((n >>> 16) & 255) << 8) | (n >>> 24)) >>> 0;
+    const network = swap(dst);
+    const m = swap(mask);
+    let len = 0;
+    for (let v = m; v !== 0; v = (v << 1) >>> 0) len++;
+    out.push({
+      iface: f[0],
+      network,
+      broadcast: (network | (~m >>> 0)) >>> 0,
+      text: `${intToIp(network)}/${len}`,
+    });
+  }
+  return out;
+}
+
+/**
+ * The TypeScript face of the native TUN device. `open` creates and configures
+ * the device (address = first host of the range, prefix route by the kernel);
+ * `close` removes it with everything `open` added (the device is not
+ * persistent, so closing its fds is enough — even a SIGKILLed daemon leaves
+ * nothing behind).
+ */
+export class TunDevice {
+  readonly name: string;
+  readonly mtu: number;
+  readonly range: Ipv4Range;
+  readonly ifindex: number;
+  private fdList: number[];
+  private readonly binding: NativeBinding;
+
+  private constructor(name: string, mtu: number, range: Ipv4Range, ifindex: number, fds: number[], b: NativeBinding) {
+    this.name = name;
+    this.mtu = mtu;
+    this.range = range;
+    this.ifindex = ifindex;
+    this.fdList = fds;
+    this.binding = b;
+  }
+
+  /** Non-blocking fds, one per queue; empty once closed. */
+  get fds(): readonly number[] {
+    return this.fdList;
+  }
+
+  get address(): string {
+    return this.range.gatewayIp;
+  }
+
+  get closed(): boolean {
+    return this.fdList.length === 0;
+  }
+
+  /**
+   * Precondition: root or CAP_NET_ADMIN, /dev/net/tun present, no route of
+   * another interface overlapping the range (it would steal part of it).
+   */
+  static open(opts: TunOptions): TunDevice {
+    const name = opts.name ?? 'fp0';
+    const mtu = opts.mtu ?? 9000;
+    const queues = opts.queues ?? 1;
+    if (Buffer.byteLength(name) < 1 || Buffer.byteLength(name) > 15 || /[\s/:]/.test(name)) {
+      throw new UsageError(`--tun ${JSON.stringify(name)}: a device name is 1-15 bytes without spaces, '/' or ':'`);
+    }
+    if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) {
+      throw new UsageError(`--mtu ${mtu}: must be an integer between 576 and 65535`);
+    }
+    if (!Number.isInteger(queues) || queues < 1 || queues > 16) {
+      throw new UsageError(`queues ${queues}: must be 1-16`);
+    }
+    const routes = parseProcRoutes((opts.readRoutes ?? (() => readFileSync('/proc/net/route', 'utf8')))());
+    const clash = routes.find((r) => r.iface !== name && rangesOverlap(r, opts.range));
+    if (clash) {
+      throw new FakeproxyError(
+        'EROUTECONFLICT',
+        `range ${opts.range.text} overlaps route ${clash.text} of ${clash.iface}: pick another --cidr (e.g. 198.18.0.0/16)`,
+      );
+    }
+    const b = opts.binding ?? native();
+    const h = b.tunOpen({ name, mtu, address: opts.range.gatewayIp, prefixLen: opts.range.prefixLen, queues });
+    // No IPv6 on the device until the engine handles it: otherwise the kernel
+    // sends router solicitations and MLD reports into the TUN for nothing.
+    try {
+      writeFileSync(`/proc/sys/net/ipv6/conf/${h.name}/disable_ipv6`, '1');
+    } catch {
+      // IPv6 disabled system-wide, or /proc/sys read-only: nothing to turn off.
+    }
+    return new TunDevice(h.name, mtu, opts.range, h.ifindex, h.fds, b);
+  }
+
+  /** Idempotent; synchronous so it can run from process 'exit'. */
+  close(): void {
+    if (this.fdList.length === 0) return;
+    const fds = this.fdList;
+    this.fdList = [];
+    this.binding.tunClose(fds);
+  }
+}

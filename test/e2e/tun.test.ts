@@ -1,0 +1,111 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DaemonProc, runCli } from './harness/daemon.js';
+import { Netns, e2eUnavailableReason } from './harness/netns.js';
+
+const skip = e2eUnavailableReason();
+
+describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => {
+  let ns: Netns;
+  beforeEach(async () => {
+    ns = await Netns.create('tun');
+  });
+  afterEach(async () => {
+    await ns.delete();
+  });
+
+  it('creates the device, address and route, and removes them on SIGTERM with exit 0', async () => {
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--tun', 'fp0']);
+    await d.waitFor(/running/);
+    expect(d.stdout).toContain('device fp0 up (mtu 9000');
+    expect(d.stdout).toContain('address 198.18.0.1/16');
+    expect(d.stdout).toContain('route 198.18.0.0/16 dev fp0');
+    const addr = await ns.must('ip', ['-4', '-o', 'addr', 'show', 'dev', 'fp0']);
+    expect(addr).toMatch(/inet 198\.18\.0\.1\/16/);
+    const link = await ns.must('ip', ['-o', 'link', 'show', 'dev', 'fp0']);
+    expect(link).toMatch(/mtu 9000/);
+    expect(link).toMatch(/[<,]UP[,>]/);
+    const routes = await ns.must('ip', ['-4', 'route', 'show']);
+    expect(routes).toMatch(/^198\.18\.0\.0\/16 dev fp0 .*src 198\.18\.0\.1/m);
+
+    expect(await d.stop('SIGTERM')).toBe(0);
+    const after = await ns.exec('ip', ['link', 'show', 'dev', 'fp0']);
+    expect(after.code).not.toBe(0);
+    expect(await ns.must('ip', ['-4', 'route', 'show'])).not.toMatch(/198\.18\./);
+  });
+
+  it('SIGINT (Ctrl-C) tears down the same way', async () => {
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--tun', 'fpint']);
+    await d.waitFor(/running/);
+    expect(await d.stop('SIGINT')).toBe(0);
+    expect((await ns.exec('ip', ['link', 'show', 'dev', 'fpint'])).code).not.toBe(0);
+  });
+
+  it('SIGKILL leaves nothing behind either (the device is not persistent)', async () => {
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--tun', 'fpkill']);
+    await d.waitFor(/running/);
+    await d.stop('SIGKILL');
+    expect((await ns.exec('ip', ['link', 'show', 'dev', 'fpkill'])).code).not.toBe(0);
+  });
+
+  it('--cidr 198.10.0.0/16 warns that it is public space, then works', async () => {
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--cidr', '198.10.0.0/16']);
+    await d.waitFor(/running/);
+    expect(d.stderr).toMatch(/warning: 198\.10\.0\.0\/16 is public address space/);
+    expect(d.stderr.split('\n').filter((l) => l.includes('warning')).length).toBe(1);
+    expect(await ns.must('ip', ['-4', 'route', 'show'])).toMatch(/^198\.10\.0\.0\/16 dev fp0/m);
+    expect(await d.stop()).toBe(0);
+  });
+
+  it('the reserved default range starts without a warning', async () => {
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '']);
+    await d.waitFor(/running/);
+    expect(d.stderr).not.toMatch(/warning/);
+    expect(await d.stop()).toBe(0);
+  });
+
+  it('refuses a second instance on the same device with a one-line EBUSY error and exit 1', async () => {
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '']);
+    await d.waitFor(/running/);
+    const second = await runCli(ns, ['start', '--state-dir', '']);
+    expect(second.code).toBe(1);
+    expect(second.stderr.trim().split('\n')).toHaveLength(1);
+    expect(second.stderr).toMatch(/EBUSY: .*fp0 is held by another process/);
+    // The first one is unharmed.
+    expect(await ns.must('ip', ['-4', '-o', 'addr', 'show', 'dev', 'fp0'])).toMatch(/198\.18\.0\.1/);
+    expect(await d.stop()).toBe(0);
+  });
+
+  it('refuses a range that overlaps a route of another interface', async () => {
+    // A veth pair wholly inside the namespace stands for "another interface".
+    await ns.must('ip', ['link', 'add', 'other0', 'type', 'veth', 'peer', 'name', 'other1']);
+    await ns.must('ip', ['addr', 'add', '198.18.5.1/24', 'dev', 'other0']);
+    await ns.must('ip', ['link', 'set', 'other0', 'up']);
+    await ns.must('ip', ['link', 'set', 'other1', 'up']);
+    const r = await runCli(ns, ['start', '--state-dir', '']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/overlaps route 198\.18\.5\.0\/24 of other0/);
+  });
+
+  it('as a non-root user: exit 1 with the permission message, no stack trace', async () => {
+    const r = await runCli(ns, ['start', '--state-dir', ''], { asUser: 65534 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/needs CAP_NET_ADMIN/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it.each([
+    [['--cidr', '198.18.0.0/33'], /not an IPv4 CIDR/],
+    [['--cidr', 'banana'], /not an IPv4 CIDR/],
+    [['--cidr', '198.18.0.0/31'], /between \/8 and \/30/],
+    [['--tun', 'a-name-longer-than-15'], /1-15 bytes/],
+    [['--mtu', '70000'], /--mtu/],
+    [['--listen-port', '0'], /port must be/],
+    [['--bogus'], /unknown option '--bogus'/],
+  ])('usage error %j → one line, exit 2, nothing created', async (args, re) => {
+    const r = await runCli(ns, ['start', '--state-dir', '', ...(args as string[])]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(re as RegExp);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(await ns.must('ip', ['-o', 'link', 'show'])).not.toMatch(/fp0/);
+  });
+});

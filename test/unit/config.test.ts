@@ -1,0 +1,80 @@
+import { describe, expect, it } from 'vitest';
+import { resolveStartConfig } from '../../src/config.js';
+import { UsageError } from '../../src/errors.js';
+import { parseProcRoutes } from '../../src/tun/TunDevice.js';
+import { isPublicSpace, parseCidr, parseHostPort } from '../../src/util/cidr.js';
+
+describe('parseCidr', () => {
+  it.each([
+    ['198.18.0.0/16', '198.18.0.0/16', '198.18.0.1', 16],
+    ['198.18.0.1/16', '198.18.0.0/16', '198.18.0.1', 16],
+    ['198.10.0.0/16', '198.10.0.0/16', '198.10.0.1', 16],
+    ['10.0.0.0/30', '10.0.0.0/30', '10.0.0.1', 30],
+    ['10.0.0.0/8', '10.0.0.0/8', '10.0.0.1', 8],
+  ])('%s → %s gateway %s', (text, canon, gw, len) => {
+    const r = parseCidr(text);
+    expect(r.text).toBe(canon);
+    expect(r.gatewayIp).toBe(gw);
+    expect(r.prefixLen).toBe(len);
+    expect(r.broadcast - r.network + 1).toBe(2 ** (32 - len));
+  });
+  it.each(['banana', '198.18.0.0', '198.18.0.0/33', '300.1.1.1/16', '198.18.0.0/31', '198.18.0.0/32', '1.0.0.0/4', '198.18.0.0/16x'])(
+    '%s is a usage error',
+    (text) => {
+      expect(() => parseCidr(text)).toThrow(UsageError);
+    },
+  );
+  it.each([
+    ['198.18.0.0/16', false],
+    ['198.19.0.0/16', false],
+    ['10.8.0.0/16', false],
+    ['198.10.0.0/16', true],
+    ['198.16.0.0/14', true],
+  ])('%s public space: %s', (text, pub) => {
+    expect(isPublicSpace(parseCidr(text))).toBe(pub);
+  });
+});
+
+describe('parseHostPort', () => {
+  it('defaults the port', () => expect(parseHostPort('10.0.0.2', 53, '--x')).toEqual({ host: '10.0.0.2', port: 53 }));
+  it('takes a port', () => expect(parseHostPort('127.0.0.1:5353', 53, '--x')).toEqual({ host: '127.0.0.1', port: 5353 }));
+  it.each(['127.0.0.1:0', '127.0.0.1:70000', 'example.com:53', '::1'])('%s is rejected', (t) => {
+    expect(() => parseHostPort(t, 53, '--x')).toThrow(UsageError);
+  });
+});
+
+describe('resolveStartConfig', () => {
+  it('has the documented defaults', () => {
+    const c = resolveStartConfig({});
+    expect(c.cidr.text).toBe('198.18.0.0/16');
+    expect(c.tun).toBe('fp0');
+    expect(c.mtu).toBe(9000);
+    expect(c.listenPort).toBe(1313);
+    expect(c.dnsListen).toEqual([{ host: '198.18.0.1', port: 53 }]);
+    expect(c.upstream).toBe('direct');
+    expect(c.dnsHijack).toBe(true);
+    expect(c.fakeIpTtl).toBe(1);
+    expect(c.maxFlows).toBe(1_048_576);
+  });
+  it('flags win over the config file', () => {
+    const c = resolveStartConfig({ mtu: '1500' }, { mtu: 4000, tun: 'fpx', fakeIpFilter: ['+.lan', '*.local'] });
+    expect(c.mtu).toBe(1500);
+    expect(c.tun).toBe('fpx');
+    expect(c.fakeIpFilter).toEqual(['+.lan', '*.local']);
+  });
+  it('the DNS listener follows the range', () => {
+    expect(resolveStartConfig({ cidr: '198.10.0.0/16' }).dnsListen).toEqual([{ host: '198.10.0.1', port: 53 }]);
+  });
+});
+
+describe('parseProcRoutes', () => {
+  const text = `Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+fp0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+`;
+  it('decodes little-endian routes and skips the default route', () => {
+    const r = parseProcRoutes(text);
+    expect(r.map((x) => `${x.iface} ${x.text}`)).toEqual(['eth0 192.168.2.0/24', 'fp0 198.18.0.0/16']);
+  });
+});
