@@ -1,0 +1,49 @@
+/** Shared plumbing of the inspection commands: connecting and finding nodes. */
+import type { Redis } from 'ioredis';
+import { FakeproxyError, wrapError } from '../errors.js';
+import type { Out } from './format.js';
+import { checkNodeId, connectOnce, describeRedisError, type RedisFactory } from './redisConn.js';
+
+export interface InspectOptions {
+  /** redis://[user:pass@]host:port[/db] */
+  redis: string;
+  /** Node id (`--node`); undefined: every node found in Redis. The CLI passes os.hostname() if it wants that default. */
+  node?: string;
+  json: boolean;
+  out: Out;
+  redisFactory?: RedisFactory;
+  /** Clock for ages, for tests. @default Date.now */
+  now?: () => number;
+}
+
+/** Connect, run, disconnect; a Redis failure mid-command becomes a one-line FakeproxyError. */
+export async function withRedis<T>(opts: InspectOptions, fn: (client: Redis) => Promise<T>): Promise<T> {
+  const client = await connectOnce(opts.redis, { redisFactory: opts.redisFactory });
+  try {
+    return await fn(client);
+  } catch (err) {
+    if (err instanceof FakeproxyError) throw err;
+    const e = wrapError('reading Redis', err);
+    throw new FakeproxyError(e.code, describeRedisError(opts.redis, err), { cause: err });
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** The nodes to show: the one asked for, or every node that has `fakeproxy:<node>:<suffix>`. */
+export async function resolveNodes(client: Redis, node: string | undefined, suffixes: string[]): Promise<string[]> {
+  if (node !== undefined) return [checkNodeId(node)];
+  const nodes = new Set<string>();
+  for (const suffix of suffixes) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await client.scan(cursor, 'MATCH', `fakeproxy:*:${suffix}`, 'COUNT', 1000);
+      cursor = next;
+      for (const k of keys) {
+        const id = k.slice('fakeproxy:'.length, k.length - suffix.length - 1);
+        if (/^[A-Za-z0-9._-]+$/.test(id) && id !== 'pool') nodes.add(id);
+      }
+    } while (cursor !== '0');
+  }
+  return [...nodes].sort();
+}

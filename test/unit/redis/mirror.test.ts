@@ -1,0 +1,284 @@
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { UsageError } from '../../../src/errors.js';
+import { RedisMirror, type FlowEventMessage } from '../../../src/nat/redisMirror.js';
+import type { RedisFactory } from '../../../src/inspect/redisConn.js';
+import { FakeDnsSource, FakeNat } from './fakeSources.js';
+import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
+
+let redis: TestRedis;
+let reader: Redis;
+const mirrors: RedisMirror[] = [];
+
+beforeAll(async () => {
+  redis = await TestRedis.start();
+  reader = new Redis(redis.url);
+});
+afterEach(async () => {
+  await Promise.all(mirrors.splice(0).map((m) => m.close()));
+});
+afterAll(async () => {
+  reader.disconnect();
+  await redis.destroy();
+});
+
+function mirror(opts: Partial<ConstructorParameters<typeof RedisMirror>[0]> & { nodeId: string }): RedisMirror {
+  const m = new RedisMirror({ url: redis.url, logger: captureLog(), ...opts });
+  mirrors.push(m);
+  return m;
+}
+
+const flowKeys = async (node: string) => (await redis.cliLines('--scan', '--pattern', `fakeproxy:${node}:flow:*`)).sort();
+
+describe('RedisMirror', () => {
+  it('writes one hash per live flow with an index, a TTL and the name, and removes it on close', async () => {
+    const nat = new FakeNat();
+    const dns = new FakeDnsSource();
+    dns.mapName('example.com', '198.18.2.2');
+    const m = mirror({ nodeId: 'gw-basic', keyTtlSec: 60 });
+    m.attachDns(dns);
+    m.attachNat(nat);
+    m.start();
+    await eventually(() => m.stats().connected, 'connected');
+
+    const flows = Array.from({ length: 20 }, () => nat.open());
+    m.annotate(flows[0].id, { outbound: 'socks5' });
+    await eventually(async () => (await flowKeys('gw-basic')).length === 20, '20 flow hashes');
+
+    const h = await reader.hgetall(`fakeproxy:gw-basic:flow:tcp:${flows[0].id}`);
+    expect(h).toMatchObject({
+      id: String(flows[0].id),
+      proto: 'tcp',
+      app: `198.18.0.1:${flows[0].srcPort}`,
+      dst: '198.18.2.2:80',
+      name: 'example.com',
+      nat: `198.18.7.9:${flows[0].natPort}`,
+      outbound: 'socks5',
+      state: 'syn',
+      createdMs: String(flows[0].createdMs),
+    });
+    const ttl = Number(await redis.cli('TTL', `fakeproxy:gw-basic:flow:tcp:${flows[0].id}`));
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(60);
+    expect(await reader.zcard('fakeproxy:gw-basic:flows')).toBe(20);
+    expect(await reader.hget('fakeproxy:gw-basic:dns:name', 'example.com')).toBe('198.18.2.2');
+    expect(await reader.hget('fakeproxy:gw-basic:dns:ip', '198.18.2.2')).toBe('example.com');
+
+    for (const f of flows) nat.close(f.id);
+    await eventually(async () => (await flowKeys('gw-basic')).length === 0, 'flow hashes gone');
+    expect(await reader.zcard('fakeproxy:gw-basic:flows')).toBe(0);
+    expect(m.stats().dropped).toBe(0);
+  });
+
+  it('refreshes byte counters from entries() without any event', async () => {
+    const nat = new FakeNat();
+    const m = mirror({ nodeId: 'gw-bytes', refreshMs: 200 });
+    m.attachNat(nat);
+    m.start();
+    const f = nat.open();
+    const key = `fakeproxy:gw-bytes:flow:tcp:${f.id}`;
+    await eventually(async () => (await reader.hget(key, 'bytesOut')) === '60', 'initial counters');
+    for (let i = 1; i <= 3; i++) {
+      nat.traffic(f.id, 1000, 5000);
+      await eventually(
+        async () => (await redis.cli('HGET', key, 'bytesIn')).trim() === String(5000 * i),
+        `bytesIn = ${5000 * i}`,
+      );
+    }
+    expect(await reader.hget(key, 'bytesOut')).toBe(String(60 + 3000));
+    expect(await reader.hget(key, 'state')).toBe('established');
+    expect(Number(await reader.zscore('fakeproxy:gw-bytes:flows', `tcp:${f.id}`))).toBe(nat.table.get(f.id)?.lastSeenMs);
+  });
+
+  it('publishes open and close events as JSON on fakeproxy:<node>:events', async () => {
+    const sub = new Redis(redis.url);
+    const got: FlowEventMessage[] = [];
+    sub.on('message', (_c, msg: string) => got.push(JSON.parse(msg)));
+    await sub.subscribe('fakeproxy:gw-events:events');
+    try {
+      const nat = new FakeNat();
+      const m = mirror({ nodeId: 'gw-events' });
+      m.attachNat(nat);
+      m.start();
+      await eventually(() => m.stats().connected, 'connected');
+      const f = nat.open({ proto: 'udp', state: 'udp', dstPort: 53 });
+      m.annotate(f.id, { name: 'dns.example', outbound: 'direct' });
+      nat.traffic(f.id, 100, 200);
+      nat.close(f.id, 'timeout');
+      await eventually(() => got.length >= 2, 'two events');
+      expect(got.map((e) => e.type)).toEqual(['open', 'close']);
+      expect(got[0]).toMatchObject({ v: 1, node: 'gw-events', flow: { id: f.id, proto: 'udp', name: 'dns.example', outbound: 'direct' } });
+      expect(got[1]).toMatchObject({ reason: 'timeout', flow: { id: f.id, state: 'closed', bytesIn: 200, bytesOut: 160 } });
+      // Opened and closed within one batch: both events, and no hash is left behind.
+      expect(await flowKeys('gw-events')).toEqual([]);
+    } finally {
+      sub.disconnect();
+    }
+  });
+
+  it('mirrors mapped/unmapped names, including an address recycled to another name', async () => {
+    const dns = new FakeDnsSource();
+    const m = mirror({ nodeId: 'gw-dns' });
+    m.attachDns(dns);
+    m.start();
+    dns.mapName('a.example', '198.18.0.2');
+    dns.mapName('b.example', '198.18.0.3');
+    await eventually(async () => (await reader.hlen('fakeproxy:gw-dns:dns:name')) === 2, 'two names');
+    dns.unmap('a.example');
+    dns.mapName('c.example', '198.18.0.3'); // recycled: b loses .3
+    await eventually(
+      async () => JSON.stringify(await reader.hgetall('fakeproxy:gw-dns:dns:name')) === JSON.stringify({ 'c.example': '198.18.0.3' }),
+      'name map = {c → .3}',
+    );
+    expect(await reader.hgetall('fakeproxy:gw-dns:dns:ip')).toEqual({ '198.18.0.3': 'c.example' });
+  });
+
+  it('removes stale rows a previous run of the same node left behind', async () => {
+    await redis.cli('HSET', 'fakeproxy:gw-stale:flow:tcp:999', 'id', '999', 'proto', 'tcp');
+    await redis.cli('ZADD', 'fakeproxy:gw-stale:flows', '1', 'tcp:999');
+    await redis.cli('HSET', 'fakeproxy:gw-stale:dns:name', 'old.example', '198.18.9.9');
+    const nat = new FakeNat();
+    const live = nat.open();
+    const m = mirror({ nodeId: 'gw-stale' });
+    m.attachNat(nat);
+    m.attachDns(new FakeDnsSource());
+    m.start();
+    await eventually(
+      async () => JSON.stringify(await flowKeys('gw-stale')) === JSON.stringify([`fakeproxy:gw-stale:flow:tcp:${live.id}`]),
+      'only the live flow',
+    );
+    expect(await reader.zrange('fakeproxy:gw-stale:flows', 0, -1)).toEqual([`tcp:${live.id}`]);
+    expect(await reader.exists('fakeproxy:gw-stale:dns:name')).toBe(0);
+    expect(m.stats().resyncs).toBe(1);
+  });
+
+  it('close() removes every key of the node', async () => {
+    const nat = new FakeNat();
+    const dns = new FakeDnsSource();
+    dns.mapName('x.example', '198.18.0.9');
+    const m = new RedisMirror({ url: redis.url, nodeId: 'gw-close', logger: captureLog() });
+    m.attachNat(nat);
+    m.attachDns(dns);
+    m.start();
+    nat.open();
+    await eventually(async () => (await flowKeys('gw-close')).length === 1, 'flow written');
+    await m.close();
+    expect(await redis.cliLines('--scan', '--pattern', 'fakeproxy:gw-close:*')).toEqual([]);
+  });
+
+  it('rejects a malformed URL or node id with a UsageError', () => {
+    expect(() => new RedisMirror({ url: 'http://127.0.0.1:6379', nodeId: 'n' })).toThrow(UsageError);
+    expect(() => new RedisMirror({ url: 'redis://127.0.0.1:6379/x', nodeId: 'n' })).toThrow(/database/);
+    expect(() => new RedisMirror({ url: redis.url, nodeId: 'a:b' })).toThrow(/node id/);
+  });
+});
+
+describe('RedisMirror without Redis', () => {
+  it('starts against an unreachable Redis with one log line, then syncs fully once Redis appears', async () => {
+    const port = await freePort();
+    const log = captureLog();
+    const nat = new FakeNat();
+    const m = new RedisMirror({ url: `redis://127.0.0.1:${port}`, nodeId: 'gw-late', logger: log, maxBackoffMs: 200 });
+    mirrors.push(m);
+    m.attachNat(nat);
+    expect(() => m.start()).not.toThrow();
+    for (let i = 0; i < 5; i++) nat.open();
+    await eventually(() => m.stats().dropped > 0, 'writes dropped while unreachable');
+    await new Promise((r) => setTimeout(r, 1000)); // several retries happen in here
+    expect(log.lines).toHaveLength(1);
+    expect(log.lines[0]).toMatch(/cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
+
+    const late = await TestRedis.start({ port });
+    try {
+      await eventually(async () => (await late.cliLines('--scan', '--pattern', 'fakeproxy:gw-late:flow:*')).length === 5, '5 flows after connecting');
+      expect(m.stats().connected).toBe(true);
+    } finally {
+      await m.close();
+      await late.destroy();
+    }
+  });
+
+  it.each([
+    ['a wrong password', ':wrong@', /rejected the credentials \(WRONGPASS\)/],
+    ['no password', '', /requires a password/],
+  ])('logs one clear line for %s and keeps accepting events', async (_what, auth, pattern) => {
+    const locked = await TestRedis.start({ password: 's3cret' });
+    const log = captureLog();
+    const nat = new FakeNat();
+    const m = new RedisMirror({ url: `redis://${auth}127.0.0.1:${locked.port}`, nodeId: 'gw-auth', logger: log });
+    mirrors.push(m);
+    try {
+      m.attachNat(nat);
+      m.start();
+      nat.open();
+      await eventually(() => log.lines.length > 0, 'a log line');
+      await eventually(() => m.stats().dropped > 0, 'dropped writes');
+      expect(log.lines).toHaveLength(1);
+      expect(log.lines[0]).toMatch(pattern);
+      expect(log.lines[0]).not.toContain('wrong@');
+      expect(m.stats().connected).toBe(false);
+    } finally {
+      await m.close();
+      await locked.destroy();
+    }
+  });
+});
+
+describe('RedisMirror across a Redis outage', () => {
+  it('keeps accepting events without queueing, counts drops, and resyncs fully after a restart', async () => {
+    const r = await TestRedis.start();
+    const clients: Redis[] = [];
+    const factory: RedisFactory = (url, options) => {
+      const c = new Redis(url, options);
+      clients.push(c);
+      return c;
+    };
+    const nat = new FakeNat();
+    const dns = new FakeDnsSource();
+    const m = new RedisMirror({ url: r.url, nodeId: 'gw-outage', logger: captureLog(), redisFactory: factory, refreshMs: 200, maxBackoffMs: 200 });
+    mirrors.push(m);
+    try {
+      m.attachNat(nat);
+      m.attachDns(dns);
+      m.start();
+      dns.mapName('before.example', '198.18.0.2');
+      const before = Array.from({ length: 10 }, () => nat.open());
+      await eventually(async () => (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).length === 10, '10 flows');
+
+      // Persist, then kill: the restarted server comes back with what was there (incl. soon-stale rows).
+      await r.cli('SAVE');
+      await r.stop();
+      await eventually(() => !m.stats().connected, 'disconnect noticed');
+      const droppedAtStart = m.stats().dropped;
+
+      for (const f of before.slice(0, 5)) nat.close(f.id);
+      const during: number[] = [];
+      for (let i = 0; i < 2000; i++) {
+        const f = nat.open();
+        if (i % 2 === 0) nat.close(f.id);
+        else during.push(f.id);
+      }
+      dns.unmap('before.example');
+      dns.mapName('during.example', '198.18.0.3');
+      await eventually(() => m.stats().pending === 0, 'pending writes discarded, not queued');
+      expect(m.stats().dropped).toBeGreaterThan(droppedAtStart);
+      for (const c of clients) {
+        expect((c as unknown as { offlineQueue: { length: number } }).offlineQueue.length).toBe(0);
+      }
+      expect(m.stats().flows).toBe(5 + during.length); // the view is the live table, nothing more
+
+      await r.start();
+      const expected = [...before.slice(5).map((f) => f.id), ...during].map((id) => `fakeproxy:gw-outage:flow:tcp:${id}`).sort();
+      await eventually(async () => {
+        const keys = (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).sort();
+        return JSON.stringify(keys) === JSON.stringify(expected);
+      }, 'exactly the live flows after the restart');
+      expect(Number(await r.cli('ZCARD', 'fakeproxy:gw-outage:flows'))).toBe(expected.length);
+      expect((await r.cli('HGETALL', 'fakeproxy:gw-outage:dns:name')).trim().split('\n')).toEqual(['during.example', '198.18.0.3']);
+      expect(m.stats().resyncs).toBeGreaterThanOrEqual(2);
+    } finally {
+      await m.close();
+      await r.destroy();
+    }
+  });
+});
