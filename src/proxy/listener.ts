@@ -1,0 +1,267 @@
+/**
+ * The TCP Listener on gateway:--listen-port (DESIGN.md "The data path").
+ * Every accepted peer must be a live NAT address (the engine rewrote the
+ * app's SYN towards us); anything else is reset at once — it must never be
+ * an open relay. The original destination comes from the NAT entry, its name
+ * from the fake DNS, the outbound from the Router.
+ */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { wrapError } from '../errors.js';
+import { type Logger, stderrLogger } from '../log.js';
+import type { NatLookup } from '../nat/types.js';
+import { hostPort } from './dial.js';
+import type { Outbound } from './outbound.js';
+import { Relay, type RelayEnd } from './relay.js';
+import type { Router } from './router.js';
+
+export interface NameLookup {
+  /** Fake address → the name it stands for; undefined when `ip` is not a (live) fake address. */
+  reverse(ip: string): string | undefined;
+}
+
+export interface TcpListenerOptions {
+  /** The gateway address; the Listener binds to it only. */
+  host: string;
+  /** @default 1313 (DESIGN.md) — 0 picks a free port (tests). */
+  port?: number;
+  nat: NatLookup;
+  names: NameLookup;
+  router: Router;
+  /** One-line operator log. @default stderrLogger (src/log.ts) */
+  logger?: Logger;
+  /** Relay idle timeout, see RelayOptions. @default 600000 */
+  idleTimeoutMs?: number;
+  /**
+   * Budget for resolve + connect + proxy handshake; past it the app's
+   * connection is reset.
+   * @default 5000 — sing-box and mihomo both dial with a 5 s TCP timeout;
+   * an app's own connect timeout is usually longer, so the app sees our
+   * reset rather than its own timeout.
+   */
+  connectTimeoutMs?: number;
+  /**
+   * Listen backlog.
+   * @default 1024 — bursts of new flows (a browser opening 100 connections)
+   * land here at once; the kernel caps it at net.core.somaxconn (4096).
+   */
+  backlog?: number;
+}
+
+export interface SessionEvent {
+  phase: 'open' | 'close';
+  flowId: number;
+  /** The name behind the fake address, when there was one. */
+  name?: string | undefined;
+  /** Original destination. */
+  ip: string;
+  port: number;
+  /** Outbound label (`socks5://host:port`, `direct`, …). */
+  outbound: string;
+  bytesUp: number;
+  bytesDown: number;
+  /** On close: how it ended; 'connect-failed' when the upstream never answered. */
+  end?: RelayEnd | 'connect-failed' | undefined;
+  /** On close after a failure: the stable code (ETIMEDOUT, ESOCKS5_REFUSED, …). */
+  errorCode?: string | undefined;
+}
+
+export interface TcpListenerStats {
+  accepted: number;
+  /** Peers that were not a live NAT address: reset at once. */
+  rejectedPeers: number;
+  connectFailed: number;
+  active: number;
+  bytesUp: number;
+  bytesDown: number;
+}
+
+export interface TcpListener {
+  on(event: 'session', cb: (e: SessionEvent) => void): this;
+  once(event: 'session', cb: (e: SessionEvent) => void): this;
+  off(event: 'session', cb: (e: SessionEvent) => void): this;
+  emit(event: 'session', e: SessionEvent): boolean;
+}
+
+type ResolvedOptions = Required<TcpListenerOptions>;
+
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
+export class TcpListener extends EventEmitter {
+  readonly #o: ResolvedOptions;
+  #server: net.Server | undefined;
+  readonly #sessions = new Set<{ app: net.Socket; relay?: Relay; abort: AbortController }>();
+  readonly #stats: TcpListenerStats = {
+    accepted: 0,
+    rejectedPeers: 0,
+    connectFailed: 0,
+    active: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+  };
+  #lastRejectLogMs = 0;
+  #rejectedSinceLog = 0;
+
+  constructor(opts: TcpListenerOptions) {
+    super();
+    this.#o = {
+      host: opts.host,
+      nat: opts.nat,
+      names: opts.names,
+      router: opts.router,
+      port: opts.port ?? 1313,
+      idleTimeoutMs: opts.idleTimeoutMs ?? 600_000,
+      connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
+      backlog: opts.backlog ?? 1024,
+      logger: opts.logger ?? stderrLogger,
+    };
+  }
+
+  /** Listen on host:port only. Rejects with the bind error (EADDRINUSE, EADDRNOTAVAIL: is the TUN configured?). */
+  start(): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (s) =>
+      this.#accept(s),
+    );
+    this.#server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', (e) => {
+        const hint =
+          (e as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL'
+            ? ' (the gateway address does not exist yet: configure the TUN device first)'
+            : (e as NodeJS.ErrnoException).code === 'EADDRINUSE'
+              ? ' (another process holds the port: pick another --listen-port)'
+              : '';
+        reject(wrapError(`listen on ${hostPort(this.#o.host, this.#o.port)}${hint}`, e));
+      });
+      server.listen({ host: this.#o.host, port: this.#o.port, backlog: this.#o.backlog }, () => {
+        server.removeAllListeners('error');
+        server.on('error', (e) => this.#o.logger(`tcp listener: ${e.message}`));
+        resolve();
+      });
+    });
+  }
+
+  /** The bound address (port is the real one when 0 was asked). */
+  address(): { host: string; port: number } {
+    const a = this.#server?.address();
+    if (a === null || a === undefined || typeof a === 'string') throw new Error('TcpListener is not started');
+    return { host: a.address, port: a.port };
+  }
+
+  /** Stop accepting and close every session (FIN to both sides). Resolves once the server is closed. */
+  close(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    for (const s of this.#sessions) {
+      s.abort.abort();
+      if (s.relay) s.relay.close('fin');
+      else s.app.resetAndDestroy();
+    }
+    if (!server) return Promise.resolve();
+    return new Promise((resolve) => server.close(() => resolve()));
+  }
+
+  stats(): TcpListenerStats {
+    let up = this.#stats.bytesUp;
+    let down = this.#stats.bytesDown;
+    for (const s of this.#sessions) {
+      up += s.relay?.bytesUp ?? 0;
+      down += s.relay?.bytesDown ?? 0;
+    }
+    return { ...this.#stats, active: this.#sessions.size, bytesUp: up, bytesDown: down };
+  }
+
+  #accept(app: net.Socket): void {
+    this.#stats.accepted++;
+    // Errors before the relay owns the socket (RST from the app while we dial) must not crash us.
+    const onEarlyError = () => {};
+    app.on('error', onEarlyError);
+    const peerIp = unmapV4(app.remoteAddress);
+    const peerPort = app.remotePort;
+    const flow = peerIp !== undefined && peerPort !== undefined ? this.#o.nat.lookup('tcp', peerIp, peerPort) : undefined;
+    if (!flow) {
+      this.#rejectPeer(app, peerIp, peerPort);
+      return;
+    }
+    const name = this.#o.names.reverse(flow.dstIp);
+    const host = name ?? flow.dstIp;
+    const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'tcp' });
+    const session: { app: net.Socket; relay?: Relay; abort: AbortController } = { app, abort: new AbortController() };
+    this.#sessions.add(session);
+    const base = { flowId: flow.id, name, ip: flow.dstIp, port: flow.dstPort, outbound: outbound.label };
+    this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
+
+    // The app gave up (RST/FIN) while we were still dialing: stop dialing.
+    const onAppGone = () => session.abort.abort();
+    app.once('close', onAppGone);
+
+    this.#dial(outbound, host, flow.dstPort, session.abort.signal).then(
+      (up) => {
+        app.removeListener('close', onAppGone);
+        if (app.destroyed) {
+          up.destroy();
+          this.#finish(session, base, { end: 'app-reset', bytesUp: 0, bytesDown: 0 });
+          return;
+        }
+        app.removeListener('error', onEarlyError);
+        const r = new Relay(app, up, { idleTimeoutMs: this.#o.idleTimeoutMs });
+        session.relay = r;
+        r.done.then((res) =>
+          this.#finish(session, base, {
+            end: res.end,
+            bytesUp: res.bytesUp,
+            bytesDown: res.bytesDown,
+            errorCode: (res.error as NodeJS.ErrnoException | undefined)?.code,
+          }),
+        );
+      },
+      (err: Error & { code?: string }) => {
+        app.removeListener('close', onAppGone);
+        this.#stats.connectFailed++;
+        if (!session.abort.signal.aborted || err.code !== 'EABORTED') {
+          // One line: name:port, the outbound, the reason (the message already names the fix).
+          this.#o.logger(
+            `tcp ${hostPort(host, flow.dstPort)} via ${outbound.label}: ${err.code ?? 'ERROR'}: ${err.message}`,
+          );
+        }
+        // Reset, not FIN: a FIN would look like an empty but successful response to the app.
+        app.resetAndDestroy();
+        this.#finish(session, base, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
+      },
+    );
+  }
+
+  #dial(outbound: Outbound, host: string, port: number, signal: AbortSignal): Promise<net.Socket> {
+    return outbound.connect({ host, port }, { timeoutMs: this.#o.connectTimeoutMs, signal });
+  }
+
+  #finish(
+    session: { app: net.Socket; relay?: Relay; abort: AbortController },
+    base: Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>,
+    r: { end: SessionEvent['end']; bytesUp: number; bytesDown: number; errorCode?: string | undefined },
+  ): void {
+    this.#sessions.delete(session);
+    this.#stats.bytesUp += r.bytesUp;
+    this.#stats.bytesDown += r.bytesDown;
+    this.emit('session', { phase: 'close', ...base, ...r });
+  }
+
+  #rejectPeer(app: net.Socket, ip: string | undefined, port: number | undefined): void {
+    this.#stats.rejectedPeers++;
+    app.resetAndDestroy();
+    // Rate-limited: a scan of the gateway port must not flood the log.
+    this.#rejectedSinceLog++;
+    const now = Date.now();
+    if (now - this.#lastRejectLogMs >= 10_000) {
+      this.#o.logger(
+        `tcp listener: reset ${this.#rejectedSinceLog} connection(s) from non-NAT peers (last ${ip}:${port}); only flows the engine NATed are served`,
+      );
+      this.#lastRejectLogMs = now;
+      this.#rejectedSinceLog = 0;
+    }
+  }
+}
+
+/** `::ffff:1.2.3.4` → `1.2.3.4` (a dual-stack socket reports IPv4 peers mapped). */
+function unmapV4(ip: string | undefined): string | undefined {
+  return ip?.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
+}

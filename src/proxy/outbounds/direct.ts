@@ -1,0 +1,43 @@
+/**
+ * Straight to the destination. A name is resolved only through the injected
+ * resolver (built from --dns-upstream): the system resolver is fakeproxy
+ * itself once the host's DNS points at the daemon (DESIGN.md "Known traps").
+ */
+import type * as net from 'node:net';
+import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
+import type { ConnectOptions, Destination, Outbound } from '../outbound.js';
+
+export interface DirectOutboundOptions {
+  /** Name → addresses. Absent → names fail with ENORESOLVER (IP destinations still work). */
+  resolve?: ResolveName | undefined;
+  /**
+   * Happy-Eyeballs delay before the next address is tried in parallel.
+   * @default 250 — RFC 8305 §5.
+   */
+  attemptDelayMs?: number;
+}
+
+export class DirectOutbound implements Outbound {
+  readonly kind = 'direct' as const;
+  readonly label = 'direct';
+  readonly #o: DirectOutboundOptions;
+
+  constructor(opts: DirectOutboundOptions = {}) {
+    this.#o = opts;
+  }
+
+  async connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
+    const what = `connect to ${hostPort(dst.host, dst.port)} via direct`;
+    const d = connectDeadline(what, opts);
+    try {
+      return await dialTcp(dst.host, dst.port, {
+        resolve: this.#o.resolve,
+        signal: d.signal,
+        what,
+        ...(this.#o.attemptDelayMs !== undefined ? { attemptDelayMs: this.#o.attemptDelayMs } : {}),
+      });
+    } finally {
+      d.dispose();
+    }
+  }
+}

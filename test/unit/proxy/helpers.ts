@@ -1,0 +1,161 @@
+/** Real servers on 127.0.0.1 for the proxy tests: microsocks, tinyproxy, node origins. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const LO = '127.0.0.1';
+
+/** A port that was free a moment ago (bind port 0, read it, close). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  s.listen(0, LO);
+  await once(s, 'listening');
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+export async function listen(server: net.Server): Promise<number> {
+  server.listen(0, LO);
+  await once(server, 'listening');
+  return (server.address() as net.AddressInfo).port;
+}
+
+export function closeServer(server: net.Server): Promise<void> {
+  return new Promise((r) => server.close(() => r()));
+}
+
+/** Resolves once something accepts on port (the spawned daemon is up). */
+export async function waitForPort(port: number, proc?: ChildProcess, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    if (proc?.exitCode !== null && proc?.exitCode !== undefined) throw new Error(`process exited ${proc.exitCode}`);
+    const ok = await new Promise<boolean>((r) => {
+      const s = net.connect(port, LO);
+      s.once('connect', () => {
+        s.destroy();
+        r(true);
+      });
+      s.once('error', () => r(false));
+    });
+    if (ok) return;
+    if (Date.now() > until) throw new Error(`nothing listens on ${port} after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface Daemon {
+  port: number;
+  proc: ChildProcess;
+  output(): string;
+  stop(): Promise<void>;
+}
+
+async function spawnDaemon(cmd: string, args: string[], port: number, cleanup?: () => void): Promise<Daemon> {
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout?.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  proc.stderr?.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  await waitForPort(port, proc);
+  return {
+    port,
+    proc,
+    output: () => out,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = once(proc, 'exit');
+        proc.kill('SIGTERM');
+        await exited;
+      }
+      cleanup?.();
+    },
+  };
+}
+
+export async function startMicrosocks(auth?: { user: string; pass: string }): Promise<Daemon> {
+  const port = await freePort();
+  const args = ['-i', LO, '-p', String(port)];
+  if (auth) args.push('-u', auth.user, '-P', auth.pass);
+  return spawnDaemon('/usr/bin/microsocks', args, port);
+}
+
+export async function startTinyproxy(extra: string[] = []): Promise<Daemon> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'fp-tinyproxy-'));
+  const conf = join(dir, 'tinyproxy.conf');
+  writeFileSync(
+    conf,
+    [
+      `Port ${port}`,
+      `Listen ${LO}`,
+      'Timeout 30',
+      'MaxClients 50',
+      `Allow ${LO}`,
+      'LogLevel Info',
+      `PidFile "${join(dir, 'pid')}"`,
+      ...extra,
+      '',
+    ].join('\n'),
+  );
+  return spawnDaemon('/usr/bin/tinyproxy', ['-d', '-c', conf], port, () => rmSync(dir, { recursive: true, force: true }));
+}
+
+/** TCP server answering each connection with `greet` then echoing; `received` collects what arrived. */
+export async function echoOrigin(greet?: string) {
+  const conns: net.Socket[] = [];
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    conns.push(s);
+    s.on('error', () => {});
+    if (greet) s.write(greet);
+    s.pipe(s);
+  });
+  const port = await listen(server);
+  return { server, port, conns, close: () => { for (const c of conns) c.destroy(); return closeServer(server); } };
+}
+
+export function readAll(s: net.Socket): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    s.on('data', (d: Buffer) => parts.push(d));
+    s.once('end', () => resolve(Buffer.concat(parts)));
+    s.once('error', reject);
+  });
+}
+
+/** Resolves with the error a socket dies with (rejects if it closes cleanly). */
+export function socketError(s: net.Socket): Promise<NodeJS.ErrnoException> {
+  return new Promise((resolve, reject) => {
+    s.once('error', resolve);
+    s.once('close', (hadError) => {
+      if (!hadError) reject(new Error('socket closed without an error'));
+    });
+    s.resume();
+  });
+}
+
+/** Connected pair on loopback: [client, the server's accepted socket], both allowHalfOpen. */
+export async function socketPair(): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer({ allowHalfOpen: true });
+  const port = await listen(server);
+  const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect({ port, host: LO, allowHalfOpen: true });
+  await once(client, 'connect');
+  const [srv] = await accepted;
+  server.close();
+  return [client, srv];
+}
+
+export async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

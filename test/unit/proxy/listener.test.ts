@@ -1,0 +1,256 @@
+/**
+ * TcpListener end to end on loopback: app socket → Listener → (fake NAT,
+ * fake names) → Router → real microsocks / direct → origin. The NAT is a
+ * small object in the test (the engine is not available in unit tests): it
+ * maps the app socket's own ephemeral port to a destination.
+ */
+import { once } from 'node:events';
+import * as net from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
+import { TcpListener, type SessionEvent } from '../../../src/proxy/listener.js';
+import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
+import { RejectOutbound } from '../../../src/proxy/outbounds/reject.js';
+import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
+import { Router } from '../../../src/proxy/router.js';
+import { closeServer, type Daemon, echoOrigin, freePort, LO, listen, socketError, startMicrosocks, until } from './helpers.js';
+
+const FAKE = '198.18.2.2';
+
+/** Maps app sockets (by their local port, read at lookup time) to an original destination. */
+class FakeNat implements NatLookup {
+  readonly flows = new Map<net.Socket, { dstIp: string; dstPort: number }>();
+  lookups = 0;
+  #id = 0;
+  lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
+    this.lookups++;
+    for (const [sock, dst] of this.flows) {
+      if (proto === 'tcp' && natIp === LO && sock.localPort === natPort) {
+        return {
+          id: ++this.#id,
+          proto,
+          srcIp: '198.18.0.1',
+          srcPort: 40000,
+          ...dst,
+          natIp,
+          natPort,
+          state: 'established',
+          createdMs: 0,
+          lastSeenMs: 0,
+          pktsOut: 0,
+          bytesOut: 0,
+          pktsIn: 0,
+          bytesIn: 0,
+        };
+      }
+    }
+    return undefined;
+  }
+}
+
+const names = { reverse: (ip: string) => (ip === FAKE ? 'localhost' : undefined) };
+
+let socks: Daemon;
+let origin: Awaited<ReturnType<typeof echoOrigin>>;
+const listeners: TcpListener[] = [];
+const sockets: net.Socket[] = [];
+
+beforeAll(async () => {
+  [socks, origin] = await Promise.all([startMicrosocks(), echoOrigin()]);
+});
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await Promise.all(listeners.splice(0).map((l) => l.close()));
+});
+afterAll(async () => {
+  await Promise.all([socks?.stop(), origin?.close()]);
+});
+
+async function setup(final = new Socks5Outbound({ host: LO, port: socks.port }) as ConstructorParameters<typeof Router>[0]['final'], extra: Partial<ConstructorParameters<typeof TcpListener>[0]> = {}) {
+  const nat = new FakeNat();
+  const log: string[] = [];
+  const sessions: SessionEvent[] = [];
+  const l = new TcpListener({
+    host: LO,
+    port: 0,
+    nat,
+    names,
+    router: new Router({ final }),
+    logger: (line) => log.push(line),
+    ...extra,
+  });
+  l.on('session', (e) => sessions.push(e));
+  await l.start();
+  listeners.push(l);
+  /** An "app" connection whose NAT entry says it was headed for dst. */
+  const app = (dst?: { dstIp: string; dstPort: number }) => {
+    const s = net.connect({ host: LO, port: l.address().port, allowHalfOpen: true });
+    sockets.push(s);
+    if (dst) nat.flows.set(s, dst);
+    return s;
+  };
+  return { l, nat, log, sessions, app };
+}
+
+async function roundTrip(s: net.Socket, msg: string): Promise<string> {
+  s.setEncoding('latin1');
+  let got = '';
+  const done = new Promise<string>((resolve, reject) => {
+    s.on('data', (d: string) => {
+      got += d;
+      if (got.length >= msg.length) resolve(got);
+    });
+    s.once('error', reject);
+  });
+  s.write(msg);
+  return done;
+}
+
+describe('TcpListener', () => {
+  it('fake IP → name → socks5 CONNECT by name → origin; session events carry name, outbound, bytes', async () => {
+    const { app, sessions, l } = await setup();
+    const s = app({ dstIp: FAKE, dstPort: origin.port });
+    expect(await roundTrip(s, 'hello')).toBe('hello');
+    s.destroy();
+    await until(() => sessions.length === 2);
+    const [open, close] = sessions as [SessionEvent, SessionEvent];
+    expect(open).toMatchObject({ phase: 'open', name: 'localhost', ip: FAKE, port: origin.port, outbound: `socks5://${LO}:${socks.port}` });
+    expect(close).toMatchObject({ phase: 'close', flowId: open.flowId, name: 'localhost', bytesUp: 5, bytesDown: 5 });
+    expect(l.stats()).toMatchObject({ accepted: 1, rejectedPeers: 0, active: 0, bytesUp: 5, bytesDown: 5 });
+  });
+
+  it('a destination that is not a fake address goes out by its real IP', async () => {
+    const { app, sessions } = await setup(new DirectOutbound());
+    const s = app({ dstIp: LO, dstPort: origin.port });
+    expect(await roundTrip(s, 'real ip')).toBe('real ip');
+    expect(sessions[0]).toMatchObject({ phase: 'open', name: undefined, ip: LO, outbound: 'direct' });
+  });
+
+  it('half-close through the listener: app ends, still gets the reply', async () => {
+    const late = net.createServer({ allowHalfOpen: true }, (c) => {
+      let body = '';
+      c.setEncoding('utf8');
+      c.on('data', (d: string) => {
+        body += d;
+      });
+      c.on('end', () => c.end(`got ${body.length} bytes`));
+    });
+    const port = await listen(late);
+    try {
+      const { app } = await setup(new DirectOutbound());
+      const s = app({ dstIp: LO, dstPort: port });
+      let reply = '';
+      s.setEncoding('utf8');
+      s.on('data', (d: string) => {
+        reply += d;
+      });
+      s.end('0123456789');
+      await once(s, 'end');
+      expect(reply).toBe('got 10 bytes');
+    } finally {
+      await closeServer(late);
+    }
+  });
+
+  it('a peer that is not a live NAT address is reset at once and counted', async () => {
+    const { app, l, log, nat } = await setup();
+    const s = app(); // no NAT entry
+    const err = await socketError(s);
+    expect(err.code).toBe('ECONNRESET');
+    expect(nat.lookups).toBe(1);
+    expect(l.stats()).toMatchObject({ accepted: 1, rejectedPeers: 1, active: 0 });
+    expect(log.join('\n')).toMatch(/non-NAT peers/);
+  });
+
+  it('upstream refuses → the app is reset; one log line names name:port, outbound and reason', async () => {
+    const dead = await freePort();
+    const { app, log, sessions, l } = await setup();
+    const s = app({ dstIp: FAKE, dstPort: dead });
+    s.write('GET / HTTP/1.0\r\n\r\n');
+    const err = await socketError(s);
+    expect(err.code).toBe('ECONNRESET');
+    expect(log).toHaveLength(1);
+    expect(log[0]).toContain(`tcp localhost:${dead} via socks5://${LO}:${socks.port}`);
+    expect(log[0]).toContain('ESOCKS5_REFUSED');
+    await until(() => sessions.length === 2);
+    expect(sessions[1]).toMatchObject({ phase: 'close', end: 'connect-failed', errorCode: 'ESOCKS5_REFUSED' });
+    expect(l.stats().connectFailed).toBe(1);
+  });
+
+  it('upstream proxy dead → the app is reset (not hung), listener keeps serving', async () => {
+    const { app, log } = await setup(new Socks5Outbound({ host: LO, port: await freePort() }));
+    const err = await socketError(app({ dstIp: FAKE, dstPort: origin.port }));
+    expect(err.code).toBe('ECONNRESET');
+    expect(log[0]).toMatch(/ECONNREFUSED/);
+    const ok = await setup(new DirectOutbound());
+    expect(await roundTrip(ok.app({ dstIp: LO, dstPort: origin.port }), 'still up')).toBe('still up');
+  });
+
+  it('upstream silent → reset after connectTimeoutMs with ETIMEDOUT logged', async () => {
+    const held: net.Socket[] = [];
+    const mute = net.createServer((c) => held.push(c.on('error', () => {})));
+    const port = await listen(mute);
+    try {
+      const { app, log } = await setup(new Socks5Outbound({ host: LO, port }), { connectTimeoutMs: 100 });
+      const err = await socketError(app({ dstIp: FAKE, dstPort: 80 }));
+      expect(err.code).toBe('ECONNRESET');
+      expect(log[0]).toMatch(/tcp localhost:80 via socks5:.*ETIMEDOUT.*no answer within 100 ms/);
+    } finally {
+      for (const c of held) c.destroy();
+      await closeServer(mute);
+    }
+  });
+
+  it('router rule → reject outbound resets the app', async () => {
+    const nat = new FakeNat();
+    const log: string[] = [];
+    const l = new TcpListener({
+      host: LO,
+      port: 0,
+      nat,
+      names,
+      router: new Router({ final: new DirectOutbound(), rules: [{ domain: 'localhost', outbound: new RejectOutbound() }] }),
+      logger: (line) => log.push(line),
+    });
+    await l.start();
+    listeners.push(l);
+    const s = net.connect({ host: LO, port: l.address().port });
+    sockets.push(s);
+    nat.flows.set(s, { dstIp: FAKE, dstPort: origin.port });
+    expect((await socketError(s)).code).toBe('ECONNRESET');
+    expect(log[0]).toMatch(/via reject: EREJECT/);
+  });
+
+  it('idle timeout from the options reaches the relay', async () => {
+    const { app, sessions } = await setup(new DirectOutbound(), { idleTimeoutMs: 100 });
+    const s = app({ dstIp: LO, dstPort: origin.port });
+    expect(await roundTrip(s, 'x')).toBe('x');
+    await until(() => sessions.length === 2);
+    expect(sessions[1]).toMatchObject({ phase: 'close', end: 'idle' });
+  });
+
+  it('close() ends live sessions and stops accepting', async () => {
+    const { app, l, sessions } = await setup(new DirectOutbound());
+    const s = app({ dstIp: LO, dstPort: origin.port });
+    expect(await roundTrip(s, 'live')).toBe('live');
+    const port = l.address().port;
+    const ended = new Promise((r) => s.once('end', r)); // FIN from the listener
+    await l.close();
+    await ended;
+    expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'closed' });
+    const again = net.connect({ host: LO, port });
+    sockets.push(again);
+    expect((await socketError(again)).code).toBe('ECONNREFUSED');
+  });
+
+  it('start() on a taken port fails with EADDRINUSE and a hint', async () => {
+    const blocker = net.createServer();
+    const port = await listen(blocker);
+    try {
+      const l = new TcpListener({ host: LO, port, nat: new FakeNat(), names, router: new Router({ final: new DirectOutbound() }), logger: () => {} });
+      await expect(l.start()).rejects.toMatchObject({ code: 'EADDRINUSE', message: expect.stringMatching(/--listen-port/) });
+    } finally {
+      await closeServer(blocker);
+    }
+  });
+});

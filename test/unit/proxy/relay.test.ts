@@ -1,0 +1,164 @@
+/** Relay between real loopback sockets: app ⇄ [a  Relay  b] ⇄ origin. */
+import { once } from 'node:events';
+import type * as net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Relay } from '../../../src/proxy/relay.js';
+import { readAll, socketError, socketPair, until } from './helpers.js';
+
+const open: net.Socket[] = [];
+afterEach(() => {
+  for (const s of open.splice(0)) s.destroy();
+});
+
+/** app —— a │relay│ b —— origin */
+async function chain(idleTimeoutMs?: number) {
+  const [app, a] = await socketPair();
+  const [b, origin] = await socketPair();
+  open.push(app, a, b, origin);
+  const relay = new Relay(a, b, idleTimeoutMs === undefined ? {} : { idleTimeoutMs });
+  return { app, a, b, origin, relay };
+}
+
+describe('Relay', () => {
+  it('carries bytes both ways and reports the counts', async () => {
+    const { app, origin, relay } = await chain();
+    origin.on('data', (d: Buffer) => origin.write(Buffer.concat([d, d])));
+    app.write('abc');
+    const [echo] = (await once(app, 'data')) as [Buffer];
+    expect(echo.toString()).toBe('abcabc');
+    app.end();
+    origin.on('end', () => origin.end());
+    app.resume();
+    const res = await relay.done;
+    expect(res).toEqual({ bytesUp: 3, bytesDown: 6, end: 'done' });
+  });
+
+  it('half-close: the app ends its side and still receives the full reply', async () => {
+    const { app, origin, relay } = await chain();
+    // Origin answers only after it has seen the request's EOF (like `nc -q`, or an HTTP/1.0 upload).
+    const request = readAll(origin);
+    app.end('request body');
+    expect((await request).toString()).toBe('request body');
+    const reply = readAll(app);
+    origin.write('reply part 1, ');
+    await new Promise((r) => setTimeout(r, 20));
+    origin.end('part 2');
+    expect((await reply).toString()).toBe('reply part 1, part 2');
+    expect((await relay.done).end).toBe('done');
+  });
+
+  it('half-close the other way: origin ends first, app can still send', async () => {
+    const { app, origin, relay } = await chain();
+    const toApp = readAll(app);
+    origin.end('bye');
+    expect((await toApp).toString()).toBe('bye');
+    const toOrigin = readAll(origin);
+    app.end('late data');
+    expect((await toOrigin).toString()).toBe('late data');
+    expect((await relay.done).end).toBe('done');
+  });
+
+  it('RST from the app is propagated to the origin as a reset', async () => {
+    const { app, origin, relay } = await chain();
+    app.write('x');
+    await once(origin, 'data');
+    const err = socketError(origin);
+    app.resetAndDestroy();
+    expect((await err).code).toBe('ECONNRESET');
+    const res = await relay.done;
+    expect(res.end).toBe('app-reset');
+  });
+
+  it('RST from the origin is propagated to the app as a reset', async () => {
+    const { app, origin, relay } = await chain();
+    origin.write('y');
+    await once(app, 'data');
+    const err = socketError(app);
+    origin.resetAndDestroy();
+    expect((await err).code).toBe('ECONNRESET');
+    expect((await relay.done).end).toBe('upstream-reset');
+  });
+
+  it('backpressure: a paused reader keeps the relay’s buffers bounded', async () => {
+    const { app, a, b, origin, relay } = await chain();
+    origin.pause(); // the slow reader
+    const chunk = Buffer.alloc(64 * 1024, 1);
+    const TOTAL = 256 * 1024 * 1024;
+    let written = 0;
+    let maxUserSpace = 0;
+    const sample = () => {
+      maxUserSpace = Math.max(maxUserSpace, a.readableLength + b.writableLength);
+    };
+    const timer = setInterval(sample, 5);
+    // The app writes as fast as the relay lets it (it honours 'drain').
+    const pump = () => {
+      while (written < TOTAL) {
+        written += chunk.length;
+        if (!app.write(chunk)) return void app.once('drain', pump);
+      }
+    };
+    pump();
+    // Wait until the app can no longer push: no progress over 5 polls in a row.
+    let last = -1;
+    let still = 0;
+    await until(() => {
+      sample();
+      const flushed = app.bytesWritten - app.writableLength;
+      still = app.writableLength > 0 && flushed === last ? still + 1 : 0;
+      last = flushed;
+      return still >= 5 || written >= TOTAL;
+    }, 20_000);
+    clearInterval(timer);
+    // Kernel socket buffers hold a few MiB on loopback; without backpressure the relay would hold the rest.
+    expect(written).toBeLessThan(TOTAL);
+    // Node's highWaterMarks (16 KiB) plus one 64 KiB read per direction, with slack.
+    expect(maxUserSpace).toBeLessThan(1024 * 1024);
+    // Release the reader: everything arrives.
+    let received = 0;
+    origin.on('data', (d: Buffer) => {
+      received += d.length;
+    });
+    origin.resume();
+    await until(() => written >= TOTAL, 30_000);
+    app.end();
+    await once(origin, 'end');
+    expect(received).toBe(TOTAL);
+    origin.end();
+    expect((await relay.done).bytesUp).toBe(TOTAL);
+  }, 60_000);
+
+  it('idle timeout closes both sockets', async () => {
+    const { app, origin, relay } = await chain(100);
+    app.resume();
+    origin.resume();
+    const res = await relay.done;
+    expect(res.end).toBe('idle');
+    await until(() => app.readableEnded || app.destroyed);
+    await until(() => origin.readableEnded || origin.destroyed);
+  });
+
+  it('traffic keeps an idle timer from firing', async () => {
+    const { app, origin, relay } = await chain(150);
+    origin.on('data', (d: Buffer) => origin.write(d));
+    app.resume();
+    for (let i = 0; i < 6; i++) {
+      app.write('ping');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // 300 ms of traffic at 50 ms spacing: past the 150 ms timeout, still open.
+    expect(app.destroyed || app.readableEnded).toBe(false);
+    expect(await Promise.race([relay.done.then(() => 'ended'), Promise.resolve('open')])).toBe('open');
+    relay.close();
+    expect((await relay.done).end).toBe('closed');
+  });
+
+  it('close("reset") resets both ends', async () => {
+    const { app, origin, relay } = await chain();
+    const e1 = socketError(app);
+    const e2 = socketError(origin);
+    relay.close('reset');
+    expect((await e1).code).toBe('ECONNRESET');
+    expect((await e2).code).toBe('ECONNRESET');
+    expect((await relay.done).end).toBe('closed');
+  });
+});
