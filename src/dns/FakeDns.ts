@@ -1,0 +1,367 @@
+/**
+ * The fake-IP DNS server the daemon runs: pool + filter + upstream + UDP/TCP
+ * listeners + persistence behind one facade (see src/dns/README.md).
+ *
+ * Events (for the Redis mirror): 'mapped' (name, ip) when a name gets an
+ * address (including mappings restored at start), 'unmapped' (name, ip) when
+ * a mapping is recycled or dropped.
+ */
+import { EventEmitter } from 'node:events';
+import { FakeproxyError } from '../errors.js';
+import { FakeIpFilter } from './filter.js';
+import { loadMap, saveMap } from './persist.js';
+import { type FakeIpStore, FakeIpPool, normalizeName, type PoolListener } from './pool.js';
+import { FakeRange, intToIp, ipToInt } from './range.js';
+import { DnsServer } from './server.js';
+import { Upstream } from './upstream.js';
+import {
+  buildAResponse,
+  buildHeaderOnly,
+  buildResponse,
+  encodeName,
+  encodeRR,
+  fitUpstreamResponse,
+  parseQuery,
+  parseReverseV4,
+  QCLASS_IN,
+  QType,
+  type Query,
+  Rcode,
+  udpLimit,
+} from './wire.js';
+
+export interface FakeDnsOptions {
+  /** The fake range, e.g. '198.18.0.0/16'. Its first host is the gateway, never handed out. */
+  cidr: string;
+  /** Where to answer (UDP and TCP each). The caller computes the default [{gateway, 53}]. */
+  listen: { host: string; port: number }[];
+  /** The real resolver for filtered names and every other query type (see defaultUpstream()). */
+  upstream: { host: string; port: number };
+  /** TTL of fake answers in seconds. @default 1 — short, so a recycled address is not held long by caches (as mihomo and sing-box). */
+  ttl?: number;
+  /** fake-ip-filter patterns (syntax in filter.ts). @default [] */
+  filters?: string[];
+  /** Directory for the saved map; null = no persistence. @default null (the CLI passes /var/lib/fakeproxy) */
+  stateDir?: string | null;
+  logger?: (line: string) => void;
+  /** Clock in ms; injectable for tests. @default Date.now */
+  clock?: () => number;
+  /** Per upstream attempt. @default 2000 ms */
+  upstreamTimeoutMs?: number;
+  /** Questions outstanding to the upstream at most; beyond, SERVFAIL at once. @default 512 */
+  maxUpstreamInFlight?: number;
+  /** TCP connection closed after this long without a complete query. @default 10000 ms */
+  tcpIdleTimeoutMs?: number;
+  /** TCP connections at most. @default 256 */
+  maxTcpConnections?: number;
+  /** Save the map this often when it changed. @default 60000 ms */
+  persistIntervalMs?: number;
+  /** Largest UDP response we send whatever the client's EDNS size. @default 4096 (avoids IP fragmentation beyond common MTUs×3) */
+  maxUdpSize?: number;
+  /** Storage seam: make the pool (e.g. a Redis-backed shared pool). @default in-memory FakeIpPool */
+  storeFactory?: (range: FakeRange, clock: () => number, listener: PoolListener) => FakeIpStore;
+}
+
+const LOG_INTERVAL_MS = 10_000;
+
+export class FakeDns extends EventEmitter {
+  readonly range: FakeRange;
+  readonly filter: FakeIpFilter;
+  private readonly store: FakeIpStore;
+  private readonly upstream: Upstream;
+  private readonly server: DnsServer;
+  private readonly ttl: number;
+  private readonly stateDir: string | null;
+  private readonly log: (line: string) => void;
+  private readonly clock: () => number;
+  private readonly maxUdp: number;
+  private readonly persistIntervalMs: number;
+  private readonly listen: { host: string; port: number }[];
+  private persistTimer: NodeJS.Timeout | undefined;
+  private savedVersion = -1;
+  private saving: Promise<void> | undefined;
+  private started = false;
+  private readonly lastLog = new Map<string, { at: number; suppressed: number }>();
+  private readonly counters = {
+    queries: 0,
+    dropped: 0,
+    formerr: 0,
+    notimp: 0,
+    badvers: 0,
+    fakeA: 0,
+    fakeNoData: 0,
+    ptr: 0,
+    localhost: 0,
+    forwarded: 0,
+    upstreamFailures: 0,
+    poolExhausted: 0,
+    truncated: 0,
+  };
+
+  constructor(opts: FakeDnsOptions) {
+    super();
+    this.range = new FakeRange(opts.cidr);
+    this.filter = new FakeIpFilter(opts.filters ?? []);
+    this.ttl = opts.ttl ?? 1;
+    if (!Number.isInteger(this.ttl) || this.ttl < 0 || this.ttl > 0x7fffffff) {
+      throw new FakeproxyError('EUSAGE', `bad fake-IP TTL ${opts.ttl}: give whole seconds, e.g. --fake-ip-ttl 1`);
+    }
+    this.stateDir = opts.stateDir ?? null;
+    this.log = opts.logger ?? ((line) => process.stderr.write(`${line}\n`));
+    this.clock = opts.clock ?? Date.now;
+    this.maxUdp = opts.maxUdpSize ?? 4096;
+    this.persistIntervalMs = opts.persistIntervalMs ?? 60_000;
+    this.listen = opts.listen.map((l) => ({ host: l.host, port: l.port }));
+    const listener: PoolListener = (ev, name, ip) => {
+      if (this.listenerCount(ev) > 0) this.emit(ev, name, intToIp(ip));
+    };
+    this.store = opts.storeFactory ? opts.storeFactory(this.range, this.clock, listener) : new FakeIpPool(this.range, this.clock, listener);
+    this.upstream = new Upstream({
+      host: opts.upstream.host,
+      port: opts.upstream.port,
+      timeoutMs: opts.upstreamTimeoutMs,
+      maxInFlight: opts.maxUpstreamInFlight,
+    });
+    this.server = new DnsServer((msg, proto) => this.process(msg, proto, this.maxUdp), {
+      idleTimeoutMs: opts.tcpIdleTimeoutMs,
+      maxConnections: opts.maxTcpConnections,
+      logger: this.log,
+    });
+  }
+
+  /** Actually bound addresses (port 0 resolved); UDP and TCP share each port. */
+  get addresses(): { host: string; port: number }[] {
+    return this.server.addresses;
+  }
+
+  async start(): Promise<void> {
+    if (this.started) throw new FakeproxyError('EALREADY', 'FakeDns already started');
+    this.started = true;
+    if (this.stateDir) await this.reload(this.stateDir);
+    await this.server.listen(this.listen);
+    if (this.stateDir && this.persistIntervalMs > 0) {
+      this.persistTimer = setInterval(() => void this.persist(), this.persistIntervalMs);
+      this.persistTimer.unref();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.persistTimer) clearInterval(this.persistTimer);
+    this.persistTimer = undefined;
+    this.upstream.close();
+    await this.server.close();
+    if (this.saving) await this.saving;
+    if (this.stateDir && this.started) await this.persist(true);
+  }
+
+  reverse(ip: string): string | undefined {
+    const n = ipToInt(ip);
+    return n === undefined ? undefined : this.store.reverse(n);
+  }
+
+  lookup(name: string): string | undefined {
+    const ip = this.store.lookup(normalizeName(name));
+    return ip === undefined ? undefined : intToIp(ip);
+  }
+
+  isFake(ip: string): boolean {
+    const n = ipToInt(ip);
+    return n !== undefined && this.range.contains(n);
+  }
+
+  acquire(ip: string): void {
+    const n = ipToInt(ip);
+    if (n !== undefined) this.store.acquire(n);
+  }
+
+  release(ip: string): void {
+    const n = ipToInt(ip);
+    if (n !== undefined) this.store.release(n);
+  }
+
+  touch(ip: string): void {
+    const n = ipToInt(ip);
+    if (n !== undefined) this.store.touch(n);
+  }
+
+  entries(): { name: string; ip: string; lastUsedMs: number; flows: number }[] {
+    const out: { name: string; ip: string; lastUsedMs: number; flows: number }[] = [];
+    for (const e of this.store.entries()) out.push({ name: e.name, ip: intToIp(e.ip), lastUsedMs: e.lastUsedMs, flows: e.flows });
+    return out;
+  }
+
+  stats(): Record<string, number> {
+    return {
+      ...this.counters,
+      poolCapacity: this.store.capacity,
+      poolMapped: this.store.mapped,
+      poolPinned: this.store.pinned,
+      upstreamInFlight: this.upstream.inFlight,
+      tcpOpen: this.server.openConnections,
+      ...this.server.stats,
+    };
+  }
+
+  /**
+   * Answer one DNS message. Resolves undefined when nothing should be sent
+   * (no readable header, or a response sent to us). Never rejects.
+   */
+  async handleQuery(msg: Buffer, proto: 'udp' | 'tcp', maxUdpSize?: number): Promise<Buffer | undefined> {
+    try {
+      return await this.process(msg, proto, maxUdpSize ?? this.maxUdp);
+    } catch (err) {
+      this.logLimited('handler', `dns: failed to answer a query: ${(err as Error).message}`);
+      return undefined;
+    }
+  }
+
+  /** The core; synchronous for everything answered locally so the hot path allocates no promise. */
+  private process(msg: Buffer, proto: 'udp' | 'tcp', maxUdp: number): Buffer | undefined | Promise<Buffer | undefined> {
+    this.counters.queries++;
+    const p = parseQuery(msg);
+    if (p.kind === 'drop') {
+      this.counters.dropped++;
+      return undefined;
+    }
+    if (p.kind === 'error') {
+      if (p.rcode === Rcode.NOTIMP) this.counters.notimp++;
+      else this.counters.formerr++;
+      return buildHeaderOnly(msg, p.rcode);
+    }
+    const q = p.q;
+    const limit = proto === 'tcp' ? 65535 : udpLimit(q, maxUdp);
+    if (q.edns && q.edns.version !== 0) {
+      // RFC 6891 §6.1.3: unknown EDNS version → BADVERS, with our version (0).
+      this.counters.badvers++;
+      return buildResponse(msg, q, Rcode.BADVERS, undefined, 0, limit);
+    }
+    if (q.qclass === QCLASS_IN && q.plain) {
+      const name = q.name;
+      if (name === 'localhost' || name.endsWith('.localhost')) return this.answerLocalhost(msg, q, limit);
+      const t = q.qtype;
+      if (t === QType.A || t === QType.AAAA || t === QType.HTTPS || t === QType.SVCB) {
+        if (this.fakeable(name)) {
+          if (t !== QType.A) {
+            // No IPv6 fake range yet: NODATA makes clients use A at once; HTTPS/SVCB
+            // answers would carry ipv4hint/ECH that bypass the fake address.
+            this.counters.fakeNoData++;
+            return buildResponse(msg, q, Rcode.NOERROR, undefined, 0, limit);
+          }
+          const ip = this.store.allocate(name);
+          if (ip === undefined) {
+            this.counters.poolExhausted++;
+            this.logLimited(
+              'full',
+              `dns: fake-IP pool ${this.range.cidr} exhausted: all ${this.store.capacity} addresses have live flows; answering SERVFAIL (use a larger --cidr)`,
+            );
+            return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
+          }
+          this.counters.fakeA++;
+          return buildAResponse(msg, q, ip, this.ttl);
+        }
+      } else if (t === QType.PTR) {
+        const ip = parseReverseV4(name);
+        if (ip !== undefined && this.range.contains(ip)) {
+          this.counters.ptr++;
+          const target = this.store.reverse(ip);
+          if (target === undefined) return buildResponse(msg, q, Rcode.NXDOMAIN, undefined, 0, limit);
+          return buildResponse(msg, q, Rcode.NOERROR, encodeRR(QType.PTR, this.ttl, encodeName(target)), 1, limit);
+        }
+      }
+    }
+    return this.forward(msg, q, limit);
+  }
+
+  /** Not filtered, not the root, not a reverse-mapping name (the gateway's reverse zone included). */
+  private fakeable(name: string): boolean {
+    if (name === '' || name === 'arpa' || name.endsWith('.arpa')) return false;
+    return !this.filter.matches(name);
+  }
+
+  /** RFC 6761 §6.3: localhost names are answered with loopback here, never faked or sent upstream. */
+  private answerLocalhost(msg: Buffer, q: Query, limit: number): Buffer {
+    this.counters.localhost++;
+    if (q.qtype === QType.A) return buildResponse(msg, q, Rcode.NOERROR, encodeRR(QType.A, this.ttl, Buffer.from([127, 0, 0, 1])), 1, limit);
+    if (q.qtype === QType.AAAA) {
+      const v6 = Buffer.alloc(16);
+      v6[15] = 1;
+      return buildResponse(msg, q, Rcode.NOERROR, encodeRR(QType.AAAA, this.ttl, v6), 1, limit);
+    }
+    return buildResponse(msg, q, Rcode.NOERROR, undefined, 0, limit);
+  }
+
+  private forward(msg: Buffer, q: Query, limit: number): Promise<Buffer | undefined> {
+    this.counters.forwarded++;
+    return this.upstream.query(msg.subarray(0, q.end), q.questionEnd).then(
+      (resp) => {
+        const out = fitUpstreamResponse(resp, msg, q, limit);
+        if (out.length < resp.length) this.counters.truncated++;
+        return out;
+      },
+      (err: Error) => {
+        this.counters.upstreamFailures++;
+        this.logLimited('upstream', `dns: forwarding ${q.name || '.'} type ${q.qtype}: ${err.message}; answering SERVFAIL`);
+        return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
+      },
+    );
+  }
+
+  /** One line per `key` per 10 s, with how many were suppressed. */
+  private logLimited(key: string, line: string): void {
+    const now = this.clock();
+    const s = this.lastLog.get(key);
+    if (s && now - s.at < LOG_INTERVAL_MS) {
+      s.suppressed++;
+      return;
+    }
+    this.log(s?.suppressed ? `${line} (${s.suppressed} more suppressed)` : line);
+    this.lastLog.set(key, { at: now, suppressed: 0 });
+  }
+
+  private async reload(dir: string): Promise<void> {
+    const saved = await loadMap(dir, this.range.cidr, this.log);
+    if (!saved) return;
+    let restored = 0;
+    let filtered = 0;
+    let bad = 0;
+    saved.sort((a, b) => a.lastUsedMs - b.lastUsedMs);
+    for (const e of saved) {
+      const name = normalizeName(e.name);
+      const ip = ipToInt(e.ip);
+      if (!this.fakeable(name) || name === 'localhost' || name.endsWith('.localhost')) {
+        filtered++;
+        continue;
+      }
+      if (ip === undefined || !this.store.restore(name, ip, e.lastUsedMs)) bad++;
+      else restored++;
+    }
+    this.savedVersion = this.store.version;
+    this.log(
+      `dns: restored ${restored} fake-IP mappings from ${dir}` +
+        (filtered ? `; dropped ${filtered} now matched by --fake-ip-filter` : '') +
+        (bad ? `; skipped ${bad} invalid` : ''),
+    );
+  }
+
+  /** Save when the map changed since the last save (always when `force`). Errors are logged, not thrown. */
+  private async persist(force = false): Promise<void> {
+    const dir = this.stateDir;
+    if (!dir) return;
+    if (this.saving) {
+      await this.saving;
+      if (!force) return;
+    }
+    const version = this.store.version;
+    if (!force && version === this.savedVersion) return;
+    const entries = this.entries().map((e) => ({ name: e.name, ip: e.ip, lastUsedMs: e.lastUsedMs }));
+    this.saving = saveMap(dir, this.range.cidr, entries, this.clock())
+      .then(() => {
+        this.savedVersion = version;
+      })
+      .catch((err: Error) => this.logLimited('persist', `dns: cannot save the fake-IP map under ${dir}: ${err.message} (check --state-dir)`))
+      .finally(() => {
+        this.saving = undefined;
+      });
+    await this.saving;
+  }
+}
