@@ -4,14 +4,18 @@
       "target_name": "fakeproxy",
       "sources": [
         "native/addon.cc",
-        "native/tun.cc"
+        "native/tun.cc",
+        "native/checksum.cc",
+        "native/flow_table.cc",
+        "native/engine.cc",
+        "native/engine_addon.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
-      "defines!": [],
+      
       "conditions": [["OS!='linux'", {"sources": []}]]
     }
   ]

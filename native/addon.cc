@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "engine_addon.h"
 #include "napi_errors.h"
 #include "tun.h"
 
@@ -127,6 +128,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tunClose", Napi::Function::New(env, TunCloseJs, "tunClose"));
   exports.Set("tunWritePacketForTest", Napi::Function::New(env, TunWritePacketForTest, "tunWritePacketForTest"));
   exports.Set("tunReadPacketForTest", Napi::Function::New(env, TunReadPacketForTest, "tunReadPacketForTest"));
+  InitEngine(env, exports);
   return exports;
 }
 

@@ -34,6 +34,8 @@ export interface EngineTimeouts {
   tcpSynMs: number;
   tcpEstablishedMs: number;
   tcpFinMs: number;
+  /** Linger after both FINs or a RST (default 10 000, conntrack's CLOSE); the NAT pair then cools for reuseDelayMs. */
+  tcpClosedMs?: number;
   udpMs: number;
   udpDnsMs: number;
 }
@@ -96,6 +98,13 @@ export interface NativeEngine {
   expire(nowMs: number): void;
   /** Allocate (or find) a flow from the Listener side, for UDP replies from a remote the app never sent to. */
   ensureFlow(proto: 6 | 17, srcIp: string, srcPort: number, dstIp: string, dstPort: number, nowMs: number): NativeFlow;
+  /**
+   * Take the queued open/close events now (the same queue the thread's batched
+   * callback drains). For tests and for engines driven by processPacket only.
+   */
+  drainEvents(): NativeFlowEvent[];
+  /** Remove every flow; each gets a close event with reason 'shutdown'. */
+  clear(nowMs?: number): void;
 }
 
 export interface NativeBinding {

@@ -1,0 +1,496 @@
+#include "engine.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "checksum.h"
+
+namespace fp {
+
+namespace {
+
+int64_t clock_ms(clockid_t id) {
+  timespec ts;
+  clock_gettime(id, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+// Largest IPv4 datagram (total length is 16 bits).
+constexpr size_t kReadBufCap = 65536;
+
+}  // namespace
+
+std::string validate_engine_config(const EngineConfig& c) {
+  std::string e = validate_table_config(c.table);
+  if (!e.empty()) return e;
+  if (c.listenPort == 0) return "listenPort must be 1..65535";
+  if (c.dnsPort == 0) return "dnsPort must be 1..65535";
+  return "";
+}
+
+Engine::Engine(const EngineConfig& cfg)
+    : cfg_(cfg),
+      network_(cfg.table.network),
+      mask_(~uint32_t(0) << (32 - cfg.table.prefixLen)),
+      broadcast_(cfg.table.network | ~(~uint32_t(0) << (32 - cfg.table.prefixLen))),
+      gateway_(cfg.table.gateway),
+      table_(cfg.table, c_),
+      clock_offset_(clock_ms(CLOCK_REALTIME) - clock_ms(CLOCK_MONOTONIC)) {}
+
+int64_t Engine::now_ms() const { return clock_ms(CLOCK_MONOTONIC) + clock_offset_; }
+
+bool Engine::bad_dst(uint32_t a) const {
+  // Network / broadcast address of the range, 0.0.0.0/8, multicast, class E
+  // and the limited broadcast: none of these is a unicast peer we can NAT.
+  if (a == network_ || a == broadcast_) return true;
+  if ((a >> 24) == 0) return true;
+  return a >= 0xe0000000u;
+}
+
+namespace {
+
+// Rewrite addresses and ports of a TCP/UDP packet, fixing the IP header
+// checksum and the transport checksum (pseudo-header + ports) incrementally.
+template <class L4>
+void rewrite(Ipv4Packet& ip, L4& seg, bool is_udp, uint32_t nsrc, uint16_t nsport, uint32_t ndst, uint16_t ndport) {
+  csum::Delta addr;
+  addr.dword(ip.src(), nsrc);
+  addr.dword(ip.dst(), ndst);
+  ip.set_checksum(addr.apply(ip.checksum()));
+  ip.set_src(nsrc);
+  ip.set_dst(ndst);
+  csum::Delta l4 = addr;  // the pseudo-header covers both addresses
+  l4.word(seg.src_port(), nsport);
+  l4.word(seg.dst_port(), ndport);
+  seg.set_checksum(is_udp ? l4.apply_udp(seg.checksum()) : l4.apply(seg.checksum()));
+  seg.set_src_port(nsport);
+  seg.set_dst_port(ndport);
+}
+
+}  // namespace
+
+size_t Engine::process_locked(uint8_t* buf, size_t len, size_t cap, int64_t now) {
+  bump(c_.pktsIn);
+  bump(c_.bytesIn, len);
+  Ipv4Packet ip;
+  switch (Ipv4Packet::parse(buf, len, &ip)) {
+    case ParseResult::Ok: break;
+    case ParseResult::Truncated: return drop(c_.dropTruncated);
+    case ParseResult::BadVersion: return drop(c_.dropBadVersion);
+    case ParseResult::Ipv6: return drop(c_.dropIpv6);
+    case ParseResult::BadHeader: return drop(c_.dropBadHeader);
+  }
+  if (ip.header_len() != ipv4::MIN_HEADER_LEN) return drop(c_.dropIpOptions);
+  if (ip.is_fragment()) return drop(c_.dropFragment);
+  size_t out;
+  switch (ip.protocol()) {
+    case kProtoTcp:
+    case kProtoUdp: out = l4(ip, std::max(cap, len), now); break;
+    case kProtoIcmp: out = icmp(ip, now); break;
+    default: return drop(c_.dropProtocol);
+  }
+  if (out != 0) {
+    bump(c_.pktsOut);
+    bump(c_.bytesOut, out);
+  }
+  return out;
+}
+
+size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
+  const uint8_t proto = ip.protocol();
+  const bool is_udp = proto == kProtoUdp;
+  TcpPacket tcp;
+  UdpPacket udp;
+  ParseResult pr = is_udp ? UdpPacket::parse(ip.payload(), ip.payload_len(), &udp)
+                          : TcpPacket::parse(ip.payload(), ip.payload_len(), &tcp);
+  if (pr == ParseResult::Truncated) return drop(c_.dropTruncated);
+  if (pr != ParseResult::Ok) return drop(c_.dropBadHeader);
+  const uint16_t sport = is_udp ? udp.src_port() : tcp.src_port();
+  const uint16_t dport = is_udp ? udp.dst_port() : tcp.dst_port();
+  const uint32_t src = ip.src(), dst = ip.dst();
+  const uint8_t flags = is_udp ? 0 : tcp.flags();
+
+  if (src == gateway_ && is_reverse_port(sport)) {
+    // Listener (or DNS server) -> NAT address: back to origDst -> origSrc.
+    NatKey nk{};
+    nk.addr = IpAddr::v4(dst);
+    nk.port = dport;
+    nk.proto = proto;
+    nk.family = Family::V4;
+    Flow* f = table_.find_nat(nk);
+    if (f == nullptr || target_port(*f) != sport) return drop(c_.dropReverseNoFlow);
+    if (!is_udp) track_tcp(f, flags, false, now);
+    table_.touch(f, now);
+    f->pktsIn++;
+    f->bytesIn += ip.len();
+    if (is_udp) rewrite(ip, udp, true, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    else rewrite(ip, tcp, false, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    bump(c_.reversed);
+    return ip.len();
+  }
+
+  if (dst == gateway_) return drop(c_.dropToGateway);
+  if (bad_dst(dst) || (src >> 24) == 0 || src >= 0xe0000000u) return drop(c_.dropBadAddress);
+
+  FlowKey k{};
+  k.src = IpAddr::v4(src);
+  k.dst = IpAddr::v4(dst);
+  k.sport = sport;
+  k.dport = dport;
+  k.proto = proto;
+  k.family = Family::V4;
+  Flow* f = table_.find(k);
+  const Target target = cfg_.dnsHijack && dport == 53 ? Target::Dns : Target::Listener;
+  FlowTable::Create why;
+  if (!is_udp) {
+    const bool bare_syn = (flags & (tcp::SYN | tcp::ACK | tcp::RST)) == tcp::SYN;
+    if (f != nullptr && bare_syn && f->state == FlowState::Closed) {
+      table_.remove(f, f->closeReason, now);  // the app reuses its 4-tuple: fresh flow
+      f = nullptr;
+    }
+    if (f == nullptr) {
+      if (!bare_syn) {
+        bump(c_.dropTcpNoFlow);
+        if (flags & tcp::RST) return 0;
+        return build_rst(ip, tcp);
+      }
+      f = table_.create(k, target, now, &why);
+      if (f == nullptr) {
+        bump(c_.flowsRefused);
+        return build_rst(ip, tcp);
+      }
+    }
+    track_tcp(f, flags, true, now);
+  } else if (f == nullptr) {
+    f = table_.create(k, target, now, &why);
+    if (f == nullptr) {
+      bump(c_.flowsRefused);
+      return build_port_unreach(ip, cap);
+    }
+  }
+  table_.touch(f, now);
+  f->pktsOut++;
+  f->bytesOut += ip.len();
+  if (is_udp) rewrite(ip, udp, true, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  else rewrite(ip, tcp, false, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  bump(c_.forwarded);
+  return ip.len();
+}
+
+void Engine::track_tcp(Flow* f, uint8_t flags, bool out, int64_t now) {
+  if (flags & tcp::RST) {
+    if (f->state != FlowState::Closed) {
+      f->closeReason = CloseReason::Rst;
+      table_.set_state(f, FlowState::Closed, now);
+    }
+    return;
+  }
+  if (f->state == FlowState::Syn) {
+    const uint8_t sa = flags & (tcp::SYN | tcp::ACK);
+    if (!out && sa == (tcp::SYN | tcp::ACK)) f->tcpFlags |= tcpflag::SYNACK_SEEN;
+    else if (out && sa == tcp::ACK && (f->tcpFlags & tcpflag::SYNACK_SEEN))
+      table_.set_state(f, FlowState::Established, now);
+  }
+  if (flags & tcp::FIN) {
+    f->tcpFlags |= out ? tcpflag::FIN_OUT : tcpflag::FIN_IN;
+    if ((f->tcpFlags & (tcpflag::FIN_OUT | tcpflag::FIN_IN)) == (tcpflag::FIN_OUT | tcpflag::FIN_IN)) {
+      if (f->state != FlowState::Closed) {
+        f->closeReason = CloseReason::Fin;
+        table_.set_state(f, FlowState::Closed, now);
+      }
+    } else if (f->state == FlowState::Syn || f->state == FlowState::Established) {
+      table_.set_state(f, FlowState::Fin, now);
+    }
+  }
+}
+
+// RFC 9293 3.10.7.1: reset for a segment that has no connection. Built in
+// place over the offending segment (which is at least 40 bytes long).
+size_t Engine::build_rst(Ipv4Packet& ip, const TcpPacket& seg) {
+  const uint32_t src = ip.src(), dst = ip.dst();
+  const uint16_t sport = seg.src_port(), dport = seg.dst_port();
+  const uint32_t seq = seg.seq(), ack = seg.ack();
+  const uint8_t flags = seg.flags();
+  const uint32_t seglen =
+      uint32_t(seg.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0);
+  uint8_t* b = ip.data();
+  constexpr size_t kLen = ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
+  Ipv4Packet r = Ipv4Packet::new_unchecked(b, kLen);
+  r.set_ver_ihl_tos(0);
+  r.set_total_len(kLen);
+  r.set_ident(0);
+  r.set_flags_frag(ipv4::FLAG_DF);
+  r.set_ttl(64);
+  r.set_protocol(kProtoTcp);
+  r.set_checksum(0);
+  r.set_src(dst);
+  r.set_dst(src);
+  r.set_checksum(csum::ipv4_header(b, ipv4::MIN_HEADER_LEN));
+  TcpPacket t = TcpPacket::new_unchecked(r.payload(), tcp::MIN_HEADER_LEN);
+  t.set_src_port(dport);
+  t.set_dst_port(sport);
+  if (flags & tcp::ACK) {
+    t.set_seq(ack);
+    t.set_ack(0);
+    t.set_data_off_flags(5, tcp::RST);
+  } else {
+    t.set_seq(0);
+    t.set_ack(seq + seglen);
+    t.set_data_off_flags(5, tcp::RST | tcp::ACK);
+  }
+  t.set_window(0);
+  t.set_urgent(0);
+  t.set_checksum(0);
+  t.set_checksum(csum::l4_v4(t.data(), tcp::MIN_HEADER_LEN, dst, src, kProtoTcp));
+  bump(c_.rstSent);
+  return kLen;
+}
+
+// ICMP destination unreachable / port unreachable (RFC 792, RFC 1812
+// 4.3.2.3) from the original destination, quoting the offending datagram.
+size_t Engine::build_port_unreach(Ipv4Packet& ip, size_t cap) {
+  constexpr size_t kHdr = ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN;
+  const uint32_t src = ip.src(), dst = ip.dst();
+  size_t quoted = std::min(ip.len(), kIcmpErrorMax - kHdr);
+  if (kHdr + quoted > cap) quoted = cap > kHdr ? cap - kHdr : 0;
+  if (quoted < ipv4::MIN_HEADER_LEN + icmp::QUOTED_L4_MIN) return 0;
+  uint8_t* b = ip.data();
+  std::memmove(b + kHdr, b, quoted);
+  Ipv4Packet r = Ipv4Packet::new_unchecked(b, kHdr + quoted);
+  r.set_ver_ihl_tos(0);
+  r.set_total_len(uint16_t(kHdr + quoted));
+  r.set_ident(0);
+  r.set_flags_frag(0);
+  r.set_ttl(64);
+  r.set_protocol(kProtoIcmp);
+  r.set_checksum(0);
+  r.set_src(dst);
+  r.set_dst(src);
+  r.set_checksum(csum::ipv4_header(b, ipv4::MIN_HEADER_LEN));
+  IcmpPacket ic = IcmpPacket::new_unchecked(r.payload(), icmp::HEADER_LEN + quoted);
+  ic.set_type_code(icmp::DEST_UNREACH, icmp::CODE_PORT_UNREACH);
+  ic.set_checksum(0);
+  ic.set_rest(0);
+  ic.set_checksum(csum::finish(csum::partial(ic.data(), ic.len())));
+  bump(c_.icmpUnreachSent);
+  return kHdr + quoted;
+}
+
+size_t Engine::icmp(Ipv4Packet& ip, int64_t /*now*/) {
+  IcmpPacket ic;
+  if (IcmpPacket::parse(ip.payload(), ip.payload_len(), &ic) != ParseResult::Ok) return drop(c_.dropTruncated);
+  switch (ic.type()) {
+    case icmp::ECHO_REQUEST: {
+      const uint32_t src = ip.src(), dst = ip.dst();
+      if (!in_range(dst) || dst == gateway_) return drop(c_.dropIcmpUnsupported);
+      if (bad_dst(dst) || (src >> 24) == 0 || src >= 0xe0000000u) return drop(c_.dropBadAddress);
+      // Answer in place: type 8 -> 0 (one checksum word), swap addresses
+      // (the header sum is unchanged by a swap), fresh TTL.
+      csum::Delta d;
+      d.word(ic.type_code_word(), uint16_t(icmp::ECHO_REPLY << 8 | ic.code()));
+      ic.set_checksum(d.apply(ic.checksum()));
+      ic.set_type_code(icmp::ECHO_REPLY, ic.code());
+      csum::Delta di;
+      di.word(ip.word_ttl_proto(), uint16_t(64 << 8 | ip.protocol()));
+      ip.set_checksum(di.apply(ip.checksum()));
+      ip.set_ttl(64);
+      ip.set_src(dst);
+      ip.set_dst(src);
+      bump(c_.echoReplies);
+      return ip.len();
+    }
+    case icmp::DEST_UNREACH:
+    case icmp::TIME_EXCEEDED:
+    case icmp::PARAM_PROBLEM: return icmp_error(ip, ic);
+    default: return drop(c_.dropIcmpUnsupported);
+  }
+}
+
+// Translate an ICMP error about a NATed packet so the other side sees it.
+//  A) the kernel complains about a packet we wrote towards the Listener
+//     (quoted NAT -> gateway:port): deliver to the app as if from origDst;
+//  B) the app's host complains about a reply we wrote towards it (quoted
+//     origDst -> origSrc): deliver to the Listener as if from the NAT address.
+size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
+  Ipv4Packet q;
+  switch (Ipv4Packet::parse_quoted(ic.payload(), ic.payload_len(), icmp::QUOTED_L4_MIN, &q)) {
+    case ParseResult::Ok: break;
+    case ParseResult::Truncated: return drop(c_.dropTruncated);
+    default: return drop(c_.dropBadHeader);
+  }
+  const uint8_t qp = q.protocol();
+  if (qp != kProtoTcp && qp != kProtoUdp) return drop(c_.dropIcmpUnsupported);
+  if ((q.flags_frag() & ipv4::OFFSET_MASK) != 0) return drop(c_.dropIcmpUnsupported);  // no L4 header quoted
+  uint8_t* ql4 = q.payload();
+  const size_t ql4len = q.payload_len();
+  const uint32_t qsrc = q.src(), qdst = q.dst();
+  const uint16_t qsport = QuotedPorts::src(ql4), qdport = QuotedPorts::dst(ql4);
+  uint32_t n_qsrc, n_qdst, n_osrc, n_odst;
+  uint16_t n_qsport, n_qdport;
+  if (qsrc != gateway_ && qdst == gateway_ && is_reverse_port(qdport)) {
+    NatKey nk{};
+    nk.addr = IpAddr::v4(qsrc);
+    nk.port = qsport;
+    nk.proto = qp;
+    nk.family = Family::V4;
+    Flow* f = table_.find_nat(nk);
+    if (f == nullptr || target_port(*f) != qdport) return drop(c_.dropIcmpNoFlow);
+    n_qsrc = f->key.src.as_v4();
+    n_qsport = f->key.sport;
+    n_qdst = f->key.dst.as_v4();
+    n_qdport = f->key.dport;
+    n_osrc = f->key.dst.as_v4();
+    n_odst = f->key.src.as_v4();
+  } else {
+    FlowKey k{};
+    k.src = IpAddr::v4(qdst);
+    k.dst = IpAddr::v4(qsrc);
+    k.sport = qdport;
+    k.dport = qsport;
+    k.proto = qp;
+    k.family = Family::V4;
+    Flow* f = table_.find(k);
+    if (f == nullptr) return drop(c_.dropIcmpNoFlow);
+    n_qsrc = gateway_;
+    n_qsport = target_port(*f);
+    n_qdst = f->nat.as_v4();
+    n_qdport = f->natPort;
+    n_osrc = f->nat.as_v4();
+    n_odst = gateway_;
+  }
+  // Quoted datagram: header checksum and, when quoted, the L4 checksum.
+  csum::Delta qa;
+  qa.dword(qsrc, n_qsrc);
+  qa.dword(qdst, n_qdst);
+  csum::Delta ql = qa;
+  ql.word(qsport, n_qsport);
+  ql.word(qdport, n_qdport);
+  q.set_checksum(qa.apply(q.checksum()));
+  q.set_src(n_qsrc);
+  q.set_dst(n_qdst);
+  QuotedPorts::set_src(ql4, n_qsport);
+  QuotedPorts::set_dst(ql4, n_qdport);
+  if (qp == kProtoUdp) {
+    uint8_t* c = ql4 + udp::CHECKSUM;  // within the 8 quoted bytes
+    store_be16(c, ql.apply_udp(load_be16(c)));
+  } else if (ql4len >= tcp::CHECKSUM + 2) {
+    uint8_t* c = ql4 + tcp::CHECKSUM;
+    store_be16(c, ql.apply(load_be16(c)));
+  }
+  // Outer header, then the ICMP checksum over the whole (short) message.
+  csum::Delta oa;
+  oa.dword(ip.src(), n_osrc);
+  oa.dword(ip.dst(), n_odst);
+  ip.set_checksum(oa.apply(ip.checksum()));
+  ip.set_src(n_osrc);
+  ip.set_dst(n_odst);
+  ic.set_checksum(0);
+  ic.set_checksum(csum::finish(csum::partial(ic.data(), ic.len())));
+  bump(c_.icmpErrorsTranslated);
+  return ip.len();
+}
+
+bool Engine::ensure_flow(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, int64_t now,
+                         Flow* out, FlowTable::Create* why) {
+  std::lock_guard<std::mutex> g(mu_);
+  FlowKey k{};
+  k.src = IpAddr::v4(src);
+  k.dst = IpAddr::v4(dst);
+  k.sport = sport;
+  k.dport = dport;
+  k.proto = proto;
+  k.family = Family::V4;
+  Flow* f = table_.find(k);
+  *why = FlowTable::Create::Ok;
+  if (f == nullptr) {
+    f = table_.create(k, cfg_.dnsHijack && dport == 53 ? Target::Dns : Target::Listener, now, why);
+    if (f == nullptr) {
+      bump(c_.flowsRefused);
+      return false;
+    }
+  }
+  *out = *f;
+  return true;
+}
+
+std::vector<FlowEvent> Engine::drain_events() {
+  std::vector<FlowEvent> out;
+  std::lock_guard<std::mutex> g(mu_);
+  out.swap(table_.events());
+  return out;
+}
+
+int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
+                const std::function<void()>& notify, size_t batch) {
+  batch = std::max<size_t>(batch, 1);
+  std::vector<uint8_t> mem(batch * kReadBufCap);
+  std::vector<size_t> lens(batch), outs(batch);
+  int64_t last_notify = 0;
+  bool pending = false;
+  pollfd pfd[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  while (!stop.load(std::memory_order_acquire)) {
+    int r = poll(pfd, 2, pending ? 20 : 250);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (pfd[1].revents & POLLIN) {
+      uint64_t v;
+      ssize_t ignored = read(wake_fd, &v, sizeof v);
+      (void)ignored;
+      if (stop.load(std::memory_order_acquire)) break;
+    }
+    if (pfd[0].revents & POLLNVAL) return EBADF;
+    size_t n = 0;
+    int fatal = 0;
+    if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+      // Drain the device: read until EAGAIN or the batch is full.
+      while (n < batch) {
+        ssize_t k = read(fd, mem.data() + n * kReadBufCap, kReadBufCap);
+        if (k > 0) {
+          lens[n++] = size_t(k);
+          continue;
+        }
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+          c_.readErrors.fetch_add(1, std::memory_order_relaxed);
+          fatal = errno;
+        }
+        break;
+      }
+    }
+    const int64_t now = now_ms();
+    size_t nev;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (size_t i = 0; i < n; i++) outs[i] = process_locked(mem.data() + i * kReadBufCap, lens[i], kReadBufCap, now);
+      if (n != 0) bump(c_.batches);
+      if (now - last_expire_ >= 250) {
+        table_.expire(now);
+        last_expire_ = now;
+      }
+      nev = table_.events().size();
+    }
+    for (size_t i = 0; i < n; i++) {
+      if (outs[i] == 0) continue;
+      // A TUN write is one packet; it does not block (the kernel queues it
+      // on the netif backlog) and fails only for malformed packets or a
+      // device going away.
+      if (write(fd, mem.data() + i * kReadBufCap, outs[i]) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
+    }
+    pending = nev != 0;
+    if (pending && (now - last_notify >= 20 || nev >= 1024) && notify_armed.exchange(false)) {
+      last_notify = now;
+      notify();
+    }
+    if (fatal != 0 && fatal != ENOBUFS) return fatal;
+  }
+  return 0;
+}
+
+}  // namespace fp

@@ -1,0 +1,122 @@
+// The packet engine: classify and rewrite one IPv4 packet in place, and the
+// thread loop that reads batches from a TUN fd, rewrites them and writes them
+// back. Free of napi.h/uv.h so it can be unit-tested and benchmarked alone.
+//
+// Direction (DESIGN.md "The data path"):
+//   reverse  = src == gateway && sport == listenPort (or dnsPort when dnsHijack):
+//              a Listener/DNS reply, looked up by (proto, dst, dport) = NAT pair;
+//   forward  = everything else: looked up or created by the original 5-tuple.
+//
+// Policy choices (documented here, tested in test/unit/native):
+// - A TCP segment without a flow that is not a bare SYN is answered with a
+//   RST (RFC 9293 3.10.7.1: a segment for a connection that does not exist
+//   gets a reset), so an app whose flow expired fails fast instead of hanging;
+//   a RST without a flow is dropped (dropTcpNoFlow).
+// - A bare SYN on a flow in state 'closed' (the app reuses its 4-tuple)
+//   replaces the old flow with a fresh NAT pair.
+// - UDP replies from a remote the app never sent to: the Listener asks for a
+//   flow with ensureFlow(); the engine itself never invents one from the
+//   reverse side (dropReverseNoFlow).
+// - IP header checksums are not verified (the kernel wrote these packets and
+//   verifies what we write back); they are kept correct incrementally.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "flow_table.h"
+
+namespace fp {
+
+struct EngineConfig {
+  TableConfig table;
+  uint16_t listenPort = 1313;
+  uint16_t dnsPort = 53;
+  bool dnsHijack = true;
+};
+
+std::string validate_engine_config(const EngineConfig& c);
+
+// Buffers handed to process() must have room for the largest packet the
+// engine may build in place: an ICMP error quoting up to 576 - 28 bytes.
+constexpr size_t kMinBufCap = 1024;
+// RFC 1812 4.3.2.3: an ICMP error carries as much of the original datagram as
+// fits in 576 bytes.
+constexpr size_t kIcmpErrorMax = 576;
+
+class Engine {
+ public:
+  explicit Engine(const EngineConfig& cfg);
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Classify and rewrite the packet in buf[0..len) in place (buf has room for
+  // `cap` bytes, cap >= kMinBufCap or the packet length). Returns the length
+  // of the packet to write back to the TUN (the rewritten packet, or a RST /
+  // ICMP reply built in its place), or 0 to drop it. Caller holds mutex().
+  size_t process_locked(uint8_t* buf, size_t len, size_t cap, int64_t now);
+  size_t process(uint8_t* buf, size_t len, size_t cap, int64_t now) {
+    std::lock_guard<std::mutex> g(mu_);
+    return process_locked(buf, len, cap, now);
+  }
+  void expire(int64_t now) {
+    std::lock_guard<std::mutex> g(mu_);
+    table_.expire(now);
+  }
+  // Listener side: find or create the flow (src:sport -> dst:dport). Returns
+  // a snapshot; ok=false when the table is full or the NAT space exhausted.
+  bool ensure_flow(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, int64_t now, Flow* out,
+                   FlowTable::Create* why);
+  std::vector<FlowEvent> drain_events();
+
+  std::mutex& mutex() { return mu_; }
+  FlowTable& table() { return table_; }  // hold mutex()
+  Counters& counters() { return c_; }
+  const EngineConfig& config() const { return cfg_; }
+
+  // Thread body: poll fd (non-blocking) and wake_fd (an eventfd; readable =
+  // stop requested), read up to `batch` packets until EAGAIN, rewrite them
+  // under one lock, write them back, expire every ~250 ms. `notify` is called
+  // (from this thread) when events are pending, at most every ~20 ms or per
+  // 1024 events, and only while `notify_armed` is true (the consumer re-arms
+  // it after draining). Returns 0 on stop, or the errno that ended the loop.
+  int run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
+          const std::function<void()>& notify, size_t batch = 64);
+
+  // Milliseconds since the Unix epoch that never step backwards (monotonic
+  // clock anchored to the wall clock when the engine was made).
+  int64_t now_ms() const;
+
+ private:
+  size_t drop(std::atomic<uint64_t>& counter) {
+    bump(counter);
+    return 0;
+  }
+  size_t l4(Ipv4Packet& ip, size_t cap, int64_t now);
+  size_t icmp(Ipv4Packet& ip, int64_t now);
+  size_t icmp_error(Ipv4Packet& ip, IcmpPacket& ic);
+  size_t build_rst(Ipv4Packet& ip, const TcpPacket& tcp);
+  size_t build_port_unreach(Ipv4Packet& ip, size_t cap);
+  void track_tcp(Flow* f, uint8_t flags, bool out, int64_t now);
+  bool in_range(uint32_t a) const { return (a & mask_) == network_; }
+  bool bad_dst(uint32_t a) const;
+  uint16_t target_port(const Flow& f) const { return f.target == Target::Dns ? cfg_.dnsPort : cfg_.listenPort; }
+  bool is_reverse_port(uint16_t sport) const {
+    return sport == cfg_.listenPort || (cfg_.dnsHijack && sport == cfg_.dnsPort);
+  }
+
+  EngineConfig cfg_;
+  uint32_t network_, mask_, broadcast_, gateway_;
+  Counters c_;
+  std::mutex mu_;
+  FlowTable table_;
+  int64_t clock_offset_;
+  int64_t last_expire_ = 0;
+};
+
+}  // namespace fp

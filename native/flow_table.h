@@ -1,0 +1,262 @@
+// The NAT table: flows keyed both ways (forward 5-tuple and reverse NAT
+// address), O(1) lookups, bounded by maxFlows, NAT address allocation with a
+// reuse delay, TCP state from flags and expiry by per-state LRU lists.
+//
+// Not thread-safe: the Engine serialises every call under its mutex.
+//
+// Memory (x86-64): sizeof(Flow) = 144 bytes in chunked pools (pages are only
+// touched as flows are created), plus two open-addressing index tables of
+// 8-byte slots kept at load <= 0.625 (16..32 bytes per flow per table).
+// Measured by bench/engine_bench.cc: see its output and the README numbers.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "packet.h"
+
+namespace fp {
+
+enum class FlowState : uint8_t { Syn, Established, Fin, Closed, Udp };
+enum class CloseReason : uint8_t { Fin, Rst, Timeout, Evicted, Shutdown };
+// Which port on the gateway the flow is NATed to.
+enum class Target : uint8_t { Listener, Dns };
+
+const char* state_name(FlowState s);
+const char* reason_name(CloseReason r);
+
+// ---- counters -------------------------------------------------------------
+// Written only while holding the Engine mutex (so a relaxed load+store is a
+// race-free increment), read from JS at any time without the lock.
+#define FP_COUNTERS(X)                                                                                            \
+  X(pktsIn) X(bytesIn) X(pktsOut) X(bytesOut) X(forwarded) X(reversed) X(echoReplies) X(icmpErrorsTranslated)   \
+  X(rstSent) X(icmpUnreachSent) X(flowsCreated) X(flowsClosed) X(flowsExpired) X(flowsRefused) X(natExhausted)  \
+  X(dropTruncated) X(dropBadVersion) X(dropBadHeader) X(dropIpOptions) X(dropFragment) X(dropIpv6)              \
+  X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
+  X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow)
+
+// Gauges: current values, also relaxed atomics.
+#define FP_GAUGES(X) X(flowsActive) X(tcpFlows) X(udpFlows) X(memoryBytes) X(cooldownPairs)
+
+struct Counters {
+#define FP_DECL(name) std::atomic<uint64_t> name{0};
+  FP_COUNTERS(FP_DECL)
+  FP_GAUGES(FP_DECL)
+#undef FP_DECL
+};
+
+// Increment by the single writer that holds the engine mutex.
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+inline void setg(std::atomic<uint64_t>& c, uint64_t v) { c.store(v, std::memory_order_relaxed); }
+
+// ---- flows ----------------------------------------------------------------
+constexpr uint32_t kNil = 0xffffffffu;
+
+namespace tcpflag {
+constexpr uint8_t SYNACK_SEEN = 1;  // Listener answered the SYN
+constexpr uint8_t FIN_OUT = 2;      // app sent FIN
+constexpr uint8_t FIN_IN = 4;       // Listener sent FIN
+}  // namespace tcpflag
+
+struct Flow {
+  FlowKey key;       // original 5-tuple (app side)
+  IpAddr nat;        // NAT address the Listener sees
+  uint16_t natPort;
+  FlowState state;
+  uint8_t tcpFlags;
+  uint8_t list;      // which LRU list (index into FlowTable::lists_), or kNoList
+  Target target;
+  CloseReason closeReason;  // meaningful once state == Closed
+  uint8_t pad_;
+  uint32_t self;        // own pool index
+  uint32_t prev, next;  // LRU links (next doubles as free-list link)
+  uint64_t id;
+  int64_t createdMs;
+  int64_t lastSeenMs;
+  int64_t linkMs;  // when last (re)linked at its list's tail; linkMs <= lastSeenMs
+  uint64_t pktsOut, bytesOut, pktsIn, bytesIn;
+};
+
+struct FlowEvent {
+  bool open;
+  CloseReason reason;
+  Flow flow;  // snapshot at the time of the event
+};
+
+struct Timeouts {
+  int64_t tcpSynMs = 60'000;
+  int64_t tcpEstablishedMs = 7'440'000;
+  int64_t tcpFinMs = 240'000;
+  int64_t tcpClosedMs = 10'000;
+  int64_t udpMs = 60'000;
+  int64_t udpDnsMs = 10'000;
+};
+
+struct TableConfig {
+  uint32_t network = 0;  // host order
+  int prefixLen = 16;
+  uint32_t gateway = 0;  // host order
+  uint32_t maxFlows = 1u << 20;
+  Timeouts timeouts;
+  int64_t reuseDelayMs = 60'000;
+  size_t maxQueuedEvents = 1u << 20;
+};
+
+// Returns "" when the config is usable, else a message naming the fix.
+std::string validate_table_config(const TableConfig& c);
+
+// ---- open-addressing index: hash -> flow index ----------------------------
+// Linear probing, 8-byte slots {index+1, hash}, backward-shift deletion (no
+// tombstones), doubles at load 0.625, never shrinks.
+class IndexTable {
+ public:
+  IndexTable();
+  template <class Eq>
+  uint32_t find(uint32_t h, Eq eq) const {
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.idx1 == 0) return kNil;
+      if (s.hash == h && eq(s.idx1 - 1)) return s.idx1 - 1;
+    }
+  }
+  void insert(uint32_t h, uint32_t idx);
+  void erase(uint32_t h, uint32_t idx);
+  size_t size() const { return count_; }
+  size_t bytes() const { return slots_.size() * sizeof(Slot); }
+
+ private:
+  struct Slot {
+    uint32_t idx1;
+    uint32_t hash;
+  };
+  void grow();
+  std::vector<Slot> slots_;
+  size_t mask_;
+  size_t count_ = 0;
+};
+
+// ---- NAT pair allocator ----------------------------------------------------
+// The space is (every host of the range but network, broadcast and gateway) x
+// ports 1024..65535. A cursor walks it host-first (consecutive flows get
+// different addresses), so a freed pair comes round again only after a full
+// lap; a cooldown set additionally refuses pairs freed < reuseDelayMs ago,
+// which matters only for small ranges or extreme churn.
+class NatAllocator {
+ public:
+  static constexpr uint32_t kPortMin = 1024;
+  static constexpr uint32_t kPorts = 65536 - kPortMin;
+  void init(uint32_t network, int prefixLen, uint32_t gateway, size_t cooldownCap, int64_t reuseDelayMs);
+  uint64_t space() const { return uint64_t(hosts_) * kPorts; }
+  uint32_t host_addr(uint32_t hostIdx) const;
+  // Host index of a NAT address, or kNil when it is not one.
+  uint32_t host_index(uint32_t addr) const;
+  // Next usable pair; `live(addr, port)` says whether it is in use.
+  template <class Live>
+  bool next(int64_t now, Live live, uint32_t* addr, uint16_t* port, Counters& c);
+  void release(uint32_t addr, uint16_t port, int64_t now, Counters& c);
+  void purge(int64_t now);
+  size_t cooling() const { return fifo_.size(); }
+  size_t bytes() const { return fifo_.size() * sizeof(Cool) + set_.size() * sizeof(uint64_t); }
+
+ private:
+  struct Cool {
+    uint64_t key;
+    int64_t freedMs;
+  };
+  static uint64_t pack(uint32_t hostIdx, uint32_t port) { return uint64_t(hostIdx) << 16 | port; }
+  bool cooling_contains(uint64_t key) const;
+  void cooling_insert(uint64_t key);
+  void cooling_erase(uint64_t key);
+  void cooling_grow();
+
+  uint32_t network_ = 0, gateway_ = 0, hosts_ = 0;
+  uint32_t curHost_ = 0, curPort_ = 0;
+  int64_t reuseDelayMs_ = 0;
+  size_t cap_ = 0;
+  std::deque<Cool> fifo_;          // in free order
+  std::vector<uint64_t> set_;      // open addressing, 0 = empty
+  size_t setCount_ = 0;
+};
+
+// ---- the table --------------------------------------------------------------
+class FlowTable {
+ public:
+  enum class Create { Ok, Full, Exhausted };
+  FlowTable(const TableConfig& cfg, Counters& counters);
+  ~FlowTable();
+  FlowTable(const FlowTable&) = delete;
+  FlowTable& operator=(const FlowTable&) = delete;
+
+  const TableConfig& config() const { return cfg_; }
+  Flow* find(const FlowKey& k);
+  Flow* find_nat(const NatKey& k);
+  // New flow (the caller checked find() first). Records an open event.
+  Flow* create(const FlowKey& k, Target target, int64_t now, Create* why);
+  // A packet passed: refresh last-seen (relinks at most every kRelinkMs).
+  void touch(Flow* f, int64_t now);
+  void set_state(Flow* f, FlowState s, int64_t now);
+  // Remove now (close event with the given reason).
+  void remove(Flow* f, CloseReason reason, int64_t now);
+  // Free every flow whose state timeout has passed. Cost O(expired + lists).
+  void expire(int64_t now);
+  // Remove everything (reason Shutdown).
+  void clear(int64_t now);
+  template <class F>
+  void for_each(F fn) const {
+    for (uint32_t li = 0; li < kLists; li++)
+      for (uint32_t i = lists_[li].head; i != kNil; i = at(i).next) fn(at(i));
+  }
+  size_t size() const { return size_; }
+  size_t memory_bytes() const;
+  std::vector<FlowEvent>& events() { return events_; }
+  int64_t timeout_of(const Flow& f) const;
+
+  // Expiry lists are relinked at most this often per flow, so a flow can be
+  // freed at most this late (never early). Keeps the packet path to a
+  // timestamp store in the common case.
+  static constexpr int64_t kRelinkMs = 1000;
+  static constexpr uint32_t kChunkShift = 14;  // 16384 flows per pool chunk
+
+ private:
+  static constexpr uint32_t kLists = 6;  // syn, est, fin, closed, udp, udp-dns
+  static constexpr uint8_t kNoList = 0xff;
+  struct List {
+    uint32_t head = kNil, tail = kNil;
+  };
+  Flow& at(uint32_t i) const { return chunks_[i >> kChunkShift][i & ((1u << kChunkShift) - 1)]; }
+  uint32_t list_for(const Flow& f) const;
+  void link_tail(uint32_t i, int64_t now);
+  void unlink(uint32_t i);
+  uint32_t alloc_slot();
+  void push_event(bool open, CloseReason r, const Flow& f);
+  uint32_t hash_fwd(const FlowKey& k) const;
+  uint32_t hash_nat(const NatKey& k) const;
+  static NatKey nat_key_of(const Flow& f);
+  void free_index(uint32_t i, CloseReason reason, int64_t now);
+  NatAllocator& alloc_for(uint8_t proto) { return proto == kProtoTcp ? allocTcp_ : allocUdp_; }
+  void update_gauges();
+
+  TableConfig cfg_;
+  Counters& c_;
+  std::vector<std::unique_ptr<Flow[]>> chunks_;
+  uint32_t used_ = 0;         // high-water mark of pool indices
+  uint32_t freeHead_ = kNil;  // free list through Flow::next
+  size_t size_ = 0;
+  size_t tcp_ = 0;
+  IndexTable fwd_, rev_;
+  std::array<List, kLists> lists_;
+  NatAllocator allocTcp_, allocUdp_;
+  uint64_t nextId_ = 1;
+  uint64_t seed_[4];
+  std::vector<FlowEvent> events_;
+};
+
+}  // namespace fp

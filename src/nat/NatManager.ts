@@ -1,0 +1,264 @@
+/**
+ * NatManager: the TypeScript face of the native packet engine and its NAT
+ * table (native/engine*.cc, DESIGN.md "NAT table"). Per packet → native; per
+ * flow → here: the Listener's synchronous lookup, snapshots, stats, and
+ * batched open/close events. It must not import src/dns: the daemon wires
+ * open events to the fake-IP pool.
+ *
+ * Events: `'events'` (FlowEvent[], one call per native batch, at most every
+ * ~20 ms), then `'open'` / `'close'` (FlowEntry[, reason]) per flow.
+ */
+import { EventEmitter } from 'node:events';
+import { FakeproxyError } from '../errors.js';
+import { type EngineOptions, type EngineStats, type NativeEngine, type NativeFlow, type NativeFlowEvent, native } from '../native.js';
+import { type Ipv4Range, parseCidr } from '../util/cidr.js';
+import type { CloseReason, FlowEntry, FlowEvent, NatLookup, Proto } from './types.js';
+
+export interface NatTimeouts {
+  /**
+   * Half-open TCP (SYN seen, handshake with the Listener not complete).
+   * @default 60_000 — Linux conntrack uses 120 s (nf_conntrack_tcp_timeout_syn_sent),
+   * sized for a remote peer across the Internet and six SYN retries. Our peer
+   * is the local Listener, which answers in microseconds; 60 s still covers an
+   * app's SYN retransmissions up to the 32 s backoff step, and halves what a
+   * SYN flood can pin. A retry after expiry simply gets a fresh flow.
+   */
+  tcpSynMs: number;
+  /**
+   * Idle established TCP.
+   * @default 7_440_000 (2 h 4 min) — RFC 5382 REQ-5: a NAT's established
+   * idle timeout MUST NOT be less than 2 h 4 min, so connections using
+   * default TCP keepalive (tcp_keepalive_time 7200 s) survive. conntrack uses
+   * 5 days (nf_conntrack_tcp_timeout_established 432000 s) because it is
+   * unbounded in practice; our table is bounded by maxFlows, and sing-box /
+   * mihomo drop idle proxied TCP far sooner (minutes), so we sit between.
+   */
+  tcpEstablishedMs: number;
+  /**
+   * Idle TCP after a FIN in one direction (half-closed).
+   * @default 240_000 — RFC 5382 REQ-5 asks >= 4 min for transitory states;
+   * conntrack's fin_wait / close_wait are 120 s / 60 s. Half-closed flows that
+   * still carry data refresh on every packet; only idle ones age out.
+   */
+  tcpFinMs: number;
+  /**
+   * Linger after both FINs or a RST, so the last ACK / retransmitted FIN still
+   * translate. @default 10_000 — conntrack's nf_conntrack_tcp_timeout_close
+   * (10 s). Kernel TIME_WAIT (conntrack time_wait 120 s) is covered more
+   * cheaply by `reuseDelayMs`: the NAT pair, not the whole entry, stays out of
+   * circulation.
+   */
+  tcpClosedMs: number;
+  /**
+   * Idle UDP. @default 60_000 — conntrack: 30 s unreplied / 120 s for a
+   * stream (nf_conntrack_udp_timeout{,_stream}); mihomo 60 s; sing-box 5 min.
+   * 60 s outlives QUIC's keep-alive cadence (≤ 30 s idle in browsers) without
+   * holding a table entry and a Listener socket for minutes per datagram peer.
+   */
+  udpMs: number;
+  /**
+   * Idle UDP to port 53. @default 10_000 — a query is answered in ms; the
+   * glibc stub retries on the same socket after `timeout:5` (resolv.conf
+   * default), so 10 s covers one retry. sing-box/mihomo also expire DNS
+   * sessions quickly; conntrack has no DNS special case (30 s unreplied).
+   */
+  udpDnsMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: Readonly<NatTimeouts> = Object.freeze({
+  tcpSynMs: 60_000,
+  tcpEstablishedMs: 7_440_000,
+  tcpFinMs: 240_000,
+  tcpClosedMs: 10_000,
+  udpMs: 60_000,
+  udpDnsMs: 10_000,
+});
+
+/** The parts of an Ipv4Range (src/util/cidr) the engine needs. */
+export type RangeLike = Pick<Ipv4Range, 'networkIp' | 'prefixLen' | 'gatewayIp'>;
+
+export interface NatManagerOptions {
+  /** Fake range (CIDR text or a parsed range). @default '198.18.0.0/16' */
+  range?: string | RangeLike;
+  /** Gateway (TUN address). @default the first host of the range */
+  gateway?: string;
+  /** Listener port on the gateway. @default 1313 */
+  listenPort?: number;
+  /** DNS server port on the gateway (target of the port-53 hijack). @default 53 */
+  dnsPort?: number;
+  /** NAT every TCP/UDP packet to port 53 onto the DNS server. @default true */
+  dnsHijack?: boolean;
+  /**
+   * Most flows held at once (`--max-flows`). @default 1_048_576 — about
+   * 200 MB of native memory at ~200 B/flow (measured: bench/engine_bench.cc),
+   * room for the flows of a whole LAN.
+   */
+  maxFlows?: number;
+  timeouts?: Partial<NatTimeouts>;
+  /**
+   * A freed NAT pair is not handed out again for this long. @default 60_000
+   * — Linux TIME_WAIT (TCP_TIMEWAIT_LEN, 60 s) on the Listener side keeps
+   * (gateway:listenPort, NATip:NATport) alive that long; reusing the pair
+   * sooner would hit that socket (DESIGN.md "Known traps").
+   */
+  reuseDelayMs?: number;
+  /** One-line log. @default console.error */
+  logger?: (msg: string) => void;
+  /** Minimum interval between two "table full" log lines. @default 10_000 */
+  fullLogIntervalMs?: number;
+  /** Clock for ensureFlow timestamps and log rate limiting. @default Date.now */
+  clock?: () => number;
+  /** Test seam. @default the native Engine */
+  engineFactory?: (opts: EngineOptions) => NativeEngine;
+}
+
+export interface NatManagerEvents {
+  events: [FlowEvent[]];
+  open: [FlowEntry];
+  close: [FlowEntry, CloseReason];
+}
+
+function toEntry(f: NativeFlow): FlowEntry {
+  return { ...f, proto: f.proto === 6 ? 'tcp' : 'udp' };
+}
+function toEvent(e: NativeFlowEvent): FlowEvent {
+  return e.type === 'open'
+    ? { type: 'open', flow: toEntry(e.flow) }
+    : { type: 'close', flow: toEntry(e.flow), reason: e.reason ?? 'timeout' };
+}
+const PROTO = { tcp: 6, udp: 17 } as const;
+
+export class NatManager extends EventEmitter<NatManagerEvents> implements NatLookup {
+  /** The options handed to the native engine (defaults applied). */
+  readonly engineOptions: Readonly<EngineOptions>;
+  /** The native engine (tests and benches drive it with processPacket/expire). */
+  readonly engine: NativeEngine;
+  readonly #log: (msg: string) => void;
+  readonly #clock: () => number;
+  readonly #fullLogIntervalMs: number;
+  #timer: NodeJS.Timeout | undefined;
+  #running = false;
+  #lastRefused = 0;
+  #lastExhausted = 0;
+  #lastLogAt = Number.NEGATIVE_INFINITY;
+  #suppressed = 0;
+
+  constructor(opts: NatManagerOptions = {}) {
+    super();
+    const range: RangeLike =
+      typeof opts.range === 'object' ? opts.range : parseCidr(opts.range ?? '198.18.0.0/16', 'range');
+    this.engineOptions = Object.freeze({
+      network: range.networkIp,
+      prefixLen: range.prefixLen,
+      gateway: opts.gateway ?? range.gatewayIp,
+      listenPort: opts.listenPort ?? 1313,
+      dnsPort: opts.dnsPort ?? 53,
+      dnsHijack: opts.dnsHijack ?? true,
+      maxFlows: opts.maxFlows ?? 1_048_576,
+      timeouts: { ...DEFAULT_TIMEOUTS, ...opts.timeouts },
+      reuseDelayMs: opts.reuseDelayMs ?? 60_000,
+    });
+    this.#log = opts.logger ?? ((msg) => console.error(msg));
+    this.#clock = opts.clock ?? Date.now;
+    this.#fullLogIntervalMs = opts.fullLogIntervalMs ?? 10_000;
+    const factory = opts.engineFactory ?? ((o: EngineOptions) => new (native().Engine)(o));
+    this.engine = factory(this.engineOptions);
+  }
+
+  /** Start one engine thread per (non-blocking) TUN fd. */
+  start(fds: readonly number[]): void {
+    if (this.#running) throw new FakeproxyError('EBUSY', 'NAT engine already started: call stop() first');
+    this.engine.start([...fds], (evs) => this.#emitBatch(evs));
+    this.#running = true;
+    this.#timer = setInterval(() => this.checkCounters(), 1000);
+    this.#timer.unref();
+  }
+
+  /**
+   * Stop and join the engine threads, deliver what they queued, then close
+   * every flow (reason 'shutdown') so listeners (DNS pool, Redis mirror) see
+   * the table empty. Idempotent.
+   */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+    if (this.#running) this.engine.stop();
+    this.#running = false;
+    this.engine.clear(this.#clock());
+    this.flushEvents();
+  }
+
+  lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
+    const f = this.engine.lookup(PROTO[proto], natIp, natPort);
+    return f === undefined ? undefined : toEntry(f);
+  }
+
+  /** Snapshot of every flow. */
+  entries(): FlowEntry[] {
+    return this.engine.entries().map(toEntry);
+  }
+
+  stats(): EngineStats {
+    return this.engine.stats();
+  }
+
+  /**
+   * Find or create the flow (srcIp:srcPort → dstIp:dstPort) from the Listener
+   * side: a UDP reply from a remote the app never sent to gets its own NAT
+   * pair, and the Listener sends from it. Throws ENOSPC when the table is full.
+   */
+  ensureFlow(proto: Proto, srcIp: string, srcPort: number, dstIp: string, dstPort: number): FlowEntry {
+    try {
+      return toEntry(this.engine.ensureFlow(PROTO[proto], srcIp, srcPort, dstIp, dstPort, this.#clock()));
+    } catch (err) {
+      this.checkCounters();
+      throw err;
+    } finally {
+      if (!this.#running) this.flushEvents();
+    }
+  }
+
+  /** Emit the events queued natively now (engines driven without threads, tests). */
+  flushEvents(): void {
+    const evs = this.engine.drainEvents();
+    if (evs.length > 0) this.#emitBatch(evs);
+  }
+
+  /**
+   * Log (rate-limited) when new flows were refused since the last check.
+   * Runs every second while started and after every event batch.
+   */
+  checkCounters(): void {
+    const s = this.engine.stats();
+    const refused = s.flowsRefused ?? 0;
+    const exhausted = s.natExhausted ?? 0;
+    const newRefused = refused - this.#lastRefused;
+    if (newRefused <= 0) return;
+    const newExhausted = exhausted - this.#lastExhausted;
+    this.#lastRefused = refused;
+    this.#lastExhausted = exhausted;
+    const now = this.#clock();
+    if (now - this.#lastLogAt < this.#fullLogIntervalMs) {
+      this.#suppressed += newRefused;
+      return;
+    }
+    const total = newRefused + this.#suppressed;
+    this.#suppressed = 0;
+    this.#lastLogAt = now;
+    const why =
+      newExhausted > 0
+        ? `NAT address space exhausted (${this.engineOptions.network}/${this.engineOptions.prefixLen}): use a larger --cidr`
+        : `NAT table full (${s.flowsActive}/${this.engineOptions.maxFlows} flows): raise --max-flows or shorten the timeouts`;
+    this.#log(`${why}; refused ${total} new flow${total === 1 ? '' : 's'} (TCP reset, UDP port unreachable)`);
+  }
+
+  #emitBatch(native: NativeFlowEvent[]): void {
+    const batch = native.map(toEvent);
+    this.emit('events', batch);
+    for (const ev of batch) {
+      if (ev.type === 'open') this.emit('open', ev.flow);
+      else this.emit('close', ev.flow, ev.reason);
+    }
+    this.checkCounters();
+  }
+}

@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { GW, LISTEN, T0, TIMEOUTS, makeEngine, one } from './fixture.js';
+import { F, parse, tcpPacket, udpPacket } from './packets.js';
+
+const APP = '198.18.0.1';
+const FAKE = '198.18.2.2';
+
+function tcpFlow(e: ReturnType<typeof makeEngine>, sport: number, to: 'syn' | 'established' | 'fin' | 'closed') {
+  const app = { src: APP, dst: FAKE, sport, dport: 80 };
+  const f = parse(one(e, tcpPacket({ ...app, flags: F.SYN })));
+  const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+  if (to !== 'syn') {
+    one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK }));
+    one(e, tcpPacket({ ...app, flags: F.ACK }));
+  }
+  if (to === 'fin' || to === 'closed') one(e, tcpPacket({ ...app, flags: F.FIN | F.ACK }));
+  if (to === 'closed') one(e, tcpPacket({ ...lis, flags: F.FIN | F.ACK }));
+  expect(e.lookup(6, f.src, f.sport)?.state).toBe(to);
+  return f;
+}
+
+describe('expiry by state (fake clock)', () => {
+  it.each([
+    ['syn', TIMEOUTS.tcpSynMs, 'timeout'],
+    ['established', TIMEOUTS.tcpEstablishedMs, 'timeout'],
+    ['fin', TIMEOUTS.tcpFinMs, 'timeout'],
+    ['closed', TIMEOUTS.tcpClosedMs, 'fin'],
+  ] as const)('TCP %s lives exactly its timeout (%d ms)', (state, timeout, reason) => {
+    const e = makeEngine();
+    const f = tcpFlow(e, 1000, state);
+    e.drainEvents();
+    e.expire(T0 + timeout - 1);
+    expect(e.lookup(6, f.src, f.sport)).toBeDefined();
+    e.expire(T0 + timeout);
+    expect(e.lookup(6, f.src, f.sport)).toBeUndefined();
+    const ev = e.drainEvents();
+    expect(ev).toHaveLength(1);
+    expect(ev[0]).toMatchObject({ type: 'close', reason, flow: { srcPort: 1000, state } });
+    expect(e.stats()[reason === 'timeout' ? 'flowsExpired' : 'flowsClosed']).toBe(1);
+  });
+
+  it.each([
+    [443, TIMEOUTS.udpMs],
+    [53, TIMEOUTS.udpDnsMs],
+  ])('UDP to port %d idles out after %d ms; traffic keeps it alive', (dport, timeout) => {
+    const e = makeEngine();
+    const q = udpPacket({ src: APP, dst: FAKE, sport: 2000, dport });
+    const f = parse(one(e, q));
+    // Packets at T0 + timeout/2 keep it alive past the first deadline.
+    one(e, q, T0 + timeout / 2);
+    e.expire(T0 + timeout);
+    expect(e.lookup(17, f.src, f.sport)).toBeDefined();
+    e.expire(T0 + timeout / 2 + timeout - 1);
+    expect(e.lookup(17, f.src, f.sport)).toBeDefined();
+    // Never early, at most 1 s late (expiry lists are relinked at 1 s granularity).
+    e.expire(T0 + timeout / 2 + timeout + 1000);
+    expect(e.lookup(17, f.src, f.sport)).toBeUndefined();
+  });
+
+  it('expires many flows in last-seen order without touching the live ones', () => {
+    const e = makeEngine({ maxFlows: 10_000 });
+    for (let i = 0; i < 5000; i++) one(e, udpPacket({ src: APP, dst: FAKE, sport: 10_000 + i, dport: 443 }), T0 + i * 10);
+    e.drainEvents();
+    // At T0 + 60 000 + 25 000 flows seen before T0 + 25 000 are gone (2500 of them, give or take the 1 s granularity).
+    e.expire(T0 + 60_000 + 25_000);
+    const left = e.stats().flowsActive;
+    expect(left).toBeGreaterThanOrEqual(2400);
+    expect(left).toBeLessThanOrEqual(2500);
+    const closed = e.drainEvents();
+    expect(closed.every((x) => x.type === 'close' && x.reason === 'timeout' && x.flow.lastSeenMs <= T0 + 25_000)).toBe(true);
+    for (const f of e.entries()) expect(f.lastSeenMs).toBeGreaterThanOrEqual(T0 + 24_000);
+  });
+});
