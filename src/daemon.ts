@@ -1,7 +1,15 @@
-import { type Logger, stderrLogger } from './log.js';
+import { FakeDns } from './dns/FakeDns.js';
+import { defaultUpstream } from './dns/resolvconf.js';
 import type { StartConfig } from './config.js';
-import { isPublicSpace } from './util/cidr.js';
+import { type Logger, stderrLogger } from './log.js';
+import { NatManager } from './nat/NatManager.js';
+import type { FlowEvent } from './nat/types.js';
+import { upstreamResolver } from './proxy/dial.js';
+import { TcpListener } from './proxy/listener.js';
+import { parseUpstream } from './proxy/outbound.js';
+import { Router } from './proxy/router.js';
 import { TunDevice } from './tun/TunDevice.js';
+import { isPublicSpace } from './util/cidr.js';
 
 export interface DaemonDeps {
   log?: Logger;
@@ -10,11 +18,17 @@ export interface DaemonDeps {
 }
 
 /**
- * Wires the parts together; owns nothing but their lifetimes. Teardown runs in
- * the reverse order of start-up and is safe to call twice.
+ * Wires the parts together; owns nothing but their lifetimes. Start-up order
+ * follows the data path's needs: the TUN first (its address must exist before
+ * anything binds to the gateway), then DNS and the Listener, then the engine
+ * (so no captured SYN meets a closed port). Teardown runs in reverse and is
+ * safe to call twice.
  */
 export class Daemon {
-  private tun?: TunDevice;
+  tun?: TunDevice;
+  dns?: FakeDns;
+  nat?: NatManager;
+  tcp?: TcpListener;
   private readonly closers: (() => void | Promise<void>)[] = [];
   private stopping?: Promise<void>;
   private resolveStopped!: () => void;
@@ -34,27 +48,93 @@ export class Daemon {
   }
 
   async start(): Promise<void> {
-    const c = this.config;
-    if (isPublicSpace(c.cidr)) {
-      this.log(
-        `warning: ${c.cidr.text} is public address space: real hosts in it are unreachable while fakeproxy runs (198.18.0.0/16 is reserved and safe)`,
-      );
-    }
     try {
-      this.tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues });
-      const tun = this.tun;
-      this.closers.push(() => tun.close());
-      this.say(`device ${tun.name} up (mtu ${tun.mtu}, ${tun.fds.length} queue${tun.fds.length > 1 ? 's' : ''})`);
-      this.say(`address ${tun.address}/${c.cidr.prefixLen}`);
-      this.say(`route ${c.cidr.text} dev ${tun.name}`);
+      await this.startParts();
     } catch (e) {
       await this.stop();
       throw e;
     }
   }
 
+  private async startParts(): Promise<void> {
+    const c = this.config;
+    if (isPublicSpace(c.cidr)) {
+      this.log(
+        `warning: ${c.cidr.text} is public address space: real hosts in it are unreachable while fakeproxy runs (198.18.0.0/16 is reserved and safe)`,
+      );
+    }
+    // Resolve configuration that can fail before touching the system.
+    const dnsUpstream = c.dnsUpstream ?? defaultUpstream(c.dnsListen);
+    const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
+    const outbound = parseUpstream(c.upstream, { resolve });
+    const router = new Router({ final: outbound });
+
+    const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues });
+    this.tun = tun;
+    this.closers.push(() => tun.close());
+    this.say(`device ${tun.name} up (mtu ${tun.mtu}, ${tun.fds.length} queue${tun.fds.length > 1 ? 's' : ''})`);
+    this.say(`address ${tun.address}/${c.cidr.prefixLen}`);
+    this.say(`route ${c.cidr.text} dev ${tun.name}`);
+
+    const dns = new FakeDns({
+      cidr: c.cidr.text,
+      listen: c.dnsListen,
+      upstream: dnsUpstream,
+      ttl: c.fakeIpTtl,
+      filters: c.fakeIpFilter,
+      stateDir: c.stateDir === '' ? null : c.stateDir,
+      logger: this.log,
+    });
+    this.dns = dns;
+    await dns.start();
+    this.closers.push(() => dns.close());
+    for (const a of dns.addresses) this.say(`dns ${a.host}:${a.port} (udp+tcp), upstream ${dnsUpstream.host}:${dnsUpstream.port}`);
+
+    const nat = new NatManager({
+      range: c.cidr,
+      listenPort: c.listenPort,
+      dnsPort: c.dnsListen.find((l) => l.host === c.cidr.gatewayIp)?.port ?? 53,
+      dnsHijack: c.dnsHijack,
+      maxFlows: c.maxFlows,
+      logger: this.log,
+    });
+    this.nat = nat;
+    // A live flow pins its fake address (never recycled) and counts as use.
+    nat.on('events', (events: FlowEvent[]) => {
+      for (const ev of events) {
+        if (!dns.isFake(ev.flow.dstIp)) continue;
+        if (ev.type === 'open') {
+          dns.acquire(ev.flow.dstIp);
+          dns.touch(ev.flow.dstIp);
+        } else dns.release(ev.flow.dstIp);
+      }
+    });
+
+    const tcp = new TcpListener({
+      host: c.cidr.gatewayIp,
+      port: c.listenPort,
+      nat,
+      names: dns,
+      router,
+      logger: this.log,
+    });
+    this.tcp = tcp;
+    await tcp.start();
+    this.closers.push(() => tcp.close());
+    this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${outbound.label}`);
+
+    nat.start([...tun.fds]);
+    this.closers.push(() => nat.stop());
+    this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);
+  }
+
   /** Synchronous last-resort teardown for process 'exit' (uncaught errors). */
   closeSync(): void {
+    try {
+      this.nat?.stop();
+    } catch {
+      // best effort
+    }
     this.tun?.close();
   }
 

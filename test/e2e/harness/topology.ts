@@ -1,0 +1,153 @@
+/**
+ * The two-namespace topology of DESIGN.md "End-to-end test topology":
+ *   client   — TUN + daemon + curl/dig; resolv.conf → the daemon
+ *   upstream — dnsmasq (the real resolver), origin servers, proxies
+ * joined by a veth pair on a /30. The upstream resolver knows the test names;
+ * the client can only reach them by name through fakeproxy.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DaemonProc, ROOT } from './daemon.js';
+import { Netns, vethPair } from './netns.js';
+
+export const HTTP_PORT = 8080;
+export const ECHO_PORT = 9000;
+
+export interface Topology {
+  client: Netns;
+  upstream: Netns;
+  clientIp: string;
+  upstreamIp: string;
+  /** sha256 of /big?mib=64 as the origin computed it. */
+  bigSha256: string;
+  tmp: string;
+  daemon?: DaemonProc;
+  startDaemon(args: string[]): Promise<DaemonProc>;
+  /** Starts a long-running helper in the upstream namespace and waits for `ready` in its output (or a short settle). */
+  spawnUpstream(cmd: string, args: string[], ready?: RegExp): Promise<ChildProcess>;
+  destroy(): Promise<void>;
+}
+
+async function waitOutput(child: ChildProcess, re: RegExp, what: string, timeoutMs = 10_000): Promise<string> {
+  let out = '';
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what} not ready in ${timeoutMs} ms: ${out}`)), timeoutMs);
+    const on = (d: Buffer) => {
+      out += d.toString();
+      if (re.test(out)) {
+        clearTimeout(t);
+        resolve(out);
+      }
+    };
+    child.stdout?.on('data', on);
+    child.stderr?.on('data', on);
+    child.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`${what} exited (${code}) before ready: ${out}`));
+    });
+  });
+}
+
+/** Waits until something listens on ip:port (TCP) inside the namespace. */
+export async function waitListening(ns: Netns, port: number, proto: 'tcp' | 'udp' = 'tcp', timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await ns.exec('ss', [proto === 'tcp' ? '-ltnH' : '-lunH', `sport = :${port}`]);
+    if (r.stdout.trim()) return;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  throw new Error(`[${ns.name}] nothing listens on ${proto}/${port}`);
+}
+
+export interface TopologyOptions {
+  /** Extra dnsmasq arguments (e.g. --address=/x.test/1.2.3.4). */
+  dnsmasqArgs?: string[];
+}
+
+export async function createTopology(opts: TopologyOptions = {}): Promise<Topology> {
+  const client = await Netns.create('c');
+  const upstream = await Netns.create('u');
+  const tmp = mkdtempSync(join(tmpdir(), 'fpt-'));
+  try {
+    const { aIp: clientIp, bIp: upstreamIp } = await vethPair(client, upstream);
+    // The client resolves through the daemon only.
+    client.writeEtc('resolv.conf', 'nameserver 198.18.0.1\n');
+    client.writeEtc('hosts', '127.0.0.1 localhost\n');
+    upstream.writeEtc('hosts', `127.0.0.1 localhost\n${upstreamIp} origin.test\n`);
+    upstream.writeEtc('resolv.conf', `nameserver ${upstreamIp}\n`);
+
+    const dnsmasq = upstream.spawn('dnsmasq', [
+      '--keep-in-foreground',
+      '--no-resolv',
+      '--no-hosts',
+      '--conf-file=/dev/null',
+      '--user=root',
+      '--pid-file=',
+      `--listen-address=${upstreamIp}`,
+      '--bind-interfaces',
+      '--log-queries',
+      '--log-facility=-',
+      `--address=/origin.test/${upstreamIp}`,
+      `--address=/echo.test/${upstreamIp}`,
+      `--address=/printer.lan/${upstreamIp}`,
+      `--address=/real.example/${upstreamIp}`,
+      '--mx-host=origin.test,mail.origin.test,10',
+      '--txt-record=origin.test,fakeproxy test',
+      ...(opts.dnsmasqArgs ?? []),
+    ]);
+    await waitListening(upstream, 53, 'udp');
+    void dnsmasq;
+
+    const origin = upstream.spawn('node', [join(ROOT, 'test/e2e/fixtures/origin.mjs'), upstreamIp, String(HTTP_PORT), String(ECHO_PORT)]);
+    const out = await waitOutput(origin, /origin ready sha256\(64MiB\)=([0-9a-f]{64})/, 'origin');
+    const bigSha256 = /=([0-9a-f]{64})/.exec(out)?.[1] as string;
+
+    const topo: Topology = {
+      client,
+      upstream,
+      clientIp,
+      upstreamIp,
+      bigSha256,
+      tmp,
+      async startDaemon(args: string[]) {
+        const d = DaemonProc.start(client, [
+          'start',
+          '--state-dir',
+          '',
+          '--dns-upstream',
+          `${upstreamIp}:53`,
+          ...args,
+        ]);
+        topo.daemon = d;
+        await d.waitFor(/running; Ctrl-C to stop/, 20_000);
+        return d;
+      },
+      async spawnUpstream(cmd: string, args: string[], ready?: RegExp) {
+        const child = upstream.spawn(cmd, args);
+        if (ready) await waitOutput(child, ready, cmd);
+        return child;
+      },
+      async destroy() {
+        if (topo.daemon) await topo.daemon.stop();
+        await client.delete();
+        await upstream.delete();
+        rmSync(tmp, { recursive: true, force: true });
+      },
+    };
+    return topo;
+  } catch (e) {
+    await client.delete();
+    await upstream.delete();
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/** Writes a file into the topology's temp dir and returns its path. */
+export function tmpFile(t: Topology, name: string, text: string): string {
+  const p = join(t.tmp, name);
+  writeFileSync(p, text);
+  return p;
+}
