@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { loadConfigFile, resolveStartConfig } from './config.js';
 import { Daemon } from './daemon.js';
 import { FakeproxyError, UsageError } from './errors.js';
+import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
 const EXIT_RUNTIME = 1;
@@ -94,6 +95,45 @@ export function buildProgram(): Command {
       if (opts.dnsHijack === true && !process.argv.includes('--no-dns-hijack')) opts.dnsHijack = undefined;
       await runStart(opts);
     });
+
+  const inspect = (cmd: Command) =>
+    cmd
+      .requiredOption('--redis <url>', 'the Redis the daemon mirrors to (redis://[user:pass@]host:port[/db])')
+      .option('--node <id>', 'one daemon by node id (default: every node found)')
+      .option('--json', 'stable JSON for scripts');
+  const runInspect = async (fn: () => Promise<unknown>, opts: { debug?: boolean }) => {
+    try {
+      await fn();
+    } catch (e) {
+      fail(e, Boolean(opts.debug));
+    }
+  };
+  const base = (o: Record<string, unknown>) => ({
+    redis: String(o.redis),
+    node: typeof o.node === 'string' ? o.node : undefined,
+    json: Boolean(o.json),
+    out: process.stdout,
+  });
+
+  const nat = program.command('nat').description('inspect the live NAT table (needs a daemon started with --redis)');
+  inspect(nat.command('ls').description('list live flows: proto, app, destination, NAT address, outbound, state, age, bytes')).action(
+    (o: Record<string, unknown>) => runInspect(() => natLs(base(o)), o),
+  );
+  inspect(nat.command('watch').description('print flow open/close events as they happen (Ctrl-C to stop)')).action(
+    (o: Record<string, unknown>) => {
+      const ac = new AbortController();
+      process.once('SIGINT', () => ac.abort());
+      process.once('SIGTERM', () => ac.abort());
+      return runInspect(() => natWatch({ ...base(o), signal: ac.signal }), o);
+    },
+  );
+  const dns = program.command('dns').description('inspect the fake-IP map (needs a daemon started with --redis)');
+  inspect(dns.command('ls').description('list name → fake IP mappings')).action((o: Record<string, unknown>) =>
+    runInspect(() => dnsLs(base(o)), o),
+  );
+  inspect(dns.command('lookup <name|ip>').description('look a name or fake IP up in the map')).action(
+    (query: string, o: Record<string, unknown>) => runInspect(() => dnsLookup({ ...base(o), query }), o),
+  );
 
   return program;
 }

@@ -1,4 +1,6 @@
 import { FakeDns } from './dns/FakeDns.js';
+import { RedisSharedPool } from './dns/redisPool.js';
+import { RedisMirror } from './nat/redisMirror.js';
 import { defaultUpstream } from './dns/resolvconf.js';
 import type { StartConfig } from './config.js';
 import { type Logger, stderrLogger } from './log.js';
@@ -10,6 +12,8 @@ import { parseUpstream } from './proxy/outbound.js';
 import { Router } from './proxy/router.js';
 import { TunDevice } from './tun/TunDevice.js';
 import { isPublicSpace } from './util/cidr.js';
+import { UsageError } from './errors.js';
+import { redactRedisUrl } from './inspect/redisConn.js';
 
 export interface DaemonDeps {
   log?: Logger;
@@ -29,6 +33,7 @@ export class Daemon {
   dns?: FakeDns;
   nat?: NatManager;
   tcp?: TcpListener;
+  mirror?: RedisMirror;
   private readonly closers: (() => void | Promise<void>)[] = [];
   private stopping?: Promise<void>;
   private resolveStopped!: () => void;
@@ -76,7 +81,20 @@ export class Daemon {
     this.say(`address ${tun.address}/${c.cidr.prefixLen}`);
     this.say(`route ${c.cidr.text} dev ${tun.name}`);
 
+    const redisLog = { info: this.log, warn: this.log };
+    let shared: RedisSharedPool | undefined;
+    if (c.redisSharedPool) {
+      if (!c.redis) throw new UsageError('--redis-shared-pool needs --redis URL');
+      const pool = new RedisSharedPool({ url: c.redis, cidr: c.cidr.text, gateway: c.cidr.gatewayIp, logger: redisLog });
+      shared = pool;
+      // Waits up to 5 s for a first connection; a refused password rejects (exit 1).
+      await pool.start();
+      this.closers.push(() => pool.close());
+      this.say(`fake-IP pool shared through ${redactRedisUrl(c.redis)}`);
+    }
+
     const dns = new FakeDns({
+      shared,
       cidr: c.cidr.text,
       listen: c.dnsListen,
       upstream: dnsUpstream,
@@ -110,6 +128,18 @@ export class Daemon {
       }
     });
 
+    if (c.redis) {
+      // Inspection only: the mirror never blocks the packet path or the
+      // Listener, and an unreachable Redis is retried in the background.
+      const mirror = new RedisMirror({ url: c.redis, nodeId: c.nodeId, logger: redisLog });
+      this.mirror = mirror;
+      mirror.attachNat(nat);
+      mirror.attachDns(dns);
+      mirror.start();
+      this.closers.push(() => mirror.close());
+      this.say(`redis mirror ${redactRedisUrl(c.redis)} as fakeproxy:${c.nodeId}:`);
+    }
+
     const tcp = new TcpListener({
       host: c.cidr.gatewayIp,
       port: c.listenPort,
@@ -119,6 +149,12 @@ export class Daemon {
       logger: this.log,
     });
     this.tcp = tcp;
+    const mirror = this.mirror;
+    if (mirror) {
+      tcp.on('session', (e) => {
+        if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: e.outbound });
+      });
+    }
     await tcp.start();
     this.closers.push(() => tcp.close());
     this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${outbound.label}`);

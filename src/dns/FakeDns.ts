@@ -58,8 +58,23 @@ export interface FakeDnsOptions {
   persistIntervalMs?: number;
   /** Largest UDP response we send whatever the client's EDNS size. @default 4096 (avoids IP fragmentation beyond common MTUs×3) */
   maxUdpSize?: number;
+  /**
+   * A pool shared with other daemons (`--redis-shared-pool`): names this
+   * daemon has not answered yet are allocated there (atomically, so two
+   * gateways never give one address to two names) and then kept in the local
+   * store, so known names cost no round trip. @default none (local pool only)
+   */
+  shared?: SharedFakeIpPool;
   /** Storage seam: make the pool (e.g. a Redis-backed shared pool). @default in-memory FakeIpPool */
   storeFactory?: (range: FakeRange, clock: () => number, listener: PoolListener) => FakeIpStore;
+}
+
+/** What FakeDns needs of a shared pool (src/dns/redisPool.ts implements it). */
+export interface SharedFakeIpPool {
+  /** The name's address in the shared pool, allocating it when new. Rejects when the pool cannot be reached. */
+  allocate(name: string): Promise<string>;
+  touch(ip: string): void;
+  on(event: 'recycled', cb: (name: string, ip: string) => void): unknown;
 }
 
 const LOG_INTERVAL_MS = 10_000;
@@ -77,6 +92,7 @@ export class FakeDns extends EventEmitter {
   private readonly maxUdp: number;
   private readonly persistIntervalMs: number;
   private readonly listen: { host: string; port: number }[];
+  private readonly shared: SharedFakeIpPool | undefined;
   private persistTimer: NodeJS.Timeout | undefined;
   private savedVersion = -1;
   private saving: Promise<void> | undefined;
@@ -116,6 +132,11 @@ export class FakeDns extends EventEmitter {
       if (this.listenerCount(ev) > 0) this.emit(ev, name, intToIp(ip));
     };
     this.store = opts.storeFactory ? opts.storeFactory(this.range, this.clock, listener) : new FakeIpPool(this.range, this.clock, listener);
+    this.shared = opts.shared;
+    // Another gateway recycled the address: forget our copy so we ask again.
+    this.shared?.on('recycled', (name) => {
+      this.store.remove(normalizeName(name));
+    });
     this.upstream = new Upstream({
       host: opts.upstream.host,
       port: opts.upstream.port,
@@ -247,7 +268,9 @@ export class FakeDns extends EventEmitter {
             this.counters.fakeNoData++;
             return buildResponse(msg, q, Rcode.NOERROR, undefined, 0, limit);
           }
+          if (this.shared && this.store.lookup(name) === undefined) return this.allocateShared(msg, q, name, limit);
           const ip = this.store.allocate(name);
+          if (ip !== undefined) this.shared?.touch(intToIp(ip));
           if (ip === undefined) {
             this.counters.poolExhausted++;
             this.logLimited(
@@ -270,6 +293,37 @@ export class FakeDns extends EventEmitter {
       }
     }
     return this.forward(msg, q, limit);
+  }
+
+  /**
+   * A name new to this daemon in shared-pool mode: the shared pool decides
+   * the address; we adopt it locally (dropping whatever stale local mapping
+   * held that address). Pool unreachable → SERVFAIL: consistency over
+   * availability (docs/redis.md).
+   */
+  private async allocateShared(msg: Buffer, q: Query, name: string, limit: number): Promise<Buffer> {
+    const shared = this.shared as SharedFakeIpPool;
+    let ipText: string;
+    try {
+      ipText = await shared.allocate(name);
+    } catch (err) {
+      this.counters.upstreamFailures++;
+      this.logLimited('shared', `dns: shared fake-IP pool unavailable for ${name}: ${(err as Error).message}; answering SERVFAIL`);
+      return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
+    }
+    const ip = ipToInt(ipText);
+    if (ip === undefined || !this.range.contains(ip)) {
+      this.logLimited('shared', `dns: shared fake-IP pool answered ${ipText} for ${name}, outside ${this.range.cidr}; answering SERVFAIL`);
+      return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
+    }
+    const holder = this.store.reverse(ip);
+    if (holder !== undefined && holder !== name) this.store.remove(holder);
+    if (this.store.lookup(name) !== ip) {
+      this.store.remove(name);
+      this.store.restore(name, ip, this.clock());
+    }
+    this.counters.fakeA++;
+    return buildAResponse(msg, q, ip, this.ttl);
   }
 
   /** Not filtered, not the root, not a reverse-mapping name (the gateway's reverse zone included). */
