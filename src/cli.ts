@@ -87,6 +87,11 @@ export function buildProgram(): Command {
     .option('--redis-shared-pool', 'share the fake-IP pool with other daemons on the same Redis and CIDR')
     .option('--state-dir <dir>', "where the fake-IP map survives restarts; '' disables (default /var/lib/fakeproxy)")
     .option('--max-flows <n>', 'NAT table size (default 1048576)')
+    .option(
+      '--nat-timeout <name=seconds>',
+      'NAT idle timeout, repeatable: tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, udp-dns',
+      collect,
+    )
     .option('--config <file.yaml>', 'config file; every flag has a camelCase twin, flags win')
     .option('--debug', 'stack traces on errors')
     .action(async (opts: Record<string, unknown>) => {

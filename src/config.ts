@@ -40,8 +40,46 @@ export interface StartConfig {
   stateDir: string;
   /** @default 1048576 */
   maxFlows: number;
+  /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the engine defaults. */
+  natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   /** @default false */
   debug: boolean;
+}
+
+/** `--nat-timeout NAME=SECONDS` names → NatTimeouts keys. */
+export const NAT_TIMEOUT_NAMES = {
+  'tcp-syn': 'tcpSynMs',
+  'tcp-established': 'tcpEstablishedMs',
+  'tcp-fin': 'tcpFinMs',
+  'tcp-closed': 'tcpClosedMs',
+  udp: 'udpMs',
+  'udp-dns': 'udpDnsMs',
+} as const;
+export type NatTimeoutKey = (typeof NAT_TIMEOUT_NAMES)[keyof typeof NAT_TIMEOUT_NAMES];
+
+function natTimeouts(v: unknown): Partial<Record<NatTimeoutKey, number>> {
+  const out: Partial<Record<NatTimeoutKey, number>> = {};
+  // Flags give ['udp=30', …]; the config file may also give a mapping {udp: 30}.
+  const pairs: [string, unknown][] =
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.entries(v)
+      : list(v, '--nat-timeout').map((t) => {
+          const i = t.indexOf('=');
+          if (i < 0) throw new UsageError(`--nat-timeout ${JSON.stringify(t)}: write NAME=SECONDS, e.g. udp=30`);
+          return [t.slice(0, i), t.slice(i + 1)];
+        });
+  for (const [name, secs] of pairs) {
+    const key = NAT_TIMEOUT_NAMES[name as keyof typeof NAT_TIMEOUT_NAMES];
+    if (!key) {
+      throw new UsageError(`--nat-timeout ${name}: unknown; one of ${Object.keys(NAT_TIMEOUT_NAMES).join(', ')}`);
+    }
+    const n = Number(secs);
+    if (!Number.isFinite(n) || n <= 0 || n > 864_000) {
+      throw new UsageError(`--nat-timeout ${name}=${secs}: seconds must be > 0 and at most 864000`);
+    }
+    out[key] = Math.round(n * 1000);
+  }
+  return out;
 }
 
 /** Raw option bag as commander produces it (strings / arrays), or as YAML gives it. */
@@ -64,6 +102,7 @@ const KNOWN_KEYS = new Set([
   'redisSharedPool',
   'stateDir',
   'maxFlows',
+  'natTimeout',
   'debug',
 ]);
 
@@ -135,6 +174,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     redisSharedPool: bool(pick('redisSharedPool')),
     stateDir: str(pick('stateDir') ?? '/var/lib/fakeproxy', '--state-dir'),
     maxFlows: int(pick('maxFlows') ?? 1_048_576, '--max-flows', 16, 16_777_216),
+    natTimeouts: natTimeouts(pick('natTimeout')),
     debug: bool(pick('debug')),
   };
 }

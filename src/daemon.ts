@@ -114,6 +114,7 @@ export class Daemon {
       dnsPort: c.dnsListen.find((l) => l.host === c.cidr.gatewayIp)?.port ?? 53,
       dnsHijack: c.dnsHijack,
       maxFlows: c.maxFlows,
+      timeouts: c.natTimeouts,
       logger: this.log,
     });
     this.nat = nat;

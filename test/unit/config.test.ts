@@ -78,3 +78,19 @@ fp0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
     expect(r.map((x) => `${x.iface} ${x.text}`)).toEqual(['eth0 192.168.2.0/24', 'fp0 198.18.0.0/16']);
   });
 });
+
+describe('--nat-timeout', () => {
+  it('maps NAME=SECONDS to engine timeouts in ms, flags and config mapping alike', () => {
+    expect(resolveStartConfig({ natTimeout: ['udp=30', 'tcp-closed=2.5'] }).natTimeouts).toEqual({
+      udpMs: 30_000,
+      tcpClosedMs: 2_500,
+    });
+    expect(resolveStartConfig({}, { natTimeout: { 'tcp-established': 600 } }).natTimeouts).toEqual({
+      tcpEstablishedMs: 600_000,
+    });
+    expect(resolveStartConfig({}).natTimeouts).toEqual({});
+  });
+  it.each([['udp'], ['bogus=1'], ['udp=0'], ['udp=-3'], ['udp=abc']])('%s is a usage error', (t) => {
+    expect(() => resolveStartConfig({ natTimeout: [t] })).toThrow(UsageError);
+  });
+});
