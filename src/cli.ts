@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { loadConfigFile, resolveStartConfig } from './config.js';
 import { Daemon } from './daemon.js';
 import { FakeproxyError, UsageError } from './errors.js';
+import { formatStatus, readStatus } from './control.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
@@ -119,6 +120,19 @@ export function buildProgram(): Command {
     json: Boolean(o.json),
     out: process.stdout,
   });
+
+  program
+    .command('status')
+    .description('counters of the daemon running in this network namespace (no Redis needed)')
+    .option('--tun <name>', 'the daemon serving this device (default fp0)', 'fp0')
+    .option('--json', 'the whole status object as JSON')
+    .option('--debug', 'stack traces on errors')
+    .action((o: { tun: string; json?: boolean; debug?: boolean }) =>
+      runInspect(async () => {
+        const s = await readStatus(o.tun);
+        process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : formatStatus(s));
+      }, o),
+    );
 
   const nat = program.command('nat').description('inspect the live NAT table (needs a daemon started with --redis)');
   inspect(nat.command('ls').description('list live flows: proto, app, destination, NAT address, outbound, state, age, bytes')).action(

@@ -1,3 +1,4 @@
+import { ControlServer, type Status } from './control.js';
 import { FakeDns } from './dns/FakeDns.js';
 import { RedisSharedPool } from './dns/redisPool.js';
 import { RedisMirror } from './nat/redisMirror.js';
@@ -73,6 +74,11 @@ export class Daemon {
     const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
     const outbound = parseUpstream(c.upstream, { resolve });
     const router = new Router({ final: outbound });
+
+    // First, so a second instance is refused before it touches anything.
+    const control = new ControlServer(c.tun, () => this.status());
+    await control.start();
+    this.closers.push(() => control.close());
 
     const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues });
     this.tun = tun;
@@ -163,6 +169,21 @@ export class Daemon {
     nat.start([...tun.fds]);
     this.closers.push(() => nat.stop());
     this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);
+  }
+
+  /** Counters of every part, for `fakeproxy status`. */
+  status(): Status {
+    return {
+      pid: process.pid,
+      uptimeSec: Math.round(process.uptime()),
+      rssBytes: process.memoryUsage.rss(),
+      tun: this.tun ? { name: this.tun.name, range: this.config.cidr.text, mtu: this.tun.mtu, queues: this.tun.fds.length } : null,
+      upstream: this.tcp ? this.config.upstream.replace(/\/\/[^@/]*@/, '//***@') : null,
+      engine: this.nat?.stats() ?? null,
+      dns: this.dns?.stats() ?? null,
+      tcp: this.tcp?.stats() ?? null,
+      redis: this.mirror?.stats() ?? null,
+    };
   }
 
   /** Synchronous last-resort teardown for process 'exit' (uncaught errors). */

@@ -27,7 +27,17 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     const routes = await ns.must('ip', ['-4', 'route', 'show']);
     expect(routes).toMatch(/^198\.18\.0\.0\/16 dev fp0 .*src 198\.18\.0\.1/m);
 
+    // `fakeproxy status` reaches the daemon of this namespace (abstract socket).
+    const st = await runCli(ns, ['status', '--json']);
+    expect(st.code).toBe(0);
+    const status = JSON.parse(st.stdout);
+    expect(status.tun).toMatchObject({ name: 'fp0', range: '198.18.0.0/16', mtu: 9000, queues: 1 });
+    expect(status.engine.threadsRunning).toBe(1);
+
     expect(await d.stop('SIGTERM')).toBe(0);
+    const gone = await runCli(ns, ['status']);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/no fakeproxy serves fp0 in this network namespace/);
     const after = await ns.exec('ip', ['link', 'show', 'dev', 'fp0']);
     expect(after.code).not.toBe(0);
     expect(await ns.must('ip', ['-4', 'route', 'show'])).not.toMatch(/198\.18\./);

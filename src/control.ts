@@ -1,0 +1,112 @@
+/**
+ * The daemon's read-only status endpoint: `fakeproxy status` asks the running
+ * daemon for its counters without Redis. The socket is an *abstract* Unix
+ * socket (`\0fakeproxy/<tun>`): it lives in the network namespace, not on
+ * disk, so daemons in different namespaces never collide, nothing is left
+ * behind after a crash, and you see the daemon of the namespace you are in.
+ * It only reports counters (no flow details, no control).
+ */
+import * as net from 'node:net';
+import { FakeproxyError } from './errors.js';
+
+export const controlPath = (tun: string) => `\0fakeproxy/${tun}`;
+
+export type Status = Record<string, unknown>;
+
+export class ControlServer {
+  private server?: net.Server;
+  constructor(
+    private readonly tun: string,
+    private readonly status: () => Status,
+  ) {}
+
+  async start(): Promise<void> {
+    const server = net.createServer((sock) => {
+      sock.on('error', () => sock.destroy());
+      try {
+        sock.end(`${JSON.stringify(this.status())}\n`);
+      } catch (e) {
+        sock.end(`${JSON.stringify({ error: (e as Error).message })}\n`);
+      }
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) =>
+        reject(
+          e.code === 'EADDRINUSE'
+            ? new FakeproxyError(
+                'EBUSY',
+                `EBUSY: device ${this.tun} is held by another process (another fakeproxy serves it in this network namespace): stop it or choose another --tun name`,
+              )
+            : e,
+        ),
+      );
+      server.listen(controlPath(this.tun), () => resolve());
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+}
+
+/** Reads the status of the daemon serving `tun` in this network namespace. */
+export function readStatus(tun: string, timeoutMs = 3000): Promise<Status> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(controlPath(tun));
+    let buf = '';
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new FakeproxyError('ETIMEDOUT', `the daemon serving ${tun} did not answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => {
+      buf += d;
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(buf) as Status);
+      } catch {
+        reject(new FakeproxyError('EPROTO', `unreadable status from the daemon serving ${tun}`));
+      }
+    });
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(
+        e.code === 'ECONNREFUSED' || e.code === 'ENOENT'
+          ? new FakeproxyError('ENOTRUNNING', `no fakeproxy serves ${tun} in this network namespace (is it running? --tun NAME)`)
+          : e,
+      );
+    });
+  });
+}
+
+const num = (o: unknown, k: string): number => {
+  const v = (o as Record<string, unknown> | null)?.[k];
+  return typeof v === 'number' ? v : 0;
+};
+const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+
+/** A few lines for people; `--json` prints the whole object instead. */
+export function formatStatus(s: Status): string {
+  const tun = s.tun as { name: string; range: string; mtu: number; queues: number } | null;
+  const e = s.engine;
+  const drops = Object.entries((e as Record<string, number>) ?? {})
+    .filter(([k, v]) => k.startsWith('drop') && v > 0)
+    .map(([k, v]) => `${k.slice(4, 5).toLowerCase()}${k.slice(5)} ${v}`);
+  const lines = [
+    `fakeproxy ${tun ? `on ${tun.name} ${tun.range} (mtu ${tun.mtu}, ${tun.queues} queue(s))` : '(starting)'}, pid ${s.pid}, up ${s.uptimeSec}s, rss ${mib(Number(s.rssBytes))}, upstream ${s.upstream}`,
+    `engine: ${num(e, 'flowsActive')} flows (tcp ${num(e, 'tcpFlows')}, udp ${num(e, 'udpFlows')}), created ${num(e, 'flowsCreated')}, refused ${num(e, 'flowsRefused')}, packets in ${num(e, 'pktsIn')} out ${num(e, 'pktsOut')}, table ${mib(num(e, 'memoryBytes'))}`,
+    `drops: ${drops.length ? drops.join(', ') : 'none'}`,
+    `dns: ${num(s.dns, 'queries')} queries, ${num(s.dns, 'fakeA')} fake answers, ${num(s.dns, 'forwarded')} forwarded, ${num(s.dns, 'upstreamFailures')} upstream failures, ${num(s.dns, 'poolMapped')}/${num(s.dns, 'poolCapacity')} names mapped`,
+    `tcp: ${num(s.tcp, 'active')} active, ${num(s.tcp, 'accepted')} accepted, ${num(s.tcp, 'connectFailed')} upstream failures, ${num(s.tcp, 'rejectedPeers')} rejected peers`,
+  ];
+  if (s.udp) lines.push(`udp: ${JSON.stringify(s.udp)}`);
+  if (s.redis) {
+    lines.push(
+      `redis: ${(s.redis as { connected?: boolean }).connected ? 'connected' : 'disconnected'}, ${num(s.redis, 'written')} written, ${num(s.redis, 'dropped')} dropped, ${num(s.redis, 'resyncs')} resyncs`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
