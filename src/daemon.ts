@@ -9,6 +9,7 @@ import { NatManager } from './nat/NatManager.js';
 import type { FlowEvent } from './nat/types.js';
 import { upstreamResolver } from './proxy/dial.js';
 import { TcpListener } from './proxy/listener.js';
+import { UdpListener } from './proxy/udp/udpListener.js';
 import { parseUpstream } from './proxy/outbound.js';
 import { Router } from './proxy/router.js';
 import { TunDevice } from './tun/TunDevice.js';
@@ -34,6 +35,7 @@ export class Daemon {
   dns?: FakeDns;
   nat?: NatManager;
   tcp?: TcpListener;
+  udp?: UdpListener;
   mirror?: RedisMirror;
   private readonly closers: (() => void | Promise<void>)[] = [];
   private stopping?: Promise<void>;
@@ -166,6 +168,30 @@ export class Daemon {
     this.closers.push(() => tcp.close());
     this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${outbound.label}`);
 
+    const udp = new UdpListener({
+      host: c.cidr.gatewayIp,
+      port: c.listenPort,
+      nat,
+      names: dns,
+      router,
+      logger: this.log,
+      // Replies larger than the TUN MTU would be IP-fragmented on their way
+      // into the TUN, and the engine does not reassemble fragments.
+      maxPayloadBytes: c.mtu - 28,
+      // One knob for UDP idleness: the NAT flow and the upstream association.
+      ...(c.natTimeouts.udpMs ? { idleTimeoutMs: c.natTimeouts.udpMs } : {}),
+      ...(c.natTimeouts.udpDnsMs ? { dnsIdleTimeoutMs: c.natTimeouts.udpDnsMs } : {}),
+    });
+    this.udp = udp;
+    if (mirror) {
+      udp.on('session', (e) => {
+        if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: e.outbound });
+      });
+    }
+    await udp.start();
+    this.closers.push(() => udp.close());
+    this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (udp) → ${outbound.label}${outbound.udpAssociate ? '' : ' (cannot carry UDP: datagrams dropped)'}`);
+
     nat.start([...tun.fds]);
     this.closers.push(() => nat.stop());
     this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);
@@ -182,6 +208,7 @@ export class Daemon {
       engine: this.nat?.stats() ?? null,
       dns: this.dns?.stats() ?? null,
       tcp: this.tcp?.stats() ?? null,
+      udp: this.udp?.stats() ?? null,
       redis: this.mirror?.stats() ?? null,
     };
   }

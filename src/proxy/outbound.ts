@@ -24,16 +24,74 @@ export interface ConnectOptions {
   signal?: AbortSignal;
 }
 
+/** Why an association dropped a datagram (counted, never thrown: UDP has no error path back to the app). */
+export type UdpDropReason =
+  /** The destination name did not resolve (direct) — or no resolver is configured. */
+  | 'resolve-failed'
+  /** A per-name queue waiting for resolution overflowed (oldest dropped). */
+  | 'queue-full'
+  /** The kernel refused the send (EMSGSIZE, ENETUNREACH, …). */
+  | 'send-error'
+  /** Payload (plus encapsulation) larger than `maxPayloadBytes`. */
+  | 'oversized'
+  /** SOCKS5 reply shorter than its header (RFC 1928 §7). */
+  | 'truncated'
+  /** SOCKS5 reply with FRAG ≠ 0: we do not reassemble (RFC 1928 §7 makes it optional). */
+  | 'fragment'
+  /** SOCKS5 reply with an ATYP other than 1, 3, 4. */
+  | 'bad-atyp'
+  /** A datagram on the association's socket from someone other than the relay (RFC 1928 §7: MUST drop). */
+  | 'foreign-source'
+  /** send() after the association closed. */
+  | 'closed';
+
+export interface UdpAssociationStats {
+  /** Datagrams handed to the kernel / received and delivered to onMessage. */
+  sent: number;
+  received: number;
+  dropped: Record<UdpDropReason, number>;
+}
+
+export interface UdpAssociateOptions extends ConnectOptions {
+  /**
+   * Largest payload carried either way; bigger ones are dropped and counted.
+   * @default 65507 — the largest UDP payload over IPv4 (65535 − 20 − 8).
+   */
+  maxPayloadBytes?: number;
+  /**
+   * Datagrams held per destination name while it resolves (direct); the
+   * oldest is dropped past it.
+   * @default 256 — same bound as the UDP listener's setup queue.
+   */
+  maxQueue?: number;
+  /** One-line operator log for per-association problems (never per datagram). @default no log */
+  logger?: ((line: string) => void) | undefined;
+}
+
 /**
- * Placeholder for SOCKS5 UDP ASSOCIATE (RFC 1928 §7), filled in by the UDP
- * work: datagrams to/from any destination over one association, kept alive
- * by the TCP control connection. The codec for its header is already in
- * ../socks5-codec.ts (`udpHeader`).
+ * One upstream UDP "socket" that can talk to any destination (full cone:
+ * endpoint-independent mapping, RFC 4787 REQ-1) — a real unconnected socket
+ * for direct, a SOCKS5 UDP ASSOCIATE (RFC 1928 §7) kept alive by its TCP
+ * control connection for socks5. Send and receive never throw: drops are
+ * counted in stats().
  */
 export interface UdpAssociation {
+  /** Send one datagram to `dst` (a name is resolved by the outbound or the proxy, never by getaddrinfo). */
   send(dst: Destination, payload: Uint8Array): void;
+  /**
+   * Every datagram received, with the remote it came from. When the
+   * association can tell that the remote is a destination given to send()
+   * (direct: the address it resolved that name to; socks5: learned, see
+   * socks5-udp.ts), `src` is that destination exactly as given (the name,
+   * not the IP), so the caller can match replies to what the app sent to.
+   * Otherwise `src` is the remote's address: an IP literal (or a name, if a
+   * SOCKS5 relay reports one).
+   */
   onMessage(cb: (src: Destination, payload: Buffer) => void): void;
+  /** Called once when the association ends, by close() (no error) or on its own (control connection lost, socket error). */
+  onClose(cb: (err?: Error) => void): void;
   close(): void;
+  stats(): UdpAssociationStats;
 }
 
 export interface Outbound {
@@ -48,8 +106,12 @@ export interface Outbound {
    * socket error (Node's code); the socket is destroyed on every failure.
    */
   connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket>;
-  /** Optional: outbounds that can carry UDP. Absent → the UDP listener treats the outbound as TCP-only. */
-  udpAssociate?(opts?: ConnectOptions): Promise<UdpAssociation>;
+  /**
+   * Optional: outbounds that can carry UDP. Absent → the UDP listener treats
+   * the outbound as TCP-only (datagrams dropped and counted, one log line
+   * per flow). Rejects like connect() when the association cannot be set up.
+   */
+  udpAssociate?(opts?: UdpAssociateOptions): Promise<UdpAssociation>;
 }
 
 export interface UpstreamDeps {

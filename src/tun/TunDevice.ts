@@ -131,6 +131,15 @@ export class TunDevice {
     } catch {
       // IPv6 disabled system-wide, or /proc/sys read-only: nothing to turn off.
     }
+    // Loose reverse-path filtering on the device: with full-cone UDP a reply
+    // from a real remote the app never sent to enters the TUN with that real
+    // source address, which strict rp_filter (the source's route is not via
+    // the TUN) would drop. The effective value is max(all, dev), so 2 wins.
+    try {
+      writeFileSync(`/proc/sys/net/ipv4/conf/${h.name}/rp_filter`, '2');
+    } catch {
+      // read-only /proc/sys: strict filtering only costs unsolicited UDP replies.
+    }
     return new TunDevice(h.name, mtu, opts.range, h.ifindex, h.fds, b);
   }
 

@@ -5,7 +5,8 @@
  */
 import type * as net from 'node:net';
 import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
-import type { ConnectOptions, Destination, Outbound } from '../outbound.js';
+import type { ConnectOptions, Destination, Outbound, UdpAssociateOptions, UdpAssociation } from '../outbound.js';
+import { DirectUdpAssociation } from './direct-udp.js';
 
 export interface DirectOutboundOptions {
   /** Name → addresses. Absent → names fail with ENORESOLVER (IP destinations still work). */
@@ -39,5 +40,10 @@ export class DirectOutbound implements Outbound {
     } finally {
       d.dispose();
     }
+  }
+
+  /** A real UDP socket per association; names through the same injected resolver (./direct-udp.ts). */
+  udpAssociate(opts?: UdpAssociateOptions): Promise<UdpAssociation> {
+    return Promise.resolve(new DirectUdpAssociation({ ...opts, resolve: this.#o.resolve }));
   }
 }

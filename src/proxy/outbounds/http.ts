@@ -2,6 +2,8 @@
  * HTTP CONNECT (RFC 9110 §9.3.6) with optional Basic auth (RFC 7617).
  * The response head is read with a size bound; bytes after it (a
  * server-first protocol's banner, in the same segment) stay in the socket.
+ * No `udpAssociate`: CONNECT carries a byte stream only, so the UDP
+ * listener drops datagrams routed here (counted, one log line per flow).
  */
 import type * as net from 'node:net';
 import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';

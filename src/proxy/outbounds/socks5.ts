@@ -25,8 +25,9 @@ import type * as net from 'node:net';
 import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import { readExact } from '../handshake-io.js';
-import type { ConnectOptions, Destination, Outbound } from '../outbound.js';
+import type { ConnectOptions, Destination, Outbound, UdpAssociateOptions, UdpAssociation } from '../outbound.js';
 import {
+  type Address,
   addressLengthFromPrefix,
   Cmd,
   greeting,
@@ -38,6 +39,7 @@ import {
   userPassReply,
   userPassRequest,
 } from '../socks5-codec.js';
+import { socks5UdpAssociate } from './socks5-udp.js';
 
 export interface Socks5OutboundOptions {
   host: string;
@@ -77,7 +79,28 @@ export class Socks5Outbound implements Outbound {
     }
   }
 
-  async #handshake(sock: net.Socket, dst: Destination, signal: AbortSignal, what: string): Promise<void> {
+  /** RFC 1928 §7 UDP ASSOCIATE; see ./socks5-udp.ts. */
+  udpAssociate(opts?: UdpAssociateOptions): Promise<UdpAssociation> {
+    return socks5UdpAssociate(
+      {
+        host: this.#o.host,
+        port: this.#o.port,
+        label: this.label,
+        resolve: this.#o.resolve,
+        handshake: (sock, client, signal, what) => this.#handshake(sock, client, signal, what, Cmd.UDP_ASSOCIATE),
+      },
+      opts,
+    );
+  }
+
+  /** Method negotiation, auth, then `cmd` for `dst`; resolves with BND.ADDR:BND.PORT. */
+  async #handshake(
+    sock: net.Socket,
+    dst: Destination,
+    signal: AbortSignal,
+    what: string,
+    cmd: number = Cmd.CONNECT,
+  ): Promise<Address> {
     const auth = this.#o.auth;
     const methods: number[] = auth ? [Method.NO_AUTH, Method.USER_PASS] : [Method.NO_AUTH];
     sock.write(greeting.encode({ methods }));
@@ -104,12 +127,13 @@ export class Socks5Outbound implements Outbound {
         );
       }
     }
-    sock.write(request.encode({ cmd: Cmd.CONNECT, host: dst.host, port: dst.port }));
+    sock.write(request.encode({ cmd, host: dst.host, port: dst.port }));
     // VER REP RSV ATYP + first address byte tell the reply's full length.
     const head = await readExact(sock, 5, signal, what);
     const addrLen = addressLengthFromPrefix(head, 3) as number;
     const rest = await readExact(sock, 3 + addrLen - 5, signal, what);
     const r = reply.decode(Buffer.concat([head, rest], 3 + addrLen));
     if (r.rep !== 0) throw replyError(r.rep, what);
+    return { host: r.host, port: r.port };
   }
 }

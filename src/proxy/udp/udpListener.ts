@@ -1,0 +1,448 @@
+/**
+ * The UDP Listener on gateway:--listen-port (same port number as the TCP
+ * one). The engine rewrites every datagram an app sends to a fake address
+ * (app ip:port → fake:port) into NATip:NATport → gateway:port; here the
+ * datagram's source is looked up in the NAT (only live NAT addresses are
+ * served — never an open relay), the destination's name comes from the fake
+ * DNS, the outbound from the Router.
+ *
+ * Full cone where the outbound allows: ONE upstream association per app
+ * socket (app ip:port, per outbound), reused for every destination that
+ * socket talks to, and replies from any remote are delivered back — to the
+ * flow's NAT address, so the engine restores the fake source the app sent
+ * to; a reply from a remote the app never sent to: see association.ts
+ * (#fromRemote) for what we do and why.
+ *
+ * Bounded: associations (LRU by last activity), per-association setup queue
+ * (drop oldest), remotes per association; every drop is counted by reason.
+ */
+import * as dgram from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { wrapError } from '../../errors.js';
+import { type Logger, rateLimited, stderrLogger } from '../../log.js';
+import type { FlowEntry } from '../../nat/types.js';
+import { hostPort } from '../dial.js';
+import type { NameLookup } from '../listener.js';
+import type { Outbound, UdpDropReason } from '../outbound.js';
+import type { Router } from '../router.js';
+import {
+  AppAssociation,
+  type AssociationHost,
+  type UdpListenerDropReason,
+  type UdpNat,
+  type UdpSessionEnd,
+} from './association.js';
+import { dropCounters, UDP_DROP_REASONS, unmapV4 } from './drops.js';
+
+export type { UdpNat, UdpListenerDropReason, UdpSessionEnd } from './association.js';
+
+export interface UdpListenerOptions {
+  /** The gateway address; the listener binds to it only. */
+  host: string;
+  /** @default 1313 (DESIGN.md) — 0 picks a free port (tests). */
+  port?: number;
+  nat: UdpNat;
+  names: NameLookup;
+  router: Router;
+  /** One-line operator log. @default stderrLogger (src/log.ts) */
+  logger?: Logger;
+  /**
+   * Close an association after this long without a datagram either way.
+   * @default 60000 — 60 s: long enough for apps that keep a UDP path alive
+   * (QUIC's PING well inside its 30 s idle default, WebRTC consent checks
+   * every 5 s, games' heartbeats), short enough that abandoned sockets free
+   * their upstream socket (and, for socks5, a TCP connection on the proxy).
+   * Shorter than RFC 4787 REQ-5's 2 min for NAT mappings: an app that goes
+   * quiet longer gets a new association (a new upstream port); raise it for
+   * such apps. Linux conntrack keeps an answered UDP flow 120 s.
+   */
+  idleTimeoutMs?: number;
+  /**
+   * Idle timeout for associations that only ever talked to port 53.
+   * @default 10000 — a DNS exchange is one round trip and stub resolvers
+   * give up after ≤ 5 s (glibc `timeout:5`); RFC 4787 REQ-5a allows shorter
+   * timers for well-known ports. Frees the thousands of one-shot sockets a
+   * busy resolver client creates.
+   */
+  dnsIdleTimeoutMs?: number;
+  /**
+   * Live associations; past it the least recently active one is closed.
+   * @default 4096 — each holds a UDP socket (socks5: plus a TCP connection),
+   * i.e. file descriptors: the daemon must run with RLIMIT_NOFILE above it
+   * (systemd's default soft limit is 1024).
+   */
+  maxAssociations?: number;
+  /**
+   * Datagrams held per association while its upstream is being set up
+   * (SOCKS5 handshake); the oldest is dropped past it.
+   * @default 256 — a QUIC client's first flight is a handful of datagrams;
+   * 256 MTU-sized ones are ~380 KiB, bounded however many apps burst.
+   */
+  maxQueue?: number;
+  /**
+   * Budget for setting up an upstream association (dial + SOCKS5 handshake).
+   * @default 5000 — same as the TCP listener's connect timeout.
+   */
+  connectTimeoutMs?: number;
+  /**
+   * After a failed setup, datagrams from that app socket (to that outbound)
+   * are dropped for this long before the next attempt.
+   * @default 1000 — a dead proxy costs one dial per app socket per second,
+   * not one per datagram.
+   */
+  retryAfterFailureMs?: number;
+  /**
+   * Deliver replies from remotes the app never sent to (see association.ts).
+   * @default true
+   */
+  fullCone?: boolean;
+  /**
+   * Largest payload relayed either way; bigger ones are dropped, counted.
+   * @default 65507 — the UDP maximum over IPv4. Lower it to the TUN MTU − 28
+   * to keep replies from being IP-fragmented on the way to the app.
+   */
+  maxPayloadBytes?: number;
+  /**
+   * SO_RCVBUF for the listener socket.
+   * @default 4194304 — one JS thread drains the socket between other work; a
+   * burst (1000 MTU-sized datagrams ≈ 1.5 MB) must fit meanwhile. The kernel
+   * caps it at net.core.rmem_max (often 208 KiB): raise that for heavy UDP.
+   */
+  recvBufferBytes?: number;
+  /** Monotonic clock (ms) for idle accounting. @default performance.now */
+  clock?: () => number;
+}
+
+export interface UdpSessionEvent {
+  phase: 'open' | 'close';
+  proto: 'udp';
+  /** The NAT flow that opened the association. */
+  flowId: number;
+  /** The app socket, `ip:port`. */
+  app: string;
+  /** The first destination: its name (when it was a fake address), IP and port. */
+  name?: string | undefined;
+  ip: string;
+  port: number;
+  /** Outbound label (`socks5://host:port`, `direct`, …). */
+  outbound: string;
+  datagramsUp: number;
+  datagramsDown: number;
+  bytesUp: number;
+  bytesDown: number;
+  end?: UdpSessionEnd | undefined;
+  /** On close after a failure: the stable code (ETIMEDOUT, ESOCKS5_CMD_UNSUPPORTED, EUPSTREAM_CLOSED, …). */
+  errorCode?: string | undefined;
+}
+
+export type UdpListenerDrops = Record<UdpListenerDropReason | UdpDropReason, number>;
+
+export interface UdpListenerStats {
+  /** Datagrams (and payload bytes) from live NAT flows / delivered back to apps. */
+  datagramsUp: number;
+  bytesUp: number;
+  datagramsDown: number;
+  bytesDown: number;
+  /** Datagrams whose source was not a live NAT address. */
+  rejectedPeers: number;
+  /** Live associations. */
+  associations: number;
+  opened: number;
+  expired: number;
+  evicted: number;
+  setupFailed: number;
+  /** Sends to apps the kernel refused. */
+  sendErrors: number;
+  /** Every dropped datagram by reason: the listener's own plus its associations' (live and closed). */
+  dropped: UdpListenerDrops;
+}
+
+export interface UdpListener {
+  on(event: 'session', cb: (e: UdpSessionEvent) => void): this;
+  once(event: 'session', cb: (e: UdpSessionEvent) => void): this;
+  off(event: 'session', cb: (e: UdpSessionEvent) => void): this;
+  emit(event: 'session', e: UdpSessionEvent): boolean;
+}
+
+type Resolved = Required<UdpListenerOptions>;
+
+/** Associations are per (app socket, outbound): two outbound objects may share a label, so key by identity. */
+const outboundIds = new WeakMap<Outbound, number>();
+let nextOutboundId = 0;
+function outboundId(o: Outbound): number {
+  let id = outboundIds.get(o);
+  if (id === undefined) {
+    id = ++nextOutboundId;
+    outboundIds.set(o, id);
+  }
+  return id;
+}
+
+function emptyDrops(): UdpListenerDrops {
+  return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0 };
+}
+
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
+export class UdpListener extends EventEmitter {
+  readonly #o: Resolved;
+  #sock: dgram.Socket | undefined;
+  readonly #assocs = new Map<string, AppAssociation>();
+  /** Association key → until when (clock ms) setup is not retried. */
+  readonly #failedUntil = new Map<string, number>();
+  readonly #drops: UdpListenerDrops = emptyDrops();
+  readonly #stats = {
+    datagramsUp: 0,
+    bytesUp: 0,
+    datagramsDown: 0,
+    bytesDown: 0,
+    rejectedPeers: 0,
+    opened: 0,
+    expired: 0,
+    evicted: 0,
+    setupFailed: 0,
+    sendErrors: 0,
+  };
+  readonly #rl: (key: string, line: string) => void;
+  readonly #host: AssociationHost;
+  readonly #onSent = (err: Error | null) => {
+    if (err) {
+      this.#stats.sendErrors++;
+      this.#rl('send', `udp listener: send to an app failed: ${err.message}`);
+    }
+  };
+
+  constructor(opts: UdpListenerOptions) {
+    super();
+    this.#o = {
+      host: opts.host,
+      port: opts.port ?? 1313,
+      nat: opts.nat,
+      names: opts.names,
+      router: opts.router,
+      logger: opts.logger ?? stderrLogger,
+      idleTimeoutMs: opts.idleTimeoutMs ?? 60_000,
+      dnsIdleTimeoutMs: opts.dnsIdleTimeoutMs ?? 10_000,
+      maxAssociations: opts.maxAssociations ?? 4096,
+      maxQueue: opts.maxQueue ?? 256,
+      connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
+      retryAfterFailureMs: opts.retryAfterFailureMs ?? 1000,
+      fullCone: opts.fullCone ?? true,
+      maxPayloadBytes: opts.maxPayloadBytes ?? 65507,
+      recvBufferBytes: opts.recvBufferBytes ?? 4 * 1024 * 1024,
+      clock: opts.clock ?? (() => performance.now()),
+    };
+    if (this.#o.maxAssociations < 1) throw new RangeError('maxAssociations must be ≥ 1');
+    this.#rl = rateLimited(this.#o.logger, 10_000);
+    const self = this;
+    this.#host = {
+      nat: this.#o.nat,
+      fullCone: this.#o.fullCone,
+      maxQueue: this.#o.maxQueue,
+      clock: this.#o.clock,
+      log: (line) => this.#o.logger(line),
+      drop: (reason, n = 1) => {
+        this.#drops[reason] += n;
+      },
+      sendToApp(payload, natIp, natPort) {
+        const s = self.#sock;
+        if (!s) return;
+        self.#stats.datagramsDown++;
+        self.#stats.bytesDown += payload.length;
+        // To the NAT address: the engine rewrites our source back to the
+        // address the app sent to (or, for an ensureFlow entry, the remote).
+        s.send(payload, natPort, natIp, self.#onSent);
+      },
+    };
+  }
+
+  /** Bind host:port. Rejects with the bind error (EADDRNOTAVAIL: is the TUN configured?). */
+  start(): Promise<void> {
+    const type = net.isIPv6(this.#o.host) ? 'udp6' : 'udp4';
+    const sock = dgram.createSocket({ type, recvBufferSize: this.#o.recvBufferBytes });
+    this.#sock = sock;
+    return new Promise((resolve, reject) => {
+      sock.once('error', (e) => {
+        this.#sock = undefined;
+        const code = (e as NodeJS.ErrnoException).code;
+        const hint =
+          code === 'EADDRNOTAVAIL'
+            ? ' (the gateway address does not exist yet: configure the TUN device first)'
+            : code === 'EADDRINUSE'
+              ? ' (another process holds the port: pick another --listen-port)'
+              : '';
+        reject(wrapError(`udp listen on ${hostPort(this.#o.host, this.#o.port)}${hint}`, e));
+      });
+      sock.bind({ address: this.#o.host, port: this.#o.port, exclusive: true }, () => {
+        sock.removeAllListeners('error');
+        sock.on('error', (e) => this.#rl('sock', `udp listener: ${e.message}`));
+        sock.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo));
+        resolve();
+      });
+    });
+  }
+
+  /** The bound address (port is the real one when 0 was asked). */
+  address(): { host: string; port: number } {
+    const s = this.#sock;
+    if (!s) throw new Error('UdpListener is not started');
+    const a = s.address();
+    return { host: a.address, port: a.port };
+  }
+
+  /** Close every association (their upstream sockets and control connections) and the socket. */
+  close(): Promise<void> {
+    for (const a of [...this.#assocs.values()]) this.#end(a, 'closed');
+    this.#failedUntil.clear();
+    const s = this.#sock;
+    this.#sock = undefined;
+    if (!s) return Promise.resolve();
+    return new Promise((resolve) => s.close(() => resolve()));
+  }
+
+  stats(): UdpListenerStats {
+    const dropped = { ...this.#drops };
+    for (const a of this.#assocs.values()) addUpstreamDrops(dropped, a);
+    return { ...this.#stats, associations: this.#assocs.size, dropped };
+  }
+
+  #onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const natIp = unmapV4(rinfo.address);
+    const flow = this.#o.nat.lookup('udp', natIp, rinfo.port);
+    if (flow === undefined || flow.proto !== 'udp') {
+      this.#stats.rejectedPeers++;
+      // Rate-limited: a scan of the gateway port must not flood the log.
+      this.#rl('reject', `udp listener: dropped datagrams from non-NAT peers (last ${hostPort(natIp, rinfo.port)}); only flows the engine NATed are served`);
+      return;
+    }
+    if (msg.length > this.#o.maxPayloadBytes) {
+      this.#drops.oversized++;
+      return;
+    }
+    this.#stats.datagramsUp++;
+    this.#stats.bytesUp += msg.length;
+    const name = this.#o.names.reverse(flow.dstIp);
+    const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'udp' });
+    const key = `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}`;
+    let a = this.#assocs.get(key);
+    if (a === undefined) {
+      const until = this.#failedUntil.get(key);
+      if (until !== undefined) {
+        if (this.#o.clock() < until) {
+          this.#drops['setup-failed']++;
+          return;
+        }
+        this.#failedUntil.delete(key);
+      }
+      a = this.#open(key, flow, name, outbound);
+    }
+    a.fromApp(flow, name, msg);
+  }
+
+  #open(key: string, flow: FlowEntry, name: string | undefined, outbound: Outbound): AppAssociation {
+    if (this.#assocs.size >= this.#o.maxAssociations) this.#evictOne();
+    const a = new AppAssociation(this.#host, key, flow, name, outbound);
+    this.#assocs.set(key, a);
+    this.#stats.opened++;
+    this.emit('session', { ...this.#base(a), phase: 'open' });
+    this.#arm(a);
+    if (outbound.udpAssociate) {
+      outbound
+        .udpAssociate({
+          timeoutMs: this.#o.connectTimeoutMs,
+          signal: a.abort.signal,
+          maxPayloadBytes: this.#o.maxPayloadBytes,
+          maxQueue: this.#o.maxQueue,
+          logger: (line) => this.#rl(`assoc:${outbound.label}`, line),
+        })
+        .then(
+          (up) => {
+            if (a.state === 'closed') {
+              up.close();
+              return;
+            }
+            up.onClose((err) => {
+              if (a.state !== 'closed') this.#end(a, 'upstream-closed', (err as { code?: string } | undefined)?.code);
+            });
+            a.attach(up);
+          },
+          (err: Error & { code?: string }) => {
+            if (a.state === 'closed') return;
+            this.#stats.setupFailed++;
+            this.#o.logger(
+              `udp ${hostPort(a.appIp, a.appPort)} → ${hostPort(name ?? flow.dstIp, flow.dstPort)} via ${outbound.label}: ${err.code ?? 'ERROR'}: ${err.message}`,
+            );
+            this.#failedUntil.set(key, this.#o.clock() + this.#o.retryAfterFailureMs);
+            if (this.#failedUntil.size > this.#o.maxAssociations) {
+              this.#failedUntil.delete(this.#failedUntil.keys().next().value as string);
+            }
+            this.#end(a, 'connect-failed', err.code, 'setup-failed');
+          },
+        );
+    }
+    return a;
+  }
+
+  /** Idle check: one timer per association, re-armed for the remainder instead of on every datagram. */
+  #arm(a: AppAssociation): void {
+    const timeout = () => (a.dnsOnly ? this.#o.dnsIdleTimeoutMs : this.#o.idleTimeoutMs);
+    const check = () => {
+      if (a.state === 'closed') return;
+      const idle = this.#o.clock() - a.lastActiveMs;
+      const t = timeout();
+      if (idle >= t) {
+        this.#stats.expired++;
+        this.#end(a, 'idle');
+      } else {
+        a.timer = setTimeout(check, Math.max(1, Math.ceil(t - idle)));
+        a.timer.unref();
+      }
+    };
+    a.timer = setTimeout(check, timeout());
+    a.timer.unref();
+  }
+
+  /** Close the least recently active association (O(n), only when full). */
+  #evictOne(): void {
+    let victim: AppAssociation | undefined;
+    for (const a of this.#assocs.values()) {
+      if (victim === undefined || a.lastActiveMs < victim.lastActiveMs) victim = a;
+    }
+    if (victim) {
+      this.#stats.evicted++;
+      this.#rl('evict', `udp listener: ${this.#o.maxAssociations} associations live: closed the least recently active (raise maxAssociations)`);
+      this.#end(victim, 'evicted');
+    }
+  }
+
+  #end(a: AppAssociation, end: UdpSessionEnd, errorCode?: string, queuedAs: 'closed' | 'setup-failed' = 'closed'): void {
+    if (a.state === 'closed') return;
+    const queued = a.shutdown();
+    if (queued > 0) this.#drops[queuedAs] += queued;
+    addUpstreamDrops(this.#drops, a);
+    if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
+    this.emit('session', { ...this.#base(a), phase: 'close', end, errorCode });
+  }
+
+  #base(a: AppAssociation): Omit<UdpSessionEvent, 'phase'> {
+    return {
+      proto: 'udp',
+      flowId: a.first.flowId,
+      app: hostPort(a.appIp, a.appPort),
+      name: a.first.name,
+      ip: a.first.ip,
+      port: a.first.port,
+      outbound: a.outbound.label,
+      datagramsUp: a.datagramsUp,
+      datagramsDown: a.datagramsDown,
+      bytesUp: a.bytesUp,
+      bytesDown: a.bytesDown,
+    };
+  }
+}
+
+function addUpstreamDrops(into: UdpListenerDrops, a: AppAssociation): void {
+  const s = a.up?.stats();
+  if (!s) return;
+  for (const k of UDP_DROP_REASONS) into[k] += s.dropped[k];
+}

@@ -1,0 +1,509 @@
+/**
+ * UdpListener end to end on loopback: "app" datagrams → listener → (fake
+ * NAT, fake names) → Router → direct / real dante UDP ASSOCIATE → a node
+ * UDP echo server, and back. The NAT engine is not in unit tests: each
+ * client socket stands for one NAT address (the test maps its port to a
+ * flow: app socket + original destination) and the fake `ensureFlow` hands
+ * out pre-bound spare sockets as new NAT addresses.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import * as dgram from 'node:dgram';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { FlowEntry, Proto } from '../../../src/nat/types.js';
+import type { Outbound } from '../../../src/proxy/outbound.js';
+import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
+import { HttpOutbound } from '../../../src/proxy/outbounds/http.js';
+import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
+import { Router } from '../../../src/proxy/router.js';
+import type { UdpNat } from '../../../src/proxy/udp/association.js';
+import { UdpListener, type UdpListenerOptions, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
+import { freePort, LO, listen, until, waitForPort } from './helpers.js';
+
+const FAKE1 = '198.18.2.2';
+const FAKE2 = '198.18.2.3';
+const FAKE_DNS = '198.18.2.53';
+const NAMES: Record<string, string> = { [FAKE1]: 'localhost', [FAKE2]: 'echo2.test', [FAKE_DNS]: 'dns.test' };
+const names = { reverse: (ip: string) => NAMES[ip] };
+/** Resolver injected into direct; counts calls (one per name per association). */
+const resolveCalls: string[] = [];
+const resolve = async (name: string) => {
+  resolveCalls.push(name);
+  if (name === 'localhost' || name === 'echo2.test' || name === 'dns.test') return [LO];
+  throw new Error(`no such name ${name}`);
+};
+
+// ---------------------------------------------------------------- fakes and servers
+
+class FakeNat implements UdpNat {
+  readonly flows = new Map<number, FlowEntry>();
+  readonly spare: dgram.Socket[] = [];
+  readonly ensured: Array<[string, number, string, number]> = [];
+  #id = 0;
+
+  add(natPort: number, app: { ip: string; port: number }, dst: { ip: string; port: number }): FlowEntry {
+    const e: FlowEntry = {
+      id: ++this.#id,
+      proto: 'udp',
+      srcIp: app.ip,
+      srcPort: app.port,
+      dstIp: dst.ip,
+      dstPort: dst.port,
+      natIp: LO,
+      natPort,
+      state: 'udp',
+      createdMs: 0,
+      lastSeenMs: 0,
+      pktsOut: 0,
+      bytesOut: 0,
+      pktsIn: 0,
+      bytesIn: 0,
+    };
+    this.flows.set(natPort, e);
+    return e;
+  }
+  lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
+    return proto === 'udp' && natIp === LO ? this.flows.get(natPort) : undefined;
+  }
+  ensureFlow(_p: 'udp', srcIp: string, srcPort: number, dstIp: string, dstPort: number): FlowEntry | undefined {
+    for (const e of this.flows.values()) {
+      if (e.srcIp === srcIp && e.srcPort === srcPort && e.dstIp === dstIp && e.dstPort === dstPort) return e;
+    }
+    const s = this.spare.shift();
+    if (!s) return undefined;
+    this.ensured.push([srcIp, srcPort, dstIp, dstPort]);
+    return this.add(s.address().port, { ip: srcIp, port: srcPort }, { ip: dstIp, port: dstPort });
+  }
+}
+
+const sockets: dgram.Socket[] = [];
+async function udpSocket(): Promise<dgram.Socket> {
+  const s = dgram.createSocket('udp4');
+  sockets.push(s);
+  s.bind(0, LO);
+  await once(s, 'listening');
+  return s;
+}
+
+/** UDP echo server; `peers` records every source (ip:port) it heard from. */
+async function echoServer(onMsg?: (msg: Buffer, r: dgram.RemoteInfo) => void) {
+  const s = await udpSocket();
+  const peers = new Set<string>();
+  let count = 0;
+  s.on('message', (m, r) => {
+    count++;
+    peers.add(`${r.address}:${r.port}`);
+    s.send(m, r.port, r.address);
+    onMsg?.(m, r);
+  });
+  return { sock: s, port: s.address().port, peers, count: () => count };
+}
+
+interface Dante {
+  port: number;
+  proc: ChildProcess;
+  output(): string;
+  stop(): Promise<void>;
+}
+
+/** Real dante (danted) allowing UDP ASSOCIATE on loopback, in the foreground with one process. */
+async function startDante(): Promise<Dante> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'fp-dante-'));
+  const conf = join(dir, 'danted.conf');
+  writeFileSync(
+    conf,
+    [
+      'logoutput: stderr',
+      `internal: ${LO} port = ${port}`,
+      `external: ${LO}`,
+      'clientmethod: none',
+      'socksmethod: none',
+      'user.privileged: root',
+      'user.unprivileged: nobody',
+      'client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }',
+      'socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate udpreply bindreply }',
+      '',
+    ].join('\n'),
+  );
+  const proc = spawn('/usr/sbin/danted', ['-f', conf, '-N', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout?.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  proc.stderr?.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  try {
+    await waitForPort(port, proc);
+  } catch (e) {
+    throw new Error(`danted did not start: ${(e as Error).message}\n${out}`);
+  }
+  return {
+    port,
+    proc,
+    output: () => out,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = once(proc, 'exit');
+        proc.kill('SIGTERM');
+        await exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------- setup
+
+let dante: Dante;
+let echo: Awaited<ReturnType<typeof echoServer>>;
+const listeners: UdpListener[] = [];
+
+beforeAll(async () => {
+  [dante, echo] = await Promise.all([startDante(), echoServer()]);
+});
+afterEach(async () => {
+  await Promise.all(listeners.splice(0).map((l) => l.close()));
+  for (const s of sockets.splice(0)) if (s !== echo.sock) s.close();
+  sockets.push(echo.sock);
+  resolveCalls.length = 0;
+});
+afterAll(async () => {
+  await dante?.stop();
+  echo?.sock.close();
+});
+
+async function setup(final: Outbound, extra: Partial<UdpListenerOptions> = {}, spares = 0) {
+  const nat = new FakeNat();
+  for (let i = 0; i < spares; i++) nat.spare.push(await udpSocket());
+  const log: string[] = [];
+  const sessions: UdpSessionEvent[] = [];
+  const l = new UdpListener({
+    host: LO,
+    port: 0,
+    nat,
+    names,
+    router: new Router({ final }),
+    logger: (line) => log.push(line),
+    ...extra,
+  });
+  l.on('session', (e) => sessions.push(e));
+  await l.start();
+  listeners.push(l);
+  const lport = l.address().port;
+  /** A NAT address (client socket) for app socket `app` headed for dst; `send` goes to the listener. */
+  const flow = async (app: { ip: string; port: number }, dst: { ip: string; port: number }) => {
+    const s = await udpSocket();
+    const entry = nat.add(s.address().port, app, dst);
+    const got: Buffer[] = [];
+    s.on('message', (m) => got.push(m));
+    return { sock: s, entry, got, send: (b: Buffer | string) => s.send(b, lport, LO) };
+  };
+  return { l, nat, log, sessions, flow, lport };
+}
+
+const APP_A = { ip: '198.18.0.1', port: 40001 };
+const APP_B = { ip: '198.18.0.1', port: 40002 };
+
+/** Deterministic payloads: 4-byte index, then bytes from a small LCG; sizes 4…1472 (a 1500 MTU's UDP payload). */
+function payload(i: number): Buffer {
+  const sizes = [4, 5, 64, 512, 1200, 1472];
+  const size = i < sizes.length ? (sizes[i] as number) : 4 + ((i * 7919) % 1469);
+  const b = Buffer.alloc(size);
+  b.writeUInt32BE(i, 0);
+  let x = i * 2654435761;
+  for (let j = 4; j < size; j++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    b[j] = x >>> 24;
+  }
+  return b;
+}
+
+/**
+ * Send `n` payloads through `sock` → listener with at most `window` in
+ * flight (loopback UDP drops bursts that overrun socket buffers; the test is
+ * about integrity, not burst tolerance). Returns what came back by index.
+ * Gives up when nothing arrives for `stallMs` (a loss), so a failure is
+ * reported as a count rather than a test timeout.
+ */
+async function pump(sock: dgram.Socket, lport: number, n: number, window = 16, stallMs = 3000) {
+  const back = new Map<number, Buffer>();
+  let next = 0;
+  let inFlight = 0;
+  return new Promise<Map<number, Buffer>>((resolve) => {
+    let timer: NodeJS.Timeout;
+    const done = () => {
+      clearTimeout(timer);
+      sock.removeListener('message', onMsg);
+      resolve(back);
+    };
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(done, stallMs);
+    };
+    const fill = () => {
+      while (inFlight < window && next < n) {
+        sock.send(payload(next++), lport, LO);
+        inFlight++;
+      }
+    };
+    const onMsg = (m: Buffer) => {
+      inFlight--;
+      back.set(m.readUInt32BE(0), m);
+      if (back.size === n) return done();
+      arm();
+      fill();
+    };
+    sock.on('message', onMsg);
+    arm();
+    fill();
+  });
+}
+
+function expectIntact(back: Map<number, Buffer>, n: number) {
+  let bad = 0;
+  for (let i = 0; i < n; i++) if (!back.get(i)?.equals(payload(i))) bad++;
+  expect({ received: back.size, bad }).toEqual({ received: n, bad: 0 });
+}
+
+// ---------------------------------------------------------------- tests
+
+describe('UdpListener via direct', () => {
+  it('1000 datagrams of assorted sizes echo intact; the name is resolved once per association', async () => {
+    const { l, flow, lport, sessions } = await setup(new DirectOutbound({ resolve }));
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const back = await pump(f.sock, lport, 1000);
+    expectIntact(back, 1000);
+    expect(resolveCalls).toEqual(['localhost']);
+    const st = l.stats();
+    expect(st).toMatchObject({ datagramsUp: 1000, datagramsDown: 1000, associations: 1, opened: 1, rejectedPeers: 0 });
+    expect(Object.values(st.dropped).reduce((a, b) => a + b, 0)).toBe(0);
+    expect(sessions[0]).toMatchObject({ phase: 'open', proto: 'udp', name: 'localhost', ip: FAKE1, port: echo.port, outbound: 'direct', app: '198.18.0.1:40001' });
+  });
+
+  it('one association per app socket: two destinations share one upstream port, replies reach each flow', async () => {
+    const echo2 = await echoServer();
+    const { l, flow } = await setup(new DirectOutbound({ resolve }));
+    const f1 = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const f2 = await flow(APP_A, { ip: FAKE2, port: echo2.port });
+    echo.peers.clear();
+    f1.send('to one');
+    f2.send('to two');
+    await until(() => f1.got.length === 1 && f2.got.length === 1);
+    expect(f1.got[0]?.toString()).toBe('to one');
+    expect(f2.got[0]?.toString()).toBe('to two');
+    expect(l.stats()).toMatchObject({ opened: 1, associations: 1 });
+    // Endpoint-independent mapping: both remotes saw the same source.
+    expect([...echo.peers]).toEqual([...echo2.peers]);
+  });
+
+  it('two app sockets stay separate: own association, own upstream port, own replies', async () => {
+    const { l, flow, lport } = await setup(new DirectOutbound({ resolve }));
+    const a = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const b = await flow(APP_B, { ip: FAKE1, port: echo.port });
+    echo.peers.clear();
+    const [ba, bb] = await Promise.all([pump(a.sock, lport, 100), pump(b.sock, lport, 100)]);
+    expectIntact(ba, 100);
+    expectIntact(bb, 100);
+    expect(echo.peers.size).toBe(2);
+    expect(l.stats()).toMatchObject({ opened: 2, associations: 2 });
+  });
+
+  it('a destination without a name goes out to its real IP', async () => {
+    const { flow, sessions } = await setup(new DirectOutbound());
+    const f = await flow(APP_A, { ip: LO, port: echo.port });
+    f.send('by ip');
+    await until(() => f.got.length === 1);
+    expect(f.got[0]?.toString()).toBe('by ip');
+    expect(sessions[0]).toMatchObject({ name: undefined, ip: LO });
+  });
+
+  it('a datagram from a non-NAT peer is dropped and counted, no association', async () => {
+    const { l, lport, log } = await setup(new DirectOutbound({ resolve }));
+    const stranger = await udpSocket();
+    stranger.send('hi', lport, LO);
+    await until(() => l.stats().rejectedPeers === 1);
+    expect(l.stats()).toMatchObject({ opened: 0, associations: 0 });
+    expect(log.join('\n')).toMatch(/non-NAT peers/);
+  });
+});
+
+describe('UdpListener: replies from a remote the app never sent to', () => {
+  /** An origin that echoes and also answers from a second socket (another remote). */
+  async function twoFacedOrigin() {
+    const other = await udpSocket();
+    const origin = await echoServer((m, r) => other.send(Buffer.concat([Buffer.from('other:'), m]), r.port, r.address));
+    return { origin, otherPort: other.address().port };
+  }
+
+  it('full cone (default): delivered via nat.ensureFlow, so the app sees the real remote as source', async () => {
+    const { origin, otherPort } = await twoFacedOrigin();
+    const { l, flow, nat } = await setup(new DirectOutbound({ resolve }), {}, 1);
+    const spare = nat.spare[0] as dgram.Socket;
+    const spareGot: Buffer[] = [];
+    spare.on('message', (m) => spareGot.push(m));
+    const f = await flow(APP_A, { ip: FAKE1, port: origin.port });
+    f.send('ping');
+    await until(() => f.got.length === 1 && spareGot.length === 1);
+    expect(f.got[0]?.toString()).toBe('ping');
+    expect(spareGot[0]?.toString()).toBe('other:ping');
+    expect(nat.ensured).toEqual([[APP_A.ip, APP_A.port, LO, otherPort]]);
+    // A second reply from that remote reuses the entry.
+    f.send('again');
+    await until(() => spareGot.length === 2);
+    expect(nat.ensured).toHaveLength(1);
+    expect(l.stats().dropped['unknown-remote']).toBe(0);
+  });
+
+  it('fullCone: false → dropped and counted; ensureFlow never called', async () => {
+    const { origin } = await twoFacedOrigin();
+    const { l, flow, nat } = await setup(new DirectOutbound({ resolve }), { fullCone: false }, 1);
+    const f = await flow(APP_A, { ip: FAKE1, port: origin.port });
+    f.send('ping');
+    await until(() => f.got.length === 1 && l.stats().dropped['unknown-remote'] === 1);
+    expect(nat.ensured).toHaveLength(0);
+  });
+
+  it('a NAT entry that vanished is re-created with ensureFlow for the same fake source', async () => {
+    const { flow, nat } = await setup(new DirectOutbound({ resolve }), {}, 1);
+    const spare = nat.spare[0] as dgram.Socket;
+    const spareGot: Buffer[] = [];
+    spare.on('message', (m) => spareGot.push(m));
+    const slow = await echoServer();
+    const f = await flow(APP_A, { ip: FAKE1, port: slow.port });
+    // Swap the echo for a delayed one: the NAT entry expires before the reply.
+    slow.sock.removeAllListeners('message');
+    slow.sock.on('message', (m, r) => {
+      nat.flows.delete(f.entry.natPort);
+      slow.sock.send(m, r.port, r.address);
+    });
+    f.send('late');
+    await until(() => spareGot.length === 1);
+    expect(spareGot[0]?.toString()).toBe('late');
+    expect(nat.ensured).toEqual([[APP_A.ip, APP_A.port, FAKE1, slow.port]]);
+    expect(f.got).toHaveLength(0);
+  });
+});
+
+describe('UdpListener via dante (SOCKS5 UDP ASSOCIATE)', () => {
+  it('1000 datagrams of assorted sizes echo intact; dante gets the name, we learn its reply address', async () => {
+    const { l, flow, lport } = await setup(new Socks5Outbound({ host: LO, port: dante.port }));
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const back = await pump(f.sock, lport, 1000);
+    expectIntact(back, 1000);
+    const st = l.stats();
+    expect(st).toMatchObject({ datagramsUp: 1000, datagramsDown: 1000, associations: 1, opened: 1 });
+    expect(Object.values(st.dropped).reduce((a, b) => a + b, 0)).toBe(0);
+    expect(resolveCalls).toEqual([]); // the proxy resolved "localhost", not us
+  });
+
+  it('two app sockets: two associations (two control connections), replies stay separate', async () => {
+    const { l, flow, lport } = await setup(new Socks5Outbound({ host: LO, port: dante.port }));
+    const a = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const b = await flow(APP_B, { ip: FAKE1, port: echo.port });
+    echo.peers.clear();
+    const [ba, bb] = await Promise.all([pump(a.sock, lport, 50), pump(b.sock, lport, 50)]);
+    expectIntact(ba, 50);
+    expectIntact(bb, 50);
+    expect(echo.peers.size).toBe(2);
+    expect(l.stats()).toMatchObject({ opened: 2, associations: 2 });
+  });
+
+  it('closing the listener ends every association with a close event', async () => {
+    const { l, flow, sessions } = await setup(new Socks5Outbound({ host: LO, port: dante.port }));
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    f.send('x');
+    await until(() => f.got.length === 1);
+    await l.close();
+    expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'closed', datagramsUp: 1, datagramsDown: 1 });
+    expect(l.stats().associations).toBe(0);
+  });
+});
+
+describe('UdpListener: idle, bounds, outbounds that cannot carry UDP', () => {
+  it('an association expires after the idle timeout; the next datagram opens a new one', async () => {
+    const { l, flow, sessions } = await setup(new DirectOutbound({ resolve }), { idleTimeoutMs: 100 });
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    f.send('1');
+    await until(() => f.got.length === 1);
+    await until(() => l.stats().associations === 0);
+    expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'idle', datagramsUp: 1, datagramsDown: 1 });
+    expect(l.stats().expired).toBe(1);
+    f.send('2');
+    await until(() => f.got.length === 2);
+    expect(l.stats()).toMatchObject({ opened: 2, associations: 1 });
+  });
+
+  it('DNS-only associations (port 53) expire on the shorter timeout; others stay', async () => {
+    const { l, flow, sessions } = await setup(new DirectOutbound({ resolve }), { idleTimeoutMs: 600_000, dnsIdleTimeoutMs: 100 });
+    const other = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const dns = await flow(APP_B, { ip: FAKE_DNS, port: 53 });
+    other.send('keep');
+    dns.send('query');
+    await until(() => sessions.some((e) => e.phase === 'close'));
+    const closed = sessions.filter((e) => e.phase === 'close');
+    expect(closed).toHaveLength(1);
+    expect(closed[0]).toMatchObject({ end: 'idle', name: 'dns.test', port: 53, app: '198.18.0.1:40002' });
+    expect(l.stats().associations).toBe(1);
+  });
+
+  it('past maxAssociations the least recently active one is evicted, counted', async () => {
+    const { l, flow, sessions } = await setup(new DirectOutbound({ resolve }), { maxAssociations: 2 });
+    const apps = [APP_A, APP_B, { ip: '198.18.0.1', port: 40003 }];
+    const fs = [];
+    for (const app of apps) {
+      const f = await flow(app, { ip: FAKE1, port: echo.port });
+      f.send('x');
+      await until(() => f.got.length === 1);
+      fs.push(f);
+    }
+    expect(l.stats()).toMatchObject({ associations: 2, evicted: 1, opened: 3 });
+    expect(sessions.find((e) => e.phase === 'close')).toMatchObject({ end: 'evicted', app: '198.18.0.1:40001' });
+  });
+
+  it('http cannot carry UDP: every datagram dropped and counted, one log line per flow', async () => {
+    const { l, flow, log } = await setup(new HttpOutbound({ host: LO, port: 9 }));
+    const f1 = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const f2 = await flow(APP_A, { ip: FAKE2, port: echo.port });
+    const before = echo.count();
+    for (let i = 0; i < 5; i++) f1.send(`a${i}`);
+    for (let i = 0; i < 3; i++) f2.send(`b${i}`);
+    await until(() => l.stats().dropped['no-udp'] === 8);
+    expect(log.filter((x) => x.includes('cannot carry UDP'))).toHaveLength(2);
+    expect(log[0]).toMatch(/udp localhost:\d+ via http:\/\/127\.0\.0\.1:9: dropped: the http outbound cannot carry UDP/);
+    expect(echo.count()).toBe(before);
+  });
+
+  it('setup queue is bounded (drop oldest, counted); a silent proxy fails the setup and the rest is dropped', async () => {
+    const held: net.Socket[] = [];
+    const mute = net.createServer((c) => held.push(c.on('error', () => {})));
+    const port = await listen(mute);
+    try {
+      const { l, flow, log, sessions } = await setup(new Socks5Outbound({ host: LO, port }), {
+        maxQueue: 4,
+        connectTimeoutMs: 200,
+        retryAfterFailureMs: 600_000,
+      });
+      const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+      for (let i = 0; i < 10; i++) f.send(`q${i}`);
+      await until(() => l.stats().datagramsUp === 10);
+      expect(l.stats().dropped['queue-full']).toBe(6);
+      await until(() => l.stats().setupFailed === 1);
+      expect(l.stats().dropped['setup-failed']).toBe(4);
+      expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'connect-failed', errorCode: 'ETIMEDOUT' });
+      expect(log.join('\n')).toMatch(/via socks5:\/\/127\.0\.0\.1:\d+: ETIMEDOUT/);
+      // In the retry hold: dropped without another dial.
+      f.send('held');
+      await until(() => l.stats().dropped['setup-failed'] === 5);
+      expect(held).toHaveLength(1);
+    } finally {
+      for (const c of held) c.destroy();
+      await new Promise<void>((r) => mute.close(() => r()));
+    }
+  });
+});
