@@ -164,6 +164,11 @@ export class Daemon {
         if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: e.outbound });
       });
     }
+    // A TCP flow that left the table by idle timeout or eviction can carry no
+    // more data: end its session now rather than at the relay's idle timeout.
+    nat.on('close', (flow, reason) => {
+      if (flow.proto === 'tcp' && (reason === 'timeout' || reason === 'evicted')) tcp.closeFlow(flow.id);
+    });
     await tcp.start();
     this.closers.push(() => tcp.close());
     this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${outbound.label}`);

@@ -90,6 +90,8 @@ export class TcpListener extends EventEmitter {
   readonly #o: ResolvedOptions;
   #server: net.Server | undefined;
   readonly #sessions = new Set<{ app: net.Socket; relay?: Relay; abort: AbortController }>();
+  /** The same sessions by NAT flow id, so the daemon can end one when its flow leaves the table. */
+  readonly #byFlow = new Map<number, { app: net.Socket; relay?: Relay; abort: AbortController }>();
   readonly #stats: TcpListenerStats = {
     accepted: 0,
     rejectedPeers: 0,
@@ -160,6 +162,22 @@ export class TcpListener extends EventEmitter {
     return new Promise((resolve) => server.close(() => resolve()));
   }
 
+  /**
+   * The NAT flow behind a session left the table (idle timeout, eviction):
+   * the engine now drops the Listener's segments for it and answers the app
+   * with a RST, so the session can never carry data again. Reset both sides
+   * instead of waiting for the relay's idle timeout. Returns whether a
+   * session was found.
+   */
+  closeFlow(flowId: number): boolean {
+    const s = this.#byFlow.get(flowId);
+    if (!s) return false;
+    s.abort.abort();
+    if (s.relay) s.relay.close('reset');
+    else s.app.resetAndDestroy();
+    return true;
+  }
+
   stats(): TcpListenerStats {
     let up = this.#stats.bytesUp;
     let down = this.#stats.bytesDown;
@@ -187,6 +205,7 @@ export class TcpListener extends EventEmitter {
     const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'tcp' });
     const session: { app: net.Socket; relay?: Relay; abort: AbortController } = { app, abort: new AbortController() };
     this.#sessions.add(session);
+    this.#byFlow.set(flow.id, session);
     const base = { flowId: flow.id, name, ip: flow.dstIp, port: flow.dstPort, outbound: outbound.label };
     this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
@@ -240,6 +259,7 @@ export class TcpListener extends EventEmitter {
     r: { end: SessionEvent['end']; bytesUp: number; bytesDown: number; errorCode?: string | undefined },
   ): void {
     this.#sessions.delete(session);
+    if (this.#byFlow.get(base.flowId) === session) this.#byFlow.delete(base.flowId);
     this.#stats.bytesUp += r.bytesUp;
     this.#stats.bytesDown += r.bytesDown;
     this.emit('session', { phase: 'close', ...base, ...r });

@@ -119,6 +119,20 @@ describe('TcpListener', () => {
     expect(l.stats()).toMatchObject({ accepted: 1, rejectedPeers: 0, active: 0, bytesUp: 5, bytesDown: 5 });
   });
 
+  it('closeFlow(id) resets a live session whose NAT flow left the table; unknown ids are ignored', async () => {
+    const { app, sessions, l } = await setup(new DirectOutbound());
+    const s = app({ dstIp: LO, dstPort: origin.port });
+    expect(await roundTrip(s, 'before')).toBe('before');
+    const open = sessions[0] as SessionEvent;
+    expect(l.closeFlow(open.flowId + 1000)).toBe(false);
+    const err = socketError(s);
+    expect(l.closeFlow(open.flowId)).toBe(true);
+    expect((await err)?.code).toBe('ECONNRESET');
+    await until(() => sessions.length === 2);
+    expect(l.stats().active).toBe(0);
+    expect(l.closeFlow(open.flowId)).toBe(false);
+  });
+
   it('a destination that is not a fake address goes out by its real IP', async () => {
     const { app, sessions } = await setup(new DirectOutbound());
     const s = app({ dstIp: LO, dstPort: origin.port });
