@@ -167,6 +167,8 @@ export class RedisSharedPool extends EventEmitter {
   private closed = false;
   private loggedFailure?: string;
   private authFailed = false;
+  /** start() is waiting for the first outcome: a refused password becomes its rejection, not a log line. */
+  private starting = false;
   private readonly byName = new Map<string, string>();
   private readonly byIp = new Map<string, string>();
   private readonly inflight = new Map<string, Promise<string>>();
@@ -260,6 +262,7 @@ export class RedisSharedPool extends EventEmitter {
     this.touchTimer.unref();
 
     let timer: NodeJS.Timeout | undefined;
+    this.starting = true;
     const outcome = await Promise.race([
       firstOutcome,
       new Promise((resolve) => {
@@ -267,6 +270,7 @@ export class RedisSharedPool extends EventEmitter {
       }),
     ]);
     clearTimeout(timer);
+    this.starting = false;
     const kind = outcome === undefined || outcome === 'timeout' ? undefined : classifyRedisError(outcome);
     if (kind === 'auth' || kind === 'noauth') {
       this.close();
@@ -410,7 +414,12 @@ export class RedisSharedPool extends EventEmitter {
   private onError(err: unknown): void {
     if (this.closed) return;
     const kind = classifyRedisError(err);
-    if (kind === 'auth' || kind === 'noauth') this.authFailed = true;
+    if (kind === 'auth' || kind === 'noauth') {
+      this.authFailed = true;
+      // start() rejects with this error (one line from the CLI); logging it
+      // too, with "retrying", would be a second and misleading line.
+      if (this.starting) return;
+    }
     if (this.loggedFailure === kind || (this.loggedFailure === 'lost' && kind === 'unreachable')) return;
     this.loggedFailure = kind;
     this.logger.warn(

@@ -115,9 +115,12 @@ describe('RedisSharedPool', () => {
   it('rejects start() with a one-line error when Redis refuses the password', async () => {
     const locked = await TestRedis.start({ password: 'pw' });
     try {
-      const p = new RedisSharedPool({ url: `redis://:bad@127.0.0.1:${locked.port}`, cidr: '198.18.0.0/16', gateway: '198.18.0.1', logger: captureLog() });
+      const log = captureLog();
+      const p = new RedisSharedPool({ url: `redis://:bad@127.0.0.1:${locked.port}`, cidr: '198.18.0.0/16', gateway: '198.18.0.1', logger: log });
       pools.push(p);
       const err = await p.start().then(() => undefined, (e: unknown) => e);
+      // The rejection is the one line (the CLI prints it); nothing logged besides, no "retrying".
+      expect(log.lines).toEqual([]);
       expect(err).toBeInstanceOf(FakeproxyError);
       expect(err).toMatchObject({ code: 'EREDISAUTH' });
       expect((err as Error).message).toMatch(/rejected the credentials/);
