@@ -110,6 +110,12 @@ export class Netns {
   /** Long-running process inside the namespace; killed by delete(). */
   spawn(cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
     const child = spawn('ip', ['netns', 'exec', this.name, cmd, ...args], { stdio: 'pipe', ...opts });
+    // Keep the pipes flowing even when no one listens: a chatty server
+    // (microsocks logs every connection) would otherwise block once the
+    // 64 KiB pipe buffer fills. Listeners attached in the same tick still
+    // see everything.
+    child.stdout?.resume();
+    child.stderr?.resume();
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));
     return child;

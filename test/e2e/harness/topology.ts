@@ -27,6 +27,8 @@ export interface Topology {
   startDaemon(args: string[]): Promise<DaemonProc>;
   /** Starts a long-running helper in the upstream namespace and waits for `ready` in its output (or a short settle). */
   spawnUpstream(cmd: string, args: string[], ready?: RegExp): Promise<ChildProcess>;
+  /** Everything dnsmasq (the upstream resolver, run with --log-queries) has written so far. */
+  dnsmasqLog(): string;
   destroy(): Promise<void>;
 }
 
@@ -97,8 +99,15 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
       '--txt-record=origin.test,fakeproxy test',
       ...(opts.dnsmasqArgs ?? []),
     ]);
+    // Captured (its query log is evidence of what reached the real resolver);
+    // reading it also keeps a chatty dnsmasq from filling an unread pipe.
+    let dnsmasqOut = '';
+    const onDnsmasq = (d: Buffer) => {
+      dnsmasqOut += d.toString();
+    };
+    dnsmasq.stdout?.on('data', onDnsmasq);
+    dnsmasq.stderr?.on('data', onDnsmasq);
     await waitListening(upstream, 53, 'udp');
-    void dnsmasq;
 
     const origin = upstream.spawn('node', [join(ROOT, 'test/e2e/fixtures/origin.mjs'), upstreamIp, String(HTTP_PORT), String(ECHO_PORT)]);
     const out = await waitOutput(origin, /origin ready sha256\(64MiB\)=([0-9a-f]{64})/, 'origin');
@@ -129,6 +138,7 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
         if (ready) await waitOutput(child, ready, cmd);
         return child;
       },
+      dnsmasqLog: () => dnsmasqOut,
       async destroy() {
         if (topo.daemon) await topo.daemon.stop();
         await client.delete();
