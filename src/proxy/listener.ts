@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { wrapError } from '../errors.js';
-import { type Logger, stderrLogger } from '../log.js';
+import { type Logger, rateLimited, stderrLogger } from '../log.js';
 import type { NatLookup } from '../nat/types.js';
 import { hostPort } from './dial.js';
 import type { Outbound } from './outbound.js';
@@ -101,6 +101,7 @@ export class TcpListener extends EventEmitter {
     bytesDown: 0,
   };
   #lastRejectLogMs = 0;
+  readonly #failLog: (key: string, line: string) => void;
   #rejectedSinceLog = 0;
 
   constructor(opts: TcpListenerOptions) {
@@ -116,6 +117,7 @@ export class TcpListener extends EventEmitter {
       backlog: opts.backlog ?? 1024,
       logger: opts.logger ?? stderrLogger,
     };
+    this.#failLog = rateLimited(this.#o.logger, 10_000);
   }
 
   /** Listen on host:port only. Rejects with the bind error (EADDRINUSE, EADDRNOTAVAIL: is the TUN configured?). */
@@ -237,10 +239,11 @@ export class TcpListener extends EventEmitter {
         app.removeListener('close', onAppGone);
         this.#stats.connectFailed++;
         if (!session.abort.signal.aborted || err.code !== 'EABORTED') {
-          // One line: name:port, the outbound, the reason (the message already names the fix).
-          this.#o.logger(
-            `tcp ${hostPort(host, flow.dstPort)} via ${outbound.label}: ${err.code ?? 'ERROR'}: ${err.message}`,
-          );
+          // One line: name:port, the outbound, the reason (the message already
+          // names the fix); repeats of the same failure are summarised, so a
+          // dead upstream under load does not flood the log.
+          const where = `tcp ${hostPort(host, flow.dstPort)} via ${outbound.label}`;
+          this.#failLog(`${where} ${err.code}`, `${where}: ${err.code ?? 'ERROR'}: ${err.message}`);
         }
         // Reset, not FIN: a FIN would look like an empty but successful response to the app.
         app.resetAndDestroy();
