@@ -64,6 +64,15 @@ export interface UdpAssociateOptions extends ConnectOptions {
    * @default 256 — same bound as the UDP listener's setup queue.
    */
   maxQueue?: number;
+  /**
+   * SO_RCVBUF of the association's upstream UDP socket.
+   * @default 1048576 — replies queue there while the one JS thread relays
+   * other traffic; the kernel default (208 KiB) holds only ~15 MTU-sized
+   * (9000) datagrams, so a burst of large replies was dropped in the kernel
+   * (RcvbufErrors) before we could count it. The kernel caps it at
+   * net.core.rmem_max; the total is bounded by net.ipv4.udp_mem.
+   */
+  recvBufferBytes?: number;
   /** One-line operator log for per-association problems (never per datagram). @default no log */
   logger?: ((line: string) => void) | undefined;
 }

@@ -11,7 +11,8 @@ import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import type { ResolveName } from '../dial.js';
 import type { Destination, UdpAssociateOptions, UdpAssociation, UdpAssociationStats } from '../outbound.js';
-import { dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
+import { DEFAULT_UPSTREAM_RCVBUF, dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
+import { holdOwnPort, releaseOwnPort } from '../udp/ownPorts.js';
 
 export interface DirectUdpOptions extends UdpAssociateOptions {
   /** Name → addresses. Absent → datagrams to names are dropped ('resolve-failed'); IP destinations still work. */
@@ -62,6 +63,8 @@ export class DirectUdpAssociation implements UdpAssociation {
   readonly #closeCbs: Array<(err?: Error) => void> = [];
   readonly #stats: UdpAssociationStats = { sent: 0, received: 0, dropped: dropCounters() };
   #closed = false;
+  /** Local ports of our sockets, held in ownPorts.ts while open (loop detection). */
+  readonly #ports: number[] = [];
   /** One callback for every send (no closure per datagram). */
   readonly #onSent = (err: Error | null) => {
     if (err) this.#stats.dropped['send-error']++;
@@ -125,6 +128,7 @@ export class DirectUdpAssociation implements UdpAssociation {
   close(err?: Error): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const p of this.#ports.splice(0)) releaseOwnPort(p);
     for (const s of [this.#s4, this.#s6]) {
       try {
         s?.close();
@@ -218,7 +222,11 @@ export class DirectUdpAssociation implements UdpAssociation {
   #socket(type: 'udp4' | 'udp6'): dgram.Socket {
     const have = type === 'udp4' ? this.#s4 : this.#s6;
     if (have) return have;
-    const s = dgram.createSocket({ type, lookup: noSystemLookup });
+    const s = dgram.createSocket({
+      type,
+      lookup: noSystemLookup,
+      recvBufferSize: this.#o.recvBufferBytes ?? DEFAULT_UPSTREAM_RCVBUF,
+    });
     s.on('message', (msg, rinfo) => {
       const host = unmapV4(rinfo.address);
       if (msg.length > this.#max) {
@@ -233,7 +241,12 @@ export class DirectUdpAssociation implements UdpAssociation {
     // Bind now (sends queue until it completes): wildcard address, so the
     // kernel picks the route per destination; port 0, kept for the
     // association's life — the stable mapping full cone needs.
-    s.bind({ port: 0, address: type === 'udp4' ? '0.0.0.0' : '::' });
+    s.bind({ port: 0, address: type === 'udp4' ? '0.0.0.0' : '::' }, () => {
+      if (this.#closed) return;
+      const port = s.address().port;
+      holdOwnPort(port);
+      this.#ports.push(port);
+    });
     if (type === 'udp4') this.#s4 = s;
     else this.#s6 = s;
     return s;

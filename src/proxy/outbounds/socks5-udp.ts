@@ -28,7 +28,8 @@ import type {
   UdpDropReason,
 } from '../outbound.js';
 import { Atyp, type Address, udpHeader } from '../socks5-codec.js';
-import { dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
+import { DEFAULT_UPSTREAM_RCVBUF, dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
+import { holdOwnPort, releaseOwnPort } from '../udp/ownPorts.js';
 
 export interface Socks5UdpDeps {
   host: string;
@@ -72,7 +73,11 @@ export async function socks5UdpAssociate(deps: Socks5UdpDeps, opts: UdpAssociate
     ctrl = await dialTcp(deps.host, deps.port, { resolve: deps.resolve, signal: d.signal, what: `${what}: reach the proxy` });
     const local = unmapV4(ctrl.localAddress ?? '');
     const proxyIp = unmapV4(ctrl.remoteAddress ?? '');
-    const sock = dgram.createSocket({ type: net.isIPv6(local) ? 'udp6' : 'udp4', lookup: noSystemLookup });
+    const sock = dgram.createSocket({
+      type: net.isIPv6(local) ? 'udp6' : 'udp4',
+      lookup: noSystemLookup,
+      recvBufferSize: opts.recvBufferBytes ?? DEFAULT_UPSTREAM_RCVBUF,
+    });
     udp = sock;
     await raceSignal(
       new Promise<void>((resolve, reject) => {
@@ -135,6 +140,8 @@ export class Socks5UdpAssociation implements UdpAssociation {
   readonly #stats: UdpAssociationStats = { sent: 0, received: 0, dropped: dropCounters() };
   readonly #loggedReasons = new Set<UdpDropReason>();
   #closed = false;
+  /** Our UDP socket's port, held in ownPorts.ts while open (loop detection). */
+  readonly #port: number;
   /** One callback for every send (no closure per datagram). */
   readonly #onSent = (err: Error | null) => {
     if (err) this.#stats.dropped['send-error']++;
@@ -148,6 +155,8 @@ export class Socks5UdpAssociation implements UdpAssociation {
     this.#label = label;
     this.#max = opts.maxPayloadBytes ?? MAX_UDP_PAYLOAD;
     this.#log = opts.logger;
+    this.#port = udp.address().port;
+    holdOwnPort(this.#port);
     const lost = (why: string) => () =>
       this.close(new ProxyError('EUPSTREAM_CLOSED', `udp associate via ${label}: the proxy ${why} the control connection (check its log)`));
     // Nothing is expected on the control connection after the reply; read and discard so it cannot stall.
@@ -210,6 +219,7 @@ export class Socks5UdpAssociation implements UdpAssociation {
   close(err?: Error): void {
     if (this.#closed) return;
     this.#closed = true;
+    releaseOwnPort(this.#port);
     this.#ctrl.destroy();
     try {
       this.#udp.close();

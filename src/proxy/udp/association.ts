@@ -30,7 +30,9 @@ export type UdpListenerDropReason =
   /** A reply from a remote the app never sent to, not delivered (fullCone off, no ensureFlow, a name, other family). */
   | 'unknown-remote'
   /** A reply whose NAT flow is gone and could not be re-created. */
-  | 'no-flow';
+  | 'no-flow'
+  /** Sent by one of our own upstream sockets and routed back into the TUN (see ownPorts.ts). */
+  | 'loop';
 
 export type UdpSessionEnd = 'idle' | 'evicted' | 'upstream-closed' | 'connect-failed' | 'closed';
 

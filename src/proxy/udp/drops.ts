@@ -29,3 +29,6 @@ export function unmapV4(ip: string): string {
 export function hpKey(host: string, port: number): string {
   return `${host}|${port}`;
 }
+
+/** SO_RCVBUF of an association's upstream socket unless UdpAssociateOptions.recvBufferBytes says otherwise (see there). */
+export const DEFAULT_UPSTREAM_RCVBUF = 1 << 20;

@@ -34,6 +34,7 @@ import {
   type UdpSessionEnd,
 } from './association.js';
 import { dropCounters, UDP_DROP_REASONS, unmapV4 } from './drops.js';
+import { isOwnPort } from './ownPorts.js';
 
 export type { UdpNat, UdpListenerDropReason, UdpSessionEnd } from './association.js';
 
@@ -180,7 +181,7 @@ function outboundId(o: Outbound): number {
 }
 
 function emptyDrops(): UdpListenerDrops {
-  return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0 };
+  return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0, loop: 0 };
 }
 
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
@@ -326,6 +327,15 @@ export class UdpListener extends EventEmitter {
     const key = `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}`;
     let a = this.#assocs.get(key);
     if (a === undefined) {
+      // Only a new app socket can be one of ours: checked once per association, not per datagram.
+      if (flow.srcIp === this.#o.host && isOwnPort(flow.srcPort)) {
+        this.#drops.loop++;
+        this.#rl(
+          'loop',
+          `udp listener: dropped datagrams the daemon itself sent to ${hostPort(flow.dstIp, flow.dstPort)} that came back through the TUN: a route sends that address into the device; route it elsewhere (or keep --dns-hijack on for port 53)`,
+        );
+        return;
+      }
       const until = this.#failedUntil.get(key);
       if (until !== undefined) {
         if (this.#o.clock() < until) {

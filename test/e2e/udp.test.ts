@@ -1,0 +1,322 @@
+/**
+ * UDP end to end (issue 6), two namespaces: an app in the client namespace
+ * sends datagrams to a fake address; the engine NATs them onto the UDP
+ * Listener, which relays through the outbound (direct socket, SOCKS5 UDP
+ * ASSOCIATE through a real dante, or http — which cannot carry UDP) to the
+ * UDP echo server of origin.mjs in the upstream namespace. Plus the DNS
+ * hijack of port-53 traffic to any address routed into the TUN, and expiry
+ * of idle associations.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ROOT, runCli } from './harness/daemon.js';
+import { e2eUnavailableReason } from './harness/netns.js';
+import { createTopology, ECHO_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
+
+const skip = e2eUnavailableReason();
+const CLIENT = join(ROOT, 'test/e2e/fixtures/udp-client.mjs');
+const MTU = 9000;
+const MAX_PAYLOAD = MTU - 28;
+const isFake = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface SocketResult {
+  port: number;
+  sent: number;
+  echoed: number;
+  lost: number;
+  corrupt: number;
+  foreign: number;
+  sources: Record<string, number>;
+  lostSizes: number[];
+  sizes: [number, number];
+}
+interface ClientResult {
+  ip: string;
+  sockets: SocketResult[];
+}
+
+type Status = {
+  upstream: string | null;
+  engine: Record<string, number> | null;
+  udp: {
+    associations: number;
+    opened: number;
+    expired: number;
+    datagramsUp: number;
+    datagramsDown: number;
+    dropped: Record<string, number>;
+  } | null;
+};
+
+describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijack, expiry)', () => {
+  let t: Topology;
+
+  const restart = async (args: string[]) => {
+    if (t.daemon) {
+      await t.daemon.stop();
+      t.daemon = undefined;
+    }
+    return t.startDaemon(['--mtu', String(MTU), ...args]);
+  };
+
+  const udpClient = async (opts: { count?: number; sockets?: number; window?: number; lostAfterMs?: number } = {}) => {
+    const args = [
+      CLIENT,
+      'echo.test',
+      String(ECHO_PORT),
+      '--count',
+      String(opts.count ?? 1000),
+      '--sockets',
+      String(opts.sockets ?? 1),
+      '--window',
+      String(opts.window ?? 32),
+      '--lost-after',
+      String(opts.lostAfterMs ?? 3000),
+      '--max-size',
+      String(MAX_PAYLOAD),
+    ];
+    const r = await t.client.exec('node', args, { timeoutMs: 90_000 });
+    if (r.code !== 0) throw new Error(`udp client exited ${r.code}: ${r.stderr}`);
+    return JSON.parse(r.stdout.trim()) as ClientResult;
+  };
+
+  const status = async (): Promise<Status> => {
+    const r = await runCli(t.client, ['status', '--json']);
+    if (r.code !== 0) throw new Error(`fakeproxy status → ${r.code}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as Status;
+  };
+
+  /** Polls until `ok` holds (returns the last status) or throws with it after timeoutMs. */
+  const waitStatus = async (ok: (s: Status) => boolean, what: string, timeoutMs = 10_000): Promise<Status> => {
+    const deadline = Date.now() + timeoutMs;
+    let s = await status();
+    while (!ok(s)) {
+      if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms: ${JSON.stringify(s)}`);
+      await sleep(200);
+      s = await status();
+    }
+    return s;
+  };
+
+  /** Every datagram echoed intact, from the fake address of echo.test and the port the app sent to. */
+  /** Where a loss happened: each namespace's UDP RcvbufErrors and the daemon's UDP counters. */
+  const lossReport = async () => {
+    const lines = [`daemon udp: ${JSON.stringify((await status()).udp)}`];
+    for (const ns of [t.client, t.upstream]) {
+      const snmp = (await ns.exec('cat', ['/proc/net/snmp'])).stdout.split('\n').filter((l) => l.startsWith('Udp:'));
+      lines.push(`${ns.name}: ${snmp.join(' / ')}`);
+    }
+    return lines.join('\n');
+  };
+
+  /** Every datagram echoed intact, from the fake address of echo.test and the port the app sent to. */
+  const expectAllEchoed = async (r: ClientResult, count: number) => {
+    expect(isFake(r.ip)).toBe(true);
+    for (const s of r.sockets) {
+      const why = s.lost > 0 ? `lost sizes ${s.lostSizes.join(',')}\n${await lossReport()}` : undefined;
+      expect(s.sizes).toEqual([1, MAX_PAYLOAD]);
+      expect({ sent: s.sent, echoed: s.echoed, lost: s.lost, corrupt: s.corrupt, foreign: s.foreign }, why).toEqual({
+        sent: count,
+        echoed: count,
+        lost: 0,
+        corrupt: 0,
+        foreign: 0,
+      });
+      expect(s.sources).toEqual({ [`${r.ip}:${ECHO_PORT}`]: count });
+    }
+  };
+
+  beforeAll(async () => {
+    t = await createTopology();
+  });
+  afterAll(async () => {
+    await t?.destroy();
+  });
+
+  describe('direct', () => {
+    beforeAll(async () => {
+      await restart(['--upstream', 'direct']);
+    });
+
+    it('1 000 datagrams of 1 … MTU−28 bytes are all echoed intact, from the fake IP of echo.test:9000', async () => {
+      const r = await udpClient({ count: 1000 });
+      await expectAllEchoed(r, 1000);
+      const s = await status();
+      expect(s.udp?.datagramsUp).toBeGreaterThanOrEqual(1000);
+      expect(s.udp?.datagramsDown).toBeGreaterThanOrEqual(1000);
+    });
+
+    it('two app sockets at once stay separate: each receives only its own payloads', async () => {
+      const r = await udpClient({ count: 300, sockets: 2 });
+      expect(r.sockets.length).toBe(2);
+      expect(r.sockets[0].port).not.toBe(r.sockets[1].port);
+      await expectAllEchoed(r, 300);
+    });
+  });
+
+  describe('socks5 via dante (UDP ASSOCIATE)', () => {
+    let danteLog = '';
+
+    beforeAll(async () => {
+      const ifs = await t.upstream.must('ip', ['-o', '-4', 'addr', 'show']);
+      const ext = ifs
+        .split('\n')
+        .find((l) => l.includes(` ${t.upstreamIp}/`))
+        ?.split(/\s+/)[1];
+      if (!ext) throw new Error(`no interface with ${t.upstreamIp} in the upstream namespace:\n${ifs}`);
+      const conf = tmpFile(
+        t,
+        'danted.conf',
+        [
+          'logoutput: stderr',
+          `internal: ${t.upstreamIp} port = 1080`,
+          `external: ${ext}`,
+          'clientmethod: none',
+          'socksmethod: none',
+          'user.privileged: root',
+          'user.unprivileged: nobody',
+          // dante is the reference relay here, not what is tested: give its UDP
+          // sockets room for a burst of MTU-sized datagrams (capped by rmem_max).
+          'internal.udp.so_rcvbuf: 4194304',
+          'external.udp.so_rcvbuf: 4194304',
+          'client pass {',
+          '  from: 0.0.0.0/0 to: 0.0.0.0/0',
+          '  log: connect disconnect error',
+          '}',
+          'socks pass {',
+          '  from: 0.0.0.0/0 to: 0.0.0.0/0',
+          '  command: connect udpassociate udpreply bindreply',
+          '  log: connect disconnect error',
+          '}',
+          '',
+        ].join('\n'),
+      );
+      const dante = await t.spawnUpstream('danted', ['-f', conf, '-N', '1']);
+      const collect = (d: Buffer) => {
+        danteLog += d.toString();
+      };
+      dante.stdout?.on('data', collect);
+      dante.stderr?.on('data', collect);
+      try {
+        await waitListening(t.upstream, 1080, 'tcp');
+      } catch (e) {
+        throw new Error(`danted did not listen: ${(e as Error).message}\n${danteLog}`);
+      }
+      await restart(['--upstream', `socks5://${t.upstreamIp}:1080`]);
+    });
+
+    it('1 000 datagrams are all echoed intact through the relay, from the fake IP of echo.test:9000', async () => {
+      const r = await udpClient({ count: 1000 });
+      await expectAllEchoed(r, 1000);
+      const s = await status();
+      expect(s.upstream).toBe(`socks5://${t.upstreamIp}:1080`);
+      expect(s.udp?.opened).toBeGreaterThanOrEqual(1);
+      expect(s.udp?.datagramsDown).toBeGreaterThanOrEqual(1000);
+      // The relay carried it as a UDP association (not, say, a direct socket).
+      const from = t.clientIp.replaceAll('.', '\\.');
+      expect(danteLog).toMatch(new RegExp(`pass\\(\\d+\\): udp/udpassociate \\[: ${from}\\.\\d+ `));
+    });
+  });
+
+  describe('http upstream (cannot carry UDP)', () => {
+    beforeAll(async () => {
+      // Nothing listens there: UDP never dials an http proxy anyway.
+      await restart(['--upstream', `http://${t.upstreamIp}:8888`]);
+    });
+
+    it('datagrams are dropped, counted, and logged once per flow (not per datagram)', async () => {
+      const r = await udpClient({ count: 50, window: 50, lostAfterMs: 2000 });
+      expect(r.sockets[0]).toMatchObject({ sent: 50, echoed: 0, lost: 50, corrupt: 0 });
+      await waitStatus((s) => (s.udp?.dropped['no-udp'] ?? 0) >= 50, '50 no-udp drops');
+      const d = t.daemon;
+      if (!d) throw new Error('no daemon');
+      const lines = d.output.split('\n').filter((l) => /echo\.test:9000 .*cannot carry UDP/.test(l));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/via http:\/\//);
+    });
+  });
+
+  describe('DNS hijack: port 53 of any address routed into the TUN', () => {
+    const RESOLVER = '192.0.2.53'; // TEST-NET-1: never a real resolver
+    const dig = (...args: string[]) =>
+      t.client.exec('dig', ['+time=2', '+tries=1', `@${RESOLVER}`, ...args], { timeoutMs: 20_000 });
+    const answerA = (out: string) =>
+      out
+        .split('\n')
+        .filter((l) => l && !l.startsWith(';'))
+        .map((l) => l.split(/\s+/))
+        .find((f) => f[3] === 'A')?.[4];
+
+    beforeAll(async () => {
+      await restart(['--upstream', 'direct']);
+      // Inside the client namespace only (the device exists only there).
+      await t.client.must('ip', ['route', 'replace', `${RESOLVER}/32`, 'dev', 'fp0']);
+    });
+
+    it('dig @192.0.2.53 over UDP and TCP gets fake answers from the daemon; the real resolver never sees the query', async () => {
+      const before = t.dnsmasqLog();
+      const udp = await dig('hijack.example', 'A', '+noall', '+answer');
+      expect(udp.code).toBe(0);
+      const ipUdp = answerA(udp.stdout);
+      expect(ipUdp && isFake(ipUdp)).toBe(true);
+      const tcp = await dig('+tcp', 'hijack.example', 'A', '+noall', '+answer');
+      expect(tcp.code).toBe(0);
+      expect(answerA(tcp.stdout)).toBe(ipUdp);
+      // The same name asked of the daemon itself gets the same address: it was FakeDns answering.
+      const direct = await t.client.exec('dig', [
+        '+time=2',
+        '+tries=1',
+        '@198.18.0.1',
+        'hijack.example',
+        'A',
+        '+noall',
+        '+answer',
+      ]);
+      expect(answerA(direct.stdout)).toBe(ipUdp);
+      expect(t.dnsmasqLog().slice(before.length)).not.toMatch(/hijack\.example/);
+      // Control: a name the daemon forwards (MX) does reach dnsmasq — the log capture works.
+      const mx = await dig('origin.test', 'MX', '+noall', '+answer');
+      expect(mx.stdout).toMatch(/MX\s+10 mail\.origin\.test\./);
+      expect(t.dnsmasqLog().slice(before.length)).toMatch(/query\[MX\] origin\.test/);
+    });
+
+    it('with --no-dns-hijack the same dig times out (exit 9)', async () => {
+      await restart(['--upstream', 'direct', '--no-dns-hijack']);
+      await t.client.must('ip', ['route', 'replace', `${RESOLVER}/32`, 'dev', 'fp0']);
+      const r = await dig('hijack2.example', 'A');
+      expect(r.code).toBe(9);
+      // The daemon relayed the query directly — to an address routed into
+      // fp0, so it came back through the TUN: dropped as our own traffic,
+      // not served by another association (which would loop forever, one
+      // socket and NAT flow per round).
+      const st = await waitStatus((x) => (x.udp?.dropped.loop ?? 0) >= 1, 'a loop drop');
+      await sleep(500);
+      const later = await status();
+      expect(later.udp?.opened).toBe(1);
+      expect(later.udp?.dropped.loop).toBe(st.udp?.dropped.loop);
+      expect(later.engine?.udpFlows).toBeLessThanOrEqual(2);
+      expect(t.daemon?.child.exitCode).toBeNull();
+    });
+  });
+
+  describe('idle associations expire and leave the NAT table', () => {
+    beforeAll(async () => {
+      await restart(['--upstream', 'direct', '--nat-timeout', 'udp=2']);
+    });
+
+    it('after the traffic stops, engine udpFlows and live associations go back to 0', async () => {
+      const r = await udpClient({ count: 200, sockets: 2 });
+      await expectAllEchoed(r, 200);
+      const busy = await status();
+      expect(busy.udp?.opened).toBe(2);
+      const idle = await waitStatus(
+        (s) => s.engine?.udpFlows === 0 && s.udp?.associations === 0,
+        'udpFlows 0 and no live associations',
+      );
+      expect(idle.udp?.expired).toBe(2);
+      // They left by idle expiry (not, say, never having been created).
+      expect(idle.engine?.flowsExpired).toBeGreaterThanOrEqual(2);
+    });
+  });
+});
