@@ -13,6 +13,7 @@ import { UdpListener } from './proxy/udp/udpListener.js';
 import { parseUpstream } from './proxy/outbound.js';
 import { Router } from './proxy/router.js';
 import { TunDevice } from './tun/TunDevice.js';
+import { TunRouteCheck } from './tun/routes.js';
 import { isPublicSpace } from './util/cidr.js';
 import { UsageError } from './errors.js';
 import { redactRedisUrl } from './inspect/redisConn.js';
@@ -74,7 +75,12 @@ export class Daemon {
     // Resolve configuration that can fail before touching the system.
     const dnsUpstream = c.dnsUpstream ?? defaultUpstream(c.dnsListen);
     const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
-    const outbound = parseUpstream(c.upstream, { resolve });
+    const routes = new TunRouteCheck(c.tun);
+    const loopGuard = (ip: string) =>
+      routes.routesIntoTun(ip)
+        ? `${ip} is routed into ${c.tun}: a direct connection would come back to fakeproxy (route it via another interface, or use a proxy --upstream)`
+        : undefined;
+    const outbound = parseUpstream(c.upstream, { resolve, loopGuard });
     const router = new Router({ final: outbound });
 
     // First, so a second instance is refused before it touches anything.

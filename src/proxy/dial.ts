@@ -108,6 +108,8 @@ export interface DialOptions {
   attemptDelayMs?: number;
   /** What we are dialing, for messages ("socks5 proxy 10.0.0.1:1080"). */
   what: string;
+  /** Why an address would loop back into fakeproxy, or undefined (see DirectOutboundOptions.loopGuard). */
+  loopGuard?: ((ip: string) => string | undefined) | undefined;
 }
 
 // Guard: net.connect gets IP literals only, so it never calls lookup; if it
@@ -134,6 +136,13 @@ export async function dialTcp(host: string, port: number, opts: DialOptions): Pr
       throw new ProxyError('ENOTFOUND', `${opts.what}: resolve ${host}: ${err.message ?? String(e)}`, { cause: e });
     }
     if (addrs.length === 0) throw new ProxyError('ENOTFOUND', `${opts.what}: resolve ${host}: no addresses`);
+  }
+  if (opts.loopGuard) {
+    const guard = opts.loopGuard;
+    const why = addrs.map((a) => guard(a));
+    const ok = addrs.filter((_, i) => why[i] === undefined);
+    if (ok.length === 0) throw new ProxyError('ELOOP', `${opts.what}: ${why[0]}`);
+    addrs = ok;
   }
   return raceAddresses(addrs, port, opts);
 }

@@ -32,6 +32,8 @@ export type ProxyErrorCode =
   | 'EUPSTREAM_CLOSED'
   | 'EREJECT'
   | 'ENORESOLVER'
+  // The destination is routed into our own TUN: connecting would loop.
+  | 'ELOOP'
   | 'ENOTFOUND';
 
 export class ProxyError extends FakeproxyError {

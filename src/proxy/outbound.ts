@@ -131,6 +131,8 @@ export interface UpstreamDeps {
    * Build one with `upstreamResolver(--dns-upstream)` from ./dial.ts.
    */
   resolve?: ResolveName;
+  /** For `direct`: why an IP would loop back into fakeproxy (routed into the TUN), or undefined. */
+  loopGuard?: (ip: string) => string | undefined;
 }
 
 const SCHEMES = 'direct, reject, socks5://[user:pass@]host:port or http://[user:pass@]host:port';
@@ -138,7 +140,7 @@ const SCHEMES = 'direct, reject, socks5://[user:pass@]host:port or http://[user:
 /** Parse `--upstream`. Bad input → `UsageError` with a one-line message (the CLI exits 2). */
 export function parseUpstream(spec: string, deps: UpstreamDeps = {}): Outbound {
   const s = spec.trim();
-  if (s === 'direct') return new DirectOutbound({ resolve: deps.resolve });
+  if (s === 'direct') return new DirectOutbound({ resolve: deps.resolve, loopGuard: deps.loopGuard });
   if (s === 'reject') return new RejectOutbound();
   let url: URL;
   try {

@@ -29,22 +29,22 @@ export interface TunOptions {
   readRoutes?: () => string;
 }
 
-interface KernelRoute {
+export interface KernelRoute {
   iface: string;
   network: number;
   broadcast: number;
   text: string;
 }
 
-/** Parses /proc/net/route (little-endian hex fields) into ranges, skipping default routes. */
-export function parseProcRoutes(text: string): KernelRoute[] {
+/** Parses /proc/net/route (little-endian hex fields) into ranges, skipping default routes unless asked. */
+export function parseProcRoutes(text: string, withDefault = false): KernelRoute[] {
   const out: KernelRoute[] = [];
   for (const line of text.split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
     if (f.length < 8) continue;
     const dst = Number.parseInt(f[1], 16);
     const mask = Number.parseInt(f[7], 16);
-    if (!Number.isFinite(dst) || !Number.isFinite(mask) || mask === 0) continue;
+    if (!Number.isFinite(dst) || !Number.isFinite(mask) || (mask === 0 && !withDefault)) continue;
     const swap = (n: number) => (((n & 255) << 24) | (((n >>> 8) & 255) << 16) | (((n >>> 16) & 255) << 8) | (n >>> 24)) >>> 0;
     const network = swap(dst);
     const m = swap(mask);

@@ -39,6 +39,7 @@ interface ClientResult {
 type Status = {
   upstream: string | null;
   engine: Record<string, number> | null;
+  tcp?: { accepted: number; connectFailed: number; active: number } | null;
   udp: {
     associations: number;
     opened: number;
@@ -297,6 +298,18 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
       expect(later.udp?.dropped.loop).toBe(st.udp?.dropped.loop);
       expect(later.engine?.udpFlows).toBeLessThanOrEqual(2);
       expect(t.daemon?.child.exitCode).toBeNull();
+    });
+
+    it('over TCP the direct outbound refuses an address routed into the TUN (ELOOP) instead of looping', async () => {
+      const before = (await status()).tcp?.accepted ?? 0;
+      const r = await dig('+tcp', 'hijack3.example', 'A');
+      expect(r.code).not.toBe(0);
+      await sleep(1000);
+      const st = await status();
+      // One accepted connection per dig attempt, not thousands of looped ones.
+      expect((st.tcp?.accepted ?? 0) - before).toBeLessThanOrEqual(2);
+      expect(st.tcp?.active).toBe(0);
+      expect(t.daemon?.stderr).toMatch(/ELOOP: .*192\.0\.2\.53 is routed into fp0/);
     });
   });
 

@@ -16,6 +16,12 @@ export interface DirectOutboundOptions {
    * @default 250 — RFC 8305 §5.
    */
   attemptDelayMs?: number;
+  /**
+   * Says why connecting to this IP would loop back into fakeproxy (it is
+   * routed into the TUN), or undefined. Such addresses are skipped; when all
+   * are, the connect fails with ELOOP. @default none
+   */
+  loopGuard?: ((ip: string) => string | undefined) | undefined;
 }
 
 export class DirectOutbound implements Outbound {
@@ -35,6 +41,7 @@ export class DirectOutbound implements Outbound {
         resolve: this.#o.resolve,
         signal: d.signal,
         what,
+        loopGuard: this.#o.loopGuard,
         ...(this.#o.attemptDelayMs !== undefined ? { attemptDelayMs: this.#o.attemptDelayMs } : {}),
       });
     } finally {
