@@ -81,6 +81,28 @@ describe.skipIf(skip)('fake-IP DNS end to end (dig, dnsmasq upstream)', () => {
     expect(out).not.toMatch(/198\.18\./);
   });
 
+  it('the map survives a restart through --state-dir; a map made with another CIDR is discarded', async () => {
+    await t.daemon?.stop();
+    const state = `${t.tmp}/state`;
+    let d = await t.startDaemon(['--fake-ip-filter', '+.lan', '--state-dir', state]);
+    const first = answers(await dig('@198.18.0.1', 'persist.example', '+noall', '+answer'))[0][4];
+    // Push the name off the allocation cursor so a fresh map would give it another address.
+    for (const n of ['p1', 'p2', 'p3']) await dig('@198.18.0.1', `${n}.example`, '+short');
+    expect(await d.stop()).toBe(0);
+    d = await t.startDaemon(['--fake-ip-filter', '+.lan', '--state-dir', state]);
+    expect(answers(await dig('@198.18.0.1', 'persist.example', '+noall', '+answer'))[0][4]).toBe(first);
+    // The Listener can still map the address back: PTR answers the saved name.
+    expect(await dig('@198.18.0.1', '-x', first, '+short')).toMatch(/^persist\.example\.$/m);
+    expect(await d.stop()).toBe(0);
+    d = await t.startDaemon(['--fake-ip-filter', '+.lan', '--state-dir', state, '--cidr', '198.19.0.0/16']);
+    expect(d.stderr).toMatch(/discard/i);
+    const other = answers(await dig('@198.19.0.1', 'persist.example', '+noall', '+answer'))[0][4];
+    expect(other).toMatch(/^198\.19\./);
+    await d.stop();
+    // Back to the default range for the tests below.
+    await t.startDaemon(['--fake-ip-filter', '+.lan']);
+  });
+
   it('malformed packets get FORMERR/NOTIMP or are dropped, and dig still answers', async () => {
     // A small sender inside the client namespace: one datagram per case, prints what came back.
     const script = `
