@@ -1,0 +1,205 @@
+/**
+ * The fakeproxy daemon under test, started inside the client namespace only
+ * (never in the root namespace: it creates a TUN, an address and a route).
+ */
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { CLI, run, sleep, Unavailable } from './env.js';
+import { ORIGIN_NAME, PORTS, type Topology } from './topology.js';
+
+/**
+ * Fake ranges handed to successive daemons in one topology. A daemon restarted in the same
+ * namespace within 60 s would start its NAT cursor where the previous one did and hand out
+ * pairs the previous Listener still holds in TIME_WAIT (SYNs are then retransmitted after
+ * 1 s): every daemon of a scenario gets its own range so each configuration is measured
+ * from a clean slate. Both lie in 198.18.0.0/15 (RFC 2544 benchmarking space).
+ */
+export const RANGES = [
+  { cidr: '198.18.0.0/16', gateway: '198.18.0.1', prefix: '198.18.' },
+  { cidr: '198.19.0.0/16', gateway: '198.19.0.1', prefix: '198.19.' },
+] as const;
+export type Range = (typeof RANGES)[number];
+const nextRange = new WeakMap<Topology, number>();
+
+/**
+ * `sh -c RAISE_NOFILE sh cmd args…`: raises the fd limit as far as allowed (the hard
+ * limit needs CAP_SYS_RESOURCE; without it the soft limit goes up to the hard one), then execs.
+ */
+export const RAISE_NOFILE = 'ulimit -Hn 200000 2>/dev/null; ulimit -Sn "$(ulimit -Hn)" 2>/dev/null; exec "$@"';
+
+/** The fd hard limit a process started through RAISE_NOFILE gets here. */
+export async function nofileLimit(): Promise<number> {
+  const r = await run('sh', ['-c', 'ulimit -Hn 200000 2>/dev/null; ulimit -Hn']);
+  const v = r.stdout.trim();
+  return v === 'unlimited' ? Number.POSITIVE_INFINITY : Number(v);
+}
+
+export interface DaemonOpts {
+  /** 'direct' | 'dante' (socks5 to the upstream dante) | 'microsocks' | 'tinyproxy' (http) | a full URL */
+  upstream: string;
+  redis?: string;
+  extra?: string[];
+}
+
+export class Daemon {
+  out = '';
+  readonly exited: Promise<number | null>;
+  private constructor(readonly child: ChildProcess) {
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      this.out = (this.out + d).slice(-20_000);
+    });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      this.out = (this.out + d).slice(-20_000);
+    });
+    this.exited = new Promise((resolve) => child.once('exit', (code, sig) => resolve(code ?? (sig ? -1 : null))));
+  }
+
+  range: Range = RANGES[0];
+
+  get gateway(): string {
+    return this.range.gateway;
+  }
+
+  /** True for an address of this daemon's fake range other than its gateway. */
+  isFake(ip: string): boolean {
+    return /^\d+\.\d+\.\d+\.\d+$/.test(ip) && ip.startsWith(this.range.prefix) && ip !== this.range.gateway;
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  static upstreamUrl(topo: Topology, upstream: string): string {
+    switch (upstream) {
+      case 'direct':
+        return 'direct';
+      case 'dante':
+        return `socks5://${topo.upIp}:${PORTS.dante}`;
+      case 'microsocks':
+        return `socks5://${topo.upIp}:${PORTS.microsocks}`;
+      case 'tinyproxy':
+        return `http://${topo.upIp}:${PORTS.tinyproxy}`;
+      default:
+        return upstream;
+    }
+  }
+
+  /** Starts `fakeproxy start …` in the client namespace and waits for "running". */
+  static async start(topo: Topology, opts: DaemonOpts): Promise<Daemon> {
+    if (!existsSync(CLI)) throw new Unavailable(`${CLI} is missing (run \`npm run build\`)`);
+    const k = nextRange.get(topo) ?? 0;
+    nextRange.set(topo, k + 1);
+    const range = RANGES[k % RANGES.length];
+    // The client namespace resolves through this daemon (bind-mounted by every later `ip netns exec`).
+    topo.client.writeEtc('resolv.conf', `nameserver ${range.gateway}\n`);
+    const args = [
+      CLI,
+      'start',
+      '--cidr',
+      range.cidr,
+      '--tun',
+      'fp0',
+      '--state-dir',
+      '',
+      '--dns-listen',
+      `${range.gateway}:53`,
+      '--dns-upstream',
+      `${topo.upIp}:${PORTS.dns}`,
+      '--upstream',
+      Daemon.upstreamUrl(topo, opts.upstream),
+      ...(opts.redis ? ['--redis', opts.redis] : []),
+      ...(opts.extra ?? []),
+    ];
+    // nat-scale holds 2 fds per proxied connection: raise the fd limit for the daemon only
+    // (root may raise the hard limit; the namespace shell is the daemon's own parent).
+    const child = topo.client.spawn('sh', ['-c', RAISE_NOFILE, 'sh', 'node', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const d = new Daemon(child);
+    d.range = range;
+    const deadline = Date.now() + 20_000;
+    let exited = false;
+    void d.exited.then(() => {
+      exited = true;
+    });
+    while (!/\brunning\b/.test(d.out)) {
+      if (exited) throw new Unavailable(`daemon exited before "running": ${lastLines(d.out)}`);
+      if (Date.now() > deadline) {
+        await d.stop();
+        throw new Unavailable(`daemon did not print "running" within 20 s: ${lastLines(d.out)}`);
+      }
+      await sleep(50);
+    }
+    return d;
+  }
+
+  async stop(): Promise<number | null> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.child.exitCode;
+    this.child.kill('SIGTERM');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
+    const code = await this.exited;
+    clearTimeout(t);
+    return code;
+  }
+
+  /** VmRSS and VmHWM in bytes, and the number of open fds, from /proc. */
+  usage(): { rss: number; hwm: number; fds: number } {
+    const st = readFileSync(`/proc/${this.pid}/status`, 'utf8');
+    const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(st)?.[1] ?? Number.NaN) * 1024;
+    return { rss: kb('VmRSS'), hwm: kb('VmHWM'), fds: readdirSync(`/proc/${this.pid}/fd`).length };
+  }
+}
+
+function lastLines(s: string, n = 8): string {
+  return s.trim().split('\n').slice(-n).join(' | ') || '(no output)';
+}
+
+/**
+ * Whether the TUN path proxies end to end: resolve ORIGIN_NAME through the
+ * daemon and fetch /small (128 bytes) through the TUN. Returns a reason when not.
+ */
+export async function probeTun(topo: Topology, d: Daemon): Promise<string | undefined> {
+  const dig = await topo.client.exec('dig', ['+short', '+time=2', '+tries=1', `@${d.gateway}`, ORIGIN_NAME, 'A'], {
+    timeoutMs: 5_000,
+  });
+  const ip = dig.stdout.trim().split('\n')[0] ?? '';
+  if (!d.isFake(ip))
+    return `fake DNS did not answer ${ORIGIN_NAME} with a ${d.range.prefix}x.y address (got "${ip || dig.stderr.trim() || 'nothing'}")`;
+  const r = await topo.client.exec(
+    'curl',
+    [
+      '-sS',
+      '--max-time',
+      '5',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code} %{size_download}',
+      `http://${ORIGIN_NAME}:${PORTS.origin}/small`,
+    ],
+    {
+      timeoutMs: 8_000,
+    },
+  );
+  if (r.stdout.trim() !== '200 128')
+    return `curl through the TUN failed (${r.stdout.trim() || r.stderr.trim()}); daemon: ${lastLines(d.out, 3)}`;
+  return undefined;
+}
+
+/**
+ * Whether UDP crosses the TUN end to end: one datagram to echo.test:9000 (socat
+ * echo in the upstream ns) must come back. Returns a reason when not.
+ */
+export async function probeUdp(topo: Topology, host = 'echo.test'): Promise<string | undefined> {
+  const line = `fp-probe-${process.pid}`;
+  const r = await topo.client.exec('bash', ['-c', `echo ${line} | socat -t 3 -T 3 - UDP4:${host}:${PORTS.udpecho}`], {
+    timeoutMs: 10_000,
+  });
+  const err = r.stderr
+    .trim()
+    .split('\n')[0]
+    ?.replace(/^.*? E /, '');
+  if (r.stdout.trim() !== line)
+    return `no UDP echo from ${host}:${PORTS.udpecho} (${err || `got "${r.stdout.trim()}"`})`;
+  return undefined;
+}

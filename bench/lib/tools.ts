@@ -1,0 +1,244 @@
+/**
+ * Load generators (curl, ab, iperf3, dnsperf) run inside a namespace, each
+ * returning parsed numbers and throwing when the result does not verify.
+ */
+import type { Netns } from './env.js';
+import { need } from './env.js';
+import type { BigFile } from './topology.js';
+
+export class VerifyError extends Error {}
+
+/** curl args that route a request the way a path needs (proxy flags, --resolve). */
+export type CurlVia = string[];
+
+/**
+ * Downloads `url` to /dev/null and returns Gbit/s; verifies HTTP 200 and that
+ * size_download equals the file size.
+ */
+export async function curlGbps(
+  ns: Netns,
+  url: string,
+  via: CurlVia,
+  file: BigFile,
+  timeoutMs: number,
+): Promise<number> {
+  need('curl');
+  const r = await ns.exec(
+    'curl',
+    [
+      '-sS',
+      '--max-time',
+      String(Math.ceil(timeoutMs / 1000)),
+      ...via,
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code} %{size_download} %{speed_download} %{time_total}',
+      url,
+    ],
+    { timeoutMs: timeoutMs + 5_000 },
+  );
+  const [code, size, speed] = r.stdout.trim().split(/\s+/);
+  if (r.code !== 0 || code !== '200')
+    throw new VerifyError(`curl ${url} → exit ${r.code}, http ${code}: ${r.stderr.trim()}`);
+  if (Number(size) !== file.size) throw new VerifyError(`curl ${url}: got ${size} bytes, expected ${file.size}`);
+  return (Number(speed) * 8) / 1e9;
+}
+
+/** Downloads `url` once through `via`, hashing it (untimed): the path delivers exactly the origin's bytes. */
+export async function curlVerifySha(
+  ns: Netns,
+  url: string,
+  via: CurlVia,
+  file: BigFile,
+  timeoutMs: number,
+): Promise<void> {
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  const cmd = `set -o pipefail; curl -sS --fail --max-time ${Math.ceil(timeoutMs / 1000)} ${via.map(q).join(' ')} ${q(url)} | sha256sum`;
+  const r = await ns.exec('bash', ['-c', cmd], { timeoutMs: timeoutMs + 5_000 });
+  const got = r.stdout.trim().split(/\s+/)[0];
+  if (r.code !== 0) throw new VerifyError(`verify download ${url}: exit ${r.code}: ${r.stderr.trim()}`);
+  if (got !== file.sha256) throw new VerifyError(`verify download ${url}: sha256 ${got} ≠ origin ${file.sha256}`);
+}
+
+export interface AbResult {
+  rps: number;
+  p50ms: number;
+  p99ms: number;
+  complete: number;
+  failed: number;
+}
+
+/**
+ * ApacheBench with one connection per request (no -k): `n` requests, `c` at a
+ * time; percentiles of connect+first-byte+transfer from ab's CSV (ms, fractional).
+ */
+export async function abRun(
+  ns: Netns,
+  url: string,
+  n: number,
+  c: number,
+  csvPath: string,
+  limitSecs = 60,
+): Promise<AbResult> {
+  need('ab', 'apache2-utils');
+  // -t before -n: stop at n requests or after limitSecs, whichever comes first (a slow path
+  // cannot stretch the run); the rate is computed over what completed.
+  const r = await ns.exec(
+    'ab',
+    ['-q', '-r', '-s', '10', '-t', String(limitSecs), '-n', String(n), '-c', String(c), '-e', csvPath, url],
+    {
+      timeoutMs: (limitSecs + 30) * 1000,
+    },
+  );
+  if (r.code !== 0) throw new VerifyError(`ab ${url}: exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(-400)}`);
+  const num = (re: RegExp) => Number(re.exec(r.stdout)?.[1] ?? Number.NaN);
+  const complete = num(/Complete requests:\s+(\d+)/);
+  const failed = num(/Failed requests:\s+(\d+)/);
+  const non2xx = num(/Non-2xx responses:\s+(\d+)/);
+  const rps = num(/Requests per second:\s+([\d.]+)/);
+  // Stopped by -t: fewer than n, but every completed request must still be a good one.
+  if (!(complete > 0) || failed > 0 || non2xx > 0)
+    throw new VerifyError(`ab ${url}: ${complete}/${n} complete, ${failed} failed, ${non2xx || 0} non-2xx`);
+  const csv = (await ns.exec('cat', [csvPath])).stdout;
+  const pct = new Map<number, number>();
+  for (const line of csv.split('\n').slice(1)) {
+    const [p, ms] = line.split(',').map(Number);
+    if (Number.isFinite(p) && Number.isFinite(ms)) pct.set(p, ms);
+  }
+  return { rps, p50ms: pct.get(50) ?? Number.NaN, p99ms: pct.get(99) ?? Number.NaN, complete, failed };
+}
+
+export interface IperfTcp {
+  gbps: number;
+  bytes: number;
+}
+
+/** iperf3 TCP, client in `ns` → host:port for `secs`; receiver-side Gbit/s. */
+export async function iperfTcp(
+  ns: Netns,
+  host: string,
+  port: number,
+  secs: number,
+  extra: string[] = [],
+): Promise<IperfTcp> {
+  need('iperf3');
+  const r = await ns.exec('iperf3', ['-J', '-c', host, '-p', String(port), '-t', String(secs), ...extra], {
+    timeoutMs: (secs + 20) * 1000,
+  });
+  const j = parseJson(r.stdout);
+  if (r.code !== 0 || !j?.end?.sum_received)
+    throw new VerifyError(`iperf3 -c ${host}: exit ${r.code}: ${j?.error ?? r.stderr.trim()}`);
+  const sent = j.end.sum_sent.bytes as number;
+  const recv = j.end.sum_received.bytes as number;
+  // TCP: what the server received must be what the client sent (no loss, nothing left in flight at the end).
+  if (recv <= 0 || recv < sent * 0.99) throw new VerifyError(`iperf3 -c ${host}: received ${recv} of ${sent} bytes`);
+  return { gbps: j.end.sum_received.bits_per_second / 1e9, bytes: recv };
+}
+
+export interface IperfUdp {
+  /** datagrams per second delivered to the server */
+  pps: number;
+  lossPct: number;
+  mbps: number;
+  packets: number;
+}
+
+/** iperf3 UDP at `rate` (e.g. "500M"), `len`-byte datagrams, server-side counts. */
+export async function iperfUdp(
+  ns: Netns,
+  host: string,
+  port: number,
+  secs: number,
+  rate: string,
+  len: number,
+): Promise<IperfUdp> {
+  need('iperf3');
+  const r = await ns.exec(
+    'iperf3',
+    ['-J', '-u', '-c', host, '-p', String(port), '-t', String(secs), '-b', rate, '-l', String(len)],
+    {
+      timeoutMs: (secs + 20) * 1000,
+    },
+  );
+  const j = parseJson(r.stdout);
+  const s = j?.end?.sum;
+  if (r.code !== 0 || !s)
+    throw new VerifyError(
+      `iperf3 -u -c ${host}:${port}: exit ${r.code}: ${j?.error ?? (r.stderr.trim() || r.stdout.trim().slice(-200) || 'no output')}`,
+    );
+  const packets = s.packets as number;
+  const lost = s.lost_packets as number;
+  if (!(packets > 0)) throw new VerifyError(`iperf3 -u -c ${host}: no datagrams counted`);
+  const delivered = packets - lost;
+  if (delivered <= 0) throw new VerifyError(`iperf3 -u -c ${host}: every datagram lost`);
+  return {
+    pps: delivered / s.seconds,
+    lossPct: (100 * lost) / packets,
+    mbps: (delivered * len * 8) / s.seconds / 1e6,
+    packets,
+  };
+}
+
+export interface DnsperfResult {
+  qps: number;
+  avgMs: number;
+  lostPct: number;
+  sent: number;
+}
+
+/** dnsperf for `secs` against server:port with the given query file. */
+export async function dnsperf(
+  ns: Netns,
+  server: string,
+  port: number,
+  queryFile: string,
+  secs: number,
+  clients = 8,
+): Promise<DnsperfResult> {
+  need('dnsperf');
+  const r = await ns.exec(
+    'dnsperf',
+    [
+      '-s',
+      server,
+      '-p',
+      String(port),
+      '-d',
+      queryFile,
+      '-l',
+      String(secs),
+      '-c',
+      String(clients),
+      '-T',
+      '2',
+      '-q',
+      '500',
+      '-t',
+      '2',
+    ],
+    {
+      timeoutMs: (secs + 20) * 1000,
+    },
+  );
+  const num = (re: RegExp) => Number(re.exec(r.stdout)?.[1] ?? Number.NaN);
+  const sent = num(/Queries sent:\s+(\d+)/);
+  const completed = num(/Queries completed:\s+(\d+)/);
+  const qps = num(/Queries per second:\s+([\d.]+)/);
+  const avg = num(/Average Latency \(s\):\s+([\d.]+)/);
+  const noerror = num(/NOERROR (\d+)/);
+  if (r.code !== 0 || !(completed > 0))
+    throw new VerifyError(`dnsperf ${server}:${port}: exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(-300)}`);
+  if (noerror < completed * 0.99)
+    throw new VerifyError(`dnsperf ${server}:${port}: only ${noerror} of ${completed} answers were NOERROR`);
+  return { qps, avgMs: avg * 1000, lostPct: (100 * (sent - completed)) / sent, sent };
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: iperf3 JSON is untyped
+function parseJson(s: string): any {
+  try {
+    return JSON.parse(s);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,63 @@
+import { type Ctx, Unavailable } from '../lib/env.js';
+import type { Row, Section } from '../lib/report.js';
+
+export interface Scenario {
+  name: string;
+  aliases?: string[];
+  describe: string;
+  run(ctx: Ctx): Promise<Section[]>;
+}
+
+export type RowSpec = Omit<Row, 'samples'>;
+
+/** Makes rows with empty samples; `fill` adds samples by id. */
+export function rows(...specs: RowSpec[]): Row[] {
+  return specs.map((s) => ({ ...s, samples: [] }));
+}
+
+export function row(section: Section, id: string): Row {
+  const r = section.rows.find((x) => x.id === id);
+  if (!r) throw new Error(`no row ${id} in ${section.scenario}`);
+  return r;
+}
+
+/**
+ * Runs `body` (which measures one path, filling the rows `ids`) and turns a
+ * failure into "unavailable" on those rows instead of failing the section:
+ * Unavailable (tool missing, daemon not functional yet) is a plain skip; any
+ * other error (a failed verification) also sets the section's error.
+ */
+export async function path(
+  ctx: Ctx,
+  section: Section,
+  ids: string[],
+  what: string,
+  body: () => Promise<void>,
+): Promise<void> {
+  if (ctx.aborted) return;
+  ctx.log(what);
+  try {
+    await body();
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0].slice(0, 300);
+    for (const id of ids) {
+      const r = section.rows.find((x) => x.id === id);
+      if (r) {
+        r.samples = [];
+        r.unavailable = e instanceof Unavailable ? msg : `FAILED: ${msg}`;
+      }
+    }
+    if (!(e instanceof Unavailable)) section.error = [section.error, `${what}: ${msg}`].filter(Boolean).join('; ');
+    ctx.log(`${what}: ${e instanceof Unavailable ? 'unavailable' : 'FAILED'}: ${msg}`);
+  }
+}
+
+/** Repeats `fn` ctx.reps times (stops early on Ctrl-C). */
+export async function repeat<T>(ctx: Ctx, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < ctx.reps && !ctx.aborted; i++) out.push(await fn(i));
+  return out;
+}
+
+export const GiB = 1024 ** 3;
+export const MiB = 1024 ** 2;

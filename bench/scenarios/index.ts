@@ -1,0 +1,13 @@
+import type { Scenario } from './common.js';
+import { dns } from './dnsScenario.js';
+import { engine } from './engine.js';
+import { natScale } from './natScale.js';
+import { redis } from './redis.js';
+import { tcpThroughput } from './tcp.js';
+import { tcpConnect } from './tcpConnect.js';
+import { udp } from './udp.js';
+
+export type { Scenario };
+
+/** In the order `npm run bench` runs them. */
+export const SCENARIOS: Scenario[] = [engine, tcpThroughput, tcpConnect, udp, dns, natScale, redis];
