@@ -123,7 +123,14 @@ void NatAllocator::init(uint32_t network, int prefixLen, uint32_t gateway, size_
   gateway_ = gateway;
   uint64_t size = uint64_t(1) << (32 - prefixLen);
   hosts_ = uint32_t(size - 3);  // minus network, broadcast, gateway
-  curHost_ = curPort_ = 0;
+  // Start at a random point of the space: a daemon restarted within 60 s
+  // would otherwise hand out the very pairs its predecessor left in
+  // TIME_WAIT on the Listener side, and new connections stall on SYN
+  // retransmits (DESIGN.md "Known traps"). One lap of a /16 is ~4·10⁹ pairs.
+  std::random_device rd;
+  const uint64_t r = (uint64_t(rd()) << 32) ^ rd();
+  curHost_ = hosts_ ? uint32_t(r % hosts_) : 0;
+  curPort_ = uint32_t((r >> 32) % kPorts);
   cap_ = std::max<size_t>(cooldownCap, 1);
   reuseDelayMs_ = reuseDelayMs;
   set_.assign(64, 0);

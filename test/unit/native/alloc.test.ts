@@ -24,6 +24,16 @@ describe('NAT allocation', () => {
     expect(e.stats().flowsActive).toBe(12_000);
   });
 
+  it('a new engine starts at a random point of the space (a restarted daemon must not reuse its predecessor TIME_WAIT pairs)', () => {
+    const firsts = new Set<string>();
+    for (let i = 0; i < 4; i++) {
+      const out = parse(one(makeEngine(), udpPacket({ src: '198.18.0.1', dst: '198.18.5.5', sport: 1, dport: 2 })));
+      firsts.add(`${out.src}:${out.sport}`);
+    }
+    // ~4·10⁹ pairs in a /16: four engines landing on fewer than four distinct pairs means a fixed start.
+    expect(firsts.size).toBe(4);
+  });
+
   it('spreads consecutive flows over addresses (cursor walks host-first)', () => {
     const e = makeEngine();
     const a = parse(one(e, udpPacket({ src: '198.18.0.1', dst: '198.18.5.5', sport: 1, dport: 2 })));
