@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DaemonProc, runCli } from './harness/daemon.js';
 import { Netns, e2eUnavailableReason } from './harness/netns.js';
@@ -41,6 +44,25 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     const after = await ns.exec('ip', ['link', 'show', 'dev', 'fp0']);
     expect(after.code).not.toBe(0);
     expect(await ns.must('ip', ['-4', 'route', 'show'])).not.toMatch(/198\.18\./);
+  });
+
+  it('--config file.yaml sets options; a flag given on the command line wins', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fpt-cfg-'));
+    const file = join(dir, 'fakeproxy.yaml');
+    writeFileSync(file, 'tun: fpcfg\nmtu: 1500\ncidr: 198.19.0.0/16\nstateDir: ""\nfakeIpFilter:\n  - +.lan\n');
+    try {
+      const d = DaemonProc.start(ns, ['start', '--config', file, '--mtu', '4000']);
+      await d.waitFor(/running/);
+      expect(await ns.must('ip', ['-o', 'link', 'show', 'dev', 'fpcfg'])).toMatch(/mtu 4000/);
+      expect(await ns.must('ip', ['-4', 'route', 'show'])).toMatch(/^198\.19\.0\.0\/16 dev fpcfg/m);
+      expect(await d.stop()).toBe(0);
+      writeFileSync(file, 'tun: fpcfg\nbogusKey: 1\n');
+      const bad = await runCli(ns, ['start', '--config', file]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/unknown key 'bogusKey'/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('SIGINT (Ctrl-C) tears down the same way', async () => {
