@@ -26,7 +26,7 @@ uint32_t GetU32(const Napi::Object& o, const char* key, uint32_t def) {
   return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : def;
 }
 
-// tunOpen({ name, mtu, address, prefixLen, queues }) -> { name, ifindex, fds }
+// tunOpen({ name, mtu, address, prefixLen, queues, offload? }) -> { name, ifindex, fds, offload, offloadError? }
 Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) {
@@ -49,6 +49,8 @@ Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
   cfg.mtu = GetU32(o, "mtu", 9000);
   cfg.prefix_len = GetU32(o, "prefixLen", 16);
   cfg.queues = GetU32(o, "queues", 1);
+  Napi::Value off = o.Get("offload");
+  cfg.offload = off.IsUndefined() ? true : off.ToBoolean().Value();
   TunResult result;
   SysError error;
   if (!TunOpen(cfg, &result, &error)) {
@@ -61,6 +63,8 @@ Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
   Napi::Array fds = Napi::Array::New(env, result.fds.size());
   for (size_t i = 0; i < result.fds.size(); i++) fds.Set(static_cast<uint32_t>(i), result.fds[i]);
   r.Set("fds", fds);
+  r.Set("offload", Napi::Boolean::New(env, result.offload));
+  if (!result.offload_error.empty()) r.Set("offloadError", result.offload_error);
   return r;
 }
 
@@ -97,7 +101,8 @@ Napi::Value TunWritePacketForTest(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
-// Test-only: wait up to timeoutMs for one packet; undefined when none came.
+// Test-only: wait up to timeoutMs for one packet; undefined when none came. With
+// offloads on, the packet starts with its virtio_net_hdr.
 Napi::Value TunReadPacketForTest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
@@ -109,7 +114,7 @@ Napi::Value TunReadPacketForTest(const Napi::CallbackInfo& info) {
   struct pollfd p = {fd, POLLIN, 0};
   int r = poll(&p, 1, timeout);
   if (r <= 0) return env.Undefined();
-  std::vector<uint8_t> buf(65536);
+  std::vector<uint8_t> buf(65536 + 64);  // a 64 KiB packet plus the virtio_net_hdr of a device with offloads
   ssize_t n = read(fd, buf.data(), buf.size());
   if (n < 0) {
     if (errno == EAGAIN) return env.Undefined();

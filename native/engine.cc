@@ -20,8 +20,10 @@ int64_t clock_ms(clockid_t id) {
   return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
 }
 
-// Largest IPv4 datagram (total length is 16 bits).
-constexpr size_t kReadBufCap = 65536;
+// Largest IPv4 datagram (total length is 16 bits; also the largest TSO
+// super-packet the kernel hands a TUN with offloads) plus the virtio_net_hdr,
+// rounded up to a multiple of 64.
+constexpr size_t kReadBufCap = 65536 + 64;
 
 }  // namespace
 
@@ -56,21 +58,37 @@ namespace {
 
 // Rewrite addresses and ports of a TCP/UDP packet, fixing the IP header
 // checksum and the transport checksum (pseudo-header + ports) incrementally.
+//
+// `partial` (virtio_net_hdr NEEDS_CSUM): the transport checksum field holds
+// the folded pseudo-header sum, not complemented (Linux __tcp_v4_send_check
+// stores ~tcp_v4_check(len, saddr, daddr, 0)); the kernel completes it later
+// by summing from csum_start, ports included. So only the address words of
+// the pseudo-header are updated, as a sum: P' = ~apply(~P). No UDP "0 stays 0"
+// rule either: the field is a sum, not "no checksum".
 template <class L4>
-void rewrite(Ipv4Packet& ip, L4& seg, bool is_udp, uint32_t nsrc, uint16_t nsport, uint32_t ndst, uint16_t ndport) {
+void rewrite(Ipv4Packet& ip, L4& seg, bool is_udp, bool partial, uint32_t nsrc, uint16_t nsport, uint32_t ndst,
+             uint16_t ndport) {
   csum::Delta addr;
   addr.dword(ip.src(), nsrc);
   addr.dword(ip.dst(), ndst);
   ip.set_checksum(addr.apply(ip.checksum()));
   ip.set_src(nsrc);
   ip.set_dst(ndst);
-  csum::Delta l4 = addr;  // the pseudo-header covers both addresses
-  l4.word(seg.src_port(), nsport);
-  l4.word(seg.dst_port(), ndport);
-  seg.set_checksum(is_udp ? l4.apply_udp(seg.checksum()) : l4.apply(seg.checksum()));
+  if (partial) {
+    seg.set_checksum(uint16_t(~addr.apply(uint16_t(~seg.checksum()))));
+  } else {
+    csum::Delta l4 = addr;  // the pseudo-header covers both addresses
+    l4.word(seg.src_port(), nsport);
+    l4.word(seg.dst_port(), ndport);
+    seg.set_checksum(is_udp ? l4.apply_udp(seg.checksum()) : l4.apply(seg.checksum()));
+  }
   seg.set_src_port(nsport);
   seg.set_dst_port(ndport);
 }
+
+// The offset of the transport checksum field for a protocol, from the start
+// of its header.
+size_t l4_csum_offset(uint8_t proto) { return proto == kProtoUdp ? udp::CHECKSUM : tcp::CHECKSUM; }
 
 }  // namespace
 
@@ -101,6 +119,60 @@ size_t Engine::process_locked(uint8_t* buf, size_t len, size_t cap, int64_t now)
   return out;
 }
 
+size_t Engine::process_vnet_locked(uint8_t* buf, size_t len, size_t cap, int64_t now) {
+  VnetHdr vh;
+  if (VnetHdr::parse(buf, len, &vh) != ParseResult::Ok) {
+    bump(c_.pktsIn);
+    bump(c_.bytesIn, len);
+    return drop(c_.dropTruncated);
+  }
+  uint8_t* pkt = buf + vnet::HEADER_LEN;
+  const size_t plen = len - vnet::HEADER_LEN;
+  const size_t pcap = std::max(cap, len) - vnet::HEADER_LEN;
+  partial_ = false;
+  rewritten_ = false;
+  if (vh.gso_type() != vnet::GSO_NONE) bump(c_.gsoIn);
+  if (vh.needs_csum()) {
+    // The fast path keeps the checksum partial: a TCP/UDP header right after
+    // an option-less IPv4 header, checksum field where the protocol puts it.
+    // Anything else (ICMP, IP options, odd offsets) is completed here in
+    // software first, as the kernel's skb_checksum_help would, and then
+    // handled like a packet with a complete checksum.
+    // Non-IPv4 and short packets go on to process_locked, which drops them
+    // with the usual counters.
+    const size_t start = vh.csum_start(), off = vh.csum_offset();
+    const bool v4 = ip_version(pkt, plen) == 4 && plen >= ipv4::MIN_HEADER_LEN;
+    const uint8_t proto = v4 ? pkt[ipv4::PROTOCOL] : 0;
+    const size_t ip_len = v4 ? std::min<size_t>(load_be16(pkt + ipv4::LENGTH), plen) : 0;
+    if (!v4) {
+      // left for process_locked() to drop (IPv6, bad version, truncated)
+    } else if ((proto == kProtoTcp || proto == kProtoUdp) && start == ipv4::MIN_HEADER_LEN &&
+               (pkt[ipv4::VER_IHL] & 0x0f) == 5 && off == l4_csum_offset(proto)) {
+      partial_ = true;
+    } else if (start < ip_len && off + 2 <= ip_len - start) {
+      store_be16(pkt + start + off, csum::finish(csum::partial(pkt + start, ip_len - start)));
+      vh.set_flags(uint8_t(vh.flags() & ~vnet::F_NEEDS_CSUM));
+      bump(c_.csumCompleted);
+    } else {
+      bump(c_.pktsIn);
+      bump(c_.bytesIn, plen);
+      return drop(c_.dropBadHeader);
+    }
+  }
+  const size_t out = process_locked(pkt, plen, pcap, now);
+  const bool partial = partial_;
+  partial_ = false;  // process_locked() called directly never sees a partial checksum
+  if (out == 0) return 0;
+  if (rewritten_) {
+    // Same packet, same header lengths: keep gso_type/gso_size/hdr_len and
+    // csum_start/csum_offset; NEEDS_CSUM as read.
+    vh.set_flags(partial ? vnet::F_NEEDS_CSUM : 0);
+  } else {
+    vh.clear();  // built or answered by the engine with complete checksums
+  }
+  return out + vnet::HEADER_LEN;
+}
+
 size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
   const uint8_t proto = ip.protocol();
   const bool is_udp = proto == kProtoUdp;
@@ -128,8 +200,9 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
     table_.touch(f, now);
     f->pktsIn++;
     f->bytesIn += ip.len();
-    if (is_udp) rewrite(ip, udp, true, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
-    else rewrite(ip, tcp, false, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    if (is_udp) rewrite(ip, udp, true, partial_, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    else rewrite(ip, tcp, false, partial_, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    rewritten_ = true;
     bump(c_.reversed);
     return ip.len();
   }
@@ -176,8 +249,9 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
   table_.touch(f, now);
   f->pktsOut++;
   f->bytesOut += ip.len();
-  if (is_udp) rewrite(ip, udp, true, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
-  else rewrite(ip, tcp, false, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  if (is_udp) rewrite(ip, udp, true, partial_, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  else rewrite(ip, tcp, false, partial_, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  rewritten_ = true;
   bump(c_.forwarded);
   return ip.len();
 }
@@ -426,7 +500,7 @@ std::vector<FlowEvent> Engine::drain_events() {
 }
 
 int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
-                const std::function<void()>& notify, size_t batch) {
+                const std::function<void()>& notify, size_t batch, bool vnet_hdr) {
   batch = std::max<size_t>(batch, 1);
   std::vector<uint8_t> mem(batch * kReadBufCap);
   std::vector<size_t> lens(batch), outs(batch);
@@ -468,7 +542,10 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
     size_t nev;
     {
       std::lock_guard<std::mutex> g(mu_);
-      for (size_t i = 0; i < n; i++) outs[i] = process_locked(mem.data() + i * kReadBufCap, lens[i], kReadBufCap, now);
+      for (size_t i = 0; i < n; i++) {
+        uint8_t* b = mem.data() + i * kReadBufCap;
+        outs[i] = vnet_hdr ? process_vnet_locked(b, lens[i], kReadBufCap, now) : process_locked(b, lens[i], kReadBufCap, now);
+      }
       if (n != 0) bump(c_.batches);
       if (now - last_expire_ >= 250) {
         table_.expire(now);

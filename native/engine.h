@@ -64,6 +64,16 @@ class Engine {
     std::lock_guard<std::mutex> g(mu_);
     return process_locked(buf, len, cap, now);
   }
+  // The same for a TUN opened with IFF_VNET_HDR: buf starts with the 10-byte
+  // virtio_net_hdr (packet.h VnetHdr), and so does the result (length
+  // includes it). TCP/UDP rewrites keep the GSO metadata and a partial
+  // checksum (NEEDS_CSUM) partial; packets the engine builds get a zeroed
+  // header. Caller holds mutex().
+  size_t process_vnet_locked(uint8_t* buf, size_t len, size_t cap, int64_t now);
+  size_t process_vnet(uint8_t* buf, size_t len, size_t cap, int64_t now) {
+    std::lock_guard<std::mutex> g(mu_);
+    return process_vnet_locked(buf, len, cap, now);
+  }
   void expire(int64_t now) {
     std::lock_guard<std::mutex> g(mu_);
     table_.expire(now);
@@ -84,9 +94,11 @@ class Engine {
   // under one lock, write them back, expire every ~250 ms. `notify` is called
   // (from this thread) when events are pending, at most every ~20 ms or per
   // 1024 events, and only while `notify_armed` is true (the consumer re-arms
-  // it after draining). Returns 0 on stop, or the errno that ended the loop.
+  // it after draining). `vnet_hdr`: the fd was opened with IFF_VNET_HDR (every
+  // read and write starts with a virtio_net_hdr). Returns 0 on stop, or the
+  // errno that ended the loop.
   int run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
-          const std::function<void()>& notify, size_t batch = 64);
+          const std::function<void()>& notify, size_t batch = 64, bool vnet_hdr = false);
 
   // Milliseconds since the Unix epoch that never step backwards (monotonic
   // clock anchored to the wall clock when the engine was made).
@@ -117,6 +129,11 @@ class Engine {
   FlowTable table_;
   int64_t clock_offset_;
   int64_t last_expire_ = 0;
+  // Per-packet context of process_vnet_locked (under mu_): the transport
+  // checksum is a partial pseudo-header sum; the packet was rewritten in place
+  // (not built or answered by the engine).
+  bool partial_ = false;
+  bool rewritten_ = false;
 };
 
 }  // namespace fp

@@ -7,6 +7,7 @@
 #include "engine_addon.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 
 #include "engine.h"
 #include "napi_errors.h"
+#include "tun.h"
 
 namespace fakeproxy {
 namespace {
@@ -200,8 +202,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       ThrowCode(env, "EBUSY", "engine already started: call stop() first");
       return env.Undefined();
     }
-    if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsFunction()) {
-      ThrowArg(env, "start(fds: number[], onEvents: (events) => void)");
+    if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsFunction() ||
+        (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsArray())) {
+      ThrowArg(env, "start(fds: number[], onEvents: (events) => void, vnetHdr?: boolean[])");
       return env.Undefined();
     }
     Napi::Array a = info[0].As<Napi::Array>();
@@ -218,6 +221,20 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       ThrowArg(env, "start: give at least one fd (from tunOpen().fds)");
       return env.Undefined();
     }
+    // Per fd: does every read/write carry a virtio_net_hdr (IFF_VNET_HDR)?
+    // Given by the caller, or else asked of the kernel (TUNGETIFF); a fd that
+    // is not a TUN (tests with pipes/sockets) has none.
+    std::vector<bool> vnet(fds.size(), false);
+    if (info.Length() > 2 && info[2].IsArray()) {
+      Napi::Array v = info[2].As<Napi::Array>();
+      if (v.Length() != fds.size()) {
+        ThrowArg(env, "start: vnetHdr must have one boolean per fd");
+        return env.Undefined();
+      }
+      for (uint32_t i = 0; i < v.Length(); i++) vnet[i] = v.Get(i).ToBoolean().Value();
+    } else {
+      for (size_t i = 0; i < fds.size(); i++) vnet[i] = fakeproxy::TunHasVnetHdr(fds[i]);
+    }
     wakeFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wakeFd_ < 0) {
       ThrowSys(env, errno, "eventfd", "cannot create the engine's wake-up eventfd (raise the fd limit: ulimit -n)");
@@ -232,12 +249,18 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     armed_.store(true);
     running_ = true;
     threadErrno_.store(0);
-    for (int fd : fds) {
+    for (size_t i = 0; i < fds.size(); i++) {
+      const int fd = fds[i];
+      const bool vh = vnet[i];
       threadsRunning_.fetch_add(1);
-      threads_.emplace_back([this, fd] {
-        int err = engine_->run(fd, wakeFd_, stop_, armed_, [this] {
-          tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function fn) { Deliver(env, fn); });
-        });
+      threads_.emplace_back([this, fd, vh, i] {
+        // "fp-engine-N" in top -H / perf, one per TUN queue.
+        std::string name = "fp-engine-" + std::to_string(i);
+        pthread_setname_np(pthread_self(), name.c_str());
+        int err = engine_->run(
+            fd, wakeFd_, stop_, armed_,
+            [this] { tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function fn) { Deliver(env, fn); }); }, 64,
+            vh);
         if (err != 0) threadErrno_.store(err);
         threadsRunning_.fetch_sub(1);
       });
@@ -334,19 +357,21 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return o;
   }
 
-  // processPacket(packet, nowMs) -> Buffer[]
+  // processPacket(packet, nowMs, vnetHdr?) -> Buffer[]
   Napi::Value ProcessPacket(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Ready(env)) return env.Undefined();
     if (info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsNumber()) {
-      ThrowArg(env, "processPacket(packet: Buffer, nowMs: number)");
+      ThrowArg(env, "processPacket(packet: Buffer, nowMs: number, vnetHdr?: boolean)");
       return env.Undefined();
     }
     Napi::Buffer<uint8_t> in = info[0].As<Napi::Buffer<uint8_t>>();
     int64_t now = info[1].As<Napi::Number>().Int64Value();
-    std::vector<uint8_t> buf(std::max(in.Length(), fp::kMinBufCap));
+    const bool vnet = info.Length() > 2 && info[2].ToBoolean().Value();
+    std::vector<uint8_t> buf(std::max(in.Length(), fp::kMinBufCap + (vnet ? fp::vnet::HEADER_LEN : 0)));
     std::copy(in.Data(), in.Data() + in.Length(), buf.begin());
-    size_t out = engine_->process(buf.data(), in.Length(), buf.size(), now);
+    size_t out = vnet ? engine_->process_vnet(buf.data(), in.Length(), buf.size(), now)
+                      : engine_->process(buf.data(), in.Length(), buf.size(), now);
     Napi::Array r = Napi::Array::New(env, out ? 1 : 0);
     if (out) r.Set(0u, Napi::Buffer<uint8_t>::Copy(env, buf.data(), out));
     return r;

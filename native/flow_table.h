@@ -39,7 +39,8 @@ const char* reason_name(CloseReason r);
   X(rstSent) X(icmpUnreachSent) X(flowsCreated) X(flowsClosed) X(flowsExpired) X(flowsRefused) X(natExhausted)  \
   X(dropTruncated) X(dropBadVersion) X(dropBadHeader) X(dropIpOptions) X(dropFragment) X(dropIpv6)              \
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
-  X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow)
+  X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
+  X(csumCompleted)
 
 // Gauges: current values, also relaxed atomics.
 #define FP_GAUGES(X) X(flowsActive) X(tcpFlows) X(udpFlows) X(memoryBytes) X(cooldownPairs)

@@ -296,6 +296,54 @@ struct QuotedPorts {
   static void set_dst(uint8_t* l4, uint16_t v) { store_be16(l4 + 2, v); }
 };
 
+// ---------------------------------------------------------------- virtio_net_hdr
+// The 10-byte header a TUN opened with IFF_VNET_HDR puts before every packet
+// (struct virtio_net_hdr, <linux/virtio_net.h>). Legacy layout; fields are
+// little-endian (the fd is switched with TUNSETVNETLE, and x86 is LE anyway).
+inline uint16_t load_le16(const uint8_t* p) { return uint16_t(p[0] | uint16_t(p[1]) << 8); }
+inline void store_le16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v);
+  p[1] = uint8_t(v >> 8);
+}
+
+namespace vnet {
+constexpr size_t FLAGS = 0;
+constexpr size_t GSO_TYPE = 1;
+constexpr size_t HDR_LEN = 2;      // 2..4, le16
+constexpr size_t GSO_SIZE = 4;     // 4..6, le16
+constexpr size_t CSUM_START = 6;   // 6..8, le16: from the start of the IP header
+constexpr size_t CSUM_OFFSET = 8;  // 8..10, le16: from csum_start
+constexpr size_t HEADER_LEN = 10;
+// flags
+constexpr uint8_t F_NEEDS_CSUM = 1;  // L4 checksum field holds the pseudo-header sum; complete from csum_start
+constexpr uint8_t F_DATA_VALID = 2;  // checksum verified: treat it as complete
+// gso_type
+constexpr uint8_t GSO_NONE = 0, GSO_TCPV4 = 1, GSO_UDP = 3, GSO_TCPV6 = 4, GSO_UDP_L4 = 5, GSO_ECN = 0x80;
+}  // namespace vnet
+
+class VnetHdr {
+ public:
+  static ParseResult parse(uint8_t* buf, size_t len, VnetHdr* out) {
+    if (len < vnet::HEADER_LEN) return ParseResult::Truncated;
+    out->buf_ = buf;
+    return ParseResult::Ok;
+  }
+  uint8_t* data() const { return buf_; }
+  uint8_t flags() const { return buf_[vnet::FLAGS]; }
+  bool needs_csum() const { return (flags() & vnet::F_NEEDS_CSUM) != 0; }
+  bool data_valid() const { return (flags() & vnet::F_DATA_VALID) != 0; }
+  uint8_t gso_type() const { return buf_[vnet::GSO_TYPE]; }
+  uint16_t hdr_len() const { return load_le16(buf_ + vnet::HDR_LEN); }
+  uint16_t gso_size() const { return load_le16(buf_ + vnet::GSO_SIZE); }
+  uint16_t csum_start() const { return load_le16(buf_ + vnet::CSUM_START); }
+  uint16_t csum_offset() const { return load_le16(buf_ + vnet::CSUM_OFFSET); }
+  void set_flags(uint8_t v) { buf_[vnet::FLAGS] = v; }
+  void clear() { std::memset(buf_, 0, vnet::HEADER_LEN); }
+
+ private:
+  uint8_t* buf_ = nullptr;
+};
+
 // ---------------------------------------------------------------- keys
 // 16 bytes for every family; IPv4 in network order in b[0..4], rest zero.
 struct IpAddr {

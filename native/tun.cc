@@ -81,8 +81,10 @@ bool TunOpen(const TunConfig& cfg, TunResult* out, SysError* error) {
   std::vector<int> fds;
   int sock = -1;
   bool ok = false;
+  bool offload = cfg.offload;
   struct ifreq ifr;
 
+retry:
   for (uint32_t q = 0; q < queues; q++) {
     int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
@@ -91,15 +93,41 @@ bool TunOpen(const TunConfig& cfg, TunResult* out, SysError* error) {
     }
     fds.push_back(fd);
     memset(&ifr, 0, sizeof(ifr));
-    // IFF_NO_PI: packets are bare IP, no 4-byte protocol header. No
-    // IFF_VNET_HDR: the kernel hands us complete checksums and expects them back.
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (queues > 1 ? IFF_MULTI_QUEUE : 0);
+    // IFF_NO_PI: packets are bare IP, no 4-byte protocol header. Without
+    // IFF_VNET_HDR the kernel hands us complete checksums and expects them
+    // back; with it every packet starts with a virtio_net_hdr (engine.h).
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (queues > 1 ? IFF_MULTI_QUEUE : 0) | (offload ? IFF_VNET_HDR : 0);
     memcpy(ifr.ifr_name, cfg.name.data(), cfg.name.size());
     // TUNSETIFF on an existing non-persistent device that another process
     // holds fails with EBUSY: that is how a second instance is refused.
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-      *error = MakeError(errno, "ioctl(TUNSETIFF)", "create TUN device " + cfg.name, cfg.name);
+      int err = errno;
+      if (offload && q == 0 && err == EINVAL) {
+        out->offload_error = std::string("ioctl(TUNSETIFF, IFF_VNET_HDR): ") + strerror(err);
+        TunClose(fds);
+        fds.clear();
+        offload = false;
+        goto retry;
+      }
+      *error = MakeError(err, "ioctl(TUNSETIFF)", "create TUN device " + cfg.name, cfg.name);
       goto exit_close;
+    }
+    if (offload && q == 0) {
+      // Device-wide settings, made once through the first queue.
+      int hdr_sz = 10;  // sizeof(struct virtio_net_hdr): no num_buffers
+      int le = 1;       // little-endian header fields (packet.h VnetHdr)
+      const char* step = nullptr;
+      if (ioctl(fd, TUNSETVNETHDRSZ, &hdr_sz) < 0) step = "ioctl(TUNSETVNETHDRSZ)";
+      else if (ioctl(fd, TUNSETVNETLE, &le) < 0 && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__) step = "ioctl(TUNSETVNETLE)";
+      else if (ioctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0)
+        step = "ioctl(TUNSETOFFLOAD)";
+      if (step != nullptr) {
+        out->offload_error = std::string(step) + ": " + strerror(errno);
+        TunClose(fds);
+        fds.clear();
+        offload = false;
+        goto retry;
+      }
     }
   }
 
@@ -146,12 +174,20 @@ bool TunOpen(const TunConfig& cfg, TunResult* out, SysError* error) {
 
   out->name = cfg.name;
   out->fds = fds;
+  out->offload = offload;
   ok = true;
 
 exit_close:
   if (sock >= 0) close(sock);
   if (!ok) TunClose(fds);
   return ok;
+}
+
+bool TunHasVnetHdr(int fd) {
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) return false;
+  return (ifr.ifr_flags & IFF_VNET_HDR) != 0;
 }
 
 void TunClose(const std::vector<int>& fds) {

@@ -76,6 +76,7 @@ export function buildProgram(): Command {
     .option('--tun <name>', 'TUN device name (default fp0)')
     .option('--mtu <n>', 'TUN MTU (default 9000)')
     .option('--queues <n>', 'TUN queues, one engine thread each (default 1)')
+    .option('--no-tun-offload', 'open the TUN without offloads (no virtio_net_hdr, TSO or checksum offload)')
     .option('--listen-port <port>', 'Listener port on the gateway, TCP and UDP (default 1313)')
     .option('--dns-listen <addr:port>', 'DNS listen address, repeatable (default gateway:53)', collect)
     .option('--dns-upstream <addr[:port]>', 'real resolver (default: first non-fakeproxy nameserver in /etc/resolv.conf)')
@@ -99,6 +100,7 @@ export function buildProgram(): Command {
       // commander sets dnsHijack=true by default via --no-dns-hijack; keep it
       // undefined unless given so the config file can set it.
       if (opts.dnsHijack === true && !process.argv.includes('--no-dns-hijack')) opts.dnsHijack = undefined;
+      if (opts.tunOffload === true && !process.argv.includes('--no-tun-offload')) opts.tunOffload = undefined;
       await runStart(opts);
     });
 

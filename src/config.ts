@@ -17,6 +17,8 @@ export interface StartConfig {
   mtu: number;
   /** TUN queues, one engine thread each. @default 1 */
   queues: number;
+  /** TUN offloads (virtio_net_hdr, TSO, checksum offload); `--no-tun-offload` turns them off. @default true */
+  tunOffload: boolean;
   /** @default 1313 */
   listenPort: number;
   /** @default [gateway:53] */
@@ -90,6 +92,7 @@ const KNOWN_KEYS = new Set([
   'tun',
   'mtu',
   'queues',
+  'tunOffload',
   'listenPort',
   'dnsListen',
   'dnsUpstream',
@@ -162,6 +165,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     tun: str(pick('tun') ?? 'fp0', '--tun'),
     mtu: int(pick('mtu') ?? 9000, '--mtu', 576, 65535),
     queues: int(pick('queues') ?? 1, '--queues', 1, 16),
+    tunOffload: pick('tunOffload') === undefined ? true : bool(pick('tunOffload')),
     listenPort,
     dnsListen,
     dnsUpstream: up === undefined ? undefined : parseHostPort(str(up, '--dns-upstream'), 53, '--dns-upstream'),

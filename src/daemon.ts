@@ -88,10 +88,13 @@ export class Daemon {
     await control.start();
     this.closers.push(() => control.close());
 
-    const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues });
+    const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues, offload: c.tunOffload });
     this.tun = tun;
     this.closers.push(() => tun.close());
-    this.say(`device ${tun.name} up (mtu ${tun.mtu}, ${tun.fds.length} queue${tun.fds.length > 1 ? 's' : ''})`);
+    this.say(
+      `device ${tun.name} up (mtu ${tun.mtu}, ${tun.fds.length} queue${tun.fds.length > 1 ? 's' : ''}, offload ${tun.offload ? 'on' : 'off'})`,
+    );
+    if (tun.offloadError) this.log(`tun offload refused by the kernel, running without: ${tun.offloadError}`);
     this.say(`address ${tun.address}/${c.cidr.prefixLen}`);
     this.say(`route ${c.cidr.text} dev ${tun.name}`);
 
@@ -214,7 +217,15 @@ export class Daemon {
       pid: process.pid,
       uptimeSec: Math.round(process.uptime()),
       rssBytes: process.memoryUsage.rss(),
-      tun: this.tun ? { name: this.tun.name, range: this.config.cidr.text, mtu: this.tun.mtu, queues: this.tun.fds.length } : null,
+      tun: this.tun
+        ? {
+            name: this.tun.name,
+            range: this.config.cidr.text,
+            mtu: this.tun.mtu,
+            queues: this.tun.fds.length,
+            offload: this.tun.offload,
+          }
+        : null,
       upstream: this.tcp ? this.config.upstream.replace(/\/\/[^@/]*@/, '//***@') : null,
       engine: this.nat?.stats() ?? null,
       dns: this.dns?.stats() ?? null,

@@ -22,12 +22,25 @@ export interface TunOpenOptions {
   prefixLen: number;
   /** Number of queues (IFF_MULTI_QUEUE when > 1); one fd per queue. */
   queues: number;
+  /**
+   * TUN offloads: IFF_VNET_HDR + TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 |
+   * TUN_F_TSO6). The kernel hands the engine TSO super-packets (up to 64 KiB)
+   * with partial checksums and takes GSO packets back: one read and one write
+   * per 64 KiB instead of per MTU. When the kernel refuses, the device opens
+   * without them (TunHandle.offload false, offloadError says why).
+   * @default true
+   */
+  offload?: boolean;
 }
 export interface TunHandle {
   name: string;
   ifindex: number;
   /** Non-blocking fds, one per queue. */
   fds: number[];
+  /** Offloads on: every read/write on the fds starts with a 10-byte virtio_net_hdr. */
+  offload: boolean;
+  /** Why offload was asked for but is off (the ioctl and errno text). */
+  offloadError?: string;
 }
 // ---- Packet engine (native/engine*.cc) ----
 export interface EngineTimeouts {
@@ -81,8 +94,12 @@ export interface EngineStats {
   [counter: string]: number;
 }
 export interface NativeEngine {
-  /** Start one engine thread per fd; events are delivered to JS in batches. */
-  start(fds: number[], onEvents: (events: NativeFlowEvent[]) => void): void;
+  /**
+   * Start one engine thread per fd; events are delivered to JS in batches.
+   * `vnetHdr[i]`: fd i carries a virtio_net_hdr (TUN offloads); when omitted
+   * the engine asks the kernel (TUNGETIFF) per fd.
+   */
+  start(fds: number[], onEvents: (events: NativeFlowEvent[]) => void, vnetHdr?: boolean[]): void;
   /** Stop and join the threads. Idempotent. */
   stop(): void;
   lookup(proto: 6 | 17, natIp: string, natPort: number): NativeFlow | undefined;
@@ -92,8 +109,10 @@ export interface NativeEngine {
    * Test/bench seam: run one packet through the same classify+rewrite code
    * the thread uses, without a TUN. Returns the packet(s) the engine would
    * write to the TUN (rewritten packet, RST, ICMP reply/error) or none (drop).
+   * `vnetHdr`: the packet (and every packet returned) starts with the 10-byte
+   * virtio_net_hdr of a TUN with offloads, as the engine thread sees it then.
    */
-  processPacket(packet: Buffer, nowMs: number): Buffer[];
+  processPacket(packet: Buffer, nowMs: number, vnetHdr?: boolean): Buffer[];
   /** Test seam: run expiry as the thread would at time nowMs. */
   expire(nowMs: number): void;
   /** Allocate (or find) a flow from the Listener side, for UDP replies from a remote the app never sent to. */
@@ -111,7 +130,7 @@ export interface NativeBinding {
   tunOpen(opts: TunOpenOptions): TunHandle;
   /** Close the fds (the non-persistent device disappears with the last one). */
   tunClose(fds: number[]): void;
-  /** Test-only: write one raw IP packet into the device. */
+  /** Test-only: write one raw packet into the device (with its virtio_net_hdr when the device has offloads). */
   tunWritePacketForTest(fd: number, packet: Buffer): number;
   /** Test-only: read one raw IP packet (non-blocking; undefined when none within timeoutMs). */
   tunReadPacketForTest(fd: number, timeoutMs: number): Buffer | undefined;

@@ -67,6 +67,13 @@ export const tcpThroughput: Scenario = {
             { to: 'v', goal: 0.4 },
           ],
         },
+        {
+          id: 'dn',
+          label: 'TUN → fakeproxy direct, --no-tun-offload',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'a' }, { to: 'd' }],
+        },
       ),
     };
     const ip: Section = {
@@ -82,6 +89,13 @@ export const tcpThroughput: Scenario = {
           metric: 'throughput',
           unit: 'Gbit/s',
           compare: [{ to: 'L', goal: 0.4 }, { to: 'V' }],
+        },
+        {
+          id: 'TN',
+          label: 'iperf3 through TUN, --no-tun-offload',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'L' }, { to: 'T' }],
         },
       ),
     };
@@ -174,6 +188,22 @@ redsocks { local_ip = 127.0.0.1; local_port = ${REDSOCKS_PORT}; ip = ${topo.upIp
         }),
       );
       if (daemonNote && !ip.rows[2].unavailable) ip.rows[2].unavailable = daemonNote;
+      // The same TUN paths with the offloads off (one read + one write per MTU-sized packet).
+      await path(ctx, dl, ['dn'], 'tcp (dn) TUN direct, no offload', () =>
+        withDaemon(
+          topo,
+          'direct',
+          async () => {
+            await fill('dn', topo.client, originName, []);
+            await path(ctx, ip, ['TN'], 'iperf3 through TUN, no offload', async () => {
+              ip.rows[3].samples = (
+                await repeat(ctx, () => iperfTcp(topo.client, 'iperf.test', PORTS.iperf3, secs))
+              ).map((x) => x.gbps);
+            });
+          },
+          { extra: ['--no-tun-offload'] },
+        ),
+      );
 
       dl.notes.push(
         `every path first downloads the file once through a sha256 check (${file.sha256.slice(0, 16)}…, untimed); each timed repetition checks HTTP 200 and ${file.size} bytes`,

@@ -65,6 +65,23 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     }
   });
 
+  it('opens the device with offloads by default; --no-tun-offload opens it without', async () => {
+    for (const [args, on] of [
+      [[], true],
+      [['--no-tun-offload'], false],
+    ] as const) {
+      const d = DaemonProc.start(ns, ['start', '--state-dir', '', ...args]);
+      await d.waitFor(/running/);
+      expect(d.stdout).toContain(`offload ${on ? 'on' : 'off'})`);
+      const st = await runCli(ns, ['status', '--json']);
+      expect(JSON.parse(st.stdout).tun).toMatchObject({ name: 'fp0', offload: on });
+      // The kernel's view: TSO on the device only with offloads.
+      const k = await ns.exec('ethtool', ['-k', 'fp0']);
+      if (k.code === 0) expect(k.stdout).toMatch(on ? /tcp-segmentation-offload: on/ : /tcp-segmentation-offload: off/);
+      expect(await d.stop('SIGTERM')).toBe(0);
+    }
+  });
+
   it('SIGINT (Ctrl-C) tears down the same way', async () => {
     const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--tun', 'fpint']);
     await d.waitFor(/running/);

@@ -62,6 +62,12 @@ describe('resolveStartConfig', () => {
     expect(c.tun).toBe('fpx');
     expect(c.fakeIpFilter).toEqual(['+.lan', '*.local']);
   });
+  it('TUN offloads are on unless --no-tun-offload (or tunOffload: false in the file)', () => {
+    expect(resolveStartConfig({}).tunOffload).toBe(true);
+    expect(resolveStartConfig({ tunOffload: false }).tunOffload).toBe(false);
+    expect(resolveStartConfig({}, { tunOffload: false }).tunOffload).toBe(false);
+    expect(resolveStartConfig({ tunOffload: true }, { tunOffload: false }).tunOffload).toBe(true);
+  });
   it('the DNS listener follows the range', () => {
     expect(resolveStartConfig({ cidr: '198.10.0.0/16' }).dnsListen).toEqual([{ host: '198.10.0.1', port: 53 }]);
   });
