@@ -56,7 +56,13 @@ export interface RedisMirrorOptions {
    * `nat ls` within a minute.
    */
   keyTtlSec?: number;
-  /** How often live flows' counters are polled from `entries()`. @default 1000 */
+  /**
+   * How often live flows' counters are polled from `entries()`. @default 1000
+   * — stretched for big tables: the poll copies every flow out of the
+   * engine (~4 µs each through N-API), so it waits at least
+   * POLL_DUTY_FACTOR × the last poll's duration (≤ ~2 % of the event loop;
+   * 20 000 flows → about every 4 s), keeping the Listener's latency flat.
+   */
   refreshMs?: number;
   /** Cap of the reconnect backoff. @default 2000 — resync "within a few seconds" of Redis coming back. */
   maxBackoffMs?: number;
@@ -136,6 +142,8 @@ const MAX_PENDING_ANNOTATIONS = 10_000;
 const ANNOTATION_MAX_AGE_MS = 10_000;
 /** Commands per pipeline during a resync: big enough to be fast, small enough not to stall Redis. */
 const RESYNC_CHUNK = 1_000;
+/** The next poll of entries() waits at least this many times the last poll's duration (see refreshMs). */
+const POLL_DUTY_FACTOR = 50;
 
 export function flowToMirrored(entry: FlowEntry, name: string, outbound: string): MirroredFlow {
   return {
@@ -156,11 +164,29 @@ export function flowToMirrored(entry: FlowEntry, name: string, outbound: string)
   };
 }
 
-/** Hash fields of a flow key (every field always written, so an overwrite leaves nothing stale). */
-function hashFields(m: MirroredFlow): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(m)) out[k] = String(v);
-  return out;
+/**
+ * Hash fields of a flow key as HSET's flat field/value list (every field
+ * always written, so an overwrite leaves nothing stale). Flat, in a fixed
+ * order: no intermediate object for ioredis to flatten again.
+ */
+function hashArgs(m: MirroredFlow): string[] {
+  // biome-ignore format: field/value pairs, one per line
+  return [
+    'id', String(m.id),
+    'proto', m.proto,
+    'app', m.app,
+    'dst', m.dst,
+    'name', m.name,
+    'nat', m.nat,
+    'outbound', m.outbound,
+    'state', m.state,
+    'createdMs', String(m.createdMs),
+    'lastSeenMs', String(m.lastSeenMs),
+    'bytesOut', String(m.bytesOut),
+    'bytesIn', String(m.bytesIn),
+    'pktsOut', String(m.pktsOut),
+    'pktsIn', String(m.pktsIn),
+  ];
 }
 
 export class RedisMirror {
@@ -208,6 +234,8 @@ export class RedisMirror {
   private closed = false;
   /** The failure kind last logged, so an outage logs one line, not one per retry. */
   private loggedFailure?: string;
+  /** Earliest performance.now() of the next entries() poll in tick(). */
+  private nextPollMono = 0;
   private authFailed = false;
   private counters = { written: 0, dropped: 0, resyncs: 0 };
 
@@ -465,7 +493,11 @@ export class RedisMirror {
   private dropPending(): void {
     // Commands the flush would have sent: a flow write is HSET+ZADD, a delete DEL+ZREM.
     this.counters.dropped +=
-      2 * this.dirty.size + 2 * this.deleted.size + this.events.length + this.dnsDirtyNames.size + this.dnsDirtyIps.size;
+      2 * this.dirty.size +
+      2 * this.deleted.size +
+      this.events.length +
+      this.dnsDirtyNames.size +
+      this.dnsDirtyIps.size;
     this.dirty.clear();
     this.deleted.clear();
     this.events = [];
@@ -496,17 +528,25 @@ export class RedisMirror {
     this.flushing = true;
     const p = client.pipeline();
     let n = 0;
-    for (const [key, member] of this.deleted) {
-      p.del(key);
-      p.zrem(this.zsetKey, member);
+    // Deletes and index updates of the whole batch go in one command each
+    // (UNLINK k…, ZREM zset m…, ZADD zset s m…): per flow only its HSET
+    // (+ PEXPIRE the first time) is a command of its own.
+    if (this.deleted.size > 0) {
+      p.unlink(...this.deleted.keys());
+      p.zrem(this.zsetKey, ...this.deleted.values());
       n += 2;
     }
     this.deleted.clear();
+    const index: (string | number)[] = [];
     for (const id of this.dirty) {
       const t = this.flows.get(id);
-      if (t) n += this.writeFlow(p, t);
+      if (t) n += this.writeFlow(p, t, index);
     }
     this.dirty.clear();
+    if (index.length > 0) {
+      p.zadd(this.zsetKey, ...index);
+      n++;
+    }
     for (const name of this.dnsDirtyNames) {
       const ip = this.dnsByName.get(name);
       if (ip !== undefined) p.hset(this.dnsNameKey, name, ip);
@@ -536,12 +576,20 @@ export class RedisMirror {
     if (this.pendingCount() > 0) this.scheduleFlush();
   }
 
-  /** Queue one flow's hash (+TTL the first time) and index entry; returns the command count. */
-  private writeFlow(p: ReturnType<Redis['pipeline']>, t: Tracked): number {
+  /**
+   * Queue one flow's hash (+TTL the first time) and its index entry — ZADD
+   * now, or appended to `index` (score, member) for one ZADD of the batch;
+   * returns the command count.
+   */
+  private writeFlow(p: ReturnType<Redis['pipeline']>, t: Tracked, index?: (string | number)[]): number {
     const m = flowToMirrored(t.entry, t.name, t.outbound);
-    p.hset(t.key, hashFields(m));
-    p.zadd(this.zsetKey, m.lastSeenMs, t.member);
-    let n = 2;
+    p.hset(t.key, ...hashArgs(m));
+    let n = 1;
+    if (index) index.push(m.lastSeenMs, t.member);
+    else {
+      p.zadd(this.zsetKey, m.lastSeenMs, t.member);
+      n++;
+    }
     if (!t.inRedis) {
       p.pexpire(t.key, this.ttlMs);
       t.lastExpireMs = this.now();
@@ -585,19 +633,37 @@ export class RedisMirror {
   private tick(): void {
     if (this.closed) return;
     const now = this.now();
-    if (this.nat) {
+    const t0 = performance.now();
+    if (this.nat && t0 >= this.nextPollMono) {
+      const entries = this.nat.entries();
       const seen = new Set<number>();
-      for (const e of this.nat.entries()) {
+      for (const e of entries) {
         seen.add(e.id);
         const t = this.flows.get(e.id);
         if (!t) {
           this.track(e, now);
           continue;
         }
-        t.entry = e;
+        // Copy what a poll can change into the entry we hold instead of
+        // keeping the fresh object: the poll's objects then die young
+        // (cheap scavenges) rather than being promoted, one per flow per
+        // poll, into garbage for the major GC.
+        const h = t.entry;
+        h.state = e.state;
+        h.lastSeenMs = e.lastSeenMs;
+        h.bytesOut = e.bytesOut;
+        h.bytesIn = e.bytesIn;
+        h.pktsOut = e.pktsOut;
+        h.pktsIn = e.pktsIn;
         t.missing = 0;
         const w = t.written;
-        if (!w || w.bytesIn !== e.bytesIn || w.bytesOut !== e.bytesOut || w.state !== e.state || w.lastSeenMs !== e.lastSeenMs) {
+        if (
+          !w ||
+          w.bytesIn !== e.bytesIn ||
+          w.bytesOut !== e.bytesOut ||
+          w.state !== e.state ||
+          w.lastSeenMs !== e.lastSeenMs
+        ) {
           this.dirty.add(e.id);
         }
       }
@@ -610,6 +676,7 @@ export class RedisMirror {
           if (t.inRedis) this.deleted.set(t.key, t.member);
         }
       }
+      this.nextPollMono = t0 + (performance.now() - t0) * POLL_DUTY_FACTOR;
     }
     for (const [id, a] of this.annotations) {
       if (now - a.atMs <= ANNOTATION_MAX_AGE_MS) break; // insertion order = age order
@@ -631,7 +698,12 @@ export class RedisMirror {
     const client = this.client;
     if (!client || this.resyncing) return;
     const p = client.pipeline();
-    p.hset(this.infoKey, { node: this.nodeId, pid: String(process.pid), startedMs: String(this.startedMs), heartbeatMs: String(now) });
+    p.hset(this.infoKey, {
+      node: this.nodeId,
+      pid: String(process.pid),
+      startedMs: String(this.startedMs),
+      heartbeatMs: String(now),
+    });
     p.pexpire(this.infoKey, this.ttlMs);
     p.pexpire(this.zsetKey, this.ttlMs);
     p.pexpire(this.dnsNameKey, this.ttlMs);

@@ -9,8 +9,14 @@ import * as net from 'node:net';
 import { wrapError } from '../errors.js';
 import { ProxyError } from './errors.js';
 
-/** Name → addresses, best first. Rejects (e.g. ENOTFOUND) when there are none. */
-export type ResolveName = (name: string) => Promise<string[]>;
+/**
+ * Name → addresses, best first. Rejects (e.g. ENOTFOUND) when there are none.
+ * A caching resolver may also offer `peek`: the live cached answer, without
+ * a query or a promise (the dial path uses it to stay synchronous on a hit).
+ */
+export type ResolveName = ((name: string) => Promise<string[]>) & {
+  peek?: (name: string) => readonly string[] | undefined;
+};
 
 export interface UpstreamResolverOptions {
   /**
@@ -20,18 +26,43 @@ export interface UpstreamResolverOptions {
   timeoutMs?: number;
   /** @default 2 */
   tries?: number;
+  /**
+   * Answer cache (see `cachedResolver`); `false` asks the server for every
+   * connection. @default the ResolverCacheOptions defaults
+   */
+  cache?: ResolverCacheOptions | false;
+}
+
+/** One answer of the upstream: addresses best first, and how long they may be reused. */
+export interface ResolvedAnswer {
+  addrs: string[];
+  /** Smallest TTL of the records used, in seconds. */
+  ttlSec: number;
 }
 
 /**
  * A resolver that asks `server` (`ADDR[:PORT]`, `[v6]:PORT`) — the
  * `--dns-upstream` — and nothing else. A and AAAA are asked in parallel; the
- * answer interleaves the families starting with IPv6 (RFC 8305 §4).
+ * answer interleaves the families starting with IPv6 (RFC 8305 §4). Answers
+ * are cached by TTL (`cachedResolver`): without it every proxied connection
+ * cost two queries, two exceptions for a missing AAAA, and a round trip
+ * before the connect — the largest per-connection cost of the direct path.
  */
 export function upstreamResolver(server: string, opts: UpstreamResolverOptions = {}): ResolveName {
+  const query = upstreamQuery(server, opts);
+  if (opts.cache === false) return async (name) => (await query(name)).addrs;
+  return cachedResolver(query, opts.cache ?? {});
+}
+
+/** One uncached A+AAAA lookup against `server`, with the TTL of the answer. */
+export function upstreamQuery(
+  server: string,
+  opts: UpstreamResolverOptions = {},
+): (name: string) => Promise<ResolvedAnswer> {
   const r = new Resolver({ timeout: opts.timeoutMs ?? 2000, tries: opts.tries ?? 2 });
   r.setServers([server]);
   return async (name) => {
-    const [v6, v4] = await Promise.allSettled([r.resolve6(name), r.resolve4(name)]);
+    const [v6, v4] = await Promise.allSettled([r.resolve6(name, { ttl: true }), r.resolve4(name, { ttl: true })]);
     const a6 = v6.status === 'fulfilled' ? v6.value : [];
     const a4 = v4.status === 'fulfilled' ? v4.value : [];
     if (a6.length + a4.length === 0) {
@@ -40,13 +71,127 @@ export function upstreamResolver(server: string, opts: UpstreamResolverOptions =
         cause: why,
       });
     }
-    const out: string[] = [];
+    const addrs: string[] = [];
+    let ttlSec = Number.POSITIVE_INFINITY;
     for (let i = 0; i < Math.max(a6.length, a4.length); i++) {
-      if (i < a6.length) out.push(a6[i] as string);
-      if (i < a4.length) out.push(a4[i] as string);
+      const x6 = a6[i];
+      const x4 = a4[i];
+      if (x6 !== undefined) {
+        addrs.push(x6.address);
+        ttlSec = Math.min(ttlSec, x6.ttl);
+      }
+      if (x4 !== undefined) {
+        addrs.push(x4.address);
+        ttlSec = Math.min(ttlSec, x4.ttl);
+      }
     }
-    return out;
+    // One family failed for another reason than "no such records" (a timeout,
+    // SERVFAIL): keep the answer only briefly so the missing family is asked again soon.
+    const transient = (s: PromiseSettledResult<unknown>) =>
+      s.status === 'rejected' && !NO_RECORDS.has((s.reason as { code?: string })?.code ?? '');
+    if (transient(v6) || transient(v4)) ttlSec = 0;
+    return { addrs, ttlSec };
   };
+}
+
+/** c-ares codes that mean "the name has no records of this type", a real (cacheable) answer. */
+const NO_RECORDS = new Set(['ENODATA', 'ENOTFOUND']);
+
+export interface ResolverCacheOptions {
+  /**
+   * Shortest time an answer is reused, whatever its TTL.
+   * @default 5000 — a TTL of 0–4 s (load balancers, some CDNs) would
+   * otherwise cost a round trip per connection again; 5 s is what browsers'
+   * host caches keep at the least, and far below any failover time.
+   */
+  minTtlMs?: number;
+  /**
+   * Longest time an answer is reused, whatever its TTL.
+   * @default 300000 — 5 min: a moved service is picked up within minutes
+   * even with day-long TTLs (Chrome's host cache keeps entries ≤ 1 min,
+   * nscd/systemd-resolved honour the TTL up to hours).
+   */
+  maxTtlMs?: number;
+  /**
+   * How long a failure (NXDOMAIN, no records, timeout) is remembered.
+   * @default 1000 — a burst of connections to a dead name costs one query,
+   * not one each; short enough that a name that starts to exist (or a
+   * resolver that comes back) works again within a second.
+   */
+  negativeTtlMs?: number;
+  /** Names held; past it the oldest entry is dropped. @default 4096 */
+  maxEntries?: number;
+  /** Clock (ms). @default performance.now */
+  clock?: () => number;
+}
+
+interface CacheEntry {
+  expiresMs: number;
+  addrs?: readonly string[];
+  error?: unknown;
+}
+
+/**
+ * Wraps a query function in a TTL cache: answers are reused for their TTL
+ * clamped to [minTtlMs, maxTtlMs], failures for negativeTtlMs, and
+ * concurrent lookups of one name share a single query (64 parallel
+ * connections to a cold name ask once). Names compare case-insensitively,
+ * without a trailing dot (RFC 4343). The returned arrays are frozen: callers
+ * share them.
+ */
+export function cachedResolver(
+  query: (name: string) => Promise<ResolvedAnswer>,
+  opts: ResolverCacheOptions = {},
+): ResolveName {
+  const minTtl = opts.minTtlMs ?? 5000;
+  const maxTtl = Math.max(minTtl, opts.maxTtlMs ?? 300_000);
+  const negTtl = opts.negativeTtlMs ?? 1000;
+  const maxEntries = Math.max(1, opts.maxEntries ?? 4096);
+  const clock = opts.clock ?? (() => performance.now());
+  const cache = new Map<string, CacheEntry>();
+  const inflight = new Map<string, Promise<string[]>>();
+  const store = (key: string, e: CacheEntry) => {
+    cache.delete(key);
+    cache.set(key, e);
+    if (cache.size > maxEntries) cache.delete(cache.keys().next().value as string);
+  };
+  const keyOf = (name: string) => {
+    const lower = name.toLowerCase();
+    return lower.endsWith('.') ? lower.slice(0, -1) : lower;
+  };
+  const peek = (name: string): readonly string[] | undefined => {
+    const hit = cache.get(keyOf(name));
+    return hit?.addrs !== undefined && hit.addrs.length > 0 && clock() < hit.expiresMs ? hit.addrs : undefined;
+  };
+  const resolve = (name: string): Promise<string[]> => {
+    const key = keyOf(name);
+    const hit = cache.get(key);
+    if (hit !== undefined) {
+      if (clock() < hit.expiresMs) {
+        return hit.addrs !== undefined ? Promise.resolve(hit.addrs as string[]) : Promise.reject(hit.error);
+      }
+      cache.delete(key);
+    }
+    const pending = inflight.get(key);
+    if (pending !== undefined) return pending;
+    const p = query(name).then(
+      (ans) => {
+        inflight.delete(key);
+        const addrs = Object.freeze([...ans.addrs]);
+        const ttlMs = Math.min(maxTtl, Math.max(minTtl, (Number.isFinite(ans.ttlSec) ? ans.ttlSec : 0) * 1000));
+        store(key, { expiresMs: clock() + ttlMs, addrs });
+        return addrs as string[];
+      },
+      (err: unknown) => {
+        inflight.delete(key);
+        if (negTtl > 0) store(key, { expiresMs: clock() + negTtl, error: err });
+        throw err;
+      },
+    );
+    inflight.set(key, p);
+    return p;
+  };
+  return Object.assign(resolve, { peek });
 }
 
 /** One AbortSignal for "the whole connect", carrying a ProxyError as its reason. */
@@ -55,8 +200,7 @@ export function connectDeadline(
   opts: { timeoutMs?: number; signal?: AbortSignal } | undefined,
 ): { signal: AbortSignal; dispose(): void } {
   const ac = new AbortController();
-  const onAbort = () =>
-    ac.abort(new ProxyError('EABORTED', `${what}: aborted (the app closed its connection first)`));
+  const onAbort = () => ac.abort(new ProxyError('EABORTED', `${what}: aborted (the app closed its connection first)`));
   opts?.signal?.addEventListener('abort', onAbort, { once: true });
   if (opts?.signal?.aborted) onAbort();
   let timer: NodeJS.Timeout | undefined;
@@ -65,7 +209,10 @@ export function connectDeadline(
     timer = setTimeout(
       () =>
         ac.abort(
-          new ProxyError('ETIMEDOUT', `${what}: no answer within ${ms} ms (check the upstream, or raise the connect timeout)`),
+          new ProxyError(
+            'ETIMEDOUT',
+            `${what}: no answer within ${ms} ms (check the upstream, or raise the connect timeout)`,
+          ),
         ),
       ms,
     );
@@ -120,8 +267,10 @@ const noSystemLookup = ((_h: string, _o: unknown, cb: (e: Error) => void) =>
 /** Connect to host:port. The socket is `allowHalfOpen` with Nagle off (the app already chose its own batching). */
 export async function dialTcp(host: string, port: number, opts: DialOptions): Promise<net.Socket> {
   const { signal } = opts;
-  let addrs: string[];
+  let addrs: readonly string[];
+  const hit = net.isIP(host) === 0 ? opts.resolve?.peek?.(host) : undefined;
   if (net.isIP(host) !== 0) addrs = [host];
+  else if (hit !== undefined) addrs = hit;
   else if (opts.resolve === undefined) {
     throw new ProxyError(
       'ENORESOLVER',
@@ -147,7 +296,7 @@ export async function dialTcp(host: string, port: number, opts: DialOptions): Pr
   return raceAddresses(addrs, port, opts);
 }
 
-function raceAddresses(addrs: string[], port: number, opts: DialOptions): Promise<net.Socket> {
+function raceAddresses(addrs: readonly string[], port: number, opts: DialOptions): Promise<net.Socket> {
   const { signal } = opts;
   const delay = opts.attemptDelayMs ?? 250;
   return new Promise<net.Socket>((resolve, reject) => {

@@ -197,7 +197,8 @@ export class TcpListener extends EventEmitter {
     app.on('error', onEarlyError);
     const peerIp = unmapV4(app.remoteAddress);
     const peerPort = app.remotePort;
-    const flow = peerIp !== undefined && peerPort !== undefined ? this.#o.nat.lookup('tcp', peerIp, peerPort) : undefined;
+    const flow =
+      peerIp !== undefined && peerPort !== undefined ? this.#o.nat.lookup('tcp', peerIp, peerPort) : undefined;
     if (!flow) {
       this.#rejectPeer(app, peerIp, peerPort);
       return;
@@ -209,7 +210,7 @@ export class TcpListener extends EventEmitter {
     this.#sessions.add(session);
     this.#byFlow.set(flow.id, session);
     const base = { flowId: flow.id, name, ip: flow.dstIp, port: flow.dstPort, outbound: outbound.label };
-    this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
+    if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
     // The app gave up (RST/FIN) while we were still dialing: stop dialing.
     const onAppGone = () => session.abort.abort();
@@ -265,7 +266,7 @@ export class TcpListener extends EventEmitter {
     if (this.#byFlow.get(base.flowId) === session) this.#byFlow.delete(base.flowId);
     this.#stats.bytesUp += r.bytesUp;
     this.#stats.bytesDown += r.bytesDown;
-    this.emit('session', { phase: 'close', ...base, ...r });
+    if (this.listenerCount('session') > 0) this.emit('session', { phase: 'close', ...base, ...r });
   }
 
   #rejectPeer(app: net.Socket, ip: string | undefined, port: number | undefined): void {

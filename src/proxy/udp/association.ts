@@ -19,6 +19,17 @@ import { hpKey } from './drops.js';
 export interface UdpNat {
   lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined;
   ensureFlow?(proto: 'udp', srcIp: string, srcPort: number, dstIp: string, dstPort: number): FlowEntry | undefined;
+  /**
+   * Optional: flows leaving the table (NatManager's 'close' event). A NAT
+   * that reports them lets the listener cache what it learnt per flow (the
+   * entry, its name and outbound) and skip the per-datagram lookup both ways:
+   * a NAT pair is not handed to another flow for reuseDelayMs (60 s) after
+   * its flow closed, so until the close event arrives (≤ one event batch,
+   * ~20 ms) a cached entry can only be its own flow's. Without it every
+   * datagram and every reply is looked up.
+   */
+  on?(event: 'close', cb: (flow: FlowEntry) => void): unknown;
+  off?(event: 'close', cb: (flow: FlowEntry) => void): unknown;
 }
 
 /** Drops the listener counts itself (the upstream association counts its own, see UdpDropReason). */
@@ -39,6 +50,10 @@ export type UdpSessionEnd = 'idle' | 'evicted' | 'upstream-closed' | 'connect-fa
 /** The parts of the listener an association calls back into. */
 export interface AssociationHost {
   readonly nat: UdpNat;
+  /** True when `flowId` was seen live and has not closed since (only with a NAT that reports closes). */
+  isLive(flowId: number): boolean;
+  /** Record a flow the NAT just confirmed (lookup or ensureFlow). */
+  markLive(flow: FlowEntry): void;
   readonly fullCone: boolean;
   readonly maxQueue: number;
   readonly clock: () => number;
@@ -111,7 +126,13 @@ export class AppAssociation {
     const k = hpKey(dst.host, dst.port);
     let ref = this.#flows.get(k);
     if (ref === undefined || ref.flowId !== flow.id) {
-      ref = { flowId: flow.id, appSeesIp: flow.dstIp, appSeesPort: flow.dstPort, natIp: flow.natIp, natPort: flow.natPort };
+      ref = {
+        flowId: flow.id,
+        appSeesIp: flow.dstIp,
+        appSeesPort: flow.dstPort,
+        natIp: flow.natIp,
+        natPort: flow.natPort,
+      };
       this.#flows.delete(k);
       this.#flows.set(k, ref);
       if (this.#flows.size > MAX_FLOWS) this.#flows.delete(this.#flows.keys().next().value as string);
@@ -200,10 +221,17 @@ export class AppAssociation {
 
   #deliver(ref: FlowRef, payload: Buffer): void {
     const nat = this.#host.nat;
+    // A flow confirmed live whose close has not been reported: its NAT pair
+    // is still its own (see UdpNat.on), no lookup needed.
+    if (ref.natIp !== '' && this.#host.isLive(ref.flowId)) {
+      this.datagramsDown++;
+      this.bytesDown += payload.length;
+      this.#host.sendToApp(payload, ref.natIp, ref.natPort);
+      return;
+    }
     // Check the NAT entry is still this flow before sending: an expired
     // entry's address may already belong to another app's flow, and a
-    // reply sent there would reach the wrong app. One lookup per reply is
-    // the same cost as the one per datagram up.
+    // reply sent there would reach the wrong app.
     let e = ref.natIp === '' ? undefined : nat.lookup('udp', ref.natIp, ref.natPort);
     if (
       e === undefined ||
@@ -223,6 +251,7 @@ export class AppAssociation {
       ref.natIp = e.natIp;
       ref.natPort = e.natPort;
     }
+    this.#host.markLive(e);
     this.datagramsDown++;
     this.bytesDown += payload.length;
     this.#host.sendToApp(payload, ref.natIp, ref.natPort);

@@ -180,6 +180,32 @@ function outboundId(o: Outbound): number {
   return id;
 }
 
+/**
+ * The listener sends only to NAT addresses (IP literals): answer dgram's
+ * per-send lookup synchronously instead of through dns.lookup's
+ * process.nextTick, and never ask the system resolver (it is us).
+ */
+const literalLookup = ((host: string, _o: unknown, cb: (e: Error | null, a?: string, f?: number) => void) => {
+  const f = net.isIP(host);
+  if (f !== 0) cb(null, host, f);
+  else cb(new Error('fakeproxy never uses the system resolver'));
+}) as unknown as dgram.SocketOptions['lookup'];
+
+/** What a datagram's NAT source resolved to, kept per live flow (only with a NAT that reports closes). */
+interface FlowCtx {
+  flow: FlowEntry;
+  name: string | undefined;
+  outbound: Outbound;
+  key: string;
+}
+
+/**
+ * Flows remembered for the per-datagram fast path. Entries leave on the
+ * flow's close event; this only bounds the damage of lost events (past it
+ * the cache is emptied and refilled by lookups). @default 65536
+ */
+const MAX_CACHED_FLOWS = 65_536;
+
 function emptyDrops(): UdpListenerDrops {
   return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0, loop: 0 };
 }
@@ -206,6 +232,12 @@ export class UdpListener extends EventEmitter {
   };
   readonly #rl: (key: string, line: string) => void;
   readonly #host: AssociationHost;
+  /** `natIp:natPort` → the live flow behind it, its name, outbound and association key. */
+  readonly #ctx = new Map<string, FlowCtx>();
+  /** Flow ids confirmed live whose close has not been reported yet. */
+  readonly #live = new Set<number>();
+  /** Set when the NAT reports closes (UdpNat.on): the caches above are used only then. */
+  readonly #onFlowClose: ((flow: FlowEntry) => void) | undefined;
   readonly #onSent = (err: Error | null) => {
     if (err) {
       this.#stats.sendErrors++;
@@ -236,8 +268,25 @@ export class UdpListener extends EventEmitter {
     if (this.#o.maxAssociations < 1) throw new RangeError('maxAssociations must be ≥ 1');
     this.#rl = rateLimited(this.#o.logger, 10_000);
     const self = this;
+    const cache = typeof this.#o.nat.on === 'function';
+    this.#onFlowClose = cache
+      ? (flow) => {
+          if (flow.proto !== 'udp') return;
+          this.#live.delete(flow.id);
+          const k = `${flow.natIp}:${flow.natPort}`;
+          if (this.#ctx.get(k)?.flow.id === flow.id) this.#ctx.delete(k);
+        }
+      : undefined;
+    const live = this.#live;
     this.#host = {
       nat: this.#o.nat,
+      isLive: cache ? (id) => live.has(id) : () => false,
+      markLive: cache
+        ? (flow) => {
+            if (live.size >= MAX_CACHED_FLOWS) live.clear();
+            live.add(flow.id);
+          }
+        : () => {},
       fullCone: this.#o.fullCone,
       maxQueue: this.#o.maxQueue,
       clock: this.#o.clock,
@@ -260,7 +309,7 @@ export class UdpListener extends EventEmitter {
   /** Bind host:port. Rejects with the bind error (EADDRNOTAVAIL: is the TUN configured?). */
   start(): Promise<void> {
     const type = net.isIPv6(this.#o.host) ? 'udp6' : 'udp4';
-    const sock = dgram.createSocket({ type, recvBufferSize: this.#o.recvBufferBytes });
+    const sock = dgram.createSocket({ type, recvBufferSize: this.#o.recvBufferBytes, lookup: literalLookup });
     this.#sock = sock;
     return new Promise((resolve, reject) => {
       sock.once('error', (e) => {
@@ -275,6 +324,7 @@ export class UdpListener extends EventEmitter {
         reject(wrapError(`udp listen on ${hostPort(this.#o.host, this.#o.port)}${hint}`, e));
       });
       sock.bind({ address: this.#o.host, port: this.#o.port, exclusive: true }, () => {
+        if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
         sock.removeAllListeners('error');
         sock.on('error', (e) => this.#rl('sock', `udp listener: ${e.message}`));
         sock.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo));
@@ -295,6 +345,9 @@ export class UdpListener extends EventEmitter {
   close(): Promise<void> {
     for (const a of [...this.#assocs.values()]) this.#end(a, 'closed');
     this.#failedUntil.clear();
+    if (this.#onFlowClose) this.#o.nat.off?.('close', this.#onFlowClose);
+    this.#ctx.clear();
+    this.#live.clear();
     const s = this.#sock;
     this.#sock = undefined;
     if (!s) return Promise.resolve();
@@ -308,13 +361,32 @@ export class UdpListener extends EventEmitter {
   }
 
   #onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    // Per datagram, a live flow already seen costs one Map get: its entry,
+    // name, outbound and association key were worked out by its first
+    // datagram and stay valid until its close event (see UdpNat.on). A flow
+    // pins its fake address, so the name cannot change under it.
     const natIp = unmapV4(rinfo.address);
-    const flow = this.#o.nat.lookup('udp', natIp, rinfo.port);
-    if (flow === undefined || flow.proto !== 'udp') {
-      this.#stats.rejectedPeers++;
-      // Rate-limited: a scan of the gateway port must not flood the log.
-      this.#rl('reject', `udp listener: dropped datagrams from non-NAT peers (last ${hostPort(natIp, rinfo.port)}); only flows the engine NATed are served`);
-      return;
+    const natKey = `${natIp}:${rinfo.port}`;
+    let c = this.#ctx.get(natKey);
+    if (c === undefined) {
+      const flow = this.#o.nat.lookup('udp', natIp, rinfo.port);
+      if (flow === undefined || flow.proto !== 'udp') {
+        this.#stats.rejectedPeers++;
+        // Rate-limited: a scan of the gateway port must not flood the log.
+        this.#rl(
+          'reject',
+          `udp listener: dropped datagrams from non-NAT peers (last ${hostPort(natIp, rinfo.port)}); only flows the engine NATed are served`,
+        );
+        return;
+      }
+      const name = this.#o.names.reverse(flow.dstIp);
+      const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'udp' });
+      c = { flow, name, outbound, key: `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}` };
+      if (this.#onFlowClose) {
+        if (this.#ctx.size >= MAX_CACHED_FLOWS) this.#ctx.clear();
+        this.#ctx.set(natKey, c);
+        this.#host.markLive(flow);
+      }
     }
     if (msg.length > this.#o.maxPayloadBytes) {
       this.#drops.oversized++;
@@ -322,9 +394,7 @@ export class UdpListener extends EventEmitter {
     }
     this.#stats.datagramsUp++;
     this.#stats.bytesUp += msg.length;
-    const name = this.#o.names.reverse(flow.dstIp);
-    const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'udp' });
-    const key = `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}`;
+    const { flow, name, outbound, key } = c;
     let a = this.#assocs.get(key);
     if (a === undefined) {
       // Only a new app socket can be one of ours: checked once per association, not per datagram.
@@ -420,12 +490,20 @@ export class UdpListener extends EventEmitter {
     }
     if (victim) {
       this.#stats.evicted++;
-      this.#rl('evict', `udp listener: ${this.#o.maxAssociations} associations live: closed the least recently active (raise maxAssociations)`);
+      this.#rl(
+        'evict',
+        `udp listener: ${this.#o.maxAssociations} associations live: closed the least recently active (raise maxAssociations)`,
+      );
       this.#end(victim, 'evicted');
     }
   }
 
-  #end(a: AppAssociation, end: UdpSessionEnd, errorCode?: string, queuedAs: 'closed' | 'setup-failed' = 'closed'): void {
+  #end(
+    a: AppAssociation,
+    end: UdpSessionEnd,
+    errorCode?: string,
+    queuedAs: 'closed' | 'setup-failed' = 'closed',
+  ): void {
     if (a.state === 'closed') return;
     const queued = a.shutdown();
     if (queued > 0) this.#drops[queuedAs] += queued;

@@ -178,8 +178,12 @@ afterAll(async () => {
   echo?.sock.close();
 });
 
-async function setup(final: Outbound, extra: Partial<UdpListenerOptions> = {}, spares = 0) {
-  const nat = new FakeNat();
+async function setup<N extends FakeNat = FakeNat>(
+  final: Outbound,
+  extra: Partial<UdpListenerOptions> = {},
+  spares = 0,
+  nat: N = new FakeNat() as N,
+) {
   for (let i = 0; i < spares; i++) nat.spare.push(await udpSocket());
   const log: string[] = [];
   const sessions: UdpSessionEvent[] = [];
@@ -505,5 +509,85 @@ describe('UdpListener: idle, bounds, outbounds that cannot carry UDP', () => {
       for (const c of held) c.destroy();
       await new Promise<void>((r) => mute.close(() => r()));
     }
+  });
+});
+
+/** A FakeNat that counts lookups and reports closes like NatManager's 'close' event. */
+class ClosingNat extends FakeNat {
+  lookups = 0;
+  readonly #cbs = new Set<(flow: FlowEntry) => void>();
+  override lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
+    this.lookups++;
+    return super.lookup(proto, natIp, natPort);
+  }
+  on(_e: 'close', cb: (flow: FlowEntry) => void): this {
+    this.#cbs.add(cb);
+    return this;
+  }
+  off(_e: 'close', cb: (flow: FlowEntry) => void): this {
+    this.#cbs.delete(cb);
+    return this;
+  }
+  /** The flow leaves the table; `report` false = its close event has not arrived yet. */
+  close(e: FlowEntry, report = true): void {
+    this.flows.delete(e.natPort);
+    if (report) for (const cb of this.#cbs) cb(e);
+  }
+  listeners(): number {
+    return this.#cbs.size;
+  }
+}
+
+describe('UdpListener with a NAT that reports closes: per-flow cache', () => {
+  it('looks a flow up once, not per datagram or per reply', async () => {
+    const nat = new ClosingNat();
+    const { l, flow, lport } = await setup(new DirectOutbound({ resolve }), {}, 0, nat);
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const back = await pump(f.sock, lport, 200);
+    expectIntact(back, 200);
+    expect(nat.lookups).toBe(1);
+    expect(l.stats()).toMatchObject({ datagramsUp: 200, datagramsDown: 200, rejectedPeers: 0 });
+  });
+
+  it('after the close event the NAT address is looked up again (and rejected when gone)', async () => {
+    const nat = new ClosingNat();
+    const { l, flow } = await setup(new DirectOutbound({ resolve }), {}, 0, nat);
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    f.send('one');
+    await until(() => f.got.length === 1);
+    nat.close(f.entry);
+    f.send('two');
+    await until(() => l.stats().rejectedPeers === 1);
+    expect(f.got).toHaveLength(1);
+    expect(nat.lookups).toBe(2);
+  });
+
+  it('a reply after the close event re-creates the flow with ensureFlow', async () => {
+    const nat = new ClosingNat();
+    const { flow } = await setup(new DirectOutbound({ resolve }), {}, 1, nat);
+    const spare = nat.spare[0] as dgram.Socket;
+    const spareGot: Buffer[] = [];
+    spare.on('message', (m) => spareGot.push(m));
+    const slow = await echoServer();
+    const f = await flow(APP_A, { ip: FAKE1, port: slow.port });
+    f.send('warm');
+    await until(() => f.got.length === 1);
+    slow.sock.removeAllListeners('message');
+    slow.sock.on('message', (m, r) => {
+      nat.close(f.entry);
+      slow.sock.send(m, r.port, r.address);
+    });
+    f.send('late');
+    await until(() => spareGot.length === 1);
+    expect(spareGot[0]?.toString()).toBe('late');
+    expect(nat.ensured).toEqual([[APP_A.ip, APP_A.port, FAKE1, slow.port]]);
+  });
+
+  it('close() unsubscribes from the NAT', async () => {
+    const nat = new ClosingNat();
+    const { l } = await setup(new DirectOutbound({ resolve }), {}, 0, nat);
+    expect(nat.listeners()).toBe(1);
+    await l.close();
+    expect(nat.listeners()).toBe(0);
   });
 });

@@ -70,6 +70,29 @@ describe('RedisMirror', () => {
     expect(m.stats().dropped).toBe(0);
   });
 
+  it('polls entries() less often when a poll is slow (big tables), so the event loop stays free', async () => {
+    class SlowNat extends FakeNat {
+      polls = 0;
+      override entries() {
+        this.polls++;
+        const until = performance.now() + 10;
+        while (performance.now() < until) {
+          // a 10 ms copy, as for a table of a few thousand flows
+        }
+        return super.entries();
+      }
+    }
+    const nat = new SlowNat();
+    const m = mirror({ nodeId: 'gw-slowpoll', refreshMs: 20 });
+    m.attachNat(nat);
+    const base = nat.polls;
+    m.start();
+    await new Promise((r) => setTimeout(r, 1200));
+    // Without the stretch: ~60 polls; with it: one per ≥ 500 ms (50 × 10 ms).
+    expect(nat.polls - base).toBeGreaterThanOrEqual(1);
+    expect(nat.polls - base).toBeLessThanOrEqual(4);
+  });
+
   it('refreshes byte counters from entries() without any event', async () => {
     const nat = new FakeNat();
     const m = mirror({ nodeId: 'gw-bytes', refreshMs: 200 });
