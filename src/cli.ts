@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { loadConfigFile, resolveStartConfig } from './config.js';
+import { formatStatus, readStatus } from './control.js';
 import { Daemon } from './daemon.js';
 import { FakeproxyError, UsageError } from './errors.js';
-import { formatStatus, readStatus } from './control.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
@@ -79,11 +79,21 @@ export function buildProgram(): Command {
     .option('--no-tun-offload', 'open the TUN without offloads (no virtio_net_hdr, TSO or checksum offload)')
     .option('--listen-port <port>', 'Listener port on the gateway, TCP and UDP (default 1313)')
     .option('--dns-listen <addr:port>', 'DNS listen address, repeatable (default gateway:53)', collect)
-    .option('--dns-upstream <addr[:port]>', 'real resolver (default: first non-fakeproxy nameserver in /etc/resolv.conf)')
-    .option('--fake-ip-filter <pattern>', 'names that get real answers, repeatable (+.lan, *.local, time.*.com)', collect)
+    .option(
+      '--dns-upstream <addr[:port]>',
+      'real resolver (default: first non-fakeproxy nameserver in /etc/resolv.conf)',
+    )
+    .option(
+      '--fake-ip-filter <pattern>',
+      'names that get real answers, repeatable (+.lan, *.local, time.*.com)',
+      collect,
+    )
     .option('--fake-ip-ttl <seconds>', 'TTL of fake answers (default 1)')
     .option('--no-dns-hijack', 'do not answer port-53 traffic to other addresses that enters the TUN')
-    .option('--upstream <url>', 'direct | socks5://[user:pass@]host:port | http://[user:pass@]host:port (default direct)')
+    .option(
+      '--upstream <url>',
+      'direct | socks5://[user:pass@]host:port | http://[user:pass@]host:port (default direct)',
+    )
     .option('--redis <url>', 'mirror the NAT table and fake-IP map to redis://[user:pass@]host:port[/db]')
     .option('--node-id <id>', 'Redis key namespace fakeproxy:<id>: (default hostname)')
     .option('--redis-shared-pool', 'share the fake-IP pool with other daemons on the same Redis and CIDR')
@@ -137,9 +147,9 @@ export function buildProgram(): Command {
     );
 
   const nat = program.command('nat').description('inspect the live NAT table (needs a daemon started with --redis)');
-  inspect(nat.command('ls').description('list live flows: proto, app, destination, NAT address, outbound, state, age, bytes')).action(
-    (o: Record<string, unknown>) => runInspect(() => natLs(base(o)), o),
-  );
+  inspect(
+    nat.command('ls').description('list live flows: proto, app, destination, NAT address, outbound, state, age, bytes'),
+  ).action((o: Record<string, unknown>) => runInspect(() => natLs(base(o)), o));
   inspect(nat.command('watch').description('print flow open/close events as they happen (Ctrl-C to stop)')).action(
     (o: Record<string, unknown>) => {
       const ac = new AbortController();

@@ -153,7 +153,8 @@ function bool(v: unknown): boolean {
 export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartConfig {
   const pick = (k: string) => (flags[k] !== undefined ? flags[k] : file[k]);
   const cidr = parseCidr(str(pick('cidr') ?? '198.18.0.0/16', '--cidr'));
-  const listenPort = pick('listenPort') === undefined ? 1313 : parsePort(str(pick('listenPort'), '--listen-port'), '--listen-port');
+  const listenPort =
+    pick('listenPort') === undefined ? 1313 : parsePort(str(pick('listenPort'), '--listen-port'), '--listen-port');
   const dnsListenRaw = list(pick('dnsListen'), '--dns-listen');
   const dnsListen = dnsListenRaw.length
     ? dnsListenRaw.map((t) => parseHostPort(t, 53, '--dns-listen'))

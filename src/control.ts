@@ -75,7 +75,10 @@ export function readStatus(tun: string, timeoutMs = 3000): Promise<Status> {
       clearTimeout(timer);
       reject(
         e.code === 'ECONNREFUSED' || e.code === 'ENOENT'
-          ? new FakeproxyError('ENOTRUNNING', `no fakeproxy serves ${tun} in this network namespace (is it running? --tun NAME)`)
+          ? new FakeproxyError(
+              'ENOTRUNNING',
+              `no fakeproxy serves ${tun} in this network namespace (is it running? --tun NAME)`,
+            )
           : e,
       );
     });

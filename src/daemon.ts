@@ -1,22 +1,22 @@
+import type { StartConfig } from './config.js';
 import { ControlServer, type Status } from './control.js';
 import { FakeDns } from './dns/FakeDns.js';
 import { RedisSharedPool } from './dns/redisPool.js';
-import { RedisMirror } from './nat/redisMirror.js';
 import { defaultUpstream } from './dns/resolvconf.js';
-import type { StartConfig } from './config.js';
+import { UsageError } from './errors.js';
+import { redactRedisUrl } from './inspect/redisConn.js';
 import { type Logger, stderrLogger } from './log.js';
 import { NatManager } from './nat/NatManager.js';
+import { RedisMirror } from './nat/redisMirror.js';
 import type { FlowEvent } from './nat/types.js';
 import { upstreamResolver } from './proxy/dial.js';
 import { TcpListener } from './proxy/listener.js';
-import { UdpListener } from './proxy/udp/udpListener.js';
 import { parseUpstream } from './proxy/outbound.js';
 import { Router } from './proxy/router.js';
-import { TunDevice } from './tun/TunDevice.js';
+import { UdpListener } from './proxy/udp/udpListener.js';
 import { TunRouteCheck } from './tun/routes.js';
+import { TunDevice } from './tun/TunDevice.js';
 import { isPublicSpace } from './util/cidr.js';
-import { UsageError } from './errors.js';
-import { redactRedisUrl } from './inspect/redisConn.js';
 
 export interface DaemonDeps {
   log?: Logger;
@@ -102,7 +102,12 @@ export class Daemon {
     let shared: RedisSharedPool | undefined;
     if (c.redisSharedPool) {
       if (!c.redis) throw new UsageError('--redis-shared-pool needs --redis URL');
-      const pool = new RedisSharedPool({ url: c.redis, cidr: c.cidr.text, gateway: c.cidr.gatewayIp, logger: redisLog });
+      const pool = new RedisSharedPool({
+        url: c.redis,
+        cidr: c.cidr.text,
+        gateway: c.cidr.gatewayIp,
+        logger: redisLog,
+      });
       shared = pool;
       // Waits up to 5 s for a first connection; a refused password rejects (exit 1).
       await pool.start();
@@ -123,7 +128,8 @@ export class Daemon {
     this.dns = dns;
     await dns.start();
     this.closers.push(() => dns.close());
-    for (const a of dns.addresses) this.say(`dns ${a.host}:${a.port} (udp+tcp), upstream ${dnsUpstream.host}:${dnsUpstream.port}`);
+    for (const a of dns.addresses)
+      this.say(`dns ${a.host}:${a.port} (udp+tcp), upstream ${dnsUpstream.host}:${dnsUpstream.port}`);
 
     const nat = new NatManager({
       range: c.cidr,
@@ -204,7 +210,9 @@ export class Daemon {
     }
     await udp.start();
     this.closers.push(() => udp.close());
-    this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (udp) → ${outbound.label}${outbound.udpAssociate ? '' : ' (cannot carry UDP: datagrams dropped)'}`);
+    this.say(
+      `listener ${c.cidr.gatewayIp}:${c.listenPort} (udp) → ${outbound.label}${outbound.udpAssociate ? '' : ' (cannot carry UDP: datagrams dropped)'}`,
+    );
 
     nat.start([...tun.fds]);
     this.closers.push(() => nat.stop());

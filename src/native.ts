@@ -6,8 +6,9 @@
  * Native errors are JS errors with Node-style `code` (errno name), `errno`
  * and `syscall`, and a message that names the fix.
  */
-import { createRequire } from 'node:module';
+
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 

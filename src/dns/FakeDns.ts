@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import { FakeproxyError } from '../errors.js';
 import { FakeIpFilter } from './filter.js';
 import { loadMap, saveMap } from './persist.js';
-import { type FakeIpStore, FakeIpPool, normalizeName, type PoolListener } from './pool.js';
+import { FakeIpPool, type FakeIpStore, normalizeName, type PoolListener } from './pool.js';
 import { FakeRange, intToIp, ipToInt } from './range.js';
 import { DnsServer } from './server.js';
 import { Upstream } from './upstream.js';
@@ -131,7 +131,9 @@ export class FakeDns extends EventEmitter {
     const listener: PoolListener = (ev, name, ip) => {
       if (this.listenerCount(ev) > 0) this.emit(ev, name, intToIp(ip));
     };
-    this.store = opts.storeFactory ? opts.storeFactory(this.range, this.clock, listener) : new FakeIpPool(this.range, this.clock, listener);
+    this.store = opts.storeFactory
+      ? opts.storeFactory(this.range, this.clock, listener)
+      : new FakeIpPool(this.range, this.clock, listener);
     this.shared = opts.shared;
     // Another gateway recycled the address: forget our copy so we ask again.
     this.shared?.on('recycled', (name) => {
@@ -207,7 +209,8 @@ export class FakeDns extends EventEmitter {
 
   entries(): { name: string; ip: string; lastUsedMs: number; flows: number }[] {
     const out: { name: string; ip: string; lastUsedMs: number; flows: number }[] = [];
-    for (const e of this.store.entries()) out.push({ name: e.name, ip: intToIp(e.ip), lastUsedMs: e.lastUsedMs, flows: e.flows });
+    for (const e of this.store.entries())
+      out.push({ name: e.name, ip: intToIp(e.ip), lastUsedMs: e.lastUsedMs, flows: e.flows });
     return out;
   }
 
@@ -308,12 +311,18 @@ export class FakeDns extends EventEmitter {
       ipText = await shared.allocate(name);
     } catch (err) {
       this.counters.upstreamFailures++;
-      this.logLimited('shared', `dns: shared fake-IP pool unavailable for ${name}: ${(err as Error).message}; answering SERVFAIL`);
+      this.logLimited(
+        'shared',
+        `dns: shared fake-IP pool unavailable for ${name}: ${(err as Error).message}; answering SERVFAIL`,
+      );
       return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
     }
     const ip = ipToInt(ipText);
     if (ip === undefined || !this.range.contains(ip)) {
-      this.logLimited('shared', `dns: shared fake-IP pool answered ${ipText} for ${name}, outside ${this.range.cidr}; answering SERVFAIL`);
+      this.logLimited(
+        'shared',
+        `dns: shared fake-IP pool answered ${ipText} for ${name}, outside ${this.range.cidr}; answering SERVFAIL`,
+      );
       return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
     }
     const holder = this.store.reverse(ip);
@@ -335,7 +344,8 @@ export class FakeDns extends EventEmitter {
   /** RFC 6761 §6.3: localhost names are answered with loopback here, never faked or sent upstream. */
   private answerLocalhost(msg: Buffer, q: Query, limit: number): Buffer {
     this.counters.localhost++;
-    if (q.qtype === QType.A) return buildResponse(msg, q, Rcode.NOERROR, encodeRR(QType.A, this.ttl, Buffer.from([127, 0, 0, 1])), 1, limit);
+    if (q.qtype === QType.A)
+      return buildResponse(msg, q, Rcode.NOERROR, encodeRR(QType.A, this.ttl, Buffer.from([127, 0, 0, 1])), 1, limit);
     if (q.qtype === QType.AAAA) {
       const v6 = Buffer.alloc(16);
       v6[15] = 1;
@@ -354,7 +364,10 @@ export class FakeDns extends EventEmitter {
       },
       (err: Error) => {
         this.counters.upstreamFailures++;
-        this.logLimited('upstream', `dns: forwarding ${q.name || '.'} type ${q.qtype}: ${err.message}; answering SERVFAIL`);
+        this.logLimited(
+          'upstream',
+          `dns: forwarding ${q.name || '.'} type ${q.qtype}: ${err.message}; answering SERVFAIL`,
+        );
         return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
       },
     );
@@ -412,7 +425,9 @@ export class FakeDns extends EventEmitter {
       .then(() => {
         this.savedVersion = version;
       })
-      .catch((err: Error) => this.logLimited('persist', `dns: cannot save the fake-IP map under ${dir}: ${err.message} (check --state-dir)`))
+      .catch((err: Error) =>
+        this.logLimited('persist', `dns: cannot save the fake-IP map under ${dir}: ${err.message} (check --state-dir)`),
+      )
       .finally(() => {
         this.saving = undefined;
       });

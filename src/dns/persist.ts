@@ -50,13 +50,18 @@ export async function saveMap(stateDir: string, cidr: string, entries: SavedEntr
  * Read the saved map. Undefined (and a log line) when there is none usable:
  * missing is silent, unreadable / another format / another CIDR are logged.
  */
-export async function loadMap(stateDir: string, cidr: string, log: (line: string) => void): Promise<SavedEntry[] | undefined> {
+export async function loadMap(
+  stateDir: string,
+  cidr: string,
+  log: (line: string) => void,
+): Promise<SavedEntry[] | undefined> {
   const file = join(stateDir, MAP_FILE);
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as { code?: string }).code !== 'ENOENT') log(`dns: cannot read saved fake-IP map ${file}: ${(err as Error).message}; starting empty`);
+    if ((err as { code?: string }).code !== 'ENOENT')
+      log(`dns: cannot read saved fake-IP map ${file}: ${(err as Error).message}; starting empty`);
     return undefined;
   }
   let body: Partial<SavedMap>;
@@ -76,6 +81,10 @@ export async function loadMap(stateDir: string, cidr: string, log: (line: string
   }
   return body.entries.filter(
     (e): e is SavedEntry =>
-      typeof e === 'object' && e !== null && typeof e.name === 'string' && typeof e.ip === 'string' && typeof e.lastUsedMs === 'number',
+      typeof e === 'object' &&
+      e !== null &&
+      typeof e.name === 'string' &&
+      typeof e.ip === 'string' &&
+      typeof e.lastUsedMs === 'number',
   );
 }

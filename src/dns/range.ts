@@ -53,7 +53,11 @@ export class FakeRange {
       if (!/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(cidr)) throw new Error('not an IPv4 CIDR');
       addr = new Address4(cidr);
     } catch (cause) {
-      throw new FakeproxyError('EBADCIDR', `bad fake-IP range "${cidr}": give an IPv4 CIDR such as --cidr 198.18.0.0/16`, { cause });
+      throw new FakeproxyError(
+        'EBADCIDR',
+        `bad fake-IP range "${cidr}": give an IPv4 CIDR such as --cidr 198.18.0.0/16`,
+        { cause },
+      );
     }
     const prefix = addr.subnetMask;
     if (prefix > 30 || prefix < 8) {

@@ -226,7 +226,8 @@ export class RedisSharedPool extends EventEmitter {
       maxRetriesPerRequest: 1,
       autoResendUnfulfilledCommands: false,
       connectTimeout: 5_000,
-      retryStrategy: (times) => (this.authFailed ? 30_000 : Math.min(100 * 2 ** Math.min(times, 10), this.maxBackoffMs)),
+      retryStrategy: (times) =>
+        this.authFailed ? 30_000 : Math.min(100 * 2 ** Math.min(times, 10), this.maxBackoffMs),
     };
     const client = this.factory(this.url, options);
     this.client = client;
@@ -274,9 +275,13 @@ export class RedisSharedPool extends EventEmitter {
     const kind = outcome === undefined || outcome === 'timeout' ? undefined : classifyRedisError(outcome);
     if (kind === 'auth' || kind === 'noauth') {
       this.close();
-      throw new FakeproxyError(redisErrorCode(outcome), `shared fake-IP pool: ${describeRedisError(this.url, outcome)}`, {
-        cause: outcome,
-      });
+      throw new FakeproxyError(
+        redisErrorCode(outcome),
+        `shared fake-IP pool: ${describeRedisError(this.url, outcome)}`,
+        {
+          cause: outcome,
+        },
+      );
     }
   }
 
@@ -345,7 +350,9 @@ export class RedisSharedPool extends EventEmitter {
       );
     } catch (err) {
       if (/EPOOLEMPTY/.test(String((err as Error).message))) {
-        throw new FakeproxyError('EPOOLEMPTY', `shared fake-IP pool ${this.cidr} has no usable address`, { cause: err });
+        throw new FakeproxyError('EPOOLEMPTY', `shared fake-IP pool ${this.cidr} has no usable address`, {
+          cause: err,
+        });
       }
       throw this.unavailable(err);
     }
@@ -431,7 +438,8 @@ export class RedisSharedPool extends EventEmitter {
     const reconnect = this.everConnected;
     this.everConnected = true;
     this.authFailed = false;
-    if (this.loggedFailure !== undefined) this.logger.info(`shared fake-IP pool: connected to ${redactRedisUrl(this.url)}`);
+    if (this.loggedFailure !== undefined)
+      this.logger.info(`shared fake-IP pool: connected to ${redactRedisUrl(this.url)}`);
     this.loggedFailure = undefined;
     if (reconnect) await this.revalidate();
     this.connected = true;

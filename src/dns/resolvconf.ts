@@ -28,9 +28,13 @@ export function defaultUpstream(
   try {
     text = readFileSync(resolvConfPath, 'utf8');
   } catch (cause) {
-    throw new FakeproxyError('ENOUPSTREAM', `cannot read ${resolvConfPath} to find the real resolver: give it with --dns-upstream ADDR[:PORT]`, {
-      cause,
-    });
+    throw new FakeproxyError(
+      'ENOUPSTREAM',
+      `cannot read ${resolvConfPath} to find the real resolver: give it with --dns-upstream ADDR[:PORT]`,
+      {
+        cause,
+      },
+    );
   }
   let locals: Set<string> | undefined;
   const ours = (host: string): boolean =>
@@ -56,6 +60,11 @@ export function defaultUpstream(
     }
     return { host, port: 53 };
   }
-  const why = skipped.length ? `its nameservers (${skipped.join(', ')}) are fakeproxy's own DNS listen addresses` : 'it lists no nameserver';
-  throw new FakeproxyError('ENOUPSTREAM', `no real resolver in ${resolvConfPath}: ${why}; give one with --dns-upstream ADDR[:PORT]`);
+  const why = skipped.length
+    ? `its nameservers (${skipped.join(', ')}) are fakeproxy's own DNS listen addresses`
+    : 'it lists no nameserver';
+  throw new FakeproxyError(
+    'ENOUPSTREAM',
+    `no real resolver in ${resolvConfPath}: ${why}; give one with --dns-upstream ADDR[:PORT]`,
+  );
 }

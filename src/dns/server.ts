@@ -322,8 +322,11 @@ function literalLookup(
 function bindError(proto: string, host: string, port: number, err: Error): FakeproxyError {
   const code = (err as { code?: string }).code ?? 'EBIND';
   let fix = 'choose another address with --dns-listen';
-  if (code === 'EADDRINUSE') fix = `another process (systemd-resolved, dnsmasq?) holds ${host}:${port}; stop it or choose another --dns-listen`;
-  else if (code === 'EACCES') fix = `ports below 1024 need root or CAP_NET_BIND_SERVICE; or choose another --dns-listen`;
-  else if (code === 'EADDRNOTAVAIL') fix = `${host} is not an address of this machine (yet); the gateway address exists only once the TUN is up`;
+  if (code === 'EADDRINUSE')
+    fix = `another process (systemd-resolved, dnsmasq?) holds ${host}:${port}; stop it or choose another --dns-listen`;
+  else if (code === 'EACCES')
+    fix = `ports below 1024 need root or CAP_NET_BIND_SERVICE; or choose another --dns-listen`;
+  else if (code === 'EADDRNOTAVAIL')
+    fix = `${host} is not an address of this machine (yet); the gateway address exists only once the TUN is up`;
   return new FakeproxyError(code, `DNS ${proto} bind ${host}:${port}: ${err.message}: ${fix}`, { cause: err });
 }

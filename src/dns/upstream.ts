@@ -74,7 +74,10 @@ export class Upstream {
   async query(query: Buffer, questionEnd: number): Promise<Buffer> {
     if (this.closed) throw new UpstreamError('ECLOSED', 'upstream client closed');
     if (this.inFlightCount >= this.maxInFlight) {
-      throw new UpstreamError('EUPSTREAMBUSY', `more than ${this.maxInFlight} questions outstanding to ${this.host}:${this.port}`);
+      throw new UpstreamError(
+        'EUPSTREAMBUSY',
+        `more than ${this.maxInFlight} questions outstanding to ${this.host}:${this.port}`,
+      );
     }
     this.inFlightCount++;
     try {
@@ -94,9 +97,13 @@ export class Upstream {
           lastErr = err;
         }
       }
-      throw new UpstreamError('EUPSTREAM', `upstream ${this.host}:${this.port} did not answer: ${(lastErr as Error)?.message ?? 'closed'}`, {
-        cause: lastErr,
-      });
+      throw new UpstreamError(
+        'EUPSTREAM',
+        `upstream ${this.host}:${this.port} did not answer: ${(lastErr as Error)?.message ?? 'closed'}`,
+        {
+          cause: lastErr,
+        },
+      );
     } finally {
       this.inFlightCount--;
     }
@@ -129,7 +136,10 @@ export class Upstream {
         if (err) reject(err);
         else resolve(resp as Buffer);
       };
-      const timer = setTimeout(() => finish(new UpstreamError('ETIMEDOUT', `no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      const timer = setTimeout(
+        () => finish(new UpstreamError('ETIMEDOUT', `no answer within ${this.timeoutMs} ms`)),
+        this.timeoutMs,
+      );
       this.open.add(handle);
       sock.on('error', (err) => finish(err));
       sock.on('message', (resp) => {
@@ -163,10 +173,15 @@ export class Upstream {
         if (err) reject(err);
         else resolve(resp as Buffer);
       };
-      const timer = setTimeout(() => finish(new UpstreamError('ETIMEDOUT', `no TCP answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      const timer = setTimeout(
+        () => finish(new UpstreamError('ETIMEDOUT', `no TCP answer within ${this.timeoutMs} ms`)),
+        this.timeoutMs,
+      );
       this.open.add(handle);
       sock.on('error', (err) => finish(err));
-      sock.on('close', () => finish(new UpstreamError('ECONNRESET', 'upstream closed the TCP connection before answering')));
+      sock.on('close', () =>
+        finish(new UpstreamError('ECONNRESET', 'upstream closed the TCP connection before answering')),
+      );
       sock.on('connect', () => {
         const framed = Buffer.allocUnsafe(msg.length + 2);
         framed.writeUInt16BE(msg.length, 0);

@@ -36,7 +36,21 @@ export const Rcode = {
   BADVERS: 16,
 } as const;
 
-export const QType = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, TXT: 16, AAAA: 28, SRV: 33, OPT: 41, SVCB: 64, HTTPS: 65, ANY: 255 } as const;
+export const QType = {
+  A: 1,
+  NS: 2,
+  CNAME: 5,
+  SOA: 6,
+  PTR: 12,
+  MX: 15,
+  TXT: 16,
+  AAAA: 28,
+  SRV: 33,
+  OPT: 41,
+  SVCB: 64,
+  HTTPS: 65,
+  ANY: 255,
+} as const;
 export const QCLASS_IN = 1;
 
 // Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2)
@@ -216,7 +230,14 @@ function responseFlags(q: Query, rcode: number, extra = 0): number {
  * one. When the result would exceed `limit`, the answer is dropped and TC set
  * (RFC 2181 §9: the client retries over TCP).
  */
-export function buildResponse(query: Buffer, q: Query, rcode: number, answer?: Buffer, ancount = 0, limit = 65535): Buffer {
+export function buildResponse(
+  query: Buffer,
+  q: Query,
+  rcode: number,
+  answer?: Buffer,
+  ancount = 0,
+  limit = 65535,
+): Buffer {
   const qlen = q.questionEnd - HEADER_LEN;
   const optLen = q.edns ? OPT_LEN : 0;
   let alen = answer ? answer.length : 0;

@@ -1,5 +1,6 @@
 /** The inspection commands the CLI registers (`nat ls|watch`, `dns ls|lookup`). */
-export { dnsLookup, dnsLs, type DnsLookupOptions, type DnsRow } from './dns.js';
-export { natLs, natWatch, type NatLsOptions, type NatLsRow, type NatWatchOptions } from './nat.js';
+
 export type { InspectOptions } from './common.js';
+export { type DnsLookupOptions, type DnsRow, dnsLookup, dnsLs } from './dns.js';
 export type { Out } from './format.js';
+export { type NatLsOptions, type NatLsRow, type NatWatchOptions, natLs, natWatch } from './nat.js';

@@ -1,8 +1,8 @@
 /** `fakeproxy nat ls` and `fakeproxy nat watch`: the NAT table mirrored by src/nat/redisMirror.ts. */
 import type { FlowEventMessage, MirroredFlow } from '../nat/redisMirror.js';
 import { type InspectOptions, resolveNodes, withRedis } from './common.js';
-import { humanAge, humanBytes, type Column, renderTable } from './format.js';
-import { connectOnce, checkNodeId } from './redisConn.js';
+import { type Column, humanAge, humanBytes, renderTable } from './format.js';
+import { checkNodeId, connectOnce } from './redisConn.js';
 
 export type NatLsOptions = InspectOptions;
 
@@ -15,7 +15,22 @@ const NUMERIC: (keyof MirroredFlow)[] = ['id', 'createdMs', 'lastSeenMs', 'bytes
 function parseFlow(node: string, h: Record<string, string>): NatLsRow | undefined {
   if (h.id === undefined || h.proto === undefined) return undefined;
   const row: Record<string, unknown> = { node };
-  for (const k of ['id', 'proto', 'app', 'dst', 'name', 'nat', 'outbound', 'state', 'createdMs', 'lastSeenMs', 'bytesOut', 'bytesIn', 'pktsOut', 'pktsIn'] as const) {
+  for (const k of [
+    'id',
+    'proto',
+    'app',
+    'dst',
+    'name',
+    'nat',
+    'outbound',
+    'state',
+    'createdMs',
+    'lastSeenMs',
+    'bytesOut',
+    'bytesIn',
+    'pktsOut',
+    'pktsIn',
+  ] as const) {
     row[k] = (NUMERIC as string[]).includes(k) ? Number(h[k] ?? 0) : (h[k] ?? '');
   }
   return row as unknown as NatLsRow;

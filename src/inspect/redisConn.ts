@@ -149,9 +149,7 @@ export function nodePrefix(nodeId: string): string {
  */
 export function checkNodeId(nodeId: string): string {
   if (!/^[A-Za-z0-9._-]{1,128}$/.test(nodeId) || nodeId === 'pool') {
-    throw new UsageError(
-      `invalid node id "${nodeId}": use 1-128 letters, digits, '.', '_' or '-' (and not "pool")`,
-    );
+    throw new UsageError(`invalid node id "${nodeId}": use 1-128 letters, digits, '.', '_' or '-' (and not "pool")`);
   }
   return nodeId;
 }

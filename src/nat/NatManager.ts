@@ -10,7 +10,14 @@
  */
 import { EventEmitter } from 'node:events';
 import { FakeproxyError } from '../errors.js';
-import { type EngineOptions, type EngineStats, type NativeEngine, type NativeFlow, type NativeFlowEvent, native } from '../native.js';
+import {
+  type EngineOptions,
+  type EngineStats,
+  type NativeEngine,
+  type NativeFlow,
+  type NativeFlowEvent,
+  native,
+} from '../native.js';
 import { type Ipv4Range, parseCidr } from '../util/cidr.js';
 import type { CloseReason, FlowEntry, FlowEvent, NatLookup, Proto } from './types.js';
 

@@ -37,7 +37,9 @@ function readWith<T>(sock: net.Socket, take: Take<T>, signal: AbortSignal, what:
       }
     };
     const onEnd = () =>
-      fail(new ProxyError('EUPSTREAM_CLOSED', `${what}: the proxy closed the connection mid-handshake (check its log)`));
+      fail(
+        new ProxyError('EUPSTREAM_CLOSED', `${what}: the proxy closed the connection mid-handshake (check its log)`),
+      );
     const onError = (e: Error) => fail(e);
     const onAbort = () => fail(signal.reason);
     if (signal.aborted) return reject(signal.reason);
@@ -59,7 +61,10 @@ export function readExact(sock: net.Socket, n: number, signal: AbortSignal, what
       if (b === null) return undefined;
       if (b.length < n) {
         // Stream ended with a partial message; 'end' follows.
-        throw new ProxyError('EUPSTREAM_CLOSED', `${what}: the proxy closed the connection mid-handshake (check its log)`);
+        throw new ProxyError(
+          'EUPSTREAM_CLOSED',
+          `${what}: the proxy closed the connection mid-handshake (check its log)`,
+        );
       }
       return b;
     },

@@ -154,7 +154,9 @@ export function parseUpstream(spec: string, deps: UpstreamDeps = {}): Outbound {
   }
   if (url.hostname === '') throw new UsageError(`--upstream ${JSON.stringify(spec)} has no host; expected ${SCHEMES}`);
   if (url.port === '') {
-    throw new UsageError(`--upstream ${JSON.stringify(spec)} has no port; write it out, e.g. ${scheme}://${url.hostname}:1080`);
+    throw new UsageError(
+      `--upstream ${JSON.stringify(spec)} has no port; write it out, e.g. ${scheme}://${url.hostname}:1080`,
+    );
   }
   if ((url.pathname !== '' && url.pathname !== '/') || url.search !== '' || url.hash !== '') {
     throw new UsageError(`--upstream ${JSON.stringify(spec)} must not have a path, query or fragment`);
@@ -168,13 +170,18 @@ export function parseUpstream(spec: string, deps: UpstreamDeps = {}): Outbound {
       : undefined;
   if (scheme === 'http') {
     if (auth?.username.includes(':')) {
-      throw new UsageError('--upstream http user must not contain ":" (RFC 7617 Basic auth splits user and password at the first colon)');
+      throw new UsageError(
+        '--upstream http user must not contain ":" (RFC 7617 Basic auth splits user and password at the first colon)',
+      );
     }
     return new HttpOutbound({ host, port, auth, resolve: deps.resolve });
   }
   if (auth !== undefined) {
     // RFC 1929: ULEN and PLEN are one byte each and must be ≥ 1.
-    for (const [what, v] of [['user', auth.username], ['password', auth.password]] as const) {
+    for (const [what, v] of [
+      ['user', auth.username],
+      ['password', auth.password],
+    ] as const) {
       const n = Buffer.byteLength(v);
       if (n < 1 || n > 255) {
         throw new UsageError(`--upstream socks5 ${what} must be 1–255 bytes (RFC 1929), got ${n}`);

@@ -50,7 +50,11 @@ function compile(r: RuleSpec): CompiledRule {
     const s = normName(r.domainSuffix.replace(/^\*?\./, ''));
     if (s === '') throw new UsageError('routing rule domain-suffix is empty');
     const dotted = `.${s}`;
-    return { outbound: r.outbound, proto: r.proto, match: (_c, n) => n !== undefined && (n === s || n.endsWith(dotted)) };
+    return {
+      outbound: r.outbound,
+      proto: r.proto,
+      match: (_c, n) => n !== undefined && (n === s || n.endsWith(dotted)),
+    };
   }
   if ('domainKeyword' in r) {
     const k = r.domainKeyword.toLowerCase();
@@ -65,7 +69,13 @@ function compile(r: RuleSpec): CompiledRule {
   const [addr, len, extra] = r.ipCidr.split('/');
   const family = net.isIP(addr ?? '');
   const prefix = Number(len);
-  if (family === 0 || extra !== undefined || len === undefined || !/^\d+$/.test(len) || prefix > (family === 4 ? 32 : 128)) {
+  if (
+    family === 0 ||
+    extra !== undefined ||
+    len === undefined ||
+    !/^\d+$/.test(len) ||
+    prefix > (family === 4 ? 32 : 128)
+  ) {
     throw new UsageError(`routing rule ip-cidr "${r.ipCidr}" is not a CIDR; write e.g. 10.0.0.0/8 or fd00::/8`);
   }
   const type = family === 4 ? 'ipv4' : 'ipv6';

@@ -320,11 +320,17 @@ export const REPLY_ERRORS: Readonly<Record<number, { code: ProxyError['code']; t
   1: { code: 'ESOCKS5_GENERAL_FAILURE', text: 'general SOCKS server failure (see the proxy log)' },
   2: { code: 'ESOCKS5_NOT_ALLOWED', text: 'connection not allowed by ruleset (check the proxy ACL)' },
   3: { code: 'ESOCKS5_NET_UNREACHABLE', text: 'network unreachable from the proxy' },
-  4: { code: 'ESOCKS5_HOST_UNREACHABLE', text: 'host unreachable from the proxy (or the proxy could not resolve the name)' },
+  4: {
+    code: 'ESOCKS5_HOST_UNREACHABLE',
+    text: 'host unreachable from the proxy (or the proxy could not resolve the name)',
+  },
   5: { code: 'ESOCKS5_REFUSED', text: 'connection refused by the destination (nothing listens on that port)' },
   6: { code: 'ESOCKS5_TTL_EXPIRED', text: 'TTL expired (the destination did not answer the proxy in time)' },
   7: { code: 'ESOCKS5_CMD_UNSUPPORTED', text: 'command not supported by the proxy' },
-  8: { code: 'ESOCKS5_ATYP_UNSUPPORTED', text: 'address type not supported by the proxy (it may not accept domain names)' },
+  8: {
+    code: 'ESOCKS5_ATYP_UNSUPPORTED',
+    text: 'address type not supported by the proxy (it may not accept domain names)',
+  },
 };
 
 export function replyError(rep: number, context: string): ProxyError {

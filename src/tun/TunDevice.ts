@@ -52,7 +52,8 @@ export function parseProcRoutes(text: string, withDefault = false): KernelRoute[
     const dst = Number.parseInt(f[1], 16);
     const mask = Number.parseInt(f[7], 16);
     if (!Number.isFinite(dst) || !Number.isFinite(mask) || (mask === 0 && !withDefault)) continue;
-    const swap = (n: number) => (((n & 255) << 24) | (((n >>> 8) & 255) << 16) | (((n >>> 16) & 255) << 8) | (n >>> 24)) >>> 0;
+    const swap = (n: number) =>
+      (((n & 255) << 24) | (((n >>> 8) & 255) << 16) | (((n >>> 16) & 255) << 8) | (n >>> 24)) >>> 0;
     const network = swap(dst);
     const m = swap(mask);
     let len = 0;

@@ -95,7 +95,9 @@ export function isPublicSpace(r: Ipv4Range): boolean {
 export function parseHostPort(text: string, defaultPort: number, flag: string): { host: string; port: number } {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(text);
   if (!m || !isIpv4(m[1])) {
-    throw new UsageError(`${flag} ${JSON.stringify(text)} is not ADDRESS[:PORT] with an IPv4 address, e.g. 127.0.0.1:53`);
+    throw new UsageError(
+      `${flag} ${JSON.stringify(text)} is not ADDRESS[:PORT] with an IPv4 address, e.g. 127.0.0.1:53`,
+    );
   }
   const port = m[2] === undefined ? defaultPort : Number(m[2]);
   if (!Number.isInteger(port) || port < 1 || port > 65535) {

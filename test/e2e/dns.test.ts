@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { type Topology, createTopology } from './harness/topology.js';
+import { createTopology, type Topology } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';

@@ -284,7 +284,8 @@ dns.lookup('echo.test', { family: 4 }, (err, addr) => {
     expect(codes.filter((c) => ![7, 52, 56].includes(c))).toEqual([]);
     // Every failure is counted; the log names the first and summarises the
     // repeats (one line per destination, outbound and reason per 10 s).
-    const connectFailed = async () => JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp.connectFailed;
+    const connectFailed = async () =>
+      JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp.connectFailed;
     const deadline = Date.now() + 5000;
     while ((await connectFailed()) < 51 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     expect(await connectFailed()).toBe(51);

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DaemonProc, runCli } from './harness/daemon.js';
-import { Netns, e2eUnavailableReason } from './harness/netns.js';
+import { e2eUnavailableReason, Netns } from './harness/netns.js';
 
 const skip = e2eUnavailableReason();
 

@@ -18,12 +18,18 @@ describe('parseCidr', () => {
     expect(r.prefixLen).toBe(len);
     expect(r.broadcast - r.network + 1).toBe(2 ** (32 - len));
   });
-  it.each(['banana', '198.18.0.0', '198.18.0.0/33', '300.1.1.1/16', '198.18.0.0/31', '198.18.0.0/32', '1.0.0.0/4', '198.18.0.0/16x'])(
-    '%s is a usage error',
-    (text) => {
-      expect(() => parseCidr(text)).toThrow(UsageError);
-    },
-  );
+  it.each([
+    'banana',
+    '198.18.0.0',
+    '198.18.0.0/33',
+    '300.1.1.1/16',
+    '198.18.0.0/31',
+    '198.18.0.0/32',
+    '1.0.0.0/4',
+    '198.18.0.0/16x',
+  ])('%s is a usage error', (text) => {
+    expect(() => parseCidr(text)).toThrow(UsageError);
+  });
   it.each([
     ['198.18.0.0/16', false],
     ['198.19.0.0/16', false],
@@ -37,7 +43,8 @@ describe('parseCidr', () => {
 
 describe('parseHostPort', () => {
   it('defaults the port', () => expect(parseHostPort('10.0.0.2', 53, '--x')).toEqual({ host: '10.0.0.2', port: 53 }));
-  it('takes a port', () => expect(parseHostPort('127.0.0.1:5353', 53, '--x')).toEqual({ host: '127.0.0.1', port: 5353 }));
+  it('takes a port', () =>
+    expect(parseHostPort('127.0.0.1:5353', 53, '--x')).toEqual({ host: '127.0.0.1', port: 5353 }));
   it.each(['127.0.0.1:0', '127.0.0.1:70000', 'example.com:53', '::1'])('%s is rejected', (t) => {
     expect(() => parseHostPort(t, 53, '--x')).toThrow(UsageError);
   });

@@ -29,7 +29,15 @@ describe('TunRouteCheck', () => {
   it('re-reads the table only after refreshMs', () => {
     let reads = 0;
     let now = 0;
-    const c = new TunRouteCheck('fp0', () => (reads++, TABLE), 2000, () => now);
+    const c = new TunRouteCheck(
+      'fp0',
+      () => {
+        reads++;
+        return TABLE;
+      },
+      2000,
+      () => now,
+    );
     c.routesIntoTun('1.2.3.4');
     c.routesIntoTun('1.2.3.5');
     expect(reads).toBe(1);

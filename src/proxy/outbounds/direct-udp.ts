@@ -169,7 +169,9 @@ export class DirectUdpAssociation implements UdpAssociation {
     };
     if (resolve === undefined) {
       st.pending = [];
-      fail(`cannot resolve ${name}: no resolver configured (pass --dns-upstream; the system resolver is fakeproxy itself)`);
+      fail(
+        `cannot resolve ${name}: no resolver configured (pass --dns-upstream; the system resolver is fakeproxy itself)`,
+      );
       return;
     }
     st.pending = [first];

@@ -10,7 +10,10 @@ export class RejectOutbound implements Outbound {
 
   connect(dst: Destination): Promise<net.Socket> {
     return Promise.reject(
-      new ProxyError('EREJECT', `connect to ${hostPort(dst.host, dst.port)}: rejected by a routing rule (edit the rules to allow it)`),
+      new ProxyError(
+        'EREJECT',
+        `connect to ${hostPort(dst.host, dst.port)}: rejected by a routing rule (edit the rules to allow it)`,
+      ),
     );
   }
 }

@@ -18,7 +18,7 @@
  */
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
-import { connectDeadline, dialTcp, hostPort, raceSignal, type ResolveName } from '../dial.js';
+import { connectDeadline, dialTcp, hostPort, type ResolveName, raceSignal } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import type {
   Destination,
@@ -27,7 +27,7 @@ import type {
   UdpAssociationStats,
   UdpDropReason,
 } from '../outbound.js';
-import { Atyp, type Address, udpHeader } from '../socks5-codec.js';
+import { type Address, Atyp, udpHeader } from '../socks5-codec.js';
 import { DEFAULT_UPSTREAM_RCVBUF, dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
 import { holdOwnPort, releaseOwnPort } from '../udp/ownPorts.js';
 
@@ -64,13 +64,20 @@ function isUnspecified(ip: string): boolean {
 }
 
 /** Dial the proxy, bind our UDP socket, run the handshake: the association, or a ProxyError/socket error (nothing left open). */
-export async function socks5UdpAssociate(deps: Socks5UdpDeps, opts: UdpAssociateOptions = {}): Promise<Socks5UdpAssociation> {
+export async function socks5UdpAssociate(
+  deps: Socks5UdpDeps,
+  opts: UdpAssociateOptions = {},
+): Promise<Socks5UdpAssociation> {
   const what = `udp associate via ${deps.label}`;
   const d = connectDeadline(what, opts);
   let ctrl: net.Socket | undefined;
   let udp: dgram.Socket | undefined;
   try {
-    ctrl = await dialTcp(deps.host, deps.port, { resolve: deps.resolve, signal: d.signal, what: `${what}: reach the proxy` });
+    ctrl = await dialTcp(deps.host, deps.port, {
+      resolve: deps.resolve,
+      signal: d.signal,
+      what: `${what}: reach the proxy`,
+    });
     const local = unmapV4(ctrl.localAddress ?? '');
     const proxyIp = unmapV4(ctrl.remoteAddress ?? '');
     const sock = dgram.createSocket({
@@ -100,7 +107,8 @@ export async function socks5UdpAssociate(deps: Socks5UdpDeps, opts: UdpAssociate
         `${what}: the proxy's UDP relay ${hostPort(relayIp, bnd.port)} is not in the address family we reach it on (${local})`,
       );
     }
-    if (bnd.port === 0) throw new ProxyError('ESOCKS5_PROTOCOL', `${what}: the proxy answered UDP ASSOCIATE with relay port 0`);
+    if (bnd.port === 0)
+      throw new ProxyError('ESOCKS5_PROTOCOL', `${what}: the proxy answered UDP ASSOCIATE with relay port 0`);
     return new Socks5UdpAssociation(ctrl, sock, { host: relayIp, port: bnd.port }, deps.label, opts);
   } catch (e) {
     ctrl?.destroy();
@@ -158,12 +166,23 @@ export class Socks5UdpAssociation implements UdpAssociation {
     this.#port = udp.address().port;
     holdOwnPort(this.#port);
     const lost = (why: string) => () =>
-      this.close(new ProxyError('EUPSTREAM_CLOSED', `udp associate via ${label}: the proxy ${why} the control connection (check its log)`));
+      this.close(
+        new ProxyError(
+          'EUPSTREAM_CLOSED',
+          `udp associate via ${label}: the proxy ${why} the control connection (check its log)`,
+        ),
+      );
     // Nothing is expected on the control connection after the reply; read and discard so it cannot stall.
     ctrl.on('data', () => {});
     ctrl.on('end', lost('closed'));
     ctrl.on('close', lost('closed'));
-    ctrl.on('error', (e) => this.close(new ProxyError('EUPSTREAM_CLOSED', `udp associate via ${label}: control connection: ${e.message}`, { cause: e })));
+    ctrl.on('error', (e) =>
+      this.close(
+        new ProxyError('EUPSTREAM_CLOSED', `udp associate via ${label}: control connection: ${e.message}`, {
+          cause: e,
+        }),
+      ),
+    );
     // A proxy that vanished without FIN/RST must not keep the association
     // (and the app's flows) alive forever: TCP keepalive finds it.
     ctrl.setKeepAlive(true, 30_000);
@@ -196,7 +215,10 @@ export class Socks5UdpAssociation implements UdpAssociation {
       this.#sent.set(k, s);
       if (net.isIP(dst.host) === 0) {
         let set = this.#unbound.get(dst.port);
-        if (!set) this.#unbound.set(dst.port, (set = new Set()));
+        if (!set) {
+          set = new Set();
+          this.#unbound.set(dst.port, set);
+        }
         set.add(dst.host);
       }
       if (this.#sent.size > MAX_DESTINATIONS) this.#forgetOldest();

@@ -36,7 +36,7 @@ import {
 import { dropCounters, UDP_DROP_REASONS, unmapV4 } from './drops.js';
 import { isOwnPort } from './ownPorts.js';
 
-export type { UdpNat, UdpListenerDropReason, UdpSessionEnd } from './association.js';
+export type { UdpListenerDropReason, UdpNat, UdpSessionEnd } from './association.js';
 
 export interface UdpListenerOptions {
   /** The gateway address; the listener binds to it only. */

@@ -65,11 +65,16 @@ export class DaemonProc {
 }
 
 /** Runs the CLI to completion (for usage errors and one-shot commands). */
-export async function runCli(ns: Netns | undefined, args: string[], opts: { timeoutMs?: number; asUser?: number } = {}) {
+export async function runCli(
+  ns: Netns | undefined,
+  args: string[],
+  opts: { timeoutMs?: number; asUser?: number } = {},
+) {
   const { run } = await import('./netns.js');
   assertBuilt();
-  const base = opts.asUser !== undefined
-    ? ['setpriv', `--reuid=${opts.asUser}`, `--regid=${opts.asUser}`, '--clear-groups', 'node', CLI, ...args]
-    : ['node', CLI, ...args];
+  const base =
+    opts.asUser !== undefined
+      ? ['setpriv', `--reuid=${opts.asUser}`, `--regid=${opts.asUser}`, '--clear-groups', 'node', CLI, ...args]
+      : ['node', CLI, ...args];
   return ns ? ns.exec(base[0], base.slice(1), opts) : run(base[0], base.slice(1), opts);
 }

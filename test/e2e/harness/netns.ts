@@ -6,7 +6,7 @@
  * Network rule: nothing here touches the root namespace's links or routes;
  * the fake range is routed only inside namespaces made here.
  */
-import { type ChildProcess, type SpawnOptions, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, type SpawnOptions, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 
@@ -20,7 +20,11 @@ export interface RunResult {
   stderr: string;
 }
 
-export async function run(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
+export async function run(
+  cmd: string,
+  args: string[],
+  opts: { timeoutMs?: number; input?: string } = {},
+): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = execFile(
       cmd,
@@ -28,7 +32,7 @@ export async function run(cmd: string, args: string[], opts: { timeoutMs?: numbe
       { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' },
       (err, stdout, stderr) => {
         const e = err as (Error & { code?: number | string }) | null;
-        const code = e ? (typeof e.code === 'number' ? e.code : child.exitCode ?? -1) : 0;
+        const code = e ? (typeof e.code === 'number' ? e.code : (child.exitCode ?? -1)) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });
       },
     );
@@ -67,7 +71,10 @@ export async function cleanupStale(): Promise<string[]> {
 
 async function killNamespaceProcesses(name: string): Promise<void> {
   const { stdout } = await run('ip', ['netns', 'pids', name]);
-  for (const p of stdout.split('\n').map(Number).filter((x) => x > 0)) {
+  for (const p of stdout
+    .split('\n')
+    .map(Number)
+    .filter((x) => x > 0)) {
     try {
       process.kill(p, 'SIGKILL');
     } catch {

@@ -109,7 +109,12 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
     dnsmasq.stderr?.on('data', onDnsmasq);
     await waitListening(upstream, 53, 'udp');
 
-    const origin = upstream.spawn('node', [join(ROOT, 'test/e2e/fixtures/origin.mjs'), upstreamIp, String(HTTP_PORT), String(ECHO_PORT)]);
+    const origin = upstream.spawn('node', [
+      join(ROOT, 'test/e2e/fixtures/origin.mjs'),
+      upstreamIp,
+      String(HTTP_PORT),
+      String(ECHO_PORT),
+    ]);
     const out = await waitOutput(origin, /origin ready sha256\(64MiB\)=([0-9a-f]{64})/, 'origin');
     const bigSha256 = /=([0-9a-f]{64})/.exec(out)?.[1] as string;
 
@@ -121,14 +126,7 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
       bigSha256,
       tmp,
       async startDaemon(args: string[]) {
-        const d = DaemonProc.start(client, [
-          'start',
-          '--state-dir',
-          '',
-          '--dns-upstream',
-          `${upstreamIp}:53`,
-          ...args,
-        ]);
+        const d = DaemonProc.start(client, ['start', '--state-dir', '', '--dns-upstream', `${upstreamIp}:53`, ...args]);
         topo.daemon = d;
         await d.waitFor(/running; Ctrl-C to stop/, 20_000);
         return d;

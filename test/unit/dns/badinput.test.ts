@@ -55,13 +55,26 @@ const cases: [string, Buffer, number][] = [
   ['truncated header (11 bytes)', header(1, 0x0100, 1).subarray(0, 11), NONE],
   ['header only, qdcount 1, no question', header(2, 0x0100, 1), 1],
   ['qdcount 0', header(3, 0x0100, 0), 1],
-  ['qdcount 2', Buffer.concat([header(4, 0x0100, 2), label('a'), Buffer.from([0]), tail, label('b'), Buffer.from([0]), tail]), 1],
+  [
+    'qdcount 2',
+    Buffer.concat([header(4, 0x0100, 2), label('a'), Buffer.from([0]), tail, label('b'), Buffer.from([0]), tail]),
+    1,
+  ],
   ['compression pointer loop in the question', Buffer.concat([header(5, 0x0100, 1), Buffer.from([0xc0, 12]), tail]), 1],
   ['pointer to a pointer loop', Buffer.concat([header(6, 0x0100, 1), label('a'), Buffer.from([0xc0, 12]), tail]), 1],
-  ['label of 64 bytes', Buffer.concat([header(7, 0x0100, 1), Buffer.from([64]), Buffer.alloc(64, 0x61), Buffer.from([0]), tail]), 1],
+  [
+    'label of 64 bytes',
+    Buffer.concat([header(7, 0x0100, 1), Buffer.from([64]), Buffer.alloc(64, 0x61), Buffer.from([0]), tail]),
+    1,
+  ],
   [
     'name longer than 255 bytes',
-    Buffer.concat([header(8, 0x0100, 1), ...Array.from({ length: 5 }, () => label('a'.repeat(60))), Buffer.from([0]), tail]),
+    Buffer.concat([
+      header(8, 0x0100, 1),
+      ...Array.from({ length: 5 }, () => label('a'.repeat(60))),
+      Buffer.from([0]),
+      tail,
+    ]),
     1,
   ],
   ['label running past the end', Buffer.concat([header(9, 0x0100, 1), Buffer.from([40]), Buffer.from('abc')]), 1],
@@ -69,10 +82,20 @@ const cases: [string, Buffer, number][] = [
   ['opcode STATUS (2)', Buffer.concat([header(11, 0x1100, 1), label('a'), Buffer.from([0]), tail]), 4],
   ['opcode UPDATE (5)', Buffer.concat([header(12, 0x2800, 1), label('a'), Buffer.from([0]), tail]), 4],
   ['a response (QR set) is ignored', Buffer.concat([header(13, 0x8180, 1), label('a'), Buffer.from([0]), tail]), NONE],
-  ['additional record running past the end', Buffer.concat([header(14, 0x0100, 1, 0, 0, 1), label('a'), Buffer.from([0]), tail, Buffer.from([0, 0, 41])]), 1],
+  [
+    'additional record running past the end',
+    Buffer.concat([header(14, 0x0100, 1, 0, 0, 1), label('a'), Buffer.from([0]), tail, Buffer.from([0, 0, 41])]),
+    1,
+  ],
   [
     'two OPT records',
-    Buffer.concat([header(15, 0x0100, 1, 0, 0, 2), label('a'), Buffer.from([0]), tail, ...[0, 1].map(() => Buffer.from([0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]))]),
+    Buffer.concat([
+      header(15, 0x0100, 1, 0, 0, 2),
+      label('a'),
+      Buffer.from([0]),
+      tail,
+      ...[0, 1].map(() => Buffer.from([0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0])),
+    ]),
     1,
   ],
 ];
@@ -191,7 +214,8 @@ describe('flood', () => {
     let maxInFlight = 0;
     for (let i = 0; i < 10_000; i++) {
       // half fake A (hot path), half forwarded MX
-      const q = i % 2 ? encodeQuery(`flood${i}.example.com`, 'A', { id: i }) : encodeQuery('example.test', 'MX', { id: i });
+      const q =
+        i % 2 ? encodeQuery(`flood${i}.example.com`, 'A', { id: i }) : encodeQuery('example.test', 'MX', { id: i });
       s.send(q, port, '127.0.0.1');
       if (i % 500 === 0) {
         await new Promise((r) => setImmediate(r));

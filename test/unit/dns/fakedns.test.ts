@@ -1,7 +1,18 @@
 import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeDns } from '../../../src/dns/index.js';
-import { type Dnsmasq, dig, encodeQuery, firstData, frame, must, portOf, startDnsmasq, tcpExchange, udpExchange } from './helpers.js';
+import {
+  type Dnsmasq,
+  dig,
+  encodeQuery,
+  firstData,
+  frame,
+  must,
+  portOf,
+  startDnsmasq,
+  tcpExchange,
+  udpExchange,
+} from './helpers.js';
 
 let upstream: Dnsmasq;
 let dns: FakeDns;
@@ -126,7 +137,9 @@ describe('FakeDns over the wire (dig as client, dnsmasq as upstream)', () => {
     expect(r.flags).not.toContain('tc');
     expect(r.answers).toHaveLength(6);
     expect(r.out).toMatch(/OPT PSEUDOSECTION/);
-    const a = dnsPacket.decode((await udpExchange(port, encodeQuery('opt.example.com', 'A', { edns: 1400 }))) as Buffer);
+    const a = dnsPacket.decode(
+      (await udpExchange(port, encodeQuery('opt.example.com', 'A', { edns: 1400 }))) as Buffer,
+    );
     expect(a.additionals?.[0]?.type).toBe('OPT');
   });
 
@@ -137,7 +150,9 @@ describe('FakeDns over the wire (dig as client, dnsmasq as upstream)', () => {
 
   it('handles several pipelined queries on one TCP connection', async () => {
     const names = ['p1.example.com', 'p2.example.com', 'txt.example.test', 'p1.example.com'];
-    const raw = Buffer.concat(names.map((n, i) => frame(encodeQuery(n, n.startsWith('txt') ? 'TXT' : 'A', { id: 100 + i }))));
+    const raw = Buffer.concat(
+      names.map((n, i) => frame(encodeQuery(n, n.startsWith('txt') ? 'TXT' : 'A', { id: 100 + i }))),
+    );
     const { replies } = await tcpExchange(port, raw, { count: names.length, timeoutMs: 5000 });
     expect(replies.map((r) => r.readUInt16BE(0)).sort()).toEqual([100, 101, 102, 103]);
     const byId = new Map(replies.map((r) => [r.readUInt16BE(0), dnsPacket.decode(r)]));
@@ -153,7 +168,10 @@ describe('FakeDns over the wire (dig as client, dnsmasq as upstream)', () => {
     const r = await dig(port, ['events.example.com', 'A']);
     dns.off('mapped', on);
     expect(seen).toEqual([['events.example.com', r.answers[0]?.data]]);
-    expect(dns.entries().find((e) => e.name === 'events.example.com')).toMatchObject({ ip: r.answers[0]?.data, flows: 0 });
+    expect(dns.entries().find((e) => e.name === 'events.example.com')).toMatchObject({
+      ip: r.answers[0]?.data,
+      flows: 0,
+    });
   });
 
   it('handleQuery resolves undefined for a response and a FORMERR for garbage with a header', async () => {

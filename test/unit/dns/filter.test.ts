@@ -58,7 +58,9 @@ describe('FakeIpFilter', () => {
   it.each(['', '+.', '.', 'a..b', '-bad.com', 'bad-.com', 'sp ace.com', '*x.com', `${'a'.repeat(64)}.com`, 'a.+.b'])(
     'rejects %j with EBADFILTER naming the flag',
     (p) => {
-      expect(() => new FakeIpFilter([p])).toThrow(expect.objectContaining({ code: 'EBADFILTER', message: expect.stringContaining('--fake-ip-filter') }));
+      expect(() => new FakeIpFilter([p])).toThrow(
+        expect.objectContaining({ code: 'EBADFILTER', message: expect.stringContaining('--fake-ip-filter') }),
+      );
     },
   );
 });

@@ -82,7 +82,11 @@ export async function startDnsmasq(extra: string[] = DNSMASQ_RECORDS): Promise<D
   };
 }
 
-export function encodeQuery(name: string, type: string, opts: { id?: number; edns?: number; rd?: boolean } = {}): Buffer {
+export function encodeQuery(
+  name: string,
+  type: string,
+  opts: { id?: number; edns?: number; rd?: boolean } = {},
+): Buffer {
   return dnsPacket.encode({
     type: 'query',
     id: opts.id ?? 0x1234,
@@ -158,7 +162,15 @@ export interface DigResult {
 
 /** Run the real dig client against 127.0.0.1:port. */
 export async function dig(port: number, args: string[]): Promise<DigResult> {
-  const { stdout } = await execFileP('dig', ['@127.0.0.1', '-p', String(port), '+tries=1', '+time=3', '+nocookie', ...args]);
+  const { stdout } = await execFileP('dig', [
+    '@127.0.0.1',
+    '-p',
+    String(port),
+    '+tries=1',
+    '+time=3',
+    '+nocookie',
+    ...args,
+  ]);
   const status = /status: (\w+)/.exec(stdout)?.[1] ?? 'none';
   const flags = (/;; flags: ([^;]*);/.exec(stdout)?.[1] ?? '').trim().split(/\s+/);
   const answers: DigResult['answers'] = [];

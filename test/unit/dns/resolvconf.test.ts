@@ -18,11 +18,31 @@ describe('defaultUpstream', () => {
   it.each([
     ['first nameserver', 'nameserver 10.0.0.53\nnameserver 10.0.0.54\n', gw, '10.0.0.53'],
     ['skips our own listen address', 'nameserver 198.18.0.1\nnameserver 10.0.0.54\n', gw, '10.0.0.54'],
-    ['skips comments and junk', '# nameserver 1.1.1.1\nsearch lan\nnameserver bogus\nnameserver 10.0.0.9 # ok\n', gw, '10.0.0.9'],
+    [
+      'skips comments and junk',
+      '# nameserver 1.1.1.1\nsearch lan\nnameserver bogus\nnameserver 10.0.0.9 # ok\n',
+      gw,
+      '10.0.0.9',
+    ],
     ['keeps 127.0.0.53 when we do not listen there', 'nameserver 127.0.0.53\n', gw, '127.0.0.53'],
-    ['skips 127.0.0.53 when we listen there', 'nameserver 127.0.0.53\nnameserver 10.0.0.1\n', [{ host: '127.0.0.53', port: 53 }], '10.0.0.1'],
-    ['a listener on another port is not us', 'nameserver 127.0.0.1\n', [{ host: '127.0.0.1', port: 5353 }], '127.0.0.1'],
-    ['wildcard listener covers loopback', 'nameserver 127.0.0.1\nnameserver 10.0.0.2\n', [{ host: '0.0.0.0', port: 53 }], '10.0.0.2'],
+    [
+      'skips 127.0.0.53 when we listen there',
+      'nameserver 127.0.0.53\nnameserver 10.0.0.1\n',
+      [{ host: '127.0.0.53', port: 53 }],
+      '10.0.0.1',
+    ],
+    [
+      'a listener on another port is not us',
+      'nameserver 127.0.0.1\n',
+      [{ host: '127.0.0.1', port: 5353 }],
+      '127.0.0.1',
+    ],
+    [
+      'wildcard listener covers loopback',
+      'nameserver 127.0.0.1\nnameserver 10.0.0.2\n',
+      [{ host: '0.0.0.0', port: 53 }],
+      '10.0.0.2',
+    ],
     ['IPv6 with zone id', 'nameserver fe80::1%eth0\n', gw, 'fe80::1'],
   ])('%s', async (_n, text, listen, want) => {
     const f = join(dir, `r${Math.random()}`);
@@ -36,7 +56,9 @@ describe('defaultUpstream', () => {
   ])('throws ENOUPSTREAM naming --dns-upstream: %s', async (_n, text, re) => {
     const f = join(dir, `r${Math.random()}`);
     await writeFile(f, text);
-    expect(() => defaultUpstream(gw, f)).toThrow(expect.objectContaining({ code: 'ENOUPSTREAM', message: expect.stringMatching(re) }));
+    expect(() => defaultUpstream(gw, f)).toThrow(
+      expect.objectContaining({ code: 'ENOUPSTREAM', message: expect.stringMatching(re) }),
+    );
   });
 
   it('throws ENOUPSTREAM when the file is missing', () => {

@@ -14,7 +14,10 @@ function qEnd(q: Buffer): number {
 }
 
 /** A scripted UDP (and optional TCP) server on 127.0.0.1 standing in for a misbehaving upstream. */
-async function fakeUpstream(onUdp: (q: Buffer, reply: (b: Buffer) => void, n: number) => void, onTcp?: (q: Buffer) => Buffer) {
+async function fakeUpstream(
+  onUdp: (q: Buffer, reply: (b: Buffer) => void, n: number) => void,
+  onTcp?: (q: Buffer) => Buffer,
+) {
   const udp = dgram.createSocket('udp4');
   await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
   const port = udp.address().port;
@@ -179,7 +182,11 @@ describe('Upstream', () => {
 
   it.each([
     ['same', (r: Buffer) => r, true],
-    ['other case in the name (RFC 4343)', (r: Buffer) => Buffer.from(r.toString('latin1').replace('abc', 'ABC'), 'latin1'), true],
+    [
+      'other case in the name (RFC 4343)',
+      (r: Buffer) => Buffer.from(r.toString('latin1').replace('abc', 'ABC'), 'latin1'),
+      true,
+    ],
     ['other id', (r: Buffer) => set16(r, 0, r.readUInt16BE(0) ^ 1), false],
     ['QR clear', (r: Buffer) => set16(r, 2, r.readUInt16BE(2) & 0x7fff), false],
     ['other type', (r: Buffer) => set16(r, r.length - 4, 28), false],

@@ -32,7 +32,11 @@ describe('NatManager', () => {
       reuseDelayMs: 60_000,
       timeouts: DEFAULT_TIMEOUTS,
     });
-    expect(new NatManager({ range: '10.7.0.0/24', logger: () => {} }).engineOptions).toMatchObject({ network: '10.7.0.0', prefixLen: 24, gateway: '10.7.0.1' });
+    expect(new NatManager({ range: '10.7.0.0/24', logger: () => {} }).engineOptions).toMatchObject({
+      network: '10.7.0.0',
+      prefixLen: 24,
+      gateway: '10.7.0.1',
+    });
   });
 
   it('rejects a bad range with a usage error', () => {
@@ -41,16 +45,30 @@ describe('NatManager', () => {
 
   it('lookup(tcp|udp) returns the flow the Listener needs, with string protocols', () => {
     const { m } = manager();
-    const out = parse(m.engine.processPacket(tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }), T0)[0]);
+    const out = parse(
+      m.engine.processPacket(
+        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
+        T0,
+      )[0],
+    );
     const f = m.lookup('tcp', out.src, out.sport);
-    expect(f).toMatchObject({ proto: 'tcp', srcIp: '198.18.0.1', srcPort: 34567, dstIp: '198.18.2.2', dstPort: 80, natIp: out.src, natPort: out.sport });
+    expect(f).toMatchObject({
+      proto: 'tcp',
+      srcIp: '198.18.0.1',
+      srcPort: 34567,
+      dstIp: '198.18.2.2',
+      dstPort: 80,
+      natIp: out.src,
+      natPort: out.sport,
+    });
     expect(m.lookup('udp', out.src, out.sport)).toBeUndefined();
     expect(m.entries()).toEqual([f]);
   });
 
   it('emits one batched events call plus open/close per flow', () => {
     const { m, batches, opened, closed } = manager();
-    for (let i = 0; i < 5; i++) m.engine.processPacket(udpPacket({ src: '198.18.0.1', dst: '198.18.3.3', sport: 1000 + i, dport: 443 }), T0);
+    for (let i = 0; i < 5; i++)
+      m.engine.processPacket(udpPacket({ src: '198.18.0.1', dst: '198.18.3.3', sport: 1000 + i, dport: 443 }), T0);
     m.flushEvents();
     expect(batches).toHaveLength(1);
     expect(batches[0]).toHaveLength(5);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { T0, makeEngine, one } from './fixture.js';
+import { makeEngine, one, T0 } from './fixture.js';
 import { F, ip4, parse, tcpPacket, udpPacket } from './packets.js';
 
 describe('NAT allocation', () => {
@@ -44,8 +44,15 @@ describe('NAT allocation', () => {
 
   it('does not hand a freed pair out again before reuseDelayMs (TIME_WAIT), then does', () => {
     // /30 has exactly one NAT host: 64512 pairs, so the cursor laps quickly.
-    const e = makeEngine({ network: '10.9.0.0', prefixLen: 30, gateway: '10.9.0.1', maxFlows: 70_000, reuseDelayMs: 60_000 });
-    const pkt = (i: number, flags = F.SYN) => tcpPacket({ src: `172.17.${i >> 8}.${i & 255}`, dst: '203.0.113.7', sport: 1000, dport: 80, flags });
+    const e = makeEngine({
+      network: '10.9.0.0',
+      prefixLen: 30,
+      gateway: '10.9.0.1',
+      maxFlows: 70_000,
+      reuseDelayMs: 60_000,
+    });
+    const pkt = (i: number, flags: number = F.SYN) =>
+      tcpPacket({ src: `172.17.${i >> 8}.${i & 255}`, dst: '203.0.113.7', sport: 1000, dport: 80, flags });
     const first = parse(one(e, pkt(0)));
     expect(first.src).toBe('10.9.0.2');
     // Close flow 0 by RST; after its 10 s linger it is freed at T0+10s.

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, T0, makeEngine, one } from './fixture.js';
+import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import {
   F,
   ipChecksumOk,
@@ -17,19 +17,33 @@ import {
 // Sources: anywhere routable but not the gateway's Listener/DNS port pair.
 const srcIp = fc.oneof(
   fc.constant(GW),
-  fc.tuple(fc.integer({ min: 1, max: 223 }), fc.nat(255), fc.nat(255), fc.integer({ min: 1, max: 254 })).map((p) => p.join('.')),
+  fc
+    .tuple(fc.integer({ min: 1, max: 223 }), fc.nat(255), fc.nat(255), fc.integer({ min: 1, max: 254 }))
+    .map((p) => p.join('.')),
 );
 // Destinations: host addresses of the range other than the gateway.
 const dstIp = fc.integer({ min: 2, max: 65534 }).map((n) => ipStr((198 << 24) | (18 << 16) | n));
 const port = fc.integer({ min: 1, max: 65535 }).filter((p) => p !== LISTEN && p !== 53);
 const bytes = (max: number) => fc.uint8Array({ maxLength: max }).map((a) => Buffer.from(a));
-const tcpOpts = fc.integer({ min: 0, max: 10 }).chain((n) => fc.uint8Array({ minLength: n * 4, maxLength: n * 4 })).map((a) => Buffer.from(a));
+const tcpOpts = fc
+  .integer({ min: 0, max: 10 })
+  .chain((n) => fc.uint8Array({ minLength: n * 4, maxLength: n * 4 }))
+  .map((a) => Buffer.from(a));
 
 describe('checksums: incremental update (RFC 1624) vs full recomputation (RFC 1071)', () => {
   it('TCP: forward and reverse rewrites equal a full recomputation, on random packets', () => {
     fc.assert(
       fc.property(
-        srcIp, dstIp, port, port, fc.nat(0xffffffff), fc.nat(0xffffffff), tcpOpts, bytes(1400), fc.nat(255), fc.nat(0xffff),
+        srcIp,
+        dstIp,
+        port,
+        port,
+        fc.nat(0xffffffff),
+        fc.nat(0xffffffff),
+        tcpOpts,
+        bytes(1400),
+        fc.nat(255),
+        fc.nat(0xffff),
         (src, dst, sport, dport, seq, ack, opts, payload, tos, id) => {
           const e = makeEngine();
           const syn = tcpPacket({ src, dst, sport, dport, flags: F.SYN, seq, ack, tcpOptions: opts, payload, tos, id });
@@ -37,8 +51,20 @@ describe('checksums: incremental update (RFC 1624) vs full recomputation (RFC 10
           const p = parse(out);
           expect(ipChecksumOk(out)).toBe(true);
           expect(l4ChecksumOk(out)).toBe(true);
-          expect(sameModuloChecksumZero(out, withFreshChecksums(withAddrs(syn, p.src, p.sport, GW, LISTEN)))).toBe(true);
-          const reply = tcpPacket({ src: GW, dst: p.src, sport: LISTEN, dport: p.sport, flags: F.ACK | F.PSH, seq: ack, ack: seq, payload, tcpOptions: opts });
+          expect(sameModuloChecksumZero(out, withFreshChecksums(withAddrs(syn, p.src, p.sport, GW, LISTEN)))).toBe(
+            true,
+          );
+          const reply = tcpPacket({
+            src: GW,
+            dst: p.src,
+            sport: LISTEN,
+            dport: p.sport,
+            flags: F.ACK | F.PSH,
+            seq: ack,
+            ack: seq,
+            payload,
+            tcpOptions: opts,
+          });
           const back = one(e, reply, T0 + 1);
           expect(ipChecksumOk(back) && l4ChecksumOk(back)).toBe(true);
           expect(sameModuloChecksumZero(back, withFreshChecksums(withAddrs(reply, dst, dport, src, sport)))).toBe(true);
@@ -50,20 +76,28 @@ describe('checksums: incremental update (RFC 1624) vs full recomputation (RFC 10
 
   it('UDP: same property, and a packet without checksum (0) stays without', () => {
     fc.assert(
-      fc.property(srcIp, dstIp, port, port, bytes(1400), fc.boolean(), (src, dst, sport, dport, payload, noChecksum) => {
-        const e = makeEngine();
-        const q = udpPacket({ src, dst, sport, dport, payload, noChecksum });
-        const out = one(e, q);
-        const p = parse(out);
-        if (noChecksum) expect(p.l4Checksum).toBe(0);
-        else expect(p.l4Checksum).not.toBe(0);
-        expect(ipChecksumOk(out) && l4ChecksumOk(out)).toBe(true);
-        expect(sameModuloChecksumZero(out, withFreshChecksums(withAddrs(q, p.src, p.sport, GW, LISTEN)))).toBe(true);
-        const r = udpPacket({ src: GW, dst: p.src, sport: LISTEN, dport: p.sport, payload, noChecksum });
-        const back = one(e, r, T0 + 1);
-        expect(parse(back).l4Checksum === 0).toBe(noChecksum);
-        expect(sameModuloChecksumZero(back, withFreshChecksums(withAddrs(r, dst, dport, src, sport)))).toBe(true);
-      }),
+      fc.property(
+        srcIp,
+        dstIp,
+        port,
+        port,
+        bytes(1400),
+        fc.boolean(),
+        (src, dst, sport, dport, payload, noChecksum) => {
+          const e = makeEngine();
+          const q = udpPacket({ src, dst, sport, dport, payload, noChecksum });
+          const out = one(e, q);
+          const p = parse(out);
+          if (noChecksum) expect(p.l4Checksum).toBe(0);
+          else expect(p.l4Checksum).not.toBe(0);
+          expect(ipChecksumOk(out) && l4ChecksumOk(out)).toBe(true);
+          expect(sameModuloChecksumZero(out, withFreshChecksums(withAddrs(q, p.src, p.sport, GW, LISTEN)))).toBe(true);
+          const r = udpPacket({ src: GW, dst: p.src, sport: LISTEN, dport: p.sport, payload, noChecksum });
+          const back = one(e, r, T0 + 1);
+          expect(parse(back).l4Checksum === 0).toBe(noChecksum);
+          expect(sameModuloChecksumZero(back, withFreshChecksums(withAddrs(r, dst, dport, src, sport)))).toBe(true);
+        },
+      ),
       { numRuns: 300 },
     );
   });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { native } from '../../../src/native.js';
-import { GW, LISTEN, T0, engineOptions, makeEngine, one } from './fixture.js';
+import { engineOptions, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import { parse, udpPacket } from './packets.js';
 
 describe('ensureFlow (Listener side)', () => {
@@ -8,8 +8,18 @@ describe('ensureFlow (Listener side)', () => {
     const e = makeEngine();
     // The app talked to 198.18.2.2:3478; a reply arrives upstream from 203.0.113.9:3478.
     const f = e.ensureFlow(17, '198.18.0.1', 40000, '203.0.113.9', 3478, T0);
-    expect(f).toMatchObject({ proto: 17, srcIp: '198.18.0.1', srcPort: 40000, dstIp: '203.0.113.9', dstPort: 3478, state: 'udp', createdMs: T0 });
-    const out = parse(one(e, udpPacket({ src: GW, dst: f.natIp, sport: LISTEN, dport: f.natPort, payload: Buffer.from('x') })));
+    expect(f).toMatchObject({
+      proto: 17,
+      srcIp: '198.18.0.1',
+      srcPort: 40000,
+      dstIp: '203.0.113.9',
+      dstPort: 3478,
+      state: 'udp',
+      createdMs: T0,
+    });
+    const out = parse(
+      one(e, udpPacket({ src: GW, dst: f.natIp, sport: LISTEN, dport: f.natPort, payload: Buffer.from('x') })),
+    );
     expect([out.src, out.sport, out.dst, out.dport]).toEqual(['203.0.113.9', 3478, '198.18.0.1', 40000]);
     // Idempotent: the same key gives the same flow.
     expect(e.ensureFlow(17, '198.18.0.1', 40000, '203.0.113.9', 3478, T0 + 1).id).toBe(f.id);
@@ -19,12 +29,16 @@ describe('ensureFlow (Listener side)', () => {
   it('throws ENOSPC naming the fix when the table is full', () => {
     const e = makeEngine({ maxFlows: 1 });
     e.ensureFlow(17, '10.0.0.1', 1, '10.0.0.2', 2, T0);
-    expect(() => e.ensureFlow(17, '10.0.0.1', 3, '10.0.0.2', 2, T0)).toThrow(expect.objectContaining({ code: 'ENOSPC', message: expect.stringMatching(/max-flows/) }));
+    expect(() => e.ensureFlow(17, '10.0.0.1', 3, '10.0.0.2', 2, T0)).toThrow(
+      expect.objectContaining({ code: 'ENOSPC', message: expect.stringMatching(/max-flows/) }),
+    );
   });
 
   it('rejects bad arguments with a typed error', () => {
     const e = makeEngine();
-    expect(() => e.ensureFlow(1 as 6, '10.0.0.1', 1, '10.0.0.2', 2, T0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    expect(() => e.ensureFlow(1 as 6, '10.0.0.1', 1, '10.0.0.2', 2, T0)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG' }),
+    );
     expect(() => e.lookup(6, 'not-an-ip', 1)).toThrow(TypeError);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, T0, TIMEOUTS, makeEngine, one } from './fixture.js';
+import { GW, LISTEN, makeEngine, one, T0, TIMEOUTS } from './fixture.js';
 import { F, parse, tcpPacket, udpPacket } from './packets.js';
 
 const APP = '198.18.0.1';
@@ -59,7 +59,8 @@ describe('expiry by state (fake clock)', () => {
 
   it('expires many flows in last-seen order without touching the live ones', () => {
     const e = makeEngine({ maxFlows: 10_000 });
-    for (let i = 0; i < 5000; i++) one(e, udpPacket({ src: APP, dst: FAKE, sport: 10_000 + i, dport: 443 }), T0 + i * 10);
+    for (let i = 0; i < 5000; i++)
+      one(e, udpPacket({ src: APP, dst: FAKE, sport: 10_000 + i, dport: 443 }), T0 + i * 10);
     e.drainEvents();
     // At T0 + 60 000 + 25 000 flows seen before T0 + 25 000 are gone (2500 of them, give or take the 1 s granularity).
     e.expire(T0 + 60_000 + 25_000);
@@ -67,7 +68,9 @@ describe('expiry by state (fake clock)', () => {
     expect(left).toBeGreaterThanOrEqual(2400);
     expect(left).toBeLessThanOrEqual(2500);
     const closed = e.drainEvents();
-    expect(closed.every((x) => x.type === 'close' && x.reason === 'timeout' && x.flow.lastSeenMs <= T0 + 25_000)).toBe(true);
+    expect(closed.every((x) => x.type === 'close' && x.reason === 'timeout' && x.flow.lastSeenMs <= T0 + 25_000)).toBe(
+      true,
+    );
     for (const f of e.entries()) expect(f.lastSeenMs).toBeGreaterThanOrEqual(T0 + 24_000);
   });
 });

@@ -37,6 +37,7 @@ export function makeEngine(over: Partial<EngineOptions> = {}): NativeEngine {
 /** Run one packet; expect exactly one packet back. */
 export function one(e: NativeEngine, pkt: Buffer, now = T0): Buffer {
   const out = e.processPacket(pkt, now);
-  if (out.length !== 1) throw new Error(`expected one packet out, got ${out.length}; stats ${JSON.stringify(e.stats())}`);
+  if (out.length !== 1)
+    throw new Error(`expected one packet out, got ${out.length}; stats ${JSON.stringify(e.stats())}`);
   return out[0];
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, T0, makeEngine, one } from './fixture.js';
+import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import { F, ICMP, icmpPacket, ipChecksumOk, l4ChecksumOk, parse, tcpPacket, udpPacket } from './packets.js';
 
 const APP = '198.18.0.1';
@@ -12,7 +12,15 @@ describe('ICMP', () => {
     const req = icmpPacket({ src: APP, dst, type: 8, rest: (0x4242 << 16) | 7, payload, ttl: 3, id: 0x5555 });
     const rep = one(e, req);
     const p = parse(rep);
-    expect(p).toMatchObject({ src: dst, dst: APP, proto: ICMP, icmpType: 0, icmpCode: 0, ttl: 64, totalLen: req.length });
+    expect(p).toMatchObject({
+      src: dst,
+      dst: APP,
+      proto: ICMP,
+      icmpType: 0,
+      icmpCode: 0,
+      ttl: 64,
+      totalLen: req.length,
+    });
     expect(rep.readUInt32BE(24)).toBe((0x4242 << 16) | 7); // id + seq echoed
     expect(p.payload.equals(payload)).toBe(true);
     expect(ipChecksumOk(rep)).toBe(true);

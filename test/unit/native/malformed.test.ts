@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, T0, makeEngine } from './fixture.js';
-import { F, ICMP, finish, icmpPacket, ip4, sum16, tcpPacket, udpPacket } from './packets.js';
+import { GW, LISTEN, makeEngine, T0 } from './fixture.js';
+import { F, finish, ICMP, icmpPacket, ip4, sum16, tcpPacket, udpPacket } from './packets.js';
 
 const A = '198.18.0.1';
 const B = '198.18.2.2';
@@ -18,30 +18,153 @@ const cases: Array<[string, string, () => Buffer]> = [
   ['empty buffer', 'dropTruncated', () => Buffer.alloc(0)],
   ['shorter than an IPv4 header', 'dropTruncated', () => syn().subarray(0, 19)],
   ['total length beyond the buffer', 'dropTruncated', () => syn().subarray(0, 30)],
-  ['version 5', 'dropBadVersion', () => { const b = syn(); b[0] = 0x55; return b; }],
-  ['IPv6', 'dropIpv6', () => { const b = Buffer.alloc(40); b[0] = 0x60; return b; }],
-  ['IHL < 5', 'dropBadHeader', () => { const b = syn(); b[0] = 0x44; return b; }],
-  ['total length < IHL', 'dropBadHeader', () => { const b = syn(); b.writeUInt16BE(12, 2); return fixIp(b); }],
-  ['IP options', 'dropIpOptions', () => tcpPacket({ src: A, dst: B, sport: 1, dport: 2, flags: F.SYN, options: Buffer.from([1, 1, 1, 0]) })],
+  [
+    'version 5',
+    'dropBadVersion',
+    () => {
+      const b = syn();
+      b[0] = 0x55;
+      return b;
+    },
+  ],
+  [
+    'IPv6',
+    'dropIpv6',
+    () => {
+      const b = Buffer.alloc(40);
+      b[0] = 0x60;
+      return b;
+    },
+  ],
+  [
+    'IHL < 5',
+    'dropBadHeader',
+    () => {
+      const b = syn();
+      b[0] = 0x44;
+      return b;
+    },
+  ],
+  [
+    'total length < IHL',
+    'dropBadHeader',
+    () => {
+      const b = syn();
+      b.writeUInt16BE(12, 2);
+      return fixIp(b);
+    },
+  ],
+  [
+    'IP options',
+    'dropIpOptions',
+    () => tcpPacket({ src: A, dst: B, sport: 1, dport: 2, flags: F.SYN, options: Buffer.from([1, 1, 1, 0]) }),
+  ],
   ['first fragment (MF)', 'dropFragment', () => udpPacket({ src: A, dst: B, sport: 1, dport: 2, flagsFrag: 0x2000 })],
-  ['later fragment (offset)', 'dropFragment', () => udpPacket({ src: A, dst: B, sport: 1, dport: 2, flagsFrag: 0x0010 })],
-  ['other protocol (GRE)', 'dropProtocol', () => { const b = udp(); b[9] = 47; return fixIp(b); }],
-  ['TCP header cut short', 'dropTruncated', () => { const b = syn().subarray(0, 30); b.writeUInt16BE(30, 2); return fixIp(Buffer.from(b)); }],
-  ['TCP data offset < 5', 'dropBadHeader', () => { const b = syn(); b[32] = 0x40; return b; }],
-  ['TCP data offset past the end', 'dropTruncated', () => { const b = syn(); b[32] = 0xf0; return b; }],
-  ['UDP length past the end', 'dropTruncated', () => { const b = udp(); b.writeUInt16BE(200, 24); return b; }],
-  ['UDP length < 8', 'dropBadHeader', () => { const b = udp(); b.writeUInt16BE(4, 24); return b; }],
-  ['ICMP shorter than 8', 'dropTruncated', () => { const b = icmpPacket({ src: A, dst: B, type: 8 }).subarray(0, 24); b.writeUInt16BE(24, 2); return fixIp(Buffer.from(b)); }],
-  ['TCP to the gateway itself', 'dropToGateway', () => tcpPacket({ src: '10.1.1.1', dst: GW, sport: 5, dport: 22, flags: F.SYN })],
-  ['UDP to the range broadcast', 'dropBadAddress', () => udpPacket({ src: A, dst: '198.18.255.255', sport: 5, dport: 9 })],
+  [
+    'later fragment (offset)',
+    'dropFragment',
+    () => udpPacket({ src: A, dst: B, sport: 1, dport: 2, flagsFrag: 0x0010 }),
+  ],
+  [
+    'other protocol (GRE)',
+    'dropProtocol',
+    () => {
+      const b = udp();
+      b[9] = 47;
+      return fixIp(b);
+    },
+  ],
+  [
+    'TCP header cut short',
+    'dropTruncated',
+    () => {
+      const b = syn().subarray(0, 30);
+      b.writeUInt16BE(30, 2);
+      return fixIp(Buffer.from(b));
+    },
+  ],
+  [
+    'TCP data offset < 5',
+    'dropBadHeader',
+    () => {
+      const b = syn();
+      b[32] = 0x40;
+      return b;
+    },
+  ],
+  [
+    'TCP data offset past the end',
+    'dropTruncated',
+    () => {
+      const b = syn();
+      b[32] = 0xf0;
+      return b;
+    },
+  ],
+  [
+    'UDP length past the end',
+    'dropTruncated',
+    () => {
+      const b = udp();
+      b.writeUInt16BE(200, 24);
+      return b;
+    },
+  ],
+  [
+    'UDP length < 8',
+    'dropBadHeader',
+    () => {
+      const b = udp();
+      b.writeUInt16BE(4, 24);
+      return b;
+    },
+  ],
+  [
+    'ICMP shorter than 8',
+    'dropTruncated',
+    () => {
+      const b = icmpPacket({ src: A, dst: B, type: 8 }).subarray(0, 24);
+      b.writeUInt16BE(24, 2);
+      return fixIp(Buffer.from(b));
+    },
+  ],
+  [
+    'TCP to the gateway itself',
+    'dropToGateway',
+    () => tcpPacket({ src: '10.1.1.1', dst: GW, sport: 5, dport: 22, flags: F.SYN }),
+  ],
+  [
+    'UDP to the range broadcast',
+    'dropBadAddress',
+    () => udpPacket({ src: A, dst: '198.18.255.255', sport: 5, dport: 9 }),
+  ],
   ['UDP to the network address', 'dropBadAddress', () => udpPacket({ src: A, dst: '198.18.0.0', sport: 5, dport: 9 })],
   ['UDP to multicast', 'dropBadAddress', () => udpPacket({ src: A, dst: '224.0.0.251', sport: 5353, dport: 5353 })],
-  ['Listener reply to an unknown NAT pair', 'dropReverseNoFlow', () => udpPacket({ src: GW, dst: '198.18.9.9', sport: LISTEN, dport: 4000 })],
+  [
+    'Listener reply to an unknown NAT pair',
+    'dropReverseNoFlow',
+    () => udpPacket({ src: GW, dst: '198.18.9.9', sport: LISTEN, dport: 4000 }),
+  ],
   ['TCP RST without a flow', 'dropTcpNoFlow', () => tcpPacket({ src: A, dst: B, sport: 1, dport: 2, flags: F.RST })],
   ['ICMP timestamp request', 'dropIcmpUnsupported', () => icmpPacket({ src: A, dst: B, type: 13 })],
   ['ICMP echo outside the range', 'dropIcmpUnsupported', () => icmpPacket({ src: A, dst: '1.1.1.1', type: 8 })],
-  ['ICMP error about an unknown flow', 'dropIcmpNoFlow', () => icmpPacket({ src: GW, dst: '198.18.3.3', type: 3, code: 3, payload: udpPacket({ src: '198.18.3.3', dst: GW, sport: 2000, dport: LISTEN }).subarray(0, 28) })],
-  ['ICMP error quoting too little', 'dropTruncated', () => icmpPacket({ src: GW, dst: '198.18.3.3', type: 3, code: 3, payload: Buffer.alloc(20, 0x45) })],
+  [
+    'ICMP error about an unknown flow',
+    'dropIcmpNoFlow',
+    () =>
+      icmpPacket({
+        src: GW,
+        dst: '198.18.3.3',
+        type: 3,
+        code: 3,
+        payload: udpPacket({ src: '198.18.3.3', dst: GW, sport: 2000, dport: LISTEN }).subarray(0, 28),
+      }),
+  ],
+  [
+    'ICMP error quoting too little',
+    'dropTruncated',
+    () => icmpPacket({ src: GW, dst: '198.18.3.3', type: 3, code: 3, payload: Buffer.alloc(20, 0x45) }),
+  ],
 ];
 
 describe('malformed and unhandled packets are dropped with the right counter', () => {

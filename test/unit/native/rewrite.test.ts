@@ -1,6 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { DNS, GW, LISTEN, T0, makeEngine, one } from './fixture.js';
-import { F, UDP, TCP, ipChecksumOk, l4ChecksumOk, parse, tcpPacket, udpPacket, withAddrs, withFreshChecksums } from './packets.js';
+import { DNS, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import {
+  F,
+  ipChecksumOk,
+  l4ChecksumOk,
+  parse,
+  TCP,
+  tcpPacket,
+  UDP,
+  udpPacket,
+  withAddrs,
+  withFreshChecksums,
+} from './packets.js';
 
 const APP = '198.18.0.1';
 const FAKE = '198.18.2.2';
@@ -25,7 +36,15 @@ describe('engine rewrite', () => {
     expect(flow?.natPort).toBe(fwd.sport);
 
     // The Listener's SYN-ACK comes back as if from the fake destination.
-    const synack = tcpPacket({ src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport, flags: F.SYN | F.ACK, seq: 999, ack: 112 });
+    const synack = tcpPacket({
+      src: GW,
+      dst: fwd.src,
+      sport: LISTEN,
+      dport: fwd.sport,
+      flags: F.SYN | F.ACK,
+      seq: 999,
+      ack: 112,
+    });
     const back = one(e, synack);
     const expected = withFreshChecksums(withAddrs(synack, FAKE, 80, APP, 34567));
     expect(back.equals(expected)).toBe(true);
@@ -51,7 +70,14 @@ describe('engine rewrite', () => {
     const back = one(e, reply, T0 + 5);
     expect(back.equals(withFreshChecksums(withAddrs(reply, FAKE, 443, '10.0.0.5', 5000)))).toBe(true);
     const f = e.lookup(17, fwd.src, fwd.sport);
-    expect(f).toMatchObject({ state: 'udp', pktsOut: 1, pktsIn: 1, bytesOut: q.length, bytesIn: reply.length, lastSeenMs: T0 + 5 });
+    expect(f).toMatchObject({
+      state: 'udp',
+      pktsOut: 1,
+      pktsIn: 1,
+      bytesOut: q.length,
+      bytesIn: reply.length,
+      lastSeenMs: T0 + 5,
+    });
   });
 
   it.each([

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { T0, makeEngine, one } from './fixture.js';
-import { F, ICMP, TCP, ipChecksumOk, l4ChecksumOk, parse, tcpPacket, udpPacket } from './packets.js';
+import { makeEngine, one, T0 } from './fixture.js';
+import { F, ICMP, ipChecksumOk, l4ChecksumOk, parse, TCP, tcpPacket, udpPacket } from './packets.js';
 
 const APP = '198.18.0.1';
 const FAKE = '198.18.2.2';
@@ -10,10 +10,28 @@ describe('full table', () => {
     const e = makeEngine({ maxFlows: 2 });
     const a = parse(one(e, tcpPacket({ src: APP, dst: FAKE, sport: 1, dport: 80, flags: F.SYN })));
     one(e, udpPacket({ src: APP, dst: FAKE, sport: 2, dport: 80 }));
-    const syn = tcpPacket({ src: APP, dst: FAKE, sport: 3, dport: 80, flags: F.SYN, seq: 5000, payload: Buffer.from('xy') });
+    const syn = tcpPacket({
+      src: APP,
+      dst: FAKE,
+      sport: 3,
+      dport: 80,
+      flags: F.SYN,
+      seq: 5000,
+      payload: Buffer.from('xy'),
+    });
     const rst = one(e, syn);
     const p = parse(rst);
-    expect(p).toMatchObject({ src: FAKE, dst: APP, sport: 80, dport: 3, proto: TCP, flags: F.RST | F.ACK, seq: 0, ack: 5003, totalLen: 40 });
+    expect(p).toMatchObject({
+      src: FAKE,
+      dst: APP,
+      sport: 80,
+      dport: 3,
+      proto: TCP,
+      flags: F.RST | F.ACK,
+      seq: 0,
+      ack: 5003,
+      totalLen: 40,
+    });
     expect(ipChecksumOk(rst) && l4ChecksumOk(rst)).toBe(true);
     expect(e.stats()).toMatchObject({ flowsRefused: 1, rstSent: 1, flowsActive: 2 });
     // The existing flow still forwards.

@@ -26,7 +26,10 @@ beforeAll(async () => {
     const answer = dnsPacket.encode({
       id: q.id,
       type: 'response',
-      flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (question.name === 'origin.fakeproxy.test' ? 0 : 3),
+      flags:
+        dnsPacket.RECURSION_DESIRED |
+        dnsPacket.RECURSION_AVAILABLE |
+        (question.name === 'origin.fakeproxy.test' ? 0 : 3),
       questions: [question],
       answers: known ? [{ type: 'A', name: question.name, ttl: 60, data: LO }] : [],
     });

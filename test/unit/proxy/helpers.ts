@@ -104,7 +104,9 @@ export async function startTinyproxy(extra: string[] = []): Promise<Daemon> {
       '',
     ].join('\n'),
   );
-  return spawnDaemon('/usr/bin/tinyproxy', ['-d', '-c', conf], port, () => rmSync(dir, { recursive: true, force: true }));
+  return spawnDaemon('/usr/bin/tinyproxy', ['-d', '-c', conf], port, () =>
+    rmSync(dir, { recursive: true, force: true }),
+  );
 }
 
 /** TCP server answering each connection with `greet` then echoing; `received` collects what arrived. */
@@ -117,7 +119,15 @@ export async function echoOrigin(greet?: string) {
     s.pipe(s);
   });
   const port = await listen(server);
-  return { server, port, conns, close: () => { for (const c of conns) c.destroy(); return closeServer(server); } };
+  return {
+    server,
+    port,
+    conns,
+    close: () => {
+      for (const c of conns) c.destroy();
+      return closeServer(server);
+    },
+  };
 }
 
 export function readAll(s: net.Socket): Promise<Buffer> {

@@ -19,7 +19,11 @@ describe('HTTP CONNECT codecs round-trip', () => {
     ['v6 literal', connectRequest, { host: '2001:db8::1', port: 80 }],
     ['basic auth', connectRequest, { host: 'a.b', port: 1, auth: { username: 'usér', password: 'pä:ss' } }],
     ['200', responseHead, { version: '1.1', status: 200, reason: 'Connection established', headers: {} }],
-    ['407', responseHead, { version: '1.0', status: 407, reason: 'Proxy Auth', headers: { 'proxy-authenticate': 'Basic realm="x"' } }],
+    [
+      '407',
+      responseHead,
+      { version: '1.0', status: 407, reason: 'Proxy Auth', headers: { 'proxy-authenticate': 'Basic realm="x"' } },
+    ],
   ] as const)('%s', (_n, codec, value) => {
     roundTrip(codec as Codec<typeof value>, value);
   });
@@ -29,7 +33,9 @@ describe('HTTP CONNECT codecs round-trip', () => {
     expect(text).toBe('CONNECT [::1]:8080 HTTP/1.1\r\nHost: [::1]:8080\r\nProxy-Authorization: Basic dTpw\r\n\r\n');
   });
   it('refuses a user-id with a colon (RFC 7617 §2: the first colon splits user and password)', () => {
-    expect(() => connectRequest.encode({ host: 'a', port: 1, auth: { username: 'a:b', password: 'c' } })).toThrow(RangeError);
+    expect(() => connectRequest.encode({ host: 'a', port: 1, auth: { username: 'a:b', password: 'c' } })).toThrow(
+      RangeError,
+    );
   });
   it('refuses a host that would inject a header', () => {
     expect(() => connectRequest.encode({ host: 'a\r\nX: y', port: 1 })).toThrow(RangeError);

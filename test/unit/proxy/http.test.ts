@@ -114,7 +114,9 @@ describe('HttpOutbound wire handling (scripted proxy)', () => {
     try {
       const out = new HttpOutbound({ host: LO, port: p.port, auth: { username: 'u', password: 'p' } });
       await echo(await out.connect({ host: 'origin.test', port: 443 }), 'x');
-      expect(p.heads[0]).toBe('CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\nProxy-Authorization: Basic dTpw\r\n\r\n');
+      expect(p.heads[0]).toBe(
+        'CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\nProxy-Authorization: Basic dTpw\r\n\r\n',
+      );
     } finally {
       await p.close();
     }

@@ -8,12 +8,22 @@ import { once } from 'node:events';
 import * as net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
-import { TcpListener, type SessionEvent } from '../../../src/proxy/listener.js';
+import { type SessionEvent, TcpListener } from '../../../src/proxy/listener.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { RejectOutbound } from '../../../src/proxy/outbounds/reject.js';
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
 import { Router } from '../../../src/proxy/router.js';
-import { closeServer, type Daemon, echoOrigin, freePort, LO, listen, socketError, startMicrosocks, until } from './helpers.js';
+import {
+  closeServer,
+  type Daemon,
+  echoOrigin,
+  freePort,
+  LO,
+  listen,
+  socketError,
+  startMicrosocks,
+  until,
+} from './helpers.js';
 
 const FAKE = '198.18.2.2';
 
@@ -66,7 +76,10 @@ afterAll(async () => {
   await Promise.all([socks?.stop(), origin?.close()]);
 });
 
-async function setup(final = new Socks5Outbound({ host: LO, port: socks.port }) as ConstructorParameters<typeof Router>[0]['final'], extra: Partial<ConstructorParameters<typeof TcpListener>[0]> = {}) {
+async function setup(
+  final = new Socks5Outbound({ host: LO, port: socks.port }) as ConstructorParameters<typeof Router>[0]['final'],
+  extra: Partial<ConstructorParameters<typeof TcpListener>[0]> = {},
+) {
   const nat = new FakeNat();
   const log: string[] = [];
   const sessions: SessionEvent[] = [];
@@ -114,7 +127,13 @@ describe('TcpListener', () => {
     s.destroy();
     await until(() => sessions.length === 2);
     const [open, close] = sessions as [SessionEvent, SessionEvent];
-    expect(open).toMatchObject({ phase: 'open', name: 'localhost', ip: FAKE, port: origin.port, outbound: `socks5://${LO}:${socks.port}` });
+    expect(open).toMatchObject({
+      phase: 'open',
+      name: 'localhost',
+      ip: FAKE,
+      port: origin.port,
+      outbound: `socks5://${LO}:${socks.port}`,
+    });
     expect(close).toMatchObject({ phase: 'close', flowId: open.flowId, name: 'localhost', bytesUp: 5, bytesDown: 5 });
     expect(l.stats()).toMatchObject({ accepted: 1, rejectedPeers: 0, active: 0, bytesUp: 5, bytesDown: 5 });
   });
@@ -223,7 +242,10 @@ describe('TcpListener', () => {
       port: 0,
       nat,
       names,
-      router: new Router({ final: new DirectOutbound(), rules: [{ domain: 'localhost', outbound: new RejectOutbound() }] }),
+      router: new Router({
+        final: new DirectOutbound(),
+        rules: [{ domain: 'localhost', outbound: new RejectOutbound() }],
+      }),
       logger: (line) => log.push(line),
     });
     await l.start();
@@ -261,8 +283,18 @@ describe('TcpListener', () => {
     const blocker = net.createServer();
     const port = await listen(blocker);
     try {
-      const l = new TcpListener({ host: LO, port, nat: new FakeNat(), names, router: new Router({ final: new DirectOutbound() }), logger: () => {} });
-      await expect(l.start()).rejects.toMatchObject({ code: 'EADDRINUSE', message: expect.stringMatching(/--listen-port/) });
+      const l = new TcpListener({
+        host: LO,
+        port,
+        nat: new FakeNat(),
+        names,
+        router: new Router({ final: new DirectOutbound() }),
+        logger: () => {},
+      });
+      await expect(l.start()).rejects.toMatchObject({
+        code: 'EADDRINUSE',
+        message: expect.stringMatching(/--listen-port/),
+      });
     } finally {
       await closeServer(blocker);
     }

@@ -100,7 +100,12 @@ describe('Socks5Outbound via microsocks', () => {
   });
 
   it.each([
-    ['wrong password', { username: 'alice', password: 'nope' }, 'ESOCKS5_AUTH_FAILED', /rejected user "alice".*check user:pass/],
+    [
+      'wrong password',
+      { username: 'alice', password: 'nope' },
+      'ESOCKS5_AUTH_FAILED',
+      /rejected user "alice".*check user:pass/,
+    ],
     ['no credentials for an auth-only proxy', undefined, 'ESOCKS5_NO_METHOD', /requires authentication: put user:pass/],
   ])('%s → %s', async (_n, auth, code, msg) => {
     const out = new Socks5Outbound({ host: LO, port: authed.port, auth });

@@ -145,7 +145,10 @@ describe('Socks5 UDP ASSOCIATE (fake relay)', () => {
   it('malformed replies and foreign sources are dropped and counted (one log line per reason); valid ones still arrive', async () => {
     const fs = await fakeSocks();
     const log: string[] = [];
-    const a = await new Socks5Outbound({ host: LO, port: fs.port }).udpAssociate({ maxPayloadBytes: 100, logger: (l) => log.push(l) });
+    const a = await new Socks5Outbound({ host: LO, port: fs.port }).udpAssociate({
+      maxPayloadBytes: 100,
+      logger: (l) => log.push(l),
+    });
     cleanups.push(() => a.close());
     const msgs = collect(a);
     a.send({ host: LO, port: 9 }, Buffer.from('x'));
@@ -158,7 +161,13 @@ describe('Socks5 UDP ASSOCIATE (fake relay)', () => {
     fs.sendRaw(reply(LO, 9, 'good'));
     await until(() => msgs.length === 1 && a.stats().dropped['foreign-source'] === 1);
     expect(msgs).toEqual([{ src: { host: LO, port: 9 }, data: 'good' }]);
-    expect(a.stats().dropped).toMatchObject({ truncated: 4, fragment: 1, 'bad-atyp': 1, oversized: 1, 'foreign-source': 1 });
+    expect(a.stats().dropped).toMatchObject({
+      truncated: 4,
+      fragment: 1,
+      'bad-atyp': 1,
+      oversized: 1,
+      'foreign-source': 1,
+    });
     expect(log).toHaveLength(5);
   });
 
@@ -310,15 +319,18 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
     return { fs, l, got, log, sessions, again: (b: string) => app.send(b, l.address().port, LO) };
   }
 
-  it.each(BAD)('%s → dropped, counted in the listener stats, the next good reply is delivered', async (_n, bad, reason) => {
-    const { fs, l, got } = await setup();
-    fs.sendRaw(bad);
-    // The relay reports the IP it heard from: learned as echo.test:9000's answer.
-    fs.sendRaw(reply('10.0.0.7', 9000, 'good'));
-    await until(() => got.length === 1);
-    expect(got).toEqual(['good']);
-    expect(l.stats().dropped[reason]).toBe(1);
-  });
+  it.each(BAD)(
+    '%s → dropped, counted in the listener stats, the next good reply is delivered',
+    async (_n, bad, reason) => {
+      const { fs, l, got } = await setup();
+      fs.sendRaw(bad);
+      // The relay reports the IP it heard from: learned as echo.test:9000's answer.
+      fs.sendRaw(reply('10.0.0.7', 9000, 'good'));
+      await until(() => got.length === 1);
+      expect(got).toEqual(['good']);
+      expect(l.stats().dropped[reason]).toBe(1);
+    },
+  );
 
   it('the proxy dropping the control connection closes the association (session event), the next datagram opens a new one', async () => {
     const { fs, l, sessions, again } = await setup();

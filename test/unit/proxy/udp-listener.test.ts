@@ -287,7 +287,15 @@ describe('UdpListener via direct', () => {
     const st = l.stats();
     expect(st).toMatchObject({ datagramsUp: 1000, datagramsDown: 1000, associations: 1, opened: 1, rejectedPeers: 0 });
     expect(Object.values(st.dropped).reduce((a, b) => a + b, 0)).toBe(0);
-    expect(sessions[0]).toMatchObject({ phase: 'open', proto: 'udp', name: 'localhost', ip: FAKE1, port: echo.port, outbound: 'direct', app: '198.18.0.1:40001' });
+    expect(sessions[0]).toMatchObject({
+      phase: 'open',
+      proto: 'udp',
+      name: 'localhost',
+      ip: FAKE1,
+      port: echo.port,
+      outbound: 'direct',
+      app: '198.18.0.1:40001',
+    });
   });
 
   it('one association per app socket: two destinations share one upstream port, replies reach each flow', async () => {
@@ -444,7 +452,10 @@ describe('UdpListener: idle, bounds, outbounds that cannot carry UDP', () => {
   });
 
   it('DNS-only associations (port 53) expire on the shorter timeout; others stay', async () => {
-    const { l, flow, sessions } = await setup(new DirectOutbound({ resolve }), { idleTimeoutMs: 600_000, dnsIdleTimeoutMs: 100 });
+    const { l, flow, sessions } = await setup(new DirectOutbound({ resolve }), {
+      idleTimeoutMs: 600_000,
+      dnsIdleTimeoutMs: 100,
+    });
     const other = await flow(APP_A, { ip: FAKE1, port: echo.port });
     const dns = await flow(APP_B, { ip: FAKE_DNS, port: 53 });
     other.send('keep');
@@ -479,7 +490,9 @@ describe('UdpListener: idle, bounds, outbounds that cannot carry UDP', () => {
     for (let i = 0; i < 3; i++) f2.send(`b${i}`);
     await until(() => l.stats().dropped['no-udp'] === 8);
     expect(log.filter((x) => x.includes('cannot carry UDP'))).toHaveLength(2);
-    expect(log[0]).toMatch(/udp localhost:\d+ via http:\/\/127\.0\.0\.1:9: dropped: the http outbound cannot carry UDP/);
+    expect(log[0]).toMatch(
+      /udp localhost:\d+ via http:\/\/127\.0\.0\.1:9: dropped: the http outbound cannot carry UDP/,
+    );
     expect(echo.count()).toBe(before);
   });
 

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeproxyError } from '../../../src/errors.js';
-import { dnsLookup, dnsLs, natLs, natWatch } from '../../../src/inspect/index.js';
 import { humanAge, humanBytes } from '../../../src/inspect/format.js';
+import { dnsLookup, dnsLs, natLs, natWatch } from '../../../src/inspect/index.js';
 import { RedisMirror } from '../../../src/nat/redisMirror.js';
 import { FakeDnsSource, FakeNat } from './fakeSources.js';
 import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
@@ -29,12 +29,33 @@ beforeAll(async () => {
   mirror.attachNat(nat);
   mirror.attachDns(dns);
   mirror.start();
-  const a = nat.open({ createdMs: T0, lastSeenMs: T0 + 1000, bytesOut: 1234, bytesIn: 1_258_291, natPort: 40001, srcPort: 34567 });
-  const b = nat.open({ proto: 'udp', state: 'udp', dstIp: '198.18.2.3', dstPort: 443, createdMs: T0 + 1, lastSeenMs: T0 + 2, bytesOut: 10, bytesIn: 0, natPort: 40002, srcPort: 5353 });
+  const a = nat.open({
+    createdMs: T0,
+    lastSeenMs: T0 + 1000,
+    bytesOut: 1234,
+    bytesIn: 1_258_291,
+    natPort: 40001,
+    srcPort: 34567,
+  });
+  const b = nat.open({
+    proto: 'udp',
+    state: 'udp',
+    dstIp: '198.18.2.3',
+    dstPort: 443,
+    createdMs: T0 + 1,
+    lastSeenMs: T0 + 2,
+    bytesOut: 10,
+    bytesIn: 0,
+    natPort: 40002,
+    srcPort: 5353,
+  });
   mirror.annotate(a.id, { outbound: 'socks5' });
   mirror.annotate(b.id, { outbound: 'direct' });
   await eventually(async () => (await redis.cliLines('ZCARD', 'fakeproxy:gw1:flows'))[0] === '2', 'two flows mirrored');
-  await eventually(async () => (await redis.cliLines('HGET', `fakeproxy:gw1:flow:tcp:${a.id}`, 'outbound'))[0] === 'socks5', 'annotation');
+  await eventually(
+    async () => (await redis.cliLines('HGET', `fakeproxy:gw1:flow:tcp:${a.id}`, 'outbound'))[0] === 'socks5',
+    'annotation',
+  );
   // A second node, written by hand the way the mirror writes.
   await redis.cli('HSET', 'fakeproxy:gw2:dns:name', 'other.example', '198.18.0.5');
   await redis.cli('HSET', 'fakeproxy:gw2:dns:ip', '198.18.0.5', 'other.example');
@@ -115,7 +136,13 @@ describe('dns ls / lookup', () => {
     const out = new Buf();
     await dnsLs({ redis: redis.url, json: false, out });
     expect(out.text).toBe(
-      ['NODE  NAME           IP', 'gw1   example.com    198.18.2.2', 'gw1   video.example  198.18.2.3', 'gw2   other.example  198.18.0.5', ''].join('\n'),
+      [
+        'NODE  NAME           IP',
+        'gw1   example.com    198.18.2.2',
+        'gw1   video.example  198.18.2.3',
+        'gw2   other.example  198.18.0.5',
+        '',
+      ].join('\n'),
     );
     const json = new Buf();
     await dnsLs({ redis: redis.url, node: 'gw1', json: true, out: json });
@@ -130,7 +157,10 @@ describe('dns ls / lookup', () => {
   it('looks up a name or an address; no match is ENOTFOUND', async () => {
     const out = new Buf();
     await dnsLookup({ redis: redis.url, node: 'gw1', query: 'Example.com.', json: true, out });
-    expect(JSON.parse(out.text)).toEqual({ query: 'example.com', results: [{ node: 'gw1', name: 'example.com', ip: '198.18.2.2' }] });
+    expect(JSON.parse(out.text)).toEqual({
+      query: 'example.com',
+      results: [{ node: 'gw1', name: 'example.com', ip: '198.18.2.2' }],
+    });
     const byIp = new Buf();
     await dnsLookup({ redis: redis.url, query: '198.18.0.5', json: false, out: byIp });
     expect(byIp.text).toBe('NODE  NAME           IP\ngw2   other.example  198.18.0.5\n');
@@ -165,7 +195,11 @@ describe('nat watch', () => {
         ['open', undefined],
         ['close', 'rst'],
       ]);
-      expect(human.text).toMatch(new RegExp(`gw1 {2}open {3}tcp {2}198\\.18\\.0\\.1:\\d+ → example\\.com:8080 {2}nat 198\\.18\\.7\\.9:${f.natPort}`));
+      expect(human.text).toMatch(
+        new RegExp(
+          `gw1 {2}open {3}tcp {2}198\\.18\\.0\\.1:\\d+ → example\\.com:8080 {2}nat 198\\.18\\.7\\.9:${f.natPort}`,
+        ),
+      );
       expect(human.text).toMatch(/close {2}tcp .* rst {2}up 60 B {2}down 0 B {2}after 0s/);
     } finally {
       ac.abort();
@@ -179,7 +213,10 @@ describe('connection failures are one-line FakeproxyErrors', () => {
     ['wrong password', () => `redis://:nope@127.0.0.1:${redis.port}`, 'EREDISAUTH', /rejected the credentials/],
     ['missing password', () => `redis://127.0.0.1:${redis.port}`, 'EREDISAUTH', /requires a password/],
   ])('%s', async (_what, url, code, pattern) => {
-    const err = await natLs({ redis: url(), json: false, out: new Buf() }).then(() => undefined, (e: unknown) => e);
+    const err = await natLs({ redis: url(), json: false, out: new Buf() }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(FakeproxyError);
     expect(err).toMatchObject({ code });
     expect((err as Error).message).toMatch(pattern);
@@ -191,7 +228,13 @@ describe('connection failures are one-line FakeproxyErrors', () => {
     const port = await freePort();
     for (const run of [
       () => dnsLs({ redis: `redis://127.0.0.1:${port}`, json: false, out: new Buf() }),
-      () => natWatch({ redis: `redis://127.0.0.1:${port}`, json: false, out: new Buf(), signal: new AbortController().signal }),
+      () =>
+        natWatch({
+          redis: `redis://127.0.0.1:${port}`,
+          json: false,
+          out: new Buf(),
+          signal: new AbortController().signal,
+        }),
     ]) {
       await expect(run()).rejects.toMatchObject({
         code: 'EREDISUNREACHABLE',

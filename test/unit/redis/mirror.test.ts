@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../../../src/errors.js';
-import { RedisMirror, type FlowEventMessage } from '../../../src/nat/redisMirror.js';
 import type { RedisFactory } from '../../../src/inspect/redisConn.js';
+import { type FlowEventMessage, RedisMirror } from '../../../src/nat/redisMirror.js';
 import { FakeDnsSource, FakeNat } from './fakeSources.js';
 import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
 
@@ -28,7 +28,8 @@ function mirror(opts: Partial<ConstructorParameters<typeof RedisMirror>[0]> & { 
   return m;
 }
 
-const flowKeys = async (node: string) => (await redis.cliLines('--scan', '--pattern', `fakeproxy:${node}:flow:*`)).sort();
+const flowKeys = async (node: string) =>
+  (await redis.cliLines('--scan', '--pattern', `fakeproxy:${node}:flow:*`)).sort();
 
 describe('RedisMirror', () => {
   it('writes one hash per live flow with an index, a TTL and the name, and removes it on close', async () => {
@@ -110,7 +111,9 @@ describe('RedisMirror', () => {
     }
     expect(await reader.hget(key, 'bytesOut')).toBe(String(60 + 3000));
     expect(await reader.hget(key, 'state')).toBe('established');
-    expect(Number(await reader.zscore('fakeproxy:gw-bytes:flows', `tcp:${f.id}`))).toBe(nat.table.get(f.id)?.lastSeenMs);
+    expect(Number(await reader.zscore('fakeproxy:gw-bytes:flows', `tcp:${f.id}`))).toBe(
+      nat.table.get(f.id)?.lastSeenMs,
+    );
   });
 
   it('publishes open and close events as JSON on fakeproxy:<node>:events', async () => {
@@ -130,8 +133,15 @@ describe('RedisMirror', () => {
       nat.close(f.id, 'timeout');
       await eventually(() => got.length >= 2, 'two events');
       expect(got.map((e) => e.type)).toEqual(['open', 'close']);
-      expect(got[0]).toMatchObject({ v: 1, node: 'gw-events', flow: { id: f.id, proto: 'udp', name: 'dns.example', outbound: 'direct' } });
-      expect(got[1]).toMatchObject({ reason: 'timeout', flow: { id: f.id, state: 'closed', bytesIn: 200, bytesOut: 160 } });
+      expect(got[0]).toMatchObject({
+        v: 1,
+        node: 'gw-events',
+        flow: { id: f.id, proto: 'udp', name: 'dns.example', outbound: 'direct' },
+      });
+      expect(got[1]).toMatchObject({
+        reason: 'timeout',
+        flow: { id: f.id, state: 'closed', bytesIn: 200, bytesOut: 160 },
+      });
       // Opened and closed within one batch: both events, and no hash is left behind.
       expect(await flowKeys('gw-events')).toEqual([]);
     } finally {
@@ -150,7 +160,9 @@ describe('RedisMirror', () => {
     dns.unmap('a.example');
     dns.mapName('c.example', '198.18.0.3'); // recycled: b loses .3
     await eventually(
-      async () => JSON.stringify(await reader.hgetall('fakeproxy:gw-dns:dns:name')) === JSON.stringify({ 'c.example': '198.18.0.3' }),
+      async () =>
+        JSON.stringify(await reader.hgetall('fakeproxy:gw-dns:dns:name')) ===
+        JSON.stringify({ 'c.example': '198.18.0.3' }),
       'name map = {c → .3}',
     );
     expect(await reader.hgetall('fakeproxy:gw-dns:dns:ip')).toEqual({ '198.18.0.3': 'c.example' });
@@ -167,7 +179,8 @@ describe('RedisMirror', () => {
     m.attachDns(new FakeDnsSource());
     m.start();
     await eventually(
-      async () => JSON.stringify(await flowKeys('gw-stale')) === JSON.stringify([`fakeproxy:gw-stale:flow:tcp:${live.id}`]),
+      async () =>
+        JSON.stringify(await flowKeys('gw-stale')) === JSON.stringify([`fakeproxy:gw-stale:flow:tcp:${live.id}`]),
       'only the live flow',
     );
     expect(await reader.zrange('fakeproxy:gw-stale:flows', 0, -1)).toEqual([`tcp:${live.id}`]);
@@ -213,7 +226,10 @@ describe('RedisMirror without Redis', () => {
 
     const late = await TestRedis.start({ port });
     try {
-      await eventually(async () => (await late.cliLines('--scan', '--pattern', 'fakeproxy:gw-late:flow:*')).length === 5, '5 flows after connecting');
+      await eventually(
+        async () => (await late.cliLines('--scan', '--pattern', 'fakeproxy:gw-late:flow:*')).length === 5,
+        '5 flows after connecting',
+      );
       expect(m.stats().connected).toBe(true);
     } finally {
       await m.close();
@@ -258,7 +274,14 @@ describe('RedisMirror across a Redis outage', () => {
     };
     const nat = new FakeNat();
     const dns = new FakeDnsSource();
-    const m = new RedisMirror({ url: r.url, nodeId: 'gw-outage', logger: captureLog(), redisFactory: factory, refreshMs: 200, maxBackoffMs: 200 });
+    const m = new RedisMirror({
+      url: r.url,
+      nodeId: 'gw-outage',
+      logger: captureLog(),
+      redisFactory: factory,
+      refreshMs: 200,
+      maxBackoffMs: 200,
+    });
     mirrors.push(m);
     try {
       m.attachNat(nat);
@@ -266,7 +289,10 @@ describe('RedisMirror across a Redis outage', () => {
       m.start();
       dns.mapName('before.example', '198.18.0.2');
       const before = Array.from({ length: 10 }, () => nat.open());
-      await eventually(async () => (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).length === 10, '10 flows');
+      await eventually(
+        async () => (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).length === 10,
+        '10 flows',
+      );
 
       // Persist, then kill: the restarted server comes back with what was there (incl. soon-stale rows).
       await r.cli('SAVE');
@@ -291,13 +317,18 @@ describe('RedisMirror across a Redis outage', () => {
       expect(m.stats().flows).toBe(5 + during.length); // the view is the live table, nothing more
 
       await r.start();
-      const expected = [...before.slice(5).map((f) => f.id), ...during].map((id) => `fakeproxy:gw-outage:flow:tcp:${id}`).sort();
+      const expected = [...before.slice(5).map((f) => f.id), ...during]
+        .map((id) => `fakeproxy:gw-outage:flow:tcp:${id}`)
+        .sort();
       await eventually(async () => {
         const keys = (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).sort();
         return JSON.stringify(keys) === JSON.stringify(expected);
       }, 'exactly the live flows after the restart');
       expect(Number(await r.cli('ZCARD', 'fakeproxy:gw-outage:flows'))).toBe(expected.length);
-      expect((await r.cli('HGETALL', 'fakeproxy:gw-outage:dns:name')).trim().split('\n')).toEqual(['during.example', '198.18.0.3']);
+      expect((await r.cli('HGETALL', 'fakeproxy:gw-outage:dns:name')).trim().split('\n')).toEqual([
+        'during.example',
+        '198.18.0.3',
+      ]);
       expect(m.stats().resyncs).toBeGreaterThanOrEqual(2);
     } finally {
       await m.close();

@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { FakeproxyError } from '../../../src/errors.js';
 import { parsePoolCidr, RedisSharedPool } from '../../../src/dns/redisPool.js';
+import { FakeproxyError } from '../../../src/errors.js';
 import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
 
 let redis: TestRedis;
@@ -18,7 +18,12 @@ afterAll(async () => {
   await redis.destroy();
 });
 
-async function pool(cidr: string, gateway: string, url = redis.url, extra: Partial<ConstructorParameters<typeof RedisSharedPool>[0]> = {}) {
+async function pool(
+  cidr: string,
+  gateway: string,
+  url = redis.url,
+  extra: Partial<ConstructorParameters<typeof RedisSharedPool>[0]> = {},
+) {
   const p = new RedisSharedPool({ url, cidr, gateway, logger: captureLog(), maxBackoffMs: 200, ...extra });
   pools.push(p);
   await p.start();
@@ -72,13 +77,15 @@ describe('RedisSharedPool', () => {
     expect(Number(await redis.cli('HLEN', 'fakeproxy:pool:{198.19.0.0/16}:i2n'))).toBe(1000);
   });
 
-  it('recycles the least recently used address of a full /29 and invalidates other daemons\' caches', async () => {
+  it("recycles the least recently used address of a full /29 and invalidates other daemons' caches", async () => {
     const a = await pool('10.0.0.8/29', '10.0.0.9');
     const b = await pool('10.0.0.8/29', '10.0.0.9');
     expect(a.capacity).toBe(5);
     const ips: string[] = [];
     for (let i = 1; i <= 5; i++) ips.push(await a.allocate(`n${i}`));
-    expect(ips.map(ipInt).sort((x, y) => x - y)).toEqual(['10.0.0.10', '10.0.0.11', '10.0.0.12', '10.0.0.13', '10.0.0.14'].map(ipInt));
+    expect(ips.map(ipInt).sort((x, y) => x - y)).toEqual(
+      ['10.0.0.10', '10.0.0.11', '10.0.0.12', '10.0.0.13', '10.0.0.14'].map(ipInt),
+    );
     // n1 used again (through the other daemon, which has no cache entry): n2 is now the LRU.
     expect(await b.allocate('n1')).toBe(ips[0]);
     const recycled: [string, string][] = [];
@@ -116,9 +123,17 @@ describe('RedisSharedPool', () => {
     const locked = await TestRedis.start({ password: 'pw' });
     try {
       const log = captureLog();
-      const p = new RedisSharedPool({ url: `redis://:bad@127.0.0.1:${locked.port}`, cidr: '198.18.0.0/16', gateway: '198.18.0.1', logger: log });
+      const p = new RedisSharedPool({
+        url: `redis://:bad@127.0.0.1:${locked.port}`,
+        cidr: '198.18.0.0/16',
+        gateway: '198.18.0.1',
+        logger: log,
+      });
       pools.push(p);
-      const err = await p.start().then(() => undefined, (e: unknown) => e);
+      const err = await p.start().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       // The rejection is the one line (the CLI prints it); nothing logged besides, no "retrying".
       expect(log.lines).toEqual([]);
       expect(err).toBeInstanceOf(FakeproxyError);
@@ -135,7 +150,10 @@ describe('RedisSharedPool when Redis is unreachable (policy: cached names only, 
   it('starts anyway, refuses unknown names, and allocates once Redis appears', async () => {
     const port = await freePort();
     const log = captureLog();
-    const p = await pool('198.21.0.0/16', '198.21.0.1', `redis://127.0.0.1:${port}`, { logger: log, startTimeoutMs: 500 });
+    const p = await pool('198.21.0.0/16', '198.21.0.1', `redis://127.0.0.1:${port}`, {
+      logger: log,
+      startTimeoutMs: 500,
+    });
     expect(p.isConnected).toBe(false);
     await expect(p.allocate('x.example')).rejects.toMatchObject({ code: 'EPOOLUNAVAILABLE' });
     await expect(p.reverse('198.21.0.2')).rejects.toMatchObject({ code: 'EPOOLUNAVAILABLE' });
@@ -165,7 +183,10 @@ describe('RedisSharedPool when Redis is unreachable (policy: cached names only, 
       expect(await a.allocate('known.example')).toBe(known);
       expect(a.lookup('known.example')).toBe(known);
       expect(a.reverseCached(known)).toBe('known.example');
-      const err = await a.allocate('new.example').then(() => undefined, (e: unknown) => e);
+      const err = await a.allocate('new.example').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(FakeproxyError);
       expect(err).toMatchObject({ code: 'EPOOLUNAVAILABLE' });
 

@@ -44,7 +44,18 @@ export class TestRedis {
   }
 
   async start(): Promise<void> {
-    const args = ['--save', '', '--appendonly', 'no', '--port', String(this.port), '--bind', '127.0.0.1', '--dir', this.dir];
+    const args = [
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--port',
+      String(this.port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      this.dir,
+    ];
     if (this.password) args.push('--requirepass', this.password);
     const proc = spawn(REDIS_SERVER, args, { stdio: 'ignore' });
     this.proc = proc;
@@ -100,7 +111,8 @@ export async function eventually<T>(fn: () => Promise<T> | T, what: string, time
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${String((last as Error)?.message ?? last)}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}: ${String((last as Error)?.message ?? last)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
