@@ -159,6 +159,9 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
   const dnsListen = dnsListenRaw.length
     ? dnsListenRaw.map((t) => parseHostPort(t, 53, '--dns-listen'))
     : [{ host: cidr.gatewayIp, port: 53 }];
+  if (bool(pick('redisSharedPool')) && pick('redis') === undefined) {
+    throw new UsageError('--redis-shared-pool needs --redis URL');
+  }
   const up = pick('dnsUpstream');
   const hijack = pick('dnsHijack');
   return {

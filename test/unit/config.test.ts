@@ -75,6 +75,9 @@ describe('resolveStartConfig', () => {
     expect(resolveStartConfig({}, { tunOffload: false }).tunOffload).toBe(false);
     expect(resolveStartConfig({ tunOffload: true }, { tunOffload: false }).tunOffload).toBe(true);
   });
+  it('--redis-shared-pool without --redis is a usage error, caught before anything is created', () => {
+    expect(() => resolveStartConfig({ redisSharedPool: true })).toThrow(/--redis-shared-pool needs --redis/);
+  });
   it('the DNS listener follows the range', () => {
     expect(resolveStartConfig({ cidr: '198.10.0.0/16' }).dnsListen).toEqual([{ host: '198.10.0.1', port: 53 }]);
   });
