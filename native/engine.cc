@@ -210,13 +210,7 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
   if (dst == gateway_) return drop(c_.dropToGateway);
   if (bad_dst(dst) || (src >> 24) == 0 || src >= 0xe0000000u) return drop(c_.dropBadAddress);
 
-  FlowKey k{};
-  k.src = IpAddr::v4(src);
-  k.dst = IpAddr::v4(dst);
-  k.sport = sport;
-  k.dport = dport;
-  k.proto = proto;
-  k.family = Family::V4;
+  const FlowKey k = FlowKey::v4(src, sport, dst, dport, proto);
   Flow* f = table_.find(k);
   const Target target = cfg_.dnsHijack && dport == 53 ? Target::Dns : Target::Listener;
   FlowTable::Create why;
@@ -421,13 +415,7 @@ size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
     n_osrc = f->key.dst.as_v4();
     n_odst = f->key.src.as_v4();
   } else {
-    FlowKey k{};
-    k.src = IpAddr::v4(qdst);
-    k.dst = IpAddr::v4(qsrc);
-    k.sport = qdport;
-    k.dport = qsport;
-    k.proto = qp;
-    k.family = Family::V4;
+    const FlowKey k = FlowKey::v4(qdst, qdport, qsrc, qsport, qp);
     Flow* f = table_.find(k);
     if (f == nullptr) return drop(c_.dropIcmpNoFlow);
     n_qsrc = gateway_;
@@ -472,13 +460,7 @@ size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
 bool Engine::ensure_flow(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, int64_t now,
                          Flow* out, FlowTable::Create* why) {
   std::lock_guard<std::mutex> g(mu_);
-  FlowKey k{};
-  k.src = IpAddr::v4(src);
-  k.dst = IpAddr::v4(dst);
-  k.sport = sport;
-  k.dport = dport;
-  k.proto = proto;
-  k.family = Family::V4;
+  const FlowKey k = FlowKey::v4(src, sport, dst, dport, proto);
   Flow* f = table_.find(k);
   *why = FlowTable::Create::Ok;
   if (f == nullptr) {

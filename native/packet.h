@@ -368,6 +368,17 @@ struct FlowKey {
   Family family;
   uint8_t pad[2];
   bool operator==(const FlowKey& o) const { return std::memcmp(this, &o, sizeof *this) == 0; }
+  // Zero-initialised (the padding takes part in hashing and memcmp).
+  static FlowKey v4(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint8_t proto) {
+    FlowKey k{};
+    k.src = IpAddr::v4(src);
+    k.dst = IpAddr::v4(dst);
+    k.sport = sport;
+    k.dport = dport;
+    k.proto = proto;
+    k.family = Family::V4;
+    return k;
+  }
 };
 static_assert(sizeof(FlowKey) == 40, "FlowKey must have no implicit padding");
 
