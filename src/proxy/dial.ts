@@ -347,6 +347,36 @@ function raceAddresses(addrs: readonly string[], port: number, opts: DialOptions
 }
 
 /** `host:port` with IPv6 literals bracketed, for labels and log lines. */
+/**
+ * The frame every proxy outbound shares: one deadline for the whole connect,
+ * dial the proxy (through the injected resolver only), run the protocol's
+ * handshake for `dst`, and destroy the socket on any failure.
+ */
+export async function connectViaProxy(
+  proxy: { host: string; port: number; label: string; resolve?: ResolveName | undefined },
+  dst: { host: string; port: number },
+  opts: { timeoutMs?: number; signal?: AbortSignal } | undefined,
+  handshake: (sock: net.Socket, signal: AbortSignal, what: string) => Promise<unknown>,
+): Promise<net.Socket> {
+  const what = `connect to ${hostPort(dst.host, dst.port)} via ${proxy.label}`;
+  const d = connectDeadline(what, opts);
+  let sock: net.Socket | undefined;
+  try {
+    sock = await dialTcp(proxy.host, proxy.port, {
+      resolve: proxy.resolve,
+      signal: d.signal,
+      what: `${what}: reach the proxy`,
+    });
+    await handshake(sock, d.signal, what);
+    return sock;
+  } catch (e) {
+    sock?.destroy();
+    throw e;
+  } finally {
+    d.dispose();
+  }
+}
+
 export function hostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

@@ -6,7 +6,7 @@
  * listener drops datagrams routed here (counted, one log line per flow).
  */
 import type * as net from 'node:net';
-import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
+import { connectViaProxy, hostPort, type ResolveName } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import { readHead } from '../handshake-io.js';
 import { connectRequest, responseHead } from '../http-codec.js';
@@ -35,24 +35,17 @@ export class HttpOutbound implements Outbound {
     this.label = `http://${hostPort(opts.host, opts.port)}`;
   }
 
-  async connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
-    const what = `connect to ${hostPort(dst.host, dst.port)} via ${this.label}`;
-    const d = connectDeadline(what, opts);
-    let sock: net.Socket | undefined;
-    try {
-      sock = await dialTcp(this.#o.host, this.#o.port, {
-        resolve: this.#o.resolve,
-        signal: d.signal,
-        what: `${what}: reach the proxy`,
-      });
-      sock.write(connectRequest.encode({ host: dst.host, port: dst.port, auth: this.#o.auth }));
-      const head = responseHead.decode(await readHead(sock, this.#o.maxHeadBytes ?? 16384, d.signal, what));
+  connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
+    const o = this.#o;
+    return connectViaProxy({ ...o, label: this.label }, dst, opts, async (sock, signal, what) => {
+      sock.write(connectRequest.encode({ host: dst.host, port: dst.port, auth: o.auth }));
+      const head = responseHead.decode(await readHead(sock, o.maxHeadBytes ?? 16384, signal, what));
       // 407 is the proxy's auth status (RFC 9110 §15.5.8); some proxies (tinyproxy 1.11) answer 401 to bad credentials.
       if (head.status === 407 || head.status === 401) {
         throw new ProxyError(
           'EHTTP_PROXY_AUTH',
-          this.#o.auth
-            ? `${what}: ${head.status} ${head.reason}: the proxy rejected user "${this.#o.auth.username}" (check user:pass in --upstream)`
+          o.auth
+            ? `${what}: ${head.status} ${head.reason}: the proxy rejected user "${o.auth.username}" (check user:pass in --upstream)`
             : `${what}: ${head.status} ${head.reason}: the proxy requires authentication: put user:pass in the URL (http://user:pass@host:port)`,
           { status: head.status },
         );
@@ -64,13 +57,7 @@ export class HttpOutbound implements Outbound {
           { status: head.status },
         );
       }
-      return sock;
-    } catch (e) {
-      sock?.destroy();
-      throw e;
-    } finally {
-      d.dispose();
-    }
+    });
   }
 }
 

@@ -22,7 +22,7 @@
  * greeting+auth+request in one segment breaks them.
  */
 import type * as net from 'node:net';
-import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
+import { connectViaProxy, hostPort, type ResolveName } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import { readExact } from '../handshake-io.js';
 import type { ConnectOptions, Destination, Outbound, UdpAssociateOptions, UdpAssociation } from '../outbound.js';
@@ -59,24 +59,10 @@ export class Socks5Outbound implements Outbound {
     this.label = `socks5://${hostPort(opts.host, opts.port)}`;
   }
 
-  async connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
-    const what = `connect to ${hostPort(dst.host, dst.port)} via ${this.label}`;
-    const d = connectDeadline(what, opts);
-    let sock: net.Socket | undefined;
-    try {
-      sock = await dialTcp(this.#o.host, this.#o.port, {
-        resolve: this.#o.resolve,
-        signal: d.signal,
-        what: `${what}: reach the proxy`,
-      });
-      await this.#handshake(sock, dst, d.signal, what);
-      return sock;
-    } catch (e) {
-      sock?.destroy();
-      throw e;
-    } finally {
-      d.dispose();
-    }
+  connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
+    return connectViaProxy({ ...this.#o, label: this.label }, dst, opts, (sock, signal, what) =>
+      this.#handshake(sock, dst, signal, what),
+    );
   }
 
   /** RFC 1928 §7 UDP ASSOCIATE; see ./socks5-udp.ts. */
