@@ -15,7 +15,7 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 function fail(e: unknown, debug: boolean): never {
   const err = e as Error & { code?: string };
   if (debug && err.stack) process.stderr.write(`${err.stack}\n`);
-  const code = e instanceof UsageError ? EXIT_USAGE : EXIT_RUNTIME;
+  const code = e instanceof UsageError || err.code === 'EUSAGE' ? EXIT_USAGE : EXIT_RUNTIME;
   process.stderr.write(`fakeproxy: ${err.message ?? String(e)}\n`);
   process.exit(code);
 }

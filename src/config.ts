@@ -1,7 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
-import { UsageError } from './errors.js';
+import { FakeIpFilter } from './dns/filter.js';
+import { FakeproxyError, UsageError } from './errors.js';
+import { checkNodeId, parseRedisUrl } from './inspect/redisConn.js';
+import { parseUpstream } from './proxy/outbound.js';
 import { type Ipv4Range, parseCidr, parseHostPort, parsePort } from './util/cidr.js';
 
 /**
@@ -149,6 +152,16 @@ function bool(v: unknown): boolean {
   return v === true || v === 'true' || v === '1' || v === 'yes';
 }
 
+/** Runs a parser; its FakeproxyError (bad syntax) becomes a UsageError with the same line. */
+function asUsage(parse: () => unknown): void {
+  try {
+    parse();
+  } catch (e) {
+    if (e instanceof UsageError || !(e instanceof FakeproxyError)) throw e;
+    throw new UsageError(e.message, { cause: e });
+  }
+}
+
 /** Merges file and flags (flags win) and validates everything once, at the edge. */
 export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartConfig {
   const pick = (k: string) => (flags[k] !== undefined ? flags[k] : file[k]);
@@ -164,6 +177,18 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
   }
   const up = pick('dnsUpstream');
   const hijack = pick('dnsHijack');
+  const fakeIpFilter = list(pick('fakeIpFilter'), '--fake-ip-filter');
+  const upstream = str(pick('upstream') ?? 'direct', '--upstream');
+  // Parsed here only to reject bad input before the daemon creates anything
+  // (the daemon parses them again with its runtime hooks).
+  asUsage(() => new FakeIpFilter(fakeIpFilter));
+  asUsage(() => parseUpstream(upstream));
+  const redis = pick('redis') === undefined ? undefined : str(pick('redis'), '--redis');
+  const nodeId = str(pick('nodeId') ?? hostname(), '--node-id');
+  if (redis !== undefined) {
+    parseRedisUrl(redis);
+    checkNodeId(nodeId);
+  }
   return {
     cidr,
     tun: str(pick('tun') ?? 'fp0', '--tun'),
@@ -173,12 +198,12 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     listenPort,
     dnsListen,
     dnsUpstream: up === undefined ? undefined : parseHostPort(str(up, '--dns-upstream'), 53, '--dns-upstream'),
-    fakeIpFilter: list(pick('fakeIpFilter'), '--fake-ip-filter'),
+    fakeIpFilter,
     fakeIpTtl: int(pick('fakeIpTtl') ?? 1, '--fake-ip-ttl', 0, 86400),
     dnsHijack: hijack === undefined ? true : bool(hijack),
-    upstream: str(pick('upstream') ?? 'direct', '--upstream'),
-    redis: pick('redis') === undefined ? undefined : str(pick('redis'), '--redis'),
-    nodeId: str(pick('nodeId') ?? hostname(), '--node-id'),
+    upstream,
+    redis,
+    nodeId,
     redisSharedPool: bool(pick('redisSharedPool')),
     stateDir: str(pick('stateDir') ?? '/var/lib/fakeproxy', '--state-dir'),
     maxFlows: int(pick('maxFlows') ?? 1_048_576, '--max-flows', 16, 16_777_216),

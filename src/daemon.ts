@@ -2,7 +2,7 @@ import type { StartConfig } from './config.js';
 import { ControlServer, type Status } from './control.js';
 import { FakeDns } from './dns/FakeDns.js';
 import { RedisSharedPool } from './dns/redisPool.js';
-import { defaultUpstream } from './dns/resolvconf.js';
+import { findUpstream } from './dns/resolvconf.js';
 import { UsageError } from './errors.js';
 import { redactRedisUrl } from './inspect/redisConn.js';
 import { type Logger, stderrLogger } from './log.js';
@@ -73,7 +73,8 @@ export class Daemon {
       );
     }
     // Resolve configuration that can fail before touching the system.
-    const dnsUpstream = c.dnsUpstream ?? defaultUpstream(c.dnsListen);
+    const stateDir = c.stateDir === '' ? null : c.stateDir;
+    const dnsUpstream = c.dnsUpstream ?? findUpstream(c.dnsListen, stateDir, this.log);
     const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
     const routes = new TunRouteCheck(c.tun);
     const loopGuard = (ip: string) =>
@@ -122,7 +123,7 @@ export class Daemon {
       upstream: dnsUpstream,
       ttl: c.fakeIpTtl,
       filters: c.fakeIpFilter,
-      stateDir: c.stateDir === '' ? null : c.stateDir,
+      stateDir,
       logger: this.log,
     });
     this.dns = dns;

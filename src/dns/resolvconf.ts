@@ -1,7 +1,12 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
+import { join } from 'node:path';
 import { FakeproxyError } from '../errors.js';
+import { readIfExistsSync, writeFileDurableSync } from '../util/stateFile.js';
+
+/** `<stateDir>/real-resolver.json`: the last real resolver found in resolv.conf. */
+export const REAL_RESOLVER_FILE = 'real-resolver.json';
 
 const WILDCARD = new Set(['0.0.0.0', '::', '']);
 
@@ -67,4 +72,71 @@ export function defaultUpstream(
     'ENOUPSTREAM',
     `no real resolver in ${resolvConfPath}: ${why}; give one with --dns-upstream ADDR[:PORT]`,
   );
+}
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/**
+ * The real resolver when `--dns-upstream` is not given: resolv.conf's first
+ * nameserver that is not us (defaultUpstream), remembered in the state
+ * directory; when resolv.conf names only the daemon (the host's DNS already
+ * points at it, e.g. a second run of the quick start or a restart after a
+ * crash with --system-dns), the remembered one.
+ */
+export function findUpstream(
+  listen: readonly HostPort[],
+  stateDir: string | null,
+  log: (line: string) => void,
+  resolvConfPath = '/etc/resolv.conf',
+): HostPort {
+  const file = stateDir ? join(stateDir, REAL_RESOLVER_FILE) : undefined;
+  let found: HostPort;
+  try {
+    found = defaultUpstream(listen, resolvConfPath);
+  } catch (e) {
+    const remembered = file ? readRemembered(file, log) : undefined;
+    if (!remembered) {
+      const err = e as FakeproxyError;
+      const hint = file
+        ? ` (none remembered in ${file} either: fakeproxy remembers the real resolver the first time it finds one)`
+        : '';
+      throw new FakeproxyError(err.code, `${err.message}${hint}`, { cause: e });
+    }
+    log(
+      `dns: ${resolvConfPath} names no real resolver (only fakeproxy); using ${remembered.host}:${remembered.port} remembered in ${file}`,
+    );
+    return remembered;
+  }
+  if (file) {
+    const text = `${JSON.stringify({ host: found.host, port: found.port })}\n`;
+    try {
+      if (readIfExistsSync(file)?.toString() !== text) writeFileDurableSync(file, text);
+    } catch (e) {
+      log(`dns: cannot remember the real resolver in ${file}: ${(e as Error).message} (check --state-dir)`);
+    }
+  }
+  return found;
+}
+
+function readRemembered(file: string, log: (line: string) => void): HostPort | undefined {
+  let raw: Buffer | undefined;
+  try {
+    raw = readIfExistsSync(file);
+  } catch (e) {
+    log(`dns: cannot read ${file}: ${(e as Error).message}`);
+    return undefined;
+  }
+  if (!raw) return undefined;
+  try {
+    const v = JSON.parse(raw.toString()) as Partial<HostPort>;
+    if (typeof v.host === 'string' && net.isIP(v.host) && Number.isInteger(v.port) && (v.port as number) > 0)
+      return { host: v.host, port: v.port as number };
+  } catch {
+    // fall through
+  }
+  log(`dns: ${file} is not a remembered resolver ({"host","port"}); ignored`);
+  return undefined;
 }

@@ -110,3 +110,28 @@ describe('--nat-timeout', () => {
     expect(() => resolveStartConfig({ natTimeout: [t] })).toThrow(UsageError);
   });
 });
+
+describe('usage errors found while merging the config (before the daemon creates anything)', () => {
+  it.each([
+    [{ fakeIpFilter: ['ok.lan', 'bad pattern!'] }, /--fake-ip-filter pattern "bad pattern!"/],
+    [{ upstream: 'ftp://x:1' }, /--upstream scheme "ftp"/],
+    [{ upstream: 'socks5://host' }, /has no port/],
+    [{ redis: 'http://r:6379' }, /scheme must be redis/],
+    [{ redis: 'redis://r:6379', nodeId: 'a:b' }, /invalid node id/],
+    [{ cidr: '198.18.0.0/33' }, /198\.18\.0\.0\/33/],
+    [{ natTimeout: ['tcp-established=0'] }, /--nat-timeout/],
+  ])('%j → UsageError naming the value', (flags, re) => {
+    let err: unknown;
+    try {
+      resolveStartConfig(flags as Record<string, unknown>);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UsageError);
+    expect((err as Error).message).toMatch(re);
+    expect((err as Error).message).not.toContain('\n');
+  });
+  it('a bad filter in the config file is a usage error too', () => {
+    expect(() => resolveStartConfig({}, { fakeIpFilter: ['+.'] })).toThrow(UsageError);
+  });
+});
