@@ -3,8 +3,9 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { FakeIpFilter } from './dns/filter.js';
 import { FakeproxyError, UsageError } from './errors.js';
-import { checkNodeId, parseRedisUrl } from './inspect/redisConn.js';
 import { parseUpstream } from './proxy/outbound.js';
+import { parseRedisUrl } from './redis/client.js';
+import { checkNodeId } from './redis/schema.js';
 import { type Ipv4Range, parseCidr, parseHostPort, parsePort } from './util/cidr.js';
 
 /**

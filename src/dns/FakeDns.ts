@@ -69,7 +69,7 @@ export interface FakeDnsOptions {
   storeFactory?: (range: FakeRange, clock: () => number, listener: PoolListener) => FakeIpStore;
 }
 
-/** What FakeDns needs of a shared pool (src/dns/redisPool.ts implements it). */
+/** What FakeDns needs of a shared pool (src/redis/sharedPool.ts implements it). */
 export interface SharedFakeIpPool {
   /** The name's address in the shared pool, allocating it when new. Rejects when the pool cannot be reached. */
   allocate(name: string): Promise<string>;

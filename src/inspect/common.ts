@@ -1,8 +1,9 @@
 /** Shared plumbing of the inspection commands: connecting and finding nodes. */
 import type { Redis } from 'ioredis';
 import { FakeproxyError, wrapError } from '../errors.js';
+import { connectOnce, describeRedisError, type RedisFactory, scanKeys } from '../redis/client.js';
+import { checkNodeId, everyNodePattern, nodeIdOfKey } from '../redis/schema.js';
 import type { Out } from './format.js';
-import { checkNodeId, connectOnce, describeRedisError, type RedisFactory } from './redisConn.js';
 
 export interface InspectOptions {
   /** redis://[user:pass@]host:port[/db] */
@@ -30,20 +31,15 @@ export async function withRedis<T>(opts: InspectOptions, fn: (client: Redis) => 
   }
 }
 
-/** The nodes to show: the one asked for, or every node that has `fakeproxy:<node>:<suffix>`. */
+/** The nodes to show: the one asked for, or every node that has a `<suffix>` key (NODE_KEY in src/redis/schema.ts). */
 export async function resolveNodes(client: Redis, node: string | undefined, suffixes: string[]): Promise<string[]> {
   if (node !== undefined) return [checkNodeId(node)];
   const nodes = new Set<string>();
   for (const suffix of suffixes) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await client.scan(cursor, 'MATCH', `fakeproxy:*:${suffix}`, 'COUNT', 1000);
-      cursor = next;
-      for (const k of keys) {
-        const id = k.slice('fakeproxy:'.length, k.length - suffix.length - 1);
-        if (/^[A-Za-z0-9._-]+$/.test(id) && id !== 'pool') nodes.add(id);
-      }
-    } while (cursor !== '0');
+    for (const k of await scanKeys(client, everyNodePattern(suffix))) {
+      const id = nodeIdOfKey(k, suffix);
+      if (id !== undefined) nodes.add(id);
+    }
   }
   return [...nodes].sort();
 }

@@ -1,5 +1,6 @@
-/** `fakeproxy dns ls` and `fakeproxy dns lookup`: the fake-IP map mirrored by src/nat/redisMirror.ts. */
+/** `fakeproxy dns ls` and `fakeproxy dns lookup`: the fake-IP map mirrored by src/redis/mirror.ts. */
 import { FakeproxyError } from '../errors.js';
+import { NODE_KEY, nodeKeys } from '../redis/schema.js';
 import { type InspectOptions, resolveNodes, withRedis } from './common.js';
 import { renderTable } from './format.js';
 
@@ -31,8 +32,8 @@ function printRows(rows: DnsRow[], opts: InspectOptions): void {
 export async function dnsLs(opts: InspectOptions): Promise<DnsRow[]> {
   const rows = await withRedis(opts, async (client) => {
     const out: DnsRow[] = [];
-    for (const node of await resolveNodes(client, opts.node, ['dns:name'])) {
-      const map = await client.hgetall(`fakeproxy:${node}:dns:name`);
+    for (const node of await resolveNodes(client, opts.node, [NODE_KEY.dnsName])) {
+      const map = await client.hgetall(nodeKeys(node).dnsName);
       for (const [name, ip] of Object.entries(map)) out.push({ node, name, ip });
     }
     return sortRows(out);
@@ -57,8 +58,9 @@ export async function dnsLookup(opts: DnsLookupOptions): Promise<DnsRow[]> {
   const query = isIp ? opts.query : opts.query.toLowerCase().replace(/\.$/, '');
   const rows = await withRedis(opts, async (client) => {
     const out: DnsRow[] = [];
-    for (const node of await resolveNodes(client, opts.node, ['dns:name', 'dns:ip'])) {
-      const v = await client.hget(`fakeproxy:${node}:${isIp ? 'dns:ip' : 'dns:name'}`, query);
+    for (const node of await resolveNodes(client, opts.node, [NODE_KEY.dnsName, NODE_KEY.dnsIp])) {
+      const keys = nodeKeys(node);
+      const v = await client.hget(isIp ? keys.dnsIp : keys.dnsName, query);
       if (v !== null) out.push(isIp ? { node, name: v, ip: query } : { node, name: query, ip: v });
     }
     return sortRows(out);

@@ -1,39 +1,23 @@
-/** `fakeproxy nat ls` and `fakeproxy nat watch`: the NAT table mirrored by src/nat/redisMirror.ts. */
-import type { FlowEventMessage, MirroredFlow } from '../nat/redisMirror.js';
+/** `fakeproxy nat ls` and `fakeproxy nat watch`: the NAT table mirrored by src/redis/mirror.ts. */
+import { connectOnce, resilientOptions } from '../redis/client.js';
+import {
+  checkNodeId,
+  decodeEvent,
+  decodeFlow,
+  everyNodePattern,
+  type FlowEventMessage,
+  flowKeyOf,
+  type MirroredFlow,
+  NODE_KEY,
+  nodeKeys,
+} from '../redis/schema.js';
 import { type InspectOptions, resolveNodes, withRedis } from './common.js';
 import { type Column, humanAge, humanBytes, renderTable } from './format.js';
-import { checkNodeId, connectOnce } from './redisConn.js';
 
 export type NatLsOptions = InspectOptions;
 
 export interface NatLsRow extends MirroredFlow {
   node: string;
-}
-
-const NUMERIC: (keyof MirroredFlow)[] = ['id', 'createdMs', 'lastSeenMs', 'bytesOut', 'bytesIn', 'pktsOut', 'pktsIn'];
-
-function parseFlow(node: string, h: Record<string, string>): NatLsRow | undefined {
-  if (h.id === undefined || h.proto === undefined) return undefined;
-  const row: Record<string, unknown> = { node };
-  for (const k of [
-    'id',
-    'proto',
-    'app',
-    'dst',
-    'name',
-    'nat',
-    'outbound',
-    'state',
-    'createdMs',
-    'lastSeenMs',
-    'bytesOut',
-    'bytesIn',
-    'pktsOut',
-    'pktsIn',
-  ] as const) {
-    row[k] = (NUMERIC as string[]).includes(k) ? Number(h[k] ?? 0) : (h[k] ?? '');
-  }
-  return row as unknown as NatLsRow;
 }
 
 /** Destination as a person wants it: the name the app asked for, else the address. */
@@ -46,18 +30,19 @@ export function destination(f: Pick<MirroredFlow, 'name' | 'dst'>): string {
 /** Rows of the live NAT table, oldest flow first. */
 export async function readFlows(opts: NatLsOptions): Promise<NatLsRow[]> {
   return withRedis(opts, async (client) => {
-    const nodes = await resolveNodes(client, opts.node, ['flows']);
+    const nodes = await resolveNodes(client, opts.node, [NODE_KEY.flows]);
     const rows: NatLsRow[] = [];
     for (const node of nodes) {
-      const members = await client.zrange(`fakeproxy:${node}:flows`, 0, -1);
+      const keys = nodeKeys(node);
+      const members = await client.zrange(keys.flows, 0, -1);
       for (let i = 0; i < members.length; i += 1000) {
         const p = client.pipeline();
-        for (const m of members.slice(i, i + 1000)) p.hgetall(`fakeproxy:${node}:flow:${m}`);
+        for (const m of members.slice(i, i + 1000)) p.hgetall(flowKeyOf(keys, m));
         for (const [err, h] of (await p.exec()) ?? []) {
           if (err) throw err;
           // An index entry whose hash expired or was just deleted: skip it.
-          const row = parseFlow(node, h as Record<string, string>);
-          if (row) rows.push(row);
+          const flow = decodeFlow(h as Record<string, string>);
+          if (flow) rows.push({ node, ...flow });
         }
       }
     }
@@ -118,25 +103,23 @@ export async function natWatch(opts: NatWatchOptions): Promise<void> {
   if (opts.node !== undefined) checkNodeId(opts.node);
   if (opts.signal.aborted) return;
   const client = await connectOnce(opts.redis, { redisFactory: opts.redisFactory });
-  client.options.retryStrategy = (times) => Math.min(100 * 2 ** Math.min(times, 10), 5_000);
-  client.options.enableOfflineQueue = true;
+  // Connected once: from now on a long-lived subscriber that reconnects by itself.
+  const { retryStrategy, enableOfflineQueue } = resilientOptions({ subscriber: true });
+  Object.assign(client.options, { retryStrategy, enableOfflineQueue });
   const all = opts.node === undefined;
   const onMessage = (raw: string) => {
     if (opts.json) {
       opts.out.write(`${raw}\n`);
       return;
     }
-    try {
-      opts.out.write(formatEvent(JSON.parse(raw) as FlowEventMessage, all));
-    } catch {
-      opts.out.write(`${raw}\n`);
-    }
+    const ev = decodeEvent(raw);
+    opts.out.write(ev ? formatEvent(ev, all) : `${raw}\n`);
   };
   client.on('message', (_ch: string, msg: string) => onMessage(msg));
   client.on('pmessage', (_p: string, _ch: string, msg: string) => onMessage(msg));
   try {
-    if (all) await client.psubscribe('fakeproxy:*:events');
-    else await client.subscribe(`fakeproxy:${opts.node}:events`);
+    if (all) await client.psubscribe(everyNodePattern(NODE_KEY.events));
+    else await client.subscribe(nodeKeys(opts.node as string).events);
     await new Promise<void>((resolve) => {
       if (opts.signal.aborted) resolve();
       else opts.signal.addEventListener('abort', () => resolve(), { once: true });

@@ -2,9 +2,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeproxyError } from '../../../src/errors.js';
 import { humanAge, humanBytes } from '../../../src/inspect/format.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from '../../../src/inspect/index.js';
-import { RedisMirror } from '../../../src/nat/redisMirror.js';
-import { FakeDnsSource, FakeNat } from './fakeSources.js';
+import { RedisMirror } from '../../../src/redis/mirror.js';
+import { LiveDns, LiveNat } from './liveNat.js';
 import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
+
+const ipToNumber = (ip: string) => ip.split('.').reduce((a, o) => a * 256 + Number(o), 0);
 
 class Buf {
   text = '';
@@ -16,42 +18,39 @@ class Buf {
 
 let redis: TestRedis;
 let mirror: RedisMirror;
-const nat = new FakeNat();
-const dns = new FakeDnsSource();
+// UDP flows idle out after an hour here: the clock jumps minutes ahead below.
+const nat = new LiveNat({ timeouts: { udpMs: 3_600_000 } });
+const dns = new LiveDns();
 const T0 = 1_700_000_000_000;
 const now = () => T0 + 192_000; // 3m12s after the flows were created
+let ipA: string;
+let ipB: string;
+let natA: string;
+let natB: string;
 
 beforeAll(async () => {
   redis = await TestRedis.start({ password: 'inspect-pw' });
-  dns.mapName('example.com', '198.18.2.2');
-  dns.mapName('video.example', '198.18.2.3');
-  mirror = new RedisMirror({ url: redis.url, nodeId: 'gw1', logger: captureLog() });
-  mirror.attachNat(nat);
-  mirror.attachDns(dns);
+  ipA = await dns.resolve('example.com');
+  ipB = await dns.resolve('video.example');
+  mirror = new RedisMirror({ url: redis.url, nodeId: 'gw1', logger: captureLog(), now });
+  mirror.attachNat(nat.nat);
+  mirror.attachDns(dns.dns);
   mirror.start();
-  const a = nat.open({
-    createdMs: T0,
-    lastSeenMs: T0 + 1000,
-    bytesOut: 1234,
-    bytesIn: 1_258_291,
-    natPort: 40001,
-    srcPort: 34567,
-  });
-  const b = nat.open({
-    proto: 'udp',
-    state: 'udp',
-    dstIp: '198.18.2.3',
-    dstPort: 443,
-    createdMs: T0 + 1,
-    lastSeenMs: T0 + 2,
-    bytesOut: 10,
-    bytesIn: 0,
-    natPort: 40002,
-    srcPort: 5353,
-  });
+  // TCP: SYN, ACK and 1 114 bytes out (3 packets, 1 234 bytes with headers); the
+  // SYN-ACK and 1 257 411 bytes in 21 segments back (22 packets, 1 258 291 bytes).
+  const a = nat.open({ sport: 34567, dst: ipA, dport: 80, at: T0 });
+  nat.traffic(a, 1114, 1_257_411, T0 + 1000);
+  // UDP: one 4-byte datagram (32 bytes with headers).
+  const b = nat.open({ proto: 'udp', sport: 5353, dst: ipB, dport: 443, at: T0 + 1 });
+  natA = `${a.natIp}:${a.natPort}`;
+  natB = `${b.natIp}:${b.natPort}`;
   mirror.annotate(a.id, { outbound: 'socks5' });
   mirror.annotate(b.id, { outbound: 'direct' });
   await eventually(async () => (await redis.cliLines('ZCARD', 'fakeproxy:gw1:flows'))[0] === '2', 'two flows mirrored');
+  await eventually(
+    async () => (await redis.cliLines('HGET', `fakeproxy:gw1:flow:tcp:${a.id}`, 'bytesIn'))[0] === '1258291',
+    'counters',
+  );
   await eventually(
     async () => (await redis.cliLines('HGET', `fakeproxy:gw1:flow:tcp:${a.id}`, 'outbound'))[0] === 'socks5',
     'annotation',
@@ -86,11 +85,13 @@ describe('nat ls', () => {
   it('prints an aligned table with names, outbounds, ages and human byte counts', async () => {
     const out = new Buf();
     await natLs({ redis: redis.url, node: 'gw1', json: false, out, now });
+    // The NAT column is as wide as the addresses the engine picked.
+    const w = Math.max(natA.length, natB.length);
     expect(out.text).toBe(
       [
-        'PROTO  APP               DESTINATION        NAT               OUTBOUND  STATE    AGE       UP     DOWN',
-        'tcp    198.18.0.1:34567  example.com:80     198.18.7.9:40001  socks5    syn    3m12s  1.2 KiB  1.2 MiB',
-        'udp    198.18.0.1:5353   video.example:443  198.18.7.9:40002  direct    udp    3m11s     10 B      0 B',
+        `PROTO  APP               DESTINATION        ${'NAT'.padEnd(w)}  OUTBOUND  STATE          AGE       UP     DOWN`,
+        `tcp    198.18.0.1:34567  example.com:80     ${natA.padEnd(w)}  socks5    established  3m12s  1.2 KiB  1.2 MiB`,
+        `udp    198.18.0.1:5353   video.example:443  ${natB.padEnd(w)}  direct    udp          3m11s     32 B      0 B`,
         '',
       ].join('\n'),
     );
@@ -106,17 +107,17 @@ describe('nat ls', () => {
       id: expect.any(Number),
       proto: 'tcp',
       app: '198.18.0.1:34567',
-      dst: '198.18.2.2:80',
+      dst: `${ipA}:80`,
       name: 'example.com',
-      nat: '198.18.7.9:40001',
+      nat: natA,
       outbound: 'socks5',
-      state: 'syn',
+      state: 'established',
       createdMs: T0,
       lastSeenMs: T0 + 1000,
       bytesOut: 1234,
       bytesIn: 1_258_291,
-      pktsOut: 1,
-      pktsIn: 0,
+      pktsOut: 3,
+      pktsIn: 22,
     });
     const table = new Buf();
     await natLs({ redis: redis.url, json: false, out: table, now });
@@ -135,11 +136,13 @@ describe('dns ls / lookup', () => {
   it('lists the fake-IP map of every node, ordered by address', async () => {
     const out = new Buf();
     await dnsLs({ redis: redis.url, json: false, out });
+    // FakeDns hands out the range in order: example.com got the lower address.
+    expect(ipToNumber(ipA)).toBeLessThan(ipToNumber(ipB));
     expect(out.text).toBe(
       [
         'NODE  NAME           IP',
-        'gw1   example.com    198.18.2.2',
-        'gw1   video.example  198.18.2.3',
+        `gw1   example.com    ${ipA}`,
+        `gw1   video.example  ${ipB}`,
         'gw2   other.example  198.18.0.5',
         '',
       ].join('\n'),
@@ -148,8 +151,8 @@ describe('dns ls / lookup', () => {
     await dnsLs({ redis: redis.url, node: 'gw1', json: true, out: json });
     expect(JSON.parse(json.text)).toEqual({
       names: [
-        { node: 'gw1', name: 'example.com', ip: '198.18.2.2' },
-        { node: 'gw1', name: 'video.example', ip: '198.18.2.3' },
+        { node: 'gw1', name: 'example.com', ip: ipA },
+        { node: 'gw1', name: 'video.example', ip: ipB },
       ],
     });
   });
@@ -159,7 +162,7 @@ describe('dns ls / lookup', () => {
     await dnsLookup({ redis: redis.url, node: 'gw1', query: 'Example.com.', json: true, out });
     expect(JSON.parse(out.text)).toEqual({
       query: 'example.com',
-      results: [{ node: 'gw1', name: 'example.com', ip: '198.18.2.2' }],
+      results: [{ node: 'gw1', name: 'example.com', ip: ipA }],
     });
     const byIp = new Buf();
     await dnsLookup({ redis: redis.url, query: '198.18.0.5', json: false, out: byIp });
@@ -183,8 +186,8 @@ describe('nat watch', () => {
         await redis.cli('PUBLISH', 'fakeproxy:gw1:events', '{"probe":true}');
         return out.text.includes('probe') && human.text.includes('probe');
       }, 'subscribed');
-      const f = nat.open({ dstIp: '198.18.2.2', dstPort: 8080 });
-      nat.close(f.id, 'rst');
+      const f = nat.open({ dst: ipA, dport: 8080, at: now() });
+      nat.close(f, 'rst', now());
       await eventually(() => out.text.includes('"close"') && human.text.includes('close'), 'close event printed');
       const events = out.text
         .trim()
@@ -197,10 +200,11 @@ describe('nat watch', () => {
       ]);
       expect(human.text).toMatch(
         new RegExp(
-          `gw1 {2}open {3}tcp {2}198\\.18\\.0\\.1:\\d+ → example\\.com:8080 {2}nat 198\\.18\\.7\\.9:${f.natPort}`,
+          `gw1 {2}open {3}tcp {2}198\\.18\\.0\\.1:\\d+ → example\\.com:8080 {2}nat ${f.natIp.replaceAll('.', '\\.')}:${f.natPort}`,
         ),
       );
-      expect(human.text).toMatch(/close {2}tcp .* rst {2}up 60 B {2}down 0 B {2}after 0s/);
+      // SYN, ACK, RST out; SYN-ACK in: 40 bytes each.
+      expect(human.text).toMatch(/close {2}tcp .* rst {2}up 120 B {2}down 40 B {2}after 0s/);
     } finally {
       ac.abort();
       await Promise.all([watching, watchingAll]);

@@ -1,9 +1,9 @@
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../../../src/errors.js';
-import type { RedisFactory } from '../../../src/inspect/redisConn.js';
-import { type FlowEventMessage, RedisMirror } from '../../../src/nat/redisMirror.js';
-import { FakeDnsSource, FakeNat } from './fakeSources.js';
+import type { RedisFactory } from '../../../src/redis/client.js';
+import { type FlowEventMessage, RedisMirror } from '../../../src/redis/mirror.js';
+import { LiveDns, LiveNat } from './liveNat.js';
 import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
 
 let redis: TestRedis;
@@ -33,16 +33,16 @@ const flowKeys = async (node: string) =>
 
 describe('RedisMirror', () => {
   it('writes one hash per live flow with an index, a TTL and the name, and removes it on close', async () => {
-    const nat = new FakeNat();
-    const dns = new FakeDnsSource();
-    dns.mapName('example.com', '198.18.2.2');
+    const nat = new LiveNat();
+    const dns = new LiveDns();
+    const ip = await dns.resolve('example.com');
     const m = mirror({ nodeId: 'gw-basic', keyTtlSec: 60 });
-    m.attachDns(dns);
-    m.attachNat(nat);
+    m.attachDns(dns.dns);
+    m.attachNat(nat.nat);
     m.start();
     await eventually(() => m.stats().connected, 'connected');
 
-    const flows = Array.from({ length: 20 }, () => nat.open());
+    const flows = Array.from({ length: 20 }, () => nat.open({ dst: ip }));
     m.annotate(flows[0].id, { outbound: 'socks5' });
     await eventually(async () => (await flowKeys('gw-basic')).length === 20, '20 flow hashes');
 
@@ -51,69 +51,78 @@ describe('RedisMirror', () => {
       id: String(flows[0].id),
       proto: 'tcp',
       app: `198.18.0.1:${flows[0].srcPort}`,
-      dst: '198.18.2.2:80',
+      dst: `${ip}:80`,
       name: 'example.com',
-      nat: `198.18.7.9:${flows[0].natPort}`,
+      nat: `${flows[0].natIp}:${flows[0].natPort}`,
       outbound: 'socks5',
       state: 'syn',
-      createdMs: String(flows[0].createdMs),
+      createdMs: String(nat.now),
     });
     const ttl = Number(await redis.cli('TTL', `fakeproxy:gw-basic:flow:tcp:${flows[0].id}`));
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(60);
     expect(await reader.zcard('fakeproxy:gw-basic:flows')).toBe(20);
-    expect(await reader.hget('fakeproxy:gw-basic:dns:name', 'example.com')).toBe('198.18.2.2');
-    expect(await reader.hget('fakeproxy:gw-basic:dns:ip', '198.18.2.2')).toBe('example.com');
+    expect(await reader.hget('fakeproxy:gw-basic:dns:name', 'example.com')).toBe(ip);
+    expect(await reader.hget('fakeproxy:gw-basic:dns:ip', ip)).toBe('example.com');
 
-    for (const f of flows) nat.close(f.id);
+    for (const f of flows) nat.close(f);
     await eventually(async () => (await flowKeys('gw-basic')).length === 0, 'flow hashes gone');
     expect(await reader.zcard('fakeproxy:gw-basic:flows')).toBe(0);
     expect(m.stats().dropped).toBe(0);
   });
 
   it('polls entries() less often when a poll is slow (big tables), so the event loop stays free', async () => {
-    class SlowNat extends FakeNat {
-      polls = 0;
-      override entries() {
-        this.polls++;
-        const until = performance.now() + 10;
-        while (performance.now() < until) {
-          // a 10 ms copy, as for a table of a few thousand flows
-        }
-        return super.entries();
-      }
-    }
-    const nat = new SlowNat();
+    // The real table, big enough that copying it out takes milliseconds; each poll timed.
+    const live = new LiveNat();
+    for (let i = 0; i < 3000; i++) live.open({ sport: 20_000 + i });
+    const polls: { start: number; ms: number }[] = [];
+    const source = {
+      on: live.nat.on.bind(live.nat),
+      entries: () => {
+        const start = performance.now();
+        const e = live.nat.entries();
+        polls.push({ start, ms: performance.now() - start });
+        return e;
+      },
+    };
     const m = mirror({ nodeId: 'gw-slowpoll', refreshMs: 20 });
-    m.attachNat(nat);
-    const base = nat.polls;
+    m.attachNat(source);
     m.start();
-    await new Promise((r) => setTimeout(r, 1200));
-    // Without the stretch: ~60 polls; with it: one per ≥ 500 ms (50 × 10 ms).
-    expect(nat.polls - base).toBeGreaterThanOrEqual(1);
-    expect(nat.polls - base).toBeLessThanOrEqual(4);
+    // The resync at connection reads the table too; only the ticks' polls count.
+    await eventually(() => m.stats().resyncs === 1, 'first resync');
+    polls.length = 0;
+    await eventually(() => polls.length >= 3, 'three polls');
+    // Ticks come every 20 ms; a poll waits at least 50 × the previous one's duration.
+    for (let i = 1; i < polls.length; i++) {
+      expect(polls[i].start - polls[i - 1].start).toBeGreaterThanOrEqual(50 * polls[i - 1].ms);
+    }
+    // Not vacuous: each poll took long enough that 50 × its duration exceeds the 20 ms tick.
+    for (const p of polls) expect(p.ms).toBeGreaterThan(0.4);
   });
 
   it('refreshes byte counters from entries() without any event', async () => {
-    const nat = new FakeNat();
+    const nat = new LiveNat();
     const m = mirror({ nodeId: 'gw-bytes', refreshMs: 200 });
-    m.attachNat(nat);
+    m.attachNat(nat.nat);
     m.start();
     const f = nat.open();
     const key = `fakeproxy:gw-bytes:flow:tcp:${f.id}`;
-    await eventually(async () => (await reader.hget(key, 'bytesOut')) === '60', 'initial counters');
+    // A SYN is 40 bytes of IPv4 + TCP headers.
+    await eventually(async () => (await reader.hget(key, 'bytesOut')) === '40', 'initial counters');
+    let now = nat.now;
     for (let i = 1; i <= 3; i++) {
-      nat.traffic(f.id, 1000, 5000);
+      now += 1000;
+      nat.traffic(f, 1000, 5000, now);
+      // Listener → app: the SYN-ACK (40) once, then 5 000 bytes + 40 of headers per round.
       await eventually(
-        async () => (await redis.cli('HGET', key, 'bytesIn')).trim() === String(5000 * i),
-        `bytesIn = ${5000 * i}`,
+        async () => (await redis.cli('HGET', key, 'bytesIn')).trim() === String(40 + 5040 * i),
+        `bytesIn = ${40 + 5040 * i}`,
       );
     }
-    expect(await reader.hget(key, 'bytesOut')).toBe(String(60 + 3000));
+    // App → Listener: SYN, the handshake's ACK, then 1 000 + 40 per round.
+    expect(await reader.hget(key, 'bytesOut')).toBe(String(40 + 40 + 3 * 1040));
     expect(await reader.hget(key, 'state')).toBe('established');
-    expect(Number(await reader.zscore('fakeproxy:gw-bytes:flows', `tcp:${f.id}`))).toBe(
-      nat.table.get(f.id)?.lastSeenMs,
-    );
+    expect(Number(await reader.zscore('fakeproxy:gw-bytes:flows', `tcp:${f.id}`))).toBe(now);
   });
 
   it('publishes open and close events as JSON on fakeproxy:<node>:events', async () => {
@@ -122,25 +131,26 @@ describe('RedisMirror', () => {
     sub.on('message', (_c, msg: string) => got.push(JSON.parse(msg)));
     await sub.subscribe('fakeproxy:gw-events:events');
     try {
-      const nat = new FakeNat();
+      const nat = new LiveNat();
       const m = mirror({ nodeId: 'gw-events' });
-      m.attachNat(nat);
+      m.attachNat(nat.nat);
       m.start();
       await eventually(() => m.stats().connected, 'connected');
-      const f = nat.open({ proto: 'udp', state: 'udp', dstPort: 53 });
-      m.annotate(f.id, { name: 'dns.example', outbound: 'direct' });
-      nat.traffic(f.id, 100, 200);
-      nat.close(f.id, 'timeout');
+      const f = nat.open({ proto: 'udp', dport: 443 });
+      m.annotate(f.id, { name: 'quic.example', outbound: 'direct' });
+      nat.traffic(f, 100, 200);
+      nat.close(f, 'timeout');
       await eventually(() => got.length >= 2, 'two events');
       expect(got.map((e) => e.type)).toEqual(['open', 'close']);
       expect(got[0]).toMatchObject({
         v: 1,
         node: 'gw-events',
-        flow: { id: f.id, proto: 'udp', name: 'dns.example', outbound: 'direct' },
+        flow: { id: f.id, proto: 'udp', name: 'quic.example', outbound: 'direct' },
       });
+      // UDP datagrams: 28 bytes of headers each; out = the first (4 bytes) + 100, in = 200.
       expect(got[1]).toMatchObject({
         reason: 'timeout',
-        flow: { id: f.id, state: 'closed', bytesIn: 200, bytesOut: 160 },
+        flow: { id: f.id, state: 'udp', bytesIn: 228, bytesOut: 32 + 128, pktsOut: 2, pktsIn: 1 },
       });
       // Opened and closed within one batch: both events, and no hash is left behind.
       expect(await flowKeys('gw-events')).toEqual([]);
@@ -149,34 +159,36 @@ describe('RedisMirror', () => {
     }
   });
 
-  it('mirrors mapped/unmapped names, including an address recycled to another name', async () => {
-    const dns = new FakeDnsSource();
+  it('mirrors mapped names and an address recycled to another name', async () => {
+    // A /29: five usable addresses, so the sixth name takes the least recently used one.
+    const dns = new LiveDns('10.9.0.8/29');
     const m = mirror({ nodeId: 'gw-dns' });
-    m.attachDns(dns);
+    m.attachDns(dns.dns);
     m.start();
-    dns.mapName('a.example', '198.18.0.2');
-    dns.mapName('b.example', '198.18.0.3');
-    await eventually(async () => (await reader.hlen('fakeproxy:gw-dns:dns:name')) === 2, 'two names');
-    dns.unmap('a.example');
-    dns.mapName('c.example', '198.18.0.3'); // recycled: b loses .3
-    await eventually(
-      async () =>
-        JSON.stringify(await reader.hgetall('fakeproxy:gw-dns:dns:name')) ===
-        JSON.stringify({ 'c.example': '198.18.0.3' }),
-      'name map = {c → .3}',
-    );
-    expect(await reader.hgetall('fakeproxy:gw-dns:dns:ip')).toEqual({ '198.18.0.3': 'c.example' });
+    const ips = [];
+    for (let i = 1; i <= 5; i++) ips.push(await dns.resolve(`n${i}.example`));
+    await eventually(async () => (await reader.hlen('fakeproxy:gw-dns:dns:name')) === 5, 'five names');
+    const ip6 = await dns.resolve('n6.example');
+    expect(ip6).toBe(ips[0]); // recycled: n1 loses its address
+    const expected = Object.fromEntries([
+      ['n6.example', ip6],
+      ...ips.slice(1).map((ip, i) => [`n${i + 2}.example`, ip]),
+    ]);
+    await eventually(async () => (await reader.hget('fakeproxy:gw-dns:dns:name', 'n6.example')) === ip6, 'n6 mapped');
+    expect(await reader.hgetall('fakeproxy:gw-dns:dns:name')).toEqual(expected);
+    expect(await reader.hget('fakeproxy:gw-dns:dns:ip', ip6)).toBe('n6.example');
+    expect(await reader.hlen('fakeproxy:gw-dns:dns:ip')).toBe(5);
   });
 
   it('removes stale rows a previous run of the same node left behind', async () => {
     await redis.cli('HSET', 'fakeproxy:gw-stale:flow:tcp:999', 'id', '999', 'proto', 'tcp');
     await redis.cli('ZADD', 'fakeproxy:gw-stale:flows', '1', 'tcp:999');
     await redis.cli('HSET', 'fakeproxy:gw-stale:dns:name', 'old.example', '198.18.9.9');
-    const nat = new FakeNat();
+    const nat = new LiveNat();
     const live = nat.open();
     const m = mirror({ nodeId: 'gw-stale' });
-    m.attachNat(nat);
-    m.attachDns(new FakeDnsSource());
+    m.attachNat(nat.nat);
+    m.attachDns(new LiveDns().dns);
     m.start();
     await eventually(
       async () =>
@@ -189,12 +201,12 @@ describe('RedisMirror', () => {
   });
 
   it('close() removes every key of the node', async () => {
-    const nat = new FakeNat();
-    const dns = new FakeDnsSource();
-    dns.mapName('x.example', '198.18.0.9');
+    const nat = new LiveNat();
+    const dns = new LiveDns();
+    await dns.resolve('x.example');
     const m = new RedisMirror({ url: redis.url, nodeId: 'gw-close', logger: captureLog() });
-    m.attachNat(nat);
-    m.attachDns(dns);
+    m.attachNat(nat.nat);
+    m.attachDns(dns.dns);
     m.start();
     nat.open();
     await eventually(async () => (await flowKeys('gw-close')).length === 1, 'flow written');
@@ -213,10 +225,10 @@ describe('RedisMirror without Redis', () => {
   it('starts against an unreachable Redis with one log line, then syncs fully once Redis appears', async () => {
     const port = await freePort();
     const log = captureLog();
-    const nat = new FakeNat();
+    const nat = new LiveNat();
     const m = new RedisMirror({ url: `redis://127.0.0.1:${port}`, nodeId: 'gw-late', logger: log, maxBackoffMs: 200 });
     mirrors.push(m);
-    m.attachNat(nat);
+    m.attachNat(nat.nat);
     expect(() => m.start()).not.toThrow();
     for (let i = 0; i < 5; i++) nat.open();
     await eventually(() => m.stats().dropped > 0, 'writes dropped while unreachable');
@@ -243,11 +255,11 @@ describe('RedisMirror without Redis', () => {
   ])('logs one clear line for %s and keeps accepting events', async (_what, auth, pattern) => {
     const locked = await TestRedis.start({ password: 's3cret' });
     const log = captureLog();
-    const nat = new FakeNat();
+    const nat = new LiveNat();
     const m = new RedisMirror({ url: `redis://${auth}127.0.0.1:${locked.port}`, nodeId: 'gw-auth', logger: log });
     mirrors.push(m);
     try {
-      m.attachNat(nat);
+      m.attachNat(nat.nat);
       m.start();
       nat.open();
       await eventually(() => log.lines.length > 0, 'a log line');
@@ -272,8 +284,9 @@ describe('RedisMirror across a Redis outage', () => {
       clients.push(c);
       return c;
     };
-    const nat = new FakeNat();
-    const dns = new FakeDnsSource();
+    const nat = new LiveNat();
+    // A /29 (five addresses): names resolved during the outage recycle before.example's.
+    const dns = new LiveDns('10.9.0.8/29');
     const m = new RedisMirror({
       url: r.url,
       nodeId: 'gw-outage',
@@ -284,10 +297,10 @@ describe('RedisMirror across a Redis outage', () => {
     });
     mirrors.push(m);
     try {
-      m.attachNat(nat);
-      m.attachDns(dns);
+      m.attachNat(nat.nat);
+      m.attachDns(dns.dns);
       m.start();
-      dns.mapName('before.example', '198.18.0.2');
+      await dns.resolve('before.example');
       const before = Array.from({ length: 10 }, () => nat.open());
       await eventually(
         async () => (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).length === 10,
@@ -300,15 +313,16 @@ describe('RedisMirror across a Redis outage', () => {
       await eventually(() => !m.stats().connected, 'disconnect noticed');
       const droppedAtStart = m.stats().dropped;
 
-      for (const f of before.slice(0, 5)) nat.close(f.id);
+      for (const f of before.slice(0, 5)) nat.close(f);
       const during: number[] = [];
       for (let i = 0; i < 2000; i++) {
         const f = nat.open();
-        if (i % 2 === 0) nat.close(f.id);
+        if (i % 2 === 0) nat.close(f);
         else during.push(f.id);
       }
-      dns.unmap('before.example');
-      dns.mapName('during.example', '198.18.0.3');
+      const during5: Record<string, string> = {};
+      for (let i = 1; i <= 5; i++) during5[`d${i}.example`] = await dns.resolve(`d${i}.example`);
+      expect(dns.dns.lookup('before.example')).toBeUndefined();
       await eventually(() => m.stats().pending === 0, 'pending writes discarded, not queued');
       expect(m.stats().dropped).toBeGreaterThan(droppedAtStart);
       for (const c of clients) {
@@ -325,10 +339,10 @@ describe('RedisMirror across a Redis outage', () => {
         return JSON.stringify(keys) === JSON.stringify(expected);
       }, 'exactly the live flows after the restart');
       expect(Number(await r.cli('ZCARD', 'fakeproxy:gw-outage:flows'))).toBe(expected.length);
-      expect((await r.cli('HGETALL', 'fakeproxy:gw-outage:dns:name')).trim().split('\n')).toEqual([
-        'during.example',
-        '198.18.0.3',
-      ]);
+      const map = await r.cliLines('HGETALL', 'fakeproxy:gw-outage:dns:name');
+      expect(
+        Object.fromEntries(Array.from({ length: map.length / 2 }, (_, i) => [map[2 * i], map[2 * i + 1]])),
+      ).toEqual(during5);
       expect(m.stats().resyncs).toBeGreaterThanOrEqual(2);
     } finally {
       await m.close();

@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parsePoolCidr, RedisSharedPool } from '../../../src/dns/redisPool.js';
 import { FakeproxyError } from '../../../src/errors.js';
+import { parsePoolCidr, RedisSharedPool } from '../../../src/redis/sharedPool.js';
 import { captureLog, eventually, freePort, TestRedis } from './redisServer.js';
 
 let redis: TestRedis;

@@ -1,16 +1,96 @@
 /**
- * Redis connection helpers shared by the mirror (src/nat/redisMirror.ts), the
- * shared fake-IP pool (src/dns/redisPool.ts) and the inspection commands
- * (src/inspect/*.ts): URL validation, password redaction, one-line error
- * messages that name the fix, and the factory seam tests drive.
+ * The one way fakeproxy makes Redis clients, used by the mirror
+ * (src/redis/mirror.ts), the shared fake-IP pool (src/redis/sharedPool.ts)
+ * and the inspection commands (src/inspect/): URL validation, the client
+ * options of a long-lived ("resilient") connection and its one retry
+ * strategy, connect-once for CLI commands, password redaction, and one-line
+ * error messages that name the fix.
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import { FakeproxyError, UsageError } from '../errors.js';
 
-/** How a Redis client is made; a parameter so tests (and Sentinel/Cluster later) can swap it. */
+/** How a Redis client is made; a parameter so tests can watch or swap it. */
 export type RedisFactory = (url: string, options: RedisOptions) => Redis;
 
 export const defaultRedisFactory: RedisFactory = (url, options) => new Redis(url, options);
+
+/** Reconnect backoff cap of long-lived connections. @default 2000 — back "within a few seconds" of Redis returning. */
+export const DEFAULT_MAX_BACKOFF_MS = 2_000;
+/** Retry interval while Redis refuses the credentials: slow and quiet, so fixing the server heals without a restart. */
+export const AUTH_RETRY_MS = 30_000;
+/** TCP connect timeout of every client. */
+export const CONNECT_TIMEOUT_MS = 5_000;
+
+/**
+ * The one retry strategy: exponential from 100 ms, capped at `maxBackoffMs`,
+ * jittered (half fixed, half random) so a fleet does not reconnect in step;
+ * AUTH_RETRY_MS while the credentials are refused.
+ */
+export function retryDelayMs(times: number, maxBackoffMs: number, authFailed: boolean): number {
+  if (authFailed) return AUTH_RETRY_MS;
+  const base = Math.min(100 * 2 ** Math.min(times, 10), maxBackoffMs);
+  return Math.round(base / 2 + Math.random() * (base / 2));
+}
+
+export interface ResilientOptions {
+  /** @default DEFAULT_MAX_BACKOFF_MS */
+  maxBackoffMs?: number;
+  /** Whether the last failure was refused credentials (slows retries to AUTH_RETRY_MS). */
+  authFailed?: () => boolean;
+  /**
+   * A subscriber: commands (SUBSCRIBE) wait in the offline queue and are
+   * re-sent after a reconnect. Otherwise an outage must not grow memory:
+   * commands fail fast instead of queueing, and the caller repairs what was
+   * dropped when the connection is back.
+   */
+  subscriber?: boolean;
+}
+
+/** Options of a long-lived connection that reconnects by itself forever. */
+export function resilientOptions(opts: ResilientOptions = {}): RedisOptions {
+  const maxBackoffMs = opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS;
+  const authFailed = opts.authFailed ?? (() => false);
+  return {
+    lazyConnect: true,
+    enableOfflineQueue: opts.subscriber === true,
+    maxRetriesPerRequest: opts.subscriber ? null : 1,
+    autoResendUnfulfilledCommands: false,
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    retryStrategy: (times) => retryDelayMs(times, maxBackoffMs, authFailed()),
+  };
+}
+
+/**
+ * Which failures a long-lived connection has reported, so an outage logs one
+ * line and not one per retry, and refused credentials slow the retries.
+ */
+export class FailureLog {
+  /** The failure kind last logged (or 'lost'). */
+  private logged?: string;
+  authFailed = false;
+
+  /** A connection error: returns its kind and whether it deserves a log line. */
+  error(err: unknown): { kind: RedisFailureKind; log: boolean } {
+    const kind = classifyRedisError(err);
+    if (kind === 'auth' || kind === 'noauth') this.authFailed = true;
+    const repeat = this.logged === kind || (this.logged === 'lost' && kind === 'unreachable');
+    if (!repeat) this.logged = kind;
+    return { kind, log: !repeat };
+  }
+
+  /** An established connection was lost (the caller logs it). */
+  lost(): void {
+    this.logged = 'lost';
+  }
+
+  /** Connected: returns whether a failure had been logged (so "connected again" is worth a line). */
+  ready(): boolean {
+    const was = this.logged !== undefined;
+    this.logged = undefined;
+    this.authFailed = false;
+    return was;
+  }
+}
 
 /** The smallest logger the Redis modules need; `console` satisfies it. */
 export interface RedisLogger {
@@ -117,7 +197,7 @@ export async function connectOnce(
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
-    connectTimeout: opts.connectTimeoutMs ?? 5_000,
+    connectTimeout: opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
     ...opts.extra,
   });
   let lastError: unknown;
@@ -138,18 +218,14 @@ export async function connectOnce(
   return client;
 }
 
-/** Redis keys for one node: everything under `fakeproxy:<node>:`. */
-export function nodePrefix(nodeId: string): string {
-  return `fakeproxy:${nodeId}:`;
-}
-
-/**
- * Node ids become key segments, so they may not contain ':' or glob
- * characters; "pool" is reserved for the shared fake-IP pool's keys.
- */
-export function checkNodeId(nodeId: string): string {
-  if (!/^[A-Za-z0-9._-]{1,128}$/.test(nodeId) || nodeId === 'pool') {
-    throw new UsageError(`invalid node id "${nodeId}": use 1-128 letters, digits, '.', '_' or '-' (and not "pool")`);
-  }
-  return nodeId;
+/** Every key matching `pattern` (SCAN, so the server is never blocked by KEYS). */
+export async function scanKeys(client: Redis, pattern: string): Promise<string[]> {
+  const keys: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    cursor = next;
+    keys.push(...batch);
+  } while (cursor !== '0');
+  return keys;
 }

@@ -4,13 +4,8 @@
  * name. Allocation and LRU recycling run as one Lua script (atomic on the
  * server), so two daemons can never give two names one address.
  *
- * Keys (one hash tag, so the script's keys share a Cluster slot):
- *   fakeproxy:pool:{<cidr>}:n2i      hash  name → ip
- *   fakeproxy:pool:{<cidr>}:i2n      hash  ip → name
- *   fakeproxy:pool:{<cidr>}:lru      zset  ip scored by the logical clock of its last use
- *   fakeproxy:pool:{<cidr>}:cursor   int   addresses handed out for the first time so far
- *   fakeproxy:pool:{<cidr>}:clock    int   logical clock (INCR; daemons' wall clocks may differ)
- *   fakeproxy:pool:{<cidr>}:recycled channel, JSON {name, ip, by} when an address changes owner
+ * Keys: poolKeys() in src/redis/schema.ts (one hash tag, so the script's
+ * keys share a Cluster slot).
  *
  * A local cache answers known names without a round trip; recycling
  * messages invalidate it on every daemon, and after a reconnect the cache is
@@ -26,18 +21,21 @@
  */
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Redis, RedisOptions } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { FakeproxyError, UsageError } from '../errors.js';
 import {
   classifyRedisError,
   defaultRedisFactory,
   describeRedisError,
+  FailureLog,
   parseRedisUrl,
   type RedisFactory,
   type RedisLogger,
   redactRedisUrl,
   redisErrorCode,
-} from '../inspect/redisConn.js';
+  resilientOptions,
+} from './client.js';
+import { decodeRecycled, type PoolKeys, poolKeys } from './schema.js';
 
 export interface RedisSharedPoolOptions {
   url: string;
@@ -51,7 +49,7 @@ export interface RedisSharedPoolOptions {
   touchFlushMs?: number;
   /** start() waits this long for a first connection before resolving anyway. @default 5000 */
   startTimeoutMs?: number;
-  /** Reconnect backoff cap. @default 2000 */
+  /** Reconnect backoff cap. @default DEFAULT_MAX_BACKOFF_MS (src/redis/client.ts) */
   maxBackoffMs?: number;
 }
 
@@ -151,12 +149,13 @@ export class RedisSharedPool extends EventEmitter {
   private readonly first: number;
   private readonly size: number;
   private readonly gatewayInt: number;
-  private readonly keys: { n2i: string; i2n: string; lru: string; cursor: string; clock: string; channel: string };
+  private readonly keys: PoolKeys;
   private readonly logger: RedisLogger;
   private readonly factory: RedisFactory;
   private readonly touchFlushMs: number;
   private readonly startTimeoutMs: number;
-  private readonly maxBackoffMs: number;
+  private readonly maxBackoffMs?: number;
+  private readonly failures = new FailureLog();
   /** Identifies this instance in recycling messages. */
   private readonly instanceId = `${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
 
@@ -165,8 +164,6 @@ export class RedisSharedPool extends EventEmitter {
   private connected = false;
   private everConnected = false;
   private closed = false;
-  private loggedFailure?: string;
-  private authFailed = false;
   /** start() is waiting for the first outcome: a refused password becomes its rejection, not a log line. */
   private starting = false;
   private readonly byName = new Map<string, string>();
@@ -186,20 +183,12 @@ export class RedisSharedPool extends EventEmitter {
     const gw = ipToInt(opts.gateway);
     if (gw === undefined) throw new UsageError(`invalid gateway address "${opts.gateway}"`);
     this.gatewayInt = gw;
-    const base = `fakeproxy:pool:{${this.cidr}}:`;
-    this.keys = {
-      n2i: `${base}n2i`,
-      i2n: `${base}i2n`,
-      lru: `${base}lru`,
-      cursor: `${base}cursor`,
-      clock: `${base}clock`,
-      channel: `${base}recycled`,
-    };
+    this.keys = poolKeys(this.cidr);
     this.logger = opts.logger ?? console;
     this.factory = opts.redisFactory ?? defaultRedisFactory;
     this.touchFlushMs = opts.touchFlushMs ?? 1000;
     this.startTimeoutMs = opts.startTimeoutMs ?? 5000;
-    this.maxBackoffMs = opts.maxBackoffMs ?? 2000;
+    this.maxBackoffMs = opts.maxBackoffMs;
   }
 
   /** Addresses the pool can hand out (hosts of the CIDR minus the gateway). */
@@ -220,25 +209,17 @@ export class RedisSharedPool extends EventEmitter {
    */
   async start(): Promise<void> {
     if (this.client) return;
-    const options: RedisOptions = {
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 1,
-      autoResendUnfulfilledCommands: false,
-      connectTimeout: 5_000,
-      retryStrategy: (times) =>
-        this.authFailed ? 30_000 : Math.min(100 * 2 ** Math.min(times, 10), this.maxBackoffMs),
-    };
-    const client = this.factory(this.url, options);
+    const resilient = { maxBackoffMs: this.maxBackoffMs, authFailed: () => this.failures.authFailed };
+    const client = this.factory(this.url, resilientOptions(resilient));
     this.client = client;
-    const sub = this.factory(this.url, { ...options, enableOfflineQueue: true, maxRetriesPerRequest: null });
+    const sub = this.factory(this.url, resilientOptions({ ...resilient, subscriber: true }));
     this.sub = sub;
     sub.on('error', () => {
       /* the main client reports connection problems */
     });
     sub.on('message', (_ch: string, msg: string) => this.onRecycled(msg));
     // Queued until connected; ioredis resubscribes by itself after reconnects.
-    sub.subscribe(this.keys.channel).catch(() => {});
+    sub.subscribe(this.keys.recycled).catch(() => {});
     sub.connect().catch(() => {});
 
     client.on('close', () => {
@@ -246,7 +227,7 @@ export class RedisSharedPool extends EventEmitter {
         this.logger.warn(
           `shared fake-IP pool: lost Redis at ${redactRedisUrl(this.url)}; answering cached names only (others get SERVFAIL) until it is back`,
         );
-        this.loggedFailure = 'lost';
+        this.failures.lost();
       }
       this.connected = false;
     });
@@ -346,7 +327,7 @@ export class RedisSharedPool extends EventEmitter {
       reply = await this.evalScript(
         ALLOCATE,
         [this.keys.n2i, this.keys.i2n, this.keys.lru, this.keys.cursor, this.keys.clock],
-        [name, String(this.first), String(this.size), String(this.gatewayInt), this.keys.channel, this.instanceId],
+        [name, String(this.first), String(this.size), String(this.gatewayInt), this.keys.recycled, this.instanceId],
       );
     } catch (err) {
       if (/EPOOLEMPTY/.test(String((err as Error).message))) {
@@ -409,26 +390,21 @@ export class RedisSharedPool extends EventEmitter {
     if (changed) this.emit('recycled', name, ip);
   }
 
-  private onRecycled(msg: string): void {
-    try {
-      const m = JSON.parse(msg) as { name?: unknown; ip?: unknown };
-      if (typeof m.name === 'string' && typeof m.ip === 'string') this.forget(m.name, m.ip);
-    } catch {
-      /* not ours */
-    }
+  private onRecycled(raw: string): void {
+    const m = decodeRecycled(raw);
+    if (m) this.forget(m.name, m.ip);
   }
 
   private onError(err: unknown): void {
     if (this.closed) return;
-    const kind = classifyRedisError(err);
-    if (kind === 'auth' || kind === 'noauth') {
-      this.authFailed = true;
-      // start() rejects with this error (one line from the CLI); logging it
-      // too, with "retrying", would be a second and misleading line.
-      if (this.starting) return;
+    const auth = /^(auth|noauth)$/.test(classifyRedisError(err));
+    // start() rejects with a refused password (one line from the CLI); logging
+    // it too, with "retrying", would be a second and misleading line.
+    if (auth && this.starting) {
+      this.failures.authFailed = true;
+      return;
     }
-    if (this.loggedFailure === kind || (this.loggedFailure === 'lost' && kind === 'unreachable')) return;
-    this.loggedFailure = kind;
+    if (!this.failures.error(err).log) return;
     this.logger.warn(
       `shared fake-IP pool: ${describeRedisError(this.url, err)}; answering cached names only (others get SERVFAIL), retrying`,
     );
@@ -437,10 +413,7 @@ export class RedisSharedPool extends EventEmitter {
   private async onReady(): Promise<void> {
     const reconnect = this.everConnected;
     this.everConnected = true;
-    this.authFailed = false;
-    if (this.loggedFailure !== undefined)
-      this.logger.info(`shared fake-IP pool: connected to ${redactRedisUrl(this.url)}`);
-    this.loggedFailure = undefined;
+    if (this.failures.ready()) this.logger.info(`shared fake-IP pool: connected to ${redactRedisUrl(this.url)}`);
     if (reconnect) await this.revalidate();
     this.connected = true;
   }
