@@ -1,4 +1,5 @@
 import type { Scenario } from './common.js';
+import { dnsJournal } from './dnsJournal.js';
 import { dns } from './dnsScenario.js';
 import { engine } from './engine.js';
 import { natScale } from './natScale.js';
@@ -10,4 +11,4 @@ import { udp } from './udp.js';
 export type { Scenario };
 
 /** In the order `npm run bench` runs them. */
-export const SCENARIOS: Scenario[] = [engine, tcpThroughput, tcpConnect, udp, dns, natScale, redis];
+export const SCENARIOS: Scenario[] = [engine, tcpThroughput, tcpConnect, udp, dns, dnsJournal, natScale, redis];

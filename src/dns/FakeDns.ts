@@ -7,9 +7,13 @@
  * a mapping is recycled or dropped.
  */
 import { EventEmitter } from 'node:events';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { FakeproxyError } from '../errors.js';
+import { fsyncDirSync } from '../util/stateFile.js';
 import { FakeIpFilter } from './filter.js';
-import { loadMap, saveMap } from './persist.js';
+import { JOURNAL_PREFIX, journalGens, MapJournal, readJournal } from './journal.js';
+import { loadSnapshot, MAP_FILE, saveMap } from './persist.js';
 import { FakeIpPool, type FakeIpStore, normalizeName, type PoolListener } from './pool.js';
 import { FakeRange, intToIp, ipToInt } from './range.js';
 import { DnsServer } from './server.js';
@@ -94,6 +98,8 @@ export class FakeDns extends EventEmitter {
   private readonly listen: { host: string; port: number }[];
   private readonly shared: SharedFakeIpPool | undefined;
   private persistTimer: NodeJS.Timeout | undefined;
+  /** Write-ahead journal of new mappings (with a state dir, once started). */
+  private journal: MapJournal | undefined;
   private savedVersion = -1;
   private saving: Promise<void> | undefined;
   private started = false;
@@ -112,6 +118,7 @@ export class FakeDns extends EventEmitter {
     upstreamFailures: 0,
     poolExhausted: 0,
     truncated: 0,
+    journalFailures: 0,
   };
 
   constructor(opts: FakeDnsOptions) {
@@ -129,6 +136,7 @@ export class FakeDns extends EventEmitter {
     this.persistIntervalMs = opts.persistIntervalMs ?? 60_000;
     this.listen = opts.listen.map((l) => ({ host: l.host, port: l.port }));
     const listener: PoolListener = (ev, name, ip) => {
+      if (ev === 'mapped' && this.journal) void this.journal.append(name, intToIp(ip), this.clock());
       if (this.listenerCount(ev) > 0) this.emit(ev, name, intToIp(ip));
     };
     this.store = opts.storeFactory
@@ -160,7 +168,17 @@ export class FakeDns extends EventEmitter {
   async start(): Promise<void> {
     if (this.started) throw new FakeproxyError('EALREADY', 'FakeDns already started');
     this.started = true;
-    if (this.stateDir) await this.reload(this.stateDir);
+    if (this.stateDir) {
+      try {
+        await mkdir(this.stateDir, { recursive: true, mode: 0o755 });
+        const gen = await this.reload(this.stateDir);
+        this.journal = new MapJournal(this.stateDir, gen);
+      } catch (err) {
+        this.log(
+          `dns: cannot use ${this.stateDir} for the fake-IP map: ${(err as Error).message}; mappings will not survive a restart (fix --state-dir)`,
+        );
+      }
+    }
     await this.server.listen(this.listen);
     if (this.stateDir && this.persistIntervalMs > 0) {
       this.persistTimer = setInterval(() => void this.persist(), this.persistIntervalMs);
@@ -175,6 +193,13 @@ export class FakeDns extends EventEmitter {
     await this.server.close();
     if (this.saving) await this.saving;
     if (this.stateDir && this.started) await this.persist(true);
+    const j = this.journal;
+    this.journal = undefined;
+    if (j) {
+      await j.close();
+      // A clean stop: the snapshot just written holds everything.
+      if (this.savedVersion === this.store.version) await j.dropBefore(Number.POSITIVE_INFINITY);
+    }
   }
 
   reverse(ip: string): string | undefined {
@@ -283,6 +308,8 @@ export class FakeDns extends EventEmitter {
             return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
           }
           this.counters.fakeA++;
+          const durable = this.journal?.durable(name);
+          if (durable) return this.afterJournal(durable, msg, q, limit, () => buildAResponse(msg, q, ip, this.ttl));
           return buildAResponse(msg, q, ip, this.ttl);
         }
       } else if (t === QType.PTR) {
@@ -332,7 +359,31 @@ export class FakeDns extends EventEmitter {
       this.store.restore(name, ip, this.clock());
     }
     this.counters.fakeA++;
+    const durable = this.journal?.durable(name);
+    if (durable) return this.afterJournal(durable, msg, q, limit, () => buildAResponse(msg, q, ip, this.ttl));
     return buildAResponse(msg, q, ip, this.ttl);
+  }
+
+  /**
+   * The answer leaves only once its mapping is on disk; a journal that
+   * cannot be written means SERVFAIL (an address handed out without a
+   * durable mapping could point elsewhere after a crash).
+   */
+  private afterJournal(
+    durable: Promise<void>,
+    msg: Buffer,
+    q: Query,
+    limit: number,
+    answer: () => Buffer,
+  ): Promise<Buffer> {
+    return durable.then(answer, (err: Error) => {
+      this.counters.journalFailures++;
+      this.logLimited(
+        'journal',
+        `dns: cannot journal the fake-IP map under ${this.stateDir}: ${err.message}; answering SERVFAIL (free space or fix --state-dir)`,
+      );
+      return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
+    });
   }
 
   /** Not filtered, not the root, not a reverse-mapping name (the gateway's reverse zone included). */
@@ -385,29 +436,63 @@ export class FakeDns extends EventEmitter {
     this.lastLog.set(key, { at: now, suppressed: 0 });
   }
 
-  private async reload(dir: string): Promise<void> {
-    const saved = await loadMap(dir, this.range.cidr, this.log);
-    if (!saved) return;
-    let restored = 0;
+  /**
+   * The snapshot, then the journal generations it does not cover, in order.
+   * Returns the generation the journal should append to next.
+   */
+  private async reload(dir: string): Promise<number> {
+    const snap = await loadSnapshot(dir, this.range.cidr, this.log);
+    if (snap?.otherCidr) {
+      // Discarded (logged): remove it and its journal now, so a crash before
+      // the next snapshot cannot mix it with mappings of this range.
+      await rm(join(dir, MAP_FILE), { force: true });
+      for (const g of journalGens(dir)) await rm(join(dir, `${JOURNAL_PREFIX}${g}`), { force: true });
+      fsyncDirSync(dir);
+      return 1;
+    }
+    const saved = snap?.entries ?? [];
+    const fromGen = snap?.journalGen ?? 0;
+    const nextGen = Math.max(fromGen, ...journalGens(dir)) + 1;
+    const journal = readJournal(dir, fromGen);
+    if (!snap && journal.records.length === 0) return nextGen;
     let filtered = 0;
-    let bad = 0;
+    let bad = journal.bad;
     saved.sort((a, b) => a.lastUsedMs - b.lastUsedMs);
-    for (const e of saved) {
+    const entries = [
+      ...saved.map((e) => ({ ...e, journaled: false })),
+      ...journal.records.map((r) => ({ name: r.n, ip: r.i, lastUsedMs: r.t, journaled: true })),
+    ];
+    for (const e of entries) {
       const name = normalizeName(e.name);
       const ip = ipToInt(e.ip);
       if (!this.fakeable(name) || name === 'localhost' || name.endsWith('.localhost')) {
         filtered++;
         continue;
       }
-      if (ip === undefined || !this.store.restore(name, ip, e.lastUsedMs)) bad++;
-      else restored++;
+      if (ip === undefined || !this.range.contains(ip)) {
+        bad++;
+        continue;
+      }
+      if (!e.journaled) {
+        if (!this.store.restore(name, ip, e.lastUsedMs)) bad++;
+        continue;
+      }
+      // A journal record is newer than everything before it: it wins.
+      const had = this.store.lookup(name);
+      if (had === ip) continue;
+      if (had !== undefined) this.store.remove(name);
+      const holder = this.store.reverse(ip);
+      if (holder !== undefined) this.store.remove(holder);
+      if (!this.store.restore(name, ip, e.lastUsedMs)) bad++;
     }
-    this.savedVersion = this.store.version;
+    this.savedVersion = journal.records.length ? -1 : this.store.version;
     this.log(
-      `dns: restored ${restored} fake-IP mappings from ${dir}` +
+      `dns: restored ${this.store.mapped} fake-IP mappings from ${dir}` +
+        (journal.records.length ? ` (${journal.records.length} from the journal)` : '') +
         (filtered ? `; dropped ${filtered} now matched by --fake-ip-filter` : '') +
         (bad ? `; skipped ${bad} invalid` : ''),
     );
+    return nextGen;
   }
 
   /** Save when the map changed since the last save (always when `force`). Errors are logged, not thrown. */
@@ -420,10 +505,14 @@ export class FakeDns extends EventEmitter {
     }
     const version = this.store.version;
     if (!force && version === this.savedVersion) return;
+    // Same turn: the new generation starts exactly where the snapshot ends.
+    const journal = this.journal;
+    const gen = journal?.rotate();
     const entries = this.entries().map((e) => ({ name: e.name, ip: e.ip, lastUsedMs: e.lastUsedMs }));
-    this.saving = saveMap(dir, this.range.cidr, entries, this.clock())
-      .then(() => {
+    this.saving = saveMap(dir, this.range.cidr, entries, this.clock(), gen)
+      .then(async () => {
         this.savedVersion = version;
+        if (journal && gen !== undefined) await journal.dropBefore(gen);
       })
       .catch((err: Error) =>
         this.logLimited('persist', `dns: cannot save the fake-IP map under ${dir}: ${err.message} (check --state-dir)`),

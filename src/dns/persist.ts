@@ -7,9 +7,14 @@
  * (rename within a file system is atomic, so a crash leaves the old map or
  * the new one, never half of either). A map made with another CIDR, or that
  * cannot be read, is discarded with a log line — never a start-up failure.
+ *
+ * Between snapshots, new mappings go to the journal (journal.ts); the
+ * snapshot records `journalGen`, the first journal generation it does not
+ * cover.
  */
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fsyncDirSync } from '../util/stateFile.js';
 
 export const MAP_FILE = 'fake-ip-map.json';
 const FORMAT = 1;
@@ -24,15 +29,24 @@ interface SavedMap {
   format: number;
   cidr: string;
   savedAtMs: number;
+  /** Journal generations >= this are newer than the snapshot (absent: 0, replay all). */
+  journalGen?: number;
   /** Least recently used first, so reloading in order rebuilds the LRU list. */
   entries: SavedEntry[];
 }
 
-export async function saveMap(stateDir: string, cidr: string, entries: SavedEntry[], nowMs: number): Promise<void> {
+export async function saveMap(
+  stateDir: string,
+  cidr: string,
+  entries: SavedEntry[],
+  nowMs: number,
+  journalGen?: number,
+): Promise<void> {
   await mkdir(stateDir, { recursive: true, mode: 0o755 });
   const file = join(stateDir, MAP_FILE);
   const tmp = `${file}.tmp-${process.pid}`;
   const body: SavedMap = { format: FORMAT, cidr, savedAtMs: nowMs, entries };
+  if (journalGen !== undefined) body.journalGen = journalGen;
   const fh = await open(tmp, 'w', 0o644);
   try {
     await fh.writeFile(JSON.stringify(body));
@@ -44,6 +58,9 @@ export async function saveMap(stateDir: string, cidr: string, entries: SavedEntr
   }
   await fh.close();
   await rename(tmp, file);
+  // The rename is durable only once the directory is (older journal
+  // generations are deleted on the strength of it).
+  fsyncDirSync(stateDir);
 }
 
 /**
@@ -55,6 +72,16 @@ export async function loadMap(
   cidr: string,
   log: (line: string) => void,
 ): Promise<SavedEntry[] | undefined> {
+  const snap = await loadSnapshot(stateDir, cidr, log);
+  return snap?.otherCidr ? undefined : snap?.entries;
+}
+
+/** The saved map and the first journal generation it does not cover; undefined as loadMap. */
+export async function loadSnapshot(
+  stateDir: string,
+  cidr: string,
+  log: (line: string) => void,
+): Promise<{ entries: SavedEntry[]; journalGen: number; otherCidr?: boolean } | undefined> {
   const file = join(stateDir, MAP_FILE);
   let text: string;
   try {
@@ -77,9 +104,9 @@ export async function loadMap(
   }
   if (body.cidr !== cidr) {
     log(`dns: saved fake-IP map ${file} was made for ${String(body.cidr)}, not ${cidr}; discarded, starting empty`);
-    return undefined;
+    return { entries: [], journalGen: Number.POSITIVE_INFINITY, otherCidr: true };
   }
-  return body.entries.filter(
+  const entries = body.entries.filter(
     (e): e is SavedEntry =>
       typeof e === 'object' &&
       e !== null &&
@@ -87,4 +114,5 @@ export async function loadMap(
       typeof e.ip === 'string' &&
       typeof e.lastUsedMs === 'number',
   );
+  return { entries, journalGen: typeof body.journalGen === 'number' ? body.journalGen : 0 };
 }

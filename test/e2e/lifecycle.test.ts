@@ -4,7 +4,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DaemonProc, runCli } from './harness/daemon.js';
+import { DaemonProc, ROOT, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { createTopology, type Topology } from './harness/topology.js';
 
@@ -64,4 +64,44 @@ describe.skipIf(skip)('lifecycle: usage errors and the remembered resolver', () 
     expect(t.dnsmasqLog()).toMatch(/query\[A\] printer\.lan/);
     expect(await d.stop()).toBe(0);
   });
+});
+
+describe.skipIf(skip)('crash safety: kill -9 under a stream of new names', () => {
+  let t: Topology;
+  beforeAll(async () => {
+    t = await createTopology();
+  });
+  afterAll(async () => {
+    await t?.destroy();
+  });
+
+  it('after 20 random kill points every address an app received still maps to its name', async () => {
+    const state = join(t.tmp, 'state-crash');
+    const stream = join(ROOT, 'test/e2e/fixtures/dnsstream.mjs');
+    const held: string[] = [];
+    const ROUNDS = 20;
+    for (let round = 0; round < ROUNDS; round++) {
+      const d = await t.startDaemon(['--state-dir', state]);
+      const client = t.client.spawn('node', [stream, 'stream', '198.18.0.1', `r${round}`, '16']);
+      let out = '';
+      client.stdout?.setEncoding('utf8').on('data', (s: string) => {
+        out += s;
+      });
+      const exited = new Promise((r) => client.once('exit', r));
+      // A random kill point while answers are streaming (after the first one).
+      while (!out.includes('\n')) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 400)));
+      expect(await d.stop('SIGKILL')).toBe(-1);
+      await exited;
+      const lines = out.split('\n').filter((l) => /^\S+ 198\.18\.\d+\.\d+$/.test(l));
+      expect(lines.length).toBeGreaterThan(0);
+      held.push(...lines);
+    }
+    const d = await t.startDaemon(['--state-dir', state]);
+    expect(d.stderr).toMatch(/from the journal/);
+    const r = await t.client.exec('node', [stream, 'check', '198.18.0.1'], { input: `${held.join('\n')}\n` });
+    expect(r.stdout.trim()).toBe(`ok ${held.length}`);
+    expect(new Set(held.map((l) => l.split(' ')[1])).size).toBe(held.length);
+    await d.stop();
+  }, 180_000);
 });
