@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
+import { sendCommand } from './command.js';
 import { loadConfigFile, resolveStartConfig } from './config.js';
 import { formatStatus, readStatus } from './control.js';
 import { Daemon } from './daemon.js';
 import { FakeproxyError, UsageError } from './errors.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
+import { buildRouteTable, explainRoute, type RouteAnswer } from './proxy/routing.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
 const EXIT_RUNTIME = 1;
@@ -27,7 +29,10 @@ async function runStart(opts: Record<string, unknown>): Promise<void> {
     const file = typeof opts.config === 'string' ? loadConfigFile(opts.config) : {};
     const { config: _c, ...flags } = opts;
     const cfg = resolveStartConfig(flags, file);
-    daemon = new Daemon(cfg);
+    const path = typeof opts.config === 'string' ? opts.config : undefined;
+    daemon = new Daemon(cfg, {
+      reloadConfig: path === undefined ? undefined : () => resolveStartConfig(flags, loadConfigFile(path)),
+    });
     const d = daemon;
     // Teardown on every way out: signals (clean, exit 0), uncaught errors (exit 1),
     // and process exit (synchronous native close as a last resort).
@@ -41,6 +46,11 @@ async function runStart(opts: Record<string, unknown>): Promise<void> {
     };
     process.once('SIGINT', () => onSignal('SIGINT'));
     process.once('SIGTERM', () => onSignal('SIGTERM'));
+    // SIGHUP re-reads --config (routing); a broken file keeps the old rules.
+    process.on('SIGHUP', () => {
+      d.log('SIGHUP: reloading the config');
+      d.reload();
+    });
     process.on('uncaughtException', (e) => {
       d.log(`internal error: ${e.stack ?? e.message}`);
       d.closeSync();
@@ -104,8 +114,12 @@ export function buildProgram(): Command {
       'NAT idle timeout, repeatable: tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, udp-dns',
       collect,
     )
-    .option('--config <file.yaml>', 'config file; every flag has a camelCase twin, flags win')
-    .option('--debug', 'stack traces on errors')
+    .option('--geoip-db <file.mmdb>', 'MaxMind-format country database for GEOIP rules')
+    .option(
+      '--config <file.yaml>',
+      'config file: our camelCase keys and/or Clash proxies, proxy-groups, rules, dns; flags win; SIGHUP re-reads it',
+    )
+    .option('--debug', 'stack traces on errors; one log line per connection with its rule and chain')
     .action(async (opts: Record<string, unknown>) => {
       // commander sets dnsHijack=true by default via --no-dns-hijack; keep it
       // undefined unless given so the config file can set it.
@@ -146,6 +160,75 @@ export function buildProgram(): Command {
       }, o),
     );
 
+  program
+    .command('route <name[:port]>')
+    .description(
+      'which rule a new connection to NAME (or an IP) takes and the outbound chain: asks the running daemon, or evaluates --config FILE offline',
+    )
+    .option('--udp', 'a UDP flow (default TCP)')
+    .option('--src <ip[:port]>', 'the app address, for SRC-IP-CIDR / SRC-PORT rules')
+    .option('--config <file.yaml>', 'evaluate this file offline instead of asking the daemon')
+    .option('--geoip-db <file.mmdb>', 'with --config: the database for GEOIP rules')
+    .option('--tun <name>', 'the daemon serving this device (default fp0)', 'fp0')
+    .option('--json', 'the answer as JSON')
+    .option('--debug', 'stack traces on errors')
+    .action((target: string, o: Record<string, unknown>) =>
+      runInspect(async () => {
+        const q = routeQuery(target, o);
+        let a: RouteAnswer;
+        let source: string;
+        if (typeof o.config === 'string') {
+          const raw = loadConfigFile(o.config);
+          const cfg = resolveStartConfig(o.geoipDb === undefined ? {} : { geoipDb: o.geoipDb }, raw);
+          a = explainRoute(buildRouteTable(cfg), q);
+          source = `${o.config} (offline: health is not checked; fallback/url-test show their first member)`;
+        } else {
+          const r = await sendCommand(String(o.tun), { cmd: 'route', ...q });
+          if (!r.ok) throw new UsageError(`route: ${r.error}`);
+          a = r as unknown as RouteAnswer;
+          source = `the daemon serving ${String(o.tun)}`;
+        }
+        if (o.json) {
+          process.stdout.write(
+            `${JSON.stringify({ rule: a.rule, line: a.line, chain: a.chain, outbound: a.outbound })}\n`,
+          );
+          return;
+        }
+        process.stdout.write(
+          `${q.udp ? 'udp' : 'tcp'} ${target.includes(':') ? target : `${target}:${q.port}`}\n` +
+            `rule: ${a.rule}${a.line ? ` (line ${a.line})` : ''}\n` +
+            `chain: ${a.chain.join(' → ')} (${a.outbound})\n` +
+            `from: ${source}\n`,
+        );
+      }, o),
+    );
+
+  program
+    .command('select <group> <proxy>')
+    .description('switch a select group of the running daemon to another member (until the next restart)')
+    .option('--tun <name>', 'the daemon serving this device (default fp0)', 'fp0')
+    .option('--debug', 'stack traces on errors')
+    .action((group: string, proxy: string, o: { tun: string; debug?: boolean }) =>
+      runInspect(async () => {
+        const r = await sendCommand(o.tun, { cmd: 'select', group, proxy });
+        if (!r.ok) throw new UsageError(`select: ${r.error}`);
+        process.stdout.write(`${group}: ${proxy}\n`);
+      }, o),
+    );
+
+  program
+    .command('reload')
+    .description("re-read the running daemon's --config (same as SIGHUP); a broken file keeps the old rules")
+    .option('--tun <name>', 'the daemon serving this device (default fp0)', 'fp0')
+    .option('--debug', 'stack traces on errors')
+    .action((o: { tun: string; debug?: boolean }) =>
+      runInspect(async () => {
+        const r = await sendCommand(o.tun, { cmd: 'reload' });
+        if (!r.ok) throw new FakeproxyError('ERELOAD', `reload refused, the old config stays: ${r.error}`);
+        process.stdout.write(`reloaded: ${String(r.summary)}\n`);
+      }, o),
+    );
+
   const nat = program.command('nat').description('inspect the live NAT table (needs a daemon started with --redis)');
   inspect(
     nat.command('ls').description('list live flows: proto, app, destination, NAT address, outbound, state, age, bytes'),
@@ -167,6 +250,33 @@ export function buildProgram(): Command {
   );
 
   return program;
+}
+
+/** `NAME[:PORT]` (port defaults to 443), `[v6]:port`, `--src IP[:PORT]`. */
+function routeQuery(target: string, o: Record<string, unknown>) {
+  let name = target;
+  let port = 443;
+  let portText: string | undefined;
+  const v6 = /^\[(.+)\](?::(.*))?$/.exec(target);
+  if (v6) {
+    name = v6[1] as string;
+    portText = v6[2];
+  } else if (target.split(':').length === 2) {
+    [name, portText] = target.split(':') as [string, string];
+  }
+  if (portText !== undefined) port = /^\d{1,5}$/.test(portText) ? Number(portText) : Number.NaN;
+  if (!Number.isInteger(port) || port < 1 || port > 65535 || name === '') {
+    throw new UsageError(`route ${JSON.stringify(target)}: write NAME[:PORT] with a port 1-65535`);
+  }
+  let src: string | undefined;
+  let srcPort: number | undefined;
+  if (typeof o.src === 'string') {
+    const s = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(o.src);
+    if (!s) throw new UsageError(`--src ${JSON.stringify(o.src)}: write IPv4[:PORT]`);
+    src = s[1];
+    if (s[2] !== undefined) srcPort = Number(s[2]);
+  }
+  return { name, port, udp: Boolean(o.udp), src, srcPort };
 }
 
 export async function main(argv: string[]): Promise<void> {

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { parse as parseYaml } from 'yaml';
+import { CLASH_KEYS, parseYamlFile, type Routing, readClash } from './config/clash.js';
 import { FakeIpFilter } from './dns/filter.js';
 import { FakeproxyError, UsageError } from './errors.js';
 import { parseUpstream } from './proxy/outbound.js';
@@ -50,6 +50,14 @@ export interface StartConfig {
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   /** @default false */
   debug: boolean;
+  /** Clash `proxies` / `proxy-groups` / `rules` from --config; absent → everything through `upstream`. */
+  routing?: Routing | undefined;
+  /** MaxMind .mmdb for GEOIP rules (`--geoip-db`). @default none (GEOIP rules are then a usage error) */
+  geoipDb?: string | undefined;
+  /** The --config file, re-read on SIGHUP. */
+  configPath?: string | undefined;
+  /** One line per config key that was ignored. */
+  configWarnings: string[];
 }
 
 /** `--nat-timeout NAME=SECONDS` names → NatTimeouts keys. */
@@ -111,7 +119,26 @@ const KNOWN_KEYS = new Set([
   'maxFlows',
   'natTimeout',
   'debug',
+  'geoipDb',
 ]);
+
+/**
+ * Top-level keys of Clash/mihomo configs that fakeproxy does not read: each
+ * is ignored with one warning (real configs carry dozens). Anything neither
+ * ours nor in this list is still an error (a typo must not pass silently).
+ */
+const CLASH_IGNORED = new Set(
+  (
+    'port socks-port redir-port tproxy-port mixed-port authentication skip-auth-prefixes lan-allowed-ips ' +
+    'lan-disallowed-ips allow-lan bind-address mode log-level ipv6 external-controller external-controller-tls ' +
+    'external-controller-cors external-controller-unix external-controller-pipe external-ui external-ui-name ' +
+    'external-ui-url external-doh-server secret interface-name routing-mark hosts profile tun tunnels listeners ' +
+    'sniffer experimental geodata-mode geodata-loader geosite-matcher geo-auto-update geo-update-interval geox-url ' +
+    'global-client-fingerprint global-ua etag-support keep-alive-interval keep-alive-idle disable-keep-alive ' +
+    'find-process-mode unified-delay tcp-concurrent proxy-providers rule-providers sub-rules ntp tls iptables ebpf ' +
+    'tuic-server clash-for-android use-hosts use-system-hosts'
+  ).split(' '),
+);
 
 export function loadConfigFile(path: string): RawStart {
   let text: string;
@@ -120,18 +147,34 @@ export function loadConfigFile(path: string): RawStart {
   } catch (e) {
     throw new UsageError(`--config ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? e})`);
   }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text);
-  } catch (e) {
-    throw new UsageError(`--config ${path}: not valid YAML (${(e as Error).message.split('\n')[0]})`);
+  const where = `--config ${path}`;
+  const f = parseYamlFile(path, text);
+  const own: RawStart = {};
+  const warnings: string[] = [];
+  for (const [k, v] of Object.entries(f.doc)) {
+    // Clash's `tun:` is a mapping (its own TUN settings); ours is the device name.
+    if (KNOWN_KEYS.has(k) && !(k === 'tun' && v !== null && typeof v === 'object')) own[k] = v;
+    else if (CLASH_IGNORED.has(k))
+      warnings.push(`${where}: ${k} (line ${f.line([k])}) is not supported by fakeproxy: ignored`);
+    else if (!CLASH_KEYS.has(k)) throw new UsageError(`${where} line ${f.line([k])}: unknown key '${k}'`);
   }
-  if (doc === null || doc === undefined) return {};
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`--config ${path}: must be a YAML mapping`);
-  for (const k of Object.keys(doc)) {
-    if (!KNOWN_KEYS.has(k)) throw new UsageError(`--config ${path}: unknown key '${k}'`);
+  const clash = readClash(where, f);
+  // Our own keys beat what the dns section implies.
+  const raw: RawStart = {
+    ...clash.derived,
+    ...own,
+    configPath: path,
+    configWarnings: [...warnings, ...clash.warnings],
+  };
+  if (clash.routing) {
+    if (own.upstream !== undefined) {
+      throw new UsageError(
+        `${where} line ${f.line(['upstream'])}: upstream and rules/proxies in one file: drop upstream and end the rules with MATCH,<proxy>`,
+      );
+    }
+    raw.routing = clash.routing;
   }
-  return doc as RawStart;
+  return raw;
 }
 
 function str(v: unknown, key: string): string {
@@ -210,5 +253,32 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     maxFlows: int(pick('maxFlows') ?? 1_048_576, '--max-flows', 16, 16_777_216),
     natTimeouts: natTimeouts(pick('natTimeout')),
     debug: bool(pick('debug')),
+    configPath: typeof file.configPath === 'string' ? file.configPath : undefined,
+    ...routingConfig(flags, file, pick('geoipDb')),
   };
+}
+
+/** `--upstream` on the command line beats the file's rules (all traffic through it), with a warning. */
+function routingConfig(
+  flags: RawStart,
+  file: RawStart,
+  geoipDb: unknown,
+): { routing?: Routing; geoipDb?: string; configWarnings: string[] } {
+  const routing = file.routing as Routing | undefined;
+  const db = geoipDb === undefined ? undefined : str(geoipDb, '--geoip-db');
+  const configWarnings = Array.isArray(file.configWarnings) ? [...(file.configWarnings as string[])] : [];
+  const base = db === undefined ? { configWarnings } : { geoipDb: db, configWarnings };
+  if (!routing) return base;
+  if (flags.upstream !== undefined) {
+    configWarnings.push(
+      `--upstream ${String(flags.upstream)} given: the rules of ${String(file.configPath)} are not used`,
+    );
+    return base;
+  }
+  if (routing.usesGeoIp && db === undefined) {
+    throw new UsageError(
+      `--config ${String(file.configPath)} line ${routing.geoIpLine}: GEOIP rules need a MaxMind database: --geoip-db FILE.mmdb`,
+    );
+  }
+  return { ...base, routing };
 }

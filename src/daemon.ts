@@ -1,3 +1,4 @@
+import { type CommandReply, type CommandRequest, CommandServer } from './command.js';
 import type { StartConfig } from './config.js';
 import { ControlServer, type Status } from './control.js';
 import { FakeDns } from './dns/FakeDns.js';
@@ -8,8 +9,8 @@ import { NatManager } from './nat/NatManager.js';
 import type { FlowEvent } from './nat/types.js';
 import { upstreamResolver } from './proxy/dial.js';
 import { TcpListener } from './proxy/listener.js';
-import { parseUpstream } from './proxy/outbound.js';
 import { Router } from './proxy/router.js';
+import { buildRouteTable, explainRoute, type RoutingDeps } from './proxy/routing.js';
 import { UdpListener } from './proxy/udp/udpListener.js';
 import { redactRedisUrl } from './redis/client.js';
 import { RedisMirror } from './redis/mirror.js';
@@ -22,6 +23,8 @@ export interface DaemonDeps {
   log?: Logger;
   /** Start-up report lines (stdout). */
   say?: (line: string) => void;
+  /** Re-reads --config and the flags (SIGHUP); absent → reload is refused. */
+  reloadConfig?: () => StartConfig;
 }
 
 /**
@@ -38,6 +41,9 @@ export class Daemon {
   tcp?: TcpListener;
   udp?: UdpListener;
   mirror?: RedisMirror;
+  router?: Router;
+  private routingDeps: RoutingDeps = {};
+  private readonly reloadConfig: (() => StartConfig) | undefined;
   private readonly closers: (() => void | Promise<void>)[] = [];
   private stopping?: Promise<void>;
   private resolveStopped!: () => void;
@@ -54,6 +60,7 @@ export class Daemon {
   ) {
     this.log = deps.log ?? stderrLogger;
     this.say = deps.say ?? ((l) => process.stdout.write(`${l}\n`));
+    this.reloadConfig = deps.reloadConfig;
   }
 
   async start(): Promise<void> {
@@ -81,13 +88,22 @@ export class Daemon {
       routes.routesIntoTun(ip)
         ? `${ip} is routed into ${c.tun}: a direct connection would come back to fakeproxy (route it via another interface, or use a proxy --upstream)`
         : undefined;
-    const outbound = parseUpstream(c.upstream, { resolve, loopGuard });
-    const router = new Router({ final: outbound });
+    for (const w of c.configWarnings) this.log(`warning: ${w}`);
+    this.routingDeps = { resolve, loopGuard, log: this.log };
+    const router = new Router({ table: buildRouteTable(c, this.routingDeps) });
+    this.router = router;
+    const outbound = router.final;
+    const routesTo = c.routing
+      ? `${c.routing.rules.length} rules, ${c.routing.groups.length} groups, ${c.routing.proxies.length} proxies`
+      : outbound.label;
 
     // First, so a second instance is refused before it touches anything.
     const control = new ControlServer(c.tun, () => this.status());
     await control.start();
     this.closers.push(() => control.close());
+    const commands = new CommandServer(c.tun, (req) => this.command(req));
+    await commands.start();
+    this.closers.push(() => commands.close());
 
     const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues, offload: c.tunOffload });
     this.tun = tun;
@@ -177,7 +193,9 @@ export class Daemon {
     const mirror = this.mirror;
     if (mirror) {
       tcp.on('session', (e) => {
-        if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: e.outbound });
+        // Rule and chain ride in the outbound text until the Redis schema has fields for them.
+        const via = c.routing ? `${e.outbound} via ${e.chain} [${e.rule}]` : e.outbound;
+        if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: via });
       });
     }
     // A TCP flow that left the table by idle timeout or eviction can carry no
@@ -185,9 +203,15 @@ export class Daemon {
     nat.on('close', (flow, reason) => {
       if (flow.proto === 'tcp' && (reason === 'timeout' || reason === 'evicted')) tcp.closeFlow(flow.id);
     });
+    if (c.debug) {
+      tcp.on('session', (e) => {
+        if (e.phase === 'open')
+          this.log(`tcp ${e.name ?? e.ip}:${e.port} rule ${e.rule} chain ${e.chain} → ${e.outbound}`);
+      });
+    }
     await tcp.start();
     this.closers.push(() => tcp.close());
-    this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${outbound.label}`);
+    this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${routesTo}`);
 
     const udp = new UdpListener({
       host: c.cidr.gatewayIp,
@@ -212,12 +236,86 @@ export class Daemon {
     await udp.start();
     this.closers.push(() => udp.close());
     this.say(
-      `listener ${c.cidr.gatewayIp}:${c.listenPort} (udp) → ${outbound.label}${outbound.udpAssociate ? '' : ' (cannot carry UDP: datagrams dropped)'}`,
+      `listener ${c.cidr.gatewayIp}:${c.listenPort} (udp) → ${routesTo}${c.routing || outbound.udpAssociate ? '' : ' (cannot carry UDP: datagrams dropped)'}`,
     );
+    router.table.start();
+    this.closers.push(() => this.router?.table.stop());
 
     nat.start([...tun.fds]);
     this.closers.push(() => nat.stop());
     this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);
+  }
+
+  /**
+   * SIGHUP: re-read the config; new connections take the new rules, live
+   * ones keep their outbound, the fake-IP map is untouched. A broken file
+   * keeps the old rules. `select` choices carry over by group name.
+   */
+  reload(): CommandReply {
+    const router = this.router;
+    if (!router) return { ok: false, error: 'not started' };
+    if (!this.reloadConfig) return { ok: false, error: 'started without --config: nothing to reload' };
+    let table: ReturnType<typeof buildRouteTable>;
+    let next: StartConfig;
+    try {
+      next = this.reloadConfig();
+      table = buildRouteTable(next, this.routingDeps);
+    } catch (e) {
+      const why = (e as Error).message;
+      this.log(`reload failed, keeping the old config: ${why}`);
+      return { ok: false, error: why };
+    }
+    for (const w of next.configWarnings) this.log(`warning: ${w}`);
+    for (const [name, g] of router.table.groups) {
+      const ng = table.groups.get(name);
+      if (g.type === 'select' && ng?.type === 'select') ng.select(g.selected);
+    }
+    const old = router.replace(table);
+    old.stop();
+    table.start();
+    const r = next.routing;
+    const summary = r
+      ? `${r.rules.length} rules, ${r.groups.length} groups, ${r.proxies.length} proxies`
+      : `everything via ${router.final.label}`;
+    this.log(`reloaded ${next.configPath ?? 'config'}: ${summary} (routing only; other settings take a restart)`);
+    return { ok: true, summary };
+  }
+
+  /** The control-socket commands (src/command.ts). */
+  command(req: CommandRequest): CommandReply {
+    const table = this.router?.table;
+    if (!table) return { ok: false, error: 'not started' };
+    switch (req.cmd) {
+      case 'route':
+        return { ok: true, ...explainRoute(table, { ...req, src: req.src }) };
+      case 'select': {
+        const g = table.groups.get(req.group);
+        if (!g) return { ok: false, error: `no group '${req.group}' (groups: ${[...table.groups.keys()].join(', ')})` };
+        if (g.type !== 'select') return { ok: false, error: `group '${req.group}' is ${g.type}, not select` };
+        if (!g.select(req.proxy)) {
+          return { ok: false, error: `'${req.proxy}' is not a member of '${req.group}' (${g.members.join(', ')})` };
+        }
+        this.log(`group ${g.name}: selected ${req.proxy}`);
+        return { ok: true, group: g.name, selected: req.proxy };
+      }
+      case 'reload':
+        return this.reload();
+      case 'groups':
+        return { ok: true, groups: this.groupsStatus() };
+      default:
+        return { ok: false, error: `unknown command ${JSON.stringify((req as { cmd?: unknown }).cmd)}` };
+    }
+  }
+
+  private groupsStatus(): Record<string, unknown>[] {
+    const table = this.router?.table;
+    if (!table) return [];
+    return [...table.groups.values()].map((g) => ({
+      name: g.name,
+      type: g.type,
+      now: g.pick(''),
+      members: g.members.map((m) => ({ name: m, ...g.state.get(m) })),
+    }));
   }
 
   /** Counters of every part, for `fakeproxy status`. */
@@ -241,6 +339,7 @@ export class Daemon {
       tcp: this.tcp?.stats() ?? null,
       udp: this.udp?.stats() ?? null,
       redis: this.mirror?.stats() ?? null,
+      groups: this.groupsStatus(),
     };
   }
 

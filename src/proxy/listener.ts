@@ -58,6 +58,10 @@ export interface SessionEvent {
   port: number;
   /** Outbound label (`socks5://host:port`, `direct`, …). */
   outbound: string;
+  /** The routing rule that matched, as written (`DOMAIN-SUFFIX,example.com,Proxy`). */
+  rule?: string | undefined;
+  /** Rule target → … → proxy name (`Proxy → auto → hk-1`). */
+  chain?: string | undefined;
   bytesUp: number;
   bytesDown: number;
   /** On close: how it ended; 'connect-failed' when the upstream never answered. */
@@ -205,11 +209,27 @@ export class TcpListener extends EventEmitter {
     }
     const name = this.#o.names.reverse(flow.dstIp);
     const host = name ?? flow.dstIp;
-    const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'tcp' });
+    const route = this.#o.router.decide({
+      name,
+      ip: flow.dstIp,
+      port: flow.dstPort,
+      proto: 'tcp',
+      srcIp: flow.srcIp,
+      srcPort: flow.srcPort,
+    });
+    const outbound = route.outbound;
     const session: { app: net.Socket; relay?: Relay; abort: AbortController } = { app, abort: new AbortController() };
     this.#sessions.add(session);
     this.#byFlow.set(flow.id, session);
-    const base = { flowId: flow.id, name, ip: flow.dstIp, port: flow.dstPort, outbound: outbound.label };
+    const base = {
+      flowId: flow.id,
+      name,
+      ip: flow.dstIp,
+      port: flow.dstPort,
+      outbound: outbound.label,
+      rule: route.rule,
+      chain: route.chain.join(' → '),
+    };
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
     // The app gave up (RST/FIN) while we were still dialing: stop dialing.
@@ -244,7 +264,10 @@ export class TcpListener extends EventEmitter {
           // names the fix); repeats of the same failure are summarised, so a
           // dead upstream under load does not flood the log.
           const where = `tcp ${hostPort(host, flow.dstPort)} via ${outbound.label}`;
-          this.#failLog(`${where} ${err.code}`, `${where}: ${err.code ?? 'ERROR'}: ${err.message}`);
+          this.#failLog(
+            `${where} ${err.code}`,
+            `${where}: ${err.code ?? 'ERROR'}: ${err.message} (rule ${route.rule}; chain ${base.chain})`,
+          );
         }
         // Reset, not FIN: a FIN would look like an empty but successful response to the app.
         app.resetAndDestroy();

@@ -1,12 +1,16 @@
 /**
- * Picks the outbound per connection. Rules are tried in order, first match
- * wins, else `final`. Today the daemon builds a Router with no rules and the
- * `--upstream` outbound as `final`; the rule seam is here so config-file
- * rules need no Listener change.
+ * Picks the outbound per connection: a compiled rule list (./rules.ts), first
+ * match wins, else `final`; the rule's target is a proxy or a group, and a
+ * group is followed (./groups.ts) until it names a proxy. The answer carries
+ * the rule and the chain so logs, session events and `fakeproxy route` can
+ * say why. The Listener holds one Router for its lifetime; SIGHUP swaps the
+ * RouteTable inside it (`replace`), so connections already made keep their
+ * outbound and new ones take the new rules.
  */
-import * as net from 'node:net';
 import { UsageError } from '../errors.js';
+import { Group, type GroupDeps, type GroupSpec } from './groups.js';
 import type { Outbound } from './outbound.js';
+import { CompiledRules, type Cond, type GeoIpLookup, normName, type ParsedRule, parseCidrRule } from './rules.js';
 
 export interface RouteContext {
   /** The name the app asked for, when the destination was a fake address. */
@@ -15,8 +19,22 @@ export interface RouteContext {
   ip: string;
   port: number;
   proto: 'tcp' | 'udp';
+  /** The app's address (for SRC-IP-CIDR / SRC-PORT rules). */
+  srcIp?: string | undefined;
+  srcPort?: number | undefined;
 }
 
+export interface Decision {
+  outbound: Outbound;
+  /** The rule that matched as written (`DOMAIN-SUFFIX,example.com,Proxy`), or `MATCH (final)` when none did. */
+  rule: string;
+  /** Config line of the rule (0: none / not from a file). */
+  line: number;
+  /** Names from the rule's target to the proxy: `['Proxy', 'auto', 'hk-1']`. */
+  chain: string[];
+}
+
+/** Legacy programmatic rules (tests, --upstream mode). */
 export type RuleSpec =
   /** `example.com` matches example.com and *.example.com, not badexample.com. */
   | { domainSuffix: string; outbound: Outbound; proto?: 'tcp' | 'udp' }
@@ -24,91 +42,159 @@ export type RuleSpec =
   | { domainKeyword: string; outbound: Outbound; proto?: 'tcp' | 'udp' }
   /** The exact name. */
   | { domain: string; outbound: Outbound; proto?: 'tcp' | 'udp' }
-  /**
-   * Destination address in the CIDR (IPv4 or IPv6). Matches only connections
-   * without a name: with a name, `ip` is a fake address that says nothing
-   * about where the name lives (mihomo's `no-resolve` behaviour).
-   */
+  /** Destination address in the CIDR (IPv4 or IPv6); matches only connections without a name. */
   | { ipCidr: string; outbound: Outbound; proto?: 'tcp' | 'udp' };
 
-type Match = (ctx: RouteContext, name: string | undefined) => boolean;
-
-interface CompiledRule {
-  match: Match;
-  outbound: Outbound;
-  proto?: 'tcp' | 'udp' | undefined;
+export interface RouteTableOptions {
+  /** Proxies by name (DIRECT, REJECT, … included). */
+  outbounds: ReadonlyMap<string, Outbound>;
+  groups?: readonly GroupSpec[];
+  rules?: readonly ParsedRule[];
+  /** Target when no rule matches. */
+  final: string;
+  geoip?: GeoIpLookup | undefined;
+  log?: ((line: string) => void) | undefined;
+  probe?: GroupDeps['probe'];
 }
 
-/** Lowercase, no trailing dot: DNS names compare case-insensitively (RFC 4343). */
-function normName(n: string): string {
-  const l = n.toLowerCase();
-  return l.endsWith('.') ? l.slice(0, -1) : l;
-}
+const MAX_DEPTH = 32;
 
-function compile(r: RuleSpec): CompiledRule {
-  if ('domainSuffix' in r) {
-    const s = normName(r.domainSuffix.replace(/^\*?\./, ''));
-    if (s === '') throw new UsageError('routing rule domain-suffix is empty');
-    const dotted = `.${s}`;
-    return {
-      outbound: r.outbound,
-      proto: r.proto,
-      match: (_c, n) => n !== undefined && (n === s || n.endsWith(dotted)),
-    };
+export class RouteTable {
+  readonly outbounds: ReadonlyMap<string, Outbound>;
+  readonly groups = new Map<string, Group>();
+  readonly rules: readonly ParsedRule[];
+  readonly final: string;
+  readonly #compiled: CompiledRules;
+
+  constructor(o: RouteTableOptions) {
+    this.outbounds = o.outbounds;
+    this.rules = o.rules ?? [];
+    this.final = o.final;
+    const deps: GroupDeps = { leaf: (m) => this.leaf(m), log: o.log, probe: o.probe };
+    for (const g of o.groups ?? []) this.groups.set(g.name, new Group(g, deps));
+    for (const t of [o.final, ...this.rules.map((r) => r.target)]) {
+      if (!this.outbounds.has(t) && !this.groups.has(t)) throw new UsageError(`routing target '${t}' is not defined`);
+    }
+    this.#compiled = new CompiledRules(
+      this.rules.map((r) => r.cond),
+      o.geoip,
+    );
   }
-  if ('domainKeyword' in r) {
-    const k = r.domainKeyword.toLowerCase();
-    if (k === '') throw new UsageError('routing rule domain-keyword is empty');
-    return { outbound: r.outbound, proto: r.proto, match: (_c, n) => n?.includes(k) === true };
+
+  /** The proxy a member stands for right now (groups followed by their current pick). */
+  leaf(name: string): Outbound | undefined {
+    let n = name;
+    for (let i = 0; i < MAX_DEPTH; i++) {
+      const g = this.groups.get(n);
+      if (!g) return this.outbounds.get(n);
+      n = g.pick(n);
+    }
+    return undefined;
   }
-  if ('domain' in r) {
-    const d = normName(r.domain);
-    return { outbound: r.outbound, proto: r.proto, match: (_c, n) => n === d };
+
+  decide(ctx: RouteContext): Decision {
+    const name = ctx.name === undefined ? undefined : normName(ctx.name);
+    const i = this.#compiled.match({ ...ctx, name });
+    const r = i < 0 ? undefined : this.rules[i];
+    const chain: string[] = [];
+    let n = r ? r.target : this.final;
+    const key = name ?? ctx.ip;
+    for (let d = 0; d < MAX_DEPTH; d++) {
+      chain.push(n);
+      const g = this.groups.get(n);
+      if (!g) break;
+      n = g.pick(key);
+    }
+    const outbound = this.outbounds.get(n) as Outbound;
+    return { outbound, rule: r ? r.text : `MATCH (final),${this.final}`, line: r ? r.line : 0, chain };
   }
-  const bl = new net.BlockList();
-  const [addr, len, extra] = r.ipCidr.split('/');
-  const family = net.isIP(addr ?? '');
-  const prefix = Number(len);
-  if (
-    family === 0 ||
-    extra !== undefined ||
-    len === undefined ||
-    !/^\d+$/.test(len) ||
-    prefix > (family === 4 ? 32 : 128)
-  ) {
-    throw new UsageError(`routing rule ip-cidr "${r.ipCidr}" is not a CIDR; write e.g. 10.0.0.0/8 or fd00::/8`);
+
+  /** Health checks on. */
+  start(): void {
+    for (const g of this.groups.values()) g.start();
   }
-  const type = family === 4 ? 'ipv4' : 'ipv6';
-  bl.addSubnet(addr as string, prefix, type);
-  return {
-    outbound: r.outbound,
-    proto: r.proto,
-    match: (c, n) => n === undefined && net.isIP(c.ip) === family && bl.check(c.ip, type),
-  };
+
+  stop(): void {
+    for (const g of this.groups.values()) g.stop();
+  }
 }
 
 export interface RouterOptions {
+  /** A compiled table (from the config); or `final` + `rules` below. */
+  table?: RouteTable;
   /** Used when no rule matches (the `--upstream` outbound). */
-  final: Outbound;
+  final?: Outbound;
   /** @default [] */
   rules?: RuleSpec[];
 }
 
+function legacyTable(opts: RouterOptions & { final: Outbound }): RouteTable {
+  const outbounds = new Map<string, Outbound>([[opts.final.label, opts.final]]);
+  const rules: ParsedRule[] = (opts.rules ?? []).map((r, i) => {
+    let cond: Cond;
+    let value: string;
+    if ('domainSuffix' in r) {
+      const v = normName(r.domainSuffix.replace(/^\*?\./, ''));
+      if (v === '') throw new UsageError('routing rule domain-suffix is empty');
+      cond = { type: 'DOMAIN-SUFFIX', value: v };
+      value = v;
+    } else if ('domainKeyword' in r) {
+      if (r.domainKeyword === '') throw new UsageError('routing rule domain-keyword is empty');
+      value = r.domainKeyword.toLowerCase();
+      cond = { type: 'DOMAIN-KEYWORD', value };
+    } else if ('domain' in r) {
+      value = normName(r.domain);
+      cond = { type: 'DOMAIN', value };
+    } else {
+      const c = parseCidrRule(r.ipCidr);
+      if (!c) {
+        throw new UsageError(`routing rule ip-cidr "${r.ipCidr}" is not a CIDR; write e.g. 10.0.0.0/8 or fd00::/8`);
+      }
+      cond = { type: 'IP-CIDR', value: c };
+      value = r.ipCidr;
+    }
+    const type = cond.type;
+    if (r.proto) cond = { type: 'AND', value: [cond, { type: 'NETWORK', value: r.proto }] };
+    if (!outbounds.has(r.outbound.label) || outbounds.get(r.outbound.label) === r.outbound) {
+      outbounds.set(r.outbound.label, r.outbound);
+    }
+    const target = outbounds.get(r.outbound.label) === r.outbound ? r.outbound.label : `${r.outbound.label}#${i}`;
+    outbounds.set(target, r.outbound);
+    return { cond, target, text: `${type},${value},${target}${r.proto ? ` (${r.proto})` : ''}`, line: 0 };
+  });
+  return new RouteTable({ outbounds, rules, final: opts.final.label });
+}
+
 export class Router {
-  readonly final: Outbound;
-  readonly #rules: CompiledRule[];
+  #table: RouteTable;
 
   constructor(opts: RouterOptions) {
-    this.final = opts.final;
-    this.#rules = (opts.rules ?? []).map(compile);
+    if (opts.table) this.#table = opts.table;
+    else if (opts.final) this.#table = legacyTable({ ...opts, final: opts.final });
+    else throw new TypeError('Router needs a table or a final outbound');
+  }
+
+  get table(): RouteTable {
+    return this.#table;
+  }
+
+  /** The outbound of the final target (for start-up lines). */
+  get final(): Outbound {
+    return this.#table.leaf(this.#table.final) as Outbound;
+  }
+
+  /** Swap in a new table (SIGHUP); returns the old one so the caller can stop its health checks. */
+  replace(table: RouteTable): RouteTable {
+    const old = this.#table;
+    this.#table = table;
+    return old;
+  }
+
+  decide(ctx: RouteContext): Decision {
+    return this.#table.decide(ctx);
   }
 
   route(ctx: RouteContext): Outbound {
-    const name = ctx.name === undefined ? undefined : normName(ctx.name);
-    for (const r of this.#rules) {
-      if (r.proto !== undefined && r.proto !== ctx.proto) continue;
-      if (r.match(ctx, name)) return r.outbound;
-    }
-    return this.final;
+    return this.#table.decide(ctx).outbound;
   }
 }

@@ -380,7 +380,14 @@ export class UdpListener extends EventEmitter {
         return;
       }
       const name = this.#o.names.reverse(flow.dstIp);
-      const outbound = this.#o.router.route({ name, ip: flow.dstIp, port: flow.dstPort, proto: 'udp' });
+      const outbound = this.#o.router.route({
+        name,
+        ip: flow.dstIp,
+        port: flow.dstPort,
+        proto: 'udp',
+        srcIp: flow.srcIp,
+        srcPort: flow.srcPort,
+      });
       c = { flow, name, outbound, key: `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}` };
       if (this.#onFlowClose) {
         if (this.#ctx.size >= MAX_CACHED_FLOWS) this.#ctx.clear();

@@ -1,0 +1,107 @@
+/**
+ * Commands to the running daemon (`fakeproxy route`, `fakeproxy select`,
+ * `fakeproxy reload`): one JSON line in, one JSON line out, over an abstract
+ * Unix socket beside the status socket of src/control.ts (`\0fakeproxy/<tun>/cmd`),
+ * so it too lives in the network namespace and leaves nothing behind. Only
+ * root (or whoever may enter the namespace) can reach it; the Clash
+ * controller API is a separate, later piece.
+ */
+import * as net from 'node:net';
+import { controlPath } from './control.js';
+import { FakeproxyError } from './errors.js';
+
+export const commandPath = (tun: string) => `${controlPath(tun)}/cmd`;
+
+export type CommandRequest =
+  | { cmd: 'route'; name: string; port: number; udp: boolean; src?: string | undefined; srcPort?: number | undefined }
+  | { cmd: 'select'; group: string; proxy: string }
+  | { cmd: 'reload' }
+  | { cmd: 'groups' };
+
+export type CommandReply = { ok: true; [k: string]: unknown } | { ok: false; error: string };
+
+/** Longest request line accepted; a route query is far shorter. */
+const MAX_REQUEST_BYTES = 4096;
+
+export class CommandServer {
+  #server?: net.Server;
+  constructor(
+    private readonly tun: string,
+    private readonly handle: (req: CommandRequest) => CommandReply | Promise<CommandReply>,
+  ) {}
+
+  async start(): Promise<void> {
+    const server = net.createServer((sock) => {
+      sock.on('error', () => sock.destroy());
+      let buf = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => {
+        buf += d;
+        const nl = buf.indexOf('\n');
+        if (nl < 0 && buf.length <= MAX_REQUEST_BYTES) return;
+        sock.removeAllListeners('data');
+        const line = nl < 0 ? buf : buf.slice(0, nl);
+        void this.#answer(line).then((reply) => sock.end(`${JSON.stringify(reply)}\n`));
+      });
+    });
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(commandPath(this.tun), () => resolve());
+    });
+  }
+
+  async #answer(line: string): Promise<CommandReply> {
+    let req: CommandRequest;
+    try {
+      req = JSON.parse(line) as CommandRequest;
+    } catch {
+      return { ok: false, error: 'not a JSON request line' };
+    }
+    try {
+      return await this.handle(req);
+    } catch (e) {
+      return { ok: false, error: (e as Error).message };
+    }
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+  }
+}
+
+/** Sends one command to the daemon serving `tun` in this namespace. */
+export function sendCommand(tun: string, req: CommandRequest, timeoutMs = 5000): Promise<CommandReply> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(commandPath(tun));
+    let buf = '';
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new FakeproxyError('ETIMEDOUT', `the daemon serving ${tun} did not answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write(`${JSON.stringify(req)}\n`));
+    sock.on('data', (d: string) => {
+      buf += d;
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(buf) as CommandReply);
+      } catch {
+        reject(new FakeproxyError('EPROTO', `unreadable answer from the daemon serving ${tun}`));
+      }
+    });
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(
+        e.code === 'ECONNREFUSED' || e.code === 'ENOENT'
+          ? new FakeproxyError(
+              'ENOTRUNNING',
+              `no fakeproxy serves ${tun} in this network namespace (is it running? --tun NAME; or evaluate a file offline with --config FILE)`,
+            )
+          : e,
+      );
+    });
+  });
+}
