@@ -14,6 +14,7 @@ import { buildRouteTable, explainRoute, type RoutingDeps } from './proxy/routing
 import { UdpListener } from './proxy/udp/udpListener.js';
 import { redactRedisUrl } from './redis/client.js';
 import { RedisMirror } from './redis/mirror.js';
+import { nodePrefix } from './redis/schema.js';
 import { RedisSharedPool } from './redis/sharedPool.js';
 import { TunRouteCheck } from './tun/routes.js';
 import { TunDevice } from './tun/TunDevice.js';
@@ -178,7 +179,7 @@ export class Daemon {
       mirror.attachDns(dns);
       mirror.start();
       this.closers.push(() => mirror.close());
-      this.say(`redis mirror ${redactRedisUrl(c.redis)} as fakeproxy:${c.nodeId}:`);
+      this.say(`redis mirror ${redactRedisUrl(c.redis)} as ${nodePrefix(c.nodeId)}`);
     }
 
     const tcp = new TcpListener({

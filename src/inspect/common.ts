@@ -1,7 +1,6 @@
 /** Shared plumbing of the inspection commands: connecting and finding nodes. */
-import type { Redis } from 'ioredis';
 import { FakeproxyError, wrapError } from '../errors.js';
-import { connectOnce, describeRedisError, type RedisFactory, scanKeys } from '../redis/client.js';
+import { connectOnce, describeRedisError, type RedisClient, type RedisFactory, scanKeys } from '../redis/client.js';
 import { checkNodeId, everyNodePattern, nodeIdOfKey } from '../redis/schema.js';
 import type { Out } from './format.js';
 
@@ -18,7 +17,7 @@ export interface InspectOptions {
 }
 
 /** Connect, run, disconnect; a Redis failure mid-command becomes a one-line FakeproxyError. */
-export async function withRedis<T>(opts: InspectOptions, fn: (client: Redis) => Promise<T>): Promise<T> {
+export async function withRedis<T>(opts: InspectOptions, fn: (client: RedisClient) => Promise<T>): Promise<T> {
   const client = await connectOnce(opts.redis, { redisFactory: opts.redisFactory });
   try {
     return await fn(client);
@@ -32,7 +31,11 @@ export async function withRedis<T>(opts: InspectOptions, fn: (client: Redis) => 
 }
 
 /** The nodes to show: the one asked for, or every node that has a `<suffix>` key (NODE_KEY in src/redis/schema.ts). */
-export async function resolveNodes(client: Redis, node: string | undefined, suffixes: string[]): Promise<string[]> {
+export async function resolveNodes(
+  client: RedisClient,
+  node: string | undefined,
+  suffixes: string[],
+): Promise<string[]> {
   if (node !== undefined) return [checkNodeId(node)];
   const nodes = new Set<string>();
   for (const suffix of suffixes) {

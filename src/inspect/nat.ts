@@ -1,5 +1,5 @@
 /** `fakeproxy nat ls` and `fakeproxy nat watch`: the NAT table mirrored by src/redis/mirror.ts. */
-import { connectOnce, resilientOptions } from '../redis/client.js';
+import { connectOnce, keepReconnecting, subscribeAlways } from '../redis/client.js';
 import {
   checkNodeId,
   decodeEvent,
@@ -104,8 +104,7 @@ export async function natWatch(opts: NatWatchOptions): Promise<void> {
   if (opts.signal.aborted) return;
   const client = await connectOnce(opts.redis, { redisFactory: opts.redisFactory });
   // Connected once: from now on a long-lived subscriber that reconnects by itself.
-  const { retryStrategy, enableOfflineQueue } = resilientOptions({ subscriber: true });
-  Object.assign(client.options, { retryStrategy, enableOfflineQueue });
+  keepReconnecting(client);
   const all = opts.node === undefined;
   const onMessage = (raw: string) => {
     if (opts.json) {
@@ -118,8 +117,8 @@ export async function natWatch(opts: NatWatchOptions): Promise<void> {
   client.on('message', (_ch: string, msg: string) => onMessage(msg));
   client.on('pmessage', (_p: string, _ch: string, msg: string) => onMessage(msg));
   try {
-    if (all) await client.psubscribe(everyNodePattern(NODE_KEY.events));
-    else await client.subscribe(nodeKeys(opts.node as string).events);
+    if (all) await subscribeAlways(client, 'psubscribe', everyNodePattern(NODE_KEY.events));
+    else await subscribeAlways(client, 'subscribe', nodeKeys(opts.node as string).events);
     await new Promise<void>((resolve) => {
       if (opts.signal.aborted) resolve();
       else opts.signal.addEventListener('abort', () => resolve(), { once: true });

@@ -6,13 +6,91 @@
  * strategy, connect-once for CLI commands, password redaction, and one-line
  * error messages that name the fix.
  */
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { FakeproxyError, UsageError } from '../errors.js';
 
-/** How a Redis client is made; a parameter so tests can watch or swap it. */
-export type RedisFactory = (url: string, options: RedisOptions) => Redis;
+/** A client of a standalone or Sentinel-managed Redis, or of a Redis Cluster. */
+export type RedisClient = Redis | Cluster;
 
-export const defaultRedisFactory: RedisFactory = (url, options) => new Redis(url, options);
+/** How a Redis client is made; a parameter so tests can watch or swap it. */
+export type RedisFactory = (url: string, options: RedisOptions) => RedisClient;
+
+/**
+ * Where Redis is, parsed from `--redis`:
+ * - `redis://[user:pass@]host:port[/db]` (`rediss://` for TLS): one server;
+ * - `redis+sentinel://[user:pass@]host:port[,host:port…]/mastername[/db]`
+ *   (`rediss+sentinel://`): the primary that these Sentinels elect, followed
+ *   through failovers (ioredis's Sentinel client);
+ * - `redis+cluster://[user:pass@]host:port[,host:port…]` (`rediss+cluster://`):
+ *   a Redis Cluster found from these seed nodes (ioredis's Cluster client).
+ * user:pass are the Redis nodes' ACL user / password (Sentinels without AUTH).
+ */
+export type RedisTarget =
+  | { kind: 'standalone'; url: string }
+  | {
+      kind: 'sentinel';
+      tls: boolean;
+      username?: string;
+      password?: string;
+      nodes: { host: string; port: number }[];
+      name: string;
+      db: number;
+    }
+  | { kind: 'cluster'; tls: boolean; username?: string; password?: string; nodes: { host: string; port: number }[] };
+
+/** Default ports of the multi-node forms. */
+const SENTINEL_PORT = 26379;
+const CLUSTER_PORT = 6379;
+const URL_FORMS =
+  'redis://[user:password@]host:port[/db], redis+sentinel://[user:password@]host:port[,host:port…]/mastername[/db] or redis+cluster://[user:password@]host:port[,host:port…] (rediss… for TLS)';
+
+/** A Redis error reply (a replica that used to be the primary) that a reconnect to the new primary fixes. */
+const READONLY = /^READONLY/;
+
+/** The client for `url` (any RedisTarget form) with these options. */
+export const defaultRedisFactory: RedisFactory = (url, options) => {
+  const t = parseRedisUrl(url);
+  // A primary demoted by a failover answers writes with READONLY: reconnect (to the new one) and resend.
+  const reconnectOnError = (err: Error) => (READONLY.test(err.message) ? 2 : false);
+  if (t.kind === 'standalone') return new Redis(url, { reconnectOnError, ...options });
+  const tls = t.tls ? {} : undefined;
+  if (t.kind === 'sentinel') {
+    return new Redis({
+      reconnectOnError,
+      ...options,
+      sentinels: t.nodes,
+      name: t.name,
+      db: t.db,
+      username: t.username,
+      password: t.password,
+      role: 'master',
+      tls,
+      enableTLSForSentinelMode: t.tls,
+      // All Sentinels unreachable: the same backoff (or none, for a one-shot command).
+      sentinelRetryStrategy: (times) => options.retryStrategy?.(times) ?? null,
+      // Leave a primary as soon as the Sentinels announce a new one, even if it is still reachable.
+      failoverDetector: true,
+    });
+  }
+  const { retryStrategy, enableOfflineQueue, lazyConnect, ...nodeOptions } = options;
+  return new Cluster(t.nodes, {
+    lazyConnect,
+    enableOfflineQueue,
+    clusterRetryStrategy: (times) => retryStrategy?.(times) ?? null,
+    redisOptions: { reconnectOnError, ...nodeOptions, username: t.username, password: t.password, tls },
+  });
+};
+
+function parseHosts(url: string, list: string, defaultPort: number): { host: string; port: number }[] {
+  return list.split(',').map((hp) => {
+    const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/.exec(hp);
+    const port = m?.[2] === undefined ? defaultPort : Number(m[2]);
+    if (!m || port < 1 || port > 65535) {
+      throw new UsageError(`invalid Redis URL "${redactRedisUrl(url)}": "${hp}" is not host:port`);
+    }
+    return { host: m[1].replace(/^\[|\]$/g, ''), port };
+  });
+}
 
 /** Reconnect backoff cap of long-lived connections. @default 2000 — back "within a few seconds" of Redis returning. */
 export const DEFAULT_MAX_BACKOFF_MS = 2_000;
@@ -99,20 +177,47 @@ export interface RedisLogger {
 }
 
 /**
- * Validate a `redis://[user:pass@]host:port[/db]` or `rediss://…` URL.
+ * Validate a Redis URL (the forms of RedisTarget) and say where it points.
  * Throws UsageError (CLI exit 2) naming what is wrong, so a typo never turns
  * into an endless "reconnecting" loop.
  */
-export function parseRedisUrl(url: string): URL {
+export function parseRedisUrl(url: string): RedisTarget {
+  const multi = /^(rediss?)\+(sentinel|cluster):\/\/(?:([^@/]*)@)?([^/]*)(?:\/(.*))?$/.exec(url);
+  if (multi) {
+    const [, scheme, kind, auth, hosts, path = ''] = multi;
+    const where = redactRedisUrl(url);
+    if (hosts === '') throw new UsageError(`invalid Redis URL "${where}": no host`);
+    const colon = auth?.indexOf(':') ?? -1;
+    const creds = {
+      tls: scheme === 'rediss',
+      username:
+        auth === undefined ? undefined : decodeURIComponent(colon < 0 ? auth : auth.slice(0, colon)) || undefined,
+      password: auth === undefined || colon < 0 ? undefined : decodeURIComponent(auth.slice(colon + 1)) || undefined,
+    };
+    if (kind === 'cluster') {
+      if (path !== '') {
+        throw new UsageError(`invalid Redis URL "${where}": a Redis Cluster has no database or name ("/${path}")`);
+      }
+      return { kind: 'cluster', ...creds, nodes: parseHosts(url, hosts, CLUSTER_PORT) };
+    }
+    const [name = '', db = '0', ...rest] = path.split('/');
+    if (name === '' || rest.length > 0) {
+      throw new UsageError(
+        `invalid Redis URL "${where}": expected redis+sentinel://host:port[,host:port…]/mastername[/db]`,
+      );
+    }
+    if (!/^\d+$/.test(db)) throw new UsageError(`invalid Redis URL "${where}": database "/${db}" must be a number`);
+    return { kind: 'sentinel', ...creds, nodes: parseHosts(url, hosts, SENTINEL_PORT), name, db: Number(db) };
+  }
   let u: URL;
   try {
     u = new URL(url);
   } catch (cause) {
-    throw new UsageError(`invalid Redis URL "${url}": expected redis://[user:password@]host:port[/db]`, { cause });
+    throw new UsageError(`invalid Redis URL "${url}": expected ${URL_FORMS}`, { cause });
   }
   if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') {
     throw new UsageError(
-      `invalid Redis URL "${redactRedisUrl(url)}": scheme must be redis:// or rediss:// (TLS), not ${u.protocol}//`,
+      `invalid Redis URL "${redactRedisUrl(url)}": scheme must be redis://, rediss:// (TLS), redis+sentinel:// or redis+cluster://, not ${u.protocol}//`,
     );
   }
   if (u.hostname === '') throw new UsageError(`invalid Redis URL "${redactRedisUrl(url)}": no host`);
@@ -120,11 +225,17 @@ export function parseRedisUrl(url: string): URL {
   if (db !== '' && !/^\d+$/.test(db)) {
     throw new UsageError(`invalid Redis URL "${redactRedisUrl(url)}": database "/${db}" must be a number`);
   }
-  return u;
+  return { kind: 'standalone', url };
 }
 
 /** The URL with its password replaced by `***`, for log lines and errors. */
 export function redactRedisUrl(url: string): string {
+  const multi = /^(rediss?\+(?:sentinel|cluster):\/\/)(?:([^:@/]*)(:[^@/]*)?@)?(.*)$/.exec(url);
+  if (multi) {
+    const [, head, user = '', pass, rest] = multi;
+    if (pass === undefined) return multi[2] === undefined ? url : `${head}${user}@${rest}`;
+    return `${head}${user}${pass === ':' ? ':' : ':***'}@${rest}`;
+  }
   try {
     const u = new URL(url);
     if (u.password !== '') u.password = '***';
@@ -137,14 +248,18 @@ export function redactRedisUrl(url: string): string {
 export type RedisFailureKind = 'auth' | 'noauth' | 'unreachable' | 'other';
 
 export function classifyRedisError(err: unknown): RedisFailureKind {
-  const e = err as { message?: string; code?: string } | undefined;
+  const e = err as { message?: string; code?: string; lastNodeError?: unknown } | undefined;
+  // A Cluster that reached no node: the last node's error says why.
+  if (e?.lastNodeError !== undefined) return classifyRedisError(e.lastNodeError);
   const msg = e?.message ?? String(err);
   if (/WRONGPASS|invalid password|invalid username-password/i.test(msg)) return 'auth';
   if (/NOAUTH|Authentication required/i.test(msg)) return 'noauth';
   const code = e?.code ?? '';
   if (
     /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|EPIPE)$/.test(code) ||
-    /ECONNREFUSED|ETIMEDOUT|connect ETIMEDOUT|Connection is closed/i.test(msg)
+    /ECONNREFUSED|ETIMEDOUT|connect ETIMEDOUT|Connection is closed|All sentinels are unreachable|CLUSTERDOWN|Failed to refresh slots cache/i.test(
+      msg,
+    )
   ) {
     return 'unreachable';
   }
@@ -154,7 +269,8 @@ export function classifyRedisError(err: unknown): RedisFailureKind {
 /** One line that says what failed and what to do, password redacted. */
 export function describeRedisError(url: string, err: unknown): string {
   const where = redactRedisUrl(url);
-  const e = err as { message?: string; code?: string } | undefined;
+  const outer = err as { lastNodeError?: unknown } | undefined;
+  const e = (outer?.lastNodeError ?? err) as { message?: string; code?: string } | undefined;
   const msg = (e?.message ?? String(err)).split('\n')[0];
   switch (classifyRedisError(err)) {
     case 'auth':
@@ -189,7 +305,7 @@ export function redisErrorCode(err: unknown): string {
 export async function connectOnce(
   url: string,
   opts: { redisFactory?: RedisFactory; connectTimeoutMs?: number; extra?: RedisOptions } = {},
-): Promise<Redis> {
+): Promise<RedisClient> {
   parseRedisUrl(url);
   const factory = opts.redisFactory ?? defaultRedisFactory;
   const client = factory(url, {
@@ -218,14 +334,52 @@ export async function connectOnce(
   return client;
 }
 
-/** Every key matching `pattern` (SCAN, so the server is never blocked by KEYS). */
-export async function scanKeys(client: Redis, pattern: string): Promise<string[]> {
+/**
+ * Every key matching `pattern` (SCAN, so the server is never blocked by
+ * KEYS); on a Cluster, of every primary.
+ */
+export async function scanKeys(client: RedisClient, pattern: string): Promise<string[]> {
   const keys: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, batch] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    keys.push(...batch);
-  } while (cursor !== '0');
+  for (const node of client instanceof Cluster ? client.nodes('master') : [client]) {
+    let cursor = '0';
+    do {
+      const [next, batch] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      cursor = next;
+      keys.push(...batch);
+    } while (cursor !== '0');
+  }
   return keys;
+}
+
+/**
+ * Subscribe to `channel` now and again after every reconnect. (ioredis's own
+ * resubscription leaves its promise unhandled when the connection drops
+ * again before the reply; a Cluster's subscriber handles this itself.)
+ */
+export function subscribeAlways(
+  client: RedisClient,
+  mode: 'subscribe' | 'psubscribe',
+  channel: string,
+): Promise<unknown> {
+  if (!(client instanceof Cluster)) {
+    client.options.autoResubscribe = false;
+    // Not connected yet: the command below is queued and sent on the first 'ready'.
+    let skip = client.status !== 'ready';
+    client.on('ready', () => {
+      if (skip) skip = false;
+      else client[mode](channel).catch(() => {});
+    });
+  }
+  return client[mode](channel);
+}
+
+/** Turn a connected one-shot client (connectOnce) into one that reconnects by itself, keeping its subscriptions. */
+export function keepReconnecting(client: RedisClient): void {
+  const { retryStrategy, enableOfflineQueue } = resilientOptions({ subscriber: true });
+  if (client instanceof Cluster) {
+    Object.assign(client.options, { clusterRetryStrategy: retryStrategy, enableOfflineQueue });
+    return;
+  }
+  Object.assign(client.options, { retryStrategy, enableOfflineQueue });
+  if (client.options.sentinels) client.options.sentinelRetryStrategy = (times) => retryStrategy?.(times) ?? null;
 }

@@ -11,13 +11,14 @@
  * view (a full resync), which is always bounded by the number of live flows
  * and names.
  */
-import type { ChainableCommander, Redis } from 'ioredis';
+import type { ChainableCommander } from 'ioredis';
 import type { FlowEntry, FlowEvent } from '../nat/types.js';
 import {
   defaultRedisFactory,
   describeRedisError,
   FailureLog,
   parseRedisUrl,
+  type RedisClient,
   type RedisFactory,
   type RedisLogger,
   redactRedisUrl,
@@ -118,7 +119,7 @@ export class RedisMirror {
   private readonly startedMs: number;
   private readonly failures = new FailureLog();
 
-  private client?: Redis;
+  private client?: RedisClient;
   private nat?: NatEventSource;
   private dns?: DnsEventSource;
 
@@ -165,6 +166,11 @@ export class RedisMirror {
     );
     this.client = client;
     client.on('ready', () => this.onReady());
+    // A Cluster stays 'ready' while one primary fails over: what that primary
+    // acknowledged but had not replicated is gone, so rewrite everything.
+    client.on('-node', () => {
+      this.needResync = true;
+    });
     client.on('close', () => this.onClose());
     client.on('error', (err: unknown) => this.onError(err));
     client.connect().catch(() => {

@@ -19,7 +19,7 @@ export const KEY_ROOT = 'fakeproxy';
 
 // ---- per-node keys (the mirror) ----
 
-/** Suffixes of a node's keys, after `fakeproxy:<node>:`. */
+/** Suffixes of a node's keys, after `fakeproxy:{<node>}:`. */
 export const NODE_KEY = {
   /** sorted set: members `<proto>:<id>`, score = last seen (ms since epoch) */
   flows: 'flows',
@@ -50,9 +50,14 @@ export function checkNodeId(nodeId: string): string {
   return nodeId;
 }
 
-/** Every key of one node starts with this. */
+/**
+ * Every key of one node starts with this: `fakeproxy:{<node>}:`. The node id
+ * is a hash tag, so all of a node's keys live in one Redis Cluster slot and
+ * the mirror's pipelines, multi-key UNLINK/ZREM and MULTI work on a Cluster
+ * as on one server (the nodes of a fleet still spread over the slots).
+ */
 export function nodePrefix(nodeId: string): string {
-  return `${KEY_ROOT}:${nodeId}:`;
+  return `${KEY_ROOT}:{${nodeId}}:`;
 }
 
 export interface NodeKeys {
@@ -97,10 +102,10 @@ export function everyNodePattern(suffix: string): string {
   return `${KEY_ROOT}:*:${suffix}`;
 }
 
-/** The node id inside `fakeproxy:<node>:<suffix>`, or undefined when the key is not one. */
+/** The node id inside `fakeproxy:{<node>}:<suffix>`, or undefined when the key is not one. */
 export function nodeIdOfKey(key: string, suffix: string): string | undefined {
-  const head = `${KEY_ROOT}:`;
-  const tail = `:${suffix}`;
+  const head = `${KEY_ROOT}:{`;
+  const tail = `}:${suffix}`;
   if (!key.startsWith(head) || !key.endsWith(tail)) return undefined;
   const id = key.slice(head.length, key.length - tail.length);
   return NODE_ID.test(id) && id !== RESERVED_NODE_ID ? id : undefined;

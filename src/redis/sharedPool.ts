@@ -21,7 +21,6 @@
  */
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Redis } from 'ioredis';
 import { FakeproxyError, UsageError } from '../errors.js';
 import {
   classifyRedisError,
@@ -29,11 +28,13 @@ import {
   describeRedisError,
   FailureLog,
   parseRedisUrl,
+  type RedisClient,
   type RedisFactory,
   type RedisLogger,
   redactRedisUrl,
   redisErrorCode,
   resilientOptions,
+  subscribeAlways,
 } from './client.js';
 import { decodeRecycled, type PoolKeys, poolKeys } from './schema.js';
 
@@ -51,6 +52,8 @@ export interface RedisSharedPoolOptions {
   startTimeoutMs?: number;
   /** Reconnect backoff cap. @default DEFAULT_MAX_BACKOFF_MS (src/redis/client.ts) */
   maxBackoffMs?: number;
+  /** Replicas an allocation must reach before it is answered. @default POOL_WAIT_REPLICAS */
+  waitReplicas?: number;
 }
 
 const ALLOCATE_LUA = `
@@ -112,6 +115,19 @@ interface LuaScript {
 }
 const script = (lua: string): LuaScript => ({ lua, sha: createHash('sha1').update(lua).digest('hex') });
 const ALLOCATE = script(ALLOCATE_LUA);
+const isNoScript = (err: unknown) => String((err as Error)?.message).startsWith('NOSCRIPT');
+
+/**
+ * An allocation is answered only once it reached this many replicas (or all
+ * the primary has, if fewer): a failover then promotes a replica that has it.
+ * @default 1 — Sentinel promotes the most up-to-date replica and a Cluster
+ * primary's replica takes over its slots, so one copy is what a failover of
+ * one node needs; more would make every allocation wait on the slowest replica.
+ */
+export const POOL_WAIT_REPLICAS = 1;
+/** How long an allocation waits for its replica before it is refused (SERVFAIL, retried by the resolver). */
+export const POOL_WAIT_TIMEOUT_MS = 1_000;
+const WAIT_TIMEOUT_MS = POOL_WAIT_TIMEOUT_MS;
 const TOUCH = script(TOUCH_LUA);
 
 function ipToInt(ip: string): number | undefined {
@@ -155,12 +171,21 @@ export class RedisSharedPool extends EventEmitter {
   private readonly touchFlushMs: number;
   private readonly startTimeoutMs: number;
   private readonly maxBackoffMs?: number;
+  private readonly waitReplicas: number;
+  /**
+   * Replicas the primary had at the last allocation (ROLE); the next WAIT
+   * asks for that many. Starts at 0: a first allocation that finds replicas
+   * runs once more (idempotent) with a WAIT for them.
+   */
+  private replicas = 0;
+  /** The WAIT in flight, which allocations whose reply arrived meanwhile join. */
+  private waiting?: { k: number; acked: Promise<number> };
   private readonly failures = new FailureLog();
   /** Identifies this instance in recycling messages. */
   private readonly instanceId = `${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
 
-  private client?: Redis;
-  private sub?: Redis;
+  private client?: RedisClient;
+  private sub?: RedisClient;
   private connected = false;
   private everConnected = false;
   private closed = false;
@@ -189,6 +214,7 @@ export class RedisSharedPool extends EventEmitter {
     this.touchFlushMs = opts.touchFlushMs ?? 1000;
     this.startTimeoutMs = opts.startTimeoutMs ?? 5000;
     this.maxBackoffMs = opts.maxBackoffMs;
+    this.waitReplicas = opts.waitReplicas ?? POOL_WAIT_REPLICAS;
   }
 
   /** Addresses the pool can hand out (hosts of the CIDR minus the gateway). */
@@ -218,8 +244,8 @@ export class RedisSharedPool extends EventEmitter {
       /* the main client reports connection problems */
     });
     sub.on('message', (_ch: string, msg: string) => this.onRecycled(msg));
-    // Queued until connected; ioredis resubscribes by itself after reconnects.
-    sub.subscribe(this.keys.recycled).catch(() => {});
+    // Queued until connected, and again after every reconnect.
+    subscribeAlways(sub, 'subscribe', this.keys.recycled).catch(() => {});
     sub.connect().catch(() => {});
 
     client.on('close', () => {
@@ -239,6 +265,9 @@ export class RedisSharedPool extends EventEmitter {
       });
     });
     client.on('ready', () => void this.onReady());
+    // A Cluster stays 'ready' while a primary fails over; recycling messages
+    // may have been missed meanwhile, so check the cache as after a reconnect.
+    client.on('-node', () => void this.revalidate());
     client.connect().catch(() => {});
     this.touchTimer = setInterval(() => void this.flushTouches(), this.touchFlushMs);
     this.touchTimer.unref();
@@ -338,12 +367,72 @@ export class RedisSharedPool extends EventEmitter {
       throw this.unavailable(err);
     }
     const [ip, recycledName] = reply as [string, string?];
+    // The primary took the address from its old name whether or not a replica has it yet.
     if (recycledName !== undefined) this.forget(recycledName, ip);
+    // Not on a replica in time: a failover now could lose it and hand the
+    // address to another name, so it is not answered (SERVFAIL, retried).
+    if (!(await this.replicated())) {
+      throw this.unavailable(new Error(`the allocation of ${name} did not reach a replica in time`));
+    }
     this.remember(name, ip);
     return ip;
   }
 
-  private requireClient(): Redis {
+  /**
+   * Whether every write this connection made so far reached the replicas
+   * (up to waitReplicas) the primary has. One WAIT serves every allocation
+   * waiting at the time (group commit): a WAIT blocks its connection, so one
+   * still in flight when an allocation's reply arrives was sent after that
+   * allocation and covers it. A second round runs when the first asked for
+   * fewer replicas than ROLE then showed.
+   */
+  private async replicated(): Promise<boolean> {
+    if (this.waitReplicas === 0) return true;
+    for (let round = 0; round < 2; round++) {
+      let wait = this.waiting;
+      if (!wait) {
+        const k = Math.min(this.waitReplicas, this.replicas);
+        const w = { k, acked: this.waitRound(k) };
+        this.waiting = w;
+        wait = w;
+        w.acked
+          .finally(() => {
+            if (this.waiting === w) this.waiting = undefined;
+          })
+          .catch(() => {});
+      }
+      let acked: number;
+      try {
+        acked = await wait.acked;
+      } catch (err) {
+        throw this.unavailable(err);
+      }
+      const needed = Math.min(this.waitReplicas, this.replicas);
+      if (acked >= needed) return true;
+      if (wait.k >= needed) return false; // asked for enough, they did not answer in time
+    }
+    return false;
+  }
+
+  /**
+   * One pipeline to the node that owns the pool's keys (a keyed EXISTS routes
+   * it on a Cluster; ROLE and WAIT have no key): how many replicas it has
+   * now, and how many acknowledged its writes within WAIT_TIMEOUT_MS.
+   */
+  private async waitRound(k: number): Promise<number> {
+    const p = this.requireClient().pipeline();
+    p.exists(this.keys.cursor);
+    p.role();
+    p.wait(k, WAIT_TIMEOUT_MS);
+    const res = (await p.exec()) ?? [];
+    for (const [err] of res) if (err) throw err;
+    const role = res[1]?.[1] as [string, number, unknown[]?] | undefined;
+    if (role?.[0] !== 'master') throw new Error(`READONLY the pool's node is a ${role?.[0]}, not a primary`);
+    this.replicas = role[2]?.length ?? 0;
+    return Number(res[2]?.[1] ?? 0);
+  }
+
+  private requireClient(): RedisClient {
     if (!this.client || !this.connected || this.closed) throw this.unavailable();
     return this.client;
   }
@@ -362,7 +451,7 @@ export class RedisSharedPool extends EventEmitter {
     try {
       return await client.evalsha(s.sha, keys.length, ...keys, ...args);
     } catch (err) {
-      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err;
+      if (!isNoScript(err)) throw err;
       return await client.eval(s.lua, keys.length, ...keys, ...args);
     }
   }

@@ -126,7 +126,7 @@ const FIELDS = ['name', 'app', 'dst', 'outbound', 'state', 'bytesOut', 'bytesIn'
 
 /** Every flow hash of `node` as redis-cli sees it (SCAN + HMGET). Keys that vanish between the two are skipped. */
 async function flowHashes(ns: Netns, port: number, node: string, host?: string): Promise<FlowHash[]> {
-  const keys = (await rcli(ns, port, ['--scan', '--pattern', `fakeproxy:${node}:flow:*`], { host }))
+  const keys = (await rcli(ns, port, ['--scan', '--pattern', `fakeproxy:{${node}}:flow:*`], { host }))
     .split('\n')
     .filter(Boolean);
   if (keys.length === 0) return [];
@@ -235,19 +235,19 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
       10_000,
       () => last,
     );
-    // One hash per connection, keyed fakeproxy:gw1:flow:tcp:<id>.
+    // One hash per connection, keyed fakeproxy:{gw1}:flow:tcp:<id>.
     expect(new Set(first.map((h) => h.app))).toEqual(new Set(c.apps));
     for (const h of first) {
-      expect(h.key).toMatch(/^fakeproxy:gw1:flow:tcp:\d+$/);
+      expect(h.key).toMatch(/^fakeproxy:\{gw1\}:flow:tcp:\d+$/);
       expect(h.name).toBe('echo.test');
       expect(h.dst).toMatch(new RegExp(`^198\\.18\\.\\d+\\.\\d+:${ECHO_PORT}$`));
       expect(h.outbound).toBe('direct');
     }
     // The index holds the same 20 members.
-    const members = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:gw1:flows', '0', '-1']))
+    const members = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:{gw1}:flows', '0', '-1']))
       .split('\n')
       .filter(Boolean);
-    for (const h of first) expect(members).toContain(h.key.slice('fakeproxy:gw1:flow:'.length));
+    for (const h of first) expect(members).toContain(h.key.slice('fakeproxy:{gw1}:flow:'.length));
 
     // Byte counters keep growing while the clients write (refreshed at least every second).
     const before = new Map(first.map((h) => [h.key, h]));
@@ -303,10 +303,10 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
       30_000,
       () => last,
     );
-    const after = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:gw1:flows', '0', '-1']))
+    const after = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:{gw1}:flows', '0', '-1']))
       .split('\n')
       .filter(Boolean);
-    for (const h of first) expect(after).not.toContain(h.key.slice('fakeproxy:gw1:flow:'.length));
+    for (const h of first) expect(after).not.toContain(h.key.slice('fakeproxy:{gw1}:flow:'.length));
     const ls2 = await runCli(t.client, ['nat', 'ls', '--redis', URL]);
     expect(ls2.code).toBe(0);
     expect(ls2.stdout).not.toContain('echo.test');
@@ -408,9 +408,9 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
 
     redis = await startRedis(t.client, t, PORT);
     const dnsMap = async () => ({
-      before: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:gw1:dns:name', 'before.outage.test'])).trim(),
-      during: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:gw1:dns:name', 'during.outage.test'])).trim(),
-      reverse: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:gw1:dns:ip', during])).trim(),
+      before: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:{gw1}:dns:name', 'before.outage.test'])).trim(),
+      during: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:{gw1}:dns:name', 'during.outage.test'])).trim(),
+      reverse: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:{gw1}:dns:ip', during])).trim(),
     });
     await until(
       'the live flows and the DNS map back in the restarted Redis',
@@ -429,10 +429,10 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
     const all = await flowHashes(t.client, PORT, 'gw1');
     expect(all.map((h) => h.app).sort()).toEqual([...stay.apps].sort());
     for (const h of all) expect(h).toMatchObject({ name: 'echo.test', outbound: 'direct', state: 'established' });
-    const members = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:gw1:flows', '0', '-1']))
+    const members = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:{gw1}:flows', '0', '-1']))
       .split('\n')
       .filter(Boolean);
-    expect(members.sort()).toEqual(all.map((h) => h.key.slice('fakeproxy:gw1:flow:'.length)).sort());
+    expect(members.sort()).toEqual(all.map((h) => h.key.slice('fakeproxy:{gw1}:flow:'.length)).sort());
     // dns lookup through the CLI agrees.
     const lk = await runCli(t.client, ['dns', 'lookup', 'during.outage.test', '--redis', URL, '--json']);
     expect(lk.code).toBe(0);
@@ -471,10 +471,10 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
     );
     const all = await flowHashes(t.client, PORT, 'gw1');
     expect(all.map((h) => h.app).sort()).toEqual([...stay.apps].sort());
-    const members = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:gw1:flows', '0', '-1']))
+    const members = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:{gw1}:flows', '0', '-1']))
       .split('\n')
       .filter(Boolean);
-    expect(members.sort()).toEqual(all.map((h) => h.key.slice('fakeproxy:gw1:flow:'.length)).sort());
+    expect(members.sort()).toEqual(all.map((h) => h.key.slice('fakeproxy:{gw1}:flow:'.length)).sort());
     await stay.close();
   });
 });

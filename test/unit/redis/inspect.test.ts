@@ -46,18 +46,21 @@ beforeAll(async () => {
   natB = `${b.natIp}:${b.natPort}`;
   mirror.annotate(a.id, { outbound: 'socks5' });
   mirror.annotate(b.id, { outbound: 'direct' });
-  await eventually(async () => (await redis.cliLines('ZCARD', 'fakeproxy:gw1:flows'))[0] === '2', 'two flows mirrored');
   await eventually(
-    async () => (await redis.cliLines('HGET', `fakeproxy:gw1:flow:tcp:${a.id}`, 'bytesIn'))[0] === '1258291',
+    async () => (await redis.cliLines('ZCARD', 'fakeproxy:{gw1}:flows'))[0] === '2',
+    'two flows mirrored',
+  );
+  await eventually(
+    async () => (await redis.cliLines('HGET', `fakeproxy:{gw1}:flow:tcp:${a.id}`, 'bytesIn'))[0] === '1258291',
     'counters',
   );
   await eventually(
-    async () => (await redis.cliLines('HGET', `fakeproxy:gw1:flow:tcp:${a.id}`, 'outbound'))[0] === 'socks5',
+    async () => (await redis.cliLines('HGET', `fakeproxy:{gw1}:flow:tcp:${a.id}`, 'outbound'))[0] === 'socks5',
     'annotation',
   );
   // A second node, written by hand the way the mirror writes.
-  await redis.cli('HSET', 'fakeproxy:gw2:dns:name', 'other.example', '198.18.0.5');
-  await redis.cli('HSET', 'fakeproxy:gw2:dns:ip', '198.18.0.5', 'other.example');
+  await redis.cli('HSET', 'fakeproxy:{gw2}:dns:name', 'other.example', '198.18.0.5');
+  await redis.cli('HSET', 'fakeproxy:{gw2}:dns:ip', '198.18.0.5', 'other.example');
 });
 afterAll(async () => {
   await mirror.close();
@@ -183,7 +186,7 @@ describe('nat watch', () => {
     try {
       // Subscriptions are in place once a published probe arrives.
       await eventually(async () => {
-        await redis.cli('PUBLISH', 'fakeproxy:gw1:events', '{"probe":true}');
+        await redis.cli('PUBLISH', 'fakeproxy:{gw1}:events', '{"probe":true}');
         return out.text.includes('probe') && human.text.includes('probe');
       }, 'subscribed');
       const f = nat.open({ dst: ipA, dport: 8080, at: now() });

@@ -29,7 +29,7 @@ function mirror(opts: Partial<ConstructorParameters<typeof RedisMirror>[0]> & { 
 }
 
 const flowKeys = async (node: string) =>
-  (await redis.cliLines('--scan', '--pattern', `fakeproxy:${node}:flow:*`)).sort();
+  (await redis.cliLines('--scan', '--pattern', `fakeproxy:{${node}}:flow:*`)).sort();
 
 describe('RedisMirror', () => {
   it('writes one hash per live flow with an index, a TTL and the name, and removes it on close', async () => {
@@ -46,7 +46,7 @@ describe('RedisMirror', () => {
     m.annotate(flows[0].id, { outbound: 'socks5' });
     await eventually(async () => (await flowKeys('gw-basic')).length === 20, '20 flow hashes');
 
-    const h = await reader.hgetall(`fakeproxy:gw-basic:flow:tcp:${flows[0].id}`);
+    const h = await reader.hgetall(`fakeproxy:{gw-basic}:flow:tcp:${flows[0].id}`);
     expect(h).toMatchObject({
       id: String(flows[0].id),
       proto: 'tcp',
@@ -58,16 +58,16 @@ describe('RedisMirror', () => {
       state: 'syn',
       createdMs: String(nat.now),
     });
-    const ttl = Number(await redis.cli('TTL', `fakeproxy:gw-basic:flow:tcp:${flows[0].id}`));
+    const ttl = Number(await redis.cli('TTL', `fakeproxy:{gw-basic}:flow:tcp:${flows[0].id}`));
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(60);
-    expect(await reader.zcard('fakeproxy:gw-basic:flows')).toBe(20);
-    expect(await reader.hget('fakeproxy:gw-basic:dns:name', 'example.com')).toBe(ip);
-    expect(await reader.hget('fakeproxy:gw-basic:dns:ip', ip)).toBe('example.com');
+    expect(await reader.zcard('fakeproxy:{gw-basic}:flows')).toBe(20);
+    expect(await reader.hget('fakeproxy:{gw-basic}:dns:name', 'example.com')).toBe(ip);
+    expect(await reader.hget('fakeproxy:{gw-basic}:dns:ip', ip)).toBe('example.com');
 
     for (const f of flows) nat.close(f);
     await eventually(async () => (await flowKeys('gw-basic')).length === 0, 'flow hashes gone');
-    expect(await reader.zcard('fakeproxy:gw-basic:flows')).toBe(0);
+    expect(await reader.zcard('fakeproxy:{gw-basic}:flows')).toBe(0);
     expect(m.stats().dropped).toBe(0);
   });
 
@@ -106,7 +106,7 @@ describe('RedisMirror', () => {
     m.attachNat(nat.nat);
     m.start();
     const f = nat.open();
-    const key = `fakeproxy:gw-bytes:flow:tcp:${f.id}`;
+    const key = `fakeproxy:{gw-bytes}:flow:tcp:${f.id}`;
     // A SYN is 40 bytes of IPv4 + TCP headers.
     await eventually(async () => (await reader.hget(key, 'bytesOut')) === '40', 'initial counters');
     let now = nat.now;
@@ -122,14 +122,14 @@ describe('RedisMirror', () => {
     // App → Listener: SYN, the handshake's ACK, then 1 000 + 40 per round.
     expect(await reader.hget(key, 'bytesOut')).toBe(String(40 + 40 + 3 * 1040));
     expect(await reader.hget(key, 'state')).toBe('established');
-    expect(Number(await reader.zscore('fakeproxy:gw-bytes:flows', `tcp:${f.id}`))).toBe(now);
+    expect(Number(await reader.zscore('fakeproxy:{gw-bytes}:flows', `tcp:${f.id}`))).toBe(now);
   });
 
-  it('publishes open and close events as JSON on fakeproxy:<node>:events', async () => {
+  it('publishes open and close events as JSON on fakeproxy:{<node>}:events', async () => {
     const sub = new Redis(redis.url);
     const got: FlowEventMessage[] = [];
     sub.on('message', (_c, msg: string) => got.push(JSON.parse(msg)));
-    await sub.subscribe('fakeproxy:gw-events:events');
+    await sub.subscribe('fakeproxy:{gw-events}:events');
     try {
       const nat = new LiveNat();
       const m = mirror({ nodeId: 'gw-events' });
@@ -167,23 +167,23 @@ describe('RedisMirror', () => {
     m.start();
     const ips = [];
     for (let i = 1; i <= 5; i++) ips.push(await dns.resolve(`n${i}.example`));
-    await eventually(async () => (await reader.hlen('fakeproxy:gw-dns:dns:name')) === 5, 'five names');
+    await eventually(async () => (await reader.hlen('fakeproxy:{gw-dns}:dns:name')) === 5, 'five names');
     const ip6 = await dns.resolve('n6.example');
     expect(ip6).toBe(ips[0]); // recycled: n1 loses its address
     const expected = Object.fromEntries([
       ['n6.example', ip6],
       ...ips.slice(1).map((ip, i) => [`n${i + 2}.example`, ip]),
     ]);
-    await eventually(async () => (await reader.hget('fakeproxy:gw-dns:dns:name', 'n6.example')) === ip6, 'n6 mapped');
-    expect(await reader.hgetall('fakeproxy:gw-dns:dns:name')).toEqual(expected);
-    expect(await reader.hget('fakeproxy:gw-dns:dns:ip', ip6)).toBe('n6.example');
-    expect(await reader.hlen('fakeproxy:gw-dns:dns:ip')).toBe(5);
+    await eventually(async () => (await reader.hget('fakeproxy:{gw-dns}:dns:name', 'n6.example')) === ip6, 'n6 mapped');
+    expect(await reader.hgetall('fakeproxy:{gw-dns}:dns:name')).toEqual(expected);
+    expect(await reader.hget('fakeproxy:{gw-dns}:dns:ip', ip6)).toBe('n6.example');
+    expect(await reader.hlen('fakeproxy:{gw-dns}:dns:ip')).toBe(5);
   });
 
   it('removes stale rows a previous run of the same node left behind', async () => {
-    await redis.cli('HSET', 'fakeproxy:gw-stale:flow:tcp:999', 'id', '999', 'proto', 'tcp');
-    await redis.cli('ZADD', 'fakeproxy:gw-stale:flows', '1', 'tcp:999');
-    await redis.cli('HSET', 'fakeproxy:gw-stale:dns:name', 'old.example', '198.18.9.9');
+    await redis.cli('HSET', 'fakeproxy:{gw-stale}:flow:tcp:999', 'id', '999', 'proto', 'tcp');
+    await redis.cli('ZADD', 'fakeproxy:{gw-stale}:flows', '1', 'tcp:999');
+    await redis.cli('HSET', 'fakeproxy:{gw-stale}:dns:name', 'old.example', '198.18.9.9');
     const nat = new LiveNat();
     const live = nat.open();
     const m = mirror({ nodeId: 'gw-stale' });
@@ -192,11 +192,11 @@ describe('RedisMirror', () => {
     m.start();
     await eventually(
       async () =>
-        JSON.stringify(await flowKeys('gw-stale')) === JSON.stringify([`fakeproxy:gw-stale:flow:tcp:${live.id}`]),
+        JSON.stringify(await flowKeys('gw-stale')) === JSON.stringify([`fakeproxy:{gw-stale}:flow:tcp:${live.id}`]),
       'only the live flow',
     );
-    expect(await reader.zrange('fakeproxy:gw-stale:flows', 0, -1)).toEqual([`tcp:${live.id}`]);
-    expect(await reader.exists('fakeproxy:gw-stale:dns:name')).toBe(0);
+    expect(await reader.zrange('fakeproxy:{gw-stale}:flows', 0, -1)).toEqual([`tcp:${live.id}`]);
+    expect(await reader.exists('fakeproxy:{gw-stale}:dns:name')).toBe(0);
     expect(m.stats().resyncs).toBe(1);
   });
 
@@ -211,7 +211,7 @@ describe('RedisMirror', () => {
     nat.open();
     await eventually(async () => (await flowKeys('gw-close')).length === 1, 'flow written');
     await m.close();
-    expect(await redis.cliLines('--scan', '--pattern', 'fakeproxy:gw-close:*')).toEqual([]);
+    expect(await redis.cliLines('--scan', '--pattern', 'fakeproxy:{gw-close}:*')).toEqual([]);
   });
 
   it('rejects a malformed URL or node id with a UsageError', () => {
@@ -239,7 +239,7 @@ describe('RedisMirror without Redis', () => {
     const late = await TestRedis.start({ port });
     try {
       await eventually(
-        async () => (await late.cliLines('--scan', '--pattern', 'fakeproxy:gw-late:flow:*')).length === 5,
+        async () => (await late.cliLines('--scan', '--pattern', 'fakeproxy:{gw-late}:flow:*')).length === 5,
         '5 flows after connecting',
       );
       expect(m.stats().connected).toBe(true);
@@ -303,7 +303,7 @@ describe('RedisMirror across a Redis outage', () => {
       await dns.resolve('before.example');
       const before = Array.from({ length: 10 }, () => nat.open());
       await eventually(
-        async () => (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).length === 10,
+        async () => (await r.cliLines('--scan', '--pattern', 'fakeproxy:{gw-outage}:flow:*')).length === 10,
         '10 flows',
       );
 
@@ -332,14 +332,14 @@ describe('RedisMirror across a Redis outage', () => {
 
       await r.start();
       const expected = [...before.slice(5).map((f) => f.id), ...during]
-        .map((id) => `fakeproxy:gw-outage:flow:tcp:${id}`)
+        .map((id) => `fakeproxy:{gw-outage}:flow:tcp:${id}`)
         .sort();
       await eventually(async () => {
-        const keys = (await r.cliLines('--scan', '--pattern', 'fakeproxy:gw-outage:flow:*')).sort();
+        const keys = (await r.cliLines('--scan', '--pattern', 'fakeproxy:{gw-outage}:flow:*')).sort();
         return JSON.stringify(keys) === JSON.stringify(expected);
       }, 'exactly the live flows after the restart');
-      expect(Number(await r.cli('ZCARD', 'fakeproxy:gw-outage:flows'))).toBe(expected.length);
-      const map = await r.cliLines('HGETALL', 'fakeproxy:gw-outage:dns:name');
+      expect(Number(await r.cli('ZCARD', 'fakeproxy:{gw-outage}:flows'))).toBe(expected.length);
+      const map = await r.cliLines('HGETALL', 'fakeproxy:{gw-outage}:dns:name');
       expect(
         Object.fromEntries(Array.from({ length: map.length / 2 }, (_, i) => [map[2 * i], map[2 * i + 1]])),
       ).toEqual(during5);

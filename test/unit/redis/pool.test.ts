@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import net from 'node:net';
+import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FakeproxyError } from '../../../src/errors.js';
 import { parsePoolCidr, RedisSharedPool } from '../../../src/redis/sharedPool.js';
@@ -143,6 +144,53 @@ describe('RedisSharedPool', () => {
     } finally {
       await locked.destroy();
     }
+  });
+});
+
+describe('RedisSharedPool with a replica (what a failover keeps)', () => {
+  it('answers an address only once the replica has it, and refuses (EPOOLUNAVAILABLE) while the replica does not ack', async () => {
+    const replica = await TestRedis.start({ args: ['--replicaof', '127.0.0.1', String(redis.port)] });
+    const onReplica = new Redis(replica.url);
+    try {
+      await eventually(
+        async () => (await replica.cli('INFO', 'replication')).includes('master_link_status:up'),
+        'replica in sync',
+      );
+      const a = await pool('198.23.0.0/16', '198.23.0.1');
+      const b = await pool('198.23.0.0/16', '198.23.0.1');
+      const names = Array.from({ length: 200 }, (_, i) => `r${i}.example`);
+      // Every answer, the moment it is given, is already on the replica (WAIT before answering).
+      const missing: string[] = [];
+      await Promise.all(
+        names.map(async (n, i) => {
+          const ip = await (i % 2 ? a : b).allocate(n);
+          const there = await onReplica.hget('fakeproxy:pool:{198.23.0.0/16}:n2i', n);
+          if (there !== ip) missing.push(`${n}: ${ip} answered, replica has ${there}`);
+        }),
+      );
+      expect(missing).toEqual([]);
+
+      // A replica that is connected but silent (SIGSTOP): new names are refused after the WAIT timeout …
+      replica.signal('SIGSTOP');
+      try {
+        await expect(a.allocate('while-stopped.example')).rejects.toMatchObject({ code: 'EPOOLUNAVAILABLE' });
+        // … and cached ones still answer.
+        expect(await a.allocate('r1.example')).toBe(a.lookup('r1.example'));
+      } finally {
+        replica.signal('SIGCONT');
+      }
+      // Back: the same name is answered, with the address the primary kept for it.
+      const ip = await b.allocate('while-stopped.example');
+      expect(await onReplica.hget('fakeproxy:pool:{198.23.0.0/16}:n2i', 'while-stopped.example')).toBe(ip);
+    } finally {
+      onReplica.disconnect();
+      await replica.destroy();
+    }
+  });
+
+  it('a primary without replicas (standalone) answers without waiting', async () => {
+    const p = await pool('198.24.0.0/16', '198.24.0.1', redis.url, { waitReplicas: 1 });
+    expect(await p.allocate('alone.example')).toMatch(/^198\.24\./);
   });
 });
 

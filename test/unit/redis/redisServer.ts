@@ -31,12 +31,19 @@ export class TestRedis {
   private constructor(
     readonly port: number,
     readonly password?: string,
+    readonly extraArgs: string[] = [],
   ) {}
 
-  static async start(opts: { password?: string; port?: number } = {}): Promise<TestRedis> {
-    const r = new TestRedis(opts.port ?? (await freePort()), opts.password);
+  /** `args`: more redis-server options, e.g. ['--replicaof', '127.0.0.1', '6379']. */
+  static async start(opts: { password?: string; port?: number; args?: string[] } = {}): Promise<TestRedis> {
+    const r = new TestRedis(opts.port ?? (await freePort()), opts.password, opts.args);
     await r.start();
     return r;
+  }
+
+  /** Send a signal to the server (SIGSTOP/SIGCONT: a replica that is connected but does not answer). */
+  signal(sig: NodeJS.Signals): void {
+    this.proc?.kill(sig);
   }
 
   get url(): string {
@@ -57,6 +64,7 @@ export class TestRedis {
       this.dir,
     ];
     if (this.password) args.push('--requirepass', this.password);
+    args.push(...this.extraArgs);
     const proc = spawn(REDIS_SERVER, args, { stdio: 'ignore' });
     this.proc = proc;
     const deadline = Date.now() + 10_000;

@@ -38,7 +38,7 @@ describe('MirrorView', () => {
     const b1 = view.takeBatch(live.now);
     expect(b1.writes).toHaveLength(1);
     const w = b1.writes[0];
-    expect(w).toMatchObject({ key: `fakeproxy:gw-view:flow:tcp:${f.id}`, member: `tcp:${f.id}`, withTtl: true });
+    expect(w).toMatchObject({ key: `fakeproxy:{gw-view}:flow:tcp:${f.id}`, member: `tcp:${f.id}`, withTtl: true });
     expect(w.key).toBe(flowKeyOf(keys, w.member));
     expect(fieldsOf(w.fields)).toEqual({
       id: String(f.id),
@@ -171,25 +171,26 @@ describe('MirrorView', () => {
       `tcp:${b.id}`,
     ]);
     expect(view.takeBatch(live.now).deleteMembers).toEqual([`tcp:${a.id}`]);
-    expect(view.ttlDue(live.now + 20_000, 60_000)).toEqual([`fakeproxy:gw-view:flow:tcp:${b.id}`]);
+    expect(view.ttlDue(live.now + 20_000, 60_000)).toEqual([`fakeproxy:{gw-view}:flow:tcp:${b.id}`]);
     expect(view.ttlDue(live.now + 20_001, 60_000)).toEqual([]);
   });
 });
 
 describe('key schema', () => {
-  it('spells every key of a node under fakeproxy:<node>: and finds the node back', () => {
+  it('spells every key of a node under fakeproxy:{<node>}: (one hash tag) and finds the node back', () => {
     const k = nodeKeys('gw1');
     expect(k).toMatchObject({
-      flows: 'fakeproxy:gw1:flows',
-      dnsName: 'fakeproxy:gw1:dns:name',
-      dnsIp: 'fakeproxy:gw1:dns:ip',
-      info: 'fakeproxy:gw1:info',
-      events: 'fakeproxy:gw1:events',
-      flowPattern: 'fakeproxy:gw1:flow:*',
+      flows: 'fakeproxy:{gw1}:flows',
+      dnsName: 'fakeproxy:{gw1}:dns:name',
+      dnsIp: 'fakeproxy:{gw1}:dns:ip',
+      info: 'fakeproxy:{gw1}:info',
+      events: 'fakeproxy:{gw1}:events',
+      flowPattern: 'fakeproxy:{gw1}:flow:*',
     });
     expect(nodeIdOfKey(k.flows, 'flows')).toBe('gw1');
     expect(nodeIdOfKey('fakeproxy:pool:flows', 'flows')).toBeUndefined();
-    expect(nodeIdOfKey('fakeproxy:a:b:flows', 'flows')).toBeUndefined();
+    expect(nodeIdOfKey('fakeproxy:{a:b}:flows', 'flows')).toBeUndefined();
+    expect(nodeIdOfKey('fakeproxy:gw1:flows', 'flows')).toBeUndefined();
     expect(() => checkNodeId('a:b')).toThrow(/invalid node id/);
     expect(() => checkNodeId('pool')).toThrow(/not "pool"/);
   });
