@@ -8,7 +8,9 @@
         "native/checksum.cc",
         "native/flow_table.cc",
         "native/engine.cc",
-        "native/engine_addon.cc"
+        "native/engine_addon.cc",
+        "native/dgram_batch.cc",
+        "native/dgram_batch_addon.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

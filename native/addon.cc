@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "dgram_batch_addon.h"
 #include "engine_addon.h"
 #include "napi_errors.h"
 #include "tun.h"
@@ -134,6 +135,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tunWritePacketForTest", Napi::Function::New(env, TunWritePacketForTest, "tunWritePacketForTest"));
   exports.Set("tunReadPacketForTest", Napi::Function::New(env, TunReadPacketForTest, "tunReadPacketForTest"));
   InitEngine(env, exports);
+  InitDgramBatch(env, exports);
   return exports;
 }
 

@@ -127,6 +127,51 @@ export interface NativeEngine {
   clear(nowMs?: number): void;
 }
 
+// ---- Batched UDP socket (native/dgram_batch*.cc) ----
+export interface DgramSocketOptions {
+  /** IPv4 or IPv6 literal to bind. */
+  host: string;
+  /** 0 picks a free port. */
+  port: number;
+  /** Datagrams per recvmmsg (1 … 1024). @default 64 */
+  batch?: number;
+  /** recvmmsg batches per event-loop wake-up before yielding to other work. @default 4 */
+  rounds?: number;
+  /** Largest datagram received whole; bigger ones are dropped and counted (truncated). @default 65535 */
+  maxDatagram?: number;
+  /** SO_RCVBUF / SO_SNDBUF (capped by the kernel at rmem_max / wmem_max); 0 keeps the default. */
+  recvBufferBytes?: number;
+  sendBufferBytes?: number;
+}
+export interface DgramSocketStats {
+  received: number;
+  recvCalls: number;
+  /** Datagrams larger than maxDatagram, dropped. */
+  truncated: number;
+  /** Datagrams the kernel dropped because the receive buffer was full (SO_RXQ_OVFL). */
+  kernelDrops: number;
+  sent: number;
+  sendCalls: number;
+  /** Datagrams the kernel refused (send buffer full, per-datagram errors): dropped. */
+  sendDropped: number;
+  wakeups: number;
+  /** errno name of the last refused send, '' if none. */
+  lastSendError: string;
+}
+/**
+ * A UDP socket polled on the event loop that receives with recvmmsg and sends
+ * with sendmmsg. Layout of `meta` (both ways): 8 words per datagram — offset
+ * and length in `bytes`, family (4|6), peer port, peer address (IPv4: one
+ * host-order word; IPv6: four big-endian words). See src/util/dgramBatch.ts.
+ */
+export interface NativeDgramSocket {
+  start(onBatch: (bytes: Buffer, meta: Uint32Array, count: number) => void): void;
+  send(bytes: Buffer, meta: Uint32Array, count: number): number;
+  address(): { address: string; port: number; family: 'IPv4' | 'IPv6' };
+  stats(): DgramSocketStats;
+  close(): void;
+}
+
 export interface NativeBinding {
   tunOpen(opts: TunOpenOptions): TunHandle;
   /** Close the fds (the non-persistent device disappears with the last one). */
@@ -136,6 +181,7 @@ export interface NativeBinding {
   /** Test-only: read one raw IP packet (non-blocking; undefined when none within timeoutMs). */
   tunReadPacketForTest(fd: number, timeoutMs: number): Buffer | undefined;
   Engine: new (opts: EngineOptions) => NativeEngine;
+  DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
 }
 
 function findAddon(): string {

@@ -10,17 +10,56 @@
  * `maxConnections` are refused at accept; a connection with more than
  * `maxPipelined` queries outstanding stops being read until answers drain.
  *
+ * UDP: one native socket per address (src/util/dgramBatch.ts) receives up
+ * to UDP_BATCH queries per recvmmsg and hands them to JS as one batch; the
+ * answers made synchronously leave together in one sendmmsg at the end of the
+ * batch, later (upstream) answers on the next event-loop turn. Under overload
+ * the kernel's receive buffer fills and further queries are dropped there —
+ * counted (SO_RXQ_OVFL, stats.udpDropped) and logged at most once per
+ * DROP_LOG_MS — instead of queueing in the daemon.
+ *
  * The handler may return synchronously (the fast path for fake answers) or a
  * promise; a throw or rejection is logged and the query dropped — nothing
  * escapes into the event loop.
  */
-import dgram from 'node:dgram';
-import { lookup as dnsLookup } from 'node:dns';
 import net from 'node:net';
 import { FakeproxyError } from '../errors.js';
+import { DgramBatchSocket, M_LEN, M_OFF, M_PORT, META_WORDS, peerAddress } from '../util/dgramBatch.js';
 
 export type QueryResult = Buffer | undefined | Promise<Buffer | undefined>;
-export type QueryHandler = (msg: Buffer, proto: 'udp' | 'tcp') => QueryResult;
+/** Where a query came from (per-source policy hooks). `address` is computed on first use. */
+export interface QuerySource {
+  readonly address: string;
+  readonly port: number;
+}
+export type QueryHandler = (msg: Buffer, proto: 'udp' | 'tcp', from: QuerySource) => QueryResult;
+
+/** Queries per recvmmsg: 64 small queries fit easily and amortise the wake-up and the JS call. */
+const UDP_BATCH = 64;
+/** At most one overload line per socket this often. */
+const DROP_LOG_MS = 10_000;
+/**
+ * SO_RCVBUF of a DNS socket: room for a burst while the loop is busy (at
+ * ~700 B of kernel memory per small query, ~3000 queries); the kernel caps it
+ * at rmem_max.
+ */
+const UDP_RCVBUF = 1 << 21;
+
+/** A UDP query's source, read from the batch metadata only if the handler asks. */
+class UdpSource implements QuerySource {
+  #address: string | undefined;
+  constructor(
+    private readonly meta: Uint32Array,
+    private readonly i: number,
+  ) {}
+  get address(): string {
+    if (this.#address === undefined) this.#address = peerAddress(this.meta, this.i);
+    return this.#address;
+  }
+  get port(): number {
+    return this.meta[this.i * META_WORDS + M_PORT] as number;
+  }
+}
 
 export interface DnsServerOptions {
   /** @default 10000 ms — RFC 7766 §6.2.3 asks servers to close idle connections; a few seconds frees them fast while letting a stub pipeline. */
@@ -36,22 +75,27 @@ export interface DnsServerOptions {
 
 export interface ServerStats {
   udpReceived: number;
+  /** UDP queries dropped by the kernel (receive buffer full: overload) or too large, plus answers the kernel refused. */
+  udpDropped: number;
   tcpReceived: number;
   tcpConnections: number;
   tcpRefused: number;
   tcpIdleClosed: number;
   tcpOversize: number;
   handlerErrors: number;
+  /** Answers the kernel refused (send buffer full under a flood, per-datagram errors): dropped. */
   sendErrors: number;
 }
 
 interface Listener {
-  udp: dgram.Socket;
+  udp: DgramBatchSocket;
   tcp: net.Server;
+  host: string;
+  dropTimer?: NodeJS.Timeout;
 }
 
 export class DnsServer {
-  readonly stats: ServerStats = {
+  private readonly counters: Omit<ServerStats, 'udpDropped' | 'sendErrors'> = {
     udpReceived: 0,
     tcpReceived: 0,
     tcpConnections: 0,
@@ -59,7 +103,6 @@ export class DnsServer {
     tcpIdleClosed: 0,
     tcpOversize: 0,
     handlerErrors: 0,
-    sendErrors: 0,
   };
   private readonly listeners: Listener[] = [];
   private readonly conns = new Set<net.Socket>();
@@ -69,6 +112,9 @@ export class DnsServer {
   private readonly maxPipelined: number;
   private readonly log: (line: string) => void;
   private bound: { host: string; port: number }[] = [];
+  /** Drops and refused sends of sockets already closed. */
+  private closedDrops = 0;
+  private closedSendErrors = 0;
 
   constructor(
     private readonly handler: QueryHandler,
@@ -79,6 +125,16 @@ export class DnsServer {
     this.maxConnections = opts.maxConnections ?? 256;
     this.maxPipelined = opts.maxPipelined ?? 32;
     this.log = opts.logger ?? (() => {});
+  }
+
+  get stats(): ServerStats {
+    let udpDropped = this.closedDrops;
+    let sendErrors = this.closedSendErrors;
+    for (const l of this.listeners) {
+      udpDropped += udpDrops(l.udp);
+      sendErrors += l.udp.stats().sendDropped;
+    }
+    return { ...this.counters, udpDropped, sendErrors };
   }
 
   get addresses(): { host: string; port: number }[] {
@@ -95,7 +151,7 @@ export class DnsServer {
       for (const a of addrs) {
         const l = await this.listenOne(a.host, a.port);
         this.listeners.push(l);
-        this.bound.push({ host: a.host, port: (l.udp.address() as { port: number }).port });
+        this.bound.push({ host: a.host, port: l.udp.address().port });
       }
     } catch (err) {
       await this.close();
@@ -107,11 +163,14 @@ export class DnsServer {
     // With port 0, UDP picks a port and TCP takes the same one; if TCP's is
     // taken by someone else, try again with a new UDP port.
     for (let attempt = 0; ; attempt++) {
-      const udp = await this.bindUdp(host, port);
-      const actual = (udp.address() as { port: number }).port;
+      const udp = this.bindUdp(host, port);
+      const actual = udp.address().port;
       try {
         const tcp = await this.bindTcp(host, actual);
-        return { udp, tcp };
+        const l: Listener = { udp, tcp, host };
+        udp.start((bytes, meta, count) => this.onUdpBatch(udp, bytes, meta, count));
+        this.watchDrops(l, actual);
+        return l;
       } catch (err) {
         udp.close();
         if (port !== 0 || attempt >= 10 || (err as { code?: string }).code !== 'EADDRINUSE') throw err;
@@ -119,29 +178,28 @@ export class DnsServer {
     }
   }
 
-  private bindUdp(host: string, port: number): Promise<dgram.Socket> {
-    return new Promise((resolve, reject) => {
-      const sock = dgram.createSocket({ type: net.isIPv6(host) ? 'udp6' : 'udp4', lookup: literalLookup });
-      const onError = (err: Error) => reject(bindError('UDP', host, port, err));
-      sock.once('error', onError);
-      sock.bind(port, host, () => {
-        sock.off('error', onError);
-        sock.on('error', (err) => {
-          // Send failures (e.g. ENOBUFS under a flood) land here; count, log a few.
-          if (++this.stats.sendErrors <= 10 || this.stats.sendErrors % 10_000 === 0) {
-            this.log(`dns: UDP socket on ${host}:${port} (${this.stats.sendErrors} errors so far): ${err.message}`);
-          }
-        });
-        try {
-          // Room for a burst while the loop is busy; the kernel caps it at rmem_max.
-          sock.setRecvBufferSize(1 << 21);
-        } catch {
-          // not fatal
-        }
-        sock.on('message', (msg, rinfo) => this.onUdp(sock, msg, rinfo));
-        resolve(sock);
-      });
-    });
+  private bindUdp(host: string, port: number): DgramBatchSocket {
+    try {
+      return new DgramBatchSocket({ host, port, batch: UDP_BATCH, recvBufferBytes: UDP_RCVBUF });
+    } catch (err) {
+      throw bindError('UDP', host, port, err as Error);
+    }
+  }
+
+  /** One operator line per DROP_LOG_MS while a socket drops (overload), none otherwise. */
+  private watchDrops(l: Listener, port: number): void {
+    let seen = 0;
+    l.dropTimer = setInterval(() => {
+      const n = udpDrops(l.udp);
+      if (n > seen) {
+        const st = l.udp.stats();
+        this.log(
+          `dns: UDP ${l.host}:${port} dropped ${n - seen} queries/answers in the last ${DROP_LOG_MS / 1000} s (${st.kernelDrops} receive-buffer overflows, ${st.sendDropped} refused sends, ${st.truncated} oversized so far): more queries than the daemon answers; they are dropped, not queued`,
+        );
+        seen = n;
+      }
+    }, DROP_LOG_MS);
+    l.dropTimer.unref();
   }
 
   private bindTcp(host: string, port: number): Promise<net.Server> {
@@ -149,7 +207,7 @@ export class DnsServer {
       const srv = net.createServer({ noDelay: true }, (s) => this.onConn(s));
       srv.maxConnections = this.maxConnections;
       srv.on('drop', () => {
-        this.stats.tcpRefused++;
+        this.counters.tcpRefused++;
       });
       const onError = (err: Error) => reject(bindError('TCP', host, port, err));
       srv.once('error', onError);
@@ -161,10 +219,15 @@ export class DnsServer {
     });
   }
 
-  private run(msg: Buffer, proto: 'udp' | 'tcp', reply: (out: Buffer) => void): Promise<void> | undefined {
+  private run(
+    msg: Buffer,
+    proto: 'udp' | 'tcp',
+    from: QuerySource,
+    reply: (out: Buffer) => void,
+  ): Promise<void> | undefined {
     let r: QueryResult;
     try {
-      r = this.handler(msg, proto);
+      r = this.handler(msg, proto, from);
     } catch (err) {
       this.handlerError(err);
       return undefined;
@@ -182,52 +245,50 @@ export class DnsServer {
   }
 
   private handlerError(err: unknown): void {
-    this.stats.handlerErrors++;
-    if (this.stats.handlerErrors <= 10 || this.stats.handlerErrors % 1000 === 0) {
-      this.log(`dns: query handler failed (${this.stats.handlerErrors} so far): ${(err as Error)?.message ?? err}`);
+    this.counters.handlerErrors++;
+    if (this.counters.handlerErrors <= 10 || this.counters.handlerErrors % 1000 === 0) {
+      this.log(`dns: query handler failed (${this.counters.handlerErrors} so far): ${(err as Error)?.message ?? err}`);
     }
   }
 
-  private onUdp(sock: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    this.stats.udpReceived++;
-    // Hot path: no closure unless the handler went async; send errors surface on the socket's 'error' listener.
-    let r: QueryResult;
-    try {
-      r = this.handler(msg, 'udp');
-    } catch (err) {
-      this.handlerError(err);
-      return;
-    }
-    if (r === undefined) return;
-    if (r instanceof Promise) {
-      r.then(
-        (out) => {
-          if (out) this.udpSend(sock, out, rinfo);
-        },
-        (err) => this.handlerError(err),
-      );
-      return;
-    }
-    this.udpSend(sock, r, rinfo);
-  }
-
-  private udpSend(sock: dgram.Socket, out: Buffer, rinfo: dgram.RemoteInfo): void {
-    try {
-      sock.send(out, rinfo.port, rinfo.address);
-    } catch {
-      // The socket was closed while an upstream answer was pending (shutdown).
-      this.stats.sendErrors++;
+  private onUdpBatch(sock: DgramBatchSocket, bytes: Buffer, meta: Uint32Array, count: number): void {
+    this.counters.udpReceived += count;
+    for (let i = 0; i < count; i++) {
+      const b = i * META_WORDS;
+      const off = meta[b + M_OFF] as number;
+      const msg = bytes.subarray(off, off + (meta[b + M_LEN] as number));
+      // Hot path: no closure unless the handler went async. Answers queue on
+      // the socket and leave in one sendmmsg when the batch is done.
+      let r: QueryResult;
+      try {
+        r = this.handler(msg, 'udp', new UdpSource(meta, i));
+      } catch (err) {
+        this.handlerError(err);
+        continue;
+      }
+      if (r === undefined) continue;
+      if (r instanceof Promise) {
+        r.then(
+          (out) => {
+            if (out) sock.reply(out, meta, i);
+          },
+          (err) => this.handlerError(err),
+        );
+        continue;
+      }
+      sock.reply(r, meta, i);
     }
   }
 
   private onConn(s: net.Socket): void {
-    this.stats.tcpConnections++;
+    this.counters.tcpConnections++;
     this.conns.add(s);
+    const from: QuerySource = { address: s.remoteAddress ?? '', port: s.remotePort ?? 0 };
     let buf: Buffer | undefined;
     let pending = 0;
     let closed = false;
     const idle = setTimeout(() => {
-      this.stats.tcpIdleClosed++;
+      this.counters.tcpIdleClosed++;
       s.destroy();
     }, this.idleTimeoutMs);
     const reply = (out: Buffer) => {
@@ -250,16 +311,16 @@ export class DnsServer {
       while (buf && buf.length >= 2 && pending < this.maxPipelined && !closed) {
         const len = buf.readUInt16BE(0);
         if (len > this.maxMessageSize) {
-          this.stats.tcpOversize++;
+          this.counters.tcpOversize++;
           s.destroy();
           return;
         }
         if (buf.length < 2 + len) break; // wait for the rest (or the idle timeout)
         const msg = buf.subarray(2, 2 + len);
         buf = buf.length === 2 + len ? undefined : buf.subarray(2 + len);
-        this.stats.tcpReceived++;
+        this.counters.tcpReceived++;
         idle.refresh();
-        const p = this.run(msg, 'tcp', reply);
+        const p = this.run(msg, 'tcp', from, reply);
         if (p) {
           pending++;
           void p.finally(() => {
@@ -286,16 +347,11 @@ export class DnsServer {
       ls.map(
         (l) =>
           new Promise<void>((resolve) => {
-            let n = 2;
-            const one = () => {
-              if (--n === 0) resolve();
-            };
-            try {
-              l.udp.close(one);
-            } catch {
-              one();
-            }
-            l.tcp.close(() => one());
+            clearInterval(l.dropTimer);
+            this.closedDrops += udpDrops(l.udp);
+            this.closedSendErrors += l.udp.stats().sendDropped;
+            l.udp.close();
+            l.tcp.close(() => resolve());
           }),
       ),
     );
@@ -303,20 +359,9 @@ export class DnsServer {
   }
 }
 
-/**
- * dgram resolves the destination of every send through `lookup` (dns.lookup by
- * default, which answers an IP literal on the next tick). We only ever send to
- * the literal address a query came from, so answer synchronously: one less
- * tick and closure per answer on the hot path.
- */
-function literalLookup(
-  address: string,
-  family: unknown,
-  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
-): void {
-  const f = net.isIP(address);
-  if (f !== 0) callback(null, address, f);
-  else dnsLookup(address, family as number, callback);
+function udpDrops(sock: DgramBatchSocket): number {
+  const st = sock.stats();
+  return st.kernelDrops + st.sendDropped + st.truncated;
 }
 
 function bindError(proto: string, host: string, port: number, err: Error): FakeproxyError {
