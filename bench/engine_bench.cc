@@ -28,13 +28,21 @@ namespace {
 constexpr uint32_t kNet = 0xc6120000;  // 198.18.0.0
 constexpr uint32_t kGw = 0xc6120001;
 constexpr int64_t kT0 = 1'700'000'000'000;
+constexpr uint16_t kListen = 1313;  // --listen-port's default (src/options.ts)
 
+// The engine has no defaults of its own: this is what NatManager passes for
+// `fakeproxy start` without options (src/options.ts).
 EngineConfig config(uint32_t maxFlows) {
   EngineConfig c;
   c.table.network = kNet;
   c.table.prefixLen = 16;
   c.table.gateway = kGw;
   c.table.maxFlows = maxFlows;
+  c.table.timeouts = {60'000, 7'440'000, 240'000, 10'000, 60'000, 10'000};
+  c.table.reuseDelayMs = 60'000;
+  c.listenPort = kListen;
+  c.dnsPort = 53;
+  c.dnsHijack = true;
   c.table.maxQueuedEvents = 0;  // nobody drains events here
   return c;
 }
@@ -104,7 +112,7 @@ void bench_rewrite(uint32_t flows, size_t payload, int runs) {
     uint32_t nat = ip.src();
     uint16_t natPort = t.src_port();
     auto fwd = tcp_packet(src, sport, dst, 443, tcp::ACK, payload);
-    auto rev = tcp_packet(kGw, 1313, nat, natPort, tcp::ACK, payload);
+    auto rev = tcp_packet(kGw, kListen, nat, natPort, tcp::ACK, payload);
     pool.insert(pool.end(), fwd.begin(), fwd.end());
     pool.insert(pool.end(), rev.begin(), rev.end());
   }
@@ -204,7 +212,7 @@ void smoke_thread_loop() {
       TcpPacket t;
       if (Ipv4Packet::parse(buf, size_t(k), &ip) == ParseResult::Ok &&
           TcpPacket::parse(ip.payload(), ip.payload_len(), &t) == ParseResult::Ok && ip.dst() == kGw &&
-          t.dst_port() == 1313)
+          t.dst_port() == kListen)
         good++;
     }
   }

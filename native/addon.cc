@@ -22,12 +22,20 @@ bool ParseIpv4(const std::string& text, uint32_t* out) {
   return true;
 }
 
-uint32_t GetU32(const Napi::Object& o, const char* key, uint32_t def) {
+// No defaults here: TypeScript (src/options.ts via TunDevice) passes every
+// field, and a missing one is an error naming it. The bounds checked here are
+// the kernel's (IPv4 minimum link MTU 68, MAX_TAP_QUEUES 256); the operator's
+// narrower ranges live in src/options.ts.
+bool GetU32(const Napi::Object& o, const char* key, uint32_t lo, uint32_t hi, uint32_t* out) {
   Napi::Value v = o.Get(key);
-  return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : def;
+  if (!v.IsNumber()) return false;
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= lo && d <= hi) || d != static_cast<double>(static_cast<uint32_t>(d))) return false;
+  *out = static_cast<uint32_t>(d);
+  return true;
 }
 
-// tunOpen({ name, mtu, address, prefixLen, queues, offload? }) -> { name, ifindex, fds, offload, offloadError? }
+// tunOpen({ name, mtu, address, prefixLen, queues, offload }) -> { name, ifindex, fds, offload, offloadError? }
 Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) {
@@ -47,11 +55,24 @@ Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
     ThrowArg(env, "tunOpen: address must be a dotted-quad IPv4 address");
     return env.Undefined();
   }
-  cfg.mtu = GetU32(o, "mtu", 9000);
-  cfg.prefix_len = GetU32(o, "prefixLen", 16);
-  cfg.queues = GetU32(o, "queues", 1);
+  if (!GetU32(o, "mtu", 68, 65535, &cfg.mtu)) {
+    ThrowArg(env, "tunOpen: mtu must be an integer 68..65535");
+    return env.Undefined();
+  }
+  if (!GetU32(o, "prefixLen", 1, 30, &cfg.prefix_len)) {
+    ThrowArg(env, "tunOpen: prefixLen must be an integer 1..30");
+    return env.Undefined();
+  }
+  if (!GetU32(o, "queues", 1, 256, &cfg.queues)) {
+    ThrowArg(env, "tunOpen: queues must be an integer 1..256");
+    return env.Undefined();
+  }
   Napi::Value off = o.Get("offload");
-  cfg.offload = off.IsUndefined() ? true : off.ToBoolean().Value();
+  if (!off.IsBoolean()) {
+    ThrowArg(env, "tunOpen: offload must be a boolean");
+    return env.Undefined();
+  }
+  cfg.offload = off.As<Napi::Boolean>().Value();
   TunResult result;
   SysError error;
   if (!TunOpen(cfg, &result, &error)) {

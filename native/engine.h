@@ -35,8 +35,8 @@ namespace fp {
 
 struct EngineConfig {
   TableConfig table;
-  uint16_t listenPort = 1313;
-  uint16_t dnsPort = 53;
+  uint16_t listenPort = 0;  // no default: the caller passes --listen-port (src/options.ts)
+  uint16_t dnsPort = 0;
   bool dnsHijack = true;
 };
 

@@ -142,12 +142,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Value hij = o.Get("dnsHijack");
     if (!hij.IsBoolean()) { ThrowArg(env, "Engine: dnsHijack must be a boolean"); return; }
     cfg.dnsHijack = hij.As<Napi::Boolean>().Value();
-    if (!GetInt(o, "maxFlows", 1, 4294967295.0, &d)) { ThrowArg(env, "Engine: maxFlows must be a positive integer"); return; }
+    // Range checked once, by validate_table_config below (the engine's capacity).
+    if (!GetInt(o, "maxFlows", 0, 4294967295.0, &d)) { ThrowArg(env, "Engine: maxFlows must be an integer"); return; }
     cfg.table.maxFlows = static_cast<uint32_t>(d);
     if (!GetInt(o, "reuseDelayMs", 0, 9e15, &d)) { ThrowArg(env, "Engine: reuseDelayMs must be an integer >= 0"); return; }
     cfg.table.reuseDelayMs = static_cast<int64_t>(d);
     Napi::Value tv = o.Get("timeouts");
-    if (!tv.IsObject()) { ThrowArg(env, "Engine: timeouts must be an object {tcpSynMs, tcpEstablishedMs, tcpFinMs, udpMs, udpDnsMs}"); return; }
+    if (!tv.IsObject()) { ThrowArg(env, "Engine: timeouts must be an object {tcpSynMs, tcpEstablishedMs, tcpFinMs, tcpClosedMs, udpMs, udpDnsMs}"); return; }
     Napi::Object t = tv.As<Napi::Object>();
     struct {
       const char* name;
@@ -155,7 +156,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       bool optional;
     } fields[] = {
         {"tcpSynMs", &cfg.table.timeouts.tcpSynMs, false},       {"tcpEstablishedMs", &cfg.table.timeouts.tcpEstablishedMs, false},
-        {"tcpFinMs", &cfg.table.timeouts.tcpFinMs, false},       {"tcpClosedMs", &cfg.table.timeouts.tcpClosedMs, true},
+        {"tcpFinMs", &cfg.table.timeouts.tcpFinMs, false},       {"tcpClosedMs", &cfg.table.timeouts.tcpClosedMs, false},
         {"udpMs", &cfg.table.timeouts.udpMs, false},             {"udpDnsMs", &cfg.table.timeouts.udpDnsMs, false},
     };
     for (auto& fld : fields) {

@@ -92,22 +92,24 @@ struct FlowEvent {
   Flow flow;  // snapshot at the time of the event
 };
 
+// No defaults in C++: the caller passes every value (the addon gets them from
+// src/options.ts through NatManager); an unset 0 fails validate_table_config.
 struct Timeouts {
-  int64_t tcpSynMs = 60'000;
-  int64_t tcpEstablishedMs = 7'440'000;
-  int64_t tcpFinMs = 240'000;
-  int64_t tcpClosedMs = 10'000;
-  int64_t udpMs = 60'000;
-  int64_t udpDnsMs = 10'000;
+  int64_t tcpSynMs = 0;
+  int64_t tcpEstablishedMs = 0;
+  int64_t tcpFinMs = 0;
+  int64_t tcpClosedMs = 0;
+  int64_t udpMs = 0;
+  int64_t udpDnsMs = 0;
 };
 
 struct TableConfig {
   uint32_t network = 0;  // host order
-  int prefixLen = 16;
+  int prefixLen = 0;
   uint32_t gateway = 0;  // host order
-  uint32_t maxFlows = 1u << 20;
+  uint32_t maxFlows = 0;
   Timeouts timeouts;
-  int64_t reuseDelayMs = 60'000;
+  int64_t reuseDelayMs = 0;
   size_t maxQueuedEvents = 1u << 20;
 };
 

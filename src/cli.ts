@@ -6,6 +6,7 @@ import { formatStatus, readStatus } from './control.js';
 import { Daemon } from './daemon.js';
 import { FakeproxyError, UsageError } from './errors.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
+import { flagName, helpLine, START_OPTIONS, type StartOption } from './options.js';
 import { buildRouteTable, explainRoute, type RouteAnswer } from './proxy/routing.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
@@ -79,54 +80,20 @@ export function buildProgram(): Command {
       writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `fakeproxy: ${s.slice(7)}` : s),
     });
 
-  program
-    .command('start')
-    .description('create the TUN device and run the daemon until SIGINT/SIGTERM')
-    .option('--cidr <cidr>', 'fake-IP range routed into the TUN (default 198.18.0.0/16)')
-    .option('--tun <name>', 'TUN device name (default fp0)')
-    .option('--mtu <n>', 'TUN MTU (default 9000)')
-    .option('--queues <n>', 'TUN queues, one engine thread each (default 1)')
-    .option('--no-tun-offload', 'open the TUN without offloads (no virtio_net_hdr, TSO or checksum offload)')
-    .option('--listen-port <port>', 'Listener port on the gateway, TCP and UDP (default 1313)')
-    .option('--dns-listen <addr:port>', 'DNS listen address, repeatable (default gateway:53)', collect)
-    .option(
-      '--dns-upstream <addr[:port]>',
-      'real resolver (default: first non-fakeproxy nameserver in /etc/resolv.conf)',
-    )
-    .option(
-      '--fake-ip-filter <pattern>',
-      'names that get real answers, repeatable (+.lan, *.local, time.*.com)',
-      collect,
-    )
-    .option('--fake-ip-ttl <seconds>', 'TTL of fake answers (default 1)')
-    .option('--no-dns-hijack', 'do not answer port-53 traffic to other addresses that enters the TUN')
-    .option(
-      '--upstream <url>',
-      'direct | socks5://[user:pass@]host:port | http://[user:pass@]host:port (default direct)',
-    )
-    .option('--redis <url>', 'mirror the NAT table and fake-IP map to redis://[user:pass@]host:port[/db]')
-    .option('--node-id <id>', 'Redis key namespace fakeproxy:<id>: (default hostname)')
-    .option('--redis-shared-pool', 'share the fake-IP pool with other daemons on the same Redis and CIDR')
-    .option('--state-dir <dir>', "where the fake-IP map survives restarts; '' disables (default /var/lib/fakeproxy)")
-    .option('--max-flows <n>', 'NAT table size (default 1048576)')
-    .option(
-      '--nat-timeout <name=seconds>',
-      'NAT idle timeout, repeatable: tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, udp-dns',
-      collect,
-    )
-    .option('--geoip-db <file.mmdb>', 'MaxMind-format country database for GEOIP rules')
-    .option(
-      '--config <file.yaml>',
-      'config file: our camelCase keys and/or Clash proxies, proxy-groups, rules, dns; flags win; SIGHUP re-reads it',
-    )
-    .option('--debug', 'stack traces on errors; one log line per connection with its rule and chain')
-    .action(async (opts: Record<string, unknown>) => {
-      // commander sets dnsHijack=true by default via --no-dns-hijack; keep it
-      // undefined unless given so the config file can set it.
-      if (opts.dnsHijack === true && !process.argv.includes('--no-dns-hijack')) opts.dnsHijack = undefined;
-      if (opts.tunOffload === true && !process.argv.includes('--no-tun-offload')) opts.tunOffload = undefined;
-      await runStart(opts);
-    });
+  const start = program.command('start').description('create the TUN device and run the daemon until SIGINT/SIGTERM');
+  for (const o of Object.values(START_OPTIONS) as StartOption[]) {
+    if (o.repeatable) start.option(o.flag, helpLine(o), collect);
+    else start.option(o.flag, helpLine(o));
+  }
+  start.action(async (opts: Record<string, unknown>) => {
+    // commander sets a --no-x option's attribute to true by default; keep it
+    // undefined unless given so the config file can set it.
+    for (const [key, o] of Object.entries(START_OPTIONS) as [string, StartOption][]) {
+      const f = flagName(o);
+      if (f.startsWith('--no-') && opts[key] === true && !process.argv.includes(f)) opts[key] = undefined;
+    }
+    await runStart(opts);
+  });
 
   const inspect = (cmd: Command) =>
     cmd

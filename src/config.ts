@@ -3,52 +3,46 @@ import { hostname } from 'node:os';
 import { CLASH_KEYS, parseYamlFile, type Routing, readClash } from './config/clash.js';
 import { FakeIpFilter } from './dns/filter.js';
 import { FakeproxyError, UsageError } from './errors.js';
+import {
+  flagName,
+  NAT_TIMEOUT_MAX_SECONDS,
+  NAT_TIMEOUTS,
+  type NatTimeoutKey,
+  type NatTimeoutName,
+  START_OPTIONS as O,
+} from './options.js';
 import { parseUpstream } from './proxy/outbound.js';
 import { parseRedisUrl } from './redis/client.js';
 import { checkNodeId } from './redis/schema.js';
 import { type Ipv4Range, parseCidr, parseHostPort, parsePort } from './util/cidr.js';
 
 /**
- * Everything `fakeproxy start` can be told. Every flag has a config-file twin
- * (the camelCase key in YAML); a flag given on the command line wins.
+ * Everything `fakeproxy start` can be told, validated. Every flag has a
+ * config-file twin (the camelCase key in YAML); a flag given on the command
+ * line wins. Defaults, ranges and the why of each: src/options.ts.
  */
 export interface StartConfig {
-  /** @default '198.18.0.0/16' (RFC 2544 benchmarking space: no real host lives there) */
   cidr: Ipv4Range;
-  /** @default 'fp0' */
   tun: string;
-  /** @default 9000 (see TunDevice: fewer syscalls per byte on the local hop) */
   mtu: number;
-  /** TUN queues, one engine thread each. @default 1 */
   queues: number;
-  /** TUN offloads (virtio_net_hdr, TSO, checksum offload); `--no-tun-offload` turns them off. @default true */
   tunOffload: boolean;
-  /** @default 1313 */
   listenPort: number;
-  /** @default [gateway:53] */
   dnsListen: { host: string; port: number }[];
-  /** @default first nameserver of /etc/resolv.conf that is not us */
+  /** Unset: the first nameserver of /etc/resolv.conf that is not us (resolved at start). */
   dnsUpstream?: { host: string; port: number };
-  /** @default [] */
   fakeIpFilter: string[];
-  /** TTL of fake answers in seconds. @default 1 (short, so a stopped daemon is forgotten fast) */
   fakeIpTtl: number;
-  /** Answer every port-53 packet entering the TUN. @default true */
   dnsHijack: boolean;
-  /** @default 'direct' */
   upstream: string;
   redis?: string;
-  /** @default hostname */
   nodeId: string;
-  /** @default false */
   redisSharedPool: boolean;
-  /** Where the fake-IP map survives restarts; '' disables. @default '/var/lib/fakeproxy' */
+  /** '' disables persistence. */
   stateDir: string;
-  /** @default 1048576 */
   maxFlows: number;
-  /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the engine defaults. */
+  /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
-  /** @default false */
   debug: boolean;
   /** Clash `proxies` / `proxy-groups` / `rules` from --config; absent → everything through `upstream`. */
   routing?: Routing | undefined;
@@ -61,15 +55,10 @@ export interface StartConfig {
 }
 
 /** `--nat-timeout NAME=SECONDS` names → NatTimeouts keys. */
-export const NAT_TIMEOUT_NAMES = {
-  'tcp-syn': 'tcpSynMs',
-  'tcp-established': 'tcpEstablishedMs',
-  'tcp-fin': 'tcpFinMs',
-  'tcp-closed': 'tcpClosedMs',
-  udp: 'udpMs',
-  'udp-dns': 'udpDnsMs',
-} as const;
-export type NatTimeoutKey = (typeof NAT_TIMEOUT_NAMES)[keyof typeof NAT_TIMEOUT_NAMES];
+export const NAT_TIMEOUT_NAMES = Object.fromEntries(Object.entries(NAT_TIMEOUTS).map(([name, t]) => [name, t.key])) as {
+  readonly [N in NatTimeoutName]: (typeof NAT_TIMEOUTS)[N]['key'];
+};
+export type { NatTimeoutKey };
 
 function natTimeouts(v: unknown): Partial<Record<NatTimeoutKey, number>> {
   const out: Partial<Record<NatTimeoutKey, number>> = {};
@@ -88,8 +77,8 @@ function natTimeouts(v: unknown): Partial<Record<NatTimeoutKey, number>> {
       throw new UsageError(`--nat-timeout ${name}: unknown; one of ${Object.keys(NAT_TIMEOUT_NAMES).join(', ')}`);
     }
     const n = Number(secs);
-    if (!Number.isFinite(n) || n <= 0 || n > 864_000) {
-      throw new UsageError(`--nat-timeout ${name}=${secs}: seconds must be > 0 and at most 864000`);
+    if (!Number.isFinite(n) || n <= 0 || n > NAT_TIMEOUT_MAX_SECONDS) {
+      throw new UsageError(`--nat-timeout ${name}=${secs}: seconds must be > 0 and at most ${NAT_TIMEOUT_MAX_SECONDS}`);
     }
     out[key] = Math.round(n * 1000);
   }
@@ -99,28 +88,8 @@ function natTimeouts(v: unknown): Partial<Record<NatTimeoutKey, number>> {
 /** Raw option bag as commander produces it (strings / arrays), or as YAML gives it. */
 export type RawStart = Record<string, unknown>;
 
-const KNOWN_KEYS = new Set([
-  'cidr',
-  'tun',
-  'mtu',
-  'queues',
-  'tunOffload',
-  'listenPort',
-  'dnsListen',
-  'dnsUpstream',
-  'fakeIpFilter',
-  'fakeIpTtl',
-  'dnsHijack',
-  'upstream',
-  'redis',
-  'nodeId',
-  'redisSharedPool',
-  'stateDir',
-  'maxFlows',
-  'natTimeout',
-  'debug',
-  'geoipDb',
-]);
+/** Keys a config file may hold: every option but `config` itself. */
+const KNOWN_KEYS = new Set<string>(Object.keys(O).filter((k) => k !== 'config'));
 
 /**
  * Top-level keys of Clash/mihomo configs that fakeproxy does not read: each
@@ -208,10 +177,19 @@ function asUsage(parse: () => unknown): void {
 
 /** Merges file and flags (flags win) and validates everything once, at the edge. */
 export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartConfig {
-  const pick = (k: string) => (flags[k] !== undefined ? flags[k] : file[k]);
-  const cidr = parseCidr(str(pick('cidr') ?? '198.18.0.0/16', '--cidr'));
+  const pick = (k: keyof typeof O) => (flags[k] !== undefined ? flags[k] : file[k]);
+  const intOpt = (k: 'mtu' | 'queues' | 'fakeIpTtl' | 'maxFlows') => {
+    const o = O[k];
+    return int(pick(k) ?? o.default, flagName(o), o.range[0], o.range[1]);
+  };
+  const strOpt = (k: 'cidr' | 'tun' | 'upstream' | 'stateDir') => str(pick(k) ?? O[k].default, flagName(O[k]));
+  const boolOpt = (k: 'tunOffload' | 'dnsHijack' | 'redisSharedPool' | 'debug') =>
+    pick(k) === undefined ? O[k].default : bool(pick(k));
+  const cidr = parseCidr(strOpt('cidr'));
   const listenPort =
-    pick('listenPort') === undefined ? 1313 : parsePort(str(pick('listenPort'), '--listen-port'), '--listen-port');
+    pick('listenPort') === undefined
+      ? O.listenPort.default
+      : parsePort(str(pick('listenPort'), '--listen-port'), '--listen-port');
   const dnsListenRaw = list(pick('dnsListen'), '--dns-listen');
   const dnsListen = dnsListenRaw.length
     ? dnsListenRaw.map((t) => parseHostPort(t, 53, '--dns-listen'))
@@ -220,9 +198,8 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     throw new UsageError('--redis-shared-pool needs --redis URL');
   }
   const up = pick('dnsUpstream');
-  const hijack = pick('dnsHijack');
   const fakeIpFilter = list(pick('fakeIpFilter'), '--fake-ip-filter');
-  const upstream = str(pick('upstream') ?? 'direct', '--upstream');
+  const upstream = strOpt('upstream');
   // Parsed here only to reject bad input before the daemon creates anything
   // (the daemon parses them again with its runtime hooks).
   asUsage(() => new FakeIpFilter(fakeIpFilter));
@@ -235,24 +212,24 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
   }
   return {
     cidr,
-    tun: str(pick('tun') ?? 'fp0', '--tun'),
-    mtu: int(pick('mtu') ?? 9000, '--mtu', 576, 65535),
-    queues: int(pick('queues') ?? 1, '--queues', 1, 16),
-    tunOffload: pick('tunOffload') === undefined ? true : bool(pick('tunOffload')),
+    tun: strOpt('tun'),
+    mtu: intOpt('mtu'),
+    queues: intOpt('queues'),
+    tunOffload: boolOpt('tunOffload'),
     listenPort,
     dnsListen,
     dnsUpstream: up === undefined ? undefined : parseHostPort(str(up, '--dns-upstream'), 53, '--dns-upstream'),
     fakeIpFilter,
-    fakeIpTtl: int(pick('fakeIpTtl') ?? 1, '--fake-ip-ttl', 0, 86400),
-    dnsHijack: hijack === undefined ? true : bool(hijack),
+    fakeIpTtl: intOpt('fakeIpTtl'),
+    dnsHijack: boolOpt('dnsHijack'),
     upstream,
     redis,
     nodeId,
-    redisSharedPool: bool(pick('redisSharedPool')),
-    stateDir: str(pick('stateDir') ?? '/var/lib/fakeproxy', '--state-dir'),
-    maxFlows: int(pick('maxFlows') ?? 1_048_576, '--max-flows', 16, 16_777_216),
+    redisSharedPool: boolOpt('redisSharedPool'),
+    stateDir: strOpt('stateDir'),
+    maxFlows: intOpt('maxFlows'),
     natTimeouts: natTimeouts(pick('natTimeout')),
-    debug: bool(pick('debug')),
+    debug: boolOpt('debug'),
     configPath: typeof file.configPath === 'string' ? file.configPath : undefined,
     ...routingConfig(flags, file, pick('geoipDb')),
   };

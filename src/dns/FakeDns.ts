@@ -10,6 +10,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FakeproxyError } from '../errors.js';
+import { START_OPTIONS } from '../options.js';
 import { fsyncDirSync } from '../util/stateFile.js';
 import { FakeIpFilter } from './filter.js';
 import { JOURNAL_PREFIX, journalGens, MapJournal, readJournal } from './journal.js';
@@ -41,7 +42,7 @@ export interface FakeDnsOptions {
   listen: { host: string; port: number }[];
   /** The real resolver for filtered names and every other query type (see defaultUpstream()). */
   upstream: { host: string; port: number };
-  /** TTL of fake answers in seconds. @default 1 — short, so a recycled address is not held long by caches (as mihomo and sing-box). */
+  /** TTL of fake answers in seconds. @default and why: `--fake-ip-ttl` in src/options.ts */
   ttl?: number;
   /** fake-ip-filter patterns (syntax in filter.ts). @default [] */
   filters?: string[];
@@ -125,7 +126,7 @@ export class FakeDns extends EventEmitter {
     super();
     this.range = new FakeRange(opts.cidr);
     this.filter = new FakeIpFilter(opts.filters ?? []);
-    this.ttl = opts.ttl ?? 1;
+    this.ttl = opts.ttl ?? START_OPTIONS.fakeIpTtl.default;
     if (!Number.isInteger(this.ttl) || this.ttl < 0 || this.ttl > 0x7fffffff) {
       throw new FakeproxyError('EUSAGE', `bad fake-IP TTL ${opts.ttl}: give whole seconds, e.g. --fake-ip-ttl 1`);
     }

@@ -18,88 +18,33 @@ import {
   type NativeFlowEvent,
   native,
 } from '../native.js';
+import { DEFAULT_NAT_TIMEOUTS, type NatTimeoutKey, START_OPTIONS as O } from '../options.js';
 import { type Ipv4Range, parseCidr } from '../util/cidr.js';
 import type { CloseReason, FlowEntry, FlowEvent, NatLookup, Proto } from './types.js';
 
-export interface NatTimeouts {
-  /**
-   * Half-open TCP (SYN seen, handshake with the Listener not complete).
-   * @default 60_000 — Linux conntrack uses 120 s (nf_conntrack_tcp_timeout_syn_sent),
-   * sized for a remote peer across the Internet and six SYN retries. Our peer
-   * is the local Listener, which answers in microseconds; 60 s still covers an
-   * app's SYN retransmissions up to the 32 s backoff step, and halves what a
-   * SYN flood can pin. A retry after expiry simply gets a fresh flow.
-   */
-  tcpSynMs: number;
-  /**
-   * Idle established TCP.
-   * @default 7_440_000 (2 h 4 min) — RFC 5382 REQ-5: a NAT's established
-   * idle timeout MUST NOT be less than 2 h 4 min, so connections using
-   * default TCP keepalive (tcp_keepalive_time 7200 s) survive. conntrack uses
-   * 5 days (nf_conntrack_tcp_timeout_established 432000 s) because it is
-   * unbounded in practice; our table is bounded by maxFlows, and sing-box /
-   * mihomo drop idle proxied TCP far sooner (minutes), so we sit between.
-   */
-  tcpEstablishedMs: number;
-  /**
-   * Idle TCP after a FIN in one direction (half-closed).
-   * @default 240_000 — RFC 5382 REQ-5 asks >= 4 min for transitory states;
-   * conntrack's fin_wait / close_wait are 120 s / 60 s. Half-closed flows that
-   * still carry data refresh on every packet; only idle ones age out.
-   */
-  tcpFinMs: number;
-  /**
-   * Linger after both FINs or a RST, so the last ACK / retransmitted FIN still
-   * translate. @default 10_000 — conntrack's nf_conntrack_tcp_timeout_close
-   * (10 s). Kernel TIME_WAIT (conntrack time_wait 120 s) is covered more
-   * cheaply by `reuseDelayMs`: the NAT pair, not the whole entry, stays out of
-   * circulation.
-   */
-  tcpClosedMs: number;
-  /**
-   * Idle UDP. @default 60_000 — conntrack: 30 s unreplied / 120 s for a
-   * stream (nf_conntrack_udp_timeout{,_stream}); mihomo 60 s; sing-box 5 min.
-   * 60 s outlives QUIC's keep-alive cadence (≤ 30 s idle in browsers) without
-   * holding a table entry and a Listener socket for minutes per datagram peer.
-   */
-  udpMs: number;
-  /**
-   * Idle UDP to port 53. @default 10_000 — a query is answered in ms; the
-   * glibc stub retries on the same socket after `timeout:5` (resolv.conf
-   * default), so 10 s covers one retry. sing-box/mihomo also expire DNS
-   * sessions quickly; conntrack has no DNS special case (30 s unreplied).
-   */
-  udpDnsMs: number;
-}
+/**
+ * Idle timeouts of the NAT table by TCP state / UDP, in ms. Defaults and the
+ * why of each: NAT_TIMEOUTS in src/options.ts (`--nat-timeout`).
+ */
+export type NatTimeouts = Record<NatTimeoutKey, number>;
 
-export const DEFAULT_TIMEOUTS: Readonly<NatTimeouts> = Object.freeze({
-  tcpSynMs: 60_000,
-  tcpEstablishedMs: 7_440_000,
-  tcpFinMs: 240_000,
-  tcpClosedMs: 10_000,
-  udpMs: 60_000,
-  udpDnsMs: 10_000,
-});
+export const DEFAULT_TIMEOUTS: Readonly<NatTimeouts> = DEFAULT_NAT_TIMEOUTS;
 
 /** The parts of an Ipv4Range (src/util/cidr) the engine needs. */
 export type RangeLike = Pick<Ipv4Range, 'networkIp' | 'prefixLen' | 'gatewayIp'>;
 
 export interface NatManagerOptions {
-  /** Fake range (CIDR text or a parsed range). @default '198.18.0.0/16' */
+  /** Fake range (CIDR text or a parsed range). @default `--cidr`'s (src/options.ts) */
   range?: string | RangeLike;
   /** Gateway (TUN address). @default the first host of the range */
   gateway?: string;
-  /** Listener port on the gateway. @default 1313 */
+  /** Listener port on the gateway. @default `--listen-port`'s (src/options.ts) */
   listenPort?: number;
   /** DNS server port on the gateway (target of the port-53 hijack). @default 53 */
   dnsPort?: number;
-  /** NAT every TCP/UDP packet to port 53 onto the DNS server. @default true */
+  /** NAT every TCP/UDP packet to port 53 onto the DNS server. @default true (`--no-dns-hijack`) */
   dnsHijack?: boolean;
-  /**
-   * Most flows held at once (`--max-flows`). @default 1_048_576 — about
-   * 200 MB of native memory at ~200 B/flow (measured: bench/engine_bench.cc),
-   * room for the flows of a whole LAN.
-   */
+  /** Most flows held at once. @default and why: `--max-flows` in src/options.ts */
   maxFlows?: number;
   timeouts?: Partial<NatTimeouts>;
   /**
@@ -153,15 +98,15 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   constructor(opts: NatManagerOptions = {}) {
     super();
     const range: RangeLike =
-      typeof opts.range === 'object' ? opts.range : parseCidr(opts.range ?? '198.18.0.0/16', 'range');
+      typeof opts.range === 'object' ? opts.range : parseCidr(opts.range ?? O.cidr.default, 'range');
     this.engineOptions = Object.freeze({
       network: range.networkIp,
       prefixLen: range.prefixLen,
       gateway: opts.gateway ?? range.gatewayIp,
-      listenPort: opts.listenPort ?? 1313,
+      listenPort: opts.listenPort ?? O.listenPort.default,
       dnsPort: opts.dnsPort ?? 53,
-      dnsHijack: opts.dnsHijack ?? true,
-      maxFlows: opts.maxFlows ?? 1_048_576,
+      dnsHijack: opts.dnsHijack ?? O.dnsHijack.default,
+      maxFlows: opts.maxFlows ?? O.maxFlows.default,
       timeouts: { ...DEFAULT_TIMEOUTS, ...opts.timeouts },
       reuseDelayMs: opts.reuseDelayMs ?? 60_000,
     });

@@ -10,6 +10,7 @@ import * as net from 'node:net';
 import { wrapError } from '../errors.js';
 import { type Logger, rateLimited, stderrLogger } from '../log.js';
 import type { NatLookup } from '../nat/types.js';
+import { START_OPTIONS as O } from '../options.js';
 import { hostPort } from './dial.js';
 import type { Outbound } from './outbound.js';
 import { Relay, type RelayEnd } from './relay.js';
@@ -23,7 +24,7 @@ export interface NameLookup {
 export interface TcpListenerOptions {
   /** The gateway address; the Listener binds to it only. */
   host: string;
-  /** @default 1313 (DESIGN.md) — 0 picks a free port (tests). */
+  /** @default `--listen-port`'s (src/options.ts) — 0 picks a free port (tests). */
   port?: number;
   nat: NatLookup;
   names: NameLookup;
@@ -115,7 +116,7 @@ export class TcpListener extends EventEmitter {
       nat: opts.nat,
       names: opts.names,
       router: opts.router,
-      port: opts.port ?? 1313,
+      port: opts.port ?? O.listenPort.default,
       idleTimeoutMs: opts.idleTimeoutMs ?? 600_000,
       connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
       backlog: opts.backlog ?? 1024,

@@ -1,33 +1,25 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { FakeproxyError, UsageError } from '../errors.js';
 import { type NativeBinding, native } from '../native.js';
+import { START_OPTIONS as O } from '../options.js';
 import { type Ipv4Range, intToIp, rangesOverlap } from '../util/cidr.js';
 
 export interface TunOptions {
-  /**
-   * Interface name, 1–15 bytes.
-   * @default 'fp0'
-   */
+  /** Interface name, 1–15 bytes. @default `--tun`'s (src/options.ts) */
   name?: string;
   range: Ipv4Range;
   /**
-   * MTU. 9000 (a jumbo frame) rather than 1500 because every packet costs the
-   * engine one read and one write syscall: bigger packets mean fewer syscalls
-   * per byte for flows between the app and the Listener, which never leave the
-   * machine. Path MTU to the real Internet is the upstream socket's business.
-   * @default 9000
+   * MTU. Path MTU to the real Internet is the upstream socket's business.
+   * @default and why: `--mtu` in src/options.ts
    */
   mtu?: number;
-  /**
-   * TUN queues (IFF_MULTI_QUEUE), one engine thread each.
-   * @default 1
-   */
+  /** TUN queues (IFF_MULTI_QUEUE), one engine thread each. @default `--queues`' (src/options.ts) */
   queues?: number;
   /**
    * TUN offloads (IFF_VNET_HDR + TSO/checksum offload, see TunOpenOptions):
    * the engine reads and writes 64 KiB super-packets instead of one MTU each.
    * Falls back to none when the kernel refuses (`offload` false, `offloadError`).
-   * @default true
+   * @default true (`--no-tun-offload`)
    */
   offload?: boolean;
   /** Injectable for tests. */
@@ -125,17 +117,19 @@ export class TunDevice {
    * another interface overlapping the range (it would steal part of it).
    */
   static open(opts: TunOptions): TunDevice {
-    const name = opts.name ?? 'fp0';
-    const mtu = opts.mtu ?? 9000;
-    const queues = opts.queues ?? 1;
+    const name = opts.name ?? O.tun.default;
+    const mtu = opts.mtu ?? O.mtu.default;
+    const queues = opts.queues ?? O.queues.default;
     if (Buffer.byteLength(name) < 1 || Buffer.byteLength(name) > 15 || /[\s/:]/.test(name)) {
       throw new UsageError(`--tun ${JSON.stringify(name)}: a device name is 1-15 bytes without spaces, '/' or ':'`);
     }
-    if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) {
-      throw new UsageError(`--mtu ${mtu}: must be an integer between 576 and 65535`);
+    const [mtuMin, mtuMax] = O.mtu.range;
+    if (!Number.isInteger(mtu) || mtu < mtuMin || mtu > mtuMax) {
+      throw new UsageError(`--mtu ${mtu}: must be an integer between ${mtuMin} and ${mtuMax}`);
     }
-    if (!Number.isInteger(queues) || queues < 1 || queues > 16) {
-      throw new UsageError(`queues ${queues}: must be 1-16`);
+    const [qMin, qMax] = O.queues.range;
+    if (!Number.isInteger(queues) || queues < qMin || queues > qMax) {
+      throw new UsageError(`queues ${queues}: must be ${qMin}-${qMax}`);
     }
     const routes = parseProcRoutes((opts.readRoutes ?? (() => readFileSync('/proc/net/route', 'utf8')))());
     const clash = routes.find((r) => r.iface !== name && rangesOverlap(r, opts.range));
@@ -152,7 +146,7 @@ export class TunDevice {
       address: opts.range.gatewayIp,
       prefixLen: opts.range.prefixLen,
       queues,
-      offload: opts.offload ?? true,
+      offload: opts.offload ?? O.tunOffload.default,
     });
     // No IPv6 on the device until the engine handles it: otherwise the kernel
     // sends router solicitations and MLD reports into the TUN for nothing.

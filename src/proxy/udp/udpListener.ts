@@ -22,6 +22,7 @@ import * as net from 'node:net';
 import { wrapError } from '../../errors.js';
 import { type Logger, rateLimited, stderrLogger } from '../../log.js';
 import type { FlowEntry } from '../../nat/types.js';
+import { START_OPTIONS as O } from '../../options.js';
 import { hostPort } from '../dial.js';
 import type { NameLookup } from '../listener.js';
 import type { Outbound, UdpDropReason } from '../outbound.js';
@@ -41,7 +42,7 @@ export type { UdpListenerDropReason, UdpNat, UdpSessionEnd } from './association
 export interface UdpListenerOptions {
   /** The gateway address; the listener binds to it only. */
   host: string;
-  /** @default 1313 (DESIGN.md) — 0 picks a free port (tests). */
+  /** @default `--listen-port`'s (src/options.ts) — 0 picks a free port (tests). */
   port?: number;
   nat: UdpNat;
   names: NameLookup;
@@ -249,7 +250,7 @@ export class UdpListener extends EventEmitter {
     super();
     this.#o = {
       host: opts.host,
-      port: opts.port ?? 1313,
+      port: opts.port ?? O.listenPort.default,
       nat: opts.nat,
       names: opts.names,
       router: opts.router,

@@ -1,0 +1,305 @@
+/**
+ * The options of `fakeproxy start`, each written once: flag, config-file key,
+ * default, allowed range and the why. Commander's options (src/cli.ts), the
+ * config-file check and validation (src/config.ts), the modules' defaults
+ * (TunDevice, NatManager, the Listeners, FakeDns) and the README options
+ * tables (`npm run docs:options`, checked by test/unit/options.test.ts) all
+ * come from here.
+ *
+ * Adding an option: one entry below, then wire its value where it is used.
+ * The native addon applies no default of its own: it validates what
+ * TypeScript passes and names the field when it is missing or out of range.
+ */
+
+/** One option of `fakeproxy start`. */
+export interface StartOption {
+  /** Commander flag with its value placeholder, e.g. `--mtu <n>`. */
+  readonly flag: string;
+  /** One line for `--help`. */
+  readonly help: string;
+  /**
+   * The value used when neither the flag nor the config file gives one.
+   * `undefined` when it is computed at start-up (`defaultText` says how) or
+   * when the option is off unless given.
+   */
+  readonly default?: string | number | boolean;
+  /** The default as shown in `--help` and README, when not `default` itself. */
+  readonly defaultText?: string;
+  /** Inclusive bounds of a numeric option. */
+  readonly range?: readonly [number, number];
+  /** The flag may be given several times (values collect into a list). */
+  readonly repeatable?: boolean;
+  /** README: what it does and why the default is what it is. */
+  readonly why: string;
+}
+
+/**
+ * Measured by `npm run bench -- engine` (bench/engine_bench.cc, 1 M flows):
+ * the Flow record (sizeof 144 on x86-64) plus its two index slots and pool
+ * overhead. README and --max-flows quote this figure.
+ */
+export const NATIVE_BYTES_PER_FLOW = 176;
+
+const DEFAULT_MAX_FLOWS = 1_048_576;
+
+/** Keyed by the config-file key (camelCase), which is also commander's attribute name. */
+export const START_OPTIONS = {
+  cidr: {
+    flag: '--cidr <cidr>',
+    help: 'fake-IP range routed into the TUN',
+    default: '198.18.0.0/16',
+    why: 'fake-IP range routed into the TUN. 198.18.0.0/15 is reserved for benchmarking (RFC 2544/6890), so no real host is hidden. Public space (`--cidr 198.10.0.0/16`) works after a one-line warning. /8 to /30.',
+  },
+  tun: {
+    flag: '--tun <name>',
+    help: 'TUN device name',
+    default: 'fp0',
+    why: 'device name, 1–15 bytes',
+  },
+  mtu: {
+    flag: '--mtu <n>',
+    help: 'TUN MTU',
+    default: 9000,
+    range: [576, 65535],
+    why: "TUN MTU. The hop between app and Listener never leaves the machine, so a jumbo MTU costs nothing on the wire and cuts the engine's syscalls per byte ~6× against 1500. 576 is the least every IPv4 host must accept (RFC 791).",
+  },
+  queues: {
+    flag: '--queues <n>',
+    help: 'TUN queues, one engine thread each',
+    default: 1,
+    range: [1, 16],
+    why: 'TUN queues (IFF_MULTI_QUEUE), one engine thread each',
+  },
+  tunOffload: {
+    flag: '--no-tun-offload',
+    help: 'open the TUN without offloads (no virtio_net_hdr, TSO or checksum offload)',
+    default: true,
+    defaultText: 'offloads on',
+    why: 'Open the TUN without `IFF_VNET_HDR`/TSO/checksum offload. With them (the default) the kernel hands the engine 64 KiB TSO super-packets with partial checksums and takes GSO packets back: ~5× fewer syscalls per byte. If the kernel refuses them the daemon logs one line and runs without. Config twin `tunOffload: false`.',
+  },
+  listenPort: {
+    flag: '--listen-port <port>',
+    help: 'Listener port on the gateway, TCP and UDP',
+    default: 1313,
+    range: [1, 65535],
+    why: 'Listener port on the gateway (TCP and UDP)',
+  },
+  dnsListen: {
+    flag: '--dns-listen <addr:port>',
+    help: 'DNS listen address, repeatable',
+    defaultText: 'gateway:53',
+    repeatable: true,
+    why: 'repeatable',
+  },
+  dnsUpstream: {
+    flag: '--dns-upstream <addr[:port]>',
+    help: 'real resolver',
+    defaultText: 'first nameserver in `/etc/resolv.conf` that is not fakeproxy itself',
+    why: 'the real resolver for filtered names, other record types, and the `direct` outbound',
+  },
+  fakeIpFilter: {
+    flag: '--fake-ip-filter <pattern>',
+    help: 'names that get real answers, repeatable (+.lan, *.local, time.*.com)',
+    defaultText: 'none',
+    repeatable: true,
+    why: 'repeatable; names that get real answers (`+.lan`, `*.local`, `time.*.com`) — see `src/dns/README.md`',
+  },
+  fakeIpTtl: {
+    flag: '--fake-ip-ttl <seconds>',
+    help: 'TTL of fake answers',
+    default: 1,
+    range: [0, 86400],
+    why: 'TTL of fake answers in seconds: short, so a recycled address or a stopped daemon is not held long by caches (as mihomo and sing-box)',
+  },
+  dnsHijack: {
+    flag: '--no-dns-hijack',
+    help: 'do not answer port-53 traffic to other addresses that enters the TUN',
+    default: true,
+    defaultText: 'hijack on',
+    why: 'by default every port-53 packet that enters the TUN is answered by fakeproxy',
+  },
+  upstream: {
+    flag: '--upstream <url>',
+    help: 'direct | socks5://[user:pass@]host:port | http://[user:pass@]host:port',
+    default: 'direct',
+    why: '`direct`, `socks5://[user:pass@]host:port`, `http://[user:pass@]host:port`',
+  },
+  redis: {
+    flag: '--redis <url>',
+    help: 'mirror the NAT table and fake-IP map to redis://[user:pass@]host:port[/db]',
+    defaultText: 'off',
+    why: 'mirror the NAT table and fake-IP map (`redis://[user:pass@]host:port[/db]`, `rediss://`)',
+  },
+  nodeId: {
+    flag: '--node-id <id>',
+    help: 'Redis key namespace fakeproxy:<id>:',
+    defaultText: 'hostname',
+    why: 'Redis key namespace `fakeproxy:<id>:`',
+  },
+  redisSharedPool: {
+    flag: '--redis-shared-pool',
+    help: 'share the fake-IP pool with other daemons on the same Redis and CIDR',
+    default: false,
+    defaultText: 'off',
+    why: 'several daemons share one fake-IP pool through Redis',
+  },
+  stateDir: {
+    flag: '--state-dir <dir>',
+    help: "where the fake-IP map survives restarts; '' disables",
+    default: '/var/lib/fakeproxy',
+    why: "the fake-IP map survives restarts here; `''` disables",
+  },
+  maxFlows: {
+    flag: '--max-flows <n>',
+    help: 'NAT table size',
+    default: DEFAULT_MAX_FLOWS,
+    // 2^24 flows is ~3 GB of native memory: beyond it a typo, not a LAN. The
+    // engine itself accepts 1..2^28 (its index width; tests use tiny tables).
+    range: [16, 16_777_216],
+    why: `NAT table size (~${NATIVE_BYTES_PER_FLOW} bytes of native memory per flow, so ~${Math.round((DEFAULT_MAX_FLOWS * NATIVE_BYTES_PER_FLOW) / 2 ** 20)} MiB at the default: room for the flows of a whole LAN); a full table answers new TCP flows with RST, UDP with ICMP port unreachable, and logs one line per 10 s`,
+  },
+  natTimeout: {
+    flag: '--nat-timeout <name=seconds>',
+    help: 'NAT idle timeout, repeatable: tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, udp-dns',
+    defaultText: 'see below',
+    repeatable: true,
+    why: 'repeatable: `tcp-syn`, `tcp-established`, `tcp-fin`, `tcp-closed`, `udp`, `udp-dns` (seconds, > 0 and at most 10 days)',
+  },
+  geoipDb: {
+    flag: '--geoip-db <file.mmdb>',
+    help: 'MaxMind-format country database for GEOIP rules',
+    defaultText: 'none',
+    why: 'MaxMind-format country database for `GEOIP` rules; without it a GEOIP rule is a usage error',
+  },
+  config: {
+    flag: '--config <file.yaml>',
+    help: 'config file: our camelCase keys and/or Clash proxies, proxy-groups, rules, dns; flags win; SIGHUP re-reads it',
+    defaultText: 'none',
+    why: "YAML; every flag's camelCase twin (`cidr`, `fakeIpFilter: [...]`, `natTimeout: {udp: 30}`) and/or Clash `proxies`, `proxy-groups`, `rules`, `dns`; SIGHUP re-reads it",
+  },
+  debug: {
+    flag: '--debug',
+    help: 'stack traces on errors; one log line per connection with its rule and chain',
+    default: false,
+    defaultText: 'off',
+    why: 'stack traces on errors; one log line per connection with its rule and chain',
+  },
+} as const satisfies Record<string, StartOption>;
+
+export type StartOptionKey = keyof typeof START_OPTIONS;
+
+/** The flag without its placeholder: `--max-flows <n>` → `--max-flows`. */
+export function flagName(o: StartOption): string {
+  return o.flag.split(' ')[0] as string;
+}
+
+/** One NAT idle timeout (`--nat-timeout NAME=SECONDS`). */
+export interface NatTimeoutOption {
+  /** The NatTimeouts / EngineOptions.timeouts field. */
+  readonly key: 'tcpSynMs' | 'tcpEstablishedMs' | 'tcpFinMs' | 'tcpClosedMs' | 'udpMs' | 'udpDnsMs';
+  readonly defaultMs: number;
+  readonly why: string;
+}
+
+/** Longest `--nat-timeout` in seconds (10 days); the shortest is anything > 0. */
+export const NAT_TIMEOUT_MAX_SECONDS = 864_000;
+
+/** Keyed by the `--nat-timeout` name. */
+export const NAT_TIMEOUTS = {
+  'tcp-syn': {
+    key: 'tcpSynMs',
+    defaultMs: 60_000,
+    why: "half-open flow. conntrack's `syn_sent` is 120 s for a peer across the Internet; ours is the local Listener, which answers in microseconds. 60 s still covers an app's SYN retries up to the 32 s back-off step and halves what a SYN flood can pin.",
+  },
+  'tcp-established': {
+    key: 'tcpEstablishedMs',
+    defaultMs: 7_440_000,
+    why: "RFC 5382 REQ-5: never below 2 h 4 min, so connections kept alive with default TCP keep-alive (7200 s) survive. conntrack uses 5 days; sing-box/mihomo drop idle proxied TCP after minutes. The Listener's own relay idle timeout is 10 min.",
+  },
+  'tcp-fin': {
+    key: 'tcpFinMs',
+    defaultMs: 240_000,
+    why: 'half-closed flow (RFC 5382: ≥ 4 min for transitory states; conntrack 120 s). A half-close still carrying data is refreshed by every packet.',
+  },
+  'tcp-closed': {
+    key: 'tcpClosedMs',
+    defaultMs: 10_000,
+    why: 'after both FINs or a RST, so the last ACK and retransmitted FINs still translate (conntrack `close` 10 s). The NAT *pair* then stays out of use for 60 s more (kernel TIME_WAIT on the Listener side).',
+  },
+  udp: {
+    key: 'udpMs',
+    defaultMs: 60_000,
+    why: "conntrack 30 s unreplied / 120 s stream, mihomo 60 s, sing-box 5 min. 60 s outlives QUIC's keep-alive cadence. Also the idle timeout of the upstream UDP association.",
+  },
+  'udp-dns': {
+    key: 'udpDnsMs',
+    defaultMs: 10_000,
+    why: 'a query is answered in milliseconds; glibc retries on the same socket after 5 s.',
+  },
+} as const satisfies Record<string, NatTimeoutOption>;
+
+export type NatTimeoutName = keyof typeof NAT_TIMEOUTS;
+export type NatTimeoutKey = (typeof NAT_TIMEOUTS)[NatTimeoutName]['key'];
+
+/** The engine's idle timeouts in ms when no `--nat-timeout` overrides them. */
+export const DEFAULT_NAT_TIMEOUTS: Readonly<Record<NatTimeoutKey, number>> = Object.freeze(
+  Object.fromEntries(Object.values(NAT_TIMEOUTS).map((t) => [t.key, t.defaultMs])) as Record<NatTimeoutKey, number>,
+);
+
+/** The default as `--help` and README show it. */
+export function defaultText(o: StartOption): string {
+  return o.defaultText ?? String(o.default);
+}
+
+/** `--help` line: the help text and the default. */
+export function helpLine(o: StartOption): string {
+  const text = defaultText(o);
+  const plain = o.flag.startsWith('--no-') || ['none', 'off', 'see below'].includes(text);
+  return plain ? o.help : `${o.help} (default ${text.replace(/`/g, '')})`;
+}
+
+/** 7_440_000 → '2 h 4 min', 60_000 → '60 s'. */
+export function durationText(ms: number): string {
+  if (ms < 3_600_000) return `${ms / 1000} s`;
+  const h = Math.floor(ms / 3_600_000);
+  const min = Math.round((ms % 3_600_000) / 60_000);
+  return min ? `${h} h ${min} min` : `${h} h`;
+}
+
+const cell = (s: string) => s.replace(/\|/g, '\\|');
+
+/** The README tables between the `options` markers (`npm run docs:options`). */
+export function optionsMarkdown(): string {
+  const rows = Object.entries(START_OPTIONS).map(([key, o]: [string, StartOption]) => {
+    const [name, arg] = o.flag.split(' ');
+    const flag = arg ? `${name} ${arg.replace(/[<>]/g, '').toUpperCase()}` : name;
+    const def = o.defaultText ?? `\`${o.default}\``;
+    const range = o.range ? `${o.range[0]}–${o.range[1]}` : '';
+    return `| \`${flag}\` | \`${key}\` | ${cell(def)} | ${range} | ${cell(o.why)} |`;
+  });
+  const timeouts = Object.entries(NAT_TIMEOUTS).map(
+    ([name, t]: [string, NatTimeoutOption]) => `| \`${name}\` | ${durationText(t.defaultMs)} | ${cell(t.why)} |`,
+  );
+  return [
+    '| flag | config key | default | range | meaning |',
+    '|---|---|---|---|---|',
+    ...rows,
+    '',
+    '### NAT timeouts',
+    '',
+    '| name | default | why |',
+    '|---|---|---|',
+    ...timeouts,
+  ].join('\n');
+}
+
+export const OPTIONS_BEGIN = '<!-- options:begin (generated from src/options.ts by `npm run docs:options`) -->';
+export const OPTIONS_END = '<!-- options:end -->';
+
+/** README text with the generated tables put between the markers. */
+export function withOptionsMarkdown(readme: string): string {
+  const a = readme.indexOf(OPTIONS_BEGIN);
+  const b = readme.indexOf(OPTIONS_END);
+  if (a < 0 || b < a) throw new Error(`README.md: markers ${OPTIONS_BEGIN} … ${OPTIONS_END} not found`);
+  return `${readme.slice(0, a + OPTIONS_BEGIN.length)}\n${optionsMarkdown()}\n${readme.slice(b)}`;
+}
