@@ -196,7 +196,11 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
     nk.family = Family::V4;
     Flow* f = table_.find_nat(nk);
     if (f == nullptr || target_port(*f) != sport) return drop(c_.dropReverseNoFlow);
-    if (!is_udp) track_tcp(f, flags, false, now);
+    if (!is_udp) {
+      track_tcp(f, flags, false, now);
+      note_app_nxt(f, tcp.seq() + uint32_t(tcp.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) +
+                          ((flags & tcp::FIN) ? 1 : 0));
+    }
     table_.touch(f, now);
     f->pktsIn++;
     f->bytesIn += ip.len();
@@ -233,6 +237,7 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
       }
     }
     track_tcp(f, flags, true, now);
+    if (flags & tcp::ACK) note_app_nxt(f, tcp.ack());
   } else if (f == nullptr) {
     f = table_.create(k, target, now, &why);
     if (f == nullptr) {
@@ -277,6 +282,36 @@ void Engine::track_tcp(Flow* f, uint8_t flags, bool out, int64_t now) {
   }
 }
 
+namespace {
+
+// A bare IPv4 + TCP RST (kRstLen bytes) from src:sport to dst:dport, complete checksums.
+void fill_rst(uint8_t* b, uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack,
+              uint8_t flags) {
+  Ipv4Packet r = Ipv4Packet::new_unchecked(b, kRstLen);
+  r.set_ver_ihl_tos(0);
+  r.set_total_len(kRstLen);
+  r.set_ident(0);
+  r.set_flags_frag(ipv4::FLAG_DF);
+  r.set_ttl(64);
+  r.set_protocol(kProtoTcp);
+  r.set_checksum(0);
+  r.set_src(src);
+  r.set_dst(dst);
+  r.set_checksum(csum::ipv4_header(b, ipv4::MIN_HEADER_LEN));
+  TcpPacket t = TcpPacket::new_unchecked(r.payload(), tcp::MIN_HEADER_LEN);
+  t.set_src_port(sport);
+  t.set_dst_port(dport);
+  t.set_seq(seq);
+  t.set_ack(ack);
+  t.set_data_off_flags(5, flags);
+  t.set_window(0);
+  t.set_urgent(0);
+  t.set_checksum(0);
+  t.set_checksum(csum::l4_v4(t.data(), tcp::MIN_HEADER_LEN, src, dst, kProtoTcp));
+}
+
+}  // namespace
+
 // RFC 9293 3.10.7.1: reset for a segment that has no connection. Built in
 // place over the offending segment (which is at least 40 bytes long).
 size_t Engine::build_rst(Ipv4Packet& ip, const TcpPacket& seg) {
@@ -286,37 +321,40 @@ size_t Engine::build_rst(Ipv4Packet& ip, const TcpPacket& seg) {
   const uint8_t flags = seg.flags();
   const uint32_t seglen =
       uint32_t(seg.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0);
-  uint8_t* b = ip.data();
-  constexpr size_t kLen = ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
-  Ipv4Packet r = Ipv4Packet::new_unchecked(b, kLen);
-  r.set_ver_ihl_tos(0);
-  r.set_total_len(kLen);
-  r.set_ident(0);
-  r.set_flags_frag(ipv4::FLAG_DF);
-  r.set_ttl(64);
-  r.set_protocol(kProtoTcp);
-  r.set_checksum(0);
-  r.set_src(dst);
-  r.set_dst(src);
-  r.set_checksum(csum::ipv4_header(b, ipv4::MIN_HEADER_LEN));
-  TcpPacket t = TcpPacket::new_unchecked(r.payload(), tcp::MIN_HEADER_LEN);
-  t.set_src_port(dport);
-  t.set_dst_port(sport);
-  if (flags & tcp::ACK) {
-    t.set_seq(ack);
-    t.set_ack(0);
-    t.set_data_off_flags(5, tcp::RST);
-  } else {
-    t.set_seq(0);
-    t.set_ack(seq + seglen);
-    t.set_data_off_flags(5, tcp::RST | tcp::ACK);
-  }
-  t.set_window(0);
-  t.set_urgent(0);
-  t.set_checksum(0);
-  t.set_checksum(csum::l4_v4(t.data(), tcp::MIN_HEADER_LEN, dst, src, kProtoTcp));
+  if (flags & tcp::ACK) fill_rst(ip.data(), dst, src, dport, sport, ack, 0, tcp::RST);
+  else fill_rst(ip.data(), dst, src, dport, sport, 0, seq + seglen, tcp::RST | tcp::ACK);
   bump(c_.rstSent);
-  return kLen;
+  return kRstLen;
+}
+
+// The app's next expected sequence number: the latest of what it acknowledged
+// and the end of what the Listener sent it (serial-number order, RFC 1982).
+void Engine::note_app_nxt(Flow* f, uint32_t nxt) {
+  if (!(f->tcpFlags & tcpflag::APP_NXT) || int32_t(nxt - f->appNxt) > 0) {
+    f->appNxt = nxt;
+    f->tcpFlags |= tcpflag::APP_NXT;
+  }
+}
+
+void Engine::expire_locked(int64_t now, std::vector<uint8_t>* rsts, bool vnet_hdr) {
+  if (rsts == nullptr) {
+    table_.expire(now);
+    return;
+  }
+  timedOut_.clear();
+  table_.expire(now, &timedOut_);
+  const size_t hdr = vnet_hdr ? vnet::HEADER_LEN : 0;
+  for (const Flow& f : timedOut_) {
+    const size_t at = rsts->size();
+    rsts->resize(at + hdr + kRstLen, 0);
+    // RFC 5961 3.2: a RST is accepted at once only with exactly the
+    // receiver's next sequence number (otherwise it answers a challenge ACK,
+    // which finds no flow and gets a RST with its own ack number anyway).
+    fill_rst(rsts->data() + at + hdr, f.key.dst.as_v4(), f.key.src.as_v4(), f.key.dport, f.key.sport, f.appNxt, 0,
+             tcp::RST);
+    bump(c_.rstSent);
+    bump(c_.rstOnExpiry);
+  }
 }
 
 // ICMP destination unreachable / port unreachable (RFC 792, RFC 1812
@@ -486,6 +524,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
   batch = std::max<size_t>(batch, 1);
   std::vector<uint8_t> mem(batch * kReadBufCap);
   std::vector<size_t> lens(batch), outs(batch);
+  std::vector<uint8_t> rsts;  // RSTs for flows that timed out, written after the batch
   int64_t last_notify = 0;
   bool pending = false;
   pollfd pfd[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
@@ -530,7 +569,8 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
       }
       if (n != 0) bump(c_.batches);
       if (now - last_expire_ >= 250) {
-        table_.expire(now);
+        rsts.clear();
+        expire_locked(now, &rsts, vnet_hdr);
         last_expire_ = now;
       }
       nev = table_.events().size();
@@ -542,6 +582,10 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
       // device going away.
       if (write(fd, mem.data() + i * kReadBufCap, outs[i]) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
     }
+    const size_t rst_len = kRstLen + (vnet_hdr ? vnet::HEADER_LEN : 0);
+    for (size_t off = 0; off < rsts.size(); off += rst_len)
+      if (write(fd, rsts.data() + off, rst_len) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
+    rsts.clear();
     pending = nev != 0;
     if (pending && (now - last_notify >= 20 || nev >= 1024) && notify_armed.exchange(false)) {
       last_notify = now;

@@ -48,6 +48,8 @@ constexpr size_t kMinBufCap = 1024;
 // RFC 1812 4.3.2.3: an ICMP error carries as much of the original datagram as
 // fits in 576 bytes.
 constexpr size_t kIcmpErrorMax = 576;
+// A RST the engine builds: IPv4 + TCP headers, no options.
+constexpr size_t kRstLen = 40;
 
 class Engine {
  public:
@@ -74,10 +76,17 @@ class Engine {
     std::lock_guard<std::mutex> g(mu_);
     return process_vnet_locked(buf, len, cap, now);
   }
-  void expire(int64_t now) {
+  // Expire idle flows. For each TCP flow that timed out while open, a RST
+  // towards the app (from its original destination, with the sequence number
+  // the app expects next) is appended to `rsts` when given: kRstLen bytes
+  // each, preceded by a zeroed virtio_net_hdr when `vnet_hdr`. The app
+  // blocked in read learns at once that its connection is gone (the
+  // Listener's side is reset by the daemon on the close event).
+  void expire(int64_t now, std::vector<uint8_t>* rsts = nullptr, bool vnet_hdr = false) {
     std::lock_guard<std::mutex> g(mu_);
-    table_.expire(now);
+    expire_locked(now, rsts, vnet_hdr);
   }
+  void expire_locked(int64_t now, std::vector<uint8_t>* rsts, bool vnet_hdr);
   // Listener side: find or create the flow (src:sport -> dst:dport). Returns
   // a snapshot; ok=false when the table is full or the NAT space exhausted.
   bool ensure_flow(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, int64_t now, Flow* out,
@@ -113,6 +122,7 @@ class Engine {
   size_t icmp(Ipv4Packet& ip, int64_t now);
   size_t icmp_error(Ipv4Packet& ip, IcmpPacket& ic);
   size_t build_rst(Ipv4Packet& ip, const TcpPacket& tcp);
+  static void note_app_nxt(Flow* f, uint32_t nxt);
   size_t build_port_unreach(Ipv4Packet& ip, size_t cap);
   void track_tcp(Flow* f, uint8_t flags, bool out, int64_t now);
   bool in_range(uint32_t a) const { return (a & mask_) == network_; }
@@ -129,6 +139,7 @@ class Engine {
   FlowTable table_;
   int64_t clock_offset_;
   int64_t last_expire_ = 0;
+  std::vector<Flow> timedOut_;  // scratch for expire_locked (under mu_)
   // Per-packet context of process_vnet_locked (under mu_): the transport
   // checksum is a partial pseudo-header sum; the packet was rewritten in place
   // (not built or answered by the engine).

@@ -204,8 +204,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       return env.Undefined();
     }
     if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsFunction() ||
-        (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsArray())) {
-      ThrowArg(env, "start(fds: number[], onEvents: (events) => void, vnetHdr?: boolean[])");
+        (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsArray()) ||
+        (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsFunction())) {
+      ThrowArg(env,
+               "start(fds: number[], onEvents: (events) => void, vnetHdr?: boolean[], onThreadExit?: (errno, queue) => "
+               "void)");
       return env.Undefined();
     }
     Napi::Array a = info[0].As<Napi::Array>();
@@ -243,6 +246,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     Napi::Function cb = info[1].As<Napi::Function>();
     onEvents_ = Napi::Persistent(cb);
+    onThreadExit_.Reset();
+    if (info.Length() > 3 && info[3].IsFunction()) onThreadExit_ = Napi::Persistent(info[3].As<Napi::Function>());
     tsfn_ = Napi::ThreadSafeFunction::New(env, cb, "fakeproxy-engine-events", 0, 1);
     // The engine alone does not keep the process alive; the daemon's sockets do.
     tsfn_.Unref(env);
@@ -262,8 +267,16 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
             fd, wakeFd_, stop_, armed_,
             [this] { tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function fn) { Deliver(env, fn); }); }, 64,
             vh);
-        if (err != 0) threadErrno_.store(err);
         threadsRunning_.fetch_sub(1);
+        if (err != 0) {
+          threadErrno_.store(err);
+          // A thread that ends on an error (not a stop request) is reported
+          // to JS at once: the daemon logs it and exits (issue 15).
+          tsfn_.NonBlockingCall([this, err, i](Napi::Env env, Napi::Function) {
+            if (!onThreadExit_.IsEmpty())
+              onThreadExit_.Call({Napi::Number::New(env, err), Napi::Number::New(env, static_cast<double>(i))});
+          });
+        }
       });
     }
     return env.Undefined();
@@ -385,8 +398,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       ThrowArg(env, "expire(nowMs: number)");
       return env.Undefined();
     }
-    engine_->expire(info[0].As<Napi::Number>().Int64Value());
-    return env.Undefined();
+    // The RSTs the engine thread would write into the TUN for TCP flows that
+    // timed out while open (tests drive the engine without threads).
+    std::vector<uint8_t> rsts;
+    engine_->expire(info[0].As<Napi::Number>().Int64Value(), &rsts);
+    Napi::Array r = Napi::Array::New(env, rsts.size() / fp::kRstLen);
+    for (size_t i = 0; i * fp::kRstLen < rsts.size(); i++)
+      r.Set(static_cast<uint32_t>(i), Napi::Buffer<uint8_t>::Copy(env, rsts.data() + i * fp::kRstLen, fp::kRstLen));
+    return r;
   }
 
   // ensureFlow(proto, srcIp, srcPort, dstIp, dstPort, nowMs)
@@ -441,6 +460,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   bool running_ = false;
   Napi::ThreadSafeFunction tsfn_;
   Napi::FunctionReference onEvents_;
+  Napi::FunctionReference onThreadExit_;
   Napi::Env::CleanupHook<void (*)(EngineWrap*), EngineWrap> hook_;
   bool hookActive_ = false;
 };

@@ -451,12 +451,15 @@ void FlowTable::remove(Flow* f, CloseReason reason, int64_t now) {
   update_gauges();
 }
 
-void FlowTable::expire(int64_t now) {
+void FlowTable::expire(int64_t now, std::vector<Flow>* timedOut) {
   for (uint32_t li = 0; li < kLists; li++) {
     while (lists_[li].head != kNil) {
       uint32_t i = lists_[li].head;
       Flow& f = at(i);
       if (f.lastSeenMs + timeout_of(f) > now) break;
+      if (timedOut != nullptr && f.key.proto == kProtoTcp && f.state != FlowState::Closed &&
+          (f.tcpFlags & tcpflag::APP_NXT))
+        timedOut->push_back(f);
       free_index(i, f.state == FlowState::Closed ? f.closeReason : CloseReason::Timeout, now);
     }
   }

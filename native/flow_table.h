@@ -40,7 +40,7 @@ const char* reason_name(CloseReason r);
   X(dropTruncated) X(dropBadVersion) X(dropBadHeader) X(dropIpOptions) X(dropFragment) X(dropIpv6)              \
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
-  X(csumCompleted)
+  X(csumCompleted) X(rstOnExpiry)
 
 // Gauges: current values, also relaxed atomics.
 #define FP_GAUGES(X) X(flowsActive) X(tcpFlows) X(udpFlows) X(memoryBytes) X(cooldownPairs)
@@ -65,6 +65,7 @@ namespace tcpflag {
 constexpr uint8_t SYNACK_SEEN = 1;  // Listener answered the SYN
 constexpr uint8_t FIN_OUT = 2;      // app sent FIN
 constexpr uint8_t FIN_IN = 4;       // Listener sent FIN
+constexpr uint8_t APP_NXT = 8;      // Flow::appNxt is known
 }  // namespace tcpflag
 
 struct Flow {
@@ -79,6 +80,7 @@ struct Flow {
   uint8_t pad_;
   uint32_t self;        // own pool index
   uint32_t prev, next;  // LRU links (next doubles as free-list link)
+  uint32_t appNxt;      // TCP: next sequence number the app expects (valid with tcpflag::APP_NXT); fills padding
   uint64_t id;
   int64_t createdMs;
   int64_t lastSeenMs;
@@ -209,7 +211,10 @@ class FlowTable {
   // Remove now (close event with the given reason).
   void remove(Flow* f, CloseReason reason, int64_t now);
   // Free every flow whose state timeout has passed. Cost O(expired + lists).
-  void expire(int64_t now);
+  // Remove flows idle past their timeout. `timedOut` (optional) receives a
+  // copy of every TCP flow that was still open (not Closed) and whose app
+  // sequence is known: the engine resets the app side of those.
+  void expire(int64_t now, std::vector<Flow>* timedOut = nullptr);
   // Remove everything (reason Shutdown).
   void clear(int64_t now);
   template <class F>

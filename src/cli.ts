@@ -33,6 +33,11 @@ async function runStart(opts: Record<string, unknown>): Promise<void> {
     const path = typeof opts.config === 'string' ? opts.config : undefined;
     daemon = new Daemon(cfg, {
       reloadConfig: path === undefined ? undefined : () => resolveStartConfig(flags, loadConfigFile(path)),
+      // A dead engine thread: tear down (restoring what we changed) and exit 1,
+      // so a supervisor restarts the daemon.
+      onFatal: () => {
+        void d.stop().finally(() => process.exit(EXIT_RUNTIME));
+      },
     });
     const d = daemon;
     // Teardown on every way out: signals (clean, exit 0), uncaught errors (exit 1),

@@ -5,7 +5,7 @@ import { FakeDns } from './dns/FakeDns.js';
 import { findUpstream } from './dns/resolvconf.js';
 import { UsageError } from './errors.js';
 import { type Logger, stderrLogger } from './log.js';
-import { NatManager } from './nat/NatManager.js';
+import { describeThreadExit, NatManager } from './nat/NatManager.js';
 import type { FlowEvent } from './nat/types.js';
 import { upstreamResolver } from './proxy/dial.js';
 import { TcpListener } from './proxy/listener.js';
@@ -26,6 +26,12 @@ export interface DaemonDeps {
   say?: (line: string) => void;
   /** Re-reads --config and the flags (SIGHUP); absent → reload is refused. */
   reloadConfig?: () => StartConfig;
+  /**
+   * A part died and the daemon cannot go on (an engine thread ended on an
+   * error): called once with the line already logged. The CLI stops the
+   * daemon and exits 1. @default log only
+   */
+  onFatal?: (line: string) => void;
 }
 
 /**
@@ -54,6 +60,7 @@ export class Daemon {
   });
   readonly log: Logger;
   private readonly say: (line: string) => void;
+  private readonly onFatal: (line: string) => void;
 
   constructor(
     readonly config: StartConfig,
@@ -62,6 +69,7 @@ export class Daemon {
     this.log = deps.log ?? stderrLogger;
     this.say = deps.say ?? ((l) => process.stdout.write(`${l}\n`));
     this.reloadConfig = deps.reloadConfig;
+    this.onFatal = deps.onFatal ?? (() => {});
   }
 
   async start(): Promise<void> {
@@ -242,6 +250,14 @@ export class Daemon {
     router.table.start();
     this.closers.push(() => this.router?.table.stop());
 
+    let fatal = false;
+    nat.on('threadExit', (errno, queue) => {
+      if (fatal) return;
+      fatal = true;
+      const line = describeThreadExit(errno, queue, tun.name);
+      this.log(line);
+      this.onFatal(line);
+    });
     nat.start([...tun.fds]);
     this.closers.push(() => nat.stop());
     this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);

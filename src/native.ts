@@ -100,7 +100,13 @@ export interface NativeEngine {
    * `vnetHdr[i]`: fd i carries a virtio_net_hdr (TUN offloads); when omitted
    * the engine asks the kernel (TUNGETIFF) per fd.
    */
-  start(fds: number[], onEvents: (events: NativeFlowEvent[]) => void, vnetHdr?: boolean[]): void;
+  start(
+    fds: number[],
+    onEvents: (events: NativeFlowEvent[]) => void,
+    vnetHdr?: boolean[],
+    /** A thread ended on an error (errno > 0) — not on stop(); called on the JS thread. */
+    onThreadExit?: (errno: number, queue: number) => void,
+  ): void;
   /** Stop and join the threads. Idempotent. */
   stop(): void;
   lookup(proto: 6 | 17, natIp: string, natPort: number): NativeFlow | undefined;
@@ -114,8 +120,12 @@ export interface NativeEngine {
    * virtio_net_hdr of a TUN with offloads, as the engine thread sees it then.
    */
   processPacket(packet: Buffer, nowMs: number, vnetHdr?: boolean): Buffer[];
-  /** Test seam: run expiry as the thread would at time nowMs. */
-  expire(nowMs: number): void;
+  /**
+   * Test seam: run expiry as the thread would at time nowMs. Returns the RSTs
+   * the thread would write into the TUN towards apps whose TCP flow timed
+   * out while open (IPv4 packets, no virtio_net_hdr).
+   */
+  expire(nowMs: number): Buffer[];
   /** Allocate (or find) a flow from the Listener side, for UDP replies from a remote the app never sent to. */
   ensureFlow(proto: 6 | 17, srcIp: string, srcPort: number, dstIp: string, dstPort: number, nowMs: number): NativeFlow;
   /**

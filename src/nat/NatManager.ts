@@ -68,6 +68,8 @@ export interface NatManagerEvents {
   events: [FlowEvent[]];
   open: [FlowEntry];
   close: [FlowEntry, CloseReason];
+  /** An engine thread ended on an error (errno, queue index): nothing reads that TUN queue any more. */
+  threadExit: [number, number];
 }
 
 function toEntry(f: NativeFlow): FlowEntry {
@@ -120,7 +122,12 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   /** Start one engine thread per (non-blocking) TUN fd. */
   start(fds: readonly number[]): void {
     if (this.#running) throw new FakeproxyError('EBUSY', 'NAT engine already started: call stop() first');
-    this.engine.start([...fds], (evs) => this.#emitBatch(evs));
+    this.engine.start(
+      [...fds],
+      (evs) => this.#emitBatch(evs),
+      undefined,
+      (errno, queue) => this.emit('threadExit', errno, queue),
+    );
     this.#running = true;
     this.#timer = setInterval(() => this.checkCounters(), 1000);
     this.#timer.unref();
@@ -213,4 +220,26 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
     }
     this.checkCounters();
   }
+}
+
+/** errno values an engine thread can end with, by name (Linux numbers; not all are in os.constants.errno). */
+const THREAD_ERRNO: Record<number, { name: string; why: string }> = {
+  5: { name: 'EIO', why: 'the TUN device failed (I/O error)' },
+  9: { name: 'EBADF', why: 'the TUN file descriptor was closed under the engine' },
+  12: { name: 'ENOMEM', why: 'the kernel is out of memory' },
+  14: { name: 'EFAULT', why: 'a bad buffer was passed to the kernel (a bug: please report it)' },
+  19: { name: 'ENODEV', why: 'the TUN device is gone' },
+  22: { name: 'EINVAL', why: 'the kernel refused the read (a bug: please report it)' },
+  77: { name: 'EBADFD', why: 'the TUN device was deleted or detached under the daemon (ip link del?)' },
+};
+
+/**
+ * One operator line for an engine thread that died: what failed, errno, why,
+ * and the fix. The daemon exits 1 after it, so a supervisor restarts it.
+ */
+export function describeThreadExit(errno: number, queue: number, tun: string): string {
+  const known = THREAD_ERRNO[errno];
+  const name = known?.name ?? `errno ${errno}`;
+  const why = known?.why ?? 'unexpected error';
+  return `engine thread fp-engine-${queue} stopped: reading TUN device ${tun} failed with ${name} (errno ${errno}): ${why}; fakeproxy exits 1 — restart it (the systemd unit does, Restart=on-failure), and do not delete or move ${tun} while it runs`;
 }

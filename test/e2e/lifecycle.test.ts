@@ -105,3 +105,70 @@ describe.skipIf(skip)('crash safety: kill -9 under a stream of new names', () =>
     await d.stop();
   }, 180_000);
 });
+
+describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends', () => {
+  let t: Topology;
+  beforeAll(async () => {
+    t = await createTopology();
+  });
+  afterAll(async () => {
+    await t?.destroy();
+  });
+
+  it('an engine thread that dies (TUN device deleted under it) → one line with errno and the fix, exit 1 within 1 s', async () => {
+    const d = await t.startDaemon(['--queues', '2']);
+    const t0 = Date.now();
+    // Something real: the device goes away under the engine; its reads fail with EBADFD.
+    await t.client.must('ip', ['link', 'del', 'fp0']);
+    const code = await d.exited;
+    const ms = Date.now() - t0;
+    expect(code).toBe(1);
+    expect(ms).toBeLessThan(1000);
+    const lines = d.stderr.split('\n').filter((l) => /engine thread/.test(l));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      /engine thread fp-engine-\d stopped: reading TUN device fp0 failed with EBADFD \(errno 77\)/,
+    );
+    expect(lines[0]).toMatch(/restart it/);
+  });
+
+  it('a TCP flow that times out resets the app blocked in read within 1 s of the upstream reset, and the upstream', async () => {
+    // An upstream server that records when its side of the connection is reset.
+    const server = await t.spawnUpstream(
+      'node',
+      [
+        '-e',
+        `require('net').createServer((s) => { s.on('error', (e) => console.log('server', e.code, Date.now())); s.on('close', () => console.log('server-close', Date.now())); }).listen(7001, '${t.upstreamIp}', () => console.log('listening'));`,
+      ],
+      /listening/,
+    );
+    let serverOut = '';
+    server.stdout?.setEncoding('utf8').on('data', (s: string) => {
+      serverOut += s;
+    });
+    const d = await t.startDaemon(['--nat-timeout', 'tcp-established=2']);
+    // The app connects by name, then blocks in read; nothing moves until the flow times out.
+    const app = await t.client.exec(
+      'node',
+      [
+        '-e',
+        `const s = require('net').connect(7001, 'echo.test', () => console.log('connected', Date.now()));
+         s.on('error', (e) => { console.log('app', e.code, Date.now()); process.exit(0); });
+         s.on('close', () => { console.log('app-close', Date.now()); process.exit(0); });
+         setTimeout(() => { console.log('app-timeout'); process.exit(3); }, 15000);`,
+      ],
+      { timeoutMs: 20_000 },
+    );
+    expect(app.stdout).toMatch(/connected/);
+    const appReset = /app ECONNRESET (\d+)/.exec(app.stdout);
+    expect(appReset, app.stdout).not.toBeNull();
+    for (let i = 0; i < 100 && !/server-close/.test(serverOut); i++) await new Promise((r) => setTimeout(r, 20));
+    const upstreamClosed = /server-close (\d+)/.exec(serverOut);
+    expect(upstreamClosed, serverOut).not.toBeNull();
+    expect(Math.abs(Number(appReset?.[1]) - Number(upstreamClosed?.[1]))).toBeLessThan(1000);
+    const st = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout);
+    expect(st.engine.rstOnExpiry).toBe(1);
+    expect(await d.stop()).toBe(0);
+    server.kill('SIGKILL');
+  });
+});

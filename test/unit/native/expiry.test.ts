@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { GW, LISTEN, makeEngine, one, T0, TIMEOUTS } from './fixture.js';
-import { F, parse, tcpPacket, udpPacket } from './packets.js';
+import { F, ipChecksumOk, l4ChecksumOk, parse, tcpPacket, udpPacket } from './packets.js';
 
 const APP = '198.18.0.1';
 const FAKE = '198.18.2.2';
@@ -72,5 +72,49 @@ describe('expiry by state (fake clock)', () => {
       true,
     );
     for (const f of e.entries()) expect(f.lastSeenMs).toBeGreaterThanOrEqual(T0 + 24_000);
+  });
+});
+
+describe('a TCP flow that times out while open resets the app (issue 15)', () => {
+  const app = { src: APP, dst: FAKE, sport: 3000, dport: 80 };
+  function established(e: ReturnType<typeof makeEngine>) {
+    const f = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 1000 })));
+    const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+    one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 5000, ack: 1001 }));
+    one(e, tcpPacket({ ...app, flags: F.ACK, seq: 1001, ack: 5001 }));
+    return { f, lis };
+  }
+
+  it('expire() yields a RST from the original destination with the sequence the app expects next', () => {
+    const e = makeEngine();
+    const { lis } = established(e);
+    // The Listener sent 100 bytes the app has not acknowledged yet: the app expects 5101.
+    one(e, tcpPacket({ ...lis, flags: F.ACK | F.PSH, seq: 5001, ack: 1001, payload: Buffer.alloc(100, 1) }));
+    expect(e.expire(T0 + TIMEOUTS.tcpEstablishedMs - 1)).toEqual([]);
+    const rsts = e.expire(T0 + TIMEOUTS.tcpEstablishedMs);
+    expect(rsts).toHaveLength(1);
+    const r = parse(rsts[0] as Buffer);
+    expect(r).toMatchObject({ src: FAKE, dst: APP, sport: 80, dport: 3000, seq: 5101, flags: F.RST });
+    expect(ipChecksumOk(rsts[0] as Buffer)).toBe(true);
+    expect(l4ChecksumOk(rsts[0] as Buffer)).toBe(true);
+    expect(e.stats()).toMatchObject({ rstOnExpiry: 1 });
+  });
+
+  it('uses the app acknowledgement when it is the later one (serial order across the 2^32 wrap)', () => {
+    const e = makeEngine();
+    const f = parse(one(e, tcpPacket({ ...app, sport: 3001, flags: F.SYN, seq: 1 })));
+    const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+    one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 0xfffffff0, ack: 2 }));
+    one(e, tcpPacket({ ...app, sport: 3001, flags: F.ACK, seq: 2, ack: 0x00000010 }));
+    const r = parse(e.expire(T0 + TIMEOUTS.tcpEstablishedMs)[0] as Buffer);
+    expect(r.seq).toBe(0x10);
+  });
+
+  it('closed flows and UDP associations expire quietly', () => {
+    const e = makeEngine();
+    tcpFlow(e, 1000, 'closed');
+    one(e, udpPacket({ src: APP, dst: FAKE, sport: 2000, dport: 443 }));
+    expect(e.expire(T0 + 24 * 3600_000)).toEqual([]);
+    expect(e.stats()).toMatchObject({ rstOnExpiry: 0, flowsActive: 0 });
   });
 });
