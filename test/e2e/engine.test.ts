@@ -399,7 +399,7 @@ describe.skipIf(skip)('packet engine end to end (TUN + NatManager + echo Listene
       expect(r.errors).toEqual({});
     });
 
-    it("an idle established flow expires (tcpEstablishedMs 4 s); the app's next segment is answered with a RST", async () => {
+    it('an idle established flow expires (tcpEstablishedMs 4 s); the engine resets the app at once', async () => {
       const e = echo as EngineEcho;
       await e.until((x) => x.stats.flowsActive === 0, 'the table to drain');
       const before = await e.snapshot();
@@ -424,10 +424,11 @@ describe.skipIf(skip)('packet engine end to end (TUN + NatManager + echo Listene
       child.stdin?.write('go\n');
       await exited;
       const r = JSON.parse(outText.trim().split('\n')[1]);
-      expect(r.error).toBe('ECONNRESET');
+      // Reset while it sat idle, before it sent anything more (issue 15).
+      expect(r).toMatchObject({ error: 'ECONNRESET', whileIdle: true });
       const after = await e.snapshot();
-      expect(delta(expired, after, 'dropTcpNoFlow')).toBeGreaterThanOrEqual(1);
-      expect(delta(expired, after, 'rstSent')).toBeGreaterThanOrEqual(1);
+      expect(delta(before, after, 'rstOnExpiry')).toBe(1);
+      expect(delta(before, after, 'rstSent')).toBeGreaterThanOrEqual(1);
       // No new flow for a segment that is not a SYN.
       expect(delta(expired, after, 'flowsCreated')).toBe(0);
     });
