@@ -108,12 +108,14 @@ Napi::Array EventsToJs(Napi::Env env, const std::vector<fp::FlowEvent>& evs) {
 
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
+  static constexpr size_t kPackedLen = 8;
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Engine",
                        {
                            InstanceMethod<&EngineWrap::Start>("start"),
                            InstanceMethod<&EngineWrap::Stop>("stop"),
                            InstanceMethod<&EngineWrap::Lookup>("lookup"),
+                           InstanceMethod<&EngineWrap::LookupPacked>("lookupPacked"),
                            InstanceMethod<&EngineWrap::Entries>("entries"),
                            InstanceMethod<&EngineWrap::Stats>("stats"),
                            InstanceMethod<&EngineWrap::ProcessPacket>("processPacket"),
@@ -339,6 +341,48 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       copy = *f;
     }
     return FlowToJs(env, copy);
+  }
+
+  // lookupPacked(proto, natIpU32, natPort, out: Float64Array(>= kPackedLen)) -> boolean
+  // The Listener's per-connection path: numbers in, numbers out, no object
+  // and no address text built (FlowToJs costs ~15 property sets and 3
+  // inet_ntop strings). Layout: see PACKED in src/native.ts.
+  Napi::Value LookupPacked(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    uint8_t proto;
+    uint16_t port;
+    if (info.Length() < 4 || !GetProto(info[0], &proto) || !info[1].IsNumber() || !GetPort(info[2], &port) ||
+        !info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        info[3].As<Napi::TypedArray>().ElementLength() < kPackedLen) {
+      ThrowArg(env, "lookupPacked(proto: 6 | 17, natIp: uint32, natPort: 0..65535, out: Float64Array(8))");
+      return env.Undefined();
+    }
+    double ipd = info[1].As<Napi::Number>().DoubleValue();
+    if (!(ipd >= 0 && ipd <= 4294967295.0)) {
+      ThrowArg(env, "lookupPacked: natIp must be an IPv4 address as an unsigned 32-bit integer");
+      return env.Undefined();
+    }
+    fp::NatKey k{};
+    k.addr = fp::IpAddr::v4(static_cast<uint32_t>(ipd));
+    k.port = port;
+    k.proto = proto;
+    k.family = fp::Family::V4;
+    double* out = info[3].As<Napi::Float64Array>().Data();
+    {
+      std::lock_guard<std::mutex> g(engine_->mutex());
+      const fp::Flow* f = engine_->table().find_nat(k);
+      if (f == nullptr) return Napi::Boolean::New(env, false);
+      out[0] = static_cast<double>(f->id);
+      out[1] = f->key.src.as_v4();
+      out[2] = f->key.sport;
+      out[3] = f->key.dst.as_v4();
+      out[4] = f->key.dport;
+      out[5] = static_cast<double>(f->state);
+      out[6] = static_cast<double>(f->createdMs);
+      out[7] = static_cast<double>(f->lastSeenMs);
+    }
+    return Napi::Boolean::New(env, true);
   }
 
   Napi::Value Entries(const Napi::CallbackInfo& info) {

@@ -86,6 +86,24 @@ export interface NativeFlow {
   pktsIn: number;
   bytesIn: number;
 }
+/** Slots of the Float64Array `lookupPacked` fills (native/engine_addon.cc LookupPacked writes them in this order). */
+export const PACKED_FLOW = Object.freeze({
+  id: 0,
+  /** App address, IPv4 as an unsigned 32-bit integer. */
+  srcIp: 1,
+  srcPort: 2,
+  /** Original destination, IPv4 as an unsigned 32-bit integer. */
+  dstIp: 3,
+  dstPort: 4,
+  /** Index into PACKED_STATES. */
+  state: 5,
+  createdMs: 6,
+  lastSeenMs: 7,
+});
+export const PACKED_FLOW_LEN = 8;
+/** fp::FlowState order (native/flow_table.h). */
+export const PACKED_STATES = Object.freeze(['syn', 'established', 'fin', 'closed', 'udp'] as const);
+
 export interface NativeFlowEvent {
   type: 'open' | 'close';
   flow: NativeFlow;
@@ -110,6 +128,12 @@ export interface NativeEngine {
   /** Stop and join the threads. Idempotent. */
   stop(): void;
   lookup(proto: 6 | 17, natIp: string, natPort: number): NativeFlow | undefined;
+  /**
+   * The per-connection lookup: `natIp` as an unsigned 32-bit integer; on a
+   * hit fills `out` (a Float64Array of PACKED_FLOW_LEN, layout PACKED_FLOW)
+   * and returns true. Builds no object and no address text.
+   */
+  lookupPacked(proto: 6 | 17, natIp: number, natPort: number, out: Float64Array): boolean;
   entries(): NativeFlow[];
   stats(): EngineStats;
   /**

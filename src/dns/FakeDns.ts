@@ -208,6 +208,11 @@ export class FakeDns extends EventEmitter {
     return n === undefined ? undefined : this.store.reverse(n);
   }
 
+  /** `reverse` for an IPv4 address already held as an unsigned 32-bit integer (the Listener's accept path). */
+  reverseU32(ip: number): string | undefined {
+    return this.store.reverse(ip);
+  }
+
   lookup(name: string): string | undefined {
     const ip = this.store.lookup(normalizeName(name));
     return ip === undefined ? undefined : intToIp(ip);

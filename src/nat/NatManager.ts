@@ -17,10 +17,12 @@ import {
   type NativeFlow,
   type NativeFlowEvent,
   native,
+  PACKED_FLOW as P,
+  PACKED_FLOW_LEN,
 } from '../native.js';
 import { DEFAULT_NAT_TIMEOUTS, type NatTimeoutKey, START_OPTIONS as O } from '../options.js';
 import { type Ipv4Range, parseCidr } from '../util/cidr.js';
-import type { CloseReason, FlowEntry, FlowEvent, NatLookup, Proto } from './types.js';
+import type { CloseReason, FlowEntry, FlowEvent, NatLookup, PackedFlow, Proto } from './types.js';
 
 /**
  * Idle timeouts of the NAT table by TCP state / UDP, in ms. Defaults and the
@@ -96,6 +98,8 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   #lastExhausted = 0;
   #lastLogAt = Number.NEGATIVE_INFINITY;
   #suppressed = 0;
+  /** lookupPacked's scratch: the engine writes into it, the caller's PackedFlow gets the fields. */
+  readonly #packed = new Float64Array(PACKED_FLOW_LEN);
 
   constructor(opts: NatManagerOptions = {}) {
     super();
@@ -150,6 +154,22 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
     const f = this.engine.lookup(PROTO[proto], natIp, natPort);
     return f === undefined ? undefined : toEntry(f);
+  }
+
+  /**
+   * The Listener's per-connection lookup (NatLookup.lookupPacked): numbers
+   * across N-API, no FlowEntry and no address strings. False when `natIp`:
+   * `natPort` is not a live NAT address.
+   */
+  lookupPacked(proto: Proto, natIp: number, natPort: number, out: PackedFlow): boolean {
+    const p = this.#packed;
+    if (!this.engine.lookupPacked(PROTO[proto], natIp, natPort, p)) return false;
+    out.id = p[P.id] as number;
+    out.srcIp = p[P.srcIp] as number;
+    out.srcPort = p[P.srcPort] as number;
+    out.dstIp = p[P.dstIp] as number;
+    out.dstPort = p[P.dstPort] as number;
+    return true;
   }
 
   /** Snapshot of every flow. */

@@ -46,7 +46,26 @@ export interface FlowCloseEvent {
 }
 export type FlowEvent = FlowOpenEvent | FlowCloseEvent;
 
+/**
+ * The facts the Listener needs per accepted connection, as numbers: what
+ * `NatLookup.lookupPacked` fills. IPv4 addresses are unsigned 32-bit integers.
+ */
+export interface PackedFlow {
+  id: number;
+  srcIp: number;
+  srcPort: number;
+  dstIp: number;
+  dstPort: number;
+}
+
 /** What the Listener needs from the NAT: synchronous, cheap, once per accepted connection / datagram source. */
 export interface NatLookup {
+  /** The whole entry (inspection, UDP sessions): builds an object and address strings per call. */
   lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined;
+  /**
+   * The per-connection path: `natIp` as an unsigned 32-bit integer; on a hit
+   * writes the flow's facts into `out` (reused by the caller, no allocation)
+   * and returns true. Optional so small test NATs may offer `lookup` only.
+   */
+  lookupPacked?(proto: Proto, natIp: number, natPort: number, out: PackedFlow): boolean;
 }

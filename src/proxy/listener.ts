@@ -9,8 +9,9 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { wrapError } from '../errors.js';
 import { type Logger, rateLimited, stderrLogger } from '../log.js';
-import type { NatLookup } from '../nat/types.js';
+import type { NatLookup, PackedFlow } from '../nat/types.js';
 import { START_OPTIONS as O } from '../options.js';
+import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { hostPort } from './dial.js';
 import type { Outbound } from './outbound.js';
 import { Relay, type RelayEnd } from './relay.js';
@@ -19,6 +20,8 @@ import type { Router } from './router.js';
 export interface NameLookup {
   /** Fake address → the name it stands for; undefined when `ip` is not a (live) fake address. */
   reverse(ip: string): string | undefined;
+  /** The same for an IPv4 address as an unsigned 32-bit integer (no address text on the accept path). */
+  reverseU32?(ip: number): string | undefined;
 }
 
 export interface TcpListenerOptions {
@@ -108,6 +111,8 @@ export class TcpListener extends EventEmitter {
   #lastRejectLogMs = 0;
   readonly #failLog: (key: string, line: string) => void;
   #rejectedSinceLog = 0;
+  /** The accept path's NAT answer, reused: read synchronously right after the lookup. */
+  readonly #flow: PackedFlow = { id: 0, srcIp: 0, srcPort: 0, dstIp: 0, dstPort: 0 };
 
   constructor(opts: TcpListenerOptions) {
     super();
@@ -127,7 +132,9 @@ export class TcpListener extends EventEmitter {
 
   /** Listen on host:port only. Rejects with the bind error (EADDRINUSE, EADDRNOTAVAIL: is the TUN configured?). */
   start(): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (s) =>
+    // pauseOnConnect: nothing is read from the app into JavaScript before the
+    // upstream is connected; the relay starts reading at the hand-off.
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (s) =>
       this.#accept(s),
     );
     this.#server = server;
@@ -198,35 +205,35 @@ export class TcpListener extends EventEmitter {
   #accept(app: net.Socket): void {
     this.#stats.accepted++;
     // Errors before the relay owns the socket (RST from the app while we dial) must not crash us.
-    const onEarlyError = () => {};
-    app.on('error', onEarlyError);
-    const peerIp = unmapV4(app.remoteAddress);
-    const peerPort = app.remotePort;
-    const flow =
-      peerIp !== undefined && peerPort !== undefined ? this.#o.nat.lookup('tcp', peerIp, peerPort) : undefined;
-    if (!flow) {
-      this.#rejectPeer(app, peerIp, peerPort);
+    app.on('error', ignoreError);
+    const flow = this.#flow;
+    if (!this.#lookupPeer(app, flow)) {
+      this.#rejectPeer(app, unmapV4(app.remoteAddress), app.remotePort);
       return;
     }
-    const name = this.#o.names.reverse(flow.dstIp);
-    const host = name ?? flow.dstIp;
+    const flowId = flow.id;
+    const dstPort = flow.dstPort;
+    const dstIp = intToIp(flow.dstIp);
+    const names = this.#o.names;
+    const name = names.reverseU32 ? names.reverseU32(flow.dstIp) : names.reverse(dstIp);
+    const host = name ?? dstIp;
     const route = this.#o.router.decide({
       name,
-      ip: flow.dstIp,
-      port: flow.dstPort,
+      ip: dstIp,
+      port: dstPort,
       proto: 'tcp',
-      srcIp: flow.srcIp,
+      srcIp: intToIp(flow.srcIp),
       srcPort: flow.srcPort,
     });
     const outbound = route.outbound;
     const session: { app: net.Socket; relay?: Relay; abort: AbortController } = { app, abort: new AbortController() };
     this.#sessions.add(session);
-    this.#byFlow.set(flow.id, session);
+    this.#byFlow.set(flowId, session);
     const base = {
-      flowId: flow.id,
+      flowId,
       name,
-      ip: flow.dstIp,
-      port: flow.dstPort,
+      ip: dstIp,
+      port: dstPort,
       outbound: outbound.label,
       rule: route.rule,
       chain: route.chain.join(' → '),
@@ -237,7 +244,7 @@ export class TcpListener extends EventEmitter {
     const onAppGone = () => session.abort.abort();
     app.once('close', onAppGone);
 
-    this.#dial(outbound, host, flow.dstPort, session.abort.signal).then(
+    this.#dial(outbound, host, dstPort, session.abort.signal).then(
       (up) => {
         app.removeListener('close', onAppGone);
         if (app.destroyed) {
@@ -245,9 +252,11 @@ export class TcpListener extends EventEmitter {
           this.#finish(session, base, { end: 'app-reset', bytesUp: 0, bytesDown: 0 });
           return;
         }
-        app.removeListener('error', onEarlyError);
+        app.removeListener('error', ignoreError);
         const r = new Relay(app, up, { idleTimeoutMs: this.#o.idleTimeoutMs });
         session.relay = r;
+        // Accepted paused (pauseOnConnect): the relay's listeners are on, start reading now.
+        app.resume();
         r.done.then((res) =>
           this.#finish(session, base, {
             end: res.end,
@@ -264,7 +273,7 @@ export class TcpListener extends EventEmitter {
           // One line: name:port, the outbound, the reason (the message already
           // names the fix); repeats of the same failure are summarised, so a
           // dead upstream under load does not flood the log.
-          const where = `tcp ${hostPort(host, flow.dstPort)} via ${outbound.label}`;
+          const where = `tcp ${hostPort(host, dstPort)} via ${outbound.label}`;
           this.#failLog(
             `${where} ${err.code}`,
             `${where}: ${err.code ?? 'ERROR'}: ${err.message} (rule ${route.rule}; chain ${base.chain})`,
@@ -275,6 +284,30 @@ export class TcpListener extends EventEmitter {
         this.#finish(session, base, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
       },
     );
+  }
+
+  /**
+   * Fill `out` with the NAT flow behind the app socket's peer address; false
+   * when the peer is not a live NAT address. The packed lookup crosses N-API
+   * with numbers only; a NAT without it (small test NATs) answers through `lookup`.
+   */
+  #lookupPeer(app: net.Socket, out: PackedFlow): boolean {
+    const peer = app.remoteAddress;
+    const port = app.remotePort;
+    if (peer === undefined || port === undefined) return false;
+    const nat = this.#o.nat;
+    if (nat.lookupPacked) {
+      const ip = dottedToU32(peer, peer.startsWith('::ffff:') ? 7 : 0);
+      return ip >= 0 && nat.lookupPacked('tcp', ip, port, out);
+    }
+    const f = nat.lookup('tcp', unmapV4(peer) as string, port);
+    if (!f) return false;
+    out.id = f.id;
+    out.srcIp = ipToInt(f.srcIp);
+    out.srcPort = f.srcPort;
+    out.dstIp = ipToInt(f.dstIp);
+    out.dstPort = f.dstPort;
+    return true;
   }
 
   #dial(outbound: Outbound, host: string, port: number, signal: AbortSignal): Promise<net.Socket> {
@@ -308,6 +341,8 @@ export class TcpListener extends EventEmitter {
     }
   }
 }
+
+function ignoreError(): void {}
 
 /** `::ffff:1.2.3.4` → `1.2.3.4` (a dual-stack socket reports IPv4 peers mapped). */
 function unmapV4(ip: string | undefined): string | undefined {

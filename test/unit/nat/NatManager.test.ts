@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_TIMEOUTS, NatManager } from '../../../src/nat/NatManager.js';
-import type { CloseReason, FlowEntry, FlowEvent } from '../../../src/nat/types.js';
+import type { CloseReason, FlowEntry, FlowEvent, PackedFlow } from '../../../src/nat/types.js';
+import { PACKED_FLOW, PACKED_FLOW_LEN, PACKED_STATES } from '../../../src/native.js';
+import { dottedToU32, intToIp } from '../../../src/util/cidr.js';
 import { F, parse, tcpPacket, udpPacket } from '../native/packets.js';
 
 const T0 = 1_700_000_000_000;
@@ -63,6 +65,83 @@ describe('NatManager', () => {
     });
     expect(m.lookup('udp', out.src, out.sport)).toBeUndefined();
     expect(m.entries()).toEqual([f]);
+  });
+
+  it("lookupPacked answers the same flow as lookup, as numbers, into the caller's reused object", () => {
+    const { m } = manager();
+    const out = parse(
+      m.engine.processPacket(
+        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
+        T0,
+      )[0],
+    );
+    const u = m.ensureFlow('udp', '198.18.0.9', 5000, '203.0.113.1', 3478);
+    const full = m.lookup('tcp', out.src, out.sport) as FlowEntry;
+    const p: PackedFlow = { id: -1, srcIp: -1, srcPort: -1, dstIp: -1, dstPort: -1 };
+    expect(m.lookupPacked('tcp', dottedToU32(out.src), out.sport, p)).toBe(true);
+    expect(p).toEqual({
+      id: full.id,
+      srcIp: dottedToU32('198.18.0.1'),
+      srcPort: 34567,
+      dstIp: dottedToU32('198.18.2.2'),
+      dstPort: 80,
+    });
+    expect(intToIp(p.dstIp)).toBe(full.dstIp);
+    // The same object again, for the UDP flow: every field overwritten.
+    expect(m.lookupPacked('udp', dottedToU32(u.natIp), u.natPort, p)).toBe(true);
+    expect(p).toEqual({ id: u.id, srcIp: dottedToU32('198.18.0.9'), srcPort: 5000, dstIp: 0xcb007101, dstPort: 3478 });
+    // Misses leave `out` alone and say false: wrong protocol, wrong port, wrong address.
+    const before = { ...p };
+    expect(m.lookupPacked('udp', dottedToU32(out.src), out.sport, p)).toBe(false);
+    expect(m.lookupPacked('tcp', dottedToU32(out.src), (out.sport + 1) & 0xffff, p)).toBe(false);
+    expect(m.lookupPacked('tcp', dottedToU32('198.18.0.1'), out.sport, p)).toBe(false);
+    expect(p).toEqual(before);
+    // After expiry the pair is no longer a live NAT address.
+    m.engine.expire(T0 + DEFAULT_TIMEOUTS.tcpSynMs + 1);
+    expect(m.lookupPacked('tcp', dottedToU32(out.src), out.sport, p)).toBe(false);
+  });
+
+  it('engine.lookupPacked fills the documented Float64Array slots and refuses bad arguments', () => {
+    const { m } = manager();
+    const f = m.ensureFlow('tcp', '198.18.0.1', 40000, '198.18.7.7', 443);
+    const a = new Float64Array(PACKED_FLOW_LEN);
+    expect(m.engine.lookupPacked(6, dottedToU32(f.natIp), f.natPort, a)).toBe(true);
+    expect(a[PACKED_FLOW.id]).toBe(f.id);
+    expect(intToIp(a[PACKED_FLOW.srcIp] as number)).toBe('198.18.0.1');
+    expect(a[PACKED_FLOW.srcPort]).toBe(40000);
+    expect(intToIp(a[PACKED_FLOW.dstIp] as number)).toBe('198.18.7.7');
+    expect(a[PACKED_FLOW.dstPort]).toBe(443);
+    expect(PACKED_STATES[a[PACKED_FLOW.state] as number]).toBe(f.state);
+    expect(a[PACKED_FLOW.createdMs]).toBe(f.createdMs);
+    expect(a[PACKED_FLOW.lastSeenMs]).toBe(f.lastSeenMs);
+    const ip = dottedToU32(f.natIp);
+    expect(() => m.engine.lookupPacked(6, ip, f.natPort, new Float64Array(3))).toThrow(/Float64Array\(8\)/);
+    expect(() => m.engine.lookupPacked(6, ip, f.natPort, new Uint32Array(8) as never)).toThrow(/Float64Array/);
+    expect(() => m.engine.lookupPacked(6, -1, f.natPort, a)).toThrow(/unsigned 32-bit/);
+    expect(() => m.engine.lookupPacked(6, 2 ** 32, f.natPort, a)).toThrow(/unsigned 32-bit/);
+    expect(() => m.engine.lookupPacked(6, ip, 70000, a)).toThrow(/natPort/);
+    expect(() => m.engine.lookupPacked(1 as 6, ip, f.natPort, a)).toThrow(/proto/);
+  });
+
+  it('dottedToU32 reads exactly four decimal octets, from an offset (IPv4-mapped peers)', () => {
+    expect(dottedToU32('198.18.0.1')).toBe(0xc6120001);
+    expect(dottedToU32('255.255.255.255')).toBe(0xffffffff);
+    expect(dottedToU32('0.0.0.0')).toBe(0);
+    expect(dottedToU32('::ffff:10.1.2.3', 7)).toBe(0x0a010203);
+    for (const bad of [
+      '',
+      '1.2.3',
+      '1.2.3.4.5',
+      '1.2.3.256',
+      '1..2.3',
+      '1.2.3.',
+      '.1.2.3',
+      'a.b.c.d',
+      '1.2.3.4 ',
+      '::1',
+      '1.2.3.0004',
+    ])
+      expect(dottedToU32(bad), bad).toBe(-1);
   });
 
   it('emits one batched events call plus open/close per flow', () => {
