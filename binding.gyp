@@ -10,7 +10,9 @@
         "native/engine.cc",
         "native/engine_addon.cc",
         "native/dgram_batch.cc",
-        "native/dgram_batch_addon.cc"
+        "native/dgram_batch_addon.cc",
+        "native/relay.cc",
+        "native/relay_addon.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

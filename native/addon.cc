@@ -10,6 +10,7 @@
 #include "dgram_batch_addon.h"
 #include "engine_addon.h"
 #include "napi_errors.h"
+#include "relay_addon.h"
 #include "tun.h"
 
 namespace fakeproxy {
@@ -157,6 +158,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tunReadPacketForTest", Napi::Function::New(env, TunReadPacketForTest, "tunReadPacketForTest"));
   InitEngine(env, exports);
   InitDgramBatch(env, exports);
+  InitRelay(env, exports);
   return exports;
 }
 

@@ -30,6 +30,9 @@ inline const char* ErrnoName(int err) {
     case EADDRINUSE: return "EADDRINUSE";
     case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
     case EMSGSIZE: return "EMSGSIZE";
+    case ENOTSOCK: return "ENOTSOCK";
+    case EPROTOTYPE: return "EPROTOTYPE";
+    case ESHUTDOWN: return "ESHUTDOWN";
     default: return "EFAKEPROXY";
   }
 }

@@ -41,6 +41,8 @@ export interface StartConfig {
   /** '' disables persistence. */
   stateDir: string;
   maxFlows: number;
+  /** Native TCP relay threads; unset → one per core (TcpListenerOptions.relayThreads). */
+  relayThreads?: number | undefined;
   /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   debug: boolean;
@@ -228,6 +230,10 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     redisSharedPool: boolOpt('redisSharedPool'),
     stateDir: strOpt('stateDir'),
     maxFlows: intOpt('maxFlows'),
+    relayThreads:
+      pick('relayThreads') === undefined
+        ? undefined
+        : int(pick('relayThreads'), flagName(O.relayThreads), O.relayThreads.range[0], O.relayThreads.range[1]),
     natTimeouts: natTimeouts(pick('natTimeout')),
     debug: boolOpt('debug'),
     configPath: typeof file.configPath === 'string' ? file.configPath : undefined,

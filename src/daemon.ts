@@ -197,6 +197,7 @@ export class Daemon {
       names: dns,
       router,
       logger: this.log,
+      ...(c.relayThreads !== undefined ? { relayThreads: c.relayThreads } : {}),
     });
     this.tcp = tcp;
     const mirror = this.mirror;

@@ -206,6 +206,42 @@ export interface NativeDgramSocket {
   close(): void;
 }
 
+// ---- Native TCP relay (native/relay*.cc) ----
+export interface NativeRelayOptions {
+  /** Epoll worker threads; pairs are spread over them round-robin. */
+  threads: number;
+  /** F_SETPIPE_SZ of each direction's pipe: the most bytes in flight per direction. */
+  pipeSize?: number;
+  /** No byte either way for this long closes the pair (plain close). 0 disables. */
+  idleTimeoutMs: number;
+}
+export interface NativeRelayTotals {
+  active: number;
+  /** Bytes written so far, ended pairs included. */
+  bytesUp: number;
+  bytesDown: number;
+  /** Pipes open now (in use + pooled). */
+  pipes: number;
+}
+/** Fields per record in the Float64Array handed to onEnd / returned by stop(). */
+export const RELAY_RECORD_FIELDS = 5;
+export interface NativeRelay {
+  /**
+   * Relay appFd ⇄ upFd under `id`; both fds are dup'd (the caller still
+   * closes its own). preUp/preDown are written first to the upstream / the
+   * app. Throws (code EBADF, ENOTSOCK, EPROTOTYPE, EEXIST, ESHUTDOWN) on bad
+   * input.
+   */
+  add(id: number, appFd: number, upFd: number, preUp?: Buffer | null, preDown?: Buffer | null): void;
+  /** End pair `id` now (RST both ways when `reset`, else FIN); false when it is not live. */
+  close(id: number, reset: boolean): boolean;
+  /** Live byte counts into out[0] (up) and out[1] (down); false when the pair is not live. */
+  bytes(id: number, out: Float64Array): boolean;
+  totals(): NativeRelayTotals;
+  /** Close every pair (FIN), join the threads; returns the records not yet delivered. Idempotent. */
+  stop(): Float64Array;
+}
+
 export interface NativeBinding {
   tunOpen(opts: TunOpenOptions): TunHandle;
   /** Close the fds (the non-persistent device disappears with the last one). */
@@ -216,6 +252,14 @@ export interface NativeBinding {
   tunReadPacketForTest(fd: number, timeoutMs: number): Buffer | undefined;
   Engine: new (opts: EngineOptions) => NativeEngine;
   DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
+  /**
+   * `onEnd` gets ended pairs in batches: [id, bytesUp, bytesDown, how, errno]
+   * × n, `how` indexing RELAY_ENDS in src/proxy/relay.ts.
+   */
+  Relay: new (
+    opts: NativeRelayOptions,
+    onEnd: (records: Float64Array) => void,
+  ) => NativeRelay;
 }
 
 function findAddon(): string {

@@ -158,6 +158,13 @@ export const START_OPTIONS = {
     range: [16, 16_777_216],
     why: `NAT table size (~${NATIVE_BYTES_PER_FLOW} bytes of native memory per flow, so ~${Math.round((DEFAULT_MAX_FLOWS * NATIVE_BYTES_PER_FLOW) / 2 ** 20)} MiB at the default: room for the flows of a whole LAN); a full table answers new TCP flows with RST, UDP with ICMP port unreachable, and logs one line per 10 s`,
   },
+  relayThreads: {
+    flag: '--relay-threads <n>',
+    help: 'threads splicing TCP bytes between app and upstream sockets',
+    defaultText: 'one per core',
+    range: [1, 256],
+    why: 'threads of the native TCP relay: once the outbound handshake is done, both sockets go to epoll threads that move bytes with `splice(2)`, so relayed bytes never enter JavaScript; one per core because a splicing thread is bound by the kernel, not by waiting',
+  },
   natTimeout: {
     flag: '--nat-timeout <name=seconds>',
     help: 'NAT idle timeout, repeatable: tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, udp-dns',

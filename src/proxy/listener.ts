@@ -14,7 +14,7 @@ import { START_OPTIONS as O } from '../options.js';
 import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { hostPort } from './dial.js';
 import type { Outbound } from './outbound.js';
-import { Relay, type RelayEnd } from './relay.js';
+import { Relay, type RelayEnd, type RelayHandle, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
 
 export interface NameLookup {
@@ -50,6 +50,11 @@ export interface TcpListenerOptions {
    * land here at once; the kernel caps it at net.core.somaxconn (4096).
    */
   backlog?: number;
+  /**
+   * Epoll threads of the native relay (SpliceRelayOptions.threads).
+   * @default os.availableParallelism()
+   */
+  relayThreads?: number;
 }
 
 export interface SessionEvent {
@@ -91,15 +96,25 @@ export interface TcpListener {
   emit(event: 'session', e: SessionEvent): boolean;
 }
 
-type ResolvedOptions = Required<TcpListenerOptions>;
+type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads'>> & Pick<TcpListenerOptions, 'relayThreads'>;
+
+/** One accepted connection; `native` once its bytes moved to the SpliceRelay. */
+interface Session {
+  app: net.Socket;
+  relay?: RelayHandle;
+  native?: boolean;
+  abort: AbortController;
+}
 
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
 export class TcpListener extends EventEmitter {
   readonly #o: ResolvedOptions;
   #server: net.Server | undefined;
-  readonly #sessions = new Set<{ app: net.Socket; relay?: Relay; abort: AbortController }>();
+  readonly #sessions = new Set<Session>();
   /** The same sessions by NAT flow id, so the daemon can end one when its flow leaves the table. */
-  readonly #byFlow = new Map<number, { app: net.Socket; relay?: Relay; abort: AbortController }>();
+  readonly #byFlow = new Map<number, Session>();
+  /** Created on the first hand-off, stopped by close(). */
+  #splice: SpliceRelay | undefined;
   readonly #stats: TcpListenerStats = {
     accepted: 0,
     rejectedPeers: 0,
@@ -126,6 +141,7 @@ export class TcpListener extends EventEmitter {
       connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
       backlog: opts.backlog ?? 1024,
       logger: opts.logger ?? stderrLogger,
+      relayThreads: opts.relayThreads,
     };
     this.#failLog = rateLimited(this.#o.logger, 10_000);
   }
@@ -169,9 +185,12 @@ export class TcpListener extends EventEmitter {
     this.#server = undefined;
     for (const s of this.#sessions) {
       s.abort.abort();
+      if (s.native) continue;
       if (s.relay) s.relay.close('fin');
       else s.app.resetAndDestroy();
     }
+    // Native pairs: closed with FIN, threads joined, their ends delivered now.
+    this.#splice?.stop();
     if (!server) return Promise.resolve();
     return new Promise((resolve) => server.close(() => resolve()));
   }
@@ -196,10 +215,24 @@ export class TcpListener extends EventEmitter {
     let up = this.#stats.bytesUp;
     let down = this.#stats.bytesDown;
     for (const s of this.#sessions) {
+      if (s.native) continue;
       up += s.relay?.bytesUp ?? 0;
       down += s.relay?.bytesDown ?? 0;
     }
+    // Native pairs, live and ended, in one call (not one per session).
+    if (this.#splice) {
+      const t = this.#splice.totals();
+      up += t.bytesUp;
+      down += t.bytesDown;
+    }
     return { ...this.#stats, active: this.#sessions.size, bytesUp: up, bytesDown: down };
+  }
+
+  /** Live byte counts of the session behind NAT flow `flowId`, or undefined when there is none. */
+  sessionBytes(flowId: number): { bytesUp: number; bytesDown: number } | undefined {
+    const s = this.#byFlow.get(flowId);
+    if (!s) return undefined;
+    return { bytesUp: s.relay?.bytesUp ?? 0, bytesDown: s.relay?.bytesDown ?? 0 };
   }
 
   #accept(app: net.Socket): void {
@@ -226,7 +259,7 @@ export class TcpListener extends EventEmitter {
       srcPort: flow.srcPort,
     });
     const outbound = route.outbound;
-    const session: { app: net.Socket; relay?: Relay; abort: AbortController } = { app, abort: new AbortController() };
+    const session: Session = { app, abort: new AbortController() };
     this.#sessions.add(session);
     this.#byFlow.set(flowId, session);
     const base = {
@@ -253,10 +286,7 @@ export class TcpListener extends EventEmitter {
           return;
         }
         app.removeListener('error', ignoreError);
-        const r = new Relay(app, up, { idleTimeoutMs: this.#o.idleTimeoutMs });
-        session.relay = r;
-        // Accepted paused (pauseOnConnect): the relay's listeners are on, start reading now.
-        app.resume();
+        const r = this.#relay(session, outbound, app, up);
         r.done.then((res) =>
           this.#finish(session, base, {
             end: res.end,
@@ -310,19 +340,47 @@ export class TcpListener extends EventEmitter {
     return true;
   }
 
+  /**
+   * Plain byte streams go to the native relay (bytes never enter JS);
+   * outbounds that transform bytes, and sockets that cannot be handed off,
+   * keep the JS Relay.
+   */
+  #relay(session: Session, outbound: Outbound, app: net.Socket, up: net.Socket): RelayHandle {
+    if (!outbound.transformsBytes) {
+      this.#splice ??= new SpliceRelay({
+        idleTimeoutMs: this.#o.idleTimeoutMs,
+        ...(this.#o.relayThreads !== undefined ? { threads: this.#o.relayThreads } : {}),
+      });
+      const h = this.#splice.handOff(app, up);
+      if (h) {
+        session.relay = h;
+        session.native = true;
+        return h;
+      }
+    }
+    const r = new Relay(app, up, { idleTimeoutMs: this.#o.idleTimeoutMs });
+    session.relay = r;
+    // Accepted paused (pauseOnConnect): the relay's listeners are on, start reading now.
+    app.resume();
+    return r;
+  }
+
   #dial(outbound: Outbound, host: string, port: number, signal: AbortSignal): Promise<net.Socket> {
     return outbound.connect({ host, port }, { timeoutMs: this.#o.connectTimeoutMs, signal });
   }
 
   #finish(
-    session: { app: net.Socket; relay?: Relay; abort: AbortController },
+    session: Session,
     base: Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>,
     r: { end: SessionEvent['end']; bytesUp: number; bytesDown: number; errorCode?: string | undefined },
   ): void {
     this.#sessions.delete(session);
     if (this.#byFlow.get(base.flowId) === session) this.#byFlow.delete(base.flowId);
-    this.#stats.bytesUp += r.bytesUp;
-    this.#stats.bytesDown += r.bytesDown;
+    // Native pairs' bytes are in the SpliceRelay's totals already.
+    if (!session.native) {
+      this.#stats.bytesUp += r.bytesUp;
+      this.#stats.bytesDown += r.bytesDown;
+    }
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'close', ...base, ...r });
   }
 

@@ -108,6 +108,13 @@ export interface Outbound {
   /** For logs and session events: `direct`, `socks5://host:port`, `http://host:port` (never the password). */
   readonly label: string;
   /**
+   * True when the bytes on the wire to the upstream differ from the app's
+   * (an encrypting or framing protocol): the Listener then relays in
+   * JavaScript instead of handing both sockets to the native splice relay.
+   * @default false (absent)
+   */
+  readonly transformsBytes?: boolean;
+  /**
    * Resolves with a socket connected to `dst` (through the proxy), created
    * with `allowHalfOpen: true` so the relay can forward a FIN one way only.
    * Bytes the proxy sent after its handshake reply are left in the socket's

@@ -33,6 +33,9 @@
  * one 'data' dispatch, one write syscall; no copies in JS.
  */
 import type * as net from 'node:net';
+import { availableParallelism } from 'node:os';
+import { getSystemErrorName } from 'node:util';
+import { type NativeRelay, type NativeRelayTotals, native, RELAY_RECORD_FIELDS } from '../native.js';
 
 export interface RelayOptions {
   /**
@@ -151,4 +154,164 @@ export class Relay {
 /** Start relaying `app` ⇄ `upstream`; see `Relay`. */
 export function relay(app: net.Socket, upstream: net.Socket, opts?: RelayOptions): Relay {
   return new Relay(app, upstream, opts);
+}
+
+/** Native end codes (native/relay.h RelayHow) → RelayEnd, by index. */
+export const RELAY_ENDS: readonly RelayEnd[] = ['done', 'idle', 'app-reset', 'upstream-reset', 'closed'];
+
+/** What the Listener needs of a relay, JS or native. */
+export interface RelayHandle {
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+  readonly done: Promise<RelayResult>;
+  close(how?: 'reset' | 'fin'): void;
+}
+
+export interface SpliceRelayOptions extends RelayOptions {
+  /**
+   * Epoll threads moving bytes.
+   * @default os.availableParallelism() — one per core: a thread relays at
+   * line rate with splice, so more than one per core only adds switches.
+   */
+  threads?: number;
+  /**
+   * Pipe size per direction (F_SETPIPE_SZ): the most bytes one direction
+   * holds in flight between read and write.
+   * @default 1048576 — Go's splice relay uses 1 MiB per call too; the pages
+   * are the socket buffers' own (SPLICE_F_MOVE), and an idle pair holds no
+   * pipe at all.
+   */
+  pipeSize?: number;
+}
+
+interface NodeHandle {
+  fd?: number;
+}
+
+/** The fd under a connected TCP net.Socket, or undefined (not a TCP handle, closed). */
+function fdOf(s: net.Socket): number | undefined {
+  const fd = (s as unknown as { _handle?: NodeHandle | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/** Every byte Node already read off `s` and buffered (none → null). */
+function takeBuffered(s: net.Socket): Buffer | null {
+  if (s.readableLength === 0) return null;
+  const chunks: Buffer[] = [];
+  for (let c = s.read() as Buffer | null; c !== null; c = s.read() as Buffer | null) chunks.push(c);
+  return chunks.length === 0 ? null : chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+}
+
+function endError(errno: number): Error | undefined {
+  if (errno === 0) return undefined;
+  let code = 'EFAKEPROXY';
+  try {
+    code = getSystemErrorName(-errno);
+  } catch {
+    // unknown errno: keep the generic code
+  }
+  return Object.assign(new Error(`${code}: relay socket error`), { code, errno: -errno });
+}
+
+/**
+ * The native relay (native/relay.h): after the outbound handshake both
+ * sockets' fds go to epoll threads that splice bytes between them; no byte
+ * of the stream enters JavaScript. The JS sockets are destroyed without
+ * sending anything (the native side holds dup'd fds, so closing Node's fd is
+ * no FIN), after taking what Node had already read on either side; those
+ * bytes are written first, exactly once, in order. Same ends as `Relay`.
+ */
+export class SpliceRelay {
+  readonly #n: NativeRelay;
+  readonly #waiting = new Map<number, (r: RelayResult) => void>();
+  readonly #out = new Float64Array(2);
+  #nextId = 1;
+  #stopped = false;
+
+  constructor(opts: SpliceRelayOptions = {}) {
+    this.#n = new (native().Relay)(
+      {
+        threads: opts.threads ?? availableParallelism(),
+        idleTimeoutMs: opts.idleTimeoutMs ?? 600_000,
+        ...(opts.pipeSize !== undefined ? { pipeSize: opts.pipeSize } : {}),
+      },
+      (recs) => this.#deliver(recs),
+    );
+  }
+
+  /**
+   * Hand `app` ⇄ `upstream` to the native relay. Returns undefined (sockets
+   * untouched) when they cannot be handed off: not plain TCP handles,
+   * already destroyed, or writes still queued in Node.
+   */
+  handOff(app: net.Socket, upstream: net.Socket): RelayHandle | undefined {
+    if (this.#stopped || app.destroyed || upstream.destroyed) return undefined;
+    if (app.writableLength > 0 || upstream.writableLength > 0) return undefined;
+    const appFd = fdOf(app);
+    const upFd = fdOf(upstream);
+    if (appFd === undefined || upFd === undefined) return undefined;
+    // Synchronous from here to destroy(): libuv cannot read in between.
+    const preUp = takeBuffered(app);
+    const preDown = takeBuffered(upstream);
+    const id = this.#nextId++;
+    try {
+      this.#n.add(id, appFd, upFd, preUp, preDown);
+    } catch {
+      if (preUp) app.unshift(preUp);
+      if (preDown) upstream.unshift(preDown);
+      return undefined;
+    }
+    // The native side holds its own fds: closing Node's sends nothing, and
+    // libuv takes its fd out of its epoll set on close (uv__platform_invalidate_fd).
+    app.destroy();
+    upstream.destroy();
+    const done = new Promise<RelayResult>((resolve) => this.#waiting.set(id, resolve));
+    const n = this.#n;
+    const out = this.#out;
+    const read = (i: 0 | 1): number => (n.bytes(id, out) ? (out[i] as number) : 0);
+    let last: RelayResult | undefined;
+    void done.then((r) => {
+      last = r;
+    });
+    return {
+      get bytesUp() {
+        return last ? last.bytesUp : read(0);
+      },
+      get bytesDown() {
+        return last ? last.bytesDown : read(1);
+      },
+      done,
+      close: (how: 'reset' | 'fin' = 'fin') => {
+        if (!this.#stopped) n.close(id, how === 'reset');
+      },
+    };
+  }
+
+  /** Live pairs and bytes moved so far (ended pairs included). */
+  totals(): NativeRelayTotals {
+    return this.#n.totals();
+  }
+
+  /** Close every pair (FIN) and join the threads; every pending `done` resolves before this returns. */
+  stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.#deliver(this.#n.stop());
+  }
+
+  #deliver(recs: Float64Array): void {
+    for (let i = 0; i + RELAY_RECORD_FIELDS <= recs.length; i += RELAY_RECORD_FIELDS) {
+      const id = recs[i] as number;
+      const resolve = this.#waiting.get(id);
+      if (!resolve) continue;
+      this.#waiting.delete(id);
+      const error = endError(recs[i + 4] as number);
+      resolve({
+        bytesUp: recs[i + 1] as number,
+        bytesDown: recs[i + 2] as number,
+        end: RELAY_ENDS[recs[i + 3] as number] ?? 'closed',
+        ...(error ? { error } : {}),
+      });
+    }
+  }
 }

@@ -1,25 +1,40 @@
-/** Relay between real loopback sockets: app ⇄ [a  Relay  b] ⇄ origin. */
+/**
+ * Relay between real loopback sockets: app ⇄ [a  Relay  b] ⇄ origin. Every
+ * case runs against the JS Relay and the native SpliceRelay (a and b handed
+ * off by fd): the same observable semantics.
+ */
 import { once } from 'node:events';
 import type * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Relay } from '../../../src/proxy/relay.js';
+import { Relay, type RelayHandle, SpliceRelay } from '../../../src/proxy/relay.js';
 import { readAll, socketError, socketPair, until } from './helpers.js';
 
 const open: net.Socket[] = [];
+const splices: SpliceRelay[] = [];
 afterEach(() => {
   for (const s of open.splice(0)) s.destroy();
+  for (const s of splices.splice(0)) s.stop();
 });
 
-/** app —— a │relay│ b —— origin */
-async function chain(idleTimeoutMs?: number) {
-  const [app, a] = await socketPair();
-  const [b, origin] = await socketPair();
-  open.push(app, a, b, origin);
-  const relay = new Relay(a, b, idleTimeoutMs === undefined ? {} : { idleTimeoutMs });
-  return { app, a, b, origin, relay };
-}
+describe.each(['js', 'native'] as const)('Relay (%s)', (kind) => {
+  /** app —— a │relay│ b —— origin */
+  async function chain(idleTimeoutMs?: number) {
+    const [app, a] = await socketPair();
+    const [b, origin] = await socketPair();
+    open.push(app, a, b, origin);
+    const opts = idleTimeoutMs === undefined ? {} : { idleTimeoutMs };
+    let relay: RelayHandle;
+    if (kind === 'js') relay = new Relay(a, b, opts);
+    else {
+      const s = new SpliceRelay({ ...opts, threads: 1 });
+      splices.push(s);
+      const h = s.handOff(a, b);
+      if (!h) throw new Error('hand-off refused');
+      relay = h;
+    }
+    return { app, a, b, origin, relay };
+  }
 
-describe('Relay', () => {
   it('carries bytes both ways and reports the counts', async () => {
     const { app, origin, relay } = await chain();
     origin.on('data', (d: Buffer) => origin.write(Buffer.concat([d, d])));

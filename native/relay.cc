@@ -1,0 +1,600 @@
+// See relay.h. One epoll instance per worker thread; every socket is
+// registered edge-triggered for IN|OUT|RDHUP once, so no epoll_ctl per
+// event: on IN a direction pumps until its source says EAGAIN or its sink
+// blocks (the sink's OUT edge resumes it). Facts taken from Go's
+// internal/poll/splice_linux.go and haproxy's raw_sock.c:
+// - splice(socket → pipe) returning EAGAIN is ambiguous when the pipe already
+//   holds bytes (full pipe or empty socket); we only read into an empty pipe,
+//   so EAGAIN there always means "socket empty" and backpressure is "do not
+//   read while the pipe holds bytes";
+// - a source can hit EOF while the pipe still holds bytes: drain the pipe to
+//   the sink first, then shutdown(SHUT_WR) the sink;
+// - SPLICE_F_NONBLOCK makes the pipe side non-blocking; the sockets are
+//   O_NONBLOCK too, so neither end of a splice ever sleeps in the kernel;
+// - at most pipe_size bytes per splice call (Go caps at 1 MiB as well).
+#include "relay.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+
+namespace fp {
+
+namespace {
+
+int64_t NowMs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Reads per direction per wake-up before the pair yields to other pairs
+// (it goes on the worker's ready list and continues after the next
+// epoll_wait): one fast pair must not starve the others on its thread.
+constexpr int kPumpBudget = 16;
+
+void ResetOnClose(int fd) {
+  // SO_LINGER {on, 0}: close() sends RST instead of FIN (tcp(7)).
+  struct linger l = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+}  // namespace
+
+struct RelayPipe {
+  int r = -1;
+  int w = -1;
+};
+
+struct RelayDir {
+  RelayPipe pipe;
+  size_t in_pipe = 0;
+  std::string pre;  // bytes read before the hand-off, written first
+  size_t pre_off = 0;
+  bool src_eof = false;
+  bool done = false;  // EOF forwarded as shutdown(SHUT_WR)
+  std::atomic<uint64_t> bytes{0};
+};
+
+struct RelayPair {
+  uint64_t id = 0;
+  int fd[2] = {-1, -1};  // [0] app, [1] upstream
+  RelayDir dir[2];       // [0] app → upstream (src fd[0]), [1] upstream → app (src fd[1])
+  int64_t last_ms = 0;
+  bool dead = false;
+  bool ready = false;  // on the worker's ready list
+  int fd_registered = 0;  // fds [0, n) are in the worker's epoll set
+  RelayWorker* worker = nullptr;
+};
+
+class RelayWorker {
+ public:
+  RelayWorker(RelayPool* pool, const RelayOptions& o) : pool_(pool), o_(o) {}
+  ~RelayWorker() {
+    StopAndJoin();
+    for (RelayPipe& p : free_) ClosePipe(&p);
+    if (ep_ >= 0) close(ep_);
+    if (ev_ >= 0) close(ev_);
+  }
+
+  bool Start(int* err, std::string* what) {
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    if (ep_ < 0) {
+      *err = errno;
+      *what = "epoll_create1";
+      return false;
+    }
+    ev_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ev_ < 0) {
+      *err = errno;
+      *what = "eventfd";
+      return false;
+    }
+    struct epoll_event e = {};
+    e.events = EPOLLIN;
+    e.data.u64 = 0;
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, ev_, &e) < 0) {
+      *err = errno;
+      *what = "epoll_ctl";
+      return false;
+    }
+    thread_ = std::thread([this] { Run(); });
+    return true;
+  }
+
+  enum class CmdType { kAdd, kClose, kStop };
+  struct Cmd {
+    CmdType type;
+    RelayPair* pair;
+    uint64_t id;
+    bool reset;
+  };
+
+  void Post(const Cmd& c) {
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      cmds_.push_back(c);
+    }
+    uint64_t one = 1;
+    ssize_t n = write(ev_, &one, sizeof one);
+    (void)n;  // EAGAIN only when the counter is saturated: a wake-up is pending anyway
+  }
+
+  void StopAndJoin() {
+    if (!thread_.joinable()) return;
+    Post({CmdType::kStop, nullptr, 0, false});
+    thread_.join();
+  }
+
+  std::atomic<uint64_t> pipes{0};
+
+ private:
+  void Run() {
+    struct epoll_event evs[256];
+    // Idle scan period: a tenth of the timeout, within [10 ms, 1 s].
+    int tick = o_.idle_ms == 0 ? 1000 : static_cast<int>(o_.idle_ms / 10);
+    if (tick < 10) tick = 10;
+    if (tick > 1000) tick = 1000;
+    int64_t last_scan = NowMs();
+    while (!stopping_) {
+      int n = epoll_wait(ep_, evs, 256, ready_.empty() ? tick : 0);
+      if (n < 0 && errno != EINTR) break;
+      now_ = NowMs();
+      for (int i = 0; i < n; i++) {
+        uint64_t tag = evs[i].data.u64;
+        if (tag == 0) {
+          Commands();
+          continue;
+        }
+        RelayPair* p = reinterpret_cast<RelayPair*>(tag & ~uint64_t{1});
+        int side = static_cast<int>(tag & 1);
+        if (p->dead) continue;
+        uint32_t ev = evs[i].events;
+        if (ev & EPOLLERR) {
+          int soerr = 0;
+          socklen_t len = sizeof soerr;
+          if (getsockopt(p->fd[side], SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0) {
+            Fail(p, side, soerr);
+            continue;
+          }
+        }
+        if (ev & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
+          if (!Pump(p, side)) continue;
+        }
+        if (ev & EPOLLOUT) {
+          RelayDir& d = p->dir[1 - side];
+          if (d.in_pipe > 0 || d.pre_off < d.pre.size()) Pump(p, 1 - side);
+        }
+      }
+      if (!ready_.empty()) {
+        std::vector<RelayPair*> again;
+        again.swap(ready_);
+        for (RelayPair* p : again) {
+          p->ready = false;
+          if (!p->dead && Pump(p, 0)) Pump(p, 1);
+        }
+      }
+      if (now_ - last_scan >= tick) {
+        last_scan = now_;
+        ScanIdle();
+      }
+      Reap();
+    }
+    // Stop: close what is left like the JS relay's close('fin').
+    std::vector<RelayPair*> left;
+    for (auto& kv : local_) left.push_back(kv.second);
+    for (RelayPair* p : left) Finish(p, RelayHow::kClosed, 0, false, false);
+    Reap();
+  }
+
+  void Commands() {
+    uint64_t v;
+    ssize_t r = read(ev_, &v, sizeof v);
+    (void)r;
+    std::deque<Cmd> cmds;
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      cmds.swap(cmds_);
+    }
+    for (const Cmd& c : cmds) {
+      switch (c.type) {
+        case CmdType::kAdd:
+          AddPair(c.pair);
+          break;
+        case CmdType::kClose: {
+          auto it = local_.find(c.id);
+          if (it != local_.end() && !it->second->dead) {
+            Finish(it->second, RelayHow::kClosed, 0, c.reset, c.reset);
+          }
+          break;
+        }
+        case CmdType::kStop:
+          stopping_ = true;
+          break;
+      }
+    }
+  }
+
+  void AddPair(RelayPair* p) {
+    local_[p->id] = p;
+    p->last_ms = now_;
+    for (int side = 0; side < 2; side++) {
+      struct epoll_event e = {};
+      e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+      e.data.u64 = reinterpret_cast<uint64_t>(p) | static_cast<uint64_t>(side);
+      if (epoll_ctl(ep_, EPOLL_CTL_ADD, p->fd[side], &e) < 0) {
+        int err = errno;
+        p->fd_registered = side;
+        Finish(p, side == 0 ? RelayHow::kAppReset : RelayHow::kUpstreamReset, err, side == 1, side == 0);
+        return;
+      }
+    }
+    p->fd_registered = 2;
+    // Pre-read bytes and whatever is already queued on either socket: edge
+    // triggering reports only new readiness, so start both pumps now.
+    if (Pump(p, 0)) Pump(p, 1);
+  }
+
+  bool AcquirePipe(RelayDir* d) {
+    if (!free_.empty()) {
+      d->pipe = free_.back();
+      free_.pop_back();
+      return true;
+    }
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return false;
+    // Bigger than the 64 KiB default so one splice moves up to pipe_size;
+    // refused (EPERM past pipe-user-pages-soft for non-root) → keep default.
+    fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(o_.pipe_size));
+    d->pipe = {fds[0], fds[1]};
+    pipes.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  void ReleasePipe(RelayDir* d) {
+    if (d->pipe.r < 0) return;
+    if (d->in_pipe == 0 && free_.size() < o_.pool_max) {
+      free_.push_back(d->pipe);
+    } else {
+      // Stale bytes (a pair ended mid-stream) must never leak into another pair.
+      ClosePipe(&d->pipe);
+    }
+    d->pipe = {};
+    d->in_pipe = 0;
+  }
+
+  void ClosePipe(RelayPipe* p) {
+    if (p->r >= 0) close(p->r);
+    if (p->w >= 0) close(p->w);
+    p->r = p->w = -1;
+    pipes.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Moves bytes for direction d (source fd[d], sink fd[1-d]) until the source
+  // is empty, the sink is full, or the budget is spent. Returns false when
+  // the pair ended (it must not be touched further).
+  bool Pump(RelayPair* p, int d) {
+    RelayDir& D = p->dir[d];
+    const int src = p->fd[d];
+    const int dst = p->fd[1 - d];
+    int budget = kPumpBudget;
+    for (;;) {
+      if (D.done) return true;
+      if (D.pre_off < D.pre.size()) {
+        ssize_t n = send(dst, D.pre.data() + D.pre_off, D.pre.size() - D.pre_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN) return true;  // the sink's OUT edge resumes us
+          Fail(p, 1 - d, errno);
+          return false;
+        }
+        D.pre_off += static_cast<size_t>(n);
+        D.bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+        p->last_ms = now_;
+        if (D.pre_off == D.pre.size()) {
+          std::string().swap(D.pre);
+          D.pre_off = 0;
+        }
+        continue;
+      }
+      if (D.in_pipe > 0) {
+        ssize_t n = splice(D.pipe.r, nullptr, dst, nullptr, D.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN) return true;
+          Fail(p, 1 - d, errno);
+          return false;
+        }
+        D.in_pipe -= static_cast<size_t>(n);
+        D.bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+        p->last_ms = now_;
+        if (D.in_pipe == 0) ReleasePipe(&D);
+        continue;
+      }
+      if (D.src_eof) {
+        // Everything before the FIN is out: forward the FIN.
+        shutdown(dst, SHUT_WR);
+        D.done = true;
+        if (p->dir[1 - d].done) {
+          Finish(p, RelayHow::kDone, 0, false, false);
+          return false;
+        }
+        return true;
+      }
+      if (budget-- == 0) {
+        if (!p->ready) {
+          p->ready = true;
+          ready_.push_back(p);
+        }
+        return true;
+      }
+      if (D.pipe.r < 0 && !AcquirePipe(&D)) {
+        // No fd for a pipe (EMFILE/ENFILE): end the pair with a reset rather
+        // than stall it forever; the error says why.
+        Finish(p, RelayHow::kClosed, errno, true, true);
+        return false;
+      }
+      ssize_t n = splice(src, nullptr, D.pipe.w, nullptr, o_.pipe_size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) {
+          ReleasePipe(&D);  // empty: back to the pool while the source is quiet
+          return true;
+        }
+        Fail(p, d, errno);
+        return false;
+      }
+      if (n == 0) {
+        D.src_eof = true;
+        ReleasePipe(&D);
+        continue;
+      }
+      D.in_pipe = static_cast<size_t>(n);
+      p->last_ms = now_;
+    }
+  }
+
+  // Side `side` failed (RST, EPIPE, …): reset the other one so its peer sees
+  // a reset, not a clean FIN over a truncated stream.
+  void Fail(RelayPair* p, int side, int err) {
+    Finish(p, side == 0 ? RelayHow::kAppReset : RelayHow::kUpstreamReset, err, side == 1, side == 0);
+  }
+
+  void Finish(RelayPair* p, RelayHow how, int err, bool reset_app, bool reset_up) {
+    if (p->dead) return;
+    p->dead = true;
+    const bool reset[2] = {reset_app, reset_up};
+    for (int side = 0; side < 2; side++) {
+      // Explicit DEL: the hand-off's original fd may still be open for a
+      // moment, and epoll forgets a socket only when its last fd closes.
+      if (side < p->fd_registered) epoll_ctl(ep_, EPOLL_CTL_DEL, p->fd[side], nullptr);
+      if (reset[side]) ResetOnClose(p->fd[side]);
+      close(p->fd[side]);
+      p->fd[side] = -1;
+    }
+    for (RelayDir& d : p->dir) ReleasePipe(&d);
+    RelayEndRecord r;
+    r.id = p->id;
+    r.bytes_up = p->dir[0].bytes.load(std::memory_order_relaxed);
+    r.bytes_down = p->dir[1].bytes.load(std::memory_order_relaxed);
+    r.how = how;
+    r.error = err;
+    local_.erase(p->id);
+    pool_->Forget(p->id);
+    pool_->Ended(r);
+    grave_.push_back(p);
+  }
+
+  void ScanIdle() {
+    if (o_.idle_ms == 0) return;
+    std::vector<RelayPair*> idle;
+    for (auto& kv : local_) {
+      if (now_ - kv.second->last_ms >= static_cast<int64_t>(o_.idle_ms)) idle.push_back(kv.second);
+    }
+    for (RelayPair* p : idle) Finish(p, RelayHow::kIdle, 0, false, false);
+  }
+
+  // Freed only after the event batch: a later event of the same batch may
+  // still point at a pair that ended earlier in it.
+  void Reap() {
+    for (RelayPair* p : grave_) delete p;
+    grave_.clear();
+  }
+
+  RelayPool* pool_;
+  RelayOptions o_;
+  int ep_ = -1;
+  int ev_ = -1;
+  std::thread thread_;
+  std::mutex cmd_mu_;
+  std::deque<Cmd> cmds_;
+  bool stopping_ = false;
+  int64_t now_ = 0;
+  std::unordered_map<uint64_t, RelayPair*> local_;
+  std::vector<RelayPair*> ready_;
+  std::vector<RelayPair*> grave_;
+  std::vector<RelayPipe> free_;
+};
+
+RelayPool::RelayPool(const RelayOptions& opts, std::function<void()> on_end)
+    : opts_(opts), on_end_(std::move(on_end)) {
+  if (opts_.threads < 1) opts_.threads = 1;
+  if (opts_.pipe_size < 4096) opts_.pipe_size = 4096;
+}
+
+RelayPool::~RelayPool() { Stop(); }
+
+bool RelayPool::Start(int* err, std::string* what) {
+  if (started_) return true;
+  for (int i = 0; i < opts_.threads; i++) {
+    auto w = std::make_unique<RelayWorker>(this, opts_);
+    if (!w->Start(err, what)) {
+      Stop();
+      return false;
+    }
+    workers_.push_back(std::move(w));
+  }
+  started_ = true;
+  return true;
+}
+
+namespace {
+
+// EBADF / ENOTSOCK / EPROTOTYPE as relay.h documents; 0 when fd is a TCP-like stream socket.
+int CheckStreamSocket(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return errno;
+  if (!S_ISSOCK(st.st_mode)) return ENOTSOCK;
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return errno;
+  if (type != SOCK_STREAM) return EPROTOTYPE;
+  return 0;
+}
+
+}  // namespace
+
+bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err,
+                    std::string* what) {
+  if (stopped_.load() || !started_) {
+    *err = ESHUTDOWN;
+    *what = "the relay is stopped";
+    return false;
+  }
+  const int fds[2] = {app_fd, up_fd};
+  const char* names[2] = {"app", "upstream"};
+  for (int i = 0; i < 2; i++) {
+    int e = fds[i] < 0 ? EBADF : CheckStreamSocket(fds[i]);
+    if (e != 0) {
+      *err = e;
+      *what = std::string(names[i]) + " fd " + std::to_string(fds[i]) +
+              (e == EBADF      ? " is not an open file descriptor"
+               : e == ENOTSOCK ? " is not a socket"
+               : e == EPROTOTYPE ? " is not a stream (TCP) socket"
+                                 : std::string(" cannot be inspected: ") + strerror(e));
+      return false;
+    }
+  }
+  if (app_fd == up_fd) {
+    *err = EINVAL;
+    *what = "app and upstream fd are the same socket";
+    return false;
+  }
+  {
+    std::lock_guard<std::mutex> g(map_mu_);
+    if (pairs_.count(id) != 0) {
+      *err = EEXIST;
+      *what = "relay id " + std::to_string(id) + " is already live";
+      return false;
+    }
+  }
+  auto p = std::make_unique<RelayPair>();
+  p->id = id;
+  for (int i = 0; i < 2; i++) {
+    p->fd[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+    if (p->fd[i] < 0) {
+      *err = errno;
+      *what = std::string("dup ") + names[i] + " fd";
+      if (i == 1) close(p->fd[0]);
+      return false;
+    }
+    int fl = fcntl(p->fd[i], F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(p->fd[i], F_SETFL, fl | O_NONBLOCK);
+  }
+  p->dir[0].pre = std::move(pre_up);
+  p->dir[1].pre = std::move(pre_down);
+  RelayWorker* w = workers_[next_worker_.fetch_add(1, std::memory_order_relaxed) % workers_.size()].get();
+  p->worker = w;
+  RelayPair* raw = p.release();
+  {
+    std::lock_guard<std::mutex> g(map_mu_);
+    pairs_[id] = raw;
+  }
+  w->Post({RelayWorker::CmdType::kAdd, raw, id, false});
+  return true;
+}
+
+bool RelayPool::Close(uint64_t id, bool reset) {
+  RelayWorker* w;
+  {
+    std::lock_guard<std::mutex> g(map_mu_);
+    auto it = pairs_.find(id);
+    if (it == pairs_.end()) return false;
+    w = it->second->worker;
+  }
+  w->Post({RelayWorker::CmdType::kClose, nullptr, id, reset});
+  return true;
+}
+
+bool RelayPool::Bytes(uint64_t id, uint64_t* up, uint64_t* down) {
+  std::lock_guard<std::mutex> g(map_mu_);
+  auto it = pairs_.find(id);
+  if (it == pairs_.end()) return false;
+  *up = it->second->dir[0].bytes.load(std::memory_order_relaxed);
+  *down = it->second->dir[1].bytes.load(std::memory_order_relaxed);
+  return true;
+}
+
+RelayTotals RelayPool::Totals() {
+  RelayTotals t = {};
+  {
+    std::lock_guard<std::mutex> g(map_mu_);
+    t.active = pairs_.size();
+    for (auto& kv : pairs_) {
+      t.bytes_up += kv.second->dir[0].bytes.load(std::memory_order_relaxed);
+      t.bytes_down += kv.second->dir[1].bytes.load(std::memory_order_relaxed);
+    }
+    // Read under the same lock Forget() takes, so a pair is counted either
+    // live or ended, never both or neither.
+    t.bytes_up += ended_up_.load(std::memory_order_relaxed);
+    t.bytes_down += ended_down_.load(std::memory_order_relaxed);
+  }
+  for (auto& w : workers_) t.pipes += w->pipes.load(std::memory_order_relaxed);
+  return t;
+}
+
+void RelayPool::Forget(uint64_t id) {
+  std::lock_guard<std::mutex> g(map_mu_);
+  auto it = pairs_.find(id);
+  if (it == pairs_.end()) return;
+  ended_up_.fetch_add(it->second->dir[0].bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  ended_down_.fetch_add(it->second->dir[1].bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  pairs_.erase(it);
+}
+
+void RelayPool::Ended(const RelayEndRecord& r) {
+  bool signal = false;
+  {
+    std::lock_guard<std::mutex> g(end_mu_);
+    ended_.push_back(r);
+    if (!signalled_) {
+      signalled_ = true;
+      signal = true;
+    }
+  }
+  if (signal && on_end_) on_end_();
+}
+
+std::vector<RelayEndRecord> RelayPool::TakeEnded() {
+  std::vector<RelayEndRecord> out;
+  std::lock_guard<std::mutex> g(end_mu_);
+  out.swap(ended_);
+  signalled_ = false;
+  return out;
+}
+
+void RelayPool::Stop() {
+  if (stopped_.exchange(true)) return;
+  for (auto& w : workers_) w->StopAndJoin();
+  workers_.clear();
+}
+
+}  // namespace fp

@@ -1,0 +1,130 @@
+// Native TCP byte relay (issue 11): moves bytes between pairs of connected
+// TCP sockets with splice(2) through a pipe per direction, on epoll worker
+// threads, so a plain relay's bytes never enter JavaScript. Free of
+// napi.h/uv.h (glue: relay_addon.cc) so it can be tested on its own.
+//
+// Semantics mirror src/proxy/relay.ts (the JS relay kept for outbounds that
+// transform bytes):
+// - half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once
+//   the bytes still in the pipe (and any pre-read bytes) are written; the
+//   other direction keeps flowing until it ends too;
+// - a failed side (RST, EPIPE, any socket error) resets the other one
+//   (SO_LINGER 0 + close), so the far end never sees a clean FIN over a
+//   truncated stream;
+// - idle timeout: no byte either way for idle_ms closes both (plain close);
+// - Close(id, reset) from the owner: daemon shutdown, NAT flow expiry.
+// Backpressure: a direction reads its source only while its pipe is empty,
+// so at most one pipe (pipe_size) sits in the kernel per direction, however
+// slow the reader. Idle pairs hold no pipe: pipes come from a per-thread pool
+// when a direction has bytes and go back when it is drained.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace fp {
+
+// How a pair ended; the first thing that ended it. Same order as RelayEnd in
+// src/proxy/relay.ts.
+enum class RelayHow : uint8_t { kDone = 0, kIdle = 1, kAppReset = 2, kUpstreamReset = 3, kClosed = 4 };
+
+struct RelayEndRecord {
+  uint64_t id;
+  uint64_t bytes_up;    // app → upstream, written to the upstream socket
+  uint64_t bytes_down;  // upstream → app
+  RelayHow how;
+  int error;  // errno behind a reset (0 when none or unknown)
+};
+
+struct RelayOptions {
+  int threads = 1;
+  // F_SETPIPE_SZ per pipe: the most bytes one direction holds in flight.
+  size_t pipe_size = 1 << 20;
+  // No byte either way for this long closes the pair. 0 disables.
+  uint32_t idle_ms = 600000;
+  // Free pipes kept per thread for reuse (the rest are closed).
+  size_t pool_max = 64;
+};
+
+struct RelayTotals {
+  uint64_t active;
+  uint64_t bytes_up;  // everything written so far, ended pairs included
+  uint64_t bytes_down;
+  uint64_t pipes;  // pipes open now (in use + pooled)
+};
+
+class RelayWorker;
+struct RelayPair;
+
+class RelayPool {
+ public:
+  // `on_end` is called from a worker thread when the queue of ended pairs
+  // goes from empty to non-empty; the owner then calls TakeEnded() (from any
+  // thread). Batched: no call per pair while the owner has not drained.
+  RelayPool(const RelayOptions& opts, std::function<void()> on_end);
+  ~RelayPool();
+  RelayPool(const RelayPool&) = delete;
+  RelayPool& operator=(const RelayPool&) = delete;
+
+  // Starts the threads; false with *err set (errno) when one could not start.
+  bool Start(int* err, std::string* what);
+
+  // Relay app_fd ⇄ up_fd under `id`. Both fds are dup'd (F_DUPFD_CLOEXEC);
+  // the caller keeps (and closes) its own. `pre_up` is written to the
+  // upstream and `pre_down` to the app before anything else: bytes the
+  // owner read off the sockets before the hand-off. False with *err
+  // (EBADF: not open; ENOTSOCK: not a socket; EPROTOTYPE: not a stream
+  // socket; EEXIST: id in use; ESHUTDOWN: pool stopped) and a message.
+  bool Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err,
+           std::string* what);
+
+  // Ends pair `id` now: `reset` sends RST both ways, else a plain close
+  // (FIN). It ends as kClosed. False when no such pair is live.
+  bool Close(uint64_t id, bool reset);
+
+  // Live byte counts of one pair; false when it is not live.
+  bool Bytes(uint64_t id, uint64_t* up, uint64_t* down);
+
+  RelayTotals Totals();
+
+  // Ended pairs since the last call (oldest first).
+  std::vector<RelayEndRecord> TakeEnded();
+
+  // Closes every live pair (FIN, kClosed) and joins the threads. Idempotent.
+  void Stop();
+
+  // Worker-side hooks.
+  void Ended(const RelayEndRecord& r);
+  void Forget(uint64_t id);
+
+ private:
+  RelayOptions opts_;
+  std::function<void()> on_end_;
+  std::vector<std::unique_ptr<RelayWorker>> workers_;
+  std::atomic<uint32_t> next_worker_{0};
+  std::atomic<bool> stopped_{false};
+  bool started_ = false;
+
+  std::mutex map_mu_;
+  std::unordered_map<uint64_t, RelayPair*> pairs_;
+
+  std::mutex end_mu_;
+  std::vector<RelayEndRecord> ended_;
+  bool signalled_ = false;
+
+  std::atomic<uint64_t> ended_up_{0};
+  std::atomic<uint64_t> ended_down_{0};
+
+  friend class RelayWorker;
+};
+
+}  // namespace fp

@@ -1,0 +1,242 @@
+// N-API glue for the native TCP relay (native/relay.h): the `Relay`
+// ObjectWrap (surface declared in src/native.ts). Ended pairs reach JS in
+// batches: a worker signals the ThreadSafeFunction only when the queue goes
+// non-empty, and one JS call takes every record queued by then as one
+// Float64Array [id, bytesUp, bytesDown, how, errno] × n — never an object per
+// pair. The TSFN keeps the loop alive only while pairs are live.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+
+#include "relay_addon.h"
+
+#include "napi_errors.h"
+#include "relay.h"
+
+namespace fakeproxy {
+namespace {
+
+constexpr int kRecordFields = 5;
+
+class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Relay",
+                       {
+                           InstanceMethod("add", &RelayWrap::Add),
+                           InstanceMethod("close", &RelayWrap::Close),
+                           InstanceMethod("bytes", &RelayWrap::Bytes),
+                           InstanceMethod("totals", &RelayWrap::Totals),
+                           InstanceMethod("stop", &RelayWrap::Stop),
+                       });
+  }
+
+  // new Relay({ threads, pipeSize, idleTimeoutMs }, onEnd)
+  explicit RelayWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RelayWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      ThrowArg(env, "new Relay(options, onEnd) needs an options object and a callback");
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    fp::RelayOptions opts;
+    struct {
+      const char* key;
+      double lo, hi;
+    } checks[] = {{"threads", 1, 256}, {"pipeSize", 4096, 1 << 30}, {"idleTimeoutMs", 0, 4294967295.0}};
+    double vals[3] = {1, static_cast<double>(opts.pipe_size), static_cast<double>(opts.idle_ms)};
+    for (int i = 0; i < 3; i++) {
+      Napi::Value v = o.Get(checks[i].key);
+      if (v.IsUndefined()) continue;
+      double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= checks[i].lo && d <= checks[i].hi) || d != static_cast<double>(static_cast<int64_t>(d))) {
+        ThrowArg(env, std::string("Relay: ") + checks[i].key + " must be an integer in [" +
+                          std::to_string(static_cast<int64_t>(checks[i].lo)) + ", " +
+                          std::to_string(static_cast<int64_t>(checks[i].hi)) + "]");
+        return;
+      }
+      vals[i] = d;
+    }
+    opts.threads = static_cast<int>(vals[0]);
+    opts.pipe_size = static_cast<size_t>(vals[1]);
+    opts.idle_ms = static_cast<uint32_t>(vals[2]);
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fakeproxy-relay-ends", 0, 1);
+    tsfn_.Unref(env);
+    pool_ = std::make_unique<fp::RelayPool>(opts, [this] {
+      tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); });
+    });
+    int err = 0;
+    std::string what;
+    if (!pool_->Start(&err, &what)) {
+      tsfn_.Abort();
+      pool_.reset();
+      ThrowSys(env, err, what, "Relay: cannot start its threads (" + what + "); raise the fd limit (ulimit -n)");
+      return;
+    }
+    hook_ = env.AddCleanupHook(&RelayWrap::OnEnvCleanup, this);
+    hookActive_ = true;
+  }
+
+  ~RelayWrap() override {
+    Teardown();
+    if (hookActive_) {
+      hook_.Remove(Env());
+      hookActive_ = false;
+    }
+  }
+
+ private:
+  static void OnEnvCleanup(RelayWrap* self) {
+    self->hookActive_ = false;
+    self->Teardown();
+  }
+
+  void Teardown() {
+    if (!pool_) return;
+    pool_->Stop();
+    tsfn_.Abort();
+    pool_.reset();
+  }
+
+  bool Ready(Napi::Env env) {
+    if (pool_) return true;
+    ThrowSys(env, ESHUTDOWN, "relay", "Relay is stopped: create a new one");
+    return false;
+  }
+
+  static bool GetId(const Napi::Value& v, uint64_t* out) {
+    if (!v.IsNumber()) return false;
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<int64_t>(d))) return false;
+    *out = static_cast<uint64_t>(d);
+    return true;
+  }
+
+  static bool GetFd(const Napi::Value& v, int* out) {
+    if (!v.IsNumber()) return false;
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= -1 && d <= 2147483647.0) || d != static_cast<double>(static_cast<int>(d))) return false;
+    *out = static_cast<int>(d);
+    return true;
+  }
+
+  static std::string BufferBytes(const Napi::Value& v) {
+    if (!v.IsBuffer()) return std::string();
+    Napi::Buffer<char> b = v.As<Napi::Buffer<char>>();
+    return std::string(b.Data(), b.Length());
+  }
+
+  Napi::Float64Array ToJs(Napi::Env env, const std::vector<fp::RelayEndRecord>& recs) {
+    Napi::Float64Array a = Napi::Float64Array::New(env, recs.size() * kRecordFields);
+    for (size_t i = 0; i < recs.size(); i++) {
+      a[i * kRecordFields + 0] = static_cast<double>(recs[i].id);
+      a[i * kRecordFields + 1] = static_cast<double>(recs[i].bytes_up);
+      a[i * kRecordFields + 2] = static_cast<double>(recs[i].bytes_down);
+      a[i * kRecordFields + 3] = static_cast<double>(static_cast<int>(recs[i].how));
+      a[i * kRecordFields + 4] = static_cast<double>(recs[i].error);
+    }
+    if (!recs.empty()) Unlive(env, recs.size());
+    return a;
+  }
+
+  void Unlive(Napi::Env env, size_t n) {
+    live_ = n >= live_ ? 0 : live_ - n;
+    if (live_ == 0) tsfn_.Unref(env);
+  }
+
+  void Deliver(Napi::Env env, Napi::Function fn) {
+    if (!pool_) return;
+    std::vector<fp::RelayEndRecord> recs = pool_->TakeEnded();
+    if (recs.empty()) return;
+    fn.Call({ToJs(env, recs)});
+  }
+
+  // add(id, appFd, upFd, preUp?, preDown?)
+  Napi::Value Add(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    uint64_t id;
+    int app, up;
+    if (info.Length() < 3 || !GetId(info[0], &id) || !GetFd(info[1], &app) || !GetFd(info[2], &up)) {
+      ThrowArg(env, "relay.add(id, appFd, upFd, preUp?, preDown?): id a safe non-negative integer, fds integers");
+      return env.Undefined();
+    }
+    int err = 0;
+    std::string what;
+    if (!pool_->Add(id, app, up, info.Length() > 3 ? BufferBytes(info[3]) : std::string(),
+                    info.Length() > 4 ? BufferBytes(info[4]) : std::string(), &err, &what)) {
+      ThrowSys(env, err, "relay.add", "relay.add: " + what);
+      return env.Undefined();
+    }
+    if (live_++ == 0) tsfn_.Ref(env);
+    return env.Undefined();
+  }
+
+  // close(id, reset) → whether a live pair was found
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    uint64_t id;
+    if (info.Length() < 1 || !GetId(info[0], &id)) {
+      ThrowArg(env, "relay.close(id, reset): id must be a safe non-negative integer");
+      return env.Undefined();
+    }
+    bool reset = info.Length() > 1 && info[1].ToBoolean().Value();
+    return Napi::Boolean::New(env, pool_->Close(id, reset));
+  }
+
+  // bytes(id, out: Float64Array(2)) → whether the pair is live; out = [up, down]
+  Napi::Value Bytes(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    uint64_t id;
+    if (info.Length() < 2 || !GetId(info[0], &id) || !info[1].IsTypedArray() ||
+        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        info[1].As<Napi::Float64Array>().ElementLength() < 2) {
+      ThrowArg(env, "relay.bytes(id, out): out must be a Float64Array of length ≥ 2");
+      return env.Undefined();
+    }
+    uint64_t u, d;
+    if (!pool_->Bytes(id, &u, &d)) return Napi::Boolean::New(env, false);
+    Napi::Float64Array out = info[1].As<Napi::Float64Array>();
+    out[0] = static_cast<double>(u);
+    out[1] = static_cast<double>(d);
+    return Napi::Boolean::New(env, true);
+  }
+
+  Napi::Value Totals(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    fp::RelayTotals t = pool_ ? pool_->Totals() : fp::RelayTotals{};
+    o.Set("active", static_cast<double>(t.active));
+    o.Set("bytesUp", static_cast<double>(t.bytes_up));
+    o.Set("bytesDown", static_cast<double>(t.bytes_down));
+    o.Set("pipes", static_cast<double>(t.pipes));
+    return o;
+  }
+
+  // stop(): close every pair (FIN), join the threads; returns the records not
+  // yet delivered. Idempotent.
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!pool_) return Napi::Float64Array::New(env, 0);
+    pool_->Stop();
+    std::vector<fp::RelayEndRecord> recs = pool_->TakeEnded();
+    Napi::Float64Array a = ToJs(env, recs);
+    tsfn_.Abort();
+    pool_.reset();
+    return a;
+  }
+
+  std::unique_ptr<fp::RelayPool> pool_;
+  Napi::ThreadSafeFunction tsfn_;
+  size_t live_ = 0;
+  Napi::Env::CleanupHook<void (*)(RelayWrap*), RelayWrap> hook_;
+  bool hookActive_ = false;
+};
+
+}  // namespace
+}  // namespace fakeproxy
+
+void InitRelay(Napi::Env env, Napi::Object exports) { exports.Set("Relay", fakeproxy::RelayWrap::Define(env)); }
