@@ -46,7 +46,7 @@ async function idle(ctx: Ctx): Promise<Section> {
         metric: 'RSS',
         unit: 'MiB',
         higherIsBetter: false,
-        goal: full ? { value: 200, text: '< 200 MiB' } : undefined,
+        goal: full ? { value: 100, text: '< 100 MiB' } : undefined,
       },
       { id: 'perconn', label: 'daemon', metric: 'RSS growth per conn', unit: 'KiB', higherIsBetter: false },
       { id: 'fds', label: `daemon, ${n} idle conns`, metric: 'open fds', unit: 'fds', higherIsBetter: false },
