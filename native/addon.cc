@@ -3,6 +3,7 @@
 #include <napi.h>
 #include <arpa/inet.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <vector>
@@ -147,6 +148,22 @@ Napi::Value TunReadPacketForTest(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, buf.data(), static_cast<size_t>(n));
 }
 
+// Test-only: a non-blocking SOCK_SEQPACKET socketpair [engineSide, testSide].
+// It keeps packet boundaries like a TUN fd, so the engine's thread loop runs
+// on it without root (test/unit/native/threadloop.test.ts).
+Napi::Value SocketpairForTest(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+    ThrowSys(env, errno, "socketpair", "create a test socketpair (raise the fd limit: ulimit -n)");
+    return env.Undefined();
+  }
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, sv[0]);
+  a.Set(1u, sv[1]);
+  return a;
+}
+
 }  // namespace
 }  // namespace fakeproxy
 
@@ -156,6 +173,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tunClose", Napi::Function::New(env, TunCloseJs, "tunClose"));
   exports.Set("tunWritePacketForTest", Napi::Function::New(env, TunWritePacketForTest, "tunWritePacketForTest"));
   exports.Set("tunReadPacketForTest", Napi::Function::New(env, TunReadPacketForTest, "tunReadPacketForTest"));
+  exports.Set("socketpairForTest", Napi::Function::New(env, SocketpairForTest, "socketpairForTest"));
   InitEngine(env, exports);
   InitDgramBatch(env, exports);
   InitRelay(env, exports);

@@ -250,6 +250,8 @@ export interface NativeBinding {
   tunWritePacketForTest(fd: number, packet: Buffer): number;
   /** Test-only: read one raw IP packet (non-blocking; undefined when none within timeoutMs). */
   tunReadPacketForTest(fd: number, timeoutMs: number): Buffer | undefined;
+  /** Test-only: a non-blocking SOCK_SEQPACKET socketpair [engineSide, testSide] standing in for a TUN fd; close with tunClose. */
+  socketpairForTest(): [number, number];
   Engine: new (opts: EngineOptions) => NativeEngine;
   DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
   /**

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_TIMEOUTS, NatManager } from '../../../src/nat/NatManager.js';
+import { NatManager } from '../../../src/nat/NatManager.js';
 import type { CloseReason, FlowEntry, FlowEvent, PackedFlow } from '../../../src/nat/types.js';
 import { PACKED_FLOW, PACKED_FLOW_LEN, PACKED_STATES } from '../../../src/native.js';
+import { NAT_TIMEOUTS, START_OPTIONS } from '../../../src/options.js';
 import { dottedToU32, intToIp } from '../../../src/util/cidr.js';
 import { F, parse, tcpPacket, udpPacket } from '../native/packets.js';
 
@@ -21,24 +22,42 @@ function manager(over: ConstructorParameters<typeof NatManager>[0] = {}) {
 }
 
 describe('NatManager', () => {
-  it('applies documented defaults', () => {
-    const { m } = manager();
-    expect(m.engineOptions).toMatchObject({
-      network: '198.18.0.0',
-      prefixLen: 16,
-      gateway: '198.18.0.1',
-      listenPort: 1313,
-      dnsPort: 53,
-      dnsHijack: true,
-      maxFlows: 1_048_576,
-      reuseDelayMs: 60_000,
-      timeouts: DEFAULT_TIMEOUTS,
-    });
-    expect(new NatManager({ range: '10.7.0.0/24', logger: () => {} }).engineOptions).toMatchObject({
-      network: '10.7.0.0',
-      prefixLen: 24,
-      gateway: '10.7.0.1',
-    });
+  it('without options the engine runs the start defaults: Listener port, DNS hijack, table size, timeouts', () => {
+    const { m, closed } = manager();
+    // A SYN to a fake address is rewritten onto the Listener at gateway:--listen-port.
+    const syn = parse(
+      m.engine.processPacket(
+        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
+        T0,
+      )[0],
+    );
+    expect([syn.dst, syn.dport]).toEqual(['198.18.0.1', START_OPTIONS.listenPort.default]);
+    // DNS hijack is on: port 53 to any resolver lands on the DNS server at gateway:53.
+    const q = parse(
+      m.engine.processPacket(udpPacket({ src: '198.18.0.1', dst: '9.9.9.9', sport: 5353, dport: 53 }), T0)[0],
+    );
+    expect([q.dst, q.dport]).toEqual(['198.18.0.1', 53]);
+    expect(m.stats().maxFlows).toBe(START_OPTIONS.maxFlows.default);
+    // A UDP flow lives exactly the udp timeout of NAT_TIMEOUTS.
+    m.engine.processPacket(udpPacket({ src: '198.18.0.1', dst: '198.18.3.3', sport: 4000, dport: 443 }), T0);
+    m.engine.expire(T0 + NAT_TIMEOUTS.udp.defaultMs - 1);
+    m.flushEvents();
+    expect(closed.filter(([f]) => f.dstPort === 443)).toEqual([]);
+    m.engine.expire(T0 + NAT_TIMEOUTS.udp.defaultMs);
+    m.flushEvents();
+    expect(closed.filter(([f]) => f.dstPort === 443).map(([, r]) => r)).toEqual(['timeout']);
+  });
+
+  it('derives the gateway from the range: the Listener is reached at its first host', () => {
+    const { m } = manager({ range: '10.7.0.0/24' });
+    const syn = parse(
+      m.engine.processPacket(
+        tcpPacket({ src: '10.7.0.1', dst: '10.7.0.9', sport: 34567, dport: 80, flags: F.SYN }),
+        T0,
+      )[0],
+    );
+    expect(syn.dst).toBe('10.7.0.1');
+    expect(syn.src.startsWith('10.7.0.')).toBe(true);
   });
 
   it('rejects a bad range with a usage error', () => {
@@ -97,7 +116,7 @@ describe('NatManager', () => {
     expect(m.lookupPacked('tcp', dottedToU32('198.18.0.1'), out.sport, p)).toBe(false);
     expect(p).toEqual(before);
     // After expiry the pair is no longer a live NAT address.
-    m.engine.expire(T0 + DEFAULT_TIMEOUTS.tcpSynMs + 1);
+    m.engine.expire(T0 + NAT_TIMEOUTS['tcp-syn'].defaultMs + 1);
     expect(m.lookupPacked('tcp', dottedToU32(out.src), out.sport, p)).toBe(false);
   });
 
