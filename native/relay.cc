@@ -15,6 +15,7 @@
 #include "relay.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -77,7 +78,7 @@ struct RelayPair {
 
 class RelayWorker {
  public:
-  RelayWorker(RelayPool* pool, const RelayOptions& o) : pool_(pool), o_(o) {}
+  RelayWorker(RelayPool* pool, const RelayOptions& o, int index) : pool_(pool), o_(o), index_(index) {}
   ~RelayWorker() {
     StopAndJoin();
     for (RelayPipe& p : free_) ClosePipe(&p);
@@ -106,7 +107,12 @@ class RelayWorker {
       *what = "epoll_ctl";
       return false;
     }
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this, index = index_] {
+      // "fp-relay-N" in top -H / perf, beside the engine's "fp-engine-N".
+      std::string name = "fp-relay-" + std::to_string(index);
+      pthread_setname_np(pthread_self(), name.c_str());
+      Run();
+    });
     return true;
   }
 
@@ -411,6 +417,7 @@ class RelayWorker {
 
   RelayPool* pool_;
   RelayOptions o_;
+  int index_;
   int ep_ = -1;
   int ev_ = -1;
   std::thread thread_;
@@ -435,7 +442,7 @@ RelayPool::~RelayPool() { Stop(); }
 bool RelayPool::Start(int* err, std::string* what) {
   if (started_) return true;
   for (int i = 0; i < opts_.threads; i++) {
-    auto w = std::make_unique<RelayWorker>(this, opts_);
+    auto w = std::make_unique<RelayWorker>(this, opts_, i);
     if (!w->Start(err, what)) {
       Stop();
       return false;
