@@ -8,6 +8,11 @@
  * dnsmasq answers the same names from `--address=/bench.test/192.0.2.1`
  * (its in-memory local-zone path; no upstream). Loopback only.
  *
+ * No number is reported unverified: before timing, sample names are asked
+ * of each server and their answers checked (FakeDns: a stable address in its
+ * range; dnsmasq: 192.0.2.1); every dnsperf run must end with NOERROR as its
+ * only response code and at least one completed query, or benchDns throws.
+ *
  * Needs /usr/bin/dnsperf and /usr/sbin/dnsmasq (Debian packages dnsperf,
  * dnsmasq-base).
  */
@@ -17,7 +22,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as dnsPacket from 'dns-packet';
 import { FakeDns } from '../src/dns/index.js';
+import { parseCidr } from '../src/util/cidr.js';
 
 export interface BenchDnsOptions {
   /** dnsperf run length for each server. @default 10 */
@@ -96,11 +103,24 @@ export async function benchDns(opts: BenchDnsOptions = {}): Promise<BenchDnsResu
       { stdio: 'ignore' },
     );
     await waitUdp(port, child);
+    const fakePort = dns.addresses[0]?.port as number;
+    const range = parseCidr('198.18.0.0/16');
+    for (const i of [0, 1, Math.floor(names / 2), names - 1]) {
+      const name = `host${i}.bench.test`;
+      const a = await askA(fakePort, name);
+      const n = a === undefined ? Number.NaN : ipInt(a);
+      if (a === undefined || !(n >= range.network && n <= range.broadcast)) {
+        throw new Error(`FakeDns answered ${name} with ${a ?? 'no A record'}, not an address in ${range.text}`);
+      }
+      if ((await askA(fakePort, name)) !== a) throw new Error(`FakeDns gave ${name} two different addresses`);
+      const theirs = await askA(port, name);
+      if (theirs !== '192.0.2.1') throw new Error(`dnsmasq answered ${name} with ${theirs ?? 'no A record'}`);
+    }
     // Alternate the two so background load on the machine hits both alike; report medians.
     const ours: number[] = [];
     const theirs: number[] = [];
     for (let r = 0; r < rounds; r++) {
-      ours.push(await runDnsperf(dnsperf, perfArgs(dns.addresses[0]?.port as number)));
+      ours.push(await runDnsperf(dnsperf, perfArgs(fakePort)));
       theirs.push(await runDnsperf(dnsperf, perfArgs(port)));
       log(`round ${r + 1}/${rounds}: fakedns ${ours[r]?.toFixed(0)} qps, dnsmasq ${theirs[r]?.toFixed(0)} qps`);
     }
@@ -133,9 +153,42 @@ function runDnsperf(bin: string, args: string[]): Promise<number> {
     p.on('error', reject);
     p.on('close', (code) => {
       const m = /Queries per second:\s+([\d.]+)/.exec(out);
+      const completed = Number(/Queries completed:\s+(\d+)/.exec(out)?.[1] ?? 0);
+      const codes = /Response codes:\s+(.*)/.exec(out)?.[1] ?? '';
+      const others = codes.split(',').filter((c) => c.trim() && !c.trim().startsWith('NOERROR '));
       if (code !== 0 || !m) reject(new Error(`dnsperf failed (exit ${code}): ${out.slice(-500)}`));
+      else if (completed === 0) reject(new Error(`dnsperf: no query completed: ${out.slice(-500)}`));
+      else if (others.length) reject(new Error(`dnsperf: answers other than NOERROR (${codes.trim()})`));
       else resolve(Number(m[1]));
     });
+  });
+}
+
+function ipInt(ip: string): number {
+  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+}
+
+/** The A record of `name` from 127.0.0.1:port (undefined when none, or no answer in 2 s). */
+function askA(port: number, name: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    const done = (v: string | undefined) => {
+      clearTimeout(t);
+      s.close();
+      resolve(v);
+    };
+    const t = setTimeout(() => done(undefined), 2000);
+    s.on('message', (msg) => {
+      const r = dnsPacket.decode(msg);
+      const a = r.answers?.find((x) => x.type === 'A');
+      // RCODE is the low 4 bits of the flags; 0 = NOERROR.
+      done(((r.flags ?? 0) & 0xf) === 0 && a && 'data' in a ? String(a.data) : undefined);
+    });
+    s.send(
+      dnsPacket.encode({ type: 'query', id: 7, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name }] }),
+      port,
+      '127.0.0.1',
+    );
   });
 }
 
