@@ -213,6 +213,7 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
 
   if (dst == gateway_) return drop(c_.dropToGateway);
   if (bad_dst(dst) || (src >> 24) == 0 || src >= 0xe0000000u) return drop(c_.dropBadAddress);
+  if (std::atomic<uint64_t>* why_not = refuse_source(src)) return drop(*why_not);
 
   const FlowKey k = FlowKey::v4(src, sport, dst, dport, proto);
   Flow* f = table_.find(k);
@@ -232,7 +233,7 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
       }
       f = table_.create(k, target, now, &why);
       if (f == nullptr) {
-        bump(c_.flowsRefused);
+        if (why != FlowTable::Create::HalfOpenCap) bump(c_.flowsRefused);  // else counted as halfOpenCapped
         return build_rst(ip, tcp);
       }
     }
@@ -395,6 +396,7 @@ size_t Engine::icmp(Ipv4Packet& ip, int64_t /*now*/) {
       const uint32_t src = ip.src(), dst = ip.dst();
       if (!in_range(dst) || dst == gateway_) return drop(c_.dropIcmpUnsupported);
       if (bad_dst(dst) || (src >> 24) == 0 || src >= 0xe0000000u) return drop(c_.dropBadAddress);
+      if (std::atomic<uint64_t>* why_not = refuse_source(src)) return drop(*why_not);
       // Answer in place: type 8 -> 0 (one checksum word), swap addresses
       // (the header sum is unchanged by a swap), fresh TTL.
       csum::Delta d;

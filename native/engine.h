@@ -17,6 +17,19 @@
 // - UDP replies from a remote the app never sent to: the Listener asks for a
 //   flow with ensureFlow(); the engine itself never invents one from the
 //   reverse side (dropReverseNoFlow).
+// - Who may use it (DESIGN.md "Who may use it"): with the source filter on,
+//   a packet entering the TUN in the forward direction is served only when
+//   its source is "this machine" or an admitted LAN network. "This machine"
+//   is the gateway (the kernel's source for the fake range on this host) and
+//   the host's own addresses, which the caller keeps current
+//   (set_sources()). The rule is sound because Linux drops, as martians,
+//   packets arriving from outside whose source is a local address: a packet
+//   that enters the TUN with a local source was sent by this machine. Other
+//   sources are dropped (dropForeignSource).
+// - The fake range is never a source in the forward direction: only the
+//   engine writes NAT addresses, and only towards the gateway. A forward
+//   packet claiming one (a LAN host spoofing a NAT address) is dropped
+//   (dropNatSource), filter on or off.
 // - IP header checksums are not verified (the kernel wrote these packets and
 //   verifies what we write back); they are kept correct incrementally.
 #pragma once
@@ -33,8 +46,22 @@
 
 namespace fp {
 
+// Sources the engine serves when `on`; the gateway always. Networks as
+// (address, mask) in host order; a host address is a /32.
+struct SourceFilter {
+  bool on = false;  // off: every source is served (a bare Engine in tests)
+  std::vector<std::pair<uint32_t, uint32_t>> nets;
+  bool allows(uint32_t a) const {
+    if (!on) return true;
+    for (const auto& n : nets)
+      if ((a & n.second) == n.first) return true;
+    return false;
+  }
+};
+
 struct EngineConfig {
   TableConfig table;
+  SourceFilter sources;
   uint16_t listenPort = 0;  // no default: the caller passes --listen-port (src/options.ts)
   uint16_t dnsPort = 0;
   bool dnsHijack = true;
@@ -92,6 +119,11 @@ class Engine {
   bool ensure_flow(uint8_t proto, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, int64_t now, Flow* out,
                    FlowTable::Create* why);
   std::vector<FlowEvent> drain_events();
+  // Replace the source filter (the host's addresses changed, or --lan).
+  void set_sources(SourceFilter f) {
+    std::lock_guard<std::mutex> g(mu_);
+    cfg_.sources = std::move(f);
+  }
 
   std::mutex& mutex() { return mu_; }
   FlowTable& table() { return table_; }  // hold mutex()
@@ -127,6 +159,12 @@ class Engine {
   void track_tcp(Flow* f, uint8_t flags, bool out, int64_t now);
   bool in_range(uint32_t a) const { return (a & mask_) == network_; }
   bool bad_dst(uint32_t a) const;
+  // 0 when `src` may use the engine, else the drop counter to bump.
+  std::atomic<uint64_t>* refuse_source(uint32_t src) {
+    if (in_range(src) && src != gateway_) return &c_.dropNatSource;
+    if (src != gateway_ && !cfg_.sources.allows(src)) return &c_.dropForeignSource;
+    return nullptr;
+  }
   uint16_t target_port(const Flow& f) const { return f.target == Target::Dns ? cfg_.dnsPort : cfg_.listenPort; }
   bool is_reverse_port(uint16_t sport) const {
     return sport == cfg_.listenPort || (cfg_.dnsHijack && sport == cfg_.dnsPort);

@@ -74,6 +74,41 @@ bool GetProto(const Napi::Value& v, uint8_t* out) {
   return true;
 }
 
+// "a.b.c.d" or "a.b.c.d/n" -> (network, mask); false when malformed.
+bool ParseV4Net(const Napi::Value& v, std::pair<uint32_t, uint32_t>* out) {
+  if (!v.IsString()) return false;
+  std::string t = v.As<Napi::String>().Utf8Value();
+  int len = 32;
+  const size_t slash = t.find('/');
+  if (slash != std::string::npos) {
+    const std::string n = t.substr(slash + 1);
+    if (n.empty() || n.size() > 2 || n.find_first_not_of("0123456789") != std::string::npos) return false;
+    len = std::stoi(n);
+    if (len > 32) return false;
+    t.resize(slash);
+  }
+  struct in_addr a;
+  if (inet_pton(AF_INET, t.c_str(), &a) != 1) return false;
+  const uint32_t mask = len == 0 ? 0 : ~uint32_t(0) << (32 - len);
+  *out = {ntohl(a.s_addr) & mask, mask};
+  return true;
+}
+
+// A JS array of CIDR strings -> an enabled SourceFilter; false when malformed.
+bool ParseSources(const Napi::Value& v, fp::SourceFilter* out) {
+  if (!v.IsArray()) return false;
+  Napi::Array a = v.As<Napi::Array>();
+  fp::SourceFilter f;
+  f.on = true;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    std::pair<uint32_t, uint32_t> n;
+    if (!ParseV4Net(a.Get(i), &n)) return false;
+    f.nets.push_back(n);
+  }
+  *out = std::move(f);
+  return true;
+}
+
 Napi::Object FlowToJs(Napi::Env env, const fp::Flow& f) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("id", Napi::Number::New(env, static_cast<double>(f.id)));
@@ -123,6 +158,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::EnsureFlow>("ensureFlow"),
                            InstanceMethod<&EngineWrap::DrainEvents>("drainEvents"),
                            InstanceMethod<&EngineWrap::Clear>("clear"),
+                           InstanceMethod<&EngineWrap::SetSources>("setSources"),
                        });
   }
 
@@ -149,6 +185,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.table.maxFlows = static_cast<uint32_t>(d);
     if (!GetInt(o, "reuseDelayMs", 0, 9e15, &d)) { ThrowArg(env, "Engine: reuseDelayMs must be an integer >= 0"); return; }
     cfg.table.reuseDelayMs = static_cast<int64_t>(d);
+    if (!o.Get("maxHalfOpenPerSource").IsUndefined()) {
+      if (!GetInt(o, "maxHalfOpenPerSource", 0, 4294967295.0, &d)) { ThrowArg(env, "Engine: maxHalfOpenPerSource must be an integer >= 0 (0 = no cap)"); return; }
+      cfg.table.maxHalfOpenPerSource = static_cast<uint32_t>(d);
+    }
+    if (!o.Get("sources").IsUndefined() && !ParseSources(o.Get("sources"), &cfg.sources)) {
+      ThrowArg(env, "Engine: sources must be an array of IPv4 addresses or CIDRs, e.g. ['192.168.1.0/24', '10.0.0.2']");
+      return;
+    }
     Napi::Value tv = o.Get("timeouts");
     if (!tv.IsObject()) { ThrowArg(env, "Engine: timeouts must be an object {tcpSynMs, tcpEstablishedMs, tcpFinMs, tcpClosedMs, udpMs, udpDnsMs}"); return; }
     Napi::Object t = tv.As<Napi::Object>();
@@ -467,7 +511,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     fp::Flow f;
     fp::FlowTable::Create why;
     if (!engine_->ensure_flow(proto, src, sport, dst, dport, info[5].As<Napi::Number>().Int64Value(), &f, &why)) {
-      if (why == fp::FlowTable::Create::Full)
+      if (why == fp::FlowTable::Create::HalfOpenCap)
+        ThrowCode(env, "ENOSPC",
+                  "source holds " + std::to_string(engine_->config().table.maxHalfOpenPerSource) +
+                      " half-open TCP flows already (per-source cap)");
+      else if (why == fp::FlowTable::Create::Full)
         ThrowCode(env, "ENOSPC",
                   "NAT table full (" + std::to_string(engine_->config().table.maxFlows) +
                       " flows): raise --max-flows or shorten the timeouts");
@@ -476,6 +524,19 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       return env.Undefined();
     }
     return FlowToJs(env, f);
+  }
+
+  // setSources(cidrs): serve only these sources (plus the gateway) from now on.
+  Napi::Value SetSources(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    fp::SourceFilter f;
+    if (info.Length() < 1 || !ParseSources(info[0], &f)) {
+      ThrowArg(env, "setSources(cidrs: string[]): IPv4 addresses or CIDRs, e.g. ['192.168.1.0/24', '10.0.0.2']");
+      return env.Undefined();
+    }
+    engine_->set_sources(std::move(f));
+    return env.Undefined();
   }
 
   Napi::Value DrainEvents(const Napi::CallbackInfo& info) {

@@ -348,11 +348,13 @@ void FlowTable::link_tail(uint32_t i, int64_t now) {
   if (l.tail != kNil) at(l.tail).next = i;
   else l.head = i;
   l.tail = i;
+  if (li == 0) half_open_add(f, +1);
 }
 
 void FlowTable::unlink(uint32_t i) {
   Flow& f = at(i);
   if (f.list == kNoList) return;
+  if (f.list == 0) half_open_add(f, -1);
   List& l = lists_[f.list];
   if (f.prev != kNil) at(f.prev).next = f.next;
   else l.head = f.next;
@@ -370,10 +372,40 @@ void FlowTable::push_event(bool open, CloseReason r, const Flow& f) {
   events_.push_back(FlowEvent{open, r, f});
 }
 
+void FlowTable::half_open_add(const Flow& f, int delta) {
+  halfOpen_ = delta > 0 ? halfOpen_ + 1 : halfOpen_ - 1;
+  setg(c_.halfOpenFlows, halfOpen_);
+  if (cfg_.maxHalfOpenPerSource == 0) return;
+  const uint32_t src = f.key.src.as_v4();
+  if (delta > 0) {
+    halfOpenBySrc_[src]++;
+  } else {
+    auto it = halfOpenBySrc_.find(src);
+    if (it != halfOpenBySrc_.end() && --it->second == 0) halfOpenBySrc_.erase(it);
+  }
+}
+
 Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* why) {
+  if (k.proto == kProtoTcp && cfg_.maxHalfOpenPerSource != 0) {
+    auto it = halfOpenBySrc_.find(k.src.as_v4());
+    if (it != halfOpenBySrc_.end() && it->second >= cfg_.maxHalfOpenPerSource) {
+      bump(c_.halfOpenCapped);
+      *why = Create::HalfOpenCap;
+      return nullptr;
+    }
+  }
   if (size_ >= cfg_.maxFlows) {
-    *why = Create::Full;
-    return nullptr;
+    // Early drop: the oldest half-open flow makes room. Under a spoofed SYN
+    // flood those are the flood's own entries (a real handshake with the
+    // Listener completes in well under a millisecond), so new connections
+    // keep getting in while established flows stay untouched.
+    const uint32_t victim = lists_[0].head;
+    if (victim == kNil) {
+      *why = Create::Full;
+      return nullptr;
+    }
+    free_index(victim, CloseReason::Evicted, now);
+    bump(c_.flowsEarlyDropped);
   }
   NatAllocator& al = alloc_for(k.proto);
   auto live = [&](uint32_t a, uint16_t p) {
@@ -475,8 +507,11 @@ void FlowTable::clear(int64_t now) {
 }
 
 size_t FlowTable::memory_bytes() const {
+  // unordered_map node: key, value, next pointer, cached hash (+ bucket slot).
+  constexpr size_t kMapNode = 4 * sizeof(void*);
   return size_t(used_) * sizeof(Flow) + fwd_.bytes() + rev_.bytes() + allocTcp_.bytes() + allocUdp_.bytes() +
-         chunks_.capacity() * sizeof(void*);
+         chunks_.capacity() * sizeof(void*) + halfOpenBySrc_.size() * kMapNode +
+         halfOpenBySrc_.bucket_count() * sizeof(void*);
 }
 
 void FlowTable::update_gauges() {
@@ -485,6 +520,7 @@ void FlowTable::update_gauges() {
   setg(c_.udpFlows, size_ - tcp_);
   setg(c_.memoryBytes, memory_bytes());
   setg(c_.cooldownPairs, allocTcp_.cooling() + allocUdp_.cooling());
+  setg(c_.halfOpenFlows, halfOpen_);
 }
 
 }  // namespace fp

@@ -17,6 +17,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "packet.h"
@@ -40,10 +41,10 @@ const char* reason_name(CloseReason r);
   X(dropTruncated) X(dropBadVersion) X(dropBadHeader) X(dropIpOptions) X(dropFragment) X(dropIpv6)              \
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
-  X(csumCompleted) X(rstOnExpiry)
+  X(csumCompleted) X(rstOnExpiry) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)
 
 // Gauges: current values, also relaxed atomics.
-#define FP_GAUGES(X) X(flowsActive) X(tcpFlows) X(udpFlows) X(memoryBytes) X(cooldownPairs)
+#define FP_GAUGES(X) X(flowsActive) X(tcpFlows) X(udpFlows) X(memoryBytes) X(cooldownPairs) X(halfOpenFlows)
 
 struct Counters {
 #define FP_DECL(name) std::atomic<uint64_t> name{0};
@@ -113,6 +114,9 @@ struct TableConfig {
   Timeouts timeouts;
   int64_t reuseDelayMs = 0;
   size_t maxQueuedEvents = 1u << 20;
+  // Most half-open (SYN seen, handshake not complete) TCP flows one source
+  // address may hold; 0 = no cap. A new SYN beyond it is refused (RST).
+  uint32_t maxHalfOpenPerSource = 0;
 };
 
 // Returns "" when the config is usable, else a message naming the fix.
@@ -194,7 +198,7 @@ class NatAllocator {
 // ---- the table --------------------------------------------------------------
 class FlowTable {
  public:
-  enum class Create { Ok, Full, Exhausted };
+  enum class Create { Ok, Full, Exhausted, HalfOpenCap };
   FlowTable(const TableConfig& cfg, Counters& counters);
   ~FlowTable();
   FlowTable(const FlowTable&) = delete;
@@ -204,6 +208,12 @@ class FlowTable {
   Flow* find(const FlowKey& k);
   Flow* find_nat(const NatKey& k);
   // New flow (the caller checked find() first). Records an open event.
+  // When the table is full, the least recently seen half-open TCP flow is
+  // evicted to make room (Linux conntrack's early_drop: entries that never
+  // completed a handshake go first); established, closing and UDP flows are
+  // never evicted for a new one. Refused (Full) when no half-open flow is
+  // left, or (HalfOpenCap) when a new TCP flow would exceed the source's
+  // maxHalfOpenPerSource.
   Flow* create(const FlowKey& k, Target target, int64_t now, Create* why);
   // A packet passed: refresh last-seen (relinks at most every kRelinkMs).
   void touch(Flow* f, int64_t now);
@@ -251,6 +261,8 @@ class FlowTable {
   void free_index(uint32_t i, CloseReason reason, int64_t now);
   NatAllocator& alloc_for(uint8_t proto) { return proto == kProtoTcp ? allocTcp_ : allocUdp_; }
   void update_gauges();
+  // Half-open accounting per source address (only with maxHalfOpenPerSource).
+  void half_open_add(const Flow& f, int delta);
 
   TableConfig cfg_;
   Counters& c_;
@@ -265,6 +277,9 @@ class FlowTable {
   uint64_t nextId_ = 1;
   uint64_t seed_[4];
   std::vector<FlowEvent> events_;
+  size_t halfOpen_ = 0;  // flows on the syn list
+  // source address (v4) -> half-open flows it holds; entries at 0 are erased.
+  std::unordered_map<uint32_t, uint32_t> halfOpenBySrc_;
 };
 
 }  // namespace fp

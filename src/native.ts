@@ -68,6 +68,18 @@ export interface EngineOptions {
   timeouts: EngineTimeouts;
   /** How long a freed NAT pair is not handed out again (TIME_WAIT is 60 s). */
   reuseDelayMs: number;
+  /**
+   * Most half-open TCP flows (SYN seen, handshake not complete) one source
+   * address may hold; a SYN beyond it gets a RST (counter halfOpenCapped).
+   * 0 or absent: no cap.
+   */
+  maxHalfOpenPerSource?: number;
+  /**
+   * Serve only packets whose source is the gateway or inside one of these
+   * (IPv4 addresses or CIDRs); others are dropped (dropForeignSource).
+   * Absent: every source is served. Replace later with setSources().
+   */
+  sources?: string[];
 }
 export interface NativeFlow {
   id: number;
@@ -159,6 +171,8 @@ export interface NativeEngine {
   drainEvents(): NativeFlowEvent[];
   /** Remove every flow; each gets a close event with reason 'shutdown'. */
   clear(nowMs?: number): void;
+  /** Turn the source filter on with this list (see EngineOptions.sources). */
+  setSources(cidrs: string[]): void;
 }
 
 // ---- Batched UDP socket (native/dgram_batch*.cc) ----

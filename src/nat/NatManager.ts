@@ -9,6 +9,7 @@
  * ~20 ms), then `'open'` / `'close'` (FlowEntry[, reason]) per flow.
  */
 import { EventEmitter } from 'node:events';
+import { networkInterfaces } from 'node:os';
 import { FakeproxyError } from '../errors.js';
 import {
   type EngineOptions,
@@ -21,7 +22,7 @@ import {
   PACKED_FLOW_LEN,
 } from '../native.js';
 import { DEFAULT_NAT_TIMEOUTS, type NatTimeoutKey, START_OPTIONS as O } from '../options.js';
-import { type Ipv4Range, parseCidr } from '../util/cidr.js';
+import { CidrSet, type Ipv4Range, intToIp, ipToInt, isIpv4, parseCidr } from '../util/cidr.js';
 import type { CloseReason, FlowEntry, FlowEvent, NatLookup, PackedFlow, Proto } from './types.js';
 
 /**
@@ -64,6 +65,36 @@ export interface NatManagerOptions {
   clock?: () => number;
   /** Test seam. @default the native Engine */
   engineFactory?: (opts: EngineOptions) => NativeEngine;
+  /**
+   * Who may use the engine (DESIGN.md "Who may use it"): besides this
+   * machine, these LAN networks (`--lan`, CIDRs). Packets entering the TUN
+   * from any other source are dropped and counted (dropForeignSource).
+   * @default [] — this machine only
+   */
+  lan?: readonly string[];
+  /**
+   * This machine's addresses (IPv4), read at start and re-read every second
+   * so a new address is served within a second of appearing.
+   * @default every IPv4 address of os.networkInterfaces()
+   */
+  localAddresses?: () => string[];
+  /** Serve every source (no filter): engines driven by tests and benches only. @default false */
+  anySource?: boolean;
+  /**
+   * Most half-open TCP flows one source may hold (0 = no cap).
+   * @default 0 — the machine itself is trusted, and a spoofed random-source
+   * flood is handled by early drop, which every table gets.
+   */
+  maxHalfOpenPerSource?: number;
+}
+
+/** This machine's IPv4 addresses (loopback included). */
+export function hostAddresses(): string[] {
+  const out: string[] = [];
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4') out.push(a.address);
+  }
+  return out;
 }
 
 export interface NatManagerEvents {
@@ -100,6 +131,20 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   #suppressed = 0;
   /** lookupPacked's scratch: the engine writes into it, the caller's PackedFlow gets the fields. */
   readonly #packed = new Float64Array(PACKED_FLOW_LEN);
+  readonly #lan: string[];
+  readonly #lanSet: CidrSet;
+  readonly #anySource: boolean;
+  readonly #gateway: number;
+  readonly #network: number;
+  readonly #mask: number;
+  #local = new Set<number>();
+  readonly #localAddresses: () => string[];
+  #sourcesKey: string | undefined;
+  #lastForeign = 0;
+  #lastEarly = 0;
+  #lastEarlyDropped = 0;
+  #lastEarlyLogAt = Number.NEGATIVE_INFINITY;
+  #lastForeignLogAt = Number.NEGATIVE_INFINITY;
 
   constructor(opts: NatManagerOptions = {}) {
     super();
@@ -115,12 +160,58 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
       maxFlows: opts.maxFlows ?? O.maxFlows.default,
       timeouts: { ...DEFAULT_TIMEOUTS, ...opts.timeouts },
       reuseDelayMs: opts.reuseDelayMs ?? 60_000,
+      ...(opts.maxHalfOpenPerSource ? { maxHalfOpenPerSource: opts.maxHalfOpenPerSource } : {}),
     });
+    this.#lan = [...(opts.lan ?? [])];
+    this.#lanSet = new CidrSet(this.#lan);
+    this.#anySource = opts.anySource ?? false;
+    this.#gateway = ipToInt(this.engineOptions.gateway);
+    this.#network = ipToInt(range.networkIp);
+    this.#mask = (0xffffffff << (32 - range.prefixLen)) >>> 0;
+    this.#localAddresses = opts.localAddresses ?? hostAddresses;
     this.#log = opts.logger ?? ((msg) => console.error(msg));
     this.#clock = opts.clock ?? Date.now;
     this.#fullLogIntervalMs = opts.fullLogIntervalMs ?? 10_000;
     const factory = opts.engineFactory ?? ((o: EngineOptions) => new (native().Engine)(o));
     this.engine = factory(this.engineOptions);
+    if (!opts.anySource) this.refreshSources();
+  }
+
+  /**
+   * Re-read this machine's addresses and hand the engine the sources it may
+   * serve (them and the LAN networks) when they changed. Runs every second
+   * while started.
+   */
+  refreshSources(): void {
+    const local = this.#localAddresses();
+    const list = [...local, ...this.#lan].sort();
+    const key = list.join(',');
+    if (key === this.#sourcesKey) return;
+    this.#sourcesKey = key;
+    this.#local = new Set(local.filter(isIpv4).map(ipToInt));
+    this.engine.setSources(list);
+  }
+
+  /** This machine: the gateway, one of its addresses, or loopback. */
+  isLocal(addr: number): boolean {
+    return addr === this.#gateway || addr >>> 24 === 127 || this.#local.has(addr);
+  }
+
+  /**
+   * The DNS server's side of "who may use it": the client behind a query's
+   * source (host-order IPv4), or -1 when the daemon does not serve it. A
+   * source in the fake range came through the engine (DNS hijack), which
+   * already filtered it: the client is the app behind the live NAT flow; a
+   * fake-range source without one is spoofed. Otherwise this machine and the
+   * --lan networks are served.
+   */
+  dnsClient(addr: number, port: number, proto: Proto): number {
+    if (this.#anySource) return addr;
+    if (addr !== this.#gateway && (addr & this.#mask) >>> 0 === this.#network) {
+      const p = this.#packed;
+      return this.engine.lookupPacked(PROTO[proto], addr, port, p) ? (p[P.srcIp] as number) : -1;
+    }
+    return this.isLocal(addr) || this.#lanSet.has(intToIp(addr)) ? addr : -1;
   }
 
   /** Start one engine thread per (non-blocking) TUN fd. */
@@ -133,7 +224,10 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
       (errno, queue) => this.emit('threadExit', errno, queue),
     );
     this.#running = true;
-    this.#timer = setInterval(() => this.checkCounters(), 1000);
+    this.#timer = setInterval(() => {
+      if (this.#sourcesKey !== undefined) this.refreshSources();
+      this.checkCounters();
+    }, 1000);
     this.#timer.unref();
   }
 
@@ -209,6 +303,8 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
    */
   checkCounters(): void {
     const s = this.engine.stats();
+    this.#checkForeign(s);
+    this.#checkEarlyDrop(s);
     const refused = s.flowsRefused ?? 0;
     const exhausted = s.natExhausted ?? 0;
     const newRefused = refused - this.#lastRefused;
@@ -229,6 +325,34 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
         ? `NAT address space exhausted (${this.engineOptions.network}/${this.engineOptions.prefixLen}): use a larger --cidr`
         : `NAT table full (${s.flowsActive}/${this.engineOptions.maxFlows} flows): raise --max-flows or shorten the timeouts`;
     this.#log(`${why}; refused ${total} new flow${total === 1 ? '' : 's'} (TCP reset, UDP port unreachable)`);
+  }
+
+  /** One line per 10 s while half-open flows are early-dropped or capped (a SYN flood). */
+  #checkEarlyDrop(s: EngineStats): void {
+    const n = (s.flowsEarlyDropped ?? 0) + (s.halfOpenCapped ?? 0);
+    const now = this.#clock();
+    if (n === this.#lastEarly || now - this.#lastEarlyLogAt < this.#fullLogIntervalMs) return;
+    const early = (s.flowsEarlyDropped ?? 0) - this.#lastEarlyDropped;
+    const capped = n - this.#lastEarly - early;
+    this.#lastEarly = n;
+    this.#lastEarlyDropped = s.flowsEarlyDropped ?? 0;
+    this.#lastEarlyLogAt = now;
+    this.#log(
+      `engine: NAT table under SYN pressure (${s.halfOpenFlows}/${s.flowsActive} flows half-open): evicted ${early} half-open flow${early === 1 ? '' : 's'} to admit new ones, refused ${capped} over the per-source half-open cap; established flows untouched`,
+    );
+  }
+
+  /** One line per 10 s while packets from sources nobody admitted arrive. */
+  #checkForeign(s: EngineStats): void {
+    const foreign = (s.dropForeignSource ?? 0) + (s.dropNatSource ?? 0);
+    const now = this.#clock();
+    if (foreign === this.#lastForeign || now - this.#lastForeignLogAt < this.#fullLogIntervalMs) return;
+    const n = foreign - this.#lastForeign;
+    this.#lastForeign = foreign;
+    this.#lastForeignLogAt = now;
+    this.#log(
+      `engine: dropped ${n} packet${n === 1 ? '' : 's'} from sources this daemon does not serve (only this machine${this.#lan.length ? ` and ${this.#lan.join(', ')}` : ''}; admit a LAN with --lan CIDR)`,
+    );
   }
 
   #emitBatch(native: NativeFlowEvent[]): void {

@@ -141,3 +141,37 @@ export function parsePort(text: string, flag: string): number {
   }
   return port;
 }
+
+/**
+ * Parses a source network for `--lan`: 'a.b.c.d/len' (0..32, host bits
+ * cleared) or a bare address (/32). Returns the canonical text.
+ */
+export function parseSourceCidr(text: string, flag = '--lan'): string {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})(?:\/(\d{1,2}))?$/.exec(text);
+  const len = m?.[2] === undefined ? 32 : Number(m[2]);
+  if (!m || !isIpv4(m[1]) || len > 32) {
+    throw new UsageError(
+      `${flag} ${JSON.stringify(text)} is not an IPv4 network such as 192.168.1.0/24 (or an address)`,
+    );
+  }
+  const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+  return `${intToIp((ipToInt(m[1]) & mask) >>> 0)}/${len}`;
+}
+
+/** A set of IPv4 networks (canonical 'a.b.c.d/len' text) asked by address. */
+export class CidrSet {
+  readonly #nets: [number, number][];
+  constructor(cidrs: readonly string[]) {
+    this.#nets = cidrs.map((c) => {
+      const [ip, len] = c.split('/');
+      const mask = Number(len) === 0 ? 0 : (0xffffffff << (32 - Number(len))) >>> 0;
+      return [(ipToInt(ip) & mask) >>> 0, mask];
+    });
+  }
+  has(ip: string): boolean {
+    if (!isIpv4(ip)) return false;
+    const a = ipToInt(ip);
+    for (const [net, mask] of this.#nets) if ((a & mask) >>> 0 === net) return true;
+    return false;
+  }
+}

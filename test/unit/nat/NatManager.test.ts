@@ -189,7 +189,10 @@ describe('NatManager', () => {
   it('logs table-full at most once per interval, with the count, and names the fix', () => {
     const { m, logs, advance } = manager({ maxFlows: 2 });
     const syn = (p: number) => tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: p, dport: 80, flags: F.SYN });
-    for (let p = 1; p <= 5; p++) m.engine.processPacket(syn(p), T0); // 2 created, 3 refused
+    // A table of UDP flows (early drop evicts only half-open TCP ones): the SYNs are refused.
+    for (let p = 1; p <= 2; p++)
+      m.engine.processPacket(udpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: p, dport: 443 }), T0);
+    for (let p = 3; p <= 5; p++) m.engine.processPacket(syn(p), T0); // 3 refused
     m.checkCounters();
     expect(logs).toHaveLength(1);
     expect(logs[0]).toMatch(/NAT table full \(2\/2 flows\): raise --max-flows.*refused 3 new flows/);
@@ -203,6 +206,45 @@ describe('NatManager', () => {
     expect(logs[1]).toMatch(/refused 2 new flows/);
     expect(() => m.ensureFlow('tcp', '1.1.1.1', 1, '2.2.2.2', 2)).toThrow(expect.objectContaining({ code: 'ENOSPC' }));
     expect(m.stats().flowsRefused).toBe(6);
+  });
+
+  it('serves this machine and --lan only; re-reads the local addresses and logs refused sources', () => {
+    let local = ['127.0.0.1', '10.50.0.2'];
+    const { m, logs, advance } = manager({ lan: ['192.168.7.0/24'], localAddresses: () => local });
+    const q = (src: string, sport: number) =>
+      m.engine.processPacket(udpPacket({ src, dst: '198.18.2.2', sport, dport: 443 }), T0);
+    expect(q('10.50.0.2', 1)).toHaveLength(1);
+    expect(q('192.168.7.20', 2)).toHaveLength(1);
+    expect(q('10.60.0.9', 3)).toHaveLength(0);
+    m.checkCounters();
+    expect(logs.join('\n')).toMatch(
+      /dropped 1 packet from sources this daemon does not serve.*192\.168\.7\.0\/24.*--lan/,
+    );
+    // The host gains an address: served once the list is re-read.
+    local = [...local, '10.60.0.9'];
+    m.refreshSources();
+    expect(q('10.60.0.9', 4)).toHaveLength(1);
+    advance(10_000);
+    m.checkCounters();
+    expect(logs).toHaveLength(1);
+    expect(m.stats()).toMatchObject({ dropForeignSource: 1, flowsActive: 3 });
+  });
+
+  it('anySource serves every source (engines driven by benches)', () => {
+    const { m } = manager({ anySource: true });
+    const out = m.engine.processPacket(udpPacket({ src: '10.60.0.9', dst: '198.18.2.2', sport: 1, dport: 443 }), T0);
+    expect(out).toHaveLength(1);
+  });
+
+  it('logs SYN-flood early drops once per interval with counts', () => {
+    const { m, logs } = manager({ maxFlows: 4 });
+    for (let p = 1; p <= 10; p++)
+      m.engine.processPacket(
+        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: p, dport: 80, flags: F.SYN }),
+        T0,
+      );
+    m.checkCounters();
+    expect(logs).toEqual([expect.stringMatching(/\(4\/4 flows half-open\): evicted 6 half-open flows/)]);
   });
 
   it('stop() closes every flow with reason shutdown and is idempotent', () => {

@@ -1,0 +1,163 @@
+/**
+ * Abuse resistance of the real engine (issue 16), driven packet by packet
+ * through processPacket: early drop of half-open flows when the table is
+ * full, the per-source half-open cap, the source filter ("who may use it")
+ * and spoofed NAT addresses.
+ */
+import { describe, expect, it } from 'vitest';
+import type { NativeEngine } from '../../../src/native.js';
+import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import { F, ICMP, icmpPacket, parse, tcpPacket, UDP, udpPacket } from './packets.js';
+
+const APP = GW; // the kernel's source for the fake range on this machine
+const FAKE = '198.18.2.2';
+
+/** Full handshake of app:sport → FAKE:80 through the engine; returns the NAT pair. */
+function handshake(e: NativeEngine, sport: number, src = APP, now = T0): { natIp: string; natPort: number } {
+  const fwd = parse(one(e, tcpPacket({ src, dst: FAKE, sport, dport: 80, flags: F.SYN, seq: 1 }), now));
+  one(
+    e,
+    tcpPacket({ src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport, flags: F.SYN | F.ACK, seq: 9, ack: 2 }),
+    now,
+  );
+  one(e, tcpPacket({ src, dst: FAKE, sport, dport: 80, flags: F.ACK, seq: 2, ack: 10 }), now);
+  return { natIp: fwd.src, natPort: fwd.sport };
+}
+
+/** A spoofed SYN from `src` (random-source flood): returns what the engine wrote back. */
+function floodSyn(e: NativeEngine, src: string, sport: number, now = T0): Buffer[] {
+  return e.processPacket(tcpPacket({ src, dst: FAKE, sport, dport: 80, flags: F.SYN }), now);
+}
+const floodSrc = (i: number) => `10.${(i >> 14) & 255}.${(i >> 7) & 127}.${(i & 127) + 1}`;
+
+describe('early drop of half-open flows (SYN flood)', () => {
+  it('a full table of half-open flows still admits new connections, evicting the oldest half-open one', () => {
+    const e = makeEngine({ maxFlows: 64 });
+    for (let i = 0; i < 64; i++) expect(parse(floodSyn(e, floodSrc(i), 1000 + i, T0 + i)[0]).dport).toBe(LISTEN);
+    expect(e.stats()).toMatchObject({ flowsActive: 64, halfOpenFlows: 64, flowsEarlyDropped: 0 });
+    // A legitimate connection gets in; the oldest flood entry made room.
+    const { natIp, natPort } = handshake(e, 40000, APP, T0 + 100);
+    expect(e.lookup(6, natIp, natPort)).toMatchObject({ srcIp: APP, srcPort: 40000, state: 'established' });
+    const s = e.stats();
+    expect(s).toMatchObject({ flowsActive: 64, halfOpenFlows: 63, flowsEarlyDropped: 1, flowsRefused: 0 });
+    // The first flood flow (least recently seen) is the one that went, with an 'evicted' close event.
+    const closes = e.drainEvents().filter((ev) => ev.type === 'close');
+    expect(closes.map((c) => [c.flow.srcIp, c.reason])).toEqual([[floodSrc(0), 'evicted']]);
+  });
+
+  it('never evicts an established flow for a half-open one: with no half-open flow left, a SYN gets a RST', () => {
+    const e = makeEngine({ maxFlows: 16 });
+    const pairs = Array.from({ length: 16 }, (_, i) => handshake(e, 2000 + i));
+    const out = floodSyn(e, floodSrc(1), 5555);
+    expect(out).toHaveLength(1);
+    expect(parse(out[0]).flags & F.RST).toBe(F.RST);
+    expect(e.stats()).toMatchObject({ flowsActive: 16, flowsEarlyDropped: 0, flowsRefused: 1, halfOpenFlows: 0 });
+    for (const p of pairs) expect(e.lookup(6, p.natIp, p.natPort)?.state).toBe('established');
+  });
+
+  it('a sustained flood 20x the table size keeps every established flow and admits each new handshake', () => {
+    const e = makeEngine({ maxFlows: 256 });
+    const est = Array.from({ length: 128 }, (_, i) => handshake(e, 3000 + i));
+    let legit = 0;
+    for (let i = 0; i < 256 * 20; i++) {
+      floodSyn(e, floodSrc(i), 1024 + (i % 60000), T0 + i);
+      if (i % 500 === 499) {
+        const p = handshake(e, 10000 + i, APP, T0 + i);
+        if (e.lookup(6, p.natIp, p.natPort)?.state === 'established') legit++;
+      }
+    }
+    expect(legit).toBe(10);
+    for (const p of est) expect(e.lookup(6, p.natIp, p.natPort)?.state).toBe('established');
+    const s = e.stats();
+    expect(s.flowsActive).toBe(256);
+    expect(s.flowsEarlyDropped).toBeGreaterThanOrEqual(256 * 20 - 128 - 10);
+    expect(s.flowsRefused).toBe(0);
+  });
+
+  it('UDP flows may also take the place of a half-open TCP flow, never of an established one', () => {
+    const e = makeEngine({ maxFlows: 2 });
+    handshake(e, 4000);
+    floodSyn(e, floodSrc(7), 7);
+    const out = parse(one(e, udpPacket({ src: APP, dst: FAKE, sport: 5, dport: 443 })));
+    expect(out.proto).toBe(UDP);
+    expect(out.dport).toBe(LISTEN);
+    expect(e.stats()).toMatchObject({ flowsActive: 2, flowsEarlyDropped: 1, udpFlows: 1, tcpFlows: 1 });
+  });
+});
+
+describe('per-source half-open cap', () => {
+  it('refuses a source its next SYN beyond the cap (RST), others unaffected, and frees the slot on handshake', () => {
+    const e = makeEngine({ maxHalfOpenPerSource: 3 });
+    const a = '10.9.0.1';
+    const nat = [0, 1, 2].map((i) => parse(floodSyn(e, a, 100 + i)[0]));
+    const rst = parse(floodSyn(e, a, 200)[0]);
+    expect(rst.flags & F.RST).toBe(F.RST);
+    expect(rst.dst).toBe(a);
+    expect(e.stats()).toMatchObject({ halfOpenCapped: 1, flowsRefused: 0, halfOpenFlows: 3 });
+    // Another source is not affected.
+    expect(parse(floodSyn(e, '10.9.0.2', 100)[0]).dport).toBe(LISTEN);
+    // The first one completes its handshake: the source may open one more.
+    one(e, tcpPacket({ src: GW, dst: nat[0].src, sport: LISTEN, dport: nat[0].sport, flags: F.SYN | F.ACK, ack: 1 }));
+    one(e, tcpPacket({ src: a, dst: FAKE, sport: 100, dport: 80, flags: F.ACK }));
+    expect(parse(floodSyn(e, a, 201)[0]).dport).toBe(LISTEN);
+    expect(e.stats().halfOpenCapped).toBe(1);
+  });
+
+  it('expiry of half-open flows gives the source its quota back', () => {
+    const e = makeEngine({ maxHalfOpenPerSource: 1 });
+    floodSyn(e, '10.9.0.1', 1);
+    expect(parse(floodSyn(e, '10.9.0.1', 2)[0]).flags & F.RST).toBe(F.RST);
+    e.expire(T0 + 60_000);
+    expect(parse(floodSyn(e, '10.9.0.1', 3, T0 + 60_000)[0]).dport).toBe(LISTEN);
+  });
+});
+
+describe('who may use it: the source filter', () => {
+  it('serves the gateway and the listed sources only; others are dropped and counted', () => {
+    const e = makeEngine({ sources: ['192.168.1.0/24', '10.0.0.7'] });
+    expect(parse(one(e, udpPacket({ src: APP, dst: FAKE, sport: 1, dport: 443 }))).dport).toBe(LISTEN);
+    expect(parse(one(e, udpPacket({ src: '192.168.1.50', dst: FAKE, sport: 1, dport: 443 }))).dport).toBe(LISTEN);
+    expect(parse(one(e, udpPacket({ src: '10.0.0.7', dst: FAKE, sport: 1, dport: 443 }))).dport).toBe(LISTEN);
+    expect(e.processPacket(udpPacket({ src: '192.168.2.50', dst: FAKE, sport: 1, dport: 443 }), T0)).toEqual([]);
+    expect(e.processPacket(tcpPacket({ src: '10.0.0.8', dst: FAKE, sport: 1, dport: 80, flags: F.SYN }), T0)).toEqual(
+      [],
+    );
+    // DNS hijack and ping obey the same rule.
+    expect(e.processPacket(udpPacket({ src: '10.0.0.8', dst: '8.8.8.8', sport: 1, dport: 53 }), T0)).toEqual([]);
+    expect(e.processPacket(icmpPacket({ src: '10.0.0.8', dst: FAKE, type: 8, code: 0 }), T0)).toEqual([]);
+    expect(parse(one(e, icmpPacket({ src: '192.168.1.9', dst: FAKE, type: 8, code: 0 }))).proto).toBe(ICMP);
+    expect(e.stats()).toMatchObject({ dropForeignSource: 4, flowsActive: 3 });
+  });
+
+  it('setSources replaces the list at run time (the host gained an address)', () => {
+    const e = makeEngine({ sources: [] });
+    const q = udpPacket({ src: '172.16.5.5', dst: FAKE, sport: 9, dport: 443 });
+    expect(e.processPacket(q, T0)).toEqual([]);
+    e.setSources(['172.16.5.5']);
+    expect(parse(one(e, q)).dport).toBe(LISTEN);
+    e.setSources([]);
+    expect(e.processPacket(udpPacket({ src: '172.16.5.5', dst: FAKE, sport: 10, dport: 443 }), T0)).toEqual([]);
+    expect(e.stats().dropForeignSource).toBe(2);
+  });
+
+  it('rejects malformed source lists with a message naming the format', () => {
+    expect(() => makeEngine({ sources: ['192.168.1.0/33'] })).toThrow(/IPv4 addresses or CIDRs/);
+    expect(() => makeEngine({ sources: ['lan'] })).toThrow(/IPv4 addresses or CIDRs/);
+    const e = makeEngine();
+    expect(() => e.setSources(['1.2.3.4/x'])).toThrow(/setSources/);
+  });
+});
+
+describe('the fake range is never a forward source', () => {
+  it('drops a forward packet claiming a live NAT address (filter on or off)', () => {
+    for (const sources of [undefined, ['0.0.0.0/0']]) {
+      const e = makeEngine(sources ? { sources } : {});
+      const { natIp, natPort } = handshake(e, 6000);
+      expect(
+        e.processPacket(tcpPacket({ src: natIp, dst: FAKE, sport: natPort, dport: 80, flags: F.SYN }), T0),
+      ).toEqual([]);
+      expect(e.processPacket(udpPacket({ src: natIp, dst: FAKE, sport: natPort, dport: 53 }), T0)).toEqual([]);
+      expect(e.stats()).toMatchObject({ dropNatSource: 2, flowsActive: 1 });
+    }
+  });
+});
