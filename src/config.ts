@@ -14,7 +14,7 @@ import {
 import { parseUpstream } from './proxy/outbound.js';
 import { parseRedisUrl } from './redis/client.js';
 import { checkNodeId } from './redis/schema.js';
-import { type Ipv4Range, parseCidr, parseHostPort, parsePort } from './util/cidr.js';
+import { type Ipv4Range, parseCidr, parseHostPort, parsePort, parseSourceCidr } from './util/cidr.js';
 
 /**
  * Everything `fakeproxy start` can be told, validated. Every flag has a
@@ -43,6 +43,8 @@ export interface StartConfig {
   maxFlows: number;
   /** Native TCP relay threads; unset → one per core (TcpListenerOptions.relayThreads). */
   relayThreads?: number | undefined;
+  /** LAN networks served besides this machine (canonical CIDRs); see START_OPTIONS.lan. */
+  lan: string[];
   /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   debug: boolean;
@@ -235,6 +237,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
         ? undefined
         : int(pick('relayThreads'), flagName(O.relayThreads), O.relayThreads.range[0], O.relayThreads.range[1]),
     natTimeouts: natTimeouts(pick('natTimeout')),
+    lan: list(pick('lan'), '--lan').map((t) => parseSourceCidr(t)),
     debug: boolOpt('debug'),
     configPath: typeof file.configPath === 'string' ? file.configPath : undefined,
     ...routingConfig(flags, file, pick('geoipDb')),

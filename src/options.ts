@@ -165,6 +165,13 @@ export const START_OPTIONS = {
     range: [1, 256],
     why: 'threads of the native TCP relay: once the outbound handshake is done, both sockets go to epoll threads that move bytes with `splice(2)`, so relayed bytes never enter JavaScript; one per core because a splicing thread is bound by the kernel, not by waiting',
   },
+  lan: {
+    flag: '--lan <cidr>',
+    help: 'serve this LAN network too (DNS and proxying), repeatable',
+    defaultText: 'this machine only',
+    repeatable: true,
+    why: 'repeatable; a LAN network (or address) whose hosts may use this machine as gateway and resolver. Packets entering the TUN and DNS queries from any other source are dropped and counted (`dropForeignSource`, `udpRefusedSource`/`tcpRefusedSource`); see "LAN gateway mode"',
+  },
   natTimeout: {
     flag: '--nat-timeout <name=seconds>',
     help: 'NAT idle timeout, repeatable: tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, udp-dns',

@@ -92,7 +92,8 @@ describe.skipIf(skip)('rules, groups and the Clash config end to end', () => {
     );
   const start = async (file: string) => {
     if (t.daemon) expect(await t.daemon.stop(), `previous daemon:\n${t.daemon.output}`).toBe(0);
-    return t.startDaemon(['--config', file, '--debug']);
+    // The LAN namespace's /30 is served besides the gateway itself (DESIGN.md "Who may use it").
+    return t.startDaemon(['--config', file, '--debug', '--lan', `${lanIp}/30`]);
   };
   const curl = (ns: Netns, name: string, path = '/hello', extra: string[] = []) =>
     ns.exec('curl', ['-sS', '--max-time', '10', ...extra, `http://${name}:${HTTP_PORT}${path}`], { timeoutMs: 20_000 });

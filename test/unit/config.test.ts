@@ -75,6 +75,18 @@ describe('resolveStartConfig', () => {
     expect(resolveStartConfig({}, { tunOffload: false }).tunOffload).toBe(false);
     expect(resolveStartConfig({ tunOffload: true }, { tunOffload: false }).tunOffload).toBe(true);
   });
+  it('--lan: repeatable CIDRs or addresses, canonical, config twin; default this machine only', () => {
+    expect(resolveStartConfig({}).lan).toEqual([]);
+    expect(resolveStartConfig({ lan: ['192.168.1.77/24', '10.0.0.5'] }).lan).toEqual(['192.168.1.0/24', '10.0.0.5/32']);
+    expect(resolveStartConfig({}, { lan: '172.16.0.0/12' }).lan).toEqual(['172.16.0.0/12']);
+    expect(resolveStartConfig({ lan: ['10.1.0.0/16'] }, { lan: ['172.16.0.0/12'] }).lan).toEqual(['10.1.0.0/16']);
+  });
+  it.each(['192.168.1.0/33', 'lan', '192.168.1/24', '300.1.1.1', '10.0.0.0/'])('--lan %s is a usage error', (t) => {
+    expect(() => resolveStartConfig({ lan: [t] })).toThrow(UsageError);
+    expect(() => resolveStartConfig({ lan: [t] })).toThrow(
+      /--lan .* is not an IPv4 network such as 192\.168\.1\.0\/24/,
+    );
+  });
   it('--redis-shared-pool without --redis is a usage error, caught before anything is created', () => {
     expect(() => resolveStartConfig({ redisSharedPool: true })).toThrow(/--redis-shared-pool needs --redis/);
   });
