@@ -150,6 +150,11 @@ export class Daemon {
       filters: c.fakeIpFilter,
       stateDir,
       logger: this.log,
+      // Who may ask: the same rule as the engine's (NatManager), once it exists.
+      sources: {
+        client: (addr, port, proto) => this.nat?.dnsClient(addr, port, proto) ?? -1,
+        trusted: (client) => this.nat?.isLocal(client) ?? false,
+      },
     });
     this.dns = dns;
     await dns.start();
@@ -163,6 +168,7 @@ export class Daemon {
       dnsPort: c.dnsListen.find((l) => l.host === c.cidr.gatewayIp)?.port ?? 53,
       dnsHijack: c.dnsHijack,
       maxFlows: c.maxFlows,
+      lan: c.lan,
       timeouts: c.natTimeouts,
       logger: this.log,
     });

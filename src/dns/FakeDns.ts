@@ -17,7 +17,7 @@ import { JOURNAL_PREFIX, journalGens, MapJournal, readJournal } from './journal.
 import { loadSnapshot, MAP_FILE, saveMap } from './persist.js';
 import { FakeIpPool, type FakeIpStore, normalizeName, type PoolListener } from './pool.js';
 import { FakeRange, intToIp, ipToInt } from './range.js';
-import { DnsServer } from './server.js';
+import { DnsServer, type DnsSourcePolicy } from './server.js';
 import { Upstream } from './upstream.js';
 import {
   buildAResponse,
@@ -59,6 +59,8 @@ export interface FakeDnsOptions {
   tcpIdleTimeoutMs?: number;
   /** TCP connections at most. @default 256 */
   maxTcpConnections?: number;
+  /** Who may ask, and per-client limits (see DnsServer). @default everyone */
+  sources?: DnsSourcePolicy;
   /** Save the map this often when it changed. @default 60000 ms */
   persistIntervalMs?: number;
   /** Largest UDP response we send whatever the client's EDNS size. @default 4096 (avoids IP fragmentation beyond common MTUs×3) */
@@ -157,6 +159,7 @@ export class FakeDns extends EventEmitter {
     this.server = new DnsServer((msg, proto) => this.process(msg, proto, this.maxUdp), {
       idleTimeoutMs: opts.tcpIdleTimeoutMs,
       maxConnections: opts.maxTcpConnections,
+      ...(opts.sources ? { sources: opts.sources } : {}),
       logger: this.log,
     });
   }

@@ -18,13 +18,35 @@
  * counted (SO_RXQ_OVFL, stats.udpDropped) and logged at most once per
  * DROP_LOG_MS — instead of queueing in the daemon.
  *
+ * Who may ask (DESIGN.md "Who may use it"), with a `sources` policy: every
+ * query's source is mapped to the client behind it (a NAT address → the app
+ * the engine translated); sources the policy does not serve are dropped and
+ * counted (udpRefusedSource, tcpRefusedSource). Fairness between clients:
+ * a client holds at most `maxConnectionsPerClient` TCP connections (more are
+ * closed at accept, tcpPerClientRefused); when all `maxConnections` are taken,
+ * a new connection evicts the longest-idle connection of the client holding
+ * the most (tcpEvicted), so one client's idle connections never lock others
+ * out; UDP queries of a client the policy does not trust are limited to
+ * `udpQueriesPerSecond` (token bucket, burst 2 s worth), the excess dropped
+ * and counted (udpRateLimited).
+ *
  * The handler may return synchronously (the fast path for fake answers) or a
  * promise; a throw or rejection is logged and the query dropped — nothing
  * escapes into the event loop.
  */
 import net from 'node:net';
 import { FakeproxyError } from '../errors.js';
-import { DgramBatchSocket, M_LEN, M_OFF, M_PORT, META_WORDS, peerAddress } from '../util/dgramBatch.js';
+import { ipToInt } from '../util/cidr.js';
+import {
+  DgramBatchSocket,
+  M_ADDR,
+  M_FAMILY,
+  M_LEN,
+  M_OFF,
+  M_PORT,
+  META_WORDS,
+  peerAddress,
+} from '../util/dgramBatch.js';
 
 export type QueryResult = Buffer | undefined | Promise<Buffer | undefined>;
 /** Where a query came from (per-source policy hooks). `address` is computed on first use. */
@@ -61,7 +83,29 @@ class UdpSource implements QuerySource {
   }
 }
 
+/** Maps query sources to clients (see the file comment). */
+export interface DnsSourcePolicy {
+  /** The client behind an IPv4 source (host-order u32), or -1 when the source is not served. */
+  client(addr: number, port: number, proto: 'udp' | 'tcp'): number;
+  /** Clients exempt from the UDP rate limit (this machine). */
+  trusted(client: number): boolean;
+}
+
 export interface DnsServerOptions {
+  /** Who may ask; absent: everyone, no per-client limits but the connection cap. */
+  sources?: DnsSourcePolicy;
+  /**
+   * TCP connections one client may hold. @default 32 — a stub resolver
+   * needs one or two (RFC 7766 §6.2.2 asks clients to reuse); 32 leaves room
+   * for a busy host while 8 clients still fit in the global cap.
+   */
+  maxConnectionsPerClient?: number;
+  /**
+   * UDP queries per second one untrusted (LAN) client may send. @default 1000
+   * — a LAN host resolves tens of names per second at most; 1000/s keeps a
+   * flooding host from taking the JS thread from everyone else.
+   */
+  udpQueriesPerSecond?: number;
   /** @default 10000 ms — RFC 7766 §6.2.3 asks servers to close idle connections; a few seconds frees them fast while letting a stub pipeline. */
   idleTimeoutMs?: number;
   /** Largest TCP query accepted. @default 16384 — queries are small; this stops a client from making us buffer 64 KiB per connection. */
@@ -85,6 +129,29 @@ export interface ServerStats {
   handlerErrors: number;
   /** Answers the kernel refused (send buffer full under a flood, per-datagram errors): dropped. */
   sendErrors: number;
+  /** Queries / connections from sources the daemon does not serve (dropped). */
+  udpRefusedSource: number;
+  tcpRefusedSource: number;
+  /** UDP queries over a client's rate limit (dropped). */
+  udpRateLimited: number;
+  /** TCP connections closed at accept: the client already held maxConnectionsPerClient. */
+  tcpPerClientRefused: number;
+  /** Idle TCP connections closed to admit another client's connection. */
+  tcpEvicted: number;
+}
+
+/** A TCP connection as the fairness bookkeeping sees it. */
+interface Conn {
+  sock: net.Socket;
+  client: number;
+  lastActive: number;
+  pending: () => number;
+}
+
+/** Token bucket of one client (UDP rate limit). */
+interface Bucket {
+  tokens: number;
+  at: number;
 }
 
 interface Listener {
@@ -103,7 +170,21 @@ export class DnsServer {
     tcpIdleClosed: 0,
     tcpOversize: 0,
     handlerErrors: 0,
+    udpRefusedSource: 0,
+    tcpRefusedSource: 0,
+    udpRateLimited: 0,
+    tcpPerClientRefused: 0,
+    tcpEvicted: 0,
   };
+  private readonly policy: DnsSourcePolicy | undefined;
+  private readonly maxPerClient: number;
+  private readonly udpRate: number;
+  /** TCP connections by client. */
+  private readonly byClient = new Map<number, Set<Conn>>();
+  private readonly buckets = new Map<number, Bucket>();
+  private bucketTimer: NodeJS.Timeout | undefined;
+  private lastRefusedLog = Number.NEGATIVE_INFINITY;
+  private refusedLogged = 0;
   private readonly listeners: Listener[] = [];
   private readonly conns = new Set<net.Socket>();
   private readonly idleTimeoutMs: number;
@@ -125,6 +206,47 @@ export class DnsServer {
     this.maxConnections = opts.maxConnections ?? 256;
     this.maxPipelined = opts.maxPipelined ?? 32;
     this.log = opts.logger ?? (() => {});
+    this.policy = opts.sources;
+    this.maxPerClient = opts.maxConnectionsPerClient ?? 32;
+    this.udpRate = opts.udpQueriesPerSecond ?? 1000;
+    if (this.policy) {
+      // Full buckets carry no state: forget them, so the map stays as large as the set of active clients.
+      this.bucketTimer = setInterval(() => {
+        const now = Date.now();
+        for (const [k, b] of this.buckets)
+          if (b.tokens + ((now - b.at) * this.udpRate) / 1000 >= 2 * this.udpRate) this.buckets.delete(k);
+      }, 10_000);
+      this.bucketTimer.unref();
+    }
+  }
+
+  /** One line per 10 s while sources are refused or limited. */
+  private noteRefused(): void {
+    const c = this.counters;
+    const n = c.udpRefusedSource + c.tcpRefusedSource + c.udpRateLimited + c.tcpPerClientRefused + c.tcpEvicted;
+    const now = Date.now();
+    if (n === this.refusedLogged || now - this.lastRefusedLog < 10_000) return;
+    this.lastRefusedLog = now;
+    this.refusedLogged = n;
+    this.log(
+      `dns: refused sources this daemon does not serve (udp ${c.udpRefusedSource}, tcp ${c.tcpRefusedSource}; admit a LAN with --lan CIDR), rate-limited ${c.udpRateLimited} UDP queries, refused ${c.tcpPerClientRefused} TCP connections over the per-client cap, evicted ${c.tcpEvicted} idle ones (totals)`,
+    );
+  }
+
+  /** Whether a UDP query of `client` fits its bucket (takes a token). */
+  private udpAllowed(client: number): boolean {
+    const now = Date.now();
+    let b = this.buckets.get(client);
+    if (!b) {
+      b = { tokens: 2 * this.udpRate, at: now };
+      this.buckets.set(client, b);
+    } else {
+      b.tokens = Math.min(2 * this.udpRate, b.tokens + ((now - b.at) * this.udpRate) / 1000);
+      b.at = now;
+    }
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
   }
 
   get stats(): ServerStats {
@@ -205,7 +327,8 @@ export class DnsServer {
   private bindTcp(host: string, port: number): Promise<net.Server> {
     return new Promise((resolve, reject) => {
       const srv = net.createServer({ noDelay: true }, (s) => this.onConn(s));
-      srv.maxConnections = this.maxConnections;
+      // Without a policy the kernel-side cap refuses; with one, onConn evicts fairly instead.
+      if (!this.policy) srv.maxConnections = this.maxConnections;
       srv.on('drop', () => {
         this.counters.tcpRefused++;
       });
@@ -253,8 +376,23 @@ export class DnsServer {
 
   private onUdpBatch(sock: DgramBatchSocket, bytes: Buffer, meta: Uint32Array, count: number): void {
     this.counters.udpReceived += count;
+    const policy = this.policy;
     for (let i = 0; i < count; i++) {
       const b = i * META_WORDS;
+      if (policy) {
+        const client =
+          meta[b + M_FAMILY] === 4 ? policy.client(meta[b + M_ADDR] as number, meta[b + M_PORT] as number, 'udp') : -1;
+        if (client < 0) {
+          this.counters.udpRefusedSource++;
+          this.noteRefused();
+          continue;
+        }
+        if (!policy.trusted(client) && !this.udpAllowed(client)) {
+          this.counters.udpRateLimited++;
+          this.noteRefused();
+          continue;
+        }
+      }
       const off = meta[b + M_OFF] as number;
       const msg = bytes.subarray(off, off + (meta[b + M_LEN] as number));
       // Hot path: no closure unless the handler went async. Answers queue on
@@ -280,7 +418,64 @@ export class DnsServer {
     }
   }
 
+  /**
+   * Admission of a TCP connection under a policy: the source must be served,
+   * its client under maxConnectionsPerClient; at the global cap the
+   * longest-idle connection of the client holding the most makes room.
+   */
+  private admit(s: net.Socket): Conn | undefined | null {
+    if (!this.policy) return null;
+    const ip = s.remoteAddress ?? '';
+    const client = net.isIPv4(ip) ? this.policy.client(ipToInt(ip), s.remotePort ?? 0, 'tcp') : -1;
+    if (client < 0) {
+      this.counters.tcpRefusedSource++;
+      this.noteRefused();
+      return undefined;
+    }
+    const mine = this.byClient.get(client);
+    if (mine && mine.size >= this.maxPerClient) {
+      this.counters.tcpPerClientRefused++;
+      this.noteRefused();
+      return undefined;
+    }
+    if (this.conns.size >= this.maxConnections) {
+      let victims: Set<Conn> | undefined;
+      for (const set of this.byClient.values()) if (!victims || set.size > victims.size) victims = set;
+      let idlest: Conn | undefined;
+      for (const c of victims ?? []) if (c.pending() === 0 && (!idlest || c.lastActive < idlest.lastActive)) idlest = c;
+      if (!idlest) {
+        // Every connection has queries in flight: none is idle, refuse.
+        this.counters.tcpRefused++;
+        return undefined;
+      }
+      this.counters.tcpEvicted++;
+      this.noteRefused();
+      idlest.sock.destroy();
+      this.forget(idlest);
+    }
+    const conn: Conn = { sock: s, client, lastActive: Date.now(), pending: () => 0 };
+    let set = this.byClient.get(client);
+    if (!set) {
+      set = new Set();
+      this.byClient.set(client, set);
+    }
+    set.add(conn);
+    return conn;
+  }
+
+  private forget(c: Conn): void {
+    this.conns.delete(c.sock);
+    const set = this.byClient.get(c.client);
+    if (set?.delete(c) && set.size === 0) this.byClient.delete(c.client);
+  }
+
   private onConn(s: net.Socket): void {
+    const conn = this.admit(s);
+    if (conn === undefined) {
+      s.on('error', () => {});
+      s.destroy();
+      return;
+    }
     this.counters.tcpConnections++;
     this.conns.add(s);
     const from: QuerySource = { address: s.remoteAddress ?? '', port: s.remotePort ?? 0 };
@@ -306,7 +501,9 @@ export class DnsServer {
       closed = true;
       clearTimeout(idle);
       this.conns.delete(s);
+      if (conn) this.forget(conn);
     });
+    if (conn) conn.pending = () => pending;
     const pump = () => {
       while (buf && buf.length >= 2 && pending < this.maxPipelined && !closed) {
         const len = buf.readUInt16BE(0);
@@ -320,6 +517,7 @@ export class DnsServer {
         buf = buf.length === 2 + len ? undefined : buf.subarray(2 + len);
         this.counters.tcpReceived++;
         idle.refresh();
+        if (conn) conn.lastActive = Date.now();
         const p = this.run(msg, 'tcp', from, reply);
         if (p) {
           pending++;
@@ -340,8 +538,10 @@ export class DnsServer {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.bucketTimer);
     for (const s of this.conns) s.destroy();
     this.conns.clear();
+    this.byClient.clear();
     const ls = this.listeners.splice(0);
     await Promise.all(
       ls.map(
