@@ -3,7 +3,7 @@ import { NatManager } from '../../../src/nat/NatManager.js';
 import type { CloseReason, FlowEntry, FlowEvent, PackedFlow } from '../../../src/nat/types.js';
 import { PACKED_FLOW, PACKED_FLOW_LEN, PACKED_STATES } from '../../../src/native.js';
 import { NAT_TIMEOUTS, START_OPTIONS } from '../../../src/options.js';
-import { dottedToU32, intToIp } from '../../../src/util/cidr.js';
+import { dottedToU32, intToIp, ipToInt } from '../../../src/util/cidr.js';
 import { F, parse, tcpPacket, udpPacket } from '../native/packets.js';
 
 const T0 = 1_700_000_000_000;
@@ -228,6 +228,22 @@ describe('NatManager', () => {
     m.checkCounters();
     expect(logs).toHaveLength(1);
     expect(m.stats()).toMatchObject({ dropForeignSource: 1, flowsActive: 3 });
+  });
+
+  it('dnsClient: a hijacked query from a NAT address maps to its app; spoofed NAT, foreign sources are refused', () => {
+    const n = (ip: string) => ipToInt(ip);
+    const { m } = manager({ lan: ['192.168.7.0/24'], localAddresses: () => ['10.50.0.2'] });
+    const [out] = m.engine.processPacket(udpPacket({ src: '10.50.0.2', dst: '8.8.8.8', sport: 3333, dport: 53 }), T0);
+    const p = parse(out);
+    expect(p.dport).toBe(53);
+    expect(m.dnsClient(n(p.src), p.sport, 'udp')).toBe(n('10.50.0.2'));
+    expect(m.dnsClient(n(p.src), p.sport + 1, 'udp')).toBe(-1); // a NAT address with no flow: spoofed
+    expect(m.dnsClient(n('198.18.0.1'), 40000, 'udp')).toBe(n('198.18.0.1'));
+    expect(m.dnsClient(n('127.0.0.1'), 40000, 'tcp')).toBe(n('127.0.0.1'));
+    expect(m.dnsClient(n('192.168.7.9'), 40000, 'tcp')).toBe(n('192.168.7.9'));
+    expect(m.dnsClient(n('192.168.8.9'), 40000, 'udp')).toBe(-1);
+    expect(m.isLocal(n('10.50.0.2'))).toBe(true);
+    expect(m.isLocal(n('192.168.7.9'))).toBe(false);
   });
 
   it('anySource serves every source (engines driven by benches)', () => {
