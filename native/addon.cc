@@ -1,7 +1,7 @@
 // Module entry: the TUN functions live here; the engine registers itself
 // through InitEngine (engine_addon.cc).
-#include <napi.h>
 #include <arpa/inet.h>
+#include <napi.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>

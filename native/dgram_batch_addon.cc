@@ -3,6 +3,8 @@
 // Node event loop (uv_poll, no extra thread, no cross-thread hop): on each
 // wake-up it drains up to `rounds` recvmmsg batches, each handed to JS in ONE
 // call as (bytes, meta, count). Sends take a whole batch per call (sendmmsg).
+#include "dgram_batch_addon.h"
+
 #include <arpa/inet.h>
 #include <napi.h>
 #include <uv.h>
@@ -12,7 +14,6 @@
 #include <vector>
 
 #include "dgram_batch.h"
-#include "dgram_batch_addon.h"
 #include "napi_errors.h"
 
 namespace fakeproxy {
@@ -61,7 +62,8 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
     fp::DgramError e;
     std::string h = host.As<Napi::String>().Utf8Value();
     if (!sock_->Open(h, static_cast<uint16_t>(port), rcvbuf, sndbuf, &e)) {
-      ThrowSys(env, e.err, e.syscall, std::string(e.syscall) + " " + h + ":" + std::to_string(port) + ": " + strerror(e.err));
+      ThrowSys(env, e.err, e.syscall,
+               std::string(e.syscall) + " " + h + ":" + std::to_string(port) + ": " + strerror(e.err));
       sock_.reset();
     }
   }
@@ -237,8 +239,6 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
 
 }  // namespace
 
-void InitDgramBatch(Napi::Env env, Napi::Object exports) {
-  exports.Set("DgramSocket", DgramSocketJs::Define(env));
-}
+void InitDgramBatch(Napi::Env env, Napi::Object exports) { exports.Set("DgramSocket", DgramSocketJs::Define(env)); }
 
 }  // namespace fakeproxy

@@ -97,20 +97,30 @@ size_t Engine::process_locked(uint8_t* buf, size_t len, size_t cap, int64_t now)
   bump(c_.bytesIn, len);
   Ipv4Packet ip;
   switch (Ipv4Packet::parse(buf, len, &ip)) {
-    case ParseResult::Ok: break;
-    case ParseResult::Truncated: return drop(c_.dropTruncated);
-    case ParseResult::BadVersion: return drop(c_.dropBadVersion);
-    case ParseResult::Ipv6: return drop(c_.dropIpv6);
-    case ParseResult::BadHeader: return drop(c_.dropBadHeader);
+    case ParseResult::Ok:
+      break;
+    case ParseResult::Truncated:
+      return drop(c_.dropTruncated);
+    case ParseResult::BadVersion:
+      return drop(c_.dropBadVersion);
+    case ParseResult::Ipv6:
+      return drop(c_.dropIpv6);
+    case ParseResult::BadHeader:
+      return drop(c_.dropBadHeader);
   }
   if (ip.header_len() != ipv4::MIN_HEADER_LEN) return drop(c_.dropIpOptions);
   if (ip.is_fragment()) return drop(c_.dropFragment);
   size_t out;
   switch (ip.protocol()) {
     case kProtoTcp:
-    case kProtoUdp: out = l4(ip, std::max(cap, len), now); break;
-    case kProtoIcmp: out = icmp(ip, now); break;
-    default: return drop(c_.dropProtocol);
+    case kProtoUdp:
+      out = l4(ip, std::max(cap, len), now);
+      break;
+    case kProtoIcmp:
+      out = icmp(ip, now);
+      break;
+    default:
+      return drop(c_.dropProtocol);
   }
   if (out != 0) {
     bump(c_.pktsOut);
@@ -198,14 +208,16 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
     if (f == nullptr || target_port(*f) != sport) return drop(c_.dropReverseNoFlow);
     if (!is_udp) {
       track_tcp(f, flags, false, now);
-      note_app_nxt(f, tcp.seq() + uint32_t(tcp.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) +
-                          ((flags & tcp::FIN) ? 1 : 0));
+      note_app_nxt(
+          f, tcp.seq() + uint32_t(tcp.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0));
     }
     table_.touch(f, now);
     f->pktsIn++;
     f->bytesIn += ip.len();
-    if (is_udp) rewrite(ip, udp, true, partial_, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
-    else rewrite(ip, tcp, false, partial_, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    if (is_udp)
+      rewrite(ip, udp, true, partial_, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
+    else
+      rewrite(ip, tcp, false, partial_, f->key.dst.as_v4(), f->key.dport, f->key.src.as_v4(), f->key.sport);
     rewritten_ = true;
     bump(c_.reversed);
     return ip.len();
@@ -249,8 +261,10 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
   table_.touch(f, now);
   f->pktsOut++;
   f->bytesOut += ip.len();
-  if (is_udp) rewrite(ip, udp, true, partial_, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
-  else rewrite(ip, tcp, false, partial_, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  if (is_udp)
+    rewrite(ip, udp, true, partial_, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
+  else
+    rewrite(ip, tcp, false, partial_, f->nat.as_v4(), f->natPort, gateway_, target_port(*f));
   rewritten_ = true;
   bump(c_.forwarded);
   return ip.len();
@@ -266,7 +280,8 @@ void Engine::track_tcp(Flow* f, uint8_t flags, bool out, int64_t now) {
   }
   if (f->state == FlowState::Syn) {
     const uint8_t sa = flags & (tcp::SYN | tcp::ACK);
-    if (!out && sa == (tcp::SYN | tcp::ACK)) f->tcpFlags |= tcpflag::SYNACK_SEEN;
+    if (!out && sa == (tcp::SYN | tcp::ACK))
+      f->tcpFlags |= tcpflag::SYNACK_SEEN;
     else if (out && sa == tcp::ACK && (f->tcpFlags & tcpflag::SYNACK_SEEN))
       table_.set_state(f, FlowState::Established, now);
   }
@@ -320,10 +335,11 @@ size_t Engine::build_rst(Ipv4Packet& ip, const TcpPacket& seg) {
   const uint16_t sport = seg.src_port(), dport = seg.dst_port();
   const uint32_t seq = seg.seq(), ack = seg.ack();
   const uint8_t flags = seg.flags();
-  const uint32_t seglen =
-      uint32_t(seg.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0);
-  if (flags & tcp::ACK) fill_rst(ip.data(), dst, src, dport, sport, ack, 0, tcp::RST);
-  else fill_rst(ip.data(), dst, src, dport, sport, 0, seq + seglen, tcp::RST | tcp::ACK);
+  const uint32_t seglen = uint32_t(seg.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0);
+  if (flags & tcp::ACK)
+    fill_rst(ip.data(), dst, src, dport, sport, ack, 0, tcp::RST);
+  else
+    fill_rst(ip.data(), dst, src, dport, sport, 0, seq + seglen, tcp::RST | tcp::ACK);
   bump(c_.rstSent);
   return kRstLen;
 }
@@ -414,8 +430,10 @@ size_t Engine::icmp(Ipv4Packet& ip, int64_t /*now*/) {
     }
     case icmp::DEST_UNREACH:
     case icmp::TIME_EXCEEDED:
-    case icmp::PARAM_PROBLEM: return icmp_error(ip, ic);
-    default: return drop(c_.dropIcmpUnsupported);
+    case icmp::PARAM_PROBLEM:
+      return icmp_error(ip, ic);
+    default:
+      return drop(c_.dropIcmpUnsupported);
   }
 }
 
@@ -427,9 +445,12 @@ size_t Engine::icmp(Ipv4Packet& ip, int64_t /*now*/) {
 size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
   Ipv4Packet q;
   switch (Ipv4Packet::parse_quoted(ic.payload(), ic.payload_len(), icmp::QUOTED_L4_MIN, &q)) {
-    case ParseResult::Ok: break;
-    case ParseResult::Truncated: return drop(c_.dropTruncated);
-    default: return drop(c_.dropBadHeader);
+    case ParseResult::Ok:
+      break;
+    case ParseResult::Truncated:
+      return drop(c_.dropTruncated);
+    default:
+      return drop(c_.dropBadHeader);
   }
   const uint8_t qp = q.protocol();
   if (qp != kProtoTcp && qp != kProtoUdp) return drop(c_.dropIcmpUnsupported);
@@ -567,7 +588,8 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
       std::lock_guard<std::mutex> g(mu_);
       for (size_t i = 0; i < n; i++) {
         uint8_t* b = mem.data() + i * kReadBufCap;
-        outs[i] = vnet_hdr ? process_vnet_locked(b, lens[i], kReadBufCap, now) : process_locked(b, lens[i], kReadBufCap, now);
+        outs[i] =
+            vnet_hdr ? process_vnet_locked(b, lens[i], kReadBufCap, now) : process_locked(b, lens[i], kReadBufCap, now);
       }
       if (n != 0) bump(c_.batches);
       if (now - last_expire_ >= 250) {

@@ -171,22 +171,49 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object o = info[0].As<Napi::Object>();
     fp::EngineConfig cfg;
     double d;
-    if (!ParseV4(o.Get("network"), &cfg.table.network)) { ThrowArg(env, "Engine: network must be a dotted-quad IPv4 address, e.g. '198.18.0.0'"); return; }
-    if (!ParseV4(o.Get("gateway"), &cfg.table.gateway)) { ThrowArg(env, "Engine: gateway must be a dotted-quad IPv4 address, e.g. '198.18.0.1'"); return; }
-    if (!GetInt(o, "prefixLen", 0, 32, &d)) { ThrowArg(env, "Engine: prefixLen must be an integer 8..30"); return; }
+    if (!ParseV4(o.Get("network"), &cfg.table.network)) {
+      ThrowArg(env, "Engine: network must be a dotted-quad IPv4 address, e.g. '198.18.0.0'");
+      return;
+    }
+    if (!ParseV4(o.Get("gateway"), &cfg.table.gateway)) {
+      ThrowArg(env, "Engine: gateway must be a dotted-quad IPv4 address, e.g. '198.18.0.1'");
+      return;
+    }
+    if (!GetInt(o, "prefixLen", 0, 32, &d)) {
+      ThrowArg(env, "Engine: prefixLen must be an integer 8..30");
+      return;
+    }
     cfg.table.prefixLen = static_cast<int>(d);
-    if (!GetPort(o.Get("listenPort"), &cfg.listenPort)) { ThrowArg(env, "Engine: listenPort must be an integer 1..65535"); return; }
-    if (!GetPort(o.Get("dnsPort"), &cfg.dnsPort)) { ThrowArg(env, "Engine: dnsPort must be an integer 1..65535"); return; }
+    if (!GetPort(o.Get("listenPort"), &cfg.listenPort)) {
+      ThrowArg(env, "Engine: listenPort must be an integer 1..65535");
+      return;
+    }
+    if (!GetPort(o.Get("dnsPort"), &cfg.dnsPort)) {
+      ThrowArg(env, "Engine: dnsPort must be an integer 1..65535");
+      return;
+    }
     Napi::Value hij = o.Get("dnsHijack");
-    if (!hij.IsBoolean()) { ThrowArg(env, "Engine: dnsHijack must be a boolean"); return; }
+    if (!hij.IsBoolean()) {
+      ThrowArg(env, "Engine: dnsHijack must be a boolean");
+      return;
+    }
     cfg.dnsHijack = hij.As<Napi::Boolean>().Value();
     // Range checked once, by validate_table_config below (the engine's capacity).
-    if (!GetInt(o, "maxFlows", 0, 4294967295.0, &d)) { ThrowArg(env, "Engine: maxFlows must be an integer"); return; }
+    if (!GetInt(o, "maxFlows", 0, 4294967295.0, &d)) {
+      ThrowArg(env, "Engine: maxFlows must be an integer");
+      return;
+    }
     cfg.table.maxFlows = static_cast<uint32_t>(d);
-    if (!GetInt(o, "reuseDelayMs", 0, 9e15, &d)) { ThrowArg(env, "Engine: reuseDelayMs must be an integer >= 0"); return; }
+    if (!GetInt(o, "reuseDelayMs", 0, 9e15, &d)) {
+      ThrowArg(env, "Engine: reuseDelayMs must be an integer >= 0");
+      return;
+    }
     cfg.table.reuseDelayMs = static_cast<int64_t>(d);
     if (!o.Get("maxHalfOpenPerSource").IsUndefined()) {
-      if (!GetInt(o, "maxHalfOpenPerSource", 0, 4294967295.0, &d)) { ThrowArg(env, "Engine: maxHalfOpenPerSource must be an integer >= 0 (0 = no cap)"); return; }
+      if (!GetInt(o, "maxHalfOpenPerSource", 0, 4294967295.0, &d)) {
+        ThrowArg(env, "Engine: maxHalfOpenPerSource must be an integer >= 0 (0 = no cap)");
+        return;
+      }
       cfg.table.maxHalfOpenPerSource = static_cast<uint32_t>(d);
     }
     if (!o.Get("sources").IsUndefined() && !ParseSources(o.Get("sources"), &cfg.sources)) {
@@ -194,21 +221,31 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       return;
     }
     Napi::Value tv = o.Get("timeouts");
-    if (!tv.IsObject()) { ThrowArg(env, "Engine: timeouts must be an object {tcpSynMs, tcpEstablishedMs, tcpFinMs, tcpClosedMs, udpMs, udpDnsMs}"); return; }
+    if (!tv.IsObject()) {
+      ThrowArg(
+          env,
+          "Engine: timeouts must be an object {tcpSynMs, tcpEstablishedMs, tcpFinMs, tcpClosedMs, udpMs, udpDnsMs}");
+      return;
+    }
     Napi::Object t = tv.As<Napi::Object>();
     struct {
       const char* name;
       int64_t* dst;
       bool optional;
     } fields[] = {
-        {"tcpSynMs", &cfg.table.timeouts.tcpSynMs, false},       {"tcpEstablishedMs", &cfg.table.timeouts.tcpEstablishedMs, false},
-        {"tcpFinMs", &cfg.table.timeouts.tcpFinMs, false},       {"tcpClosedMs", &cfg.table.timeouts.tcpClosedMs, false},
-        {"udpMs", &cfg.table.timeouts.udpMs, false},             {"udpDnsMs", &cfg.table.timeouts.udpDnsMs, false},
+        {"tcpSynMs", &cfg.table.timeouts.tcpSynMs, false},
+        {"tcpEstablishedMs", &cfg.table.timeouts.tcpEstablishedMs, false},
+        {"tcpFinMs", &cfg.table.timeouts.tcpFinMs, false},
+        {"tcpClosedMs", &cfg.table.timeouts.tcpClosedMs, false},
+        {"udpMs", &cfg.table.timeouts.udpMs, false},
+        {"udpDnsMs", &cfg.table.timeouts.udpDnsMs, false},
     };
     for (auto& fld : fields) {
       if (fld.optional && t.Get(fld.name).IsUndefined()) continue;
-      if (!GetInt(t, fld.name, 1, 9e15, &d))
-        { ThrowArg(env, std::string("Engine: timeouts.") + fld.name + " must be a positive integer (milliseconds)"); return; }
+      if (!GetInt(t, fld.name, 1, 9e15, &d)) {
+        ThrowArg(env, std::string("Engine: timeouts.") + fld.name + " must be a positive integer (milliseconds)");
+        return;
+      }
       *fld.dst = static_cast<int64_t>(d);
     }
     std::string err = fp::validate_engine_config(cfg);
@@ -311,8 +348,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         pthread_setname_np(pthread_self(), name.c_str());
         int err = engine_->run(
             fd, wakeFd_, stop_, armed_,
-            [this] { tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function fn) { Deliver(env, fn); }); }, 64,
-            vh);
+            [this] { tsfn_.NonBlockingCall([this](Napi::Env env, Napi::Function fn) { Deliver(env, fn); }); }, 64, vh);
         threadsRunning_.fetch_sub(1);
         if (err != 0) {
           threadErrno_.store(err);
@@ -573,6 +609,4 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 }  // namespace
 }  // namespace fakeproxy
 
-void InitEngine(Napi::Env env, Napi::Object exports) {
-  exports.Set("Engine", fakeproxy::EngineWrap::Define(env));
-}
+void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", fakeproxy::EngineWrap::Define(env)); }

@@ -8,22 +8,32 @@ namespace fp {
 
 const char* state_name(FlowState s) {
   switch (s) {
-    case FlowState::Syn: return "syn";
-    case FlowState::Established: return "established";
-    case FlowState::Fin: return "fin";
-    case FlowState::Closed: return "closed";
-    case FlowState::Udp: return "udp";
+    case FlowState::Syn:
+      return "syn";
+    case FlowState::Established:
+      return "established";
+    case FlowState::Fin:
+      return "fin";
+    case FlowState::Closed:
+      return "closed";
+    case FlowState::Udp:
+      return "udp";
   }
   return "udp";
 }
 
 const char* reason_name(CloseReason r) {
   switch (r) {
-    case CloseReason::Fin: return "fin";
-    case CloseReason::Rst: return "rst";
-    case CloseReason::Timeout: return "timeout";
-    case CloseReason::Evicted: return "evicted";
-    case CloseReason::Shutdown: return "shutdown";
+    case CloseReason::Fin:
+      return "fin";
+    case CloseReason::Rst:
+      return "rst";
+    case CloseReason::Timeout:
+      return "timeout";
+    case CloseReason::Evicted:
+      return "evicted";
+    case CloseReason::Shutdown:
+      return "shutdown";
   }
   return "timeout";
 }
@@ -316,11 +326,16 @@ uint32_t FlowTable::alloc_slot() {
 
 uint32_t FlowTable::list_for(const Flow& f) const {
   switch (f.state) {
-    case FlowState::Syn: return 0;
-    case FlowState::Established: return 1;
-    case FlowState::Fin: return 2;
-    case FlowState::Closed: return 3;
-    case FlowState::Udp: return f.key.dport == 53 ? 5 : 4;
+    case FlowState::Syn:
+      return 0;
+    case FlowState::Established:
+      return 1;
+    case FlowState::Fin:
+      return 2;
+    case FlowState::Closed:
+      return 3;
+    case FlowState::Udp:
+      return f.key.dport == 53 ? 5 : 4;
   }
   return 4;
 }
@@ -328,12 +343,18 @@ uint32_t FlowTable::list_for(const Flow& f) const {
 int64_t FlowTable::timeout_of(const Flow& f) const {
   const Timeouts& t = cfg_.timeouts;
   switch (list_for(f)) {
-    case 0: return t.tcpSynMs;
-    case 1: return t.tcpEstablishedMs;
-    case 2: return t.tcpFinMs;
-    case 3: return t.tcpClosedMs;
-    case 5: return t.udpDnsMs;
-    default: return t.udpMs;
+    case 0:
+      return t.tcpSynMs;
+    case 1:
+      return t.tcpEstablishedMs;
+    case 2:
+      return t.tcpFinMs;
+    case 3:
+      return t.tcpClosedMs;
+    case 5:
+      return t.udpDnsMs;
+    default:
+      return t.udpMs;
   }
 }
 
@@ -345,8 +366,10 @@ void FlowTable::link_tail(uint32_t i, int64_t now) {
   f.linkMs = std::min(now, f.lastSeenMs);
   f.next = kNil;
   f.prev = l.tail;
-  if (l.tail != kNil) at(l.tail).next = i;
-  else l.head = i;
+  if (l.tail != kNil)
+    at(l.tail).next = i;
+  else
+    l.head = i;
   l.tail = i;
   if (li == 0) half_open_add(f, +1);
 }
@@ -356,10 +379,14 @@ void FlowTable::unlink(uint32_t i) {
   if (f.list == kNoList) return;
   if (f.list == 0) half_open_add(f, -1);
   List& l = lists_[f.list];
-  if (f.prev != kNil) at(f.prev).next = f.next;
-  else l.head = f.next;
-  if (f.next != kNil) at(f.next).prev = f.prev;
-  else l.tail = f.prev;
+  if (f.prev != kNil)
+    at(f.prev).next = f.next;
+  else
+    l.head = f.next;
+  if (f.next != kNil)
+    at(f.next).prev = f.prev;
+  else
+    l.tail = f.prev;
   f.prev = f.next = kNil;
   f.list = kNoList;
 }

@@ -35,6 +35,8 @@ const char* reason_name(CloseReason r);
 // ---- counters -------------------------------------------------------------
 // Written only while holding the Engine mutex (so a relaxed load+store is a
 // race-free increment), read from JS at any time without the lock.
+// An X-macro list: clang-format re-wraps it differently on every pass.
+// clang-format off
 #define FP_COUNTERS(X)                                                                                            \
   X(pktsIn) X(bytesIn) X(pktsOut) X(bytesOut) X(forwarded) X(reversed) X(echoReplies) X(icmpErrorsTranslated)   \
   X(rstSent) X(icmpUnreachSent) X(flowsCreated) X(flowsClosed) X(flowsExpired) X(flowsRefused) X(natExhausted)  \
@@ -42,6 +44,7 @@ const char* reason_name(CloseReason r);
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
   X(csumCompleted) X(rstOnExpiry) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)
+// clang-format on
 
 // Gauges: current values, also relaxed atomics.
 #define FP_GAUGES(X) X(flowsActive) X(tcpFlows) X(udpFlows) X(memoryBytes) X(cooldownPairs) X(halfOpenFlows)
@@ -70,12 +73,12 @@ constexpr uint8_t APP_NXT = 8;      // Flow::appNxt is known
 }  // namespace tcpflag
 
 struct Flow {
-  FlowKey key;       // original 5-tuple (app side)
-  IpAddr nat;        // NAT address the Listener sees
+  FlowKey key;  // original 5-tuple (app side)
+  IpAddr nat;   // NAT address the Listener sees
   uint16_t natPort;
   FlowState state;
   uint8_t tcpFlags;
-  uint8_t list;      // which LRU list (index into FlowTable::lists_), or kNoList
+  uint8_t list;  // which LRU list (index into FlowTable::lists_), or kNoList
   Target target;
   CloseReason closeReason;  // meaningful once state == Closed
   uint8_t pad_;
@@ -190,8 +193,8 @@ class NatAllocator {
   uint32_t curHost_ = 0, curPort_ = 0;
   int64_t reuseDelayMs_ = 0;
   size_t cap_ = 0;
-  std::deque<Cool> fifo_;          // in free order
-  std::vector<uint64_t> set_;      // open addressing, 0 = empty
+  std::deque<Cool> fifo_;      // in free order
+  std::vector<uint64_t> set_;  // open addressing, 0 = empty
   size_t setCount_ = 0;
 };
 

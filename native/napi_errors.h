@@ -3,8 +3,8 @@
 // the fix. Callers return right after throwing; nothing throws twice.
 #pragma once
 
-#include <napi.h>
 #include <errno.h>
+#include <napi.h>
 
 #include <string>
 
@@ -12,28 +12,50 @@ namespace fakeproxy {
 
 inline const char* ErrnoName(int err) {
   switch (err) {
-    case EPERM: return "EPERM";
-    case EACCES: return "EACCES";
-    case ENOENT: return "ENOENT";
-    case ENODEV: return "ENODEV";
-    case ENXIO: return "ENXIO";
-    case EBUSY: return "EBUSY";
-    case EEXIST: return "EEXIST";
-    case EINVAL: return "EINVAL";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case ENOMEM: return "ENOMEM";
-    case ENOBUFS: return "ENOBUFS";
-    case EAGAIN: return "EAGAIN";
-    case EBADF: return "EBADF";
-    case EIO: return "EIO";
-    case EADDRINUSE: return "EADDRINUSE";
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
-    case EMSGSIZE: return "EMSGSIZE";
-    case ENOTSOCK: return "ENOTSOCK";
-    case EPROTOTYPE: return "EPROTOTYPE";
-    case ESHUTDOWN: return "ESHUTDOWN";
-    default: return "EFAKEPROXY";
+    case EPERM:
+      return "EPERM";
+    case EACCES:
+      return "EACCES";
+    case ENOENT:
+      return "ENOENT";
+    case ENODEV:
+      return "ENODEV";
+    case ENXIO:
+      return "ENXIO";
+    case EBUSY:
+      return "EBUSY";
+    case EEXIST:
+      return "EEXIST";
+    case EINVAL:
+      return "EINVAL";
+    case EMFILE:
+      return "EMFILE";
+    case ENFILE:
+      return "ENFILE";
+    case ENOMEM:
+      return "ENOMEM";
+    case ENOBUFS:
+      return "ENOBUFS";
+    case EAGAIN:
+      return "EAGAIN";
+    case EBADF:
+      return "EBADF";
+    case EIO:
+      return "EIO";
+    case EADDRINUSE:
+      return "EADDRINUSE";
+    case EADDRNOTAVAIL:
+      return "EADDRNOTAVAIL";
+    case EMSGSIZE:
+      return "EMSGSIZE";
+    case ENOTSOCK:
+      return "ENOTSOCK";
+    case EPROTOTYPE:
+      return "EPROTOTYPE";
+    case ESHUTDOWN:
+      return "ESHUTDOWN";
+    default:
+      return "EFAKEPROXY";
   }
 }
 

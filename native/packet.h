@@ -43,14 +43,14 @@ inline uint8_t ip_version(const uint8_t* buf, size_t len) { return len == 0 ? 0 
 namespace ipv4 {
 constexpr size_t VER_IHL = 0;
 constexpr size_t TOS = 1;
-constexpr size_t LENGTH = 2;    // 2..4
-constexpr size_t IDENT = 4;     // 4..6
-constexpr size_t FLG_OFF = 6;   // 6..8: flags (3 bits) + fragment offset (13 bits)
+constexpr size_t LENGTH = 2;   // 2..4
+constexpr size_t IDENT = 4;    // 4..6
+constexpr size_t FLG_OFF = 6;  // 6..8: flags (3 bits) + fragment offset (13 bits)
 constexpr size_t TTL = 8;
 constexpr size_t PROTOCOL = 9;
-constexpr size_t CHECKSUM = 10; // 10..12
-constexpr size_t SRC_ADDR = 12; // 12..16
-constexpr size_t DST_ADDR = 16; // 16..20
+constexpr size_t CHECKSUM = 10;  // 10..12
+constexpr size_t SRC_ADDR = 12;  // 12..16
+constexpr size_t DST_ADDR = 16;  // 16..20
 constexpr size_t MIN_HEADER_LEN = 20;
 constexpr uint16_t FLAG_DF = 0x4000;
 constexpr uint16_t FLAG_MF = 0x2000;
@@ -144,15 +144,15 @@ class Ipv4Packet {
 
 // ---------------------------------------------------------------- TCP (RFC 9293)
 namespace tcp {
-constexpr size_t SRC_PORT = 0;  // 0..2
-constexpr size_t DST_PORT = 2;  // 2..4
-constexpr size_t SEQ_NUM = 4;   // 4..8
-constexpr size_t ACK_NUM = 8;   // 8..12
-constexpr size_t DATA_OFF = 12; // high nibble
+constexpr size_t SRC_PORT = 0;   // 0..2
+constexpr size_t DST_PORT = 2;   // 2..4
+constexpr size_t SEQ_NUM = 4;    // 4..8
+constexpr size_t ACK_NUM = 8;    // 8..12
+constexpr size_t DATA_OFF = 12;  // high nibble
 constexpr size_t FLAGS = 13;
-constexpr size_t WINDOW = 14;   // 14..16
-constexpr size_t CHECKSUM = 16; // 16..18
-constexpr size_t URGENT = 18;   // 18..20
+constexpr size_t WINDOW = 14;    // 14..16
+constexpr size_t CHECKSUM = 16;  // 16..18
+constexpr size_t URGENT = 18;    // 18..20
 constexpr size_t MIN_HEADER_LEN = 20;
 constexpr uint8_t FIN = 0x01, SYN = 0x02, RST = 0x04, PSH = 0x08, ACK = 0x10, URG = 0x20;
 }  // namespace tcp

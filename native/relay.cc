@@ -71,7 +71,7 @@ struct RelayPair {
   RelayDir dir[2];       // [0] app → upstream (src fd[0]), [1] upstream → app (src fd[1])
   int64_t last_ms = 0;
   bool dead = false;
-  bool ready = false;  // on the worker's ready list
+  bool ready = false;     // on the worker's ready list
   int fd_registered = 0;  // fds [0, n) are in the worker's epoll set
   RelayWorker* worker = nullptr;
 };
@@ -431,8 +431,7 @@ class RelayWorker {
   std::vector<RelayPipe> free_;
 };
 
-RelayPool::RelayPool(const RelayOptions& opts, std::function<void()> on_end)
-    : opts_(opts), on_end_(std::move(on_end)) {
+RelayPool::RelayPool(const RelayOptions& opts, std::function<void()> on_end) : opts_(opts), on_end_(std::move(on_end)) {
   if (opts_.threads < 1) opts_.threads = 1;
   if (opts_.pipe_size < 4096) opts_.pipe_size = 4096;
 }
@@ -483,8 +482,8 @@ bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std:
     if (e != 0) {
       *err = e;
       *what = std::string(names[i]) + " fd " + std::to_string(fds[i]) +
-              (e == EBADF      ? " is not an open file descriptor"
-               : e == ENOTSOCK ? " is not a socket"
+              (e == EBADF        ? " is not an open file descriptor"
+               : e == ENOTSOCK   ? " is not a socket"
                : e == EPROTOTYPE ? " is not a stream (TCP) socket"
                                  : std::string(" cannot be inspected: ") + strerror(e));
       return false;

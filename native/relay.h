@@ -84,8 +84,7 @@ class RelayPool {
   // owner read off the sockets before the hand-off. False with *err
   // (EBADF: not open; ENOTSOCK: not a socket; EPROTOTYPE: not a stream
   // socket; EEXIST: id in use; ESHUTDOWN: pool stopped) and a message.
-  bool Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err,
-           std::string* what);
+  bool Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err, std::string* what);
 
   // Ends pair `id` now: `reset` sends RST both ways, else a plain close
   // (FIN). It ends as kClosed. False when no such pair is live.

@@ -4,12 +4,12 @@
 // non-empty, and one JS call takes every record queued by then as one
 // Float64Array [id, bytesUp, bytesDown, how, errno] × n — never an object per
 // pair. The TSFN keeps the loop alive only while pairs are live.
+#include "relay_addon.h"
+
 #include <napi.h>
 
 #include <memory>
 #include <string>
-
-#include "relay_addon.h"
 
 #include "napi_errors.h"
 #include "relay.h"
@@ -63,9 +63,8 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     opts.idle_ms = static_cast<uint32_t>(vals[2]);
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fakeproxy-relay-ends", 0, 1);
     tsfn_.Unref(env);
-    pool_ = std::make_unique<fp::RelayPool>(opts, [this] {
-      tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); });
-    });
+    pool_ = std::make_unique<fp::RelayPool>(
+        opts, [this] { tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); }); });
     int err = 0;
     std::string what;
     if (!pool_->Start(&err, &what)) {

@@ -30,8 +30,9 @@ SysError MakeError(int err, const std::string& syscall, const std::string& step,
     case ENOENT:
     case ENODEV:
     case ENXIO:
-      msg = step + ": /dev/net/tun is missing: load the tun module (modprobe tun) or, in a container, pass "
-                   "--device /dev/net/tun";
+      msg = step +
+            ": /dev/net/tun is missing: load the tun module (modprobe tun) or, in a container, pass "
+            "--device /dev/net/tun";
       break;
     case EBUSY:
       msg = step + ": device " + name +
@@ -117,8 +118,10 @@ retry:
       int hdr_sz = 10;  // sizeof(struct virtio_net_hdr): no num_buffers
       int le = 1;       // little-endian header fields (packet.h VnetHdr)
       const char* step = nullptr;
-      if (ioctl(fd, TUNSETVNETHDRSZ, &hdr_sz) < 0) step = "ioctl(TUNSETVNETHDRSZ)";
-      else if (ioctl(fd, TUNSETVNETLE, &le) < 0 && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__) step = "ioctl(TUNSETVNETLE)";
+      if (ioctl(fd, TUNSETVNETHDRSZ, &hdr_sz) < 0)
+        step = "ioctl(TUNSETVNETHDRSZ)";
+      else if (ioctl(fd, TUNSETVNETLE, &le) < 0 && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__)
+        step = "ioctl(TUNSETVNETLE)";
       else if (ioctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0)
         step = "ioctl(TUNSETOFFLOAD)";
       if (step != nullptr) {
@@ -139,8 +142,7 @@ retry:
 
   memset(&ifr, 0, sizeof(ifr));
   memcpy(ifr.ifr_name, cfg.name.data(), cfg.name.size());
-  if (!IfReq(sock, SIOCGIFINDEX, &ifr, "ioctl(SIOCGIFINDEX)", "look up " + cfg.name, cfg.name, error))
-    goto exit_close;
+  if (!IfReq(sock, SIOCGIFINDEX, &ifr, "ioctl(SIOCGIFINDEX)", "look up " + cfg.name, cfg.name, error)) goto exit_close;
   out->ifindex = ifr.ifr_ifindex;
 
   memset(&ifr, 0, sizeof(ifr));

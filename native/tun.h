@@ -33,8 +33,8 @@ struct TunResult {
   std::string name;
   int ifindex = 0;
   std::vector<int> fds;
-  bool offload = false;        // every fd carries a virtio_net_hdr, offloads on
-  std::string offload_error;   // why offload was asked for but is off ("" otherwise)
+  bool offload = false;       // every fd carries a virtio_net_hdr, offloads on
+  std::string offload_error;  // why offload was asked for but is off ("" otherwise)
 };
 
 // Opens and configures the device. On failure closes whatever it opened (the
