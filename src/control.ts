@@ -65,11 +65,28 @@ export function readStatus(tun: string, timeoutMs = 3000): Promise<Status> {
     });
     sock.on('end', () => {
       clearTimeout(timer);
+      if (buf === '') {
+        // libuv accepts and closes at once when the daemon has no fd left (EMFILE).
+        reject(
+          new FakeproxyError(
+            'EMFILE',
+            `the daemon serving ${tun} closed the status connection without answering: it is probably out of file descriptors (EMFILE); its log says since when, raise its fd limit (LimitNOFILE, ulimit -n)`,
+          ),
+        );
+        return;
+      }
+      let s: Status;
       try {
-        resolve(JSON.parse(buf) as Status);
+        s = JSON.parse(buf) as Status;
       } catch {
         reject(new FakeproxyError('EPROTO', `unreadable status from the daemon serving ${tun}`));
+        return;
       }
+      if (typeof s.error === 'string') {
+        reject(new FakeproxyError('ESTATUS', `the daemon serving ${tun} could not report its status: ${s.error}`));
+        return;
+      }
+      resolve(s);
     });
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
@@ -99,7 +116,7 @@ export function formatStatus(s: Status): string {
     .filter(([k, v]) => k.startsWith('drop') && v > 0)
     .map(([k, v]) => `${k.slice(4, 5).toLowerCase()}${k.slice(5)} ${v}`);
   const lines = [
-    `fakeproxy ${tun ? `on ${tun.name} ${tun.range} (mtu ${tun.mtu}, ${tun.queues} queue(s))` : '(starting)'}, pid ${s.pid}, up ${s.uptimeSec}s, rss ${mib(Number(s.rssBytes))}, upstream ${s.upstream}`,
+    `fakeproxy ${tun ? `on ${tun.name} ${tun.range} (mtu ${tun.mtu}, ${tun.queues} queue(s))` : '(starting)'}, pid ${s.pid}, up ${s.uptimeSec}s, rss ${typeof s.rssBytes === 'number' ? mib(s.rssBytes) : 'unknown'}, upstream ${s.upstream ?? 'none'}`,
     `engine: ${num(e, 'flowsActive')} flows (tcp ${num(e, 'tcpFlows')}, udp ${num(e, 'udpFlows')}), created ${num(e, 'flowsCreated')}, refused ${num(e, 'flowsRefused')}, half-open ${num(e, 'halfOpenFlows')} (early-dropped ${num(e, 'flowsEarlyDropped')}, capped ${num(e, 'halfOpenCapped')}), packets in ${num(e, 'pktsIn')} out ${num(e, 'pktsOut')}, table ${mib(num(e, 'memoryBytes'))}`,
     `drops: ${drops.length ? drops.join(', ') : 'none'}`,
     `dns: ${num(s.dns, 'queries')} queries, ${num(s.dns, 'fakeA')} fake answers, ${num(s.dns, 'forwarded')} forwarded, ${num(s.dns, 'upstreamFailures')} upstream failures, ${num(s.dns, 'poolMapped')}/${num(s.dns, 'poolCapacity')} names mapped`,

@@ -19,6 +19,7 @@ import { RedisSharedPool } from './redis/sharedPool.js';
 import { TunRouteCheck } from './tun/routes.js';
 import { TunDevice } from './tun/TunDevice.js';
 import { isPublicSpace } from './util/cidr.js';
+import { readFdLimit } from './util/fdLimit.js';
 
 export interface DaemonDeps {
   log?: Logger;
@@ -114,6 +115,8 @@ export class Daemon {
     await commands.start();
     this.closers.push(() => commands.close());
 
+    const fds = readFdLimit();
+    if (fds) this.say(`fd limit ${fds.soft} (hard ${fds.hard}): each proxied connection holds 2-3`);
     const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues, offload: c.tunOffload });
     this.tun = tun;
     this.closers.push(() => tun.close());
@@ -347,7 +350,7 @@ export class Daemon {
     return {
       pid: process.pid,
       uptimeSec: Math.round(process.uptime()),
-      rssBytes: process.memoryUsage.rss(),
+      rssBytes: rssOrNull(),
       tun: this.tun
         ? {
             name: this.tun.name,
@@ -391,5 +394,14 @@ export class Daemon {
       })();
     }
     return this.stopping;
+  }
+}
+
+/** RSS, or null when it cannot be read (it opens /proc/self/stat: fails at EMFILE). */
+function rssOrNull(): number | null {
+  try {
+    return process.memoryUsage.rss();
+  } catch {
+    return null;
   }
 }

@@ -1,0 +1,47 @@
+/**
+ * `fakeproxy status` against a daemon that cannot answer (issue 16): an
+ * out-of-fds daemon accepts and closes at once (libuv's EMFILE trick), or
+ * reports an error object; the client names the cause instead of printing
+ * `pid undefined … rss NaN MiB`.
+ */
+import * as net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { controlPath, formatStatus, readStatus } from '../../src/control.js';
+
+let server: net.Server | undefined;
+afterEach(() => new Promise<void>((r) => (server ? server.close(() => r()) : r())));
+
+function serve(tun: string, onConn: (s: net.Socket) => void): Promise<void> {
+  server = net.createServer(onConn);
+  return new Promise((r) => server?.listen(controlPath(tun), () => r()));
+}
+
+describe('readStatus', () => {
+  it('a connection closed without an answer names fd exhaustion', async () => {
+    const tun = `fpt-st-${process.pid}-a`;
+    await serve(tun, (s) => s.end());
+    await expect(readStatus(tun)).rejects.toMatchObject({
+      code: 'EMFILE',
+      message: expect.stringMatching(/closed the status connection without answering: .*out of file descriptors/),
+    });
+  });
+
+  it('an error object from the daemon is an error, not a status with undefined fields', async () => {
+    const tun = `fpt-st-${process.pid}-b`;
+    await serve(tun, (s) =>
+      s.end(`${JSON.stringify({ error: 'EMFILE: too many open files, uv_resident_set_memory' })}\n`),
+    );
+    await expect(readStatus(tun)).rejects.toMatchObject({
+      code: 'ESTATUS',
+      message: expect.stringMatching(/could not report its status: EMFILE/),
+    });
+  });
+
+  it('an unknown RSS prints as unknown, not NaN', async () => {
+    const tun = `fpt-st-${process.pid}-c`;
+    await serve(tun, (s) => s.end(`${JSON.stringify({ pid: 42, uptimeSec: 3, rssBytes: null, tun: null })}\n`));
+    const text = formatStatus(await readStatus(tun));
+    expect(text).toMatch(/pid 42, up 3s, rss unknown/);
+    expect(text).not.toMatch(/NaN|undefined/);
+  });
+});
