@@ -19,12 +19,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { FakeDns } from '../src/dns/index.js';
 import { parseCidr } from '../src/util/cidr.js';
+import { freePort } from '../test/support/net.js';
 
 export interface BenchDnsOptions {
   /** dnsperf run length for each server. @default 10 */
@@ -190,21 +190,6 @@ function askA(port: number, name: string): Promise<string | undefined> {
       '127.0.0.1',
     );
   });
-}
-
-async function freePort(): Promise<number> {
-  for (;;) {
-    const u = dgram.createSocket('udp4');
-    await new Promise<void>((r) => u.bind(0, '127.0.0.1', () => r()));
-    const port = u.address().port;
-    const ok = await new Promise<boolean>((r) => {
-      const s = net.createServer();
-      s.once('error', () => r(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => r(true)));
-    });
-    await new Promise<void>((r) => u.close(() => r()));
-    if (ok) return port;
-  }
 }
 
 /** Wait until something answers a DNS query on 127.0.0.1:port. */

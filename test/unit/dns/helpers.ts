@@ -7,24 +7,11 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import dnsPacket from 'dns-packet';
+import { freePort } from '../../support/net.js';
 
 const execFileP = promisify(execFile);
 
-/** A UDP+TCP port pair free on 127.0.0.1 right now. */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const u = dgram.createSocket('udp4');
-    await new Promise<void>((r) => u.bind(0, '127.0.0.1', () => r()));
-    const port = u.address().port;
-    const ok = await new Promise<boolean>((r) => {
-      const s = net.createServer();
-      s.once('error', () => r(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => r(true)));
-    });
-    await new Promise<void>((r) => u.close(() => r()));
-    if (ok) return port;
-  }
-}
+export { freePort } from '../../support/net.js';
 
 export interface Dnsmasq {
   port: number;

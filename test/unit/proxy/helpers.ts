@@ -8,15 +8,9 @@ import { join } from 'node:path';
 
 export const LO = '127.0.0.1';
 
-/** A port that was free a moment ago (bind port 0, read it, close). */
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  s.listen(0, LO);
-  await once(s, 'listening');
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
+import { freePort } from '../../support/net.js';
+
+export { freePort, until } from '../../support/net.js';
 
 export async function listen(server: net.Server): Promise<number> {
   server.listen(0, LO);
@@ -160,12 +154,4 @@ export async function socketPair(): Promise<[net.Socket, net.Socket]> {
   const [srv] = await accepted;
   server.close();
   return [client, srv];
-}
-
-export async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
