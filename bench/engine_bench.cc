@@ -82,9 +82,9 @@ std::vector<uint8_t> tcp_packet(uint32_t src, uint16_t sport, uint32_t dst, uint
 
 int failures = 0;
 
+// Prints the first 20 failures (a broken rewrite fails every packet) and counts all.
 void fail(const char* what, unsigned detail) {
-  std::printf("FAIL %s (%u)\n", what, detail);
-  failures++;
+  if (++failures <= 20) std::printf("FAIL %s (%u)\n", what, detail);
 }
 
 // A correct checksum sums (with itself included) to zero.
@@ -292,5 +292,6 @@ int main(int argc, char** argv) {
   bench_rewrite(100'000, 0, runs);
   bench_rewrite(1'000'000, 0, 3);
   smoke_thread_loop();
+  if (failures > 20) std::printf("FAIL %d checks failed in all\n", failures);
   return failures ? 1 : 0;
 }
