@@ -5,9 +5,11 @@
  * the name's label boundaries through a Map, CIDRs in a prefix table (one
  * Map per prefix length present), ports in a 64 Ki table, the network in two
  * slots. Each structure yields the smallest matching rule index; the answer
- * is the smallest of them. Only what cannot be indexed (DOMAIN-KEYWORD,
- * DOMAIN-REGEX, GEOIP, AND/OR/NOT) is scanned, in rule order, and only up to
- * the best index found so far.
+ * is the smallest of them. Keywords run through one Aho–Corasick automaton
+ * (the name is read once); an AND rule that needs a DOMAIN/DOMAIN-SUFFIX
+ * is looked at only for names that have it. Only the rest (DOMAIN-REGEX,
+ * GEOIP, OR/NOT, other ANDs) is scanned, in rule order, up to the best index
+ * found so far, and regexes only when their joint alternation matches.
  *
  * IP rules see the destination address only when the connection has no name
  * (an app that connected to an IP literal, or to a real address the fake-IP
@@ -403,6 +405,82 @@ class PortTable {
 const NONE = 0x7fffffff;
 
 /**
+ * DOMAIN-KEYWORD: an Aho–Corasick automaton over the keywords, so a name is
+ * read once whatever the number of keywords; each state knows the smallest
+ * rule index of any keyword ending there (through its failure links too).
+ */
+class KeywordAutomaton {
+  readonly #goto: Map<number, number>[] = [new Map()];
+  readonly #fail: number[] = [0];
+  readonly #out: number[] = [NONE];
+  get empty(): boolean {
+    return this.#goto.length === 1;
+  }
+  add(kw: string, idx: number): void {
+    let s = 0;
+    for (let i = 0; i < kw.length; i++) {
+      const c = kw.charCodeAt(i);
+      let n = (this.#goto[s] as Map<number, number>).get(c);
+      if (n === undefined) {
+        n = this.#goto.length;
+        this.#goto.push(new Map());
+        this.#fail.push(0);
+        this.#out.push(NONE);
+        (this.#goto[s] as Map<number, number>).set(c, n);
+      }
+      s = n;
+    }
+    if (idx < (this.#out[s] as number)) this.#out[s] = idx;
+  }
+  /** Failure links breadth first; `out` takes the minimum along them. */
+  build(): void {
+    const queue: number[] = [...(this.#goto[0] as Map<number, number>).values()];
+    for (let q = 0; q < queue.length; q++) {
+      const s = queue[q] as number;
+      for (const [c, n] of this.#goto[s] as Map<number, number>) {
+        let f = this.#fail[s] as number;
+        while (f !== 0 && !(this.#goto[f] as Map<number, number>).has(c)) f = this.#fail[f] as number;
+        const t = (this.#goto[f] as Map<number, number>).get(c);
+        this.#fail[n] = t !== undefined && t !== n ? t : 0;
+        this.#out[n] = Math.min(this.#out[n] as number, this.#out[this.#fail[n] as number] as number);
+        queue.push(n);
+      }
+    }
+  }
+  lookup(name: string, best: number): number {
+    let s = 0;
+    for (let i = 0; i < name.length; i++) {
+      const c = name.charCodeAt(i);
+      let n = (this.#goto[s] as Map<number, number>).get(c);
+      while (n === undefined && s !== 0) {
+        s = this.#fail[s] as number;
+        n = (this.#goto[s] as Map<number, number>).get(c);
+      }
+      s = n ?? 0;
+      const o = this.#out[s] as number;
+      if (o < best) best = o;
+    }
+    return best;
+  }
+}
+
+/** The DOMAIN / DOMAIN-SUFFIX an AND rule requires, if any: the rule is then looked at only for names with it. */
+function andGuard(c: Cond): { exact?: string; suffix?: string } | undefined {
+  if (c.type !== 'AND') return undefined;
+  for (const s of c.value) {
+    if (s.type === 'DOMAIN') return { exact: s.value };
+    if (s.type === 'DOMAIN-SUFFIX') return { suffix: s.value };
+  }
+  return undefined;
+}
+
+function pushTo<K>(m: Map<K, { idx: number; cond: Cond }[]>, k: K, v: { idx: number; cond: Cond }): void {
+  const l = m.get(k);
+  if (l) l.push(v);
+  else m.set(k, [v]);
+}
+
+/**
  * A compiled rule list. `match` returns the index of the first rule (in the
  * given order) whose condition holds, or -1.
  */
@@ -418,6 +496,12 @@ export class CompiledRules {
   /** Conditions that cannot be indexed, in rule order. */
   readonly #scan: { idx: number; cond: Cond }[] = [];
   readonly #geo: GeoIpLookup | undefined;
+  readonly #keywords = new KeywordAutomaton();
+  /** All DOMAIN-REGEX rules as one alternation: most names match none, and then none is tried alone. */
+  #anyRegex: RegExp | undefined;
+  /** AND rules that need a DOMAIN / DOMAIN-SUFFIX, by that name: evaluated only when the name has it. */
+  readonly #guardExact = new Map<string, { idx: number; cond: Cond }[]>();
+  readonly #guardSuffix = new Map<string, { idx: number; cond: Cond }[]>();
   readonly size: number;
 
   constructor(conds: readonly Cond[], geo?: GeoIpLookup) {
@@ -449,10 +533,43 @@ export class CompiledRules {
         case 'MATCH':
           if (this.#matchAll === NONE) this.#matchAll = idx;
           break;
-        default:
-          this.#scan.push({ idx, cond: c });
+        case 'DOMAIN-KEYWORD':
+          this.#keywords.add(c.value, idx);
+          break;
+        default: {
+          const g = andGuard(c);
+          if (g?.exact !== undefined) pushTo(this.#guardExact, g.exact, { idx, cond: c });
+          else if (g?.suffix !== undefined) pushTo(this.#guardSuffix, g.suffix, { idx, cond: c });
+          else this.#scan.push({ idx, cond: c });
+        }
       }
     });
+    this.#keywords.build();
+    const res = conds.flatMap((c) => (c.type === 'DOMAIN-REGEX' ? [c.value.source] : []));
+    // Back-references and named groups would change meaning inside one alternation: then no prefilter.
+    if (res.length > 0 && !res.some((r) => /\\[1-9k]|\(\?</.test(r))) {
+      try {
+        this.#anyRegex = new RegExp(res.map((r) => `(?:${r})`).join('|'), 'i');
+      } catch {
+        this.#anyRegex = undefined;
+      }
+    }
+  }
+
+  /** Guarded AND rules for one name key: the first (smallest index) that holds. */
+  #guarded(
+    list: { idx: number; cond: Cond }[] | undefined,
+    m: MatchInput,
+    best: number,
+    words: () => number[] | undefined,
+    geo: () => string | undefined,
+  ): number {
+    if (list === undefined) return best;
+    for (const r of list) {
+      if (r.idx >= best) break;
+      if (evalCond(r.cond, m, words, geo)) return r.idx;
+    }
+    return best;
   }
 
   match(m: MatchInput): number {
@@ -462,22 +579,37 @@ export class CompiledRules {
     best = this.#dstPort.lookup(m.port, best);
     best = this.#srcPort.lookup(m.srcPort, best);
     const name = m.name;
+    let words: number[] | undefined | null = null;
+    const getWords = () => {
+      if (words === null) words = ipWords(m.ip);
+      return words;
+    };
+    let country: string | undefined | null = null;
+    const getGeo = () => {
+      if (country === null) country = this.#geo?.(m.ip);
+      return country;
+    };
+    const guards = this.#guardExact.size + this.#guardSuffix.size > 0;
     if (name !== undefined) {
       const e = this.#exact.get(name);
       if (e !== undefined && e < best) best = e;
-      if (this.#suffix.size > 0) {
+      if (guards) best = this.#guarded(this.#guardExact.get(name), m, best, getWords, getGeo);
+      if (this.#suffix.size > 0 || this.#guardSuffix.size > 0) {
         // The name itself, then every suffix starting after a dot.
         let from = 0;
         for (;;) {
-          const s = this.#suffix.get(from === 0 ? name : name.slice(from));
+          const key = from === 0 ? name : name.slice(from);
+          const s = this.#suffix.get(key);
           if (s !== undefined && s < best) best = s;
+          if (guards) best = this.#guarded(this.#guardSuffix.get(key), m, best, getWords, getGeo);
           const dot = name.indexOf('.', from);
           if (dot < 0) break;
           from = dot + 1;
         }
       }
+      if (!this.#keywords.empty) best = this.#keywords.lookup(name, best);
     } else if (!this.#dst.empty) {
-      const w = ipWords(m.ip);
+      const w = getWords();
       if (w) best = this.#dst.lookup(w, best);
     }
     if (!this.#src.empty && m.srcIp !== undefined) {
@@ -485,18 +617,10 @@ export class CompiledRules {
       if (w) best = this.#src.lookup(w, best);
     }
     if (this.#scan.length > 0) {
-      let words: number[] | undefined | null = null;
-      const getWords = () => {
-        if (words === null) words = ipWords(m.ip);
-        return words;
-      };
-      let country: string | undefined | null = null;
-      const getGeo = () => {
-        if (country === null) country = this.#geo?.(m.ip);
-        return country;
-      };
+      const rx = this.#anyRegex === undefined || (name !== undefined && this.#anyRegex.test(name));
       for (const r of this.#scan) {
         if (r.idx >= best) break;
+        if (r.cond.type === 'DOMAIN-REGEX' && !rx) continue;
         if (evalCond(r.cond, m, getWords, getGeo)) {
           best = r.idx;
           break;

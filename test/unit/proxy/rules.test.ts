@@ -96,6 +96,13 @@ describe('CompiledRules', () => {
     expect(matchLinear(conds(rules), m, geo)).toBe(want);
   });
 
+  it('keywords are literal text, not patterns', () => {
+    const k = new CompiledRules(conds(['DOMAIN-KEYWORD,a.b,K', 'DOMAIN-KEYWORD,(x),K2']));
+    expect(k.match(input({ name: 'xa.by.example' }))).toBe(0);
+    expect(k.match(input({ name: 'axb.example' }))).toBe(-1);
+    expect(k.match(input({ name: 'x.example' }))).toBe(-1);
+  });
+
   it('no rule matches → -1', () => {
     expect(new CompiledRules(conds(['DOMAIN,a.example,P'])).match(input({ name: 'b.example' }))).toBe(-1);
   });
@@ -115,6 +122,10 @@ describe('CompiledRules', () => {
       fc.integer({ min: 1, max: 30 }).map((p) => `DST-PORT,${p}-${p + 5},T`),
       fc.constantFrom('NETWORK,udp,T', 'NETWORK,tcp,T'),
       name.map((n) => `NOT,((DOMAIN-SUFFIX,${n})),T`),
+      fc.tuple(name, fc.constantFrom('tcp', 'udp')).map(([n, p]) => `AND,((DOMAIN-SUFFIX,${n}),(NETWORK,${p})),T`),
+      fc.tuple(name, fc.integer({ min: 1, max: 30 })).map(([n, p]) => `AND,((DST-PORT,${p}),(DOMAIN,${n})),T`),
+      label.map((k) => `DOMAIN-REGEX,^${k}\\.,T`),
+      label.map((k) => `DOMAIN-KEYWORD,${k}.${k.slice(0, 2)},T`),
     );
     const conn = fc.record({
       name: fc.option(name, { nil: undefined }),
@@ -129,7 +140,7 @@ describe('CompiledRules', () => {
         const compiled = new CompiledRules(cd);
         for (const m of cs) expect(compiled.match(m)).toBe(matchLinear(cd, m));
       }),
-      { numRuns: 300 },
+      { numRuns: 500 },
     );
   });
 });
