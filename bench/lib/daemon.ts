@@ -105,8 +105,8 @@ export class Daemon {
       `${range.gateway}:53`,
       '--dns-upstream',
       `${topo.upIp}:${PORTS.dns}`,
-      '--upstream',
-      Daemon.upstreamUrl(topo, opts.upstream),
+      // '' → no --upstream: the outbound comes from a --config in `extra`.
+      ...(opts.upstream === '' ? [] : ['--upstream', Daemon.upstreamUrl(topo, opts.upstream)]),
       ...(opts.redis ? ['--redis', opts.redis] : []),
       ...(opts.extra ?? []),
     ];

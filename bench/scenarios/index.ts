@@ -4,6 +4,7 @@ import { dns } from './dnsScenario.js';
 import { engine } from './engine.js';
 import { natScale } from './natScale.js';
 import { redis } from './redis.js';
+import { rules } from './rules.js';
 import { tcpThroughput } from './tcp.js';
 import { tcpConnect } from './tcpConnect.js';
 import { udp } from './udp.js';
@@ -11,4 +12,4 @@ import { udp } from './udp.js';
 export type { Scenario };
 
 /** In the order `npm run bench` runs them. */
-export const SCENARIOS: Scenario[] = [engine, tcpThroughput, tcpConnect, udp, dns, dnsJournal, natScale, redis];
+export const SCENARIOS: Scenario[] = [engine, tcpThroughput, tcpConnect, udp, dns, dnsJournal, natScale, redis, rules];
