@@ -34,7 +34,8 @@ export const tcpConnect: Scenario = {
           label: 'TUN → fakeproxy direct',
           metric: 'rate',
           unit: 'conn/s',
-          compare: [{ to: 'direct', goal: 0.5 }],
+          // Issue 11: new connections/s through the TUN ≥ 0.6× the plain veth.
+          compare: [{ to: 'direct', goal: 0.6 }],
         },
         {
           id: 'tun-p50',
@@ -58,7 +59,8 @@ export const tcpConnect: Scenario = {
           metric: 'added p99',
           unit: 'ms',
           higherIsBetter: false,
-          goal: { value: 1, text: '< 1 ms' },
+          // Issue 11: added p99 < 2 ms (each repetition's TUN p99 minus the veth p99 of the same index).
+          goal: { value: 2, text: '< 2 ms' },
         },
         {
           id: 'tun-dante',
