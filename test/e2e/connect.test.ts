@@ -2,10 +2,10 @@
  * Connection setup through the TUN (issue 11, "fast connection setup"): a
  * burst of short connections, each app → fake IP → TUN → engine → Listener
  * (paused accept, packed NAT lookup) → direct → origin echo. Every
- * connection must carry its own bytes back, and the daemon's fds must return
- * to where they were before the burst.
+ * connection must carry its own bytes back, and the daemon's sockets must
+ * return to where they were before the burst.
  */
-import { readdirSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { createTopology, ECHO_PORT, type Topology } from './harness/topology.js';
@@ -59,11 +59,21 @@ describe.skipIf(skip)('connection setup: a burst of short TCP connections throug
     await t?.destroy();
   });
 
-  it(`${BURST} short connections, ${CONCURRENCY} at a time, each echoed back exactly; fds back to baseline`, async () => {
+  it(`${BURST} short connections, ${CONCURRENCY} at a time, each echoed back exactly; sockets back to baseline`, async () => {
     const d = t.daemon;
     if (!d?.child.pid) throw new Error('daemon not started');
     const fdDir = `/proc/${d.child.pid}/fd`;
-    const fds = () => readdirSync(fdDir).length;
+    // Sockets, not all fds: the native relay keeps a bounded pool of pipes per
+    // thread for reuse (an idle pair holds none), so pipe fds legitimately
+    // stay after a burst; a leaked connection shows up as a socket.
+    const fds = () =>
+      readdirSync(fdDir).filter((f) => {
+        try {
+          return readlinkSync(`${fdDir}/${f}`).startsWith('socket:');
+        } catch {
+          return false; // closed between readdir and readlink
+        }
+      }).length;
     // Warm up once (DNS answer cached, code paths compiled), then take the baseline.
     const warm = await t.client.exec('node', ['-e', burstScript(1, 1, ECHO_PORT)], { timeoutMs: 30_000 });
     expect(JSON.parse(warm.stdout.trim())).toEqual({ ok: 1, bad: 0, errors: {} });
