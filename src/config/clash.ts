@@ -153,12 +153,12 @@ export function readClash(where: string, f: ParsedFile): ClashPart {
   for (const b of Object.keys(BUILTINS)) byName.set(b, { kind: 'proxy', line: 0 });
   const rawProxies = d.proxies ?? [];
   if (!Array.isArray(rawProxies)) fail(['proxies'], 'must be a list');
-  (rawProxies as unknown[]).forEach((p, i) => {
-    const path = ['proxies', i];
-    if (!isObj(p)) fail(path, 'each proxy must be a mapping with name, type, server, port');
-    const q = p as Record<string, unknown>;
+  /** A proxy's or group's mapping and its name, claimed in the one namespace both share (and the built-ins). */
+  const claimName = (path: (string | number)[], v: unknown, kind: 'proxy' | 'group', notMapping: string) => {
+    if (!isObj(v)) fail(path, notMapping);
+    const q = v as Record<string, unknown>;
     const line = f.line(path);
-    if (typeof q.name !== 'string' || q.name === '') fail([...path, 'name'], 'every proxy needs a name');
+    if (typeof q.name !== 'string' || q.name === '') fail([...path, 'name'], `every ${kind} needs a name`);
     const name = q.name as string;
     const prev = byName.get(name);
     if (prev) {
@@ -167,7 +167,12 @@ export function readClash(where: string, f: ParsedFile): ClashPart {
         prev.line === 0 ? `'${name}' is a built-in name` : `duplicate name '${name}' (first at line ${prev.line})`,
       );
     }
-    byName.set(name, { kind: 'proxy', line });
+    byName.set(name, { kind, line });
+    return { q, line, name };
+  };
+  (rawProxies as unknown[]).forEach((p, i) => {
+    const path = ['proxies', i];
+    const { q, line, name } = claimName(path, p, 'proxy', 'each proxy must be a mapping with name, type, server, port');
     const type = String(q.type ?? '');
     const spec: ProxySpec = { name, type, line };
     const keys = SUPPORTED_PROXY_KEYS[type];
@@ -197,19 +202,7 @@ export function readClash(where: string, f: ParsedFile): ClashPart {
   const unsupportedGroups = new Map<string, string>();
   (rawGroups as unknown[]).forEach((g, i) => {
     const path = ['proxy-groups', i];
-    if (!isObj(g)) fail(path, 'each group must be a mapping with name, type, proxies');
-    const q = g as Record<string, unknown>;
-    const line = f.line(path);
-    if (typeof q.name !== 'string' || q.name === '') fail([...path, 'name'], 'every group needs a name');
-    const name = q.name as string;
-    const prev = byName.get(name);
-    if (prev) {
-      fail(
-        path,
-        prev.line === 0 ? `'${name}' is a built-in name` : `duplicate name '${name}' (first at line ${prev.line})`,
-      );
-    }
-    byName.set(name, { kind: 'group', line });
+    const { q, line, name } = claimName(path, g, 'group', 'each group must be a mapping with name, type, proxies');
     const type = String(q.type ?? '');
     for (const k of Object.keys(q))
       if (!GROUP_KEYS.has(k)) warn(`proxy-groups.${k}`, 'is not supported by fakeproxy: ignored');
