@@ -13,19 +13,38 @@ function qEnd(q: Buffer): number {
   return p.q.questionEnd;
 }
 
+/**
+ * Binds a UDP socket and, when asked, a TCP server on the same free port of
+ * 127.0.0.1. A kernel-chosen UDP port can be taken on TCP by another suite
+ * running at the same time, so a clash just tries another port.
+ */
+async function bindPair(withTcp: boolean): Promise<{ udp: dgram.Socket; tcp?: net.Server }> {
+  for (let attempt = 0; ; attempt++) {
+    const udp = dgram.createSocket('udp4');
+    await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
+    if (!withTcp) return { udp };
+    const tcp = net.createServer();
+    const err = await new Promise<Error | undefined>((r) => {
+      tcp.once('error', r);
+      tcp.listen(udp.address().port, '127.0.0.1', () => r(undefined));
+    });
+    if (!err) return { udp, tcp };
+    udp.close();
+    if (attempt >= 20) throw err;
+  }
+}
+
 /** A scripted UDP (and optional TCP) server on 127.0.0.1 standing in for a misbehaving upstream. */
 async function fakeUpstream(
   onUdp: (q: Buffer, reply: (b: Buffer) => void, n: number) => void,
   onTcp?: (q: Buffer) => Buffer,
 ) {
-  const udp = dgram.createSocket('udp4');
-  await new Promise<void>((r) => udp.bind(0, '127.0.0.1', () => r()));
+  const { udp, tcp } = await bindPair(onTcp !== undefined);
   const port = udp.address().port;
   let n = 0;
   udp.on('message', (m, ri) => onUdp(m, (b) => udp.send(b, ri.port, ri.address), n++));
-  let tcp: net.Server | undefined;
-  if (onTcp) {
-    tcp = net.createServer((s) => {
+  if (tcp && onTcp) {
+    tcp.on('connection', (s) => {
       s.on('data', (d) => {
         const out = onTcp(d.subarray(2, 2 + d.readUInt16BE(0)));
         const f = Buffer.alloc(out.length + 2);
@@ -34,7 +53,6 @@ async function fakeUpstream(
         s.write(f);
       });
     });
-    await new Promise<void>((r) => tcp?.listen(port, '127.0.0.1', () => r()));
   }
   return {
     port,
