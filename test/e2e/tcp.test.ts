@@ -265,6 +265,7 @@ dns.lookup('echo.test', { family: 4 }, (err, addr) => {
   it('upstream dead: the app is reset at once, the daemon logs name:port, outbound and reason, and keeps serving', async () => {
     const d = await daemonWith(`socks5://${t.upstreamIp}:${SOCKS_DEAD}`);
     const label = `socks5://${t.upstreamIp}:${SOCKS_DEAD}`;
+    const startedAt = Date.now();
     // --max-time 3 < the 5 s connect budget: exit 28 would mean we hung instead of resetting.
     expectReset(await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${HTTP_PORT}/hello`]));
     // A burst of 50 at once: every one reset, none left hanging (one exit code per line).
@@ -290,8 +291,12 @@ dns.lookup('echo.test', { family: 4 }, (err, addr) => {
     while ((await connectFailed()) < 51 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     expect(await connectFailed()).toBe(51);
     const lines = d.stderr.split('\n').filter((l) => l.includes(`tcp origin.test:${HTTP_PORT} via ${label}`));
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/: ECONNREFUSED: .*reach the proxy/);
+    // One line per 10 s window, not one per failure: on a loaded machine the
+    // burst can outlast the first window, which allows one summary line more.
+    const windows = 1 + Math.floor((Date.now() - startedAt) / 10_000);
+    expect(lines.length).toBeGreaterThanOrEqual(1);
+    expect(lines.length).toBeLessThanOrEqual(windows);
+    for (const l of lines) expect(l).toMatch(/: ECONNREFUSED: .*reach the proxy/);
     expect(d.child.exitCode).toBeNull();
     // Same daemon, still answering DNS with fake addresses.
     const dig = await t.client.exec('dig', ['+time=2', '+tries=1', '+short', '@198.18.0.1', 'after-failure.example']);

@@ -91,14 +91,15 @@ describe('RedisMirror', () => {
     // The resync at connection reads the table too; only the ticks' polls count.
     await eventually(() => m.stats().resyncs === 1, 'first resync');
     polls.length = 0;
-    await eventually(() => polls.length >= 3, 'three polls');
+    // Under load a poll can take 100 ms and the next then waits 5 s: allow for two such gaps.
+    await eventually(() => polls.length >= 3, 'three polls', 25_000);
     // Ticks come every 20 ms; a poll waits at least 50 × the previous one's duration.
     for (let i = 1; i < polls.length; i++) {
       expect(polls[i].start - polls[i - 1].start).toBeGreaterThanOrEqual(50 * polls[i - 1].ms);
     }
     // Not vacuous: each poll took long enough that 50 × its duration exceeds the 20 ms tick.
     for (const p of polls) expect(p.ms).toBeGreaterThan(0.4);
-  });
+  }, 40_000);
 
   it('refreshes byte counters from entries() without any event', async () => {
     const nat = new LiveNat();
