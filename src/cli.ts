@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { sendCommand } from './command.js';
 import { loadConfigFile, resolveStartConfig } from './config.js';
 import { formatStatus, readStatus } from './control.js';
+import { undoLeftover } from './daemon/teardown.js';
 import { Daemon } from './daemon.js';
 import { FakeproxyError, UsageError } from './errors.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
@@ -198,6 +199,26 @@ export function buildProgram(): Command {
         const r = await sendCommand(o.tun, { cmd: 'reload' });
         if (!r.ok) throw new FakeproxyError('ERELOAD', `reload refused, the old config stays: ${r.error}`);
         process.stdout.write(`reloaded: ${String(r.summary)}\n`);
+      }, o),
+    );
+
+  program
+    .command('cleanup')
+    .description(
+      'undo what a killed daemon left (resolver, routes, rules, nftables, sysctls), from its journal in the state dir; the next start does the same',
+    )
+    .option('--state-dir <dir>', 'the state dir the daemon ran with', START_OPTIONS.stateDir.default)
+    .option('--tun <name>', 'the device the daemon ran with', START_OPTIONS.tun.default)
+    .option('--debug', 'stack traces on errors')
+    .action((o: { stateDir: string; tun: string; debug?: boolean }) =>
+      runInspect(async () => {
+        const log = (line: string) => process.stdout.write(`${line}\n`);
+        const n = undoLeftover({ stateDir: o.stateDir, tun: o.tun, log });
+        log(
+          n
+            ? `cleanup: undid ${n} change${n > 1 ? 's' : ''}`
+            : `cleanup: nothing to undo for ${o.tun} in ${o.stateDir}`,
+        );
       }, o),
     );
 

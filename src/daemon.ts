@@ -1,6 +1,7 @@
 import { type CommandReply, type CommandRequest, CommandServer } from './command.js';
 import type { StartConfig } from './config.js';
 import { ControlServer, type Status } from './control.js';
+import { TeardownJournal } from './daemon/teardown.js';
 import { FakeDns } from './dns/FakeDns.js';
 import { findUpstream } from './dns/resolvconf.js';
 import { UsageError } from './errors.js';
@@ -50,6 +51,12 @@ export class Daemon {
   udp?: UdpListener;
   mirror?: RedisMirror;
   router?: Router;
+  /**
+   * Every change outside the process (resolver, routes, ip rules, nftables,
+   * sysctls) goes through this journal: recorded before it is made, undone
+   * on every exit path and after a kill -9 (src/daemon/teardown.ts).
+   */
+  teardown?: TeardownJournal;
   private routingDeps: RoutingDeps = {};
   private readonly reloadConfig: (() => StartConfig) | undefined;
   private readonly closers: (() => void | Promise<void>)[] = [];
@@ -114,6 +121,10 @@ export class Daemon {
     const commands = new CommandServer(c.tun, (req) => this.command(req));
     await commands.start();
     this.closers.push(() => commands.close());
+    // After the second-instance check: undo what a killed daemon left, then journal ours.
+    const teardown = TeardownJournal.open({ stateDir, tun: c.tun, log: this.log });
+    this.teardown = teardown;
+    this.closers.push(() => teardown.undoAll());
 
     const fds = readFdLimit();
     if (fds) this.say(`fd limit ${fds.soft} (hard ${fds.hard}): each proxied connection holds 2-3`);
@@ -378,6 +389,7 @@ export class Daemon {
       // best effort
     }
     this.tun?.close();
+    this.teardown?.undoAll();
   }
 
   stop(): Promise<void> {
