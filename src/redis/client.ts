@@ -139,6 +139,45 @@ export function resilientOptions(opts: ResilientOptions = {}): RedisOptions {
 }
 
 /**
+ * A long-lived client (resilientOptions) that also survives ioredis giving
+ * up on it: see reconnectAfterEnd. `wanted()` turns false when its owner
+ * closes it.
+ */
+export function resilientClient(
+  factory: RedisFactory,
+  url: string,
+  opts: ResilientOptions & { wanted: () => boolean },
+): RedisClient {
+  const options = resilientOptions(opts);
+  const client = factory(url, options);
+  reconnectAfterEnd(client, opts.wanted, () => options.retryStrategy?.(1) ?? DEFAULT_MAX_BACKOFF_MS);
+  return client;
+}
+
+/**
+ * connect() again, after `delayMs()`, whenever the client ends ('end')
+ * while it is still `wanted()`. ioredis ends a client for good when its
+ * connector fails instead of retrying, and a Sentinel client's failover
+ * detector, still subscribed to +switch-master from the connection that was
+ * lost, makes it fail: a failover announced while the client asks a
+ * Sentinel where the primary is (that is, during a reconnection, which is
+ * when failovers happen) aborts the attempt with "Connection is closed" and
+ * ends the client. Without this a gateway could stay disconnected after a
+ * Sentinel failover (test/unit/redis/failover.test.ts shows it).
+ */
+export function reconnectAfterEnd(client: RedisClient, wanted: () => boolean, delayMs: () => number): void {
+  let timer: NodeJS.Timeout | undefined;
+  client.on('end', () => {
+    if (timer !== undefined || !wanted()) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (wanted() && client.status === 'end') client.connect().catch(() => {});
+    }, delayMs());
+    timer.unref();
+  });
+}
+
+/**
  * Which failures a long-lived connection has reported, so an outage logs one
  * line and not one per retry, and refused credentials slow the retries.
  */
@@ -382,4 +421,9 @@ export function keepReconnecting(client: RedisClient): void {
   }
   Object.assign(client.options, { retryStrategy, enableOfflineQueue });
   if (client.options.sentinels) client.options.sentinelRetryStrategy = (times) => retryStrategy?.(times) ?? null;
+  reconnectAfterEnd(
+    client,
+    () => true,
+    () => retryStrategy?.(1) ?? DEFAULT_MAX_BACKOFF_MS,
+  );
 }

@@ -22,7 +22,7 @@ import {
   type RedisFactory,
   type RedisLogger,
   redactRedisUrl,
-  resilientOptions,
+  resilientClient,
   scanKeys,
 } from './client.js';
 import { encodeNodeInfo, type NodeKeys, nodeKeys } from './schema.js';
@@ -160,10 +160,11 @@ export class RedisMirror {
    */
   start(): void {
     if (this.client || this.closed) return;
-    const client = this.factory(
-      this.url,
-      resilientOptions({ maxBackoffMs: this.maxBackoffMs, authFailed: () => this.failures.authFailed }),
-    );
+    const client = resilientClient(this.factory, this.url, {
+      maxBackoffMs: this.maxBackoffMs,
+      authFailed: () => this.failures.authFailed,
+      wanted: () => !this.closed,
+    });
     this.client = client;
     client.on('ready', () => this.onReady());
     // A Cluster stays 'ready' while one primary fails over: what that primary

@@ -33,7 +33,7 @@ import {
   type RedisLogger,
   redactRedisUrl,
   redisErrorCode,
-  resilientOptions,
+  resilientClient,
   subscribeAlways,
 } from './client.js';
 import { decodeRecycled, type PoolKeys, poolKeys } from './schema.js';
@@ -235,10 +235,14 @@ export class RedisSharedPool extends EventEmitter {
    */
   async start(): Promise<void> {
     if (this.client) return;
-    const resilient = { maxBackoffMs: this.maxBackoffMs, authFailed: () => this.failures.authFailed };
-    const client = this.factory(this.url, resilientOptions(resilient));
+    const resilient = {
+      maxBackoffMs: this.maxBackoffMs,
+      authFailed: () => this.failures.authFailed,
+      wanted: () => !this.closed,
+    };
+    const client = resilientClient(this.factory, this.url, resilient);
     this.client = client;
-    const sub = this.factory(this.url, resilientOptions({ ...resilient, subscriber: true }));
+    const sub = resilientClient(this.factory, this.url, { ...resilient, subscriber: true });
     this.sub = sub;
     sub.on('error', () => {
       /* the main client reports connection problems */
