@@ -40,6 +40,8 @@ export interface StartConfig {
   redisSharedPool: boolean;
   /** '' disables persistence. */
   stateDir: string;
+  /** Point the host's resolver at the daemon while it runs (START_OPTIONS.systemDns). */
+  systemDns: boolean;
   maxFlows: number;
   /** Native TCP relay threads; unset → one per core (TcpListenerOptions.relayThreads). */
   relayThreads?: number | undefined;
@@ -187,7 +189,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     return int(pick(k) ?? o.default, flagName(o), o.range[0], o.range[1]);
   };
   const strOpt = (k: 'cidr' | 'tun' | 'upstream' | 'stateDir') => str(pick(k) ?? O[k].default, flagName(O[k]));
-  const boolOpt = (k: 'tunOffload' | 'dnsHijack' | 'redisSharedPool' | 'debug') =>
+  const boolOpt = (k: 'tunOffload' | 'dnsHijack' | 'redisSharedPool' | 'systemDns' | 'debug') =>
     pick(k) === undefined ? O[k].default : bool(pick(k));
   const cidr = parseCidr(strOpt('cidr'));
   const listenPort =
@@ -200,6 +202,18 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     : [{ host: cidr.gatewayIp, port: 53 }];
   if (bool(pick('redisSharedPool')) && pick('redis') === undefined) {
     throw new UsageError('--redis-shared-pool needs --redis URL');
+  }
+  if (boolOpt('systemDns')) {
+    if (strOpt('stateDir') === '') {
+      throw new UsageError(
+        "--system-dns needs a --state-dir (not ''): the resolver it replaces is journaled there so a crash can be undone",
+      );
+    }
+    if (!dnsListen.some((l) => l.port === 53)) {
+      throw new UsageError(
+        '--system-dns needs a --dns-listen address on port 53 (the system resolver asks port 53 only)',
+      );
+    }
   }
   const up = pick('dnsUpstream');
   const fakeIpFilter = list(pick('fakeIpFilter'), '--fake-ip-filter');
@@ -231,6 +245,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     nodeId,
     redisSharedPool: boolOpt('redisSharedPool'),
     stateDir: strOpt('stateDir'),
+    systemDns: boolOpt('systemDns'),
     maxFlows: intOpt('maxFlows'),
     relayThreads:
       pick('relayThreads') === undefined

@@ -1,6 +1,7 @@
 import { type CommandReply, type CommandRequest, CommandServer } from './command.js';
 import type { StartConfig } from './config.js';
 import { ControlServer, type Status } from './control.js';
+import { pointSystemDns, RESOLVED_UPLINKS, systemDnsMode } from './daemon/systemDns.js';
 import { TeardownJournal } from './daemon/teardown.js';
 import { FakeDns } from './dns/FakeDns.js';
 import { findUpstream } from './dns/resolvconf.js';
@@ -98,7 +99,12 @@ export class Daemon {
     }
     // Resolve configuration that can fail before touching the system.
     const stateDir = c.stateDir === '' ? null : c.stateDir;
-    const dnsUpstream = c.dnsUpstream ?? findUpstream(c.dnsListen, stateDir, this.log);
+    // With resolved forwarding every name to us, its stub (127.0.0.53) would
+    // loop: the real servers are in its uplink list.
+    const sysDnsMode = c.systemDns ? systemDnsMode() : undefined;
+    const dnsUpstream =
+      c.dnsUpstream ??
+      findUpstream(c.dnsListen, stateDir, this.log, sysDnsMode === 'resolved' ? RESOLVED_UPLINKS : undefined);
     const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
     const routes = new TunRouteCheck(c.tun);
     const loopGuard = (ip: string) =>
@@ -175,6 +181,15 @@ export class Daemon {
     this.closers.push(() => dns.close());
     for (const a of dns.addresses)
       this.say(`dns ${a.host}:${a.port} (udp+tcp), upstream ${dnsUpstream.host}:${dnsUpstream.port}`);
+    if (sysDnsMode) {
+      // Once DNS answers; restored before it closes (closers run in reverse).
+      const l =
+        c.dnsListen.find((a) => a.host === c.cidr.gatewayIp && a.port === 53) ?? c.dnsListen.find((a) => a.port === 53);
+      const server = !l || l.host === '0.0.0.0' ? '127.0.0.1' : l.host;
+      const sys = pointSystemDns({ teardown, tun: c.tun, server, mode: sysDnsMode });
+      this.closers.push(() => teardown.undo(sys.change));
+      this.say(sys.line);
+    }
 
     const nat = new NatManager({
       range: c.cidr,

@@ -149,6 +149,13 @@ export const START_OPTIONS = {
     default: '/var/lib/fakeproxy',
     why: "the fake-IP map survives restarts here; `''` disables",
   },
+  systemDns: {
+    flag: '--system-dns',
+    help: "point the host's resolver at the daemon while it runs (resolv.conf, or systemd-resolved on the TUN link)",
+    default: false,
+    defaultText: 'off',
+    why: "point the host's resolver at the daemon while it runs: systemd-resolved (when `/etc/resolv.conf` is its stub) sends every name to the TUN link; otherwise `/etc/resolv.conf` is rewritten in place to name only the daemon (its `search`/`options` kept). The old state is journaled in `--state-dir` first and comes back byte-identical on SIGTERM/SIGINT/a fatal error, and after a kill -9 by `fakeproxy cleanup` or the next start. Off by default: the resolver is the host's, not ours to take unasked. Needs a `--state-dir` and a DNS listen address on port 53",
+  },
   maxFlows: {
     flag: '--max-flows <n>',
     help: 'NAT table size',

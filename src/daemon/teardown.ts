@@ -234,11 +234,18 @@ export class TeardownJournal {
 
   /** Run `argv`; `undoArgv` reverses it. A failing `argv` throws (with its stderr) after the undo ran. */
   exec(argv: readonly string[], undoArgv: readonly string[], what: string): Change {
+    return this.execSeq([argv], undoArgv, what);
+  }
+
+  /** Run several commands in order as one change that `undoArgv` reverses as a whole; the first failure throws. */
+  execSeq(argvs: readonly (readonly string[])[], undoArgv: readonly string[], what: string): Change {
     return this.change({ kind: 'exec', argv: [...undoArgv], what }, () => {
-      const r = this.run(argv);
-      if (r.error || r.status !== 0) {
-        const why = r.error?.message ?? (r.stderr.trim().split('\n')[0] || `exit ${r.status}`);
-        throw new FakeproxyError('ESYSCHANGE', `${what}: ${argv.join(' ')} failed: ${why}`, { cause: r.error });
+      for (const argv of argvs) {
+        const r = this.run(argv);
+        if (r.error || r.status !== 0) {
+          const why = r.error?.message ?? (r.stderr.trim().split('\n')[0] || `exit ${r.status}`);
+          throw new FakeproxyError('ESYSCHANGE', `${what}: ${argv.join(' ')} failed: ${why}`, { cause: r.error });
+        }
       }
     });
   }
