@@ -11,22 +11,13 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT, runCli } from './harness/daemon.js';
-import { e2eUnavailableReason, Netns, vethPair } from './harness/netns.js';
+import { e2eUnavailableReason, ifaceOf, Netns, vethPair } from './harness/netns.js';
 import { createTopology, ECHO_PORT, HTTP_PORT, type Topology } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 const UDP_CLIENT = join(ROOT, 'test/e2e/fixtures/udp-client.mjs');
 const GW = '198.18.0.1';
 const FAKE = /^198\.18\.\d+\.\d+$/;
-
-/** The interface that carries `ip` inside `ns`. */
-async function ifaceOf(ns: Netns, ip: string): Promise<string> {
-  const out = await ns.must('ip', ['-o', '-4', 'addr', 'show']);
-  const line = out.split('\n').find((l) => l.includes(` ${ip}/`));
-  const name = line?.split(/\s+/)[1];
-  if (!name) throw new Error(`[${ns.name}] no interface has ${ip}: ${out}`);
-  return name;
-}
 
 /** A counter of the kernel's own (nstat), e.g. TcpExtIPReversePathFilter, UdpNoPorts. */
 async function nstat(ns: Netns, name: string): Promise<number> {

@@ -159,6 +159,17 @@ export async function vethPair(a: Netns, b: Netns, subnet?: string): Promise<{ a
   return { aIp, bIp };
 }
 
+/** The interface that carries `ip` inside `ns`. */
+export async function ifaceOf(ns: Netns, ip: string): Promise<string> {
+  const out = await ns.must('ip', ['-o', '-4', 'addr', 'show']);
+  const name = out
+    .split('\n')
+    .find((l) => l.includes(` ${ip}/`))
+    ?.split(/\s+/)[1];
+  if (!name) throw new Error(`[${ns.name}] no interface has ${ip}: ${out}`);
+  return name;
+}
+
 /** Why e2e cannot run here, or undefined when it can. */
 export function e2eUnavailableReason(): string | undefined {
   if (process.getuid?.() !== 0) return 'e2e tests need root (network namespaces, TUN devices)';
