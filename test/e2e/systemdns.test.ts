@@ -84,6 +84,30 @@ describe.skipIf(skip)('--system-dns: resolver pointed at the daemon, restored on
     expect(existsSync(journal)).toBe(false);
   });
 
+  it('runs with only the capabilities packaging/fakeproxy.service leaves (CAP_NET_ADMIN, CAP_NET_BIND_SERVICE)', async () => {
+    const etc = `/etc/netns/${t.client.name}/resolv.conf`;
+    const original = `nameserver ${t.upstreamIp}\n`;
+    t.client.writeEtc('resolv.conf', original);
+    const caps = '-all,+net_admin,+net_bind_service';
+    const d = DaemonProc.start(t.client, ['start', '--state-dir', join(t.tmp, 'state-caps'), '--system-dns'], {}, [
+      'setpriv',
+      `--bounding-set=${caps}`,
+      `--inh-caps=${caps}`,
+      '--ambient-caps=+net_admin,+net_bind_service',
+      '--no-new-privs',
+    ]);
+    await d.waitFor(/running; Ctrl-C to stop/, 20_000);
+    const status = readFileSync(`/proc/${d.child.pid}/status`, 'utf8');
+    expect(/^CapBnd:\s+(\S+)$/m.exec(status)?.[1]).toBe('0000000000001400'); // bits 10 and 12
+    expect(readFileSync(etc, 'utf8')).toMatch(/^nameserver 198\.18\.0\.1$/m);
+    const g = await t.client.exec('getent', ['ahostsv4', 'origin.test']);
+    expect(g.stdout.split(/\s+/)[0]).toMatch(/^198\.18\.\d+\.\d+$/);
+    const c = await t.client.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://origin.test:8080/']);
+    expect(c.stdout).toBe('200');
+    expect(await d.stop('SIGTERM')).toBe(0);
+    expect(readFileSync(etc, 'utf8')).toBe(original);
+  });
+
   it('usage: --system-dns without a state dir exits 2 before anything changes', async () => {
     const r = await runCli(t.client, ['start', '--state-dir', '', '--system-dns']);
     expect(r.code).toBe(2);

@@ -27,9 +27,11 @@ export class DaemonProc {
     this.exited = new Promise((resolve) => child.once('exit', (code, sig) => resolve(code ?? (sig ? -1 : null))));
   }
 
-  static start(ns: Netns, args: string[], env: NodeJS.ProcessEnv = {}): DaemonProc {
+  /** `wrap`: a command that runs the daemon (e.g. setpriv with its flags). */
+  static start(ns: Netns, args: string[], env: NodeJS.ProcessEnv = {}, wrap: string[] = []): DaemonProc {
     assertBuilt();
-    const child = ns.spawn('node', [CLI, ...args], { env: { ...process.env, ...env } });
+    const [cmd, ...rest] = [...wrap, 'node', CLI, ...args] as [string, ...string[]];
+    const child = ns.spawn(cmd, rest, { env: { ...process.env, ...env } });
     return new DaemonProc(child);
   }
 
