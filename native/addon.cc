@@ -13,6 +13,7 @@
 #include "napi_errors.h"
 #include "relay_addon.h"
 #include "tun.h"
+#include "udp_relay_addon.h"
 
 namespace fakeproxy {
 namespace {
@@ -177,6 +178,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitEngine(env, exports);
   InitDgramBatch(env, exports);
   InitRelay(env, exports);
+  InitUdpRelay(env, exports);
   return exports;
 }
 

@@ -256,6 +256,99 @@ export interface NativeRelay {
   stop(): Float64Array;
 }
 
+// ---- Native UDP relay (native/udp_relay*.cc) ----
+export interface NativeUdpRelayOptions {
+  /** Listener address (IPv4 as an unsigned 32-bit integer) and port (0 picks one). */
+  ip: number;
+  port: number;
+  /** SO_RCVBUF of the listener socket (the kernel caps it at net.core.rmem_max). */
+  recvBufferBytes: number;
+  /** SO_MARK of the listener socket; 0 = none. */
+  mark: number;
+  /** Largest payload relayed either way; bigger ones are dropped (counted). */
+  maxPayloadBytes: number;
+  /** Datagrams per recvmmsg. */
+  batch: number;
+}
+/** Fields per datagram in the first Float64Array onEvents gets: [assoc, natIp, natPort, off, len, keyOff, keyLen]. */
+export const UDP_RELAY_DGRAM_FIELDS = 7;
+/** Fields per ended association: [id, how (index into UDP_RELAY_ENDS), dgramsUp, bytesUp, dgramsDown, bytesDown]. */
+export const UDP_RELAY_END_FIELDS = 6;
+/** fp::UdpEnd order (native/udp_relay.h). */
+export const UDP_RELAY_ENDS = Object.freeze(['idle', 'closed', 'upstream-closed'] as const);
+/** fp::UdpDrop order (native/udp_relay.h): the index of each count in totals().drops. */
+export const UDP_RELAY_DROPS = Object.freeze([
+  'oversized',
+  'send-error',
+  'truncated',
+  'fragment',
+  'bad-atyp',
+  'foreign-source',
+  'queue-full',
+  'rcvbuf',
+] as const);
+export interface NativeUdpRelayTotals {
+  datagramsUp: number;
+  bytesUp: number;
+  datagramsDown: number;
+  bytesDown: number;
+  associations: number;
+  bindings: number;
+  /** Datagrams handed to JS because their NAT address had no binding yet. */
+  misses: number;
+  /** Replies handed to JS because their remote mapped to no NAT address. */
+  unknownRemotes: number;
+  /** Counts indexed like UDP_RELAY_DROPS. */
+  drops: Float64Array;
+}
+export interface NativeUdpRelay {
+  /** The listener's bound port. */
+  port(): number;
+  /**
+   * New association `id` (≥ 1) with its own upstream socket bound to
+   * bindIp:0; kind 0 direct, 1 SOCKS5. Returns the local port. idleMs
+   * applies once a non-DNS destination is bound, dnsIdleMs before; 0 disables.
+   */
+  open(
+    id: number,
+    kind: 0 | 1,
+    bindIp: number,
+    mark: number,
+    recvBufferBytes: number,
+    idleMs: number,
+    dnsIdleMs: number,
+  ): number;
+  setSocksRelay(id: number, ip: number, port: number): boolean;
+  /**
+   * Datagrams from natIp:natPort go out on association `id` (direct: to
+   * dstIp:dstPort; SOCKS5: with the header for socksAddr, a SOCKS5 address);
+   * replies keyed remoteKey (a SOCKS5 address) come back to natIp:natPort.
+   */
+  bind(
+    natIp: number,
+    natPort: number,
+    id: number,
+    dstIp: number,
+    dstPort: number,
+    socksAddr: Buffer | undefined,
+    remoteKey: Buffer | undefined,
+    dns: boolean,
+  ): boolean;
+  addRemote(id: number, remoteKey: Buffer, natIp: number, natPort: number): boolean;
+  unbind(natIp: number, natPort: number): void;
+  /** Through natIp:natPort's binding; false when it has none. */
+  sendUp(natIp: number, natPort: number, payload: Uint8Array): boolean;
+  /** From the listener socket to an app's NAT address. */
+  sendDown(natIp: number, natPort: number, payload: Uint8Array): boolean;
+  /** End association `id` (an ended record follows); false when not live. */
+  close(id: number): boolean;
+  /** Monotonic ms of the association's last datagram; -1 when not live. */
+  lastActive(id: number): number;
+  totals(): NativeUdpRelayTotals;
+  /** Close everything, join the thread; returns ended records not yet delivered. Idempotent. */
+  stop(): Float64Array;
+}
+
 export interface NativeBinding {
   tunOpen(opts: TunOpenOptions): TunHandle;
   /** Close the fds (the non-persistent device disappears with the last one). */
@@ -276,6 +369,11 @@ export interface NativeBinding {
     opts: NativeRelayOptions,
     onEnd: (records: Float64Array) => void,
   ) => NativeRelay;
+  /** `onEvents` gets batches (layouts: UDP_RELAY_DGRAM_FIELDS, UDP_RELAY_END_FIELDS). */
+  UdpRelay: new (
+    opts: NativeUdpRelayOptions,
+    onEvents: (dgrams: Float64Array, bytes: Buffer, ended: Float64Array) => void,
+  ) => NativeUdpRelay;
 }
 
 function findAddon(): string {

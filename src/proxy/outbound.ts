@@ -128,7 +128,20 @@ export interface Outbound {
    * per flow). Rejects like connect() when the association cannot be set up.
    */
   udpAssociate?(opts?: UdpAssociateOptions): Promise<UdpAssociation>;
+  /**
+   * Optional: what the native UDP relay needs to carry this outbound's
+   * datagrams itself (src/proxy/udp/nativeAssociation.ts). Absent → the
+   * listener relays through udpAssociate() in JavaScript.
+   */
+  readonly udpNative?: UdpNativePlan;
 }
+
+/** How the native UDP relay carries an outbound's datagrams. */
+export type UdpNativePlan = {
+  kind: 'direct';
+  /** Name → addresses; absent → datagrams to names are dropped ('resolve-failed'). */
+  resolve: ResolveName | undefined;
+};
 
 export interface UpstreamDeps {
   /**

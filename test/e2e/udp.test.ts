@@ -46,6 +46,7 @@ type Status = {
     expired: number;
     datagramsUp: number;
     datagramsDown: number;
+    nativeMisses: number;
     dropped: Record<string, number>;
   } | null;
 };
@@ -153,6 +154,19 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
       expect(r.sockets.length).toBe(2);
       expect(r.sockets[0].port).not.toBe(r.sockets[1].port);
       await expectAllEchoed(r, 300);
+    });
+
+    it('10 000 datagrams are all echoed intact by the native relay: JavaScript sees only those before the flow is bound', async () => {
+      const before = (await status()).udp;
+      const window = 32;
+      const r = await udpClient({ count: 10_000, window });
+      await expectAllEchoed(r, 10_000);
+      const after = (await status()).udp;
+      expect((after?.datagramsUp ?? 0) - (before?.datagramsUp ?? 0)).toBeGreaterThanOrEqual(10_000);
+      expect((after?.datagramsDown ?? 0) - (before?.datagramsDown ?? 0)).toBeGreaterThanOrEqual(10_000);
+      const misses = (after?.nativeMisses ?? 0) - (before?.nativeMisses ?? 0);
+      expect(misses).toBeGreaterThanOrEqual(1);
+      expect(misses).toBeLessThanOrEqual(window);
     });
   });
 

@@ -5,7 +5,14 @@
  */
 import type * as net from 'node:net';
 import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
-import type { ConnectOptions, Destination, Outbound, UdpAssociateOptions, UdpAssociation } from '../outbound.js';
+import type {
+  ConnectOptions,
+  Destination,
+  Outbound,
+  UdpAssociateOptions,
+  UdpAssociation,
+  UdpNativePlan,
+} from '../outbound.js';
 import { DirectUdpAssociation } from './direct-udp.js';
 
 export interface DirectOutboundOptions {
@@ -28,9 +35,11 @@ export class DirectOutbound implements Outbound {
   readonly kind = 'direct' as const;
   readonly label = 'direct';
   readonly #o: DirectOutboundOptions;
+  readonly udpNative: UdpNativePlan;
 
   constructor(opts: DirectOutboundOptions = {}) {
     this.#o = opts;
+    this.udpNative = { kind: 'direct', resolve: opts.resolve };
   }
 
   async connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {

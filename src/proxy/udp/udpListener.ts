@@ -22,7 +22,16 @@ import * as net from 'node:net';
 import { wrapError } from '../../errors.js';
 import { type Logger, rateLimited, stderrLogger } from '../../log.js';
 import type { FlowEntry } from '../../nat/types.js';
+import {
+  UDP_RELAY_DGRAM_FIELDS as DF,
+  UDP_RELAY_END_FIELDS as EF,
+  type NativeUdpRelay,
+  native,
+  UDP_RELAY_DROPS,
+  UDP_RELAY_ENDS,
+} from '../../native.js';
 import { START_OPTIONS as O } from '../../options.js';
+import { intToIp, ipToInt } from '../../util/cidr.js';
 import { hostPort } from '../dial.js';
 import type { NameLookup } from '../listener.js';
 import type { Outbound, UdpDropReason } from '../outbound.js';
@@ -35,7 +44,8 @@ import {
   type UdpSessionEnd,
 } from './association.js';
 import { dropCounters, UDP_DROP_REASONS, unmapV4 } from './drops.js';
-import { isOwnPort } from './ownPorts.js';
+import { NativeAssociation, type NativeHost } from './nativeAssociation.js';
+import { holdOwnPort, isOwnPort, releaseOwnPort } from './ownPorts.js';
 
 export type { UdpListenerDropReason, UdpNat, UdpSessionEnd } from './association.js';
 
@@ -114,6 +124,16 @@ export interface UdpListenerOptions {
   recvBufferBytes?: number;
   /** Monotonic clock (ms) for idle accounting. @default performance.now */
   clock?: () => number;
+  /**
+   * Move datagrams in the native relay (native/udp_relay.h: recvmmsg/sendmmsg
+   * on its own thread) for outbounds that allow it (Outbound.udpNative);
+   * JavaScript then sees a flow when it opens and an association when it
+   * ends, not each datagram. Needs an IPv4 host and a NAT that reports
+   * closes (UdpNat.on). @default false
+   */
+  native?: boolean;
+  /** SO_MARK of the sockets the native relay creates; 0 = none. @default 0 */
+  mark?: number;
 }
 
 export interface UdpSessionEvent {
@@ -138,7 +158,7 @@ export interface UdpSessionEvent {
   errorCode?: string | undefined;
 }
 
-export type UdpListenerDrops = Record<UdpListenerDropReason | UdpDropReason, number>;
+export type UdpListenerDrops = Record<UdpListenerDropReason | UdpDropReason | 'rcvbuf', number>;
 
 export interface UdpListenerStats {
   /** Datagrams (and payload bytes) from live NAT flows / delivered back to apps. */
@@ -156,6 +176,9 @@ export interface UdpListenerStats {
   setupFailed: number;
   /** Sends to apps the kernel refused. */
   sendErrors: number;
+  /** The native relay's share (UdpListenerOptions.native): datagrams that reached JavaScript (first of a flow, unknown remotes). */
+  nativeMisses: number;
+  nativeUnknownRemotes: number;
   /** Every dropped datagram by reason: the listener's own plus its associations' (live and closed). */
   dropped: UdpListenerDrops;
 }
@@ -168,6 +191,7 @@ export interface UdpListener {
 }
 
 type Resolved = Required<UdpListenerOptions>;
+type Assoc = AppAssociation | NativeAssociation;
 
 /** Associations are per (app socket, outbound): two outbound objects may share a label, so key by identity. */
 const outboundIds = new WeakMap<Outbound, number>();
@@ -208,14 +232,21 @@ interface FlowCtx {
 const MAX_CACHED_FLOWS = 65_536;
 
 function emptyDrops(): UdpListenerDrops {
-  return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0, loop: 0 };
+  return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0, loop: 0, rcvbuf: 0 };
 }
 
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
 export class UdpListener extends EventEmitter {
   readonly #o: Resolved;
   #sock: dgram.Socket | undefined;
-  readonly #assocs = new Map<string, AppAssociation>();
+  readonly #assocs = new Map<string, Assoc>();
+  #relay: NativeUdpRelay | undefined;
+  #nativeHost: NativeHost | undefined;
+  /** Native associations by relay id, until their ended record arrives. */
+  readonly #byId = new Map<number, NativeAssociation>();
+  #nextId = 0;
+  /** Native drop totals at the last overload log line. */
+  #lastNativeDrops = 0;
   /** Association key → until when (clock ms) setup is not retried. */
   readonly #failedUntil = new Map<string, number>();
   readonly #drops: UdpListenerDrops = emptyDrops();
@@ -265,6 +296,8 @@ export class UdpListener extends EventEmitter {
       maxPayloadBytes: opts.maxPayloadBytes ?? 65507,
       recvBufferBytes: opts.recvBufferBytes ?? 4 * 1024 * 1024,
       clock: opts.clock ?? (() => performance.now()),
+      native: opts.native ?? true,
+      mark: opts.mark ?? 0,
     };
     if (this.#o.maxAssociations < 1) throw new RangeError('maxAssociations must be ≥ 1');
     this.#rl = rateLimited(this.#o.logger, 10_000);
@@ -275,7 +308,13 @@ export class UdpListener extends EventEmitter {
           if (flow.proto !== 'udp') return;
           this.#live.delete(flow.id);
           const k = `${flow.natIp}:${flow.natPort}`;
-          if (this.#ctx.get(k)?.flow.id === flow.id) this.#ctx.delete(k);
+          const c = this.#ctx.get(k);
+          if (c?.flow.id === flow.id) this.#ctx.delete(k);
+          if (this.#relay && net.isIPv4(flow.natIp)) {
+            this.#relay.unbind(ipToInt(flow.natIp), flow.natPort);
+            const a = c ? this.#assocs.get(c.key) : undefined;
+            if (a instanceof NativeAssociation) a.forgetFlow(flow.id);
+          }
         }
       : undefined;
     const live = this.#live;
@@ -296,6 +335,12 @@ export class UdpListener extends EventEmitter {
         this.#drops[reason] += n;
       },
       sendToApp(payload, natIp, natPort) {
+        const r = self.#relay;
+        if (r) {
+          // Counted by the relay.
+          r.sendDown(ipToInt(natIp), natPort, payload);
+          return;
+        }
         const s = self.#sock;
         if (!s) return;
         self.#stats.datagramsDown++;
@@ -309,6 +354,7 @@ export class UdpListener extends EventEmitter {
 
   /** Bind host:port. Rejects with the bind error (EADDRNOTAVAIL: is the TUN configured?). */
   start(): Promise<void> {
+    if (this.#o.native && net.isIPv4(this.#o.host) && this.#onFlowClose) return this.#startNative();
     const type = net.isIPv6(this.#o.host) ? 'udp6' : 'udp4';
     const sock = dgram.createSocket({ type, recvBufferSize: this.#o.recvBufferBytes, lookup: literalLookup });
     this.#sock = sock;
@@ -328,14 +374,108 @@ export class UdpListener extends EventEmitter {
         if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
         sock.removeAllListeners('error');
         sock.on('error', (e) => this.#rl('sock', `udp listener: ${e.message}`));
-        sock.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo));
+        sock.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo.address, rinfo.port));
         resolve();
       });
     });
   }
 
+  #startNative(): Promise<void> {
+    try {
+      this.#relay = new (native().UdpRelay)(
+        {
+          ip: ipToInt(this.#o.host),
+          port: this.#o.port,
+          recvBufferBytes: this.#o.recvBufferBytes,
+          mark: this.#o.mark,
+          maxPayloadBytes: Math.min(this.#o.maxPayloadBytes, 65507),
+          batch: 64,
+        },
+        (dgrams, bytes, ended) => this.#onNative(dgrams, bytes, ended),
+      );
+    } catch (e) {
+      return Promise.reject(wrapError(`udp listen on ${hostPort(this.#o.host, this.#o.port)}`, e as Error));
+    }
+    const o = this.#o;
+    this.#nativeHost = {
+      ...this.#host,
+      relay: this.#relay,
+      mark: o.mark,
+      recvBufferBytes: 1 << 20,
+      idleTimeoutMs: o.idleTimeoutMs,
+      dnsIdleTimeoutMs: o.dnsIdleTimeoutMs,
+      dropUp: (reason, n = 1) => {
+        this.#drops[reason] += n;
+      },
+    };
+    if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
+    return Promise.resolve();
+  }
+
+  /** One batch from the native relay: datagrams JS must see, and ended associations. */
+  #onNative(d: Float64Array, bytes: Buffer, ended: Float64Array): void {
+    for (let i = 0; i < d.length; i += DF) {
+      const id = d[i] as number;
+      const off = d[i + 3] as number;
+      const payload = bytes.subarray(off, off + (d[i + 4] as number));
+      if (id === 0) {
+        this.#onMessage(payload, intToIp(d[i + 1] as number), d[i + 2] as number);
+      } else {
+        const k = d[i + 5] as number;
+        this.#byId.get(id)?.fromUnknownRemote(bytes.subarray(k, k + (d[i + 6] as number)), payload);
+      }
+    }
+    this.#onNativeEnded(ended);
+    this.#logOverload();
+  }
+
+  #onNativeEnded(ended: Float64Array): void {
+    for (let i = 0; i < ended.length; i += EF) {
+      const a = this.#byId.get(ended[i] as number);
+      if (a === undefined) continue;
+      const how = UDP_RELAY_ENDS[ended[i + 1] as number] ?? 'closed';
+      if (how === 'idle' && a.state === 'open') this.#stats.expired++;
+      this.#byId.delete(a.id);
+      releaseOwnPort(a.localPort);
+      const counts = {
+        datagramsUp: ended[i + 2] as number,
+        bytesUp: ended[i + 3] as number,
+        datagramsDown: ended[i + 4] as number,
+        bytesDown: ended[i + 5] as number,
+      };
+      const end = a.state === 'open' ? how : (this.#pendingEnd.get(a.id) ?? 'closed');
+      this.#pendingEnd.delete(a.id);
+      a.state = 'closed';
+      if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
+      this.emit('session', { ...this.#base(a), ...counts, phase: 'close', end });
+    }
+  }
+
+  /** One line per 10 s while the relay drops (overload), naming where. */
+  #logOverload(): void {
+    const r = this.#relay;
+    if (!r) return;
+    const t = r.totals();
+    let sum = 0;
+    for (const n of t.drops) sum += n;
+    if (sum <= this.#lastNativeDrops) return;
+    const parts: string[] = [];
+    UDP_RELAY_DROPS.forEach((why, i) => {
+      if ((t.drops[i] as number) > 0) parts.push(`${why} ${t.drops[i]}`);
+    });
+    this.#rl(
+      'overload',
+      `udp relay: dropping datagrams (totals: ${parts.join(', ')}); rcvbuf/send-error mean more offered than the path carries — raise net.core.rmem_max or lower the load`,
+    );
+    this.#lastNativeDrops = sum;
+  }
+
+  /** Why a native association JS closed ended, until its ended record arrives. */
+  readonly #pendingEnd = new Map<number, UdpSessionEnd>();
+
   /** The bound address (port is the real one when 0 was asked). */
   address(): { host: string; port: number } {
+    if (this.#relay) return { host: this.#o.host, port: this.#relay.port() };
     const s = this.#sock;
     if (!s) throw new Error('UdpListener is not started');
     const a = s.address();
@@ -349,6 +489,12 @@ export class UdpListener extends EventEmitter {
     if (this.#onFlowClose) this.#o.nat.off?.('close', this.#onFlowClose);
     this.#ctx.clear();
     this.#live.clear();
+    const r = this.#relay;
+    if (r) {
+      this.#relay = undefined;
+      this.#onNativeEnded(r.stop());
+      return Promise.resolve();
+    }
     const s = this.#sock;
     this.#sock = undefined;
     if (!s) return Promise.resolve();
@@ -357,26 +503,39 @@ export class UdpListener extends EventEmitter {
 
   stats(): UdpListenerStats {
     const dropped = { ...this.#drops };
-    for (const a of this.#assocs.values()) addUpstreamDrops(dropped, a);
-    return { ...this.#stats, associations: this.#assocs.size, dropped };
+    for (const a of this.#assocs.values()) if (a instanceof AppAssociation) addUpstreamDrops(dropped, a);
+    const st = { ...this.#stats, nativeMisses: 0, nativeUnknownRemotes: 0 };
+    const t = this.#relay?.totals();
+    if (t) {
+      st.datagramsUp += t.datagramsUp;
+      st.bytesUp += t.bytesUp;
+      st.datagramsDown += t.datagramsDown;
+      st.bytesDown += t.bytesDown;
+      st.nativeMisses = t.misses;
+      st.nativeUnknownRemotes = t.unknownRemotes;
+      UDP_RELAY_DROPS.forEach((why, i) => {
+        dropped[why] += t.drops[i] as number;
+      });
+    }
+    return { ...st, associations: this.#assocs.size, dropped };
   }
 
-  #onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+  #onMessage(msg: Buffer, natIpIn: string, natPort: number): void {
     // Per datagram, a live flow already seen costs one Map get: its entry,
     // name, outbound and association key were worked out by its first
     // datagram and stay valid until its close event (see UdpNat.on). A flow
     // pins its fake address, so the name cannot change under it.
-    const natIp = unmapV4(rinfo.address);
-    const natKey = `${natIp}:${rinfo.port}`;
+    const natIp = unmapV4(natIpIn);
+    const natKey = `${natIp}:${natPort}`;
     let c = this.#ctx.get(natKey);
     if (c === undefined) {
-      const flow = this.#o.nat.lookup('udp', natIp, rinfo.port);
+      const flow = this.#o.nat.lookup('udp', natIp, natPort);
       if (flow === undefined || flow.proto !== 'udp') {
         this.#stats.rejectedPeers++;
         // Rate-limited: a scan of the gateway port must not flood the log.
         this.#rl(
           'reject',
-          `udp listener: dropped datagrams from non-NAT peers (last ${hostPort(natIp, rinfo.port)}); only flows the engine NATed are served`,
+          `udp listener: dropped datagrams from non-NAT peers (last ${hostPort(natIp, natPort)}); only flows the engine NATed are served`,
         );
         return;
       }
@@ -400,13 +559,12 @@ export class UdpListener extends EventEmitter {
       this.#drops.oversized++;
       return;
     }
-    this.#stats.datagramsUp++;
-    this.#stats.bytesUp += msg.length;
     const { flow, name, outbound, key } = c;
     let a = this.#assocs.get(key);
     if (a === undefined) {
       // Only a new app socket can be one of ours: checked once per association, not per datagram.
       if (flow.srcIp === this.#o.host && isOwnPort(flow.srcPort)) {
+        this.#countUp(msg);
         this.#drops.loop++;
         this.#rl(
           'loop',
@@ -417,14 +575,61 @@ export class UdpListener extends EventEmitter {
       const until = this.#failedUntil.get(key);
       if (until !== undefined) {
         if (this.#o.clock() < until) {
+          this.#countUp(msg);
           this.#drops['setup-failed']++;
           return;
         }
         this.#failedUntil.delete(key);
       }
-      a = this.#open(key, flow, name, outbound);
+      const n = this.#openNative(key, flow, name, outbound);
+      if (n === null) {
+        this.#countUp(msg);
+        this.#drops['setup-failed']++;
+        return;
+      }
+      a = n ?? this.#open(key, flow, name, outbound);
     }
+    // A native association's datagrams are counted by the relay.
+    if (a instanceof AppAssociation) this.#countUp(msg);
     a.fromApp(flow, name, msg);
+  }
+
+  #countUp(msg: Buffer): void {
+    this.#stats.datagramsUp++;
+    this.#stats.bytesUp += msg.length;
+  }
+
+  /** A native association when the relay runs and the outbound allows it (IPv4 app); undefined otherwise; null when its socket could not be made. */
+  #openNative(
+    key: string,
+    flow: FlowEntry,
+    name: string | undefined,
+    outbound: Outbound,
+  ): NativeAssociation | undefined | null {
+    const host = this.#nativeHost;
+    const plan = outbound.udpNative;
+    if (host === undefined || plan === undefined || !net.isIPv4(flow.srcIp) || !net.isIPv4(flow.natIp))
+      return undefined;
+    if (this.#assocs.size >= this.#o.maxAssociations) this.#evictOne();
+    let a: NativeAssociation;
+    try {
+      a = new NativeAssociation(host, ++this.#nextId, key, flow, name, outbound, plan);
+    } catch (e) {
+      // No socket (EMFILE, ENOBUFS): counted like a failed setup, retried after the hold.
+      this.#stats.setupFailed++;
+      this.#rl(
+        'native-open',
+        `udp ${hostPort(flow.srcIp, flow.srcPort)} via ${outbound.label}: ${(e as Error).message}`,
+      );
+      this.#failedUntil.set(key, this.#o.clock() + this.#o.retryAfterFailureMs);
+      return null;
+    }
+    holdOwnPort(a.localPort);
+    this.#byId.set(a.id, a);
+    this.#assocs.set(key, a);
+    this.#stats.opened++;
+    this.emit('session', { ...this.#base(a), phase: 'open' });
+    return a;
   }
 
   #open(key: string, flow: FlowEntry, name: string | undefined, outbound: Outbound): AppAssociation {
@@ -492,7 +697,7 @@ export class UdpListener extends EventEmitter {
 
   /** Close the least recently active association (O(n), only when full). */
   #evictOne(): void {
-    let victim: AppAssociation | undefined;
+    let victim: Assoc | undefined;
     for (const a of this.#assocs.values()) {
       if (victim === undefined || a.lastActiveMs < victim.lastActiveMs) victim = a;
     }
@@ -506,12 +711,16 @@ export class UdpListener extends EventEmitter {
     }
   }
 
-  #end(
-    a: AppAssociation,
-    end: UdpSessionEnd,
-    errorCode?: string,
-    queuedAs: 'closed' | 'setup-failed' = 'closed',
-  ): void {
+  #end(a: Assoc, end: UdpSessionEnd, errorCode?: string, queuedAs: 'closed' | 'setup-failed' = 'closed'): void {
+    if (a instanceof NativeAssociation) {
+      // The session's close event waits for the relay's ended record (it carries the counts).
+      if (a.state !== 'open') return;
+      if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
+      this.#pendingEnd.set(a.id, end);
+      const queued = a.shutdown();
+      if (queued > 0) this.#drops[queuedAs] += queued;
+      return;
+    }
     if (a.state === 'closed') return;
     const queued = a.shutdown();
     if (queued > 0) this.#drops[queuedAs] += queued;
@@ -520,7 +729,7 @@ export class UdpListener extends EventEmitter {
     this.emit('session', { ...this.#base(a), phase: 'close', end, errorCode });
   }
 
-  #base(a: AppAssociation): Omit<UdpSessionEvent, 'phase'> {
+  #base(a: Assoc): Omit<UdpSessionEvent, 'phase'> {
     return {
       proto: 'udp',
       flowId: a.first.flowId,
@@ -529,10 +738,10 @@ export class UdpListener extends EventEmitter {
       ip: a.first.ip,
       port: a.first.port,
       outbound: a.outbound.label,
-      datagramsUp: a.datagramsUp,
-      datagramsDown: a.datagramsDown,
-      bytesUp: a.bytesUp,
-      bytesDown: a.bytesDown,
+      datagramsUp: a instanceof AppAssociation ? a.datagramsUp : 0,
+      datagramsDown: a instanceof AppAssociation ? a.datagramsDown : 0,
+      bytesUp: a instanceof AppAssociation ? a.bytesUp : 0,
+      bytesDown: a instanceof AppAssociation ? a.bytesDown : 0,
     };
   }
 }

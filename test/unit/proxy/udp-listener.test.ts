@@ -604,3 +604,63 @@ describe('UdpListener with a NAT that reports closes: per-flow cache', () => {
     expect(nat.listeners()).toBe(0);
   });
 });
+
+describe('UdpListener on the native relay (native/udp_relay.h)', () => {
+  it('10 000 datagrams echo intact and move natively: JS sees only the ones before the flow is bound', async () => {
+    const nat = new ClosingNat();
+    const { l, flow, lport, sessions } = await setup(new DirectOutbound({ resolve }), {}, 0, nat);
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const window = 64;
+    const back = await pump(f.sock, lport, 10_000, window);
+    expectIntact(back, 10_000);
+    const s = l.stats();
+    expect(s).toMatchObject({ datagramsUp: 10_000, datagramsDown: 10_000, associations: 1, opened: 1 });
+    // Before the name resolved and the flow was bound, at most one window went through JS; none after.
+    expect(s.nativeMisses).toBeGreaterThanOrEqual(1);
+    expect(s.nativeMisses).toBeLessThanOrEqual(window);
+    expect(nat.lookups).toBe(1);
+    expect(sessions.map((e) => e.phase)).toEqual(['open']);
+  });
+
+  it('the close event carries the counts the relay kept; the listener socket is the relay’s', async () => {
+    const nat = new ClosingNat();
+    const { l, flow, lport, sessions } = await setup(new DirectOutbound({ resolve }), { native: true }, 0, nat);
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    const back = await pump(f.sock, lport, 50, 1);
+    expectIntact(back, 50);
+    await l.close();
+    const close = sessions.find((e) => e.phase === 'close');
+    expect(close).toMatchObject({ end: 'closed', datagramsUp: 50, datagramsDown: 50 });
+    expect(close?.bytesUp).toBe([...back.values()].reduce((n, b) => n + b.length, 0));
+  });
+
+  it('idle: the relay ends the association with its counts; the next datagram opens a new one', async () => {
+    const nat = new ClosingNat();
+    const { l, flow, sessions } = await setup(new DirectOutbound({ resolve }), { idleTimeoutMs: 150 }, 0, nat);
+    const f = await flow(APP_A, { ip: FAKE1, port: echo.port });
+    f.send('one');
+    await until(() => f.got.length === 1);
+    await until(() => sessions.some((e) => e.phase === 'close'));
+    expect(sessions.find((e) => e.phase === 'close')).toMatchObject({ end: 'idle', datagramsUp: 1, datagramsDown: 1 });
+    expect(l.stats()).toMatchObject({ associations: 0, expired: 1 });
+    f.send('two');
+    await until(() => f.got.length === 2);
+    expect(l.stats().opened).toBe(2);
+  });
+
+  it('oversized datagrams are dropped and counted natively, both ways', async () => {
+    const nat = new ClosingNat();
+    const big = await echoServer();
+    // The echo server answers every datagram with a 300-byte one.
+    big.sock.removeAllListeners('message');
+    big.sock.on('message', (_m, r) => big.sock.send(Buffer.alloc(300), r.port, r.address));
+    const { l, flow } = await setup(new DirectOutbound({ resolve }), { maxPayloadBytes: 200 }, 0, nat);
+    const f = await flow(APP_A, { ip: FAKE1, port: big.port });
+    f.send(Buffer.alloc(100));
+    await until(() => l.stats().dropped.oversized === 1);
+    f.send(Buffer.alloc(201));
+    await until(() => l.stats().dropped.oversized === 2);
+    expect(f.got).toHaveLength(0);
+    expect(l.stats().datagramsUp).toBe(1);
+  });
+});

@@ -1,0 +1,345 @@
+// N-API glue for the native UDP relay (native/udp_relay.h): the `UdpRelay`
+// ObjectWrap (surface declared in src/native.ts). What reaches JS arrives in
+// batches: the relay thread signals the ThreadSafeFunction only when its
+// queue goes non-empty, and one JS call takes everything queued by then as
+//   (dgrams: Float64Array [assoc, natIp, natPort, off, len, keyOff, keyLen] × n,
+//    bytes: Buffer (payloads and keys), ended: Float64Array [id, how, dgramsUp,
+//    bytesUp, dgramsDown, bytesDown] × m)
+// — never an object per datagram. IPv4 addresses cross as unsigned 32-bit
+// integers. Like a bound socket, a started relay keeps the loop alive until stop().
+#include "udp_relay_addon.h"
+
+#include <napi.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "napi_errors.h"
+#include "udp_relay.h"
+
+namespace fakeproxy {
+namespace {
+
+constexpr int kDgramFields = 7;
+constexpr int kEndFields = 6;
+
+bool GetU(const Napi::Value& v, double hi, double* out) {
+  if (!v.IsNumber()) return false;
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))) return false;
+  *out = d;
+  return true;
+}
+
+std::string Bytes(const Napi::Value& v) {
+  if (!v.IsBuffer()) return std::string();
+  Napi::Buffer<char> b = v.As<Napi::Buffer<char>>();
+  return std::string(b.Data(), b.Length());
+}
+
+class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "UdpRelay",
+                       {
+                           InstanceMethod("port", &UdpRelayWrap::Port),
+                           InstanceMethod("open", &UdpRelayWrap::Open),
+                           InstanceMethod("setSocksRelay", &UdpRelayWrap::SetSocksRelay),
+                           InstanceMethod("bind", &UdpRelayWrap::Bind),
+                           InstanceMethod("addRemote", &UdpRelayWrap::AddRemote),
+                           InstanceMethod("unbind", &UdpRelayWrap::Unbind),
+                           InstanceMethod("sendUp", &UdpRelayWrap::SendUp),
+                           InstanceMethod("sendDown", &UdpRelayWrap::SendDown),
+                           InstanceMethod("close", &UdpRelayWrap::Close),
+                           InstanceMethod("lastActive", &UdpRelayWrap::LastActive),
+                           InstanceMethod("totals", &UdpRelayWrap::Totals),
+                           InstanceMethod("stop", &UdpRelayWrap::Stop),
+                       });
+  }
+
+  // new UdpRelay({ ip, port, recvBufferBytes, mark, maxPayloadBytes, batch }, onEvents)
+  explicit UdpRelayWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UdpRelayWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      ThrowArg(env, "new UdpRelay(options, onEvents) needs an options object and a callback");
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    struct {
+      const char* key;
+      double hi;
+      double v;
+    } f[] = {{"ip", 4294967295.0, 0},         {"port", 65535, 0},
+             {"recvBufferBytes", 1 << 30, 0}, {"mark", 4294967295.0, 0},
+             {"maxPayloadBytes", 65507, 0},   {"batch", 1024, 0}};
+    for (auto& x : f) {
+      if (!GetU(o.Get(x.key), x.hi, &x.v)) {
+        ThrowArg(env, std::string("UdpRelay: ") + x.key + " must be an integer in [0, " +
+                          std::to_string(static_cast<int64_t>(x.hi)) + "]");
+        return;
+      }
+    }
+    fp::UdpRelayOptions opts;
+    opts.max_payload = static_cast<uint32_t>(f[4].v);
+    opts.batch = f[5].v < 1 ? 1 : static_cast<int>(f[5].v);
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fakeproxy-udp-relay", 0, 1);
+    relay_ = std::make_unique<fp::UdpRelay>(
+        opts, [this] { tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); }); });
+    int err = 0;
+    std::string what;
+    if (!relay_->Start(static_cast<uint32_t>(f[0].v), static_cast<uint16_t>(f[1].v), static_cast<int>(f[2].v),
+                       static_cast<uint32_t>(f[3].v), &err, &what)) {
+      tsfn_.Abort();
+      relay_.reset();
+      std::string hint = err == EADDRNOTAVAIL ? " (the gateway address does not exist yet: configure the TUN first)"
+                         : err == EADDRINUSE  ? " (another process holds the port: pick another --listen-port)"
+                         : err == EPERM       ? " (SO_MARK needs CAP_NET_ADMIN: run as root)"
+                                              : "";
+      ThrowSys(env, err, what, "udp relay: " + what + ": " + strerror(err) + hint);
+      return;
+    }
+    hook_ = env.AddCleanupHook(&UdpRelayWrap::OnEnvCleanup, this);
+    hookActive_ = true;
+  }
+
+  ~UdpRelayWrap() override {
+    Teardown();
+    if (hookActive_) {
+      hook_.Remove(Env());
+      hookActive_ = false;
+    }
+  }
+
+ private:
+  static void OnEnvCleanup(UdpRelayWrap* self) {
+    self->hookActive_ = false;
+    self->Teardown();
+  }
+
+  void Teardown() {
+    if (!relay_) return;
+    relay_->Stop();
+    tsfn_.Abort();
+    relay_.reset();
+  }
+
+  bool Ready(Napi::Env env) {
+    if (relay_) return true;
+    ThrowSys(env, ESHUTDOWN, "udpRelay", "UdpRelay is stopped: create a new one");
+    return false;
+  }
+
+  void Deliver(Napi::Env env, Napi::Function fn) {
+    if (!relay_) return;
+    std::vector<fp::UdpJsDatagram> d;
+    std::vector<fp::UdpEndRecord> e;
+    relay_->Take(&d, &e);
+    if (d.empty() && e.empty()) return;
+    size_t total = 0;
+    for (auto& x : d) total += x.payload.size() + x.key.size();
+    Napi::Buffer<uint8_t> bytes = Napi::Buffer<uint8_t>::New(env, total == 0 ? 1 : total);
+    Napi::Float64Array meta = Napi::Float64Array::New(env, d.size() * kDgramFields);
+    size_t off = 0;
+    for (size_t i = 0; i < d.size(); i++) {
+      double* m = meta.Data() + i * kDgramFields;
+      m[0] = static_cast<double>(d[i].assoc);
+      m[1] = d[i].nat_ip;
+      m[2] = d[i].nat_port;
+      m[3] = static_cast<double>(off);
+      m[4] = static_cast<double>(d[i].payload.size());
+      std::memcpy(bytes.Data() + off, d[i].payload.data(), d[i].payload.size());
+      off += d[i].payload.size();
+      m[5] = static_cast<double>(off);
+      m[6] = static_cast<double>(d[i].key.size());
+      std::memcpy(bytes.Data() + off, d[i].key.data(), d[i].key.size());
+      off += d[i].key.size();
+    }
+    fn.Call({meta, bytes, Ended(env, e)});
+  }
+
+  static Napi::Float64Array Ended(Napi::Env env, const std::vector<fp::UdpEndRecord>& e) {
+    Napi::Float64Array a = Napi::Float64Array::New(env, e.size() * kEndFields);
+    for (size_t i = 0; i < e.size(); i++) {
+      double* m = a.Data() + i * kEndFields;
+      m[0] = static_cast<double>(e[i].id);
+      m[1] = static_cast<double>(static_cast<int>(e[i].how));
+      m[2] = static_cast<double>(e[i].dgrams_up);
+      m[3] = static_cast<double>(e[i].bytes_up);
+      m[4] = static_cast<double>(e[i].dgrams_down);
+      m[5] = static_cast<double>(e[i].bytes_down);
+    }
+    return a;
+  }
+
+  Napi::Value Port(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    return Napi::Number::New(env, relay_->Port());
+  }
+
+  // open(id, kind 0|1, bindIp, mark, recvBufferBytes, idleMs, dnsIdleMs) → local port
+  Napi::Value Open(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    double v[7];
+    const double hi[7] = {9007199254740991.0, 1, 4294967295.0, 4294967295.0, 1 << 30, 4294967295.0, 4294967295.0};
+    for (int i = 0; i < 7; i++) {
+      if (info.Length() <= static_cast<size_t>(i) || !GetU(info[i], hi[i], &v[i]) || (i == 0 && v[0] < 1)) {
+        ThrowArg(env, "udpRelay.open(id ≥ 1, kind 0|1, bindIp, mark, recvBufferBytes, idleMs, dnsIdleMs): integers");
+        return env.Undefined();
+      }
+    }
+    int err = 0;
+    std::string what;
+    uint16_t port = relay_->Open(static_cast<uint64_t>(v[0]), static_cast<fp::UdpAssocKind>(static_cast<int>(v[1])),
+                                 static_cast<uint32_t>(v[2]), static_cast<uint32_t>(v[3]), static_cast<int>(v[4]),
+                                 static_cast<uint32_t>(v[5]), static_cast<uint32_t>(v[6]), &err, &what);
+    if (port == 0) {
+      ThrowSys(env, err, what, "udp association socket: " + what + ": " + strerror(err));
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, port);
+  }
+
+  // setSocksRelay(id, ip, port) → whether the association is live
+  Napi::Value SetSocksRelay(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    double id, ip, port;
+    if (info.Length() < 3 || !GetU(info[0], 9007199254740991.0, &id) || !GetU(info[1], 4294967295.0, &ip) ||
+        !GetU(info[2], 65535, &port)) {
+      ThrowArg(env, "udpRelay.setSocksRelay(id, ip, port): integers");
+      return env.Undefined();
+    }
+    return Napi::Boolean::New(
+        env, relay_->SetSocksRelay(static_cast<uint64_t>(id), static_cast<uint32_t>(ip), static_cast<uint16_t>(port)));
+  }
+
+  // bind(natIp, natPort, id, dstIp, dstPort, socksAddr: Buffer|undefined, remoteKey: Buffer|undefined, dns) → bool
+  Napi::Value Bind(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    double natIp, natPort, id, dstIp, dstPort;
+    if (info.Length() < 8 || !GetU(info[0], 4294967295.0, &natIp) || !GetU(info[1], 65535, &natPort) ||
+        !GetU(info[2], 9007199254740991.0, &id) || !GetU(info[3], 4294967295.0, &dstIp) ||
+        !GetU(info[4], 65535, &dstPort)) {
+      ThrowArg(env, "udpRelay.bind(natIp, natPort, id, dstIp, dstPort, socksAddr, remoteKey, dns): integers first");
+      return env.Undefined();
+    }
+    return Napi::Boolean::New(
+        env, relay_->Bind(static_cast<uint32_t>(natIp), static_cast<uint16_t>(natPort), static_cast<uint64_t>(id),
+                          static_cast<uint32_t>(dstIp), static_cast<uint16_t>(dstPort), Bytes(info[5]), Bytes(info[6]),
+                          info[7].ToBoolean().Value()));
+  }
+
+  // addRemote(id, remoteKey: Buffer, natIp, natPort) → bool
+  Napi::Value AddRemote(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    double id, natIp, natPort;
+    if (info.Length() < 4 || !GetU(info[0], 9007199254740991.0, &id) || !info[1].IsBuffer() ||
+        !GetU(info[2], 4294967295.0, &natIp) || !GetU(info[3], 65535, &natPort)) {
+      ThrowArg(env, "udpRelay.addRemote(id, remoteKey: Buffer, natIp, natPort)");
+      return env.Undefined();
+    }
+    return Napi::Boolean::New(env, relay_->AddRemote(static_cast<uint64_t>(id), Bytes(info[1]),
+                                                     static_cast<uint32_t>(natIp), static_cast<uint16_t>(natPort)));
+  }
+
+  bool NatArgs(const Napi::CallbackInfo& info, const char* usage, double* ip, double* port) {
+    if (info.Length() < 2 || !GetU(info[0], 4294967295.0, ip) || !GetU(info[1], 65535, port)) {
+      ThrowArg(info.Env(), usage);
+      return false;
+    }
+    return true;
+  }
+
+  Napi::Value Unbind(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!relay_) return env.Undefined();
+    double ip, port;
+    if (!NatArgs(info, "udpRelay.unbind(natIp, natPort): integers", &ip, &port)) return env.Undefined();
+    relay_->Unbind(static_cast<uint32_t>(ip), static_cast<uint16_t>(port));
+    return env.Undefined();
+  }
+
+  // sendUp/sendDown(natIp, natPort, payload: Uint8Array) → bool
+  Napi::Value Send(const Napi::CallbackInfo& info, bool up) {
+    Napi::Env env = info.Env();
+    if (!Ready(env)) return env.Undefined();
+    double ip, port;
+    if (!NatArgs(info, "udpRelay.send*(natIp, natPort, payload: Uint8Array)", &ip, &port)) return env.Undefined();
+    if (info.Length() < 3 || !info[2].IsTypedArray()) {
+      ThrowArg(env, "udpRelay.send*(natIp, natPort, payload: Uint8Array)");
+      return env.Undefined();
+    }
+    Napi::Uint8Array p = info[2].As<Napi::Uint8Array>();
+    bool ok = up ? relay_->SendUp(static_cast<uint32_t>(ip), static_cast<uint16_t>(port), p.Data(), p.ByteLength())
+                 : relay_->SendDown(static_cast<uint32_t>(ip), static_cast<uint16_t>(port), p.Data(), p.ByteLength());
+    return Napi::Boolean::New(env, ok);
+  }
+  Napi::Value SendUp(const Napi::CallbackInfo& info) { return Send(info, true); }
+  Napi::Value SendDown(const Napi::CallbackInfo& info) { return Send(info, false); }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!relay_) return Napi::Boolean::New(env, false);
+    double id;
+    if (info.Length() < 1 || !GetU(info[0], 9007199254740991.0, &id)) {
+      ThrowArg(env, "udpRelay.close(id): a safe non-negative integer");
+      return env.Undefined();
+    }
+    return Napi::Boolean::New(env, relay_->Close(static_cast<uint64_t>(id)));
+  }
+
+  Napi::Value LastActive(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double id;
+    if (!relay_ || info.Length() < 1 || !GetU(info[0], 9007199254740991.0, &id)) return Napi::Number::New(env, -1);
+    return Napi::Number::New(env, static_cast<double>(relay_->LastActive(static_cast<uint64_t>(id))));
+  }
+
+  Napi::Value Totals(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    fp::UdpRelayTotals t = relay_ ? relay_->Totals() : fp::UdpRelayTotals{};
+    o.Set("datagramsUp", static_cast<double>(t.dgrams_up));
+    o.Set("bytesUp", static_cast<double>(t.bytes_up));
+    o.Set("datagramsDown", static_cast<double>(t.dgrams_down));
+    o.Set("bytesDown", static_cast<double>(t.bytes_down));
+    o.Set("associations", static_cast<double>(t.associations));
+    o.Set("bindings", static_cast<double>(t.bindings));
+    o.Set("misses", static_cast<double>(t.misses));
+    o.Set("unknownRemotes", static_cast<double>(t.unknown));
+    Napi::Float64Array d = Napi::Float64Array::New(env, fp::kDropCount);
+    for (int i = 0; i < fp::kDropCount; i++) d[i] = static_cast<double>(t.drops[i]);
+    o.Set("drops", d);
+    return o;
+  }
+
+  // stop(): close every association and the listener, join the thread → ended records not yet delivered.
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!relay_) return Napi::Float64Array::New(env, 0);
+    relay_->Stop();
+    std::vector<fp::UdpJsDatagram> d;
+    std::vector<fp::UdpEndRecord> e;
+    relay_->Take(&d, &e);
+    tsfn_.Abort();
+    relay_.reset();
+    return Ended(env, e);
+  }
+
+  std::unique_ptr<fp::UdpRelay> relay_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::Env::CleanupHook<void (*)(UdpRelayWrap*), UdpRelayWrap> hook_;
+  bool hookActive_ = false;
+};
+
+}  // namespace
+}  // namespace fakeproxy
+
+void InitUdpRelay(Napi::Env env, Napi::Object exports) {
+  exports.Set("UdpRelay", fakeproxy::UdpRelayWrap::Define(env));
+}
