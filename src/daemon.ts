@@ -21,6 +21,7 @@ import { RedisSharedPool } from './redis/sharedPool.js';
 import { TunRouteCheck } from './tun/routes.js';
 import { TunDevice } from './tun/TunDevice.js';
 import { isPublicSpace } from './util/cidr.js';
+import { resourceAlarm } from './util/exhaustion.js';
 import { readFdLimit } from './util/fdLimit.js';
 
 export interface DaemonDeps {
@@ -393,6 +394,8 @@ export class Daemon {
       udp: this.udp?.stats() ?? null,
       redis: this.mirror?.stats() ?? null,
       groups: this.groupsStatus(),
+      /** Failures from resource exhaustion since start, by code (EMFILE, ENFILE, ENOMEM, ENOBUFS). */
+      exhaustion: resourceAlarm.totals(),
     };
   }
 

@@ -11,6 +11,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FakeproxyError } from '../errors.js';
 import { START_OPTIONS } from '../options.js';
+import { resourceAlarm } from '../util/exhaustion.js';
 import { fsyncDirSync } from '../util/stateFile.js';
 import { FakeIpFilter } from './filter.js';
 import { JOURNAL_PREFIX, journalGens, MapJournal, readJournal } from './journal.js';
@@ -424,10 +425,11 @@ export class FakeDns extends EventEmitter {
       },
       (err: Error) => {
         this.counters.upstreamFailures++;
-        this.logLimited(
-          'upstream',
-          `dns: forwarding ${q.name || '.'} type ${q.qtype}: ${err.message}; answering SERVFAIL`,
-        );
+        if (!resourceAlarm.check(err, 'dns upstream'))
+          this.logLimited(
+            'upstream',
+            `dns: forwarding ${q.name || '.'} type ${q.qtype}: ${err.message}; answering SERVFAIL`,
+          );
         return buildResponse(msg, q, Rcode.SERVFAIL, undefined, 0, limit);
       },
     );

@@ -47,6 +47,7 @@ import {
   META_WORDS,
   peerAddress,
 } from '../util/dgramBatch.js';
+import { resourceAlarm } from '../util/exhaustion.js';
 
 export type QueryResult = Buffer | undefined | Promise<Buffer | undefined>;
 /** Where a query came from (per-source policy hooks). `address` is computed on first use. */
@@ -336,7 +337,10 @@ export class DnsServer {
       srv.once('error', onError);
       srv.listen({ host, port, exclusive: true }, () => {
         srv.off('error', onError);
-        srv.on('error', (err) => this.log(`dns: TCP server on ${host}:${port}: ${err.message}`));
+        srv.on('error', (err) => {
+          if (!resourceAlarm.check(err, 'dns tcp accept'))
+            this.log(`dns: TCP server on ${host}:${port}: ${err.message}`);
+        });
         resolve(srv);
       });
     });

@@ -12,6 +12,7 @@ import { type Logger, rateLimited, stderrLogger } from '../log.js';
 import type { NatLookup, PackedFlow } from '../nat/types.js';
 import { START_OPTIONS as O } from '../options.js';
 import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
+import { resourceAlarm } from '../util/exhaustion.js';
 import { hostPort } from './dial.js';
 import type { Outbound } from './outbound.js';
 import { Relay, type RelayEnd, type RelayHandle, SpliceRelay } from './relay.js';
@@ -166,7 +167,10 @@ export class TcpListener extends EventEmitter {
       });
       server.listen({ host: this.#o.host, port: this.#o.port, backlog: this.#o.backlog }, () => {
         server.removeAllListeners('error');
-        server.on('error', (e) => this.#o.logger(`tcp listener: ${e.message}`));
+        // libuv reports accept failures here once its reserve fd is spent (EMFILE/ENFILE).
+        server.on('error', (e) => {
+          if (!resourceAlarm.check(e, 'tcp accept')) this.#o.logger(`tcp listener: ${e.message}`);
+        });
         resolve();
       });
     });
@@ -299,7 +303,9 @@ export class TcpListener extends EventEmitter {
       (err: Error & { code?: string }) => {
         app.removeListener('close', onAppGone);
         this.#stats.connectFailed++;
-        if (!session.abort.signal.aborted || err.code !== 'EABORTED') {
+        if (resourceAlarm.check(err, 'tcp dial')) {
+          // Counted and logged as what it is (EMFILE, …), not as this destination's failure.
+        } else if (!session.abort.signal.aborted || err.code !== 'EABORTED') {
           // One line: name:port, the outbound, the reason (the message already
           // names the fix); repeats of the same failure are summarised, so a
           // dead upstream under load does not flood the log.

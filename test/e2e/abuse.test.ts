@@ -27,9 +27,9 @@ describe.skipIf(skip)('abuse: floods and slow clients from one LAN host do not l
   let lans: string[];
 
   const status = async () => JSON.parse((await runCli(t.client, ['status', '--json'])).stdout);
-  const restart = async (args: string[]) => {
+  const restart = async (args: string[], prefix?: string[]) => {
     if (t.daemon) expect(await t.daemon.stop(), `previous daemon:\n${t.daemon.output}`).toBe(0);
-    const d = await t.startDaemon(args);
+    const d = await t.startDaemon(args, prefix);
     return d.child.pid as number;
   };
   /** A bounded attack running in the background; `stop()` ends it early and resolves with its summary. */
@@ -191,5 +191,57 @@ process.stdin.on('data', (d) => s.write(d));`,
     // The flood gets at most its bucket (1 000/s after a 2 000 burst); the rest is refused and counted.
     expect(st.dns.udpRateLimited).toBeGreaterThan(10_000);
     expect(rssAfter - rssBefore, `RSS ${rssBefore.toFixed(0)} → ${rssAfter.toFixed(0)} MiB`).toBeLessThan(100);
+  }, 90_000);
+
+  it('out of file descriptors: the log names EMFILE once per 10 s with counts, status answers or says why (exit 1), and it recovers', async () => {
+    // 256 fds for the whole daemon; 400 held connections need ~800 (the app's side and the upstream side).
+    await restart([], ['prlimit', '--nofile=256:256']);
+    const d = t.daemon as NonNullable<typeof t.daemon>;
+    expect(d.output).toMatch(/fd limit 256 \(hard 256\)/);
+    let held = '';
+    const holder = t.client.spawn('node', [
+      '-e',
+      `const net = require('node:net');
+let up = 0;
+for (let i = 0; i < 400; i++) {
+  const s = net.connect(${ECHO_PORT}, 'echo.test', () => s.write('x'));
+  s.once('data', () => up++);
+  s.on('error', () => {});
+}
+setInterval(() => console.log('up ' + up), 500);`,
+    ]);
+    holder.stdout?.setEncoding('utf8').on('data', (x: string) => {
+      held += x;
+    });
+    const started = Date.now();
+    await d.waitFor(
+      /out of file descriptors \(EMFILE: the open-file limit of this process, 256\).*: 1 failure \(/,
+      20_000,
+    );
+    const during = await runCli(t.client, ['status', '--json'], { timeoutMs: 20_000 });
+    if (during.code === 0) expect(JSON.parse(during.stdout).exhaustion.EMFILE).toBeGreaterThan(0);
+    else {
+      expect(during.code).toBe(1);
+      expect(during.stderr).toMatch(/EMFILE/);
+    }
+    await new Promise((r) => setTimeout(r, 3000));
+    holder.kill('SIGKILL');
+    const elapsed = (Date.now() - started) / 1000;
+    const lines = d.output.split('\n').filter((l) => l.includes('(EMFILE'));
+    // Nothing blames the upstream or a destination for it (issue 16: "ENOTFOUND … queryA ECONNREFUSED").
+    expect(d.output).not.toMatch(/ENOTFOUND|ECONNREFUSED/);
+    console.info(
+      `EMFILE: status during exhaustion exit ${during.code}; ${lines.length} log lines in ${elapsed.toFixed(0)} s; held ${held.trim().split('\n').pop()}; ${lines.join(' | ')}`,
+    );
+    // One line per 10 s (per code), the first at once.
+    expect(lines.length).toBeLessThanOrEqual(Math.ceil(elapsed / 10) + 1);
+    // Recovered once the connections are gone: status answers and counts what happened, a new connection works.
+    await expect
+      .poll(async () => (await runCli(t.client, ['status', '--json'])).code, { timeout: 15_000, interval: 500 })
+      .toBe(0);
+    const after = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout);
+    expect(after.exhaustion.EMFILE).toBeGreaterThan(0);
+    const curl = await t.client.exec('curl', ['-sS', '--max-time', '10', `http://origin.test:${HTTP_PORT}/hello`]);
+    expect(curl.stdout, curl.stderr).toBe(`hello from origin origin.test:${HTTP_PORT}\n`);
   }, 90_000);
 });

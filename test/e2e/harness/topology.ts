@@ -24,7 +24,8 @@ export interface Topology {
   bigSha256: string;
   tmp: string;
   daemon?: DaemonProc;
-  startDaemon(args: string[]): Promise<DaemonProc>;
+  /** `prefix`: a command that execs the daemon (DaemonProc.start). */
+  startDaemon(args: string[], prefix?: string[]): Promise<DaemonProc>;
   /** Starts a long-running helper in the upstream namespace and waits for `ready` in its output (or a short settle). */
   spawnUpstream(cmd: string, args: string[], ready?: RegExp): Promise<ChildProcess>;
   /** Everything dnsmasq (the upstream resolver, run with --log-queries) has written so far. */
@@ -125,8 +126,13 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
       upstreamIp,
       bigSha256,
       tmp,
-      async startDaemon(args: string[]) {
-        const d = DaemonProc.start(client, ['start', '--state-dir', '', '--dns-upstream', `${upstreamIp}:53`, ...args]);
+      async startDaemon(args: string[], prefix?: string[]) {
+        const d = DaemonProc.start(
+          client,
+          ['start', '--state-dir', '', '--dns-upstream', `${upstreamIp}:53`, ...args],
+          {},
+          prefix,
+        );
         topo.daemon = d;
         await d.waitFor(/running; Ctrl-C to stop/, 20_000);
         return d;
