@@ -10,6 +10,7 @@
 
 #include "dgram_batch_addon.h"
 #include "engine_addon.h"
+#include "mark_addon.h"
 #include "napi_errors.h"
 #include "relay_addon.h"
 #include "tun.h"
@@ -179,6 +180,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDgramBatch(env, exports);
   InitRelay(env, exports);
   InitUdpRelay(env, exports);
+  InitMark(env, exports);
   return exports;
 }
 

@@ -14,6 +14,7 @@ import {
 import { parseUpstream } from './proxy/outbound.js';
 import { parseRedisUrl } from './redis/client.js';
 import { checkNodeId } from './redis/schema.js';
+import { type DefaultExclude, parseCapture, parseFwmark } from './tun/policy.js';
 import { type Ipv4Range, parseCidr, parseHostPort, parsePort, parseSourceCidr } from './util/cidr.js';
 
 /**
@@ -47,6 +48,16 @@ export interface StartConfig {
   relayThreads?: number | undefined;
   /** LAN networks served besides this machine (canonical CIDRs); see START_OPTIONS.lan. */
   lan: string[];
+  /** `--mode`: fake-ip (only the fake range enters the TUN) or global (policy routing, src/tun/policy.ts). */
+  mode: 'fake-ip' | 'global';
+  /** SO_MARK of the daemon's own sockets in global mode. */
+  fwmark: number;
+  routeTable: number;
+  rulePriority: number;
+  /** `--exclude`, canonical CIDRs (the defaults and upstream addresses are added at start). */
+  exclude: string[];
+  /** Default exclusions captured after all (`--capture`). */
+  capture: DefaultExclude[];
   /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   debug: boolean;
@@ -128,7 +139,11 @@ export function loadConfigFile(path: string): RawStart {
   const warnings: string[] = [];
   for (const [k, v] of Object.entries(f.doc)) {
     // Clash's `tun:` is a mapping (its own TUN settings); ours is the device name.
-    if (KNOWN_KEYS.has(k) && !(k === 'tun' && v !== null && typeof v === 'object')) own[k] = v;
+    // Clash's `tun:` is a mapping (its own TUN settings) and its `mode:` is rule|global|direct
+    // (which proxies route); ours are the device name and fake-ip|global. Clash's rule and
+    // direct are ignored with a warning; `global` is read as ours (README "Global mode").
+    const clashMode = k === 'mode' && (v === 'rule' || v === 'direct');
+    if (KNOWN_KEYS.has(k) && !(k === 'tun' && v !== null && typeof v === 'object') && !clashMode) own[k] = v;
     else if (CLASH_IGNORED.has(k))
       warnings.push(`${where}: ${k} (line ${f.line([k])}) is not supported by fakeproxy: ignored`);
     else if (!CLASH_KEYS.has(k)) throw new UsageError(`${where} line ${f.line([k])}: unknown key '${k}'`);
@@ -253,9 +268,30 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
         : int(pick('relayThreads'), flagName(O.relayThreads), O.relayThreads.range[0], O.relayThreads.range[1]),
     natTimeouts: natTimeouts(pick('natTimeout')),
     lan: list(pick('lan'), '--lan').map((t) => parseSourceCidr(t)),
+    ...globalMode(pick),
     debug: boolOpt('debug'),
     configPath: typeof file.configPath === 'string' ? file.configPath : undefined,
     ...routingConfig(flags, file, pick('geoipDb')),
+  };
+}
+
+/** `--mode` and the options of global mode. */
+function globalMode(
+  pick: (k: keyof typeof O) => unknown,
+): Pick<StartConfig, 'mode' | 'fwmark' | 'routeTable' | 'rulePriority' | 'exclude' | 'capture'> {
+  const mode = str(pick('mode') ?? O.mode.default, '--mode');
+  if (mode !== 'fake-ip' && mode !== 'global') {
+    throw new UsageError(`--mode ${JSON.stringify(mode)}: fake-ip or global`);
+  }
+  const num = (k: 'routeTable' | 'rulePriority') =>
+    int(pick(k) ?? O[k].default, flagName(O[k]), O[k].range[0], O[k].range[1]);
+  return {
+    mode,
+    fwmark: parseFwmark(pick('fwmark') ?? O.fwmark.default),
+    routeTable: num('routeTable'),
+    rulePriority: num('rulePriority'),
+    exclude: list(pick('exclude'), '--exclude').map((t) => parseSourceCidr(t, '--exclude')),
+    capture: parseCapture(list(pick('capture'), '--capture')),
   };
 }
 

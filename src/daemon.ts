@@ -18,11 +18,13 @@ import { redactRedisUrl } from './redis/client.js';
 import { RedisMirror } from './redis/mirror.js';
 import { nodePrefix } from './redis/schema.js';
 import { RedisSharedPool } from './redis/sharedPool.js';
+import { excludedCidrs, PolicyRouting } from './tun/policy.js';
 import { TunRouteCheck } from './tun/routes.js';
 import { TunDevice } from './tun/TunDevice.js';
-import { isPublicSpace } from './util/cidr.js';
+import { isIpv4, isPublicSpace } from './util/cidr.js';
 import { resourceAlarm } from './util/exhaustion.js';
 import { readFdLimit } from './util/fdLimit.js';
+import { ownMark, setOwnMark } from './util/sockmark.js';
 
 export interface DaemonDeps {
   log?: Logger;
@@ -59,6 +61,7 @@ export class Daemon {
    * on every exit path and after a kill -9 (src/daemon/teardown.ts).
    */
   teardown?: TeardownJournal;
+  policy?: PolicyRouting;
   private routingDeps: RoutingDeps = {};
   private readonly reloadConfig: (() => StartConfig) | undefined;
   private readonly closers: (() => void | Promise<void>)[] = [];
@@ -107,6 +110,8 @@ export class Daemon {
       c.dnsUpstream ??
       findUpstream(c.dnsListen, stateDir, this.log, sysDnsMode === 'resolved' ? RESOLVED_UPLINKS : undefined);
     const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
+    // Global mode: every socket the daemon opens from here on carries the mark.
+    setOwnMark(c.mode === 'global' ? c.fwmark : 0);
     const routes = new TunRouteCheck(c.tun);
     const loopGuard = (ip: string) =>
       routes.routesIntoTun(ip)
@@ -160,6 +165,24 @@ export class Daemon {
       await pool.start();
       this.closers.push(() => pool.close());
       this.say(`fake-IP pool shared through ${redactRedisUrl(c.redis)}`);
+    }
+
+    if (c.mode === 'global') {
+      const policy = new PolicyRouting({
+        tun: tun.name,
+        mark: c.fwmark,
+        table: c.routeTable,
+        priority: c.rulePriority,
+        excluded: excludedCidrs(c.exclude, c.capture, upstreamAddresses(c, dnsUpstream.host)),
+        journal: teardown,
+      });
+      this.policy = policy;
+      // Before the TUN closes (its going takes the table's route with it).
+      this.closers.push(() => policy.remove());
+      policy.install();
+      this.say(
+        `global mode: table ${c.routeTable} default dev ${tun.name}, rules ${c.rulePriority}+ (fwmark 0x${c.fwmark.toString(16)} and ${policy.rules().length - 2} excluded networks → main)`,
+      );
     }
 
     const dns = new FakeDns({
@@ -266,6 +289,8 @@ export class Daemon {
       names: dns,
       router,
       logger: this.log,
+      // Global mode: the native relay's association sockets carry the mark too.
+      mark: ownMark(),
       // Replies larger than the TUN MTU would be IP-fragmented on their way
       // into the TUN, and the engine does not reassemble fragments.
       maxPayloadBytes: c.mtu - 28,
@@ -406,6 +431,7 @@ export class Daemon {
     } catch {
       // best effort
     }
+    this.policy?.remove();
     this.tun?.close();
     this.teardown?.undoAll();
   }
@@ -434,4 +460,28 @@ function rssOrNull(): number | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * IPv4 literals the daemon itself talks to that global mode must leave on
+ * the main table even without the mark: the upstream proxies (belt and
+ * braces), the DNS upstream (the outbounds' resolver is c-ares, whose sockets
+ * cannot be marked) and Redis (ioredis' sockets are not marked either).
+ */
+export function upstreamAddresses(c: StartConfig, dnsUpstreamHost: string): string[] {
+  const hosts = [dnsUpstreamHost];
+  const fromUrl = (u: string) => {
+    try {
+      return new URL(u).hostname;
+    } catch {
+      return undefined;
+    }
+  };
+  if (c.routing) {
+    for (const p of c.routing.proxies) if (p.server) hosts.push(p.server);
+  } else if (c.upstream !== 'direct') hosts.push(fromUrl(c.upstream) ?? '');
+  if (c.redis) {
+    for (const h of c.redis.replace(/^[a-z+]+:\/\/([^@/]*@)?/, '').split(/[,/]/)) hosts.push(h.split(':')[0] ?? '');
+  }
+  return [...new Set(hosts.filter((h) => isIpv4(h)))];
 }

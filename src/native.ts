@@ -359,6 +359,12 @@ export interface NativeBinding {
   tunReadPacketForTest(fd: number, timeoutMs: number): Buffer | undefined;
   /** Test-only: a non-blocking SOCK_SEQPACKET socketpair [engineSide, testSide] standing in for a TUN fd; close with tunClose. */
   socketpairForTest(): [number, number];
+  /** A non-blocking TCP socket (AF_INET for 4, AF_INET6 for 6) carrying SO_MARK `mark`, unconnected; EPERM without CAP_NET_ADMIN. */
+  markedTcpSocket(family: 4 | 6, mark: number): number;
+  /** setsockopt(SO_MARK) on an existing socket. */
+  setSocketMark(fd: number, mark: number): void;
+  /** The socket's SO_MARK (0 = none). */
+  socketMark(fd: number): number;
   Engine: new (opts: EngineOptions) => NativeEngine;
   DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
   /**

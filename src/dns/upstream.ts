@@ -17,6 +17,7 @@ import { randomFillSync } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { FakeproxyError } from '../errors.js';
+import { markUdpSocket, newTcpSocket } from '../util/sockmark.js';
 import { FLAG_QR, FLAG_TC, HEADER_LEN } from './wire.js';
 
 export interface UpstreamOptions {
@@ -148,6 +149,7 @@ export class Upstream {
       sock.connect(this.port, this.host, () => {
         if (done) return;
         try {
+          markUdpSocket(sock); // global mode: the query must not re-enter the TUN (and meet our own DNS hijack)
           sock.send(msg, (err) => {
             if (err) finish(err);
           });
@@ -160,7 +162,8 @@ export class Upstream {
 
   private tcp(msg: Buffer, questionEnd: number): Promise<Buffer> {
     return new Promise((resolve, reject) => {
-      const sock = net.connect({ host: this.host, port: this.port });
+      const sock = newTcpSocket(net.isIPv6(this.host) ? 6 : 4);
+      sock.connect({ host: this.host, port: this.port });
       let done = false;
       let buf: Buffer = Buffer.alloc(0);
       const handle = { close: () => finish(new UpstreamError('ECLOSED', 'upstream client closed')) };

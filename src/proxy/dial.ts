@@ -7,6 +7,7 @@
 import { Resolver } from 'node:dns/promises';
 import * as net from 'node:net';
 import { wrapError } from '../errors.js';
+import { newTcpSocket } from '../util/sockmark.js';
 import { ProxyError } from './errors.js';
 
 /**
@@ -323,7 +324,9 @@ function raceAddresses(addrs: readonly string[], port: number, opts: DialOptions
       timer = undefined;
       if (done || next >= addrs.length) return;
       const addr = addrs[next++] as string;
-      const s = net.connect({ host: addr, port, allowHalfOpen: true, noDelay: true, lookup: noSystemLookup });
+      // newTcpSocket: carries --fwmark in global mode, so this connection keeps the main table.
+      const s = newTcpSocket(net.isIPv6(addr) ? 6 : 4, { allowHalfOpen: true, noDelay: true });
+      s.connect({ host: addr, port, lookup: noSystemLookup });
       pending.add(s);
       const onErr = (e: Error) => {
         pending.delete(s);

@@ -9,6 +9,7 @@
  */
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
+import { markUdpSocket } from '../../util/sockmark.js';
 import type { ResolveName } from '../dial.js';
 import type { Destination, UdpAssociateOptions, UdpAssociation, UdpAssociationStats } from '../outbound.js';
 import { DEFAULT_UPSTREAM_RCVBUF, dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
@@ -245,6 +246,13 @@ export class DirectUdpAssociation implements UdpAssociation {
     // association's life — the stable mapping full cone needs.
     s.bind({ port: 0, address: type === 'udp4' ? '0.0.0.0' : '::' }, () => {
       if (this.#closed) return;
+      // Global mode: before the queued sends leave (they flush after this callback).
+      try {
+        markUdpSocket(s);
+      } catch (e) {
+        this.close(e as Error);
+        return;
+      }
       const port = s.address().port;
       holdOwnPort(port);
       this.#ports.push(port);

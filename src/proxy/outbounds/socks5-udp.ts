@@ -18,6 +18,7 @@
  */
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
+import { markUdpSocket } from '../../util/sockmark.js';
 import { connectDeadline, dialTcp, hostPort, type ResolveName, raceSignal } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import type {
@@ -91,6 +92,12 @@ export async function socks5UdpAssociate(
         sock.once('error', reject);
         sock.bind({ port: 0, address: local }, () => {
           sock.removeListener('error', reject);
+          try {
+            markUdpSocket(sock); // global mode: datagrams to the proxy keep the main table
+          } catch (e) {
+            reject(e);
+            return;
+          }
           resolve();
         });
       }),

@@ -1,0 +1,181 @@
+/**
+ * Global mode (--mode global) end to end: all IPv4 of the client namespace
+ * enters the TUN through the daemon's own routing table and ip rules; the
+ * daemon's own sockets carry --fwmark and keep the main table. The origin
+ * (whoami.mjs) writes the peer address of every request: the client's own
+ * address means the request went direct, microsocks' means it was proxied.
+ *
+ * Public-looking origin addresses (TEST-NET-2/3, on the upstream
+ * namespace's loopback, routed via the veth) because private ranges are
+ * excluded by default. Nothing here touches the root namespace.
+ */
+import { readdirSync, readlinkSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from './harness/daemon.js';
+import { e2eUnavailableReason } from './harness/netns.js';
+import { createTopology, type Topology, tmpFile, waitListening } from './harness/topology.js';
+
+const skip = e2eUnavailableReason();
+
+const MIC = 1080;
+const WHO = 8081;
+const CAPTURED = '203.0.113.10'; // routed into the TUN
+const EXCLUDED = '198.51.100.10'; // --exclude 198.51.100.0/24: direct
+const DIRECT_RULE = '203.0.113.20'; // captured, then the DIRECT rule: the daemon's own marked dial
+
+function capture(child: { stdout: NodeJS.ReadableStream | null; stderr: NodeJS.ReadableStream | null }) {
+  const c = { text: '' };
+  const on = (d: Buffer) => {
+    c.text += d.toString();
+  };
+  child.stdout?.on('data', on);
+  child.stderr?.on('data', on);
+  return c;
+}
+
+describe.skipIf(skip)('global mode', () => {
+  let t: Topology;
+  let mic: { readonly text: string };
+  let who: { readonly text: string };
+  /** The client namespace's rules and routes before the daemon started. */
+  let before: string;
+
+  const dumps = async () => {
+    const rules = await t.client.must('ip', ['-4', 'rule', 'show']);
+    const routes = await t.client.must('ip', ['-4', 'route', 'show', 'table', 'all']);
+    const nft = await t.client.must('nft', ['list', 'ruleset']);
+    return `${rules}\n--\n${routes}\n--\n${nft}`;
+  };
+  const curl = (url: string, extra: string[] = []) =>
+    t.client.exec('curl', ['-sS', '--max-time', '8', ...extra, url], { timeoutMs: 12_000 });
+  const daemonSockets = (pid: number) => {
+    let n = 0;
+    for (const f of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        if (readlinkSync(`/proc/${pid}/fd/${f}`).startsWith('socket:')) n++;
+      } catch {
+        // closed meanwhile
+      }
+    }
+    return n;
+  };
+
+  beforeAll(async () => {
+    t = await createTopology();
+    for (const ip of [CAPTURED, EXCLUDED, DIRECT_RULE]) {
+      await t.upstream.must('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
+      await t.client.must('ip', ['route', 'add', `${ip}/32`, 'via', t.upstreamIp]);
+    }
+    const whoProc = t.upstream.spawn('node', [
+      `${process.cwd()}/test/e2e/fixtures/whoami.mjs`,
+      CAPTURED,
+      String(WHO),
+      EXCLUDED,
+      String(WHO),
+      DIRECT_RULE,
+      String(WHO),
+    ]);
+    who = capture(whoProc);
+    mic = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', t.upstreamIp, '-p', String(MIC)]));
+    await waitListening(t.upstream, MIC);
+    await waitListening(t.upstream, WHO);
+    before = await dumps();
+    const config = tmpFile(
+      t,
+      'global.yaml',
+      [
+        'mode: global',
+        'exclude: [198.51.100.0/24]',
+        'proxies:',
+        `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
+        'rules:',
+        `  - IP-CIDR,${DIRECT_RULE}/32,DIRECT`,
+        '  - MATCH,mic',
+        '',
+      ].join('\n'),
+    );
+    await t.startDaemon(['--config', config]);
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.destroy();
+  });
+
+  it('installs its table and rules: fwmark and exclusions to main, the rest to table 2022', async () => {
+    const rules = await t.client.must('ip', ['-4', 'rule', 'show']);
+    expect(rules).toMatch(/^9000:\s+from all fwmark 0x2d0 lookup main/m);
+    expect(rules).toMatch(/^9001:\s+from all to 198\.51\.100\.0\/24 lookup main/m);
+    expect(rules).toMatch(/^9001:\s+from all to 192\.168\.0\.0\/16 lookup main/m);
+    // the upstream proxy and the DNS upstream (same address here) stay direct
+    expect(rules).toMatch(new RegExp(`^9001:\\s+from all to ${t.upstreamIp.replace(/\./g, '\\.')} lookup main`, 'm'));
+    expect(rules).toMatch(/^9009:\s+from all lookup 2022/m);
+    expect(await t.client.must('ip', ['-4', 'route', 'show', 'table', '2022'])).toMatch(/^default dev fp0/m);
+    expect(await t.client.must('ip', ['-4', 'route', 'get', CAPTURED])).toMatch(/dev fp0/);
+    expect(await t.client.must('ip', ['-4', 'route', 'get', CAPTURED, 'mark', '0x2d0'])).not.toMatch(/dev fp0/);
+  });
+
+  it('a connection to an IP literal goes through the SOCKS5 upstream, one upstream connection per flow', async () => {
+    const d = t.daemon;
+    if (!d?.child.pid) throw new Error('no daemon');
+    const st0 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
+    const sockets0 = daemonSockets(d.child.pid);
+    const N = 5;
+    for (let i = 0; i < N; i++) {
+      const r = await curl(`http://${CAPTURED}:${WHO}/`);
+      expect(r.stderr).toBe('');
+      // the origin was reached by microsocks (in the upstream namespace), not by the client
+      expect(r.stdout).toMatch(/^peer=\S+ host=203\.0\.113\.10:8081$/m);
+      expect(r.stdout).not.toContain(`peer=${t.clientIp} `);
+    }
+    expect(
+      (mic.text.match(new RegExp(`connected to ${CAPTURED.replace(/\./g, '\\.')}:${WHO}`, 'g')) ?? []).length,
+    ).toBe(N);
+    const st1 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
+    // one accepted flow per curl: the daemon's own upstream connections never came back into the TUN
+    expect(st1.accepted - st0.accepted).toBe(N);
+    expect(st1.rejectedPeers).toBe(st0.rejectedPeers);
+    // sockets flat: every session closed
+    let sockets1 = daemonSockets(d.child.pid);
+    for (let i = 0; i < 50 && sockets1 > sockets0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      sockets1 = daemonSockets(d.child.pid);
+    }
+    expect(sockets1).toBeLessThanOrEqual(sockets0);
+  });
+
+  it('an --exclude network goes direct: the origin sees the client itself', async () => {
+    const r = await curl(`http://${EXCLUDED}:${WHO}/`);
+    expect(r.stdout.trim()).toBe(`peer=${t.clientIp} host=${EXCLUDED}:${WHO}`);
+    expect(mic.text).not.toContain(EXCLUDED);
+  });
+
+  it("a captured address routed DIRECT: the daemon's own marked connection leaves by the main table", async () => {
+    const r = await curl(`http://${DIRECT_RULE}:${WHO}/`);
+    // Without the mark the daemon's dial would be routed into the TUN and back to its own Listener.
+    expect(r.stdout.trim()).toBe(`peer=${t.clientIp} host=${DIRECT_RULE}:${WHO}`);
+    expect(mic.text).not.toContain(DIRECT_RULE);
+  });
+
+  it('names still work through the fake range', async () => {
+    const r = await curl(`http://origin.test:8080/hello`);
+    expect(r.stdout).toMatch(/hello from origin/);
+    expect(mic.text).toMatch(/connected to origin\.test:8080/);
+  });
+
+  it('SIGTERM leaves ip rule, every routing table and nftables exactly as before', async () => {
+    expect(who.text).toMatch(/whoami ready/);
+    await t.daemon?.stop('SIGTERM');
+    expect(await dumps()).toBe(before);
+  });
+
+  it('kill -9 leaves the rules in the teardown journal; `fakeproxy cleanup` undoes them', async () => {
+    const stateDir = `${t.tmp}/state`;
+    const d = await t.startDaemon(['--mode', 'global', '--state-dir', stateDir]);
+    expect(await t.client.must('ip', ['-4', 'rule', 'show'])).toMatch(/^9009:\s+from all lookup 2022/m);
+    await d.stop('SIGKILL');
+    expect(await t.client.must('ip', ['-4', 'rule', 'show'])).toMatch(/^9009:\s+from all lookup 2022/m);
+    const r = await runCli(t.client, ['cleanup', '--state-dir', stateDir]);
+    expect(r.stdout).toMatch(/cleanup: undid \d+ changes/);
+    expect(await dumps()).toBe(before);
+  });
+});
