@@ -13,7 +13,7 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { createTopology, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import { capture, createTopology, type Topology, tmpFile, waitListening } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
@@ -22,16 +22,6 @@ const WHO = 8081;
 const CAPTURED = '203.0.113.10'; // routed into the TUN
 const EXCLUDED = '198.51.100.10'; // --exclude 198.51.100.0/24: direct
 const DIRECT_RULE = '203.0.113.20'; // captured, then the DIRECT rule: the daemon's own marked dial
-
-function capture(child: { stdout: NodeJS.ReadableStream | null; stderr: NodeJS.ReadableStream | null }) {
-  const c = { text: '' };
-  const on = (d: Buffer) => {
-    c.text += d.toString();
-  };
-  child.stdout?.on('data', on);
-  child.stderr?.on('data', on);
-  return c;
-}
 
 describe.skipIf(skip)('global mode', () => {
   let t: Topology;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason, Netns, vethPair } from './harness/netns.js';
-import { createTopology, HTTP_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import { capture, createTopology, HTTP_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
@@ -20,16 +20,6 @@ const TINY = 8888;
 const SLOW = 1085; // a 150 ms delaying forwarder in front of microsocks on SLOW_BEHIND
 const SLOW_BEHIND = 1086;
 const QUICK = 1087;
-
-function capture(child: ChildProcess): { readonly text: string } {
-  const c = { text: '' };
-  const on = (d: Buffer) => {
-    c.text += d.toString();
-  };
-  child.stdout?.on('data', on);
-  child.stderr?.on('data', on);
-  return c;
-}
 
 async function eventually<T>(read: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 8000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -1,26 +1,22 @@
-import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { createTopology, ECHO_PORT, HTTP_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import {
+  capture,
+  createTopology,
+  ECHO_PORT,
+  HTTP_PORT,
+  type Topology,
+  tmpFile,
+  waitListening,
+} from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 /** A literal string as a RegExp source. */
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
-
-/** Everything a long-running helper printed (stdout + stderr), as it arrives. */
-function capture(child: ChildProcess): { readonly text: string } {
-  const c = { text: '' };
-  const on = (d: Buffer) => {
-    c.text += d.toString();
-  };
-  child.stdout?.on('data', on);
-  child.stderr?.on('data', on);
-  return c;
-}
 
 /** Polls `read()` until `done` holds (a RegExp or a predicate); returns the last value either way (the assertion decides). */
 async function eventually(

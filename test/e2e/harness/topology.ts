@@ -159,6 +159,17 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
   }
 }
 
+/** Everything a long-running helper printed (stdout + stderr), as it arrives. */
+export function capture(child: ChildProcess): { readonly text: string } {
+  const c = { text: '' };
+  const on = (d: Buffer) => {
+    c.text += d.toString();
+  };
+  child.stdout?.on('data', on);
+  child.stderr?.on('data', on);
+  return c;
+}
+
 /** Writes a file into the topology's temp dir and returns its path. */
 export function tmpFile(t: Topology, name: string, text: string): string {
   const p = join(t.tmp, name);
