@@ -374,10 +374,21 @@ export async function connectViaProxy(
     return sock;
   } catch (e) {
     sock?.destroy();
+    const code = (e as { code?: string } | undefined)?.code;
+    // Not reached, or hung up on us mid-handshake: the proxy itself is down
+    // (an error reply or a slow handshake may be the destination's fault).
+    if (typeof e === 'object' && e !== null && code !== 'EABORTED' && (!sock || code === 'EUPSTREAM_CLOSED')) {
+      Object.defineProperty(e, 'proxyDown', { value: true, configurable: true });
+    }
     throw e;
   } finally {
     d.dispose();
   }
+}
+
+/** The connect failed at the proxy itself (see connectViaProxy): its group may mark it dead. */
+export function isProxyDown(e: unknown): boolean {
+  return (e as { proxyDown?: unknown } | undefined)?.proxyDown === true;
 }
 
 export function hostPort(host: string, port: number): string {

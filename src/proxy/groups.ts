@@ -20,6 +20,9 @@ export interface HealthCheck {
   timeoutMs: number;
 }
 
+/** After a failed connection marks a member dead, its group re-checks this soon (and no more often). */
+export const FAIL_RECHECK_MS = 5000;
+
 /** Clash's defaults (mihomo adapter/outboundgroup/parser.go): interval 300 s, timeout 5000 ms, tolerance 0. */
 export const HEALTH_DEFAULTS = { intervalSec: 300, timeoutMs: 5000, tolerance: 0 } as const;
 
@@ -47,8 +50,15 @@ export interface MemberState {
  * One probe: connect through `ob` to the URL's host, send a GET, and wait for
  * the status line. Resolves with the delay in ms (any HTTP status counts:
  * the path through the proxy works), or undefined when it failed.
+ * `stop` (the group's lifetime) cancels it; whatever way the probe ends,
+ * it leaves no listener on `stop`, which outlives thousands of probes.
  */
-export async function probe(ob: Outbound, url: string, timeoutMs: number): Promise<number | undefined> {
+export async function probe(
+  ob: Outbound,
+  url: string,
+  timeoutMs: number,
+  stop?: AbortSignal,
+): Promise<number | undefined> {
   const u = new URL(url);
   const https = u.protocol === 'https:';
   const host = u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname;
@@ -56,6 +66,9 @@ export async function probe(ob: Outbound, url: string, timeoutMs: number): Promi
   const t0 = performance.now();
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(), timeoutMs);
+  const onStop = () => ac.abort();
+  if (stop?.aborted) return undefined;
+  stop?.addEventListener('abort', onStop, { once: true });
   let sock: import('node:net').Socket | tls.TLSSocket | undefined;
   try {
     const raw = await ob.connect({ host, port }, { timeoutMs, signal: ac.signal });
@@ -67,21 +80,37 @@ export async function probe(ob: Outbound, url: string, timeoutMs: number): Promi
     );
     await new Promise<void>((resolve, reject) => {
       let buf = '';
+      const onAbort = () => fail(new Error('timeout'));
+      const onEnd = () => fail(new Error('closed before a response'));
+      const done = () => {
+        s.removeListener('data', onData);
+        s.removeListener('error', fail);
+        s.removeListener('end', onEnd);
+        ac.signal.removeEventListener('abort', onAbort);
+      };
+      const fail = (e: Error) => {
+        done();
+        reject(e);
+      };
       const onData = (d: Buffer) => {
         buf += d.toString('latin1');
-        if (/^HTTP\/\d(\.\d)? \d{3}/.test(buf)) resolve();
-        else if (buf.length > 64 || buf.includes('\n')) reject(new Error('not an HTTP response'));
+        if (/^HTTP\/\d(\.\d)? \d{3}/.test(buf)) {
+          done();
+          resolve();
+        } else if (buf.length > 64 || buf.includes('\n')) fail(new Error('not an HTTP response'));
       };
       s.on('data', onData);
-      s.once('error', reject);
-      s.once('end', () => reject(new Error('closed before a response')));
-      ac.signal.addEventListener('abort', () => reject(new Error('timeout')), { once: true });
+      s.once('error', fail);
+      s.once('end', onEnd);
+      if (ac.signal.aborted) onAbort();
+      else ac.signal.addEventListener('abort', onAbort, { once: true });
     });
     return Math.max(1, Math.round(performance.now() - t0));
   } catch {
     return undefined;
   } finally {
     clearTimeout(timer);
+    stop?.removeEventListener('abort', onStop);
     sock?.destroy();
   }
 }
@@ -106,6 +135,10 @@ export class Group {
   #rr = 0;
   #timer: NodeJS.Timeout | undefined;
   #checking: Promise<void> | undefined;
+  /** Aborted by stop(): in-flight probes end at once. */
+  #life = new AbortController();
+  /** When a failed connection last triggered a check (at most one per FAIL_RECHECK_MS). */
+  #failCheckAt = Number.NEGATIVE_INFINITY;
   readonly #deps: GroupDeps;
 
   constructor(spec: GroupSpec, deps: GroupDeps) {
@@ -163,7 +196,7 @@ export class Group {
     this.#checking = Promise.all(
       this.members.map(async (m) => {
         const ob = this.#deps.leaf(m);
-        const delay = ob === undefined ? undefined : await p(ob, h.url, h.timeoutMs);
+        const delay = ob === undefined ? undefined : await p(ob, h.url, h.timeoutMs, this.#life.signal);
         const st = this.state.get(m) as MemberState;
         const was = st.alive;
         st.alive = delay !== undefined;
@@ -179,6 +212,34 @@ export class Group {
       if (this.type === 'url-test') this.#retest();
     });
     return this.#checking;
+  }
+
+  /**
+   * Passive health: a connection through `member` could not reach the proxy
+   * (refused, unreachable, timed out, closed mid-handshake). Groups that
+   * track liveness mark it dead now rather than at the next check (up to
+   * `interval` away), and re-check soon, so a transient failure costs seconds.
+   * `select` has no liveness: the operator's choice stands.
+   */
+  reportFailure(member: string, why: string): void {
+    const h = this.spec.health;
+    const st = this.state.get(member);
+    if (!h || this.type === 'select' || !st) return;
+    if (st.alive !== false) {
+      st.alive = false;
+      delete st.delayMs;
+      st.checkedAtMs = (this.#deps.now ?? Date.now)();
+      this.#deps.log?.(`group ${this.name}: ${member} is dead (a connection through it failed: ${why})`);
+      if (this.type === 'url-test' && this.#fastest === member) this.#fastest = undefined;
+    }
+    const now = (this.#deps.now ?? Date.now)();
+    if (this.#timer && now - this.#failCheckAt >= FAIL_RECHECK_MS) {
+      this.#failCheckAt = now;
+      const t = setTimeout(() => {
+        if (this.#timer) void this.check();
+      }, FAIL_RECHECK_MS);
+      t.unref();
+    }
   }
 
   #retest(): void {
@@ -212,6 +273,8 @@ export class Group {
   stop(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
+    this.#life.abort();
+    this.#life = new AbortController();
   }
 }
 

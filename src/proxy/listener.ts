@@ -13,7 +13,7 @@ import type { NatLookup, PackedFlow } from '../nat/types.js';
 import { START_OPTIONS as O } from '../options.js';
 import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { resourceAlarm } from '../util/exhaustion.js';
-import { hostPort } from './dial.js';
+import { hostPort, isProxyDown } from './dial.js';
 import type { Outbound } from './outbound.js';
 import { Relay, type RelayEnd, type RelayHandle, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
@@ -303,7 +303,10 @@ export class TcpListener extends EventEmitter {
       (err: Error & { code?: string }) => {
         app.removeListener('close', onAppGone);
         this.#stats.connectFailed++;
-        if (resourceAlarm.check(err, 'tcp dial')) {
+        const local = resourceAlarm.check(err, 'tcp dial');
+        // Our own exhaustion (EMFILE, …) says nothing about the proxy.
+        if (!local && isProxyDown(err)) this.#o.router.reportFailure(route.chain, err.code ?? err.message);
+        if (local) {
           // Counted and logged as what it is (EMFILE, …), not as this destination's failure.
         } else if (!session.abort.signal.aborted || err.code !== 'EABORTED') {
           // One line: name:port, the outbound, the reason (the message already

@@ -109,6 +109,16 @@ export class RouteTable {
     return { outbound, rule: r ? r.text : `MATCH (final),${this.final}`, line: r ? r.line : 0, chain };
   }
 
+  /**
+   * A connection routed along `chain` (a Decision's) could not reach its
+   * proxy: the group that picked it marks it dead (Group.reportFailure).
+   */
+  reportFailure(chain: readonly string[], why: string): void {
+    const leaf = chain.at(-1);
+    const g = chain.length > 1 ? this.groups.get(chain.at(-2) as string) : undefined;
+    if (leaf !== undefined && g && !this.groups.has(leaf)) g.reportFailure(leaf, why);
+  }
+
   /** Health checks on. */
   start(): void {
     for (const g of this.groups.values()) g.start();
@@ -196,5 +206,9 @@ export class Router {
 
   route(ctx: RouteContext): Outbound {
     return this.#table.decide(ctx).outbound;
+  }
+
+  reportFailure(chain: readonly string[], why: string): void {
+    this.#table.reportFailure(chain, why);
   }
 }

@@ -327,6 +327,41 @@ net.createServer((a) => {
     ).toMatch(/connected to f4\.origin\.test/);
   });
 
+  it('fallback: one connection that cannot reach a killed proxy marks it dead at once, long before the next check', async () => {
+    const file = config(
+      'fallback-passive.yaml',
+      [
+        'proxy-groups:',
+        '  - name: safe',
+        '    type: fallback',
+        '    proxies: [mic2, mic]',
+        `    url: http://origin.test:${HTTP_PORT}/hello`,
+        '    interval: 300',
+        '    timeout: 1000',
+        'rules:',
+        '  - MATCH,safe',
+      ].join('\n'),
+    );
+    const seen = (mic2.text.match(/connected to origin\.test/g) ?? []).length;
+    const d = await start(file);
+    // The first health check (at start) went through mic2 and found it alive.
+    await eventually(
+      () => mic2.text,
+      (s) => (s.match(/connected to origin\.test/g) ?? []).length > seen,
+    );
+    expect((await curl(t.client, 'p1.origin.test')).stdout).toBe(`hello from origin p1.origin.test:${HTTP_PORT}\n`);
+    expect((await route('p2.origin.test')).chain).toEqual(['safe', 'mic2']);
+    mic2Proc.kill('SIGKILL');
+    await new Promise((r) => mic2Proc.once('exit', r));
+    // The next check is 300 s away: only the failed connection can tell.
+    expectReset(await curl(t.client, 'p2.origin.test'));
+    expect((await route('p3.origin.test')).chain).toEqual(['safe', 'mic']);
+    expect(d.stderr).toMatch(/group safe: mic2 is dead \(a connection through it failed: ECONNREFUSED\)/);
+    expect((await curl(t.client, 'p3.origin.test')).stdout).toBe(`hello from origin p3.origin.test:${HTTP_PORT}\n`);
+    startMic2();
+    await waitListening(t.upstream, MIC2);
+  });
+
   it('url-test picks the faster of two proxies (the other behind a 150 ms delay)', async () => {
     await start(
       config(
