@@ -14,7 +14,7 @@ import {
 import { parseUpstream } from './proxy/outbound.js';
 import { parseRedisUrl } from './redis/client.js';
 import { checkNodeId } from './redis/schema.js';
-import { type DefaultExclude, parseCapture, parseFwmark } from './tun/policy.js';
+import { type DefaultExclude, parseCapture, parseFwmark, parseUidRange } from './tun/policy.js';
 import { type Ipv4Range, parseCidr, parseHostPort, parsePort, parseSourceCidr } from './util/cidr.js';
 
 /**
@@ -58,6 +58,9 @@ export interface StartConfig {
   exclude: string[];
   /** Default exclusions captured after all (`--capture`). */
   capture: DefaultExclude[];
+  /** uidranges (`A-B`) that go direct / that alone are captured. */
+  bypassUid: string[];
+  onlyUid: string[];
   /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   debug: boolean;
@@ -278,7 +281,10 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
 /** `--mode` and the options of global mode. */
 function globalMode(
   pick: (k: keyof typeof O) => unknown,
-): Pick<StartConfig, 'mode' | 'fwmark' | 'routeTable' | 'rulePriority' | 'exclude' | 'capture'> {
+): Pick<
+  StartConfig,
+  'mode' | 'fwmark' | 'routeTable' | 'rulePriority' | 'exclude' | 'capture' | 'bypassUid' | 'onlyUid'
+> {
   const mode = str(pick('mode') ?? O.mode.default, '--mode');
   if (mode !== 'fake-ip' && mode !== 'global') {
     throw new UsageError(`--mode ${JSON.stringify(mode)}: fake-ip or global`);
@@ -292,6 +298,8 @@ function globalMode(
     rulePriority: num('rulePriority'),
     exclude: list(pick('exclude'), '--exclude').map((t) => parseSourceCidr(t, '--exclude')),
     capture: parseCapture(list(pick('capture'), '--capture')),
+    bypassUid: list(pick('bypassUid'), '--bypass-uid').map((u) => parseUidRange(u, '--bypass-uid')),
+    onlyUid: list(pick('onlyUid'), '--only-uid').map((u) => parseUidRange(u, '--only-uid')),
   };
 }
 

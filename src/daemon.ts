@@ -175,13 +175,15 @@ export class Daemon {
         priority: c.rulePriority,
         excluded: excludedCidrs(c.exclude, c.capture, upstreamAddresses(c, dnsUpstream.host)),
         journal: teardown,
+        bypassUids: c.bypassUid,
+        onlyUids: c.onlyUid,
       });
       this.policy = policy;
       // Before the TUN closes (its going takes the table's route with it).
       this.closers.push(() => policy.remove());
       policy.install();
       this.say(
-        `global mode: table ${c.routeTable} default dev ${tun.name}, rules ${c.rulePriority}+ (fwmark 0x${c.fwmark.toString(16)} and ${policy.rules().length - 2} excluded networks → main)`,
+        `global mode: table ${c.routeTable} default dev ${tun.name}, rules ${c.rulePriority}+ (fwmark 0x${c.fwmark.toString(16)}, ${policy.rules().length} rules)`,
       );
     }
 

@@ -227,6 +227,20 @@ export const START_OPTIONS = {
     repeatable: true,
     why: 'global mode, repeatable: `private`, `link-local`, `multicast` or `loopback` — one of the default `--exclude`s is captured after all (e.g. `--capture private` proxies the LAN too)',
   },
+  bypassUid: {
+    flag: '--bypass-uid <uid[-uid]>',
+    help: 'global mode: processes of these uids go direct; repeatable',
+    defaultText: 'none',
+    repeatable: true,
+    why: 'global mode, repeatable: an `ip rule uidrange` sends the traffic of these local users to the main table (e.g. a download user, or a VPN client of its own). Forwarded `--lan` traffic has no uid and is not affected',
+  },
+  onlyUid: {
+    flag: '--only-uid <uid[-uid]>',
+    help: 'global mode: capture only processes of these uids; repeatable',
+    defaultText: 'every uid',
+    repeatable: true,
+    why: "global mode, repeatable: only these local users' traffic enters the TUN (one `ip rule uidrange … lookup <table>` each, instead of the catch-all rule); everything else, forwarded `--lan` traffic included, keeps the main table",
+  },
   geoipDb: {
     flag: '--geoip-db <file.mmdb>',
     help: 'MaxMind-format country database for GEOIP rules',

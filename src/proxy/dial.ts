@@ -9,6 +9,7 @@ import * as net from 'node:net';
 import { wrapError } from '../errors.js';
 import { newTcpSocket } from '../util/sockmark.js';
 import { ProxyError } from './errors.js';
+import { holdOwnTcp } from './ownTcp.js';
 
 /**
  * Name → addresses, best first. Rejects (e.g. ENOTFOUND) when there are none.
@@ -327,6 +328,7 @@ function raceAddresses(addrs: readonly string[], port: number, opts: DialOptions
       // newTcpSocket: carries --fwmark in global mode, so this connection keeps the main table.
       const s = newTcpSocket(net.isIPv6(addr) ? 6 : 4, { allowHalfOpen: true, noDelay: true });
       s.connect({ host: addr, port, lookup: noSystemLookup });
+      holdOwnTcp(s, addr, port);
       pending.add(s);
       const onErr = (e: Error) => {
         pending.delete(s);

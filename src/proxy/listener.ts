@@ -15,6 +15,7 @@ import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { resourceAlarm } from '../util/exhaustion.js';
 import { hostPort, isProxyDown } from './dial.js';
 import type { Outbound } from './outbound.js';
+import { isOwnTcp } from './ownTcp.js';
 import { Relay, type RelayEnd, type RelayHandle, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
 
@@ -84,6 +85,8 @@ export interface TcpListenerStats {
   accepted: number;
   /** Peers that were not a live NAT address: reset at once. */
   rejectedPeers: number;
+  /** Captured flows that were our own outbound connections (global mode lost the mark): reset (src/proxy/ownTcp.ts). */
+  loopRefused: number;
   connectFailed: number;
   active: number;
   bytesUp: number;
@@ -119,6 +122,7 @@ export class TcpListener extends EventEmitter {
   readonly #stats: TcpListenerStats = {
     accepted: 0,
     rejectedPeers: 0,
+    loopRefused: 0,
     connectFailed: 0,
     active: 0,
     bytesUp: 0,
@@ -251,6 +255,10 @@ export class TcpListener extends EventEmitter {
     const flowId = flow.id;
     const dstPort = flow.dstPort;
     const dstIp = intToIp(flow.dstIp);
+    if (isOwnTcp(intToIp(flow.srcIp), flow.srcPort, dstIp, dstPort)) {
+      this.#refuseLoop(app, `${intToIp(flow.srcIp)}:${flow.srcPort}`, hostPort(dstIp, dstPort));
+      return;
+    }
     const names = this.#o.names;
     const name = names.reverseU32 ? names.reverseU32(flow.dstIp) : names.reverse(dstIp);
     const host = name ?? dstIp;
@@ -391,6 +399,15 @@ export class TcpListener extends EventEmitter {
       this.#stats.bytesDown += r.bytesDown;
     }
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'close', ...base, ...r });
+  }
+
+  #refuseLoop(app: net.Socket, src: string, dst: string): void {
+    this.#stats.loopRefused++;
+    app.resetAndDestroy();
+    this.#failLog(
+      'loop',
+      `tcp listener: refused ${src} → ${dst}: it is fakeproxy's own upstream connection, routed back into the TUN (global mode: its --fwmark was cleared or is not sent to the main table — check nftables rules that set meta mark, and ip rules above fakeproxy's)`,
+    );
   }
 
   #rejectPeer(app: net.Socket, ip: string | undefined, port: number | undefined): void {

@@ -39,6 +39,17 @@ export function parseFwmark(v: unknown): number {
   return n;
 }
 
+/** `--bypass-uid` / `--only-uid`: `UID` or `UID-UID` → the `ip rule uidrange` text. */
+export function parseUidRange(v: string, flag: string): string {
+  const m = /^(\d{1,10})(?:-(\d{1,10}))?$/.exec(v.trim());
+  const a = Number(m?.[1]);
+  const b = m?.[2] === undefined ? a : Number(m[2]);
+  if (!m || a > 0xfffffffe || b > 0xfffffffe || b < a) {
+    throw new UsageError(`${flag} ${JSON.stringify(v)}: a uid or an ascending range such as 1000-1999`);
+  }
+  return `${a}-${b}`;
+}
+
 /** `--capture` names, checked. */
 export function parseCapture(names: readonly string[]): DefaultExclude[] {
   for (const n of names) {
@@ -73,6 +84,10 @@ export interface PolicyRoutingOptions {
   priority: number;
   /** Canonical CIDRs that keep the main table. */
   excluded: readonly string[];
+  /** uidranges (`1000-1000`) whose traffic keeps the main table. @default none */
+  bypassUids?: readonly string[];
+  /** When given, only these uidranges are captured (instead of everything). @default none */
+  onlyUids?: readonly string[];
   /** Every rule and route is recorded here before it is made (src/daemon/teardown.ts). */
   journal: Pick<TeardownJournal, 'exec' | 'undo'>;
   /** Runs `ip ARGS…` for the leftover sweep; throws with stderr on failure. Injectable for tests. @default execFileSync('ip', …) */
@@ -82,6 +97,7 @@ export interface PolicyRoutingOptions {
 /** Offsets from --rule-priority. */
 const PREF_MARK = 0;
 const PREF_EXCLUDE = 1;
+const PREF_BYPASS_UID = 2;
 const PREF_CAPTURE = 9;
 /** How many priorities we own (the sweep removes every rule in [P, P + PREF_SPAN)). */
 export const PREF_SPAN = 10;
@@ -110,16 +126,20 @@ export class PolicyRouting {
   #changes: Change[] = [];
 
   constructor(opts: PolicyRoutingOptions) {
-    this.#o = { ip: runIp, ...opts };
+    this.#o = { ip: runIp, bypassUids: [], onlyUids: [], ...opts };
   }
 
   /** The `ip rule` selectors after `pref N`, in priority order. */
   rules(): { pref: number; selector: string[] }[] {
-    const { mark, table, priority: p, excluded } = this.#o;
+    const { mark, table, priority: p, excluded, bypassUids, onlyUids } = this.#o;
+    const capture = onlyUids.length
+      ? onlyUids.map((u) => ({ pref: p + PREF_CAPTURE, selector: ['uidrange', u, 'lookup', String(table)] }))
+      : [{ pref: p + PREF_CAPTURE, selector: ['lookup', String(table)] }];
     return [
       { pref: p + PREF_MARK, selector: ['fwmark', `0x${mark.toString(16)}`, 'lookup', 'main'] },
       ...excluded.map((c) => ({ pref: p + PREF_EXCLUDE, selector: ['to', c, 'lookup', 'main'] })),
-      { pref: p + PREF_CAPTURE, selector: ['lookup', String(table)] },
+      ...bypassUids.map((u) => ({ pref: p + PREF_BYPASS_UID, selector: ['uidrange', u, 'lookup', 'main'] })),
+      ...capture,
     ];
   }
 

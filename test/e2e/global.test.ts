@@ -21,6 +21,7 @@ const MIC = 1080;
 const WHO = 8081;
 const CAPTURED = '203.0.113.10'; // routed into the TUN
 const EXCLUDED = '198.51.100.10'; // --exclude 198.51.100.0/24: direct
+const BYPASS_UID = 4242; // --bypass-uid: this user's processes go direct
 const DIRECT_RULE = '203.0.113.20'; // captured, then the DIRECT rule: the daemon's own marked dial
 
 describe.skipIf(skip)('global mode', () => {
@@ -76,6 +77,7 @@ describe.skipIf(skip)('global mode', () => {
       [
         'mode: global',
         'exclude: [198.51.100.0/24]',
+        `bypassUid: ['${BYPASS_UID}']`,
         'proxies:',
         `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
         'rules:',
@@ -144,6 +146,76 @@ describe.skipIf(skip)('global mode', () => {
     // Without the mark the daemon's dial would be routed into the TUN and back to its own Listener.
     expect(r.stdout.trim()).toBe(`peer=${t.clientIp} host=${DIRECT_RULE}:${WHO}`);
     expect(mic.text).not.toContain(DIRECT_RULE);
+  });
+
+  it('a --bypass-uid user goes direct (setpriv --reuid); root is still proxied', async () => {
+    expect(await t.client.must('ip', ['-4', 'rule', 'show'])).toMatch(
+      new RegExp(`^9002:\\s+from all uidrange ${BYPASS_UID}-${BYPASS_UID} lookup main`, 'm'),
+    );
+    const r = await t.client.exec(
+      'setpriv',
+      [
+        `--reuid=${BYPASS_UID}`,
+        `--regid=${BYPASS_UID}`,
+        '--clear-groups',
+        'curl',
+        '-sS',
+        '--max-time',
+        '8',
+        `http://${CAPTURED}:${WHO}/`,
+      ],
+      { timeoutMs: 12_000 },
+    );
+    expect(r.stdout.trim()).toBe(`peer=${t.clientIp} host=${CAPTURED}:${WHO}`);
+    const root = await curl(`http://${CAPTURED}:${WHO}/`);
+    expect(root.stdout).not.toContain(`peer=${t.clientIp} `);
+  });
+
+  it('deliberate loop: an nftables rule clears the mark; the captured own connection is refused with one log line and the daemon stays healthy', async () => {
+    const d = t.daemon;
+    if (!d?.child.pid) throw new Error('no daemon');
+    const st0 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
+    const sockets0 = daemonSockets(d.child.pid);
+    await t.client.must('nft', ['add', 'table', 'ip', 'fptloop']);
+    await t.client.must('nft', ['add', 'chain', 'ip', 'fptloop', 'out', '{ type route hook output priority mangle; }']);
+    await t.client.must('nft', [
+      'add',
+      'rule',
+      'ip',
+      'fptloop',
+      'out',
+      'meta',
+      'mark',
+      '0x2d0',
+      'meta',
+      'mark',
+      'set',
+      '0',
+    ]);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await curl(`http://${DIRECT_RULE}:${WHO}/`);
+        expect(r.stdout).toBe(''); // reset: the daemon's own dial came back and was refused
+      }
+    } finally {
+      await t.client.must('nft', ['delete', 'table', 'ip', 'fptloop']);
+    }
+    const st1 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
+    expect(st1.loopRefused - st0.loopRefused).toBe(3);
+    // each curl: the app's flow and our own captured dial, nothing more (no storm)
+    expect(st1.accepted - st0.accepted).toBe(6);
+    expect((d.output.match(/it is fakeproxy's own upstream connection, routed back into the TUN/g) ?? []).length).toBe(
+      1,
+    );
+    // healthy: the same request works once the mark is kept again, and sockets are back
+    const ok = await curl(`http://${DIRECT_RULE}:${WHO}/`);
+    expect(ok.stdout.trim()).toBe(`peer=${t.clientIp} host=${DIRECT_RULE}:${WHO}`);
+    let sockets1 = daemonSockets(d.child.pid);
+    for (let i = 0; i < 50 && sockets1 > sockets0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      sockets1 = daemonSockets(d.child.pid);
+    }
+    expect(sockets1).toBeLessThanOrEqual(sockets0);
   });
 
   it('names still work through the fake range', async () => {

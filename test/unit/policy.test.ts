@@ -5,7 +5,7 @@ import { type Runner, TeardownJournal } from '../../src/daemon/teardown.js';
 import { upstreamAddresses } from '../../src/daemon.js';
 import { native } from '../../src/native.js';
 import { dialTcp } from '../../src/proxy/dial.js';
-import { excludedCidrs, PolicyRouting, parseCapture, parseFwmark } from '../../src/tun/policy.js';
+import { excludedCidrs, PolicyRouting, parseCapture, parseFwmark, parseUidRange } from '../../src/tun/policy.js';
 import { setOwnMark, tcpFd } from '../../src/util/sockmark.js';
 
 describe('global mode options', () => {
@@ -28,6 +28,15 @@ describe('global mode options', () => {
     [{ routeTable: '0' }, /--route-table 0/],
   ])('%j is a usage error naming the flag', (flags, msg) => {
     expect(() => resolveStartConfig(flags)).toThrow(msg);
+  });
+
+  it('--bypass-uid / --only-uid: a uid or an ascending range', () => {
+    expect(resolveStartConfig({ bypassUid: ['1000', '2000-2999'], onlyUid: '5' })).toMatchObject({
+      bypassUid: ['1000-1000', '2000-2999'],
+      onlyUid: ['5-5'],
+    });
+    expect(() => parseUidRange('9-1', '--bypass-uid')).toThrow(/--bypass-uid "9-1": a uid or an ascending range/);
+    expect(() => parseUidRange('root', '--only-uid')).toThrow(/--only-uid/);
   });
 
   it('parseFwmark takes decimal and hex', () => {
@@ -115,6 +124,27 @@ describe('PolicyRouting', () => {
     f.calls.length = 0;
     p.remove();
     expect(f.calls).toEqual([]);
+  });
+
+  it('bypassed uids keep main; --only-uid replaces the catch-all with one uidrange rule each', () => {
+    const f = fake();
+    const p = new PolicyRouting({
+      tun: 'fp0',
+      mark: 1,
+      table: 7,
+      priority: 100,
+      excluded: [],
+      bypassUids: ['0-0'],
+      onlyUids: ['1000-1999', '3000-3000'],
+      ip: f.ip,
+      journal: f.journal,
+    });
+    expect(p.rules().map((r) => `${r.pref} ${r.selector.join(' ')}`)).toEqual([
+      '100 fwmark 0x1 lookup main',
+      '102 uidrange 0-0 lookup main',
+      '109 uidrange 1000-1999 lookup 7',
+      '109 uidrange 3000-3000 lookup 7',
+    ]);
   });
 
   it('the sweep deletes only rules in its priority span', () => {
