@@ -422,11 +422,16 @@ Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* wh
     }
   }
   if (size_ >= cfg_.maxFlows) {
-    // Early drop: the oldest half-open flow makes room. Under a spoofed SYN
-    // flood those are the flood's own entries (a real handshake with the
-    // Listener completes in well under a millisecond), so new connections
-    // keep getting in while established flows stay untouched.
-    const uint32_t victim = lists_[0].head;
+    // Early drop: a flow that is already over (both FINs or a RST, kept only
+    // to translate the last retransmits) makes room, else the oldest
+    // half-open one. Under a spoofed SYN flood the half-open flows are the
+    // flood's own entries (a real handshake with the Listener completes in
+    // well under a millisecond); under a flood from a real address its kernel
+    // answers each SYN-ACK with a RST, so the flood's entries are closed ones.
+    // Either way new connections keep getting in and established flows stay
+    // untouched. The evicted pair still cools down (NatAllocator::release).
+    uint32_t victim = lists_[3].head;
+    if (victim == kNil) victim = lists_[0].head;
     if (victim == kNil) {
       *why = Create::Full;
       return nullptr;

@@ -211,12 +211,12 @@ class FlowTable {
   Flow* find(const FlowKey& k);
   Flow* find_nat(const NatKey& k);
   // New flow (the caller checked find() first). Records an open event.
-  // When the table is full, the least recently seen half-open TCP flow is
-  // evicted to make room (Linux conntrack's early_drop: entries that never
-  // completed a handshake go first); established, closing and UDP flows are
-  // never evicted for a new one. Refused (Full) when no half-open flow is
-  // left, or (HalfOpenCap) when a new TCP flow would exceed the source's
-  // maxHalfOpenPerSource.
+  // When the table is full, a closed TCP flow (lingering after both FINs or
+  // a RST), else the least recently seen half-open one, is evicted to make
+  // room (Linux conntrack's early_drop: entries that are not assured go
+  // first); established, half-closed and UDP flows are never evicted for a
+  // new one. Refused (Full) when neither is left, or (HalfOpenCap) when a new
+  // TCP flow would exceed the source's maxHalfOpenPerSource.
   Flow* create(const FlowKey& k, Target target, int64_t now, Create* why);
   // A packet passed: refresh last-seen (relinks at most every kRelinkMs).
   void touch(Flow* f, int64_t now);

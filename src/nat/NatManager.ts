@@ -338,7 +338,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
     this.#lastEarlyDropped = s.flowsEarlyDropped ?? 0;
     this.#lastEarlyLogAt = now;
     this.#log(
-      `engine: NAT table under SYN pressure (${s.halfOpenFlows}/${s.flowsActive} flows half-open): evicted ${early} half-open flow${early === 1 ? '' : 's'} to admit new ones, refused ${capped} over the per-source half-open cap; established flows untouched`,
+      `engine: NAT table under SYN pressure (${s.halfOpenFlows}/${s.flowsActive} flows half-open): evicted ${early} closed or half-open flow${early === 1 ? '' : 's'} to admit new ones, refused ${capped} over the per-source half-open cap; established flows untouched`,
     );
   }
 

@@ -260,7 +260,7 @@ describe('NatManager', () => {
         T0,
       );
     m.checkCounters();
-    expect(logs).toEqual([expect.stringMatching(/\(4\/4 flows half-open\): evicted 6 half-open flows/)]);
+    expect(logs).toEqual([expect.stringMatching(/\(4\/4 flows half-open\): evicted 6 closed or half-open flows/)]);
   });
 
   it('stop() closes every flow with reason shutdown and is idempotent', () => {

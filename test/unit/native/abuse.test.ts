@@ -74,6 +74,36 @@ describe('early drop of half-open flows (SYN flood)', () => {
     expect(s.flowsRefused).toBe(0);
   });
 
+  it('a flood from a real address (its kernel resets each SYN-ACK) fills the table with closed flows: those go first', () => {
+    const e = makeEngine({ maxFlows: 8 });
+    const atk = '10.9.9.9';
+    const est = handshake(e, 4100);
+    floodSyn(e, floodSrc(1), 1, T0); // one spoofed half-open flow, older than the closed ones
+    for (let i = 0; i < 6; i++) {
+      const fwd = parse(floodSyn(e, atk, 2000 + i, T0 + 1 + i)[0]);
+      const synAck = tcpPacket({
+        src: GW,
+        dst: fwd.src,
+        sport: LISTEN,
+        dport: fwd.sport,
+        flags: F.SYN | F.ACK,
+        seq: 9,
+        ack: 1,
+      });
+      one(e, synAck, T0 + 1 + i);
+      e.processPacket(tcpPacket({ src: atk, dst: FAKE, sport: 2000 + i, dport: 80, flags: F.RST, seq: 1 }), T0 + 1 + i);
+    }
+    expect(e.stats()).toMatchObject({ flowsActive: 8, halfOpenFlows: 1 });
+    e.drainEvents();
+    const p = handshake(e, 40000, APP, T0 + 100);
+    expect(e.lookup(6, p.natIp, p.natPort)?.state).toBe('established');
+    expect(e.lookup(6, est.natIp, est.natPort)?.state).toBe('established');
+    // The oldest closed flow made room; the half-open one is still there.
+    const closes = e.drainEvents().filter((ev) => ev.type === 'close');
+    expect(closes.map((c) => [c.flow.srcIp, c.flow.srcPort, c.reason])).toEqual([[atk, 2000, 'evicted']]);
+    expect(e.stats()).toMatchObject({ flowsActive: 8, halfOpenFlows: 1, flowsEarlyDropped: 1, flowsRefused: 0 });
+  });
+
   it('UDP flows may also take the place of a half-open TCP flow, never of an established one', () => {
     const e = makeEngine({ maxFlows: 2 });
     handshake(e, 4000);
