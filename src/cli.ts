@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
+import { closeConnection, formatConnections, listConnections } from './api/client.js';
 import { sendCommand } from './command.js';
 import { loadConfigFile, resolveStartConfig } from './config.js';
 import { formatStatus, readStatus } from './control.js';
@@ -219,6 +220,34 @@ export function buildProgram(): Command {
             ? `cleanup: undid ${n} change${n > 1 ? 's' : ''}`
             : `cleanup: nothing to undo for ${o.tun} in ${o.stateDir}`,
         );
+      }, o),
+    );
+
+  program
+    .command('connections [action] [id]')
+    .description(
+      "live connections from the daemon's controller API: ls (default) or close ID (resets the app's connection)",
+    )
+    .option('--controller <addr:port>', 'the controller to ask', START_OPTIONS.controller.default)
+    .option('--secret <token>', 'its secret (--secret of the daemon)')
+    .option('--json', "ls: the controller's JSON (mihomo's shape)")
+    .option('--debug', 'stack traces on errors')
+    .action((action: string | undefined, id: string | undefined, o: Record<string, unknown>) =>
+      runInspect(async () => {
+        const api = {
+          controller: String(o.controller),
+          secret: typeof o.secret === 'string' ? o.secret : undefined,
+        };
+        const what = action ?? 'ls';
+        if (what === 'ls' && id === undefined) {
+          const s = await listConnections(api);
+          process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : formatConnections(s));
+        } else if (what === 'close' && id !== undefined) {
+          await closeConnection(api, id);
+          process.stdout.write(`closed ${id}\n`);
+        } else {
+          throw new UsageError('connections: write `connections ls` or `connections close ID`');
+        }
       }, o),
     );
 

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { CLASH_KEYS, parseYamlFile, type Routing, readClash } from './config/clash.js';
 import { FakeIpFilter } from './dns/filter.js';
@@ -64,6 +64,12 @@ export interface StartConfig {
   /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   debug: boolean;
+  /** Controller API address; undefined: off (`--controller off`). */
+  controller?: { host: string; port: number } | undefined;
+  /** Controller secret; '' for none (then the controller binds to loopback only). */
+  secret: string;
+  /** Dashboard directory served at /ui/. */
+  ui?: string | undefined;
   /** Clash `proxies` / `proxy-groups` / `rules` from --config; absent → everything through `upstream`. */
   routing?: Routing | undefined;
   /** MaxMind .mmdb for GEOIP rules (`--geoip-db`). @default none (GEOIP rules are then a usage error) */
@@ -119,8 +125,8 @@ const KNOWN_KEYS = new Set<string>(Object.keys(O).filter((k) => k !== 'config'))
 const CLASH_IGNORED = new Set(
   (
     'port socks-port redir-port tproxy-port mixed-port authentication skip-auth-prefixes lan-allowed-ips ' +
-    'lan-disallowed-ips allow-lan bind-address mode log-level ipv6 external-controller external-controller-tls ' +
-    'external-controller-cors external-controller-unix external-controller-pipe external-ui external-ui-name ' +
+    'lan-disallowed-ips allow-lan bind-address mode log-level ipv6 external-controller-tls ' +
+    'external-controller-cors external-controller-unix external-controller-pipe external-ui-name ' +
     'external-ui-url external-doh-server secret interface-name routing-mark hosts profile tun tunnels listeners ' +
     'sniffer experimental geodata-mode geodata-loader geosite-matcher geo-auto-update geo-update-interval geox-url ' +
     'global-client-fingerprint global-ua etag-support keep-alive-interval keep-alive-idle disable-keep-alive ' +
@@ -140,7 +146,9 @@ export function loadConfigFile(path: string): RawStart {
   const f = parseYamlFile(path, text);
   const own: RawStart = {};
   const warnings: string[] = [];
-  for (const [k, v] of Object.entries(f.doc)) {
+  for (const [key, v] of Object.entries(f.doc)) {
+    // Clash's names for the controller's keys (ours: controller, secret, ui).
+    const k = CLASH_TWINS[key] ?? key;
     // Clash's `tun:` is a mapping (its own TUN settings); ours is the device name.
     // Clash's `tun:` is a mapping (its own TUN settings) and its `mode:` is rule|global|direct
     // (which proxies route); ours are the device name and fake-ip|global. Clash's rule and
@@ -169,6 +177,9 @@ export function loadConfigFile(path: string): RawStart {
   }
   return raw;
 }
+
+/** Clash keys that are twins of ours. */
+const CLASH_TWINS: Readonly<Record<string, string>> = { 'external-controller': 'controller', 'external-ui': 'ui' };
 
 function str(v: unknown, key: string): string {
   if (typeof v === 'string') return v;
@@ -273,6 +284,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     lan: list(pick('lan'), '--lan').map((t) => parseSourceCidr(t)),
     ...globalMode(pick),
     debug: boolOpt('debug'),
+    ...controllerConfig(pick('controller'), pick('secret'), pick('ui')),
     configPath: typeof file.configPath === 'string' ? file.configPath : undefined,
     ...routingConfig(flags, file, pick('geoipDb')),
   };
@@ -301,6 +313,43 @@ function globalMode(
     bypassUid: list(pick('bypassUid'), '--bypass-uid').map((u) => parseUidRange(u, '--bypass-uid')),
     onlyUid: list(pick('onlyUid'), '--only-uid').map((u) => parseUidRange(u, '--only-uid')),
   };
+}
+
+/**
+ * `--controller ADDR:PORT` (`off` disables), `--secret`, `--ui DIR`. A
+ * controller reachable from other hosts without a secret would let anyone on
+ * the network steer the proxy: a usage error.
+ */
+function controllerConfig(
+  c: unknown,
+  secretRaw: unknown,
+  uiRaw: unknown,
+): { controller?: { host: string; port: number }; secret: string; ui?: string } {
+  const text = c === undefined ? O.controller.default : str(c, '--controller');
+  const secret = secretRaw === undefined || secretRaw === null ? '' : str(secretRaw, '--secret');
+  const out: { controller?: { host: string; port: number }; secret: string; ui?: string } = { secret };
+  if (uiRaw !== undefined && uiRaw !== null && uiRaw !== '') {
+    const ui = str(uiRaw, '--ui');
+    let isDir = false;
+    try {
+      isDir = statSync(ui).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!isDir)
+      throw new UsageError(`--ui ${ui}: not a directory (give the folder of a built dashboard, e.g. metacubexd)`);
+    out.ui = ui;
+  }
+  if (text === 'off' || text === '') return out;
+  // Clash's `:9090` means every address.
+  const hp = parseHostPort(text.startsWith(':') ? `0.0.0.0${text}` : text, 9090, '--controller');
+  if (secret === '' && !hp.host.startsWith('127.')) {
+    throw new UsageError(
+      `--controller ${text} without --secret: anyone who reaches ${hp.host} could steer the proxy; set --secret TOKEN or bind to 127.0.0.1`,
+    );
+  }
+  out.controller = hp;
+  return out;
 }
 
 /** `--upstream` on the command line beats the file's rules (all traffic through it), with a warning. */

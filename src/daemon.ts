@@ -1,3 +1,6 @@
+import { ConnectionTracker } from './api/connections.js';
+import { LogBus, type LogLevel } from './api/logs.js';
+import { ApiServer } from './api/server.js';
 import { type CommandReply, type CommandRequest, CommandServer } from './command.js';
 import type { StartConfig } from './config.js';
 import { ControlServer, type Status } from './control.js';
@@ -62,6 +65,11 @@ export class Daemon {
    */
   teardown?: TeardownJournal;
   policy?: PolicyRouting;
+  api?: ApiServer;
+  connections?: ConnectionTracker;
+  /** Every log line, for the controller's /logs stream. */
+  readonly logs = new LogBus();
+  #logLevel: LogLevel = 'info';
   private routingDeps: RoutingDeps = {};
   private readonly reloadConfig: (() => StartConfig) | undefined;
   private readonly closers: (() => void | Promise<void>)[] = [];
@@ -79,7 +87,7 @@ export class Daemon {
     readonly config: StartConfig,
     deps: DaemonDeps = {},
   ) {
-    this.log = deps.log ?? stderrLogger;
+    this.log = this.logs.tee(deps.log ?? stderrLogger);
     this.say = deps.say ?? ((l) => process.stdout.write(`${l}\n`));
     this.reloadConfig = deps.reloadConfig;
     this.onFatal = deps.onFatal ?? (() => {});
@@ -283,6 +291,7 @@ export class Daemon {
     await tcp.start();
     this.closers.push(() => tcp.close());
     this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${routesTo}`);
+    if (c.controller) await this.startController(c.controller, tcp, dns);
 
     const udp = new UdpListener({
       host: c.cidr.gatewayIp,
@@ -325,6 +334,99 @@ export class Daemon {
     nat.start([...tun.fds]);
     this.closers.push(() => nat.stop());
     this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);
+  }
+
+  /**
+   * The controller API. Proxying matters more than the dashboard: a port
+   * that is taken costs one log line, not the daemon (as mihomo does).
+   */
+  private async startController(at: { host: string; port: number }, tcp: TcpListener, dns: FakeDns): Promise<void> {
+    const c = this.config;
+    const connections = new ConnectionTracker(tcp);
+    const api = new ApiServer({
+      host: at.host,
+      port: at.port,
+      secret: c.secret,
+      uiDir: c.ui,
+      log: this.log,
+      version: `fakeproxy ${VERSION}`,
+      backend: {
+        table: () => (this.router as Router).table,
+        connections,
+        logs: this.logs,
+        configs: () => this.clashConfigs(),
+        patchConfigs: (b) => this.patchConfigs(b),
+        reload: () => this.reload(),
+        flushFakeIp: () =>
+          'fakeproxy keeps its fake-IP map: apps may still hold its addresses, and one is never re-pointed to another name while it may be held; unused names are recycled least-recently-used',
+        dnsQuery: (msg) => dns.handleQuery(msg, 'tcp'),
+      },
+    });
+    try {
+      await api.start();
+    } catch (e) {
+      connections.detach();
+      this.log(
+        `controller ${at.host}:${at.port}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}: running without it (free the port or pick another --controller)`,
+      );
+      return;
+    }
+    this.api = api;
+    this.connections = connections;
+    this.closers.push(async () => {
+      connections.detach();
+      await api.close();
+    });
+    this.say(
+      `controller http://${at.host}:${api.address().port}${c.secret ? ' (secret set)' : ''}${c.ui ? `, dashboard at /ui/` : ''}`,
+    );
+  }
+
+  /** GET /configs in mihomo's shape (executor.GetGeneral); fakeproxy has one inbound: the TUN. */
+  private clashConfigs(): Record<string, unknown> {
+    const c = this.config;
+    return {
+      port: 0,
+      'socks-port': 0,
+      'redir-port': 0,
+      'tproxy-port': 0,
+      'mixed-port': 0,
+      'allow-lan': c.lan.length > 0,
+      'bind-address': '*',
+      mode: 'rule',
+      'log-level': this.#logLevel,
+      ipv6: false,
+      sniffing: false,
+      'tcp-concurrent': false,
+      'interface-name': '',
+      tun: {
+        enable: true,
+        device: c.tun,
+        stack: 'system',
+        'dns-hijack': c.dnsHijack ? ['any:53'] : [],
+        'auto-route': true,
+        'auto-detect-interface': false,
+        mtu: c.mtu,
+        'inet4-address': [`${c.cidr.gatewayIp}/${c.cidr.prefixLen}`],
+        'file-descriptor': 0,
+      },
+      'fake-ip-range': c.cidr.text,
+    };
+  }
+
+  /** PATCH /configs: `log-level` and `mode: rule` apply; anything else is named in the error. */
+  private patchConfigs(b: Record<string, unknown>): string | undefined {
+    const refused: string[] = [];
+    for (const [k, v] of Object.entries(b)) {
+      if (k === 'log-level' && typeof v === 'string' && ['debug', 'info', 'warning', 'error', 'silent'].includes(v)) {
+        this.#logLevel = v as LogLevel;
+      } else if (k === 'mode' && typeof v === 'string' && v.toLowerCase() === 'rule') {
+        // the only mode fakeproxy has
+      } else refused.push(k);
+    }
+    return refused.length
+      ? `fakeproxy cannot change ${refused.join(', ')} at run time (only log-level and mode: rule); restart with other flags`
+      : undefined;
   }
 
   /**
@@ -454,6 +556,9 @@ export class Daemon {
     return this.stopping;
   }
 }
+
+/** package.json's version (the CLI's --version says the same). */
+export const VERSION = '0.1.0';
 
 /** RSS, or null when it cannot be read (it opens /proc/self/stat: fails at EMFILE). */
 function rssOrNull(): number | null {

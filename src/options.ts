@@ -253,6 +253,24 @@ export const START_OPTIONS = {
     defaultText: 'none',
     why: "YAML; every flag's camelCase twin (`cidr`, `fakeIpFilter: [...]`, `natTimeout: {udp: 30}`) and/or Clash `proxies`, `proxy-groups`, `rules`, `dns`; SIGHUP re-reads it",
   },
+  controller: {
+    flag: '--controller <addr:port>',
+    help: "Clash-compatible controller API (dashboards, `fakeproxy connections`); 'off' disables",
+    default: '127.0.0.1:9090',
+    why: "Clash-compatible REST + WebSocket controller (Clash key `external-controller`): MetaCubeXD, yacd and zashboard show connections, traffic, logs, rules and groups and can close a connection or switch a group; `fakeproxy connections` uses it too. 9090 is Clash's and mihomo's port, so dashboards find it. Loopback by default; any other address needs `--secret` (usage error otherwise). `off` disables it. If the port is taken the daemon logs one line and runs without it",
+  },
+  secret: {
+    flag: '--secret <token>',
+    help: 'controller API secret: Bearer token, or ?token= on WebSockets',
+    defaultText: 'none (loopback only)',
+    why: "the controller's secret (Clash key `secret`): every request carries `Authorization: Bearer TOKEN` (WebSockets may use `?token=`), compared in constant time; wrong or missing → 401. Without one the controller only binds to loopback and only answers loopback pages",
+  },
+  ui: {
+    flag: '--ui <dir>',
+    help: "serve a dashboard's static files (e.g. MetaCubeXD) at http://controller/ui/",
+    defaultText: 'none',
+    why: 'directory of a built dashboard (Clash key `external-ui`) served at `/ui/` on the controller; files outside it are never served',
+  },
   debug: {
     flag: '--debug',
     help: 'stack traces on errors; one log line per connection with its rule and chain',

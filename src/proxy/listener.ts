@@ -73,6 +73,16 @@ export interface SessionEvent {
   rule?: string | undefined;
   /** Rule target → … → proxy name (`Proxy → auto → hk-1`). */
   chain?: string | undefined;
+  /** The same names as a list, rule target first (the controller API reverses it, as mihomo's `chains`). */
+  chains?: readonly string[] | undefined;
+  /** The rule as the controller API shows it (mihomo's type name and payload). */
+  ruleType?: string | undefined;
+  rulePayload?: string | undefined;
+  /** The app's address and port. */
+  srcIp?: string | undefined;
+  srcPort?: number | undefined;
+  /** When the connection was accepted (ms since the epoch). */
+  startMs?: number | undefined;
   bytesUp: number;
   bytesDown: number;
   /** On close: how it ended; 'connect-failed' when the upstream never answered. */
@@ -254,6 +264,8 @@ export class TcpListener extends EventEmitter {
     }
     const flowId = flow.id;
     const dstPort = flow.dstPort;
+    const srcIp = intToIp(flow.srcIp);
+    const srcPort = flow.srcPort;
     const dstIp = intToIp(flow.dstIp);
     if (isOwnTcp(intToIp(flow.srcIp), flow.srcPort, dstIp, dstPort)) {
       this.#refuseLoop(app, `${intToIp(flow.srcIp)}:${flow.srcPort}`, hostPort(dstIp, dstPort));
@@ -267,8 +279,8 @@ export class TcpListener extends EventEmitter {
       ip: dstIp,
       port: dstPort,
       proto: 'tcp',
-      srcIp: intToIp(flow.srcIp),
-      srcPort: flow.srcPort,
+      srcIp,
+      srcPort,
     });
     const outbound = route.outbound;
     const session: Session = { app, abort: new AbortController() };
@@ -282,6 +294,12 @@ export class TcpListener extends EventEmitter {
       outbound: outbound.label,
       rule: route.rule,
       chain: route.chain.join(' → '),
+      chains: route.chain,
+      ruleType: route.ruleType,
+      rulePayload: route.rulePayload,
+      srcIp,
+      srcPort,
+      startMs: Date.now(),
     };
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 

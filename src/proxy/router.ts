@@ -10,7 +10,15 @@
 import { UsageError } from '../errors.js';
 import { Group, type GroupDeps, type GroupSpec } from './groups.js';
 import type { Outbound } from './outbound.js';
-import { CompiledRules, type Cond, type GeoIpLookup, normName, type ParsedRule, parseCidrRule } from './rules.js';
+import {
+  CompiledRules,
+  type Cond,
+  type GeoIpLookup,
+  normName,
+  type ParsedRule,
+  parseCidrRule,
+  ruleApiView,
+} from './rules.js';
 
 export interface RouteContext {
   /** The name the app asked for, when the destination was a fake address. */
@@ -32,6 +40,9 @@ export interface Decision {
   line: number;
   /** Names from the rule's target to the proxy: `['Proxy', 'auto', 'hk-1']`. */
   chain: string[];
+  /** The rule as the controller API reports it: mihomo's type (`DomainSuffix`, `Match`) and payload (`example.com`). */
+  ruleType: string;
+  rulePayload: string;
 }
 
 /** Legacy programmatic rules (tests, --upstream mode). */
@@ -58,18 +69,22 @@ export interface RouteTableOptions {
 }
 
 const MAX_DEPTH = 32;
+const FINAL_API = { type: 'Match', payload: '' } as const;
 
 export class RouteTable {
   readonly outbounds: ReadonlyMap<string, Outbound>;
   readonly groups = new Map<string, Group>();
   readonly rules: readonly ParsedRule[];
   readonly final: string;
+  /** Per rule, computed once: what the controller API shows (no work per connection). */
+  readonly apiRules: readonly { type: string; payload: string }[];
   readonly #compiled: CompiledRules;
 
   constructor(o: RouteTableOptions) {
     this.outbounds = o.outbounds;
     this.rules = o.rules ?? [];
     this.final = o.final;
+    this.apiRules = this.rules.map(ruleApiView);
     const deps: GroupDeps = { leaf: (m) => this.leaf(m), log: o.log, probe: o.probe };
     for (const g of o.groups ?? []) this.groups.set(g.name, new Group(g, deps));
     for (const t of [o.final, ...this.rules.map((r) => r.target)]) {
@@ -106,7 +121,15 @@ export class RouteTable {
       n = g.pick(key);
     }
     const outbound = this.outbounds.get(n) as Outbound;
-    return { outbound, rule: r ? r.text : `MATCH (final),${this.final}`, line: r ? r.line : 0, chain };
+    const api = r ? (this.apiRules[i] as { type: string; payload: string }) : FINAL_API;
+    return {
+      outbound,
+      rule: r ? r.text : `MATCH (final),${this.final}`,
+      line: r ? r.line : 0,
+      chain,
+      ruleType: api.type,
+      rulePayload: api.payload,
+    };
   }
 
   /**

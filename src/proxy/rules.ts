@@ -85,6 +85,34 @@ export const RULE_TYPES = [
   'MATCH',
 ] as const;
 
+/** Clash rule keyword → the name mihomo's controller API reports (constant/rule.go `RuleType.String`). */
+const API_RULE_TYPES: Readonly<Record<(typeof RULE_TYPES)[number] | 'FINAL', string>> = {
+  DOMAIN: 'Domain',
+  'DOMAIN-SUFFIX': 'DomainSuffix',
+  'DOMAIN-KEYWORD': 'DomainKeyword',
+  'DOMAIN-REGEX': 'DomainRegex',
+  'IP-CIDR': 'IPCIDR',
+  'IP-CIDR6': 'IPCIDR',
+  'SRC-IP-CIDR': 'SrcIPCIDR',
+  'DST-PORT': 'DstPort',
+  'SRC-PORT': 'SrcPort',
+  NETWORK: 'Network',
+  GEOIP: 'GeoIP',
+  AND: 'AND',
+  OR: 'OR',
+  NOT: 'NOT',
+  MATCH: 'Match',
+  FINAL: 'Match',
+};
+
+/** A rule as the controller API shows it: mihomo's type name and the payload as written (`example.com`). */
+export function ruleApiView(r: Pick<ParsedRule, 'text'>): { type: string; payload: string } {
+  const parts = splitTop(r.text);
+  const kw = (parts[0] ?? '').toUpperCase() as keyof typeof API_RULE_TYPES;
+  const type = API_RULE_TYPES[kw] ?? 'Unknown';
+  return { type, payload: type === 'Match' ? '' : (parts[1] ?? '') };
+}
+
 /** Lowercase, no trailing dot: DNS names compare case-insensitively (RFC 4343). */
 export function normName(n: string): string {
   const l = n.toLowerCase();

@@ -1,5 +1,8 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { resolveStartConfig } from '../../src/config.js';
+import { loadConfigFile, resolveStartConfig } from '../../src/config.js';
 import { UsageError } from '../../src/errors.js';
 import { parseProcRoutes } from '../../src/tun/TunDevice.js';
 import { isPublicSpace, parseCidr, parseHostPort } from '../../src/util/cidr.js';
@@ -145,5 +148,42 @@ describe('usage errors found while merging the config (before the daemon creates
   });
   it('a bad filter in the config file is a usage error too', () => {
     expect(() => resolveStartConfig({}, { fakeIpFilter: ['+.'] })).toThrow(UsageError);
+  });
+});
+
+describe('controller options', () => {
+  it('default 127.0.0.1:9090 without a secret; off disables; Clash `:9090` means every address', () => {
+    expect(resolveStartConfig({})).toMatchObject({ controller: { host: '127.0.0.1', port: 9090 }, secret: '' });
+    expect(resolveStartConfig({ controller: 'off' }).controller).toBeUndefined();
+    expect(resolveStartConfig({ controller: ':9091', secret: 's' }).controller).toEqual({
+      host: '0.0.0.0',
+      port: 9091,
+    });
+  });
+  it('a non-loopback controller without a secret is a usage error naming the fix', () => {
+    for (const c of ['0.0.0.0:9090', '10.0.0.1:9090', ':9090']) {
+      expect(() => resolveStartConfig({ controller: c })).toThrow(/without --secret.*set --secret TOKEN/);
+    }
+    expect(resolveStartConfig({ controller: '10.0.0.1:9090', secret: 'x' }).controller?.host).toBe('10.0.0.1');
+    expect(() => resolveStartConfig({ controller: 'nope' })).toThrow(UsageError);
+  });
+  it('--ui must be a directory', () => {
+    expect(() => resolveStartConfig({ ui: '/nonexistent-dashboard' })).toThrow(/--ui .*not a directory/);
+    expect(resolveStartConfig({ ui: '/tmp' }).ui).toBe('/tmp');
+  });
+  it('Clash keys external-controller, secret and external-ui are the twins of ours; flags win', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fp-cfg-'));
+    const f = join(dir, 'c.yaml');
+    writeFileSync(f, `external-controller: 0.0.0.0:9999\nsecret: s3\nexternal-ui: ${dir}\n`);
+    try {
+      expect(resolveStartConfig({}, loadConfigFile(f))).toMatchObject({
+        controller: { host: '0.0.0.0', port: 9999 },
+        secret: 's3',
+        ui: dir,
+      });
+      expect(resolveStartConfig({ controller: '127.0.0.1:1' }, loadConfigFile(f)).controller?.port).toBe(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

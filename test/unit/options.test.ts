@@ -53,7 +53,9 @@ describe('src/options.ts, the one table of `fakeproxy start` options', () => {
     const c = resolveStartConfig({}) as unknown as Record<string, unknown>;
     for (const [key, o] of Object.entries(START_OPTIONS) as [string, StartOption][]) {
       if (o.default === undefined) continue;
-      const got = key === 'cidr' ? (c.cidr as { text: string }).text : c[key];
+      const hp = c.controller as { host: string; port: number };
+      const got =
+        key === 'cidr' ? (c.cidr as { text: string }).text : key === 'controller' ? `${hp.host}:${hp.port}` : c[key];
       expect(got, key).toBe(o.default);
     }
   });

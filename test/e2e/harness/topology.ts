@@ -176,3 +176,13 @@ export function tmpFile(t: Topology, name: string, text: string): string {
   writeFileSync(p, text);
   return p;
 }
+
+/** Polls `read()` until `ok` holds; returns the last value either way (the assertion decides). */
+export async function eventually<T>(read: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await read();
+    if (ok(v) || Date.now() > deadline) return v;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

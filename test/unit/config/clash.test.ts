@@ -64,7 +64,6 @@ describe('realistic Clash configs load', () => {
       expect.arrayContaining([
         'mixed-port',
         'allow-lan',
-        'external-controller',
         'sniffer',
         'profile',
         'dns.ipv6',
@@ -74,6 +73,9 @@ describe('realistic Clash configs load', () => {
       ]),
     );
     expect(new Set(keys).size).toBe(keys.length);
+    // The controller's Clash keys are read, not ignored.
+    expect(keys).not.toContain('external-controller');
+    expect(c.controller).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(c.configWarnings.find((w) => w.includes('spare-ss'))).toMatch(
       /type 'ss' is not supported.*no rule or group uses it/,
     );

@@ -6,6 +6,8 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
+
 export const LO = '127.0.0.1';
 
 import { freePort } from '../../support/net.js';
@@ -154,4 +156,35 @@ export async function socketPair(): Promise<[net.Socket, net.Socket]> {
   const [srv] = await accepted;
   server.close();
   return [client, srv];
+}
+
+/** Maps app sockets (by their local port, read at lookup time) to an original destination. */
+export class FakeNat implements NatLookup {
+  readonly flows = new Map<net.Socket, { dstIp: string; dstPort: number }>();
+  lookups = 0;
+  #id = 0;
+  lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
+    this.lookups++;
+    for (const [sock, dst] of this.flows) {
+      if (proto === 'tcp' && natIp === LO && sock.localPort === natPort) {
+        return {
+          id: ++this.#id,
+          proto,
+          srcIp: '198.18.0.1',
+          srcPort: 40000,
+          ...dst,
+          natIp,
+          natPort,
+          state: 'established',
+          createdMs: 0,
+          lastSeenMs: 0,
+          pktsOut: 0,
+          bytesOut: 0,
+          pktsIn: 0,
+          bytesIn: 0,
+        };
+      }
+    }
+    return undefined;
+  }
 }

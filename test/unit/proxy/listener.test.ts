@@ -7,7 +7,6 @@
 import { once } from 'node:events';
 import * as net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
 import { type SessionEvent, TcpListener } from '../../../src/proxy/listener.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { RejectOutbound } from '../../../src/proxy/outbounds/reject.js';
@@ -17,6 +16,7 @@ import {
   closeServer,
   type Daemon,
   echoOrigin,
+  FakeNat,
   freePort,
   LO,
   listen,
@@ -26,37 +26,6 @@ import {
 } from './helpers.js';
 
 const FAKE = '198.18.2.2';
-
-/** Maps app sockets (by their local port, read at lookup time) to an original destination. */
-class FakeNat implements NatLookup {
-  readonly flows = new Map<net.Socket, { dstIp: string; dstPort: number }>();
-  lookups = 0;
-  #id = 0;
-  lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined {
-    this.lookups++;
-    for (const [sock, dst] of this.flows) {
-      if (proto === 'tcp' && natIp === LO && sock.localPort === natPort) {
-        return {
-          id: ++this.#id,
-          proto,
-          srcIp: '198.18.0.1',
-          srcPort: 40000,
-          ...dst,
-          natIp,
-          natPort,
-          state: 'established',
-          createdMs: 0,
-          lastSeenMs: 0,
-          pktsOut: 0,
-          bytesOut: 0,
-          pktsIn: 0,
-          bytesIn: 0,
-        };
-      }
-    }
-    return undefined;
-  }
-}
 
 const names = { reverse: (ip: string) => (ip === FAKE ? 'localhost' : undefined) };
 

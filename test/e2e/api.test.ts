@@ -1,0 +1,170 @@
+/**
+ * The controller API of a real daemon: a curl download through the TUN is
+ * listed by its name with growing bytes (`fakeproxy connections`), closing
+ * it resets curl at once, switching a select group through the API sends the
+ * next connection through the other SOCKS5 server (its log says so).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from './harness/daemon.js';
+import { e2eUnavailableReason } from './harness/netns.js';
+import {
+  capture,
+  createTopology,
+  eventually,
+  HTTP_PORT,
+  type Topology,
+  tmpFile,
+  waitListening,
+} from './harness/topology.js';
+
+const skip = e2eUnavailableReason();
+const SECRET = 'e2e-secret';
+const A = 1080;
+const B = 1081;
+
+interface Conn {
+  id: string;
+  download: number;
+  upload: number;
+  chains: string[];
+  rule: string;
+  rulePayload: string;
+  metadata: { host: string; destinationPort: string; network: string };
+}
+
+describe.skipIf(skip)('controller API of a running daemon', () => {
+  let t: Topology;
+  let a: { readonly text: string };
+  let b: { readonly text: string };
+
+  const api = (method: string, path: string, body?: string) =>
+    t.client.exec(
+      'curl',
+      [
+        '-sS',
+        '--max-time',
+        '10',
+        '-X',
+        method,
+        '-H',
+        `Authorization: Bearer ${SECRET}`,
+        ...(body ? ['-H', 'Content-Type: application/json', '-d', body] : []),
+        '-w',
+        '\\n%{http_code}',
+        `http://127.0.0.1:9090${path}`,
+      ],
+      { timeoutMs: 20_000 },
+    );
+  const ls = async (): Promise<Conn[]> => {
+    const r = await runCli(t.client, ['connections', 'ls', '--json', '--secret', SECRET]);
+    expect(r.stderr).toBe('');
+    return (JSON.parse(r.stdout) as { connections: Conn[] }).connections;
+  };
+
+  beforeAll(async () => {
+    t = await createTopology();
+    const u = t.upstreamIp;
+    a = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(A)]));
+    b = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(B)]));
+    await Promise.all([waitListening(t.upstream, A), waitListening(t.upstream, B)]);
+    const cfg = tmpFile(
+      t,
+      'api.yaml',
+      [
+        `external-controller: 127.0.0.1:9090`,
+        `secret: ${SECRET}`,
+        'proxies:',
+        `  - {name: a, type: socks5, server: ${u}, port: ${A}}`,
+        `  - {name: b, type: socks5, server: ${u}, port: ${B}}`,
+        'proxy-groups:',
+        '  - {name: pick, type: select, proxies: [a, b]}',
+        'rules:',
+        '  - DOMAIN-SUFFIX,origin.test,pick',
+        '  - MATCH,DIRECT',
+        '',
+      ].join('\n'),
+    );
+    const d = await t.startDaemon(['--config', cfg]);
+    await d.waitFor(/controller http:\/\/127\.0\.0\.1:9090 \(secret set\)/);
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.destroy();
+  });
+
+  it('lists a download by host name with growing bytes; close ID resets curl at once', async () => {
+    // Slowly read, so it is still running while we look.
+    const curl = t.client.spawn('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '--limit-rate',
+      '2M',
+      '--max-time',
+      '60',
+      `http://origin.test:${HTTP_PORT}/big?mib=512`,
+    ]);
+    const out = capture(curl);
+    const exited = new Promise<number | null>((r) => curl.once('exit', (c) => r(c)));
+    const first = await eventually(ls, (c) => c.some((x) => x.metadata.host === 'origin.test' && x.download > 0));
+    const c1 = first.find((x) => x.metadata.host === 'origin.test') as Conn;
+    expect(c1).toMatchObject({
+      rule: 'DomainSuffix',
+      rulePayload: 'origin.test',
+      chains: ['a', 'pick'],
+      metadata: { network: 'tcp', destinationPort: String(HTTP_PORT) },
+    });
+    const later = await eventually(ls, (c) => (c.find((x) => x.id === c1.id)?.download ?? 0) > c1.download);
+    expect(later.find((x) => x.id === c1.id)?.download).toBeGreaterThan(c1.download);
+    const human = await runCli(t.client, ['connections', '--secret', SECRET]);
+    expect(human.stdout).toContain(`${c1.id}  tcp origin.test:${HTTP_PORT}  DomainSuffix(origin.test)  pick → a`);
+
+    const closed = await runCli(t.client, ['connections', 'close', c1.id, '--secret', SECRET]);
+    expect(closed.stdout).toBe(`closed ${c1.id}\n`);
+    // Reset, not a clean end: curl says "Connection reset by peer" (exit 56).
+    expect(await exited).toBe(56);
+    expect(out.text).toMatch(/reset/i);
+    expect((await ls()).some((x) => x.id === c1.id)).toBe(false);
+    const gone = await runCli(t.client, ['connections', 'close', c1.id, '--secret', SECRET]);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/no live connection/);
+    const noSecret = await runCli(t.client, ['connections']);
+    expect(noSecret.code).toBe(1);
+    expect(noSecret.stderr).toMatch(/wants its secret: --secret TOKEN/);
+  }, 60_000);
+
+  it('PUT /proxies/pick switches the select group: the next connection goes through b (its log)', async () => {
+    const curl = (p: string) =>
+      t.client.exec('curl', ['-sS', '--max-time', '10', `http://${p}.origin.test:${HTTP_PORT}/hello`], {
+        timeoutMs: 20_000,
+      });
+    expect((await curl('one')).code).toBe(0);
+    expect(a.text).toMatch(/one\.origin\.test/);
+    const put = await api('PUT', '/proxies/pick', '{"name":"b"}');
+    expect(put.stdout.trim()).toBe('204');
+    const g = await api('GET', '/proxies/pick');
+    expect(JSON.parse(g.stdout.split('\n')[0] as string)).toMatchObject({
+      type: 'Selector',
+      now: 'b',
+      all: ['a', 'b'],
+    });
+    expect((await curl('two')).code).toBe(0);
+    expect(b.text).toMatch(/two\.origin\.test/);
+    expect(a.text).not.toMatch(/two\.origin\.test/);
+    expect(t.daemon?.output).toMatch(/group pick: selected b \(controller\)/);
+  }, 60_000);
+
+  it('wrong secret → 401; the daemon keeps its unknown endpoints at 404 JSON', async () => {
+    const bad = await t.client.exec('curl', [
+      '-sS',
+      '-w',
+      '\\n%{http_code}',
+      '-H',
+      'Authorization: Bearer nope',
+      'http://127.0.0.1:9090/connections',
+    ]);
+    expect(bad.stdout).toBe('{"message":"Unauthorized"}\n401');
+    const nf = await api('GET', '/no/such/thing');
+    expect(nf.stdout).toBe('{"message":"Resource not found"}\n404');
+  });
+});
