@@ -370,7 +370,7 @@ void Engine::expire_locked(int64_t now, std::vector<uint8_t>* rsts, bool vnet_hd
     fill_rst(rsts->data() + at + hdr, f.key.dst.as_v4(), f.key.src.as_v4(), f.key.dport, f.key.sport, f.appNxt, 0,
              tcp::RST);
     bump(c_.rstSent);
-    bump(c_.rstOnExpiry);
+    bump(f.closeReason == CloseReason::Evicted ? c_.rstOnEvict : c_.rstOnExpiry);
   }
 }
 

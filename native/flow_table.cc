@@ -436,6 +436,12 @@ Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* wh
       *why = Create::Full;
       return nullptr;
     }
+    const Flow& v = at(victim);
+    if (v.key.proto == kProtoTcp && v.state != FlowState::Closed && (v.tcpFlags & tcpflag::APP_NXT) &&
+        evicted_.size() < kMaxEvictResets) {
+      evicted_.push_back(at(victim));
+      evicted_.back().closeReason = CloseReason::Evicted;
+    }
     free_index(victim, CloseReason::Evicted, now);
     bump(c_.flowsEarlyDropped);
   }
@@ -516,6 +522,8 @@ void FlowTable::remove(Flow* f, CloseReason reason, int64_t now) {
 }
 
 void FlowTable::expire(int64_t now, std::vector<Flow>* timedOut) {
+  if (timedOut != nullptr) timedOut->insert(timedOut->end(), evicted_.begin(), evicted_.end());
+  evicted_.clear();
   for (uint32_t li = 0; li < kLists; li++) {
     while (lists_[li].head != kNil) {
       uint32_t i = lists_[li].head;

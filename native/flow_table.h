@@ -43,7 +43,7 @@ const char* reason_name(CloseReason r);
   X(dropTruncated) X(dropBadVersion) X(dropBadHeader) X(dropIpOptions) X(dropFragment) X(dropIpv6)              \
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
-  X(csumCompleted) X(rstOnExpiry) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)
+  X(csumCompleted) X(rstOnExpiry) X(rstOnEvict) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)
 // clang-format on
 
 // Gauges: current values, also relaxed atomics.
@@ -226,7 +226,9 @@ class FlowTable {
   // Free every flow whose state timeout has passed. Cost O(expired + lists).
   // Remove flows idle past their timeout. `timedOut` (optional) receives a
   // copy of every TCP flow that was still open (not Closed) and whose app
-  // sequence is known: the engine resets the app side of those.
+  // sequence is known: the engine resets the app side of those. It also
+  // receives the half-open flows evicted since the last call (closeReason
+  // Evicted; see evicted_).
   void expire(int64_t now, std::vector<Flow>* timedOut = nullptr);
   // Remove everything (reason Shutdown).
   void clear(int64_t now);
@@ -280,6 +282,13 @@ class FlowTable {
   uint64_t nextId_ = 1;
   uint64_t seed_[4];
   std::vector<FlowEvent> events_;
+  // Half-open flows evicted for a new one whose app already got a SYN-ACK
+  // (it may believe it is connected): expire() hands them out with the timed
+  // out ones so the app is reset too. At most kMaxEvictResets per expire
+  // round (~250 ms): under a spoofed flood these RSTs go to made-up sources,
+  // so their number stays bounded.
+  std::vector<Flow> evicted_;
+  static constexpr size_t kMaxEvictResets = 64;
   size_t halfOpen_ = 0;  // flows on the syn list
   // source address (v4) -> half-open flows it holds; entries at 0 are erased.
   std::unordered_map<uint32_t, uint32_t> halfOpenBySrc_;

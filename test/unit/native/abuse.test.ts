@@ -45,6 +45,37 @@ describe('early drop of half-open flows (SYN flood)', () => {
     expect(closes.map((c) => [c.flow.srcIp, c.reason])).toEqual([[floodSrc(0), 'evicted']]);
   });
 
+  it('an evicted flow whose app already got a SYN-ACK is reset towards the app at the next expiry round (bounded)', () => {
+    const e = makeEngine({ maxFlows: 16 });
+    // 16 half-open flows; the Listener answered the first 15 (the app may think it is connected).
+    const nat = Array.from({ length: 16 }, (_, i) => parse(floodSyn(e, floodSrc(i), 1000 + i, T0 + i)[0]));
+    for (const [i, n] of nat.entries()) {
+      if (i === 15) break;
+      one(
+        e,
+        tcpPacket({ src: GW, dst: n.src, sport: LISTEN, dport: n.sport, flags: F.SYN | F.ACK, seq: 7000 + i, ack: 1 }),
+      );
+    }
+    // 16 new SYNs evict all 16: 15 of them had seen a SYN-ACK.
+    for (let i = 0; i < 16; i++) floodSyn(e, floodSrc(100 + i), 2000 + i, T0 + 100);
+    expect(e.stats()).toMatchObject({ flowsEarlyDropped: 16 });
+    const rsts = e.expire(T0 + 200).map((b) => parse(b));
+    expect(rsts).toHaveLength(15);
+    expect(rsts[0]).toMatchObject({ src: FAKE, dst: floodSrc(0), sport: 80, dport: 1000, seq: 7001, flags: F.RST });
+    expect(e.stats()).toMatchObject({ rstOnEvict: 15, rstOnExpiry: 0 });
+    expect(e.expire(T0 + 300)).toEqual([]); // handed out once
+
+    // A flood evicting more than 64 answered flows in one round resets 64 of them.
+    const big = makeEngine({ maxFlows: 128 });
+    for (let i = 0; i < 128; i++) {
+      const n = parse(floodSyn(big, floodSrc(i), 1000 + i, T0)[0]);
+      one(big, tcpPacket({ src: GW, dst: n.src, sport: LISTEN, dport: n.sport, flags: F.SYN | F.ACK, seq: 1, ack: 1 }));
+    }
+    for (let i = 0; i < 128; i++) floodSyn(big, floodSrc(1000 + i), 3000 + i, T0 + 1);
+    expect(big.expire(T0 + 2)).toHaveLength(64);
+    expect(big.stats()).toMatchObject({ flowsEarlyDropped: 128, rstOnEvict: 64 });
+  });
+
   it('never evicts an established flow for a half-open one: with no half-open flow left, a SYN gets a RST', () => {
     const e = makeEngine({ maxFlows: 16 });
     const pairs = Array.from({ length: 16 }, (_, i) => handshake(e, 2000 + i));
