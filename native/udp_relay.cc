@@ -27,6 +27,8 @@ constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint32_t));
 // RFC 1928 §7: RSV(2) FRAG(1) ATYP(1) before the address.
 constexpr size_t kSocksMinHeader = 4;
 constexpr size_t kMaxUdpPayload = 65507;
+// The longest SOCKS5 UDP header: RSV(2) FRAG(1) ATYP(1) LEN(1) name(255) PORT(2).
+constexpr size_t kMaxSocksHeader = 262;
 
 int64_t NowMs() {
   struct timespec ts;
@@ -130,8 +132,9 @@ struct UdpAssoc {
 UdpRelay::UdpRelay(const UdpRelayOptions& opts, std::function<void()> notify) : o_(opts), notify_(std::move(notify)) {
   if (o_.batch < 1) o_.batch = 1;
   if (o_.max_payload > kMaxUdpPayload) o_.max_payload = kMaxUdpPayload;
-  // One byte more than the largest payload: a longer datagram shows as longer (or MSG_TRUNC).
-  size_t slot = o_.max_payload + 1;
+  // Room for a SOCKS5 header plus one byte more than the largest payload: a longer datagram shows as longer (or
+  // MSG_TRUNC).
+  size_t slot = o_.max_payload + kMaxSocksHeader + 1;
   slab_.resize(static_cast<size_t>(o_.batch) * slot);
   rmsgs_.resize(o_.batch);
   riovs_.resize(o_.batch);
@@ -436,7 +439,7 @@ void UdpRelay::Run() {
 
 // Point the receive headers at the slab; with_ovfl: room for SO_RXQ_OVFL's counter. Returns the slot size.
 size_t UdpRelay::PrepareRecv(bool with_ovfl) {
-  const size_t slot = o_.max_payload + 1;
+  const size_t slot = o_.max_payload + kMaxSocksHeader + 1;
   for (int i = 0; i < o_.batch; i++) {
     riovs_[i] = {slab_.data() + static_cast<size_t>(i) * slot, slot};
     struct msghdr& h = rmsgs_[i].msg_hdr;

@@ -137,11 +137,25 @@ export interface Outbound {
 }
 
 /** How the native UDP relay carries an outbound's datagrams. */
-export type UdpNativePlan = {
-  kind: 'direct';
-  /** Name → addresses; absent → datagrams to names are dropped ('resolve-failed'). */
-  resolve: ResolveName | undefined;
-};
+export type UdpNativePlan =
+  | {
+      kind: 'direct';
+      /** Name → addresses; absent → datagrams to names are dropped ('resolve-failed'). */
+      resolve: ResolveName | undefined;
+    }
+  | {
+      kind: 'socks5';
+      /**
+       * Dial the proxy, have `bindUdp` make our UDP socket on the control
+       * connection's local address (it returns the port), run UDP ASSOCIATE:
+       * the control connection (the association lives as long as it does,
+       * RFC 1928 §7) and the relay's address. Rejects like udpAssociate().
+       */
+      control(
+        opts: UdpAssociateOptions,
+        bindUdp: (local: string, signal: AbortSignal) => Promise<number>,
+      ): Promise<{ ctrl: net.Socket; relay: Destination; local: string }>;
+    };
 
 export interface UpstreamDeps {
   /**

@@ -64,15 +64,20 @@ function isUnspecified(ip: string): boolean {
   return ip === '0.0.0.0' || ip === '::' || /^[0:]+$/.test(ip);
 }
 
-/** Dial the proxy, bind our UDP socket, run the handshake: the association, or a ProxyError/socket error (nothing left open). */
-export async function socks5UdpAssociate(
+/**
+ * Dial the proxy, bind our UDP socket through `bindUdp` (on the control
+ * connection's local address; it returns the port), run the handshake:
+ * the control connection and where datagrams go. On failure the control
+ * connection is destroyed; the caller closes its UDP socket.
+ */
+export async function socks5UdpControl(
   deps: Socks5UdpDeps,
-  opts: UdpAssociateOptions = {},
-): Promise<Socks5UdpAssociation> {
+  opts: UdpAssociateOptions,
+  bindUdp: (local: string, signal: AbortSignal) => Promise<number>,
+): Promise<{ ctrl: net.Socket; relay: Address; local: string }> {
   const what = `udp associate via ${deps.label}`;
   const d = connectDeadline(what, opts);
   let ctrl: net.Socket | undefined;
-  let udp: dgram.Socket | undefined;
   try {
     ctrl = await dialTcp(deps.host, deps.port, {
       resolve: deps.resolve,
@@ -81,29 +86,8 @@ export async function socks5UdpAssociate(
     });
     const local = unmapV4(ctrl.localAddress ?? '');
     const proxyIp = unmapV4(ctrl.remoteAddress ?? '');
-    const sock = dgram.createSocket({
-      type: net.isIPv6(local) ? 'udp6' : 'udp4',
-      lookup: noSystemLookup,
-      recvBufferSize: opts.recvBufferBytes ?? DEFAULT_UPSTREAM_RCVBUF,
-    });
-    udp = sock;
-    await raceSignal(
-      new Promise<void>((resolve, reject) => {
-        sock.once('error', reject);
-        sock.bind({ port: 0, address: local }, () => {
-          sock.removeListener('error', reject);
-          try {
-            markUdpSocket(sock); // global mode: datagrams to the proxy keep the main table
-          } catch (e) {
-            reject(e);
-            return;
-          }
-          resolve();
-        });
-      }),
-      d.signal,
-    );
-    const bnd = await deps.handshake(ctrl, { host: local, port: sock.address().port }, d.signal, what);
+    const port = await bindUdp(local, d.signal);
+    const bnd = await deps.handshake(ctrl, { host: local, port }, d.signal, what);
     // BND.ADDR 0.0.0.0 means "the address you reached me on" (common in
     // servers bound to a wildcard); a name we would have to resolve — use
     // the control connection's peer as well.
@@ -116,17 +100,55 @@ export async function socks5UdpAssociate(
     }
     if (bnd.port === 0)
       throw new ProxyError('ESOCKS5_PROTOCOL', `${what}: the proxy answered UDP ASSOCIATE with relay port 0`);
-    return new Socks5UdpAssociation(ctrl, sock, { host: relayIp, port: bnd.port }, deps.label, opts);
+    return { ctrl, relay: { host: relayIp, port: bnd.port }, local };
   } catch (e) {
     ctrl?.destroy();
+    throw e;
+  } finally {
+    d.dispose();
+  }
+}
+
+/** Dial the proxy, bind our UDP socket, run the handshake: the association, or a ProxyError/socket error (nothing left open). */
+export async function socks5UdpAssociate(
+  deps: Socks5UdpDeps,
+  opts: UdpAssociateOptions = {},
+): Promise<Socks5UdpAssociation> {
+  let udp: dgram.Socket | undefined;
+  try {
+    const { ctrl, relay } = await socks5UdpControl(deps, opts, async (local, signal) => {
+      const sock = dgram.createSocket({
+        type: net.isIPv6(local) ? 'udp6' : 'udp4',
+        lookup: noSystemLookup,
+        recvBufferSize: opts.recvBufferBytes ?? DEFAULT_UPSTREAM_RCVBUF,
+      });
+      udp = sock;
+      await raceSignal(
+        new Promise<void>((resolve, reject) => {
+          sock.once('error', reject);
+          sock.bind({ port: 0, address: local }, () => {
+            sock.removeListener('error', reject);
+            try {
+              markUdpSocket(sock); // global mode: datagrams to the proxy keep the main table
+            } catch (e) {
+              reject(e);
+              return;
+            }
+            resolve();
+          });
+        }),
+        signal,
+      );
+      return sock.address().port;
+    });
+    return new Socks5UdpAssociation(ctrl, udp as unknown as dgram.Socket, relay, deps.label, opts);
+  } catch (e) {
     try {
       udp?.close();
     } catch {
       // not bound yet
     }
     throw e;
-  } finally {
-    d.dispose();
   }
 }
 

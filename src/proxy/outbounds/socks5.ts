@@ -25,7 +25,14 @@ import type * as net from 'node:net';
 import { connectViaProxy, hostPort, type ResolveName } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import { readExact } from '../handshake-io.js';
-import type { ConnectOptions, Destination, Outbound, UdpAssociateOptions, UdpAssociation } from '../outbound.js';
+import type {
+  ConnectOptions,
+  Destination,
+  Outbound,
+  UdpAssociateOptions,
+  UdpAssociation,
+  UdpNativePlan,
+} from '../outbound.js';
 import {
   type Address,
   addressLengthFromPrefix,
@@ -39,7 +46,7 @@ import {
   userPassReply,
   userPassRequest,
 } from '../socks5-codec.js';
-import { socks5UdpAssociate } from './socks5-udp.js';
+import { type Socks5UdpDeps, socks5UdpAssociate, socks5UdpControl } from './socks5-udp.js';
 
 export interface Socks5OutboundOptions {
   host: string;
@@ -54,9 +61,12 @@ export class Socks5Outbound implements Outbound {
   readonly label: string;
   readonly #o: Socks5OutboundOptions;
 
+  readonly udpNative: UdpNativePlan;
+
   constructor(opts: Socks5OutboundOptions) {
     this.#o = opts;
     this.label = `socks5://${hostPort(opts.host, opts.port)}`;
+    this.udpNative = { kind: 'socks5', control: (o, bindUdp) => socks5UdpControl(this.#udpDeps(), o, bindUdp) };
   }
 
   connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
@@ -67,16 +77,17 @@ export class Socks5Outbound implements Outbound {
 
   /** RFC 1928 §7 UDP ASSOCIATE; see ./socks5-udp.ts. */
   udpAssociate(opts?: UdpAssociateOptions): Promise<UdpAssociation> {
-    return socks5UdpAssociate(
-      {
-        host: this.#o.host,
-        port: this.#o.port,
-        label: this.label,
-        resolve: this.#o.resolve,
-        handshake: (sock, client, signal, what) => this.#handshake(sock, client, signal, what, Cmd.UDP_ASSOCIATE),
-      },
-      opts,
-    );
+    return socks5UdpAssociate(this.#udpDeps(), opts);
+  }
+
+  #udpDeps(): Socks5UdpDeps {
+    return {
+      host: this.#o.host,
+      port: this.#o.port,
+      label: this.label,
+      resolve: this.#o.resolve,
+      handshake: (sock, client, signal, what) => this.#handshake(sock, client, signal, what, Cmd.UDP_ASSOCIATE),
+    };
   }
 
   /** Method negotiation, auth, then `cmd` for `dst`; resolves with BND.ADDR:BND.PORT. */

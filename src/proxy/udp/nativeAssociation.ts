@@ -16,8 +16,12 @@ import * as net from 'node:net';
 import type { FlowEntry } from '../../nat/types.js';
 import type { NativeUdpRelay } from '../../native.js';
 import { intToIp, ipToInt } from '../../util/cidr.js';
+import { ownMark } from '../../util/sockmark.js';
+import { ProxyError } from '../errors.js';
 import type { Outbound, UdpNativePlan } from '../outbound.js';
+import { address } from '../socks5-codec.js';
 import type { AssociationHost } from './association.js';
+import { holdOwnPort, releaseOwnPort } from './ownPorts.js';
 
 /** What the native association needs from the listener besides AssociationHost. */
 export interface NativeHost extends AssociationHost {
@@ -28,6 +32,12 @@ export interface NativeHost extends AssociationHost {
   readonly dnsIdleTimeoutMs: number;
   /** Native drops counted by reason as JS drops ('resolve-failed', 'oversized'). */
   dropUp(reason: 'resolve-failed' | 'oversized', n?: number): void;
+  /** Budget for a SOCKS5 association's setup (dial + handshake). */
+  readonly connectTimeoutMs: number;
+  /** The SOCKS5 setup failed: the listener logs, holds retries and ends the association. */
+  setupFailed(a: NativeAssociation, err: Error & { code?: string }): void;
+  /** The SOCKS5 control connection ended: the association ends with it. */
+  upstreamClosed(a: NativeAssociation, err: Error & { code?: string }): void;
 }
 
 /** See direct-udp.ts NEGATIVE_TTL_MS. */
@@ -37,6 +47,7 @@ const MAX_FLOWS = 1024;
 
 interface FlowSetup {
   flow: FlowEntry;
+  name: string | undefined;
   /** Payloads held until the flow is bound (its name resolving). */
   queue: Buffer[];
   bound: boolean;
@@ -47,6 +58,15 @@ interface NameState {
   failedAtMs?: number;
   waiting?: FlowSetup[];
   logged?: boolean;
+}
+
+/** What the app sent to (a fake IP for a name) and, for SOCKS5, the address datagrams to it carry. */
+interface AppSees {
+  ip: string;
+  port: number;
+  socksAddr?: Buffer | undefined;
+  /** The flow it was bound with: while that flow is live, its NAT address takes the replies. */
+  flowId?: number;
 }
 
 /** SOCKS5 ATYP 1 address (RFC 1928 §5): the native relay's key for a direct reply's source. */
@@ -66,15 +86,23 @@ export class NativeAssociation {
   readonly appPort: number;
   readonly outbound: Outbound;
   readonly first: { flowId: number; name: string | undefined; ip: string; port: number };
-  /** The upstream socket's local port (loop guard, tests). */
-  readonly localPort: number;
-  state: 'open' | 'closing' | 'closed' = 'open';
+  /** The upstream socket's local port (loop guard, tests); 0 until the relay made it. */
+  localPort = 0;
+  /**
+   * connecting: SOCKS5 handshake running (flows queue); open; closing: JS
+   * closed it, the relay's ended record is due; closed.
+   */
+  state: 'connecting' | 'open' | 'closing' | 'closed';
   readonly #host: NativeHost;
   readonly #plan: UdpNativePlan;
   readonly #flows = new Map<number, FlowSetup>();
   readonly #names = new Map<string, NameState>();
   /** Remote key (hex) → the address the app sent to (a fake IP for a name), for replies after the flow expired. */
-  readonly #remotes = new Map<string, { ip: string; port: number }>();
+  readonly #remotes = new Map<string, AppSees>();
+  /** SOCKS5: names sent to whose relay-reported IP is not learned yet, by port (see socks5-udp.ts #source). */
+  readonly #unbound = new Map<number, Set<string>>();
+  readonly #abort = new AbortController();
+  #ctrl: net.Socket | undefined;
 
   /** Throws (from the relay's open) when the upstream socket cannot be made. */
   constructor(
@@ -94,15 +122,84 @@ export class NativeAssociation {
     this.appPort = flow.srcPort;
     this.outbound = outbound;
     this.first = { flowId: flow.id, name, ip: flow.dstIp, port: flow.dstPort };
-    this.localPort = host.relay.open(
-      id,
-      0,
-      0,
-      host.mark,
-      host.recvBufferBytes,
-      host.idleTimeoutMs,
-      host.dnsIdleTimeoutMs,
-    );
+    if (plan.kind === 'direct') {
+      this.#open(0, 0);
+      this.state = 'open';
+    } else {
+      this.state = 'connecting';
+      this.#connect(plan);
+    }
+  }
+
+  /** True once the relay holds this association (its ended record will come). */
+  get opened(): boolean {
+    return this.localPort !== 0;
+  }
+
+  #open(kind: 0 | 1, bindIp: number): number {
+    const h = this.#host;
+    // Global mode: the upstream socket carries --fwmark so its datagrams keep the main table (never re-enter the TUN).
+    const mark = h.mark || ownMark();
+    this.localPort = h.relay.open(this.id, kind, bindIp, mark, h.recvBufferBytes, h.idleTimeoutMs, h.dnsIdleTimeoutMs);
+    holdOwnPort(this.localPort);
+    return this.localPort;
+  }
+
+  #connect(plan: Extract<UdpNativePlan, { kind: 'socks5' }>): void {
+    const h = this.#host;
+    plan
+      .control({ timeoutMs: h.connectTimeoutMs, signal: this.#abort.signal }, async (local) => {
+        if (!net.isIPv4(local)) throw new ProxyError('ESOCKS5_PROTOCOL', 'the native UDP relay needs an IPv4 proxy');
+        return this.#open(1, ipToInt(local));
+      })
+      .then(
+        ({ ctrl, relay }) => {
+          if (this.state !== 'connecting') {
+            ctrl.destroy();
+            return;
+          }
+          this.#ctrl = ctrl;
+          h.relay.setSocksRelay(this.id, ipToInt(relay.host), relay.port);
+          const lost = (why: string) => () =>
+            h.upstreamClosed(
+              this,
+              new ProxyError(
+                'EUPSTREAM_CLOSED',
+                `udp associate via ${this.outbound.label}: the proxy ${why} the control connection (check its log)`,
+              ),
+            );
+          // Nothing is expected on the control connection after the reply; read and discard so it cannot stall.
+          ctrl.on('data', () => {});
+          ctrl.on('end', lost('closed'));
+          ctrl.on('close', lost('closed'));
+          ctrl.on('error', (e) =>
+            h.upstreamClosed(
+              this,
+              new ProxyError(
+                'EUPSTREAM_CLOSED',
+                `udp associate via ${this.outbound.label}: control connection: ${e.message}`,
+                {
+                  cause: e,
+                },
+              ),
+            ),
+          );
+          // A proxy that vanished without FIN/RST must not keep the association alive forever.
+          ctrl.setKeepAlive(true, 30_000);
+          this.state = 'open';
+          for (const f of [...this.#flows.values()]) if (!f.bound) this.#setup(f);
+        },
+        (err: Error & { code?: string }) => {
+          if (this.state === 'connecting') h.setupFailed(this, err);
+        },
+      );
+  }
+
+  /** The relay's ended record arrived (or it never held the association): free what JS holds. */
+  ended(): void {
+    this.state = 'closed';
+    if (this.localPort !== 0) releaseOwnPort(this.localPort);
+    this.#ctrl?.destroy();
   }
 
   /** How long ago (in host.clock ms) the last datagram passed either way; for eviction. */
@@ -116,18 +213,18 @@ export class NativeAssociation {
 
   /** A datagram of `flow` that reached JS: the flow is not bound yet (or its binding raced with a close). */
   fromApp(flow: FlowEntry, name: string | undefined, payload: Buffer): void {
-    if (this.state !== 'open') {
+    if (this.state !== 'open' && this.state !== 'connecting') {
       this.#host.drop('closed');
       return;
     }
     let f = this.#flows.get(flow.id);
     if (f?.bound && this.#host.relay.sendUp(ipToInt(flow.natIp), flow.natPort, payload)) return;
     if (f === undefined || f.bound) {
-      f = { flow, queue: [], bound: false };
+      f = { flow, name, queue: [], bound: false };
       this.#flows.set(flow.id, f);
       if (this.#flows.size > MAX_FLOWS) this.#flows.delete(this.#flows.keys().next().value as number);
       f.queue.push(payload);
-      this.#setup(f, name);
+      if (this.state === 'open') this.#setup(f);
       return;
     }
     if (f.queue.length >= this.#host.maxQueue) {
@@ -149,8 +246,18 @@ export class NativeAssociation {
     const hex = key.toString('hex');
     const real =
       key.length === 7 && key[0] === 1 ? { ip: intToIp(key.readUInt32BE(1)), port: key.readUInt16BE(5) } : undefined;
-    const known = this.#remotes.get(hex);
-    const appSees = known ?? (h.fullCone && real !== undefined && net.isIPv4(this.appIp) ? real : undefined);
+    let known = this.#remotes.get(hex);
+    if (known === undefined && real !== undefined) known = this.#learn(hex, real.port);
+    const live = known?.flowId === undefined ? undefined : this.#flows.get(known.flowId);
+    if (live?.bound) {
+      // A remote of a live flow under another key (a SOCKS5 name's relay-side IP): replies only.
+      const nat = ipToInt(live.flow.natIp);
+      h.relay.addRemote(this.id, key, nat, live.flow.natPort);
+      h.relay.sendDown(nat, live.flow.natPort, payload);
+      return;
+    }
+    const appSees: AppSees | undefined =
+      known ?? (h.fullCone && real !== undefined && net.isIPv4(this.appIp) ? { ...real, socksAddr: key } : undefined);
     if (appSees === undefined || h.nat.ensureFlow === undefined || real === undefined) {
       h.drop('unknown-remote');
       return;
@@ -169,16 +276,23 @@ export class NativeAssociation {
     h.markLive(e);
     if (!known) this.#remember(hex, appSees);
     const nat = ipToInt(e.natIp);
-    // Both ways from now on: replies to the app, and (global mode) the app's datagrams to the remote.
-    h.relay.bind(nat, e.natPort, this.id, ipToInt(real.ip), real.port, undefined, key, appSees.port === 53);
-    this.#flows.set(e.id, { flow: e, queue: [], bound: true });
+    if (this.#flows.get(e.id)?.bound) {
+      // The flow is bound (a SOCKS5 name whose relay-side IP we just learned): replies only.
+      h.relay.addRemote(this.id, key, nat, e.natPort);
+    } else {
+      // Both ways from now on: replies to the app, and (global mode) the app's datagrams to the remote.
+      h.relay.bind(nat, e.natPort, this.id, ipToInt(real.ip), real.port, appSees.socksAddr, key, appSees.port === 53);
+      this.#flows.set(e.id, { flow: e, name: undefined, queue: [], bound: true });
+    }
     h.relay.sendDown(nat, e.natPort, payload);
   }
 
   /** Close the upstream (an ended record follows from the relay); returns how many datagrams were queued. */
   shutdown(): number {
-    if (this.state === 'open') {
+    if (this.state === 'open' || this.state === 'connecting') {
       this.state = 'closing';
+      this.#abort.abort();
+      this.#ctrl?.destroy();
       this.#host.relay.close(this.id);
     }
     let n = 0;
@@ -187,8 +301,12 @@ export class NativeAssociation {
     return n;
   }
 
-  #setup(f: FlowSetup, name: string | undefined): void {
-    const { flow } = f;
+  #setup(f: FlowSetup): void {
+    const { flow, name } = f;
+    if (this.#plan.kind === 'socks5') {
+      this.#bindSocks(f);
+      return;
+    }
     if (name === undefined || net.isIP(name) !== 0) {
       this.#bind(f, name ?? flow.dstIp);
       return;
@@ -225,7 +343,7 @@ export class NativeAssociation {
       }
     };
     st.waiting = [f];
-    const resolve = this.#plan.resolve;
+    const resolve = this.#plan.kind === 'direct' ? this.#plan.resolve : undefined;
     if (resolve === undefined) {
       fail(
         `cannot resolve ${name}: no resolver configured (pass --dns-upstream; the system resolver is fakeproxy itself)`,
@@ -274,11 +392,60 @@ export class NativeAssociation {
       return;
     }
     f.bound = true;
-    this.#remember(key.toString('hex'), { ip: flow.dstIp, port: flow.dstPort });
+    this.#remember(key.toString('hex'), { ip: flow.dstIp, port: flow.dstPort, flowId: flow.id });
     for (const p of q) this.#host.relay.sendUp(nat, flow.natPort, p);
   }
 
-  #remember(hex: string, appSees: { ip: string; port: number }): void {
+  /** SOCKS5: the relay carries the name (ATYP 3) and resolves it; replies keyed by the name, or learned (#learn). */
+  #bindSocks(f: FlowSetup): void {
+    const { flow } = f;
+    const q = f.queue;
+    f.queue = [];
+    let socksAddr: Buffer;
+    try {
+      socksAddr = address.encode({ host: f.name ?? flow.dstIp, port: flow.dstPort });
+    } catch {
+      // A name longer than 255 bytes cannot be carried (ATYP 3 length is one byte).
+      this.#host.dropUp('oversized', q.length);
+      this.#flows.delete(flow.id);
+      return;
+    }
+    const nat = ipToInt(flow.natIp);
+    if (!this.#host.relay.bind(nat, flow.natPort, this.id, 0, 0, socksAddr, socksAddr, flow.dstPort === 53)) {
+      if (q.length > 0) this.#host.drop('closed', q.length);
+      return;
+    }
+    f.bound = true;
+    const hex = socksAddr.toString('hex');
+    this.#remember(hex, { ip: flow.dstIp, port: flow.dstPort, socksAddr, flowId: flow.id });
+    if (f.name !== undefined && net.isIP(f.name) === 0) {
+      let set = this.#unbound.get(flow.dstPort);
+      if (!set) {
+        set = new Set();
+        this.#unbound.set(flow.dstPort, set);
+      }
+      set.add(hex);
+    }
+    for (const p of q) this.#host.relay.sendUp(nat, flow.natPort, p);
+  }
+
+  /**
+   * SOCKS5: the relay resolves names itself and reports the IP it heard
+   * from (dante: ATYP 1). The first reply from an unseen (ip, port) when
+   * exactly one not-yet-learned name was sent to on that port is that
+   * name's answer (the rule of socks5-udp.ts #source); otherwise undefined.
+   */
+  #learn(ipHex: string, port: number): AppSees | undefined {
+    const names = this.#unbound.get(port);
+    if (names?.size !== 1) return undefined;
+    const nameHex = names.values().next().value as string;
+    const s = this.#remotes.get(nameHex);
+    this.#unbound.delete(port);
+    if (s !== undefined) this.#remember(ipHex, s);
+    return s;
+  }
+
+  #remember(hex: string, appSees: AppSees): void {
     this.#remotes.delete(hex);
     this.#remotes.set(hex, appSees);
     if (this.#remotes.size > MAX_FLOWS) this.#remotes.delete(this.#remotes.keys().next().value as string);

@@ -45,7 +45,7 @@ import {
 } from './association.js';
 import { dropCounters, UDP_DROP_REASONS, unmapV4 } from './drops.js';
 import { NativeAssociation, type NativeHost } from './nativeAssociation.js';
-import { holdOwnPort, isOwnPort, releaseOwnPort } from './ownPorts.js';
+import { isOwnPort } from './ownPorts.js';
 
 export type { UdpListenerDropReason, UdpNat, UdpSessionEnd } from './association.js';
 
@@ -407,6 +407,17 @@ export class UdpListener extends EventEmitter {
       dropUp: (reason, n = 1) => {
         this.#drops[reason] += n;
       },
+      connectTimeoutMs: o.connectTimeoutMs,
+      setupFailed: (a, err) => {
+        this.#stats.setupFailed++;
+        const f = a.first;
+        this.#o.logger(
+          `udp ${hostPort(a.appIp, a.appPort)} → ${hostPort(f.name ?? f.ip, f.port)} via ${a.outbound.label}: ${err.code ?? 'ERROR'}: ${err.message}`,
+        );
+        this.#holdRetry(a.key);
+        this.#end(a, 'connect-failed', err.code, 'setup-failed');
+      },
+      upstreamClosed: (a, err) => this.#end(a, 'upstream-closed', err.code),
     };
     if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
     return Promise.resolve();
@@ -434,20 +445,27 @@ export class UdpListener extends EventEmitter {
       const a = this.#byId.get(ended[i] as number);
       if (a === undefined) continue;
       const how = UDP_RELAY_ENDS[ended[i + 1] as number] ?? 'closed';
-      if (how === 'idle' && a.state === 'open') this.#stats.expired++;
+      if (how === 'idle' && (a.state === 'open' || a.state === 'connecting')) this.#stats.expired++;
       this.#byId.delete(a.id);
-      releaseOwnPort(a.localPort);
       const counts = {
         datagramsUp: ended[i + 2] as number,
         bytesUp: ended[i + 3] as number,
         datagramsDown: ended[i + 4] as number,
         bytesDown: ended[i + 5] as number,
       };
-      const end = a.state === 'open' ? how : (this.#pendingEnd.get(a.id) ?? 'closed');
+      const live = a.state === 'open' || a.state === 'connecting';
+      const p = this.#pendingEnd.get(a.id);
       this.#pendingEnd.delete(a.id);
-      a.state = 'closed';
+      a.ended();
       if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
-      this.emit('session', { ...this.#base(a), ...counts, phase: 'close', end });
+      const end = live ? how : (p?.end ?? 'closed');
+      this.emit('session', {
+        ...this.#base(a),
+        ...counts,
+        phase: 'close',
+        end,
+        errorCode: live ? undefined : p?.errorCode,
+      });
     }
   }
 
@@ -471,7 +489,7 @@ export class UdpListener extends EventEmitter {
   }
 
   /** Why a native association JS closed ended, until its ended record arrives. */
-  readonly #pendingEnd = new Map<number, UdpSessionEnd>();
+  readonly #pendingEnd = new Map<number, { end: UdpSessionEnd; errorCode: string | undefined }>();
 
   /** The bound address (port is the real one when 0 was asked). */
   address(): { host: string; port: number } {
@@ -594,6 +612,14 @@ export class UdpListener extends EventEmitter {
     a.fromApp(flow, name, msg);
   }
 
+  /** After a failed setup, datagrams of that association key are dropped for retryAfterFailureMs. */
+  #holdRetry(key: string): void {
+    this.#failedUntil.set(key, this.#o.clock() + this.#o.retryAfterFailureMs);
+    if (this.#failedUntil.size > this.#o.maxAssociations) {
+      this.#failedUntil.delete(this.#failedUntil.keys().next().value as string);
+    }
+  }
+
   #countUp(msg: Buffer): void {
     this.#stats.datagramsUp++;
     this.#stats.bytesUp += msg.length;
@@ -621,10 +647,9 @@ export class UdpListener extends EventEmitter {
         'native-open',
         `udp ${hostPort(flow.srcIp, flow.srcPort)} via ${outbound.label}: ${(e as Error).message}`,
       );
-      this.#failedUntil.set(key, this.#o.clock() + this.#o.retryAfterFailureMs);
+      this.#holdRetry(key);
       return null;
     }
-    holdOwnPort(a.localPort);
     this.#byId.set(a.id, a);
     this.#assocs.set(key, a);
     this.#stats.opened++;
@@ -665,10 +690,7 @@ export class UdpListener extends EventEmitter {
             this.#o.logger(
               `udp ${hostPort(a.appIp, a.appPort)} → ${hostPort(name ?? flow.dstIp, flow.dstPort)} via ${outbound.label}: ${err.code ?? 'ERROR'}: ${err.message}`,
             );
-            this.#failedUntil.set(key, this.#o.clock() + this.#o.retryAfterFailureMs);
-            if (this.#failedUntil.size > this.#o.maxAssociations) {
-              this.#failedUntil.delete(this.#failedUntil.keys().next().value as string);
-            }
+            this.#holdRetry(key);
             this.#end(a, 'connect-failed', err.code, 'setup-failed');
           },
         );
@@ -714,11 +736,19 @@ export class UdpListener extends EventEmitter {
   #end(a: Assoc, end: UdpSessionEnd, errorCode?: string, queuedAs: 'closed' | 'setup-failed' = 'closed'): void {
     if (a instanceof NativeAssociation) {
       // The session's close event waits for the relay's ended record (it carries the counts).
-      if (a.state !== 'open') return;
+      if (a.state !== 'open' && a.state !== 'connecting') return;
       if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
-      this.#pendingEnd.set(a.id, end);
+      const opened = a.opened;
       const queued = a.shutdown();
       if (queued > 0) this.#drops[queuedAs] += queued;
+      if (opened) {
+        this.#pendingEnd.set(a.id, { end, errorCode });
+        return;
+      }
+      // The relay never held it (SOCKS5 setup failed before our socket existed): no record will come.
+      this.#byId.delete(a.id);
+      a.ended();
+      this.emit('session', { ...this.#base(a), phase: 'close', end, errorCode });
       return;
     }
     if (a.state === 'closed') return;

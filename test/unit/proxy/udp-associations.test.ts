@@ -276,9 +276,18 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
     }
   }
 
-  async function setup() {
+  /** A NAT that reports closes: the listener then relays natively (native/udp_relay.h). */
+  class ClosingOneFlowNat extends OneFlowNat {
+    on(): this {
+      return this;
+    }
+    off(): this {
+      return this;
+    }
+  }
+
+  async function setup(nat: OneFlowNat = new OneFlowNat()) {
     const fs = await fakeSocks();
-    const nat = new OneFlowNat();
     const log: string[] = [];
     const sessions: UdpSessionEvent[] = [];
     const l = new UdpListener({
@@ -343,5 +352,45 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
     expect(fs.got[1]?.data.toString()).toBe('after');
     expect(fs.ctrls).toHaveLength(2);
     expect(l.stats()).toMatchObject({ opened: 2, associations: 1 });
+  });
+
+  describe('on the native relay: the header is added and stripped natively', () => {
+    it.each(BAD)('%s → dropped, counted natively, the next good reply is delivered', async (_n, bad, reason) => {
+      const { fs, l, got } = await setup(new ClosingOneFlowNat());
+      fs.sendRaw(bad);
+      fs.sendRaw(reply('10.0.0.7', 9000, 'good'));
+      await until(() => got.length === 1);
+      expect(got).toEqual(['good']);
+      expect(l.stats().dropped[reason]).toBe(1);
+    });
+
+    it('after the relay-reported IP is learned, replies and datagrams no longer reach JavaScript', async () => {
+      const { fs, l, got, again } = await setup(new ClosingOneFlowNat());
+      fs.sendRaw(reply('10.0.0.7', 9000, 'r0'));
+      await until(() => got.length === 1);
+      const before = l.stats();
+      for (let i = 1; i <= 50; i++) {
+        again(`u${i}`);
+        fs.sendRaw(reply('10.0.0.7', 9000, `r${i}`));
+      }
+      await until(() => got.length === 51 && fs.got.length === 51);
+      expect(fs.got.at(-1)).toMatchObject({ host: 'echo.test', port: 9000 });
+      const after = l.stats();
+      expect(after.nativeMisses - before.nativeMisses).toBe(0);
+      expect(after.nativeUnknownRemotes - before.nativeUnknownRemotes).toBe(0);
+      expect(after.datagramsUp).toBe(51);
+      expect(after.datagramsDown).toBe(51);
+    });
+
+    it('the proxy dropping the control connection ends the association (EUPSTREAM_CLOSED); the next datagram opens a new one', async () => {
+      const { fs, l, sessions, again } = await setup(new ClosingOneFlowNat());
+      fs.ctrls[0]?.destroy();
+      await until(() => sessions.some((e) => e.phase === 'close'));
+      expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'upstream-closed', errorCode: 'EUPSTREAM_CLOSED' });
+      again('after');
+      await until(() => fs.got.length === 2);
+      expect(fs.got[1]?.data.toString()).toBe('after');
+      expect(l.stats()).toMatchObject({ opened: 2, associations: 1 });
+    });
   });
 });
