@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <v8.h>
 
 #include <vector>
 
@@ -166,6 +167,18 @@ Napi::Value SocketpairForTest(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// lowMemoryNotification(): V8's CollectAllAvailableGarbage, as on a low-memory
+// signal: full collections that also shrink the young generation and hand
+// freed pages back to the kernel. Node-API has no equivalent, and a plain
+// gc() (--expose-gc) keeps the young generation at its peak size (32 MiB
+// after a burst of connection set-ups, measured with Node 20); see
+// src/util/quietGc.ts for when the daemon calls it.
+Napi::Value LowMemoryNotificationJs(const Napi::CallbackInfo& info) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  if (isolate != nullptr) isolate->LowMemoryNotification();
+  return info.Env().Undefined();
+}
+
 }  // namespace
 }  // namespace fakeproxy
 
@@ -176,6 +189,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tunWritePacketForTest", Napi::Function::New(env, TunWritePacketForTest, "tunWritePacketForTest"));
   exports.Set("tunReadPacketForTest", Napi::Function::New(env, TunReadPacketForTest, "tunReadPacketForTest"));
   exports.Set("socketpairForTest", Napi::Function::New(env, SocketpairForTest, "socketpairForTest"));
+  exports.Set("lowMemoryNotification", Napi::Function::New(env, LowMemoryNotificationJs, "lowMemoryNotification"));
   InitEngine(env, exports);
   InitDgramBatch(env, exports);
   InitRelay(env, exports);

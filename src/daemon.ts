@@ -332,7 +332,15 @@ export class Daemon {
       this.onFatal(line);
     });
     nat.start([...tun.fds]);
-    this.closers.push(() => nat.stop());
+    this.closers.push(async () => {
+      // Teardown runs in reverse, so this comes first: the apps behind the
+      // TUN get the Listener's FIN (RST for a connection still dialing) only
+      // through the engine, so close the Listener's connections while it
+      // still runs, let it forward those segments, then stop it.
+      await tcp.close();
+      await nat.settle();
+      nat.stop();
+    });
     this.say(`engine ${tun.fds.length} thread${tun.fds.length > 1 ? 's' : ''}, max ${c.maxFlows} flows`);
   }
 

@@ -365,6 +365,8 @@ export interface NativeBinding {
   setSocketMark(fd: number, mark: number): void;
   /** The socket's SO_MARK (0 = none). */
   socketMark(fd: number): number;
+  /** V8's LowMemoryNotification: full collections that also give the young generation's and freed pages back (src/util/quietGc.ts). */
+  lowMemoryNotification(): void;
   Engine: new (opts: EngineOptions) => NativeEngine;
   DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
   /**

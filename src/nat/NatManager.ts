@@ -232,6 +232,31 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   }
 
   /**
+   * Resolves once the engine has had nothing to move for `quietMs` (its
+   * packet counters stopped changing), or after `maxMs`. Daemon shutdown
+   * calls it after closing the Listener's connections, so their FIN/RST
+   * segments cross the TUN to the apps before the engine stops.
+   */
+  async settle(quietMs = 30, maxMs = 1000): Promise<void> {
+    if (!this.#running) return;
+    const moved = () => {
+      const s = this.engine.stats();
+      return (s.pktsIn ?? 0) + (s.pktsOut ?? 0);
+    };
+    const deadline = Date.now() + maxMs;
+    let last = moved();
+    let quietSince = Date.now();
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+      const now = moved();
+      if (now !== last) {
+        last = now;
+        quietSince = Date.now();
+      } else if (Date.now() - quietSince >= quietMs) return;
+    }
+  }
+
+  /**
    * Stop and join the engine threads, deliver what they queued, then close
    * every flow (reason 'shutdown') so listeners (DNS pool, Redis mirror) see
    * the table empty. Idempotent.

@@ -13,10 +13,11 @@ import type { NatLookup, PackedFlow } from '../nat/types.js';
 import { START_OPTIONS as O } from '../options.js';
 import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { resourceAlarm } from '../util/exhaustion.js';
+import { QuietGc } from '../util/quietGc.js';
 import { hostPort, isProxyDown } from './dial.js';
 import type { Outbound } from './outbound.js';
 import { isOwnTcp } from './ownTcp.js';
-import { Relay, type RelayEnd, type RelayHandle, SpliceRelay } from './relay.js';
+import { Relay, type RelayEnd, type RelayHandle, type RelayResult, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
 
 export interface NameLookup {
@@ -112,12 +113,20 @@ export interface TcpListener {
 
 type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads'>> & Pick<TcpListenerOptions, 'relayThreads'>;
 
-/** One accepted connection; `native` once its bytes moved to the SpliceRelay. */
+type SessionBase = Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>;
+
+/**
+ * One accepted connection; `native` once its bytes moved to the SpliceRelay.
+ * `app` and `abort` serve only until the relay owns the sockets; then they
+ * are dropped, so an idle relayed connection keeps little more than its
+ * event fields here (issue 11: 10 000 idle connections < 100 MiB).
+ */
 interface Session {
-  app: net.Socket;
+  app: net.Socket | undefined;
+  abort: AbortController | undefined;
   relay?: RelayHandle;
   native?: boolean;
-  abort: AbortController;
+  readonly base: SessionBase;
 }
 
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
@@ -141,6 +150,11 @@ export class TcpListener extends EventEmitter {
   #lastRejectLogMs = 0;
   readonly #failLog: (key: string, line: string) => void;
   #rejectedSinceLog = 0;
+  /**
+   * After a burst of ≥ 1 000 accepts, 500 ms without one: give the burst's
+   * memory back (src/util/quietGc.ts).
+   */
+  readonly #gc = new QuietGc({ quietMs: 500, minEvents: 1000 });
   /** The accept path's NAT answer, reused: read synchronously right after the lookup. */
   readonly #flow: PackedFlow = { id: 0, srcIp: 0, srcPort: 0, dstIp: 0, dstPort: 0 };
 
@@ -202,11 +216,12 @@ export class TcpListener extends EventEmitter {
     const server = this.#server;
     this.#server = undefined;
     for (const s of this.#sessions) {
-      s.abort.abort();
+      s.abort?.abort();
       if (s.native) continue;
       if (s.relay) s.relay.close('fin');
-      else s.app.resetAndDestroy();
+      else s.app?.resetAndDestroy();
     }
+    this.#gc.stop();
     // Native pairs: closed with FIN, threads joined, their ends delivered now.
     this.#splice?.stop();
     if (!server) return Promise.resolve();
@@ -223,9 +238,9 @@ export class TcpListener extends EventEmitter {
   closeFlow(flowId: number): boolean {
     const s = this.#byFlow.get(flowId);
     if (!s) return false;
-    s.abort.abort();
+    s.abort?.abort();
     if (s.relay) s.relay.close('reset');
-    else s.app.resetAndDestroy();
+    else s.app?.resetAndDestroy();
     return true;
   }
 
@@ -255,6 +270,7 @@ export class TcpListener extends EventEmitter {
 
   #accept(app: net.Socket): void {
     this.#stats.accepted++;
+    this.#gc.note();
     // Errors before the relay owns the socket (RST from the app while we dial) must not crash us.
     app.on('error', ignoreError);
     const flow = this.#flow;
@@ -283,10 +299,7 @@ export class TcpListener extends EventEmitter {
       srcPort,
     });
     const outbound = route.outbound;
-    const session: Session = { app, abort: new AbortController() };
-    this.#sessions.add(session);
-    this.#byFlow.set(flowId, session);
-    const base = {
+    const base: SessionBase = {
       flowId,
       name,
       ip: dstIp,
@@ -301,30 +314,20 @@ export class TcpListener extends EventEmitter {
       srcPort,
       startMs: Date.now(),
     };
+    const session: Session = { app, abort: new AbortController(), base };
+    const signal = (session.abort as AbortController).signal;
+    this.#sessions.add(session);
+    this.#byFlow.set(flowId, session);
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
     // The app gave up (RST/FIN) while we were still dialing: stop dialing.
-    const onAppGone = () => session.abort.abort();
+    const onAppGone = () => session.abort?.abort();
     app.once('close', onAppGone);
 
-    this.#dial(outbound, host, dstPort, session.abort.signal).then(
+    this.#dial(outbound, host, dstPort, signal).then(
       (up) => {
         app.removeListener('close', onAppGone);
-        if (app.destroyed) {
-          up.destroy();
-          this.#finish(session, base, { end: 'app-reset', bytesUp: 0, bytesDown: 0 });
-          return;
-        }
-        app.removeListener('error', ignoreError);
-        const r = this.#relay(session, outbound, app, up);
-        r.done.then((res) =>
-          this.#finish(session, base, {
-            end: res.end,
-            bytesUp: res.bytesUp,
-            bytesDown: res.bytesDown,
-            errorCode: (res.error as NodeJS.ErrnoException | undefined)?.code,
-          }),
-        );
+        this.#connected(session, outbound, app, up);
       },
       (err: Error & { code?: string }) => {
         app.removeListener('close', onAppGone);
@@ -334,7 +337,7 @@ export class TcpListener extends EventEmitter {
         if (!local && isProxyDown(err)) this.#o.router.reportFailure(route.chain, err.code ?? err.message);
         if (local) {
           // Counted and logged as what it is (EMFILE, …), not as this destination's failure.
-        } else if (!session.abort.signal.aborted || err.code !== 'EABORTED') {
+        } else if (!signal.aborted || err.code !== 'EABORTED') {
           // One line: name:port, the outbound, the reason (the message already
           // names the fix); repeats of the same failure are summarised, so a
           // dead upstream under load does not flood the log.
@@ -346,9 +349,36 @@ export class TcpListener extends EventEmitter {
         }
         // Reset, not FIN: a FIN would look like an empty but successful response to the app.
         app.resetAndDestroy();
-        this.#finish(session, base, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
+        this.#finish(session, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
       },
     );
+  }
+
+  /**
+   * The upstream is connected: hand both sockets to a relay. A method of its
+   * own so the relay's end callback holds only the session, not the accept
+   * path's locals (sockets, route) for the connection's whole life.
+   */
+  #connected(session: Session, outbound: Outbound, app: net.Socket, up: net.Socket): void {
+    if (app.destroyed) {
+      up.destroy();
+      this.#finish(session, { end: 'app-reset', bytesUp: 0, bytesDown: 0 });
+      return;
+    }
+    app.removeListener('error', ignoreError);
+    const r = this.#relay(session, outbound, app, up);
+    session.app = undefined;
+    session.abort = undefined;
+    r.done.then((res) => this.#relayEnded(session, res));
+  }
+
+  #relayEnded(session: Session, res: RelayResult): void {
+    this.#finish(session, {
+      end: res.end,
+      bytesUp: res.bytesUp,
+      bytesDown: res.bytesDown,
+      errorCode: (res.error as NodeJS.ErrnoException | undefined)?.code,
+    });
   }
 
   /**
@@ -406,9 +436,9 @@ export class TcpListener extends EventEmitter {
 
   #finish(
     session: Session,
-    base: Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>,
     r: { end: SessionEvent['end']; bytesUp: number; bytesDown: number; errorCode?: string | undefined },
   ): void {
+    const base = session.base;
     this.#sessions.delete(session);
     if (this.#byFlow.get(base.flowId) === session) this.#byFlow.delete(base.flowId);
     // Native pairs' bytes are in the SpliceRelay's totals already.

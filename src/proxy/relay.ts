@@ -223,8 +223,8 @@ function endError(errno: number): Error | undefined {
  */
 export class SpliceRelay {
   readonly #n: NativeRelay;
-  readonly #waiting = new Map<number, (r: RelayResult) => void>();
-  readonly #out = new Float64Array(2);
+  /** Live pairs by id: one small object each, nothing else per pair in JS. */
+  readonly #waiting = new Map<number, SplicePair>();
   #nextId = 1;
   #stopped = false;
 
@@ -265,26 +265,19 @@ export class SpliceRelay {
     // libuv takes its fd out of its epoll set on close (uv__platform_invalidate_fd).
     app.destroy();
     upstream.destroy();
-    const done = new Promise<RelayResult>((resolve) => this.#waiting.set(id, resolve));
-    const n = this.#n;
-    const out = this.#out;
-    const read = (i: 0 | 1): number => (n.bytes(id, out) ? (out[i] as number) : 0);
-    let last: RelayResult | undefined;
-    void done.then((r) => {
-      last = r;
-    });
-    return {
-      get bytesUp() {
-        return last ? last.bytesUp : read(0);
-      },
-      get bytesDown() {
-        return last ? last.bytesDown : read(1);
-      },
-      done,
-      close: (how: 'reset' | 'fin' = 'fin') => {
-        if (!this.#stopped) n.close(id, how === 'reset');
-      },
-    };
+    const pair = new SplicePair(this, id);
+    this.#waiting.set(id, pair);
+    return pair;
+  }
+
+  /** Live byte counts of pair `id` into out[0] (up), out[1] (down); false when it is not live. */
+  bytes(id: number, out: Float64Array): boolean {
+    return this.#n.bytes(id, out);
+  }
+
+  /** Ends pair `id` now (RST both ways when `reset`, else FIN). */
+  close(id: number, reset: boolean): void {
+    if (!this.#stopped) this.#n.close(id, reset);
   }
 
   /** Live pairs and bytes moved so far (ended pairs included). */
@@ -302,16 +295,58 @@ export class SpliceRelay {
   #deliver(recs: Float64Array): void {
     for (let i = 0; i + RELAY_RECORD_FIELDS <= recs.length; i += RELAY_RECORD_FIELDS) {
       const id = recs[i] as number;
-      const resolve = this.#waiting.get(id);
-      if (!resolve) continue;
+      const pair = this.#waiting.get(id);
+      if (!pair) continue;
       this.#waiting.delete(id);
       const error = endError(recs[i + 4] as number);
-      resolve({
+      pair.end({
         bytesUp: recs[i + 1] as number,
         bytesDown: recs[i + 2] as number,
         end: RELAY_ENDS[recs[i + 3] as number] ?? 'closed',
         ...(error ? { error } : {}),
       });
     }
+  }
+}
+
+/** Scratch for live byte reads (read synchronously right after the call). */
+const BYTES = new Float64Array(2);
+
+/**
+ * What JavaScript keeps of a native pair while it runs: its id and, once
+ * it ended, the result. No sockets, closures or timers (10 000 idle pairs
+ * are cheap: issue 11, "nothing regresses").
+ */
+class SplicePair implements RelayHandle {
+  readonly done: Promise<RelayResult>;
+  #resolve!: (r: RelayResult) => void;
+  #result: RelayResult | undefined;
+
+  constructor(
+    readonly relay: SpliceRelay,
+    readonly id: number,
+  ) {
+    this.done = new Promise((r) => {
+      this.#resolve = r;
+    });
+  }
+
+  get bytesUp(): number {
+    if (this.#result) return this.#result.bytesUp;
+    return this.relay.bytes(this.id, BYTES) ? (BYTES[0] as number) : 0;
+  }
+
+  get bytesDown(): number {
+    if (this.#result) return this.#result.bytesDown;
+    return this.relay.bytes(this.id, BYTES) ? (BYTES[1] as number) : 0;
+  }
+
+  close(how: 'reset' | 'fin' = 'fin'): void {
+    if (!this.#result) this.relay.close(this.id, how === 'reset');
+  }
+
+  end(r: RelayResult): void {
+    this.#result = r;
+    this.#resolve(r);
   }
 }

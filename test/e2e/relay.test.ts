@@ -136,7 +136,7 @@ describe.skipIf(skip)('native relay end to end', () => {
     }
   });
 
-  it('daemon shutdown ends live relays with a FIN to the upstream (close("fin"), as the JS relay did)', async () => {
+  it('daemon shutdown ends live relays with a FIN both ways: to the upstream and, through the TUN, to the app', async () => {
     if (t.daemon) await t.daemon.stop();
     const d = await t.startDaemon(['--upstream', 'direct']);
     const PORT = 9303;
@@ -156,10 +156,15 @@ describe.skipIf(skip)('native relay end to end', () => {
     const client = t.client.spawn('node', [
       '-e',
       `const s = require('node:net').connect({ host: 'echo.test', port: ${PORT} });
-       s.on('error', () => {});
+       s.on('error', (e) => console.log('error ' + e.code));
+       s.on('end', () => console.log('end'));
        s.write('ping');
        setInterval(() => {}, 1000);`,
     ]);
+    let appOut = '';
+    client.stdout?.on('data', (x: Buffer) => {
+      appOut += x.toString();
+    });
     try {
       const deadline = Date.now() + 15_000;
       while (!out.includes('data ping') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
@@ -167,6 +172,9 @@ describe.skipIf(skip)('native relay end to end', () => {
       expect(await d.stop()).toBe(0);
       while (!/end|error/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       expect(out.trim().split('\n')).toEqual(['data ping', 'end']);
+      // The app's FIN left the daemon before the engine stopped (it used to get neither FIN nor RST).
+      while (!/end|error/.test(appOut) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(appOut.trim()).toBe('end');
     } finally {
       client.kill('SIGKILL');
       server.kill('SIGKILL');

@@ -1,0 +1,55 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { native } from '../../src/native.js';
+import { QuietGc } from '../../src/util/quietGc.js';
+
+describe('QuietGc', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('collects once a burst of at least minEvents has been quiet for quietMs, once per burst', () => {
+    vi.useFakeTimers();
+    const collect = vi.fn();
+    const q = new QuietGc({ quietMs: 500, minEvents: 3, collect });
+    for (let i = 0; i < 5; i++) {
+      q.note();
+      vi.advanceTimersByTime(400); // still busy: each event pushes the collection back
+    }
+    expect(collect).not.toHaveBeenCalled();
+    vi.advanceTimersByTime(100);
+    expect(collect).toHaveBeenCalledTimes(1);
+    vi.advanceTimersByTime(10_000);
+    expect(collect).toHaveBeenCalledTimes(1);
+    // A second burst too small to be worth a full collection.
+    q.note();
+    q.note();
+    vi.advanceTimersByTime(1000);
+    expect(collect).toHaveBeenCalledTimes(1);
+    // Its events count towards the next one.
+    q.note();
+    vi.advanceTimersByTime(500);
+    expect(collect).toHaveBeenCalledTimes(2);
+    expect(q.runs).toBe(2);
+    q.note();
+    q.stop();
+    vi.advanceTimersByTime(10_000);
+    expect(collect).toHaveBeenCalledTimes(2);
+  });
+
+  it("the addon's lowMemoryNotification gives the heap's pages back (a plain collection keeps them)", () => {
+    // Garbage that survives a few scavenges, as the accept path's does while dials are in flight.
+    let keep: object[][] = [];
+    for (let round = 0; round < 40; round++) {
+      const batch: object[] = [];
+      for (let i = 0; i < 50_000; i++) batch.push({ i, s: `x${i}` });
+      keep.push(batch);
+      if (keep.length > 8) keep = keep.slice(1);
+    }
+    keep = [];
+    const before = process.memoryUsage().heapTotal;
+    native().lowMemoryNotification();
+    const after = process.memoryUsage().heapTotal;
+    expect(keep).toHaveLength(0);
+    expect(after).toBeLessThan(before / 2);
+  });
+});
