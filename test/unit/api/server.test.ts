@@ -48,6 +48,7 @@ let tracker: ConnectionTracker;
 let api: ApiServer;
 let base: string;
 let uiDir: string;
+let outsideDir: string;
 const nat = new FakeNat();
 const logs = new LogBus();
 const logLines: string[] = [];
@@ -116,8 +117,9 @@ beforeAll(async () => {
   tracker = new ConnectionTracker(listener);
   uiDir = mkdtempSync(join(tmpdir(), 'fp-ui-'));
   writeFileSync(join(uiDir, 'index.html'), '<html>dashboard</html>');
-  writeFileSync(join(tmpdir(), 'fp-outside-secret.txt'), 'outside');
-  symlinkSync(join(tmpdir(), 'fp-outside-secret.txt'), join(uiDir, 'link.txt'));
+  outsideDir = mkdtempSync(join(tmpdir(), 'fp-outside-'));
+  writeFileSync(join(outsideDir, 'secret.txt'), 'outside');
+  symlinkSync(join(outsideDir, 'secret.txt'), join(uiDir, 'link.txt'));
   api = await startApi();
   base = `http://${LO}:${api.address().port}`;
 });
@@ -129,6 +131,7 @@ afterAll(async () => {
   await dns?.close();
   await Promise.all([socks?.stop(), origin?.close(), web && closeServer(web)]);
   rmSync(uiDir, { recursive: true, force: true });
+  rmSync(outsideDir, { recursive: true, force: true });
 });
 
 const auth = { Authorization: `Bearer ${SECRET}` };
