@@ -112,7 +112,10 @@ export class Daemon {
     ];
     // nat-scale holds 2 fds per proxied connection: raise the fd limit for the daemon only
     // (root may raise the hard limit; the namespace shell is the daemon's own parent).
-    const child = topo.client.spawn('sh', ['-c', RAISE_NOFILE, 'sh', 'node', ...args], {
+    // FAKEPROXY_BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof": node flags for the daemon
+    // only (NODE_OPTIONS refuses --cpu-prof), to profile it while a scenario runs.
+    const nodeArgs = (process.env.FAKEPROXY_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = topo.client.spawn('sh', ['-c', RAISE_NOFILE, 'sh', 'node', ...nodeArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const d = new Daemon(child);
