@@ -15,7 +15,8 @@
         "native/relay_addon.cc",
         "native/udp_relay.cc",
         "native/udp_relay_addon.cc",
-        "native/mark_addon.cc"
+        "native/mark_addon.cc",
+        "native/accept_addon.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

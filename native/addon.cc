@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "accept_addon.h"
 #include "dgram_batch_addon.h"
 #include "engine_addon.h"
 #include "mark_addon.h"
@@ -195,6 +196,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitRelay(env, exports);
   InitUdpRelay(env, exports);
   InitMark(env, exports);
+  InitAccept(env, exports);
   return exports;
 }
 

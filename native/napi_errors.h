@@ -54,6 +54,16 @@ inline const char* ErrnoName(int err) {
       return "EPROTOTYPE";
     case ESHUTDOWN:
       return "ESHUTDOWN";
+    case ECONNREFUSED:
+      return "ECONNREFUSED";
+    case ENETUNREACH:
+      return "ENETUNREACH";
+    case EHOSTUNREACH:
+      return "EHOSTUNREACH";
+    case ETIMEDOUT:
+      return "ETIMEDOUT";
+    case EAFNOSUPPORT:
+      return "EAFNOSUPPORT";
     default:
       return "EFAKEPROXY";
   }

@@ -15,6 +15,8 @@
 #include "relay.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -23,9 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <unordered_set>
 
 namespace fp {
 
@@ -41,6 +45,10 @@ int64_t NowMs() {
 // (it goes on the worker's ready list and continues after the next
 // epoll_wait): one fast pair must not starve the others on its thread.
 constexpr int kPumpBudget = 16;
+
+// How often connect deadlines are checked while a Dial() is pending: a
+// connect timeout fires at most this late.
+constexpr int kConnectTickMs = 50;
 
 void ResetOnClose(int fd) {
   // SO_LINGER {on, 0}: close() sends RST instead of FIN (tcp(7)).
@@ -70,6 +78,15 @@ struct RelayPair {
   int fd[2] = {-1, -1};  // [0] app, [1] upstream
   RelayDir dir[2];       // [0] app → upstream (src fd[0]), [1] upstream → app (src fd[1])
   int64_t last_ms = 0;
+  // Dial(): the upstream is still connecting; it must be writable by connect_deadline.
+  bool connecting = false;
+  uint32_t connect_ms = 0;
+  // Dial(): where to connect; the worker calls connect(2) (its kernel work —
+  // the SYN through the stack, often the peer's SYN-ACK in the same softirq —
+  // is not the JavaScript thread's) and frees it.
+  std::unique_ptr<struct sockaddr_storage> dst;
+  socklen_t dst_len = 0;
+  int64_t connect_deadline = 0;
   bool dead = false;
   bool ready = false;     // on the worker's ready list
   int fd_registered = 0;  // fds [0, n) are in the worker's epoll set
@@ -125,10 +142,17 @@ class RelayWorker {
   };
 
   void Post(const Cmd& c) {
+    bool wake;
     {
       std::lock_guard<std::mutex> g(cmd_mu_);
+      // One wake-up per batch: a non-empty queue has one pending (the worker
+      // reads the eventfd before it takes the queue). A wake-up of another
+      // thread is a costly interrupt on our VM kind; a burst of new
+      // connections then costs one.
+      wake = cmds_.empty();
       cmds_.push_back(c);
     }
+    if (!wake) return;
     uint64_t one = 1;
     ssize_t n = write(ev_, &one, sizeof one);
     (void)n;  // EAGAIN only when the counter is saturated: a wake-up is pending anyway
@@ -150,8 +174,11 @@ class RelayWorker {
     if (tick < 10) tick = 10;
     if (tick > 1000) tick = 1000;
     int64_t last_scan = NowMs();
+    int64_t last_connect_scan = last_scan;
     while (!stopping_) {
-      int n = epoll_wait(ep_, evs, 256, ready_.empty() ? tick : 0);
+      // Connect deadlines are checked every kConnectTickMs while any pair connects.
+      int wait = !ready_.empty() ? 0 : connecting_.empty() ? tick : std::min(tick, kConnectTickMs);
+      int n = epoll_wait(ep_, evs, 256, wait);
       if (n < 0 && errno != EINTR) break;
       now_ = NowMs();
       for (int i = 0; i < n; i++) {
@@ -164,6 +191,10 @@ class RelayWorker {
         int side = static_cast<int>(tag & 1);
         if (p->dead) continue;
         uint32_t ev = evs[i].events;
+        if (side == 1 && p->connecting) {
+          Connected(p, ev);
+          continue;
+        }
         if (ev & EPOLLERR) {
           int soerr = 0;
           socklen_t len = sizeof soerr;
@@ -188,6 +219,10 @@ class RelayWorker {
           if (!p->dead && Pump(p, 0)) Pump(p, 1);
         }
       }
+      if (!connecting_.empty() && now_ - last_connect_scan >= kConnectTickMs) {
+        last_connect_scan = now_;
+        ScanConnecting();
+      }
       if (now_ - last_scan >= tick) {
         last_scan = now_;
         ScanIdle();
@@ -197,7 +232,10 @@ class RelayWorker {
     // Stop: close what is left like the JS relay's close('fin').
     std::vector<RelayPair*> left;
     for (auto& kv : local_) left.push_back(kv.second);
-    for (RelayPair* p : left) Finish(p, RelayHow::kClosed, 0, false, false);
+    // A pair still connecting has sent the app nothing: reset it, as the
+    // Listener resets an app whose dial is cut short (a FIN would pass for an
+    // empty but complete response).
+    for (RelayPair* p : left) Finish(p, RelayHow::kClosed, 0, p->connecting, p->connecting);
     Reap();
   }
 
@@ -232,6 +270,21 @@ class RelayWorker {
   void AddPair(RelayPair* p) {
     local_[p->id] = p;
     p->last_ms = now_;
+    if (p->dst) {
+      int r = connect(p->fd[1], reinterpret_cast<struct sockaddr*>(p->dst.get()), p->dst_len);
+      int err = r < 0 ? errno : 0;
+      p->dst.reset();
+      if (r < 0 && err != EINPROGRESS) {
+        p->fd_registered = 0;
+        Finish(p, RelayHow::kConnectFailed, err, true, false);
+        return;
+      }
+      if (r < 0) {
+        p->connecting = true;
+        p->connect_deadline = now_ + p->connect_ms;
+        connecting_.insert(p);
+      }
+    }
     for (int side = 0; side < 2; side++) {
       struct epoll_event e = {};
       e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
@@ -326,6 +379,9 @@ class RelayWorker {
         continue;
       }
       if (D.src_eof) {
+        // shutdown() of a SYN_SENT socket would abort the connect: the app's
+        // FIN waits until the upstream is connected (Connected() pumps again).
+        if (p->connecting) return true;
         // Everything before the FIN is out: forward the FIN.
         shutdown(dst, SHUT_WR);
         D.done = true;
@@ -368,15 +424,49 @@ class RelayWorker {
     }
   }
 
+  // An event on a connecting upstream: writable without SO_ERROR means
+  // connected (connect(2), EINPROGRESS); an error ends the pair as
+  // kConnectFailed and resets the app, like a failed dial in JavaScript.
+  void Connected(RelayPair* p, uint32_t ev) {
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) soerr = errno;
+    if (soerr == 0 && (ev & (EPOLLERR | EPOLLHUP))) soerr = ECONNRESET;
+    if (soerr != 0) {
+      Finish(p, RelayHow::kConnectFailed, soerr, true, false);
+      return;
+    }
+    if (!(ev & EPOLLOUT)) return;
+    p->connecting = false;
+    connecting_.erase(p);
+    p->last_ms = now_;
+    // Bytes (and a FIN) the app sent meanwhile wait in its direction; edge
+    // triggering will not repeat the app's readiness, so pump both now.
+    if (Pump(p, 0)) Pump(p, 1);
+  }
+
+  void ScanConnecting() {
+    std::vector<RelayPair*> late;
+    for (RelayPair* p : connecting_) {
+      if (now_ >= p->connect_deadline) late.push_back(p);
+    }
+    for (RelayPair* p : late) Finish(p, RelayHow::kConnectFailed, ETIMEDOUT, true, false);
+  }
+
   // Side `side` failed (RST, EPIPE, …): reset the other one so its peer sees
   // a reset, not a clean FIN over a truncated stream.
   void Fail(RelayPair* p, int side, int err) {
+    if (side == 1 && p->connecting) {
+      Finish(p, RelayHow::kConnectFailed, err, true, false);
+      return;
+    }
     Finish(p, side == 0 ? RelayHow::kAppReset : RelayHow::kUpstreamReset, err, side == 1, side == 0);
   }
 
   void Finish(RelayPair* p, RelayHow how, int err, bool reset_app, bool reset_up) {
     if (p->dead) return;
     p->dead = true;
+    if (p->connecting) connecting_.erase(p);
     const bool reset[2] = {reset_app, reset_up};
     for (int side = 0; side < 2; side++) {
       // Explicit DEL: the hand-off's original fd may still be open for a
@@ -403,6 +493,7 @@ class RelayWorker {
     if (o_.idle_ms == 0) return;
     std::vector<RelayPair*> idle;
     for (auto& kv : local_) {
+      if (kv.second->connecting) continue;  // its connect deadline applies
       if (now_ - kv.second->last_ms >= static_cast<int64_t>(o_.idle_ms)) idle.push_back(kv.second);
     }
     for (RelayPair* p : idle) Finish(p, RelayHow::kIdle, 0, false, false);
@@ -427,6 +518,7 @@ class RelayWorker {
   int64_t now_ = 0;
   std::unordered_map<uint64_t, RelayPair*> local_;
   std::vector<RelayPair*> ready_;
+  std::unordered_set<RelayPair*> connecting_;
   std::vector<RelayPair*> grave_;
   std::vector<RelayPipe> free_;
 };
@@ -468,55 +560,132 @@ int CheckStreamSocket(int fd) {
 
 }  // namespace
 
-bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err,
-                    std::string* what) {
+namespace {
+
+std::string FdProblem(const char* name, int fd, int e) {
+  return std::string(name) + " fd " + std::to_string(fd) +
+         (e == EBADF        ? " is not an open file descriptor"
+          : e == ENOTSOCK   ? " is not a socket"
+          : e == EPROTOTYPE ? " is not a stream (TCP) socket"
+                            : std::string(" cannot be inspected: ") + strerror(e));
+}
+
+// A nonblocking close-on-exec dup of fd, or -1 (errno set).
+int DupNonblock(int fd) {
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0) return -1;
+  int fl = fcntl(d, F_GETFL);
+  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(d, F_SETFL, fl | O_NONBLOCK);
+  return d;
+}
+
+}  // namespace
+
+bool RelayPool::Admit(uint64_t id, int app_fd, bool own, int* err, std::string* what) {
   if (stopped_.load() || !started_) {
     *err = ESHUTDOWN;
     *what = "the relay is stopped";
     return false;
   }
-  const int fds[2] = {app_fd, up_fd};
-  const char* names[2] = {"app", "upstream"};
-  for (int i = 0; i < 2; i++) {
-    int e = fds[i] < 0 ? EBADF : CheckStreamSocket(fds[i]);
-    if (e != 0) {
-      *err = e;
-      *what = std::string(names[i]) + " fd " + std::to_string(fds[i]) +
-              (e == EBADF        ? " is not an open file descriptor"
-               : e == ENOTSOCK   ? " is not a socket"
-               : e == EPROTOTYPE ? " is not a stream (TCP) socket"
-                                 : std::string(" cannot be inspected: ") + strerror(e));
-      return false;
-    }
+  // An owned fd comes from our own accept4 (a nonblocking TCP socket): no need to inspect it.
+  int e = app_fd < 0 ? EBADF : own ? 0 : CheckStreamSocket(app_fd);
+  if (e != 0) {
+    *err = e;
+    *what = FdProblem("app", app_fd, e);
+    return false;
+  }
+  std::lock_guard<std::mutex> g(map_mu_);
+  if (pairs_.count(id) != 0) {
+    *err = EEXIST;
+    *what = "relay id " + std::to_string(id) + " is already live";
+    return false;
+  }
+  return true;
+}
+
+bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err,
+                    std::string* what) {
+  if (!Admit(id, app_fd, false, err, what)) return false;
+  int e = up_fd < 0 ? EBADF : CheckStreamSocket(up_fd);
+  if (e != 0) {
+    *err = e;
+    *what = FdProblem("upstream", up_fd, e);
+    return false;
   }
   if (app_fd == up_fd) {
     *err = EINVAL;
     *what = "app and upstream fd are the same socket";
     return false;
   }
-  {
-    std::lock_guard<std::mutex> g(map_mu_);
-    if (pairs_.count(id) != 0) {
-      *err = EEXIST;
-      *what = "relay id " + std::to_string(id) + " is already live";
-      return false;
-    }
-  }
   auto p = std::make_unique<RelayPair>();
   p->id = id;
-  for (int i = 0; i < 2; i++) {
-    p->fd[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-    if (p->fd[i] < 0) {
-      *err = errno;
-      *what = std::string("dup ") + names[i] + " fd";
-      if (i == 1) close(p->fd[0]);
-      return false;
-    }
-    int fl = fcntl(p->fd[i], F_GETFL);
-    if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(p->fd[i], F_SETFL, fl | O_NONBLOCK);
+  p->fd[1] = DupNonblock(up_fd);
+  if (p->fd[1] < 0) {
+    *err = errno;
+    *what = "dup upstream fd";
+    return false;
   }
   p->dir[0].pre = std::move(pre_up);
   p->dir[1].pre = std::move(pre_down);
+  return Enqueue(std::move(p), app_fd, false, err, what);
+}
+
+bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
+                     uint32_t connect_ms, std::string pre_up, int* err, std::string* what) {
+  if (!DialPair(id, app_fd, own, dst, dst_len, mark, connect_ms, std::move(pre_up), err, what)) {
+    // An owned app socket is ours to end: reset, as a failed dial resets the app.
+    if (own && app_fd >= 0) {
+      ResetOnClose(app_fd);
+      close(app_fd);
+    }
+    return false;
+  }
+  return true;
+}
+
+bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len,
+                         uint32_t mark, uint32_t connect_ms, std::string pre_up, int* err, std::string* what) {
+  if (!Admit(id, app_fd, own, err, what)) return false;
+  if (dst == nullptr || (dst->sa_family != AF_INET && dst->sa_family != AF_INET6)) {
+    *err = EAFNOSUPPORT;
+    *what = "the destination is not an IPv4 or IPv6 address";
+    return false;
+  }
+  int s = socket(dst->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (s < 0) {
+    *err = errno;
+    *what = "socket";
+    return false;
+  }
+  if (mark != 0 && setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
+    *err = errno;
+    *what = "setsockopt SO_MARK (needs CAP_NET_ADMIN)";
+    close(s);
+    return false;
+  }
+  // As the JS dial (noDelay): the app already chose its own batching.
+  int one = 1;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  auto p = std::make_unique<RelayPair>();
+  p->id = id;
+  p->fd[1] = s;
+  p->dst = std::make_unique<struct sockaddr_storage>();
+  std::memcpy(p->dst.get(), dst, dst_len);
+  p->dst_len = dst_len;
+  p->connect_ms = connect_ms;
+  p->dir[0].pre = std::move(pre_up);
+  return Enqueue(std::move(p), app_fd, own, err, what);
+}
+
+bool RelayPool::Enqueue(std::unique_ptr<RelayPair> p, int app_fd, bool own, int* err, std::string* what) {
+  p->fd[0] = own ? app_fd : DupNonblock(app_fd);
+  if (p->fd[0] < 0) {
+    *err = errno;
+    *what = "dup app fd";
+    close(p->fd[1]);
+    return false;
+  }
+  const uint64_t id = p->id;
   RelayWorker* w = workers_[next_worker_.fetch_add(1, std::memory_order_relaxed) % workers_.size()].get();
   p->worker = w;
   RelayPair* raw = p.release();

@@ -13,6 +13,13 @@
 //   truncated stream;
 // - idle timeout: no byte either way for idle_ms closes both (plain close);
 // - Close(id, reset) from the owner: daemon shutdown, NAT flow expiry.
+// Dial() connects the upstream itself (nonblocking connect on the worker's
+// epoll set) so a `direct` connection costs JavaScript no socket at all: the
+// pair is "connecting" until the upstream is writable; the app's bytes wait
+// in the pipe meanwhile (a send to a SYN_SENT socket is EAGAIN), its FIN is
+// held back until the connect is done (shutdown() of a SYN_SENT socket
+// would abort it), and a refused, unreachable or timed-out connect resets
+// the app and ends the pair as kConnectFailed with the errno.
 // Backpressure: a direction reads its source only while its pipe is empty,
 // so at most one pipe (pipe_size) sits in the kernel per direction, however
 // slow the reader. Idle pairs hold no pipe: pipes come from a per-thread pool
@@ -21,6 +28,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <functional>
@@ -35,7 +43,14 @@ namespace fp {
 
 // How a pair ended; the first thing that ended it. Same order as RelayEnd in
 // src/proxy/relay.ts.
-enum class RelayHow : uint8_t { kDone = 0, kIdle = 1, kAppReset = 2, kUpstreamReset = 3, kClosed = 4 };
+enum class RelayHow : uint8_t {
+  kDone = 0,
+  kIdle = 1,
+  kAppReset = 2,
+  kUpstreamReset = 3,
+  kClosed = 4,
+  kConnectFailed = 5
+};
 
 struct RelayEndRecord {
   uint64_t id;
@@ -86,6 +101,18 @@ class RelayPool {
   // socket; EEXIST: id in use; ESHUTDOWN: pool stopped) and a message.
   bool Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std::string pre_down, int* err, std::string* what);
 
+  // Like Add, but the upstream is a new TCP socket connecting to `dst` (an
+  // AF_INET or AF_INET6 address), with SO_MARK `mark` when it is not 0 and
+  // TCP_NODELAY. The connect must finish within connect_ms or the pair ends
+  // as kConnectFailed/ETIMEDOUT. False with *err as Add, or the errno of
+  // socket()/setsockopt(SO_MARK) when they fail
+  // (EMFILE, EPERM). connect(2) itself runs on the pair's worker thread; its
+  // immediate failures (ENETUNREACH, …) end the pair as kConnectFailed.
+  // own: app_fd is handed over, not dup'd (a socket the caller accepted
+  // itself and will not touch again); on failure it is closed with RST.
+  bool Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
+            uint32_t connect_ms, std::string pre_up, int* err, std::string* what);
+
   // Ends pair `id` now: `reset` sends RST both ways, else a plain close
   // (FIN). It ends as kClosed. False when no such pair is live.
   bool Close(uint64_t id, bool reset);
@@ -106,6 +133,12 @@ class RelayPool {
   void Forget(uint64_t id);
 
  private:
+  // Checks app_fd, dups it and queues the pair (its fd[1] already set).
+  bool Enqueue(std::unique_ptr<RelayPair> p, int app_fd, bool own, int* err, std::string* what);
+  bool Admit(uint64_t id, int app_fd, bool own, int* err, std::string* what);
+  bool DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
+                uint32_t connect_ms, std::string pre_up, int* err, std::string* what);
+
   RelayOptions opts_;
   std::function<void()> on_end_;
   std::vector<std::unique_ptr<RelayWorker>> workers_;

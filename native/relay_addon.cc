@@ -6,8 +6,13 @@
 // pair. The TSFN keeps the loop alive only while pairs are live.
 #include "relay_addon.h"
 
+#include <arpa/inet.h>
 #include <napi.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -25,6 +30,7 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     return DefineClass(env, "Relay",
                        {
                            InstanceMethod("add", &RelayWrap::Add),
+                           InstanceMethod("dial", &RelayWrap::Dial),
                            InstanceMethod("close", &RelayWrap::Close),
                            InstanceMethod("bytes", &RelayWrap::Bytes),
                            InstanceMethod("totals", &RelayWrap::Totals),
@@ -170,6 +176,87 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     }
     if (live_++ == 0) tsfn_.Ref(env);
     return env.Undefined();
+  }
+
+  // dial(id, appFd, addr, port, mark, connectTimeoutMs, preUp?, own?): addr
+  // is an IPv4 address as an unsigned 32-bit number (no address text on the
+  // accept path) or an IPv4/IPv6 literal; own hands appFd over (no dup).
+  Napi::Value Dial(const Napi::CallbackInfo& info) {
+    const bool own = info.Length() > 7 && info[7].ToBoolean().Value();
+    int app = -1;
+    if (!DialImpl(info, own, &app) && own && app >= 0) {
+      // An owned fd is ours to end whatever failed: reset it like a failed dial.
+      struct linger l = {1, 0};
+      setsockopt(app, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+      close(app);
+    }
+    return info.Env().Undefined();
+  }
+
+  // False after throwing; *app is the fd to reset (-1 once the pool owns or closed it).
+  bool DialImpl(const Napi::CallbackInfo& info, bool own, int* app_out) {
+    Napi::Env env = info.Env();
+    if (info.Length() > 1) GetFd(info[1], app_out);
+    if (!Ready(env)) return false;
+    uint64_t id;
+    int app;
+    double port = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : -1;
+    double mark = info.Length() > 4 && info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
+    double ms = info.Length() > 5 && info[5].IsNumber() ? info[5].As<Napi::Number>().DoubleValue() : -1;
+    if (info.Length() < 6 || !GetId(info[0], &id) || !GetFd(info[1], &app) || !(port >= 1 && port <= 65535) ||
+        port != static_cast<int>(port) || !(mark >= 0 && mark <= 4294967295.0) ||
+        mark != static_cast<double>(static_cast<uint32_t>(mark)) || !(ms >= 1 && ms <= 4294967295.0)) {
+      ThrowArg(env,
+               "relay.dial(id, appFd, addr, port, mark, connectTimeoutMs, preUp?): port 1–65535, mark a u32 (0 = "
+               "none), connectTimeoutMs ≥ 1");
+      return false;
+    }
+    struct sockaddr_storage ss;
+    std::memset(&ss, 0, sizeof ss);
+    socklen_t len = 0;
+    bool ok = false;
+    if (info[2].IsNumber()) {
+      double a = info[2].As<Napi::Number>().DoubleValue();
+      if (a >= 0 && a <= 4294967295.0 && a == static_cast<double>(static_cast<uint32_t>(a))) {
+        auto* sin = reinterpret_cast<struct sockaddr_in*>(&ss);
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(static_cast<uint16_t>(port));
+        sin->sin_addr.s_addr = htonl(static_cast<uint32_t>(a));
+        len = sizeof *sin;
+        ok = true;
+      }
+    } else if (info[2].IsString()) {
+      std::string s = info[2].As<Napi::String>().Utf8Value();
+      auto* sin = reinterpret_cast<struct sockaddr_in*>(&ss);
+      auto* sin6 = reinterpret_cast<struct sockaddr_in6*>(&ss);
+      if (inet_pton(AF_INET, s.c_str(), &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(static_cast<uint16_t>(port));
+        len = sizeof *sin;
+        ok = true;
+      } else if (inet_pton(AF_INET6, s.c_str(), &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(static_cast<uint16_t>(port));
+        len = sizeof *sin6;
+        ok = true;
+      }
+    }
+    if (!ok) {
+      ThrowArg(env, "relay.dial: addr must be an IPv4 address as a u32 or an IPv4/IPv6 literal");
+      return false;
+    }
+    int err = 0;
+    std::string what;
+    if (!pool_->Dial(id, app, own, reinterpret_cast<struct sockaddr*>(&ss), len, static_cast<uint32_t>(mark),
+                     static_cast<uint32_t>(ms), info.Length() > 6 ? BufferBytes(info[6]) : std::string(), &err,
+                     &what)) {
+      *app_out = -1;  // the pool already reset an owned fd
+      ThrowSys(env, err, what, "relay.dial: " + what + ": " + std::strerror(err));
+      return false;
+    }
+    *app_out = -1;
+    if (live_++ == 0) tsfn_.Ref(env);
+    return true;
   }
 
   // close(id, reset) → whether a live pair was found

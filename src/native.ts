@@ -247,6 +247,25 @@ export interface NativeRelay {
    * input.
    */
   add(id: number, appFd: number, upFd: number, preUp?: Buffer | null, preDown?: Buffer | null): void;
+  /**
+   * Like add(), but the upstream is a new TCP socket the relay connects to
+   * addr:port itself (addr: IPv4 as an unsigned 32-bit number, or an IPv4/IPv6
+   * literal), with SO_MARK `mark` unless 0. A connect that fails or takes
+   * longer than connectTimeoutMs resets the app and ends the pair with how
+   * `connect-failed` and its errno. Throws (code as add(), or the errno of
+   * socket/setsockopt: EMFILE, EPERM) when it fails at once; connect(2) runs on the relay thread.
+   */
+  dial(
+    id: number,
+    appFd: number,
+    addr: number | string,
+    port: number,
+    mark: number,
+    connectTimeoutMs: number,
+    preUp?: Buffer | null,
+    /** appFd is handed over (not dup'd): an fd from TcpAcceptor; reset and closed when dial throws. */
+    own?: boolean,
+  ): void;
   /** End pair `id` now (RST both ways when `reset`, else FIN); false when it is not live. */
   close(id: number, reset: boolean): boolean;
   /** Live byte counts into out[0] (up) and out[1] (down); false when the pair is not live. */
@@ -349,6 +368,22 @@ export interface NativeUdpRelay {
   stop(): Float64Array;
 }
 
+// ---- The Listener's accept socket (native/accept_addon.cc) ----
+/** Fields per accepted connection in TcpAcceptor's batches: [fd, peerIpU32, peerPort]. */
+export const ACCEPT_RECORD_FIELDS = 3;
+export interface NativeTcpAcceptor {
+  /**
+   * Poll on the event loop; every wake-up accepts until EAGAIN (≤ 256) and
+   * calls onBatch once. fd < 0 is -errno of a failed accept (EMFILE: the
+   * connection was reset through a reserve fd).
+   */
+  start(onBatch: (records: Float64Array, n: number) => void): void;
+  port(): number;
+  /** Close an accepted fd with RST. */
+  reset(fd: number): void;
+  close(): void;
+}
+
 export interface NativeBinding {
   tunOpen(opts: TunOpenOptions): TunHandle;
   /** Close the fds (the non-persistent device disappears with the last one). */
@@ -382,6 +417,12 @@ export interface NativeBinding {
     opts: NativeUdpRelayOptions,
     onEvents: (dgrams: Float64Array, bytes: Buffer, ended: Float64Array) => void,
   ) => NativeUdpRelay;
+  /** Bound and listening on host:port (host an IPv4 u32), or throws (EADDRINUSE, EADDRNOTAVAIL). */
+  TcpAcceptor: new (opts: {
+    host: number;
+    port: number;
+    backlog: number;
+  }) => NativeTcpAcceptor;
 }
 
 function findAddon(): string {

@@ -7,14 +7,18 @@
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import { wrapError } from '../errors.js';
 import { type Logger, rateLimited, stderrLogger } from '../log.js';
 import type { NatLookup, PackedFlow } from '../nat/types.js';
+import { ACCEPT_RECORD_FIELDS, type NativeTcpAcceptor, native } from '../native.js';
 import { START_OPTIONS as O } from '../options.js';
 import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { resourceAlarm } from '../util/exhaustion.js';
 import { QuietGc } from '../util/quietGc.js';
+import { ownMark } from '../util/sockmark.js';
 import { hostPort, isProxyDown } from './dial.js';
+import { ProxyError } from './errors.js';
 import type { Outbound } from './outbound.js';
 import { isOwnTcp } from './ownTcp.js';
 import { Relay, type RelayEnd, type RelayHandle, type RelayResult, SpliceRelay } from './relay.js';
@@ -122,7 +126,9 @@ type SessionBase = Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>;
  * event fields here (issue 11: 10 000 idle connections < 100 MiB).
  */
 interface Session {
+  /** The app's JavaScript socket: only while a JavaScript outbound dials it (never for a native dial). */
   app: net.Socket | undefined;
+  /** Aborts a JavaScript dial. */
   abort: AbortController | undefined;
   relay?: RelayHandle;
   native?: boolean;
@@ -138,6 +144,8 @@ export class TcpListener extends EventEmitter {
   readonly #byFlow = new Map<number, Session>();
   /** Created on the first hand-off, stopped by close(). */
   #splice: SpliceRelay | undefined;
+  /** The native accept socket (an IPv4 host); Node's net.Server otherwise. */
+  #acceptor: NativeTcpAcceptor | undefined;
   readonly #stats: TcpListenerStats = {
     accepted: 0,
     rejectedPeers: 0,
@@ -177,6 +185,17 @@ export class TcpListener extends EventEmitter {
 
   /** Listen on host:port only. Rejects with the bind error (EADDRINUSE, EADDRNOTAVAIL: is the TUN configured?). */
   start(): Promise<void> {
+    const hostU32 = net.isIPv4(this.#o.host) ? ipToInt(this.#o.host) : -1;
+    if (hostU32 >= 0) {
+      try {
+        const a = new (native().TcpAcceptor)({ host: hostU32, port: this.#o.port, backlog: this.#o.backlog });
+        a.start((recs, n) => this.#acceptBatch(recs, n));
+        this.#acceptor = a;
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(wrapError(`listen on ${hostPort(this.#o.host, this.#o.port)}${listenHint(e)}`, e));
+      }
+    }
     // pauseOnConnect: nothing is read from the app into JavaScript before the
     // upstream is connected; the relay starts reading at the hand-off.
     const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (s) =>
@@ -185,13 +204,7 @@ export class TcpListener extends EventEmitter {
     this.#server = server;
     return new Promise((resolve, reject) => {
       server.once('error', (e) => {
-        const hint =
-          (e as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL'
-            ? ' (the gateway address does not exist yet: configure the TUN device first)'
-            : (e as NodeJS.ErrnoException).code === 'EADDRINUSE'
-              ? ' (another process holds the port: pick another --listen-port)'
-              : '';
-        reject(wrapError(`listen on ${hostPort(this.#o.host, this.#o.port)}${hint}`, e));
+        reject(wrapError(`listen on ${hostPort(this.#o.host, this.#o.port)}${listenHint(e)}`, e));
       });
       server.listen({ host: this.#o.host, port: this.#o.port, backlog: this.#o.backlog }, () => {
         server.removeAllListeners('error');
@@ -206,6 +219,7 @@ export class TcpListener extends EventEmitter {
 
   /** The bound address (port is the real one when 0 was asked). */
   address(): { host: string; port: number } {
+    if (this.#acceptor) return { host: this.#o.host, port: this.#acceptor.port() };
     const a = this.#server?.address();
     if (a === null || a === undefined || typeof a === 'string') throw new Error('TcpListener is not started');
     return { host: a.address, port: a.port };
@@ -215,6 +229,8 @@ export class TcpListener extends EventEmitter {
   close(): Promise<void> {
     const server = this.#server;
     this.#server = undefined;
+    this.#acceptor?.close();
+    this.#acceptor = undefined;
     for (const s of this.#sessions) {
       s.abort?.abort();
       if (s.native) continue;
@@ -268,6 +284,7 @@ export class TcpListener extends EventEmitter {
     return { bytesUp: s.relay?.bytesUp ?? 0, bytesDown: s.relay?.bytesDown ?? 0 };
   }
 
+  /** Node's accept path (a host that is not IPv4): one net.Socket per connection. */
   #accept(app: net.Socket): void {
     this.#stats.accepted++;
     this.#gc.note();
@@ -278,13 +295,68 @@ export class TcpListener extends EventEmitter {
       this.#rejectPeer(app, unmapV4(app.remoteAddress), app.remotePort);
       return;
     }
+    this.#serve(flow, app);
+  }
+
+  /**
+   * The native accept path: one call per wake-up with [fd, peerIp, peerPort]
+   * × n. No JavaScript socket exists for a connection unless its outbound
+   * needs one (not a plain direct dial).
+   */
+  #acceptBatch(recs: Float64Array, n: number): void {
+    const flow = this.#flow;
+    const nat = this.#o.nat;
+    for (let i = 0; i < n; i++) {
+      const fd = recs[i * ACCEPT_RECORD_FIELDS] as number;
+      const ip = recs[i * ACCEPT_RECORD_FIELDS + 1] as number;
+      const port = recs[i * ACCEPT_RECORD_FIELDS + 2] as number;
+      if (fd < 0) {
+        const code = errnoName(fd);
+        if (!resourceAlarm.check({ code }, 'tcp accept')) {
+          this.#failLog(`accept ${code}`, `tcp listener: accept failed: ${code}`);
+        }
+        continue;
+      }
+      this.#stats.accepted++;
+      this.#gc.note();
+      let ok: boolean;
+      if (nat.lookupPacked) ok = nat.lookupPacked('tcp', ip, port, flow);
+      else {
+        const f = nat.lookup('tcp', intToIp(ip), port);
+        if (f) copyFlow(f, flow);
+        ok = f !== undefined;
+      }
+      if (!ok) {
+        this.#acceptor?.reset(fd);
+        this.#rejectPeer(undefined, intToIp(ip), port);
+        continue;
+      }
+      this.#serve(flow, fd);
+    }
+  }
+
+  /** A socket for an accepted fd whose outbound runs in JavaScript: paused, as pauseOnConnect. */
+  #wrap(fd: number): net.Socket {
+    const app = new net.Socket({
+      fd,
+      allowHalfOpen: true,
+      readable: true,
+      writable: true,
+      pauseOnCreate: true,
+    } as net.SocketConstructorOpts);
+    app.on('error', ignoreError);
+    return app;
+  }
+
+  /** Route and dial one accepted connection whose NAT flow is `flow` (read before anything else runs). */
+  #serve(flow: PackedFlow, accepted: net.Socket | number): void {
     const flowId = flow.id;
     const dstPort = flow.dstPort;
     const srcIp = intToIp(flow.srcIp);
     const srcPort = flow.srcPort;
     const dstIp = intToIp(flow.dstIp);
     if (isOwnTcp(intToIp(flow.srcIp), flow.srcPort, dstIp, dstPort)) {
-      this.#refuseLoop(app, `${intToIp(flow.srcIp)}:${flow.srcPort}`, hostPort(dstIp, dstPort));
+      this.#refuseLoop(accepted, `${intToIp(flow.srcIp)}:${flow.srcPort}`, hostPort(dstIp, dstPort));
       return;
     }
     const names = this.#o.names;
@@ -314,42 +386,33 @@ export class TcpListener extends EventEmitter {
       srcPort,
       startMs: Date.now(),
     };
-    const session: Session = { app, abort: new AbortController(), base };
-    const signal = (session.abort as AbortController).signal;
+    const session: Session = { app: undefined, abort: undefined, base };
     this.#sessions.add(session);
     this.#byFlow.set(flowId, session);
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
+    // Not in global mode (a --fwmark set): the loop guard (./ownTcp.ts) needs each dial's 4-tuple, which only the JS dial records.
+    const target = ownMark() === 0 ? outbound.plainTarget?.({ host, port: dstPort }) : undefined;
+    if (target !== undefined && this.#dialNative(session, accepted, target)) return;
+
+    const app = typeof accepted === 'number' ? this.#wrap(accepted) : accepted;
+    const abort = new AbortController();
+    session.app = app;
+    session.abort = abort;
     // The app gave up (RST/FIN) while we were still dialing: stop dialing.
-    const onAppGone = () => session.abort?.abort();
+    const onAppGone = () => abort.abort();
     app.once('close', onAppGone);
 
-    this.#dial(outbound, host, dstPort, signal).then(
+    this.#dial(outbound, host, dstPort, abort.signal).then(
       (up) => {
         app.removeListener('close', onAppGone);
         this.#connected(session, outbound, app, up);
       },
       (err: Error & { code?: string }) => {
         app.removeListener('close', onAppGone);
-        this.#stats.connectFailed++;
-        const local = resourceAlarm.check(err, 'tcp dial');
-        // Our own exhaustion (EMFILE, …) says nothing about the proxy.
-        if (!local && isProxyDown(err)) this.#o.router.reportFailure(route.chain, err.code ?? err.message);
-        if (local) {
-          // Counted and logged as what it is (EMFILE, …), not as this destination's failure.
-        } else if (!signal.aborted || err.code !== 'EABORTED') {
-          // One line: name:port, the outbound, the reason (the message already
-          // names the fix); repeats of the same failure are summarised, so a
-          // dead upstream under load does not flood the log.
-          const where = `tcp ${hostPort(host, dstPort)} via ${outbound.label}`;
-          this.#failLog(
-            `${where} ${err.code}`,
-            `${where}: ${err.code ?? 'ERROR'}: ${err.message} (rule ${route.rule}; chain ${base.chain})`,
-          );
-        }
         // Reset, not FIN: a FIN would look like an empty but successful response to the app.
         app.resetAndDestroy();
-        this.#finish(session, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
+        this.#connectFailed(session, err, abort.signal.aborted && err.code === 'EABORTED');
       },
     );
   }
@@ -382,6 +445,89 @@ export class TcpListener extends EventEmitter {
   }
 
   /**
+   * `direct` to an address known now: the native relay connects and relays
+   * (SpliceRelay.dial), so this connection costs JavaScript no upstream
+   * socket, promise or timer. False (nothing done) when the app socket
+   * cannot be handed off; the caller then dials in JavaScript.
+   */
+  #dialNative(session: Session, app: net.Socket | number, addr: string): boolean {
+    let h: RelayHandle | undefined;
+    const port = session.base.port;
+    try {
+      h = this.#spliceRelay().dial(app, addr, port, {
+        // --fwmark in global mode (src/util/sockmark.ts), as every other socket of the daemon.
+        mark: ownMark(),
+        connectTimeoutMs: this.#o.connectTimeoutMs,
+      });
+    } catch (e) {
+      // A bare fd was reset by the relay already.
+      if (typeof app !== 'number') app.resetAndDestroy();
+      this.#connectFailed(session, wrapError(`${dialWhat(session.base)}: connect ${hostPort(addr, port)}`, e), false);
+      return true;
+    }
+    if (!h) return false;
+    session.relay = h;
+    session.native = true;
+    // Holds the session and the dialed address only, for the connection's life.
+    h.done.then((res) => this.#nativeEnded(session, res, addr));
+    return true;
+  }
+
+  /** A native dial's pair ended: as #relayEnded, or a connect failure worded as the JS dial's (src/proxy/dial.ts). */
+  #nativeEnded(session: Session, res: RelayResult, addr: string): void {
+    if (res.end !== 'connect-failed') {
+      this.#relayEnded(session, res);
+      return;
+    }
+    // The relay already reset the app.
+    const base = session.base;
+    const what = dialWhat(base);
+    const code = (res.error as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNREFUSED';
+    const err =
+      code === 'ETIMEDOUT'
+        ? new ProxyError(
+            'ETIMEDOUT',
+            `${what}: no answer within ${this.#o.connectTimeoutMs} ms (check the upstream, or raise the connect timeout)`,
+          )
+        : // Node's own wording for a failed connect ("connect ECONNREFUSED 10.0.0.2:80").
+          wrapError(`${what}: connect ${hostPort(addr, base.port)}`, {
+            code,
+            message: `connect ${code} ${hostPort(addr, base.port)}`,
+          });
+    this.#connectFailed(session, err, false);
+  }
+
+  /** The dial failed (the app is already reset): count, log one line unless the app itself gave up, end the session. */
+  #connectFailed(session: Session, err: Error & { code?: string }, appGone: boolean): void {
+    const base = session.base;
+    this.#stats.connectFailed++;
+    const local = resourceAlarm.check(err, 'tcp dial');
+    // Our own exhaustion (EMFILE, …) says nothing about the proxy.
+    if (!local && isProxyDown(err)) this.#o.router.reportFailure(base.chains ?? [], err.code ?? err.message);
+    if (local) {
+      // Counted and logged as what it is (EMFILE, …), not as this destination's failure.
+    } else if (!appGone) {
+      // One line: name:port, the outbound, the reason (the message already
+      // names the fix); repeats of the same failure are summarised, so a
+      // dead upstream under load does not flood the log.
+      const where = `tcp ${hostPort(base.name ?? base.ip, base.port)} via ${base.outbound}`;
+      this.#failLog(
+        `${where} ${err.code}`,
+        `${where}: ${err.code ?? 'ERROR'}: ${err.message} (rule ${base.rule}; chain ${base.chain})`,
+      );
+    }
+    this.#finish(session, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
+  }
+
+  #spliceRelay(): SpliceRelay {
+    this.#splice ??= new SpliceRelay({
+      idleTimeoutMs: this.#o.idleTimeoutMs,
+      ...(this.#o.relayThreads !== undefined ? { threads: this.#o.relayThreads } : {}),
+    });
+    return this.#splice;
+  }
+
+  /**
    * Fill `out` with the NAT flow behind the app socket's peer address; false
    * when the peer is not a live NAT address. The packed lookup crosses N-API
    * with numbers only; a NAT without it (small test NATs) answers through `lookup`.
@@ -397,11 +543,7 @@ export class TcpListener extends EventEmitter {
     }
     const f = nat.lookup('tcp', unmapV4(peer) as string, port);
     if (!f) return false;
-    out.id = f.id;
-    out.srcIp = ipToInt(f.srcIp);
-    out.srcPort = f.srcPort;
-    out.dstIp = ipToInt(f.dstIp);
-    out.dstPort = f.dstPort;
+    copyFlow(f, out);
     return true;
   }
 
@@ -412,11 +554,7 @@ export class TcpListener extends EventEmitter {
    */
   #relay(session: Session, outbound: Outbound, app: net.Socket, up: net.Socket): RelayHandle {
     if (!outbound.transformsBytes) {
-      this.#splice ??= new SpliceRelay({
-        idleTimeoutMs: this.#o.idleTimeoutMs,
-        ...(this.#o.relayThreads !== undefined ? { threads: this.#o.relayThreads } : {}),
-      });
-      const h = this.#splice.handOff(app, up);
+      const h = this.#spliceRelay().handOff(app, up);
       if (h) {
         session.relay = h;
         session.native = true;
@@ -449,18 +587,19 @@ export class TcpListener extends EventEmitter {
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'close', ...base, ...r });
   }
 
-  #refuseLoop(app: net.Socket, src: string, dst: string): void {
+  #refuseLoop(app: net.Socket | number, src: string, dst: string): void {
     this.#stats.loopRefused++;
-    app.resetAndDestroy();
+    if (typeof app === 'number') this.#acceptor?.reset(app);
+    else app.resetAndDestroy();
     this.#failLog(
       'loop',
       `tcp listener: refused ${src} → ${dst}: it is fakeproxy's own upstream connection, routed back into the TUN (global mode: its --fwmark was cleared or is not sent to the main table — check nftables rules that set meta mark, and ip rules above fakeproxy's)`,
     );
   }
 
-  #rejectPeer(app: net.Socket, ip: string | undefined, port: number | undefined): void {
+  #rejectPeer(app: net.Socket | undefined, ip: string | undefined, port: number | undefined): void {
     this.#stats.rejectedPeers++;
-    app.resetAndDestroy();
+    app?.resetAndDestroy();
     // Rate-limited: a scan of the gateway port must not flood the log.
     this.#rejectedSinceLog++;
     const now = Date.now();
@@ -475,6 +614,40 @@ export class TcpListener extends EventEmitter {
 }
 
 function ignoreError(): void {}
+
+/** "connect to name:port via outbound", as the JS dial's errors begin. */
+function dialWhat(base: SessionBase): string {
+  return `connect to ${hostPort(base.name ?? base.ip, base.port)} via ${base.outbound}`;
+}
+
+function listenHint(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === 'EADDRNOTAVAIL'
+    ? ' (the gateway address does not exist yet: configure the TUN device first)'
+    : code === 'EADDRINUSE'
+      ? ' (another process holds the port: pick another --listen-port)'
+      : '';
+}
+
+function copyFlow(
+  f: { id: number; srcIp: string; srcPort: number; dstIp: string; dstPort: number },
+  out: PackedFlow,
+): void {
+  out.id = f.id;
+  out.srcIp = ipToInt(f.srcIp);
+  out.srcPort = f.srcPort;
+  out.dstIp = ipToInt(f.dstIp);
+  out.dstPort = f.dstPort;
+}
+
+/** -errno (a failed native accept) → its code. */
+function errnoName(negErrno: number): string {
+  try {
+    return getSystemErrorName(negErrno);
+  } catch {
+    return `errno ${-negErrno}`;
+  }
+}
 
 /** `::ffff:1.2.3.4` → `1.2.3.4` (a dual-stack socket reports IPv4 peers mapped). */
 function unmapV4(ip: string | undefined): string | undefined {

@@ -115,6 +115,14 @@ export interface Outbound {
    */
   readonly transformsBytes?: boolean;
   /**
+   * Optional: the one address connect() would dial for `dst` when it is
+   * known now (an IP literal, or a name whose cached answer has exactly one
+   * usable address) and nothing but a TCP connect follows. The Listener then
+   * connects natively and relays at once — no JavaScript socket, promise or
+   * timer per connection (SpliceRelay.dial). undefined → connect().
+   */
+  plainTarget?(dst: Destination): string | undefined;
+  /**
    * Resolves with a socket connected to `dst` (through the proxy), created
    * with `allowHalfOpen: true` so the relay can forward a FIN one way only.
    * Bytes the proxy sent after its handshake reply are left in the socket's

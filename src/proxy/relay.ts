@@ -54,7 +54,8 @@ export type RelayEnd =
   | 'idle' // idle timeout
   | 'app-reset' // the app side failed (RST or other error); upstream was reset
   | 'upstream-reset' // the upstream side failed; the app was reset
-  | 'closed'; // close() was called (shutdown)
+  | 'closed' // close() was called (shutdown)
+  | 'connect-failed'; // SpliceRelay.dial only: the upstream never connected; the app was reset
 
 export interface RelayResult {
   /** app → upstream bytes written through the relay. */
@@ -157,7 +158,14 @@ export function relay(app: net.Socket, upstream: net.Socket, opts?: RelayOptions
 }
 
 /** Native end codes (native/relay.h RelayHow) → RelayEnd, by index. */
-export const RELAY_ENDS: readonly RelayEnd[] = ['done', 'idle', 'app-reset', 'upstream-reset', 'closed'];
+export const RELAY_ENDS: readonly RelayEnd[] = [
+  'done',
+  'idle',
+  'app-reset',
+  'upstream-reset',
+  'closed',
+  'connect-failed',
+];
 
 /** What the Listener needs of a relay, JS or native. */
 export interface RelayHandle {
@@ -265,6 +273,49 @@ export class SpliceRelay {
     // libuv takes its fd out of its epoll set on close (uv__platform_invalidate_fd).
     app.destroy();
     upstream.destroy();
+    return this.#track(id);
+  }
+
+  /**
+   * Connect to addr:port natively and relay `app` ⇄ it: no JavaScript socket,
+   * promise or timer for the upstream (native/relay.h Dial). `addr` is an IPv4
+   * address as an unsigned 32-bit number or an IP literal; `mark` is SO_MARK
+   * (0 = none). A failed or timed-out connect resets the app and `done`
+   * resolves with end 'connect-failed' and the errno's code (ECONNREFUSED,
+   * ETIMEDOUT, …). Returns undefined (app untouched) when the app socket
+   * cannot be handed off; throws the errno's error when the connect fails at
+   * once (EMFILE; EPERM for a mark without CAP_NET_ADMIN). `app` may be a
+   * bare fd from TcpAcceptor: it is handed over (reset if dial throws).
+   */
+  dial(
+    app: net.Socket | number,
+    addr: number | string,
+    port: number,
+    opts: { mark: number; connectTimeoutMs: number },
+  ): RelayHandle | undefined {
+    if (typeof app === 'number') {
+      if (this.#stopped) return undefined;
+      const id = this.#nextId++;
+      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true);
+      return this.#track(id);
+    }
+    if (this.#stopped || app.destroyed || app.writableLength > 0) return undefined;
+    const appFd = fdOf(app);
+    if (appFd === undefined) return undefined;
+    const preUp = takeBuffered(app);
+    const id = this.#nextId++;
+    try {
+      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp);
+    } catch (e) {
+      if (preUp) app.unshift(preUp);
+      throw e;
+    }
+    app.destroy();
+    return this.#track(id);
+  }
+
+  /** A small SplicePair per live pair: its id, no sockets or closures. */
+  #track(id: number): RelayHandle {
     const pair = new SplicePair(this, id);
     this.#waiting.set(id, pair);
     return pair;

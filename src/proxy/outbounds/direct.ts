@@ -3,7 +3,7 @@
  * resolver (built from --dns-upstream): the system resolver is fakeproxy
  * itself once the host's DNS points at the daemon (DESIGN.md "Known traps").
  */
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import { connectDeadline, dialTcp, hostPort, type ResolveName } from '../dial.js';
 import type {
   ConnectOptions,
@@ -56,6 +56,17 @@ export class DirectOutbound implements Outbound {
     } finally {
       d.dispose();
     }
+  }
+
+  /**
+   * Synchronous when the address is known now; several addresses keep the
+   * Happy-Eyeballs race of connect(), a guarded (looping) one its ELOOP error.
+   */
+  plainTarget(dst: Destination): string | undefined {
+    const addrs = net.isIP(dst.host) !== 0 ? [dst.host] : this.#o.resolve?.peek?.(dst.host);
+    if (addrs?.length !== 1) return undefined;
+    const addr = addrs[0] as string;
+    return this.#o.loopGuard?.(addr) === undefined ? addr : undefined;
   }
 
   /** A real UDP socket per association; names through the same injected resolver (./direct-udp.ts). */

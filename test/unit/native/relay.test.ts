@@ -5,14 +5,16 @@
  * (half-close, RST, idle, close) run for both relays in
  * test/unit/proxy/relay.test.ts.
  */
+
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { native, RELAY_RECORD_FIELDS } from '../../../src/native.js';
 import { type RelayHandle, SpliceRelay } from '../../../src/proxy/relay.js';
-import { readAll, socketError, socketPair, until } from '../proxy/helpers.js';
+import { freePort, LO, listen, readAll, socketError, socketPair, until } from '../proxy/helpers.js';
 
 const open: net.Socket[] = [];
 const splices: SpliceRelay[] = [];
@@ -258,6 +260,88 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
     expect(r.stop().length).toBe(0);
     expect(() => r.add(8, fdOf(x), fdOf(y))).toThrow(expect.objectContaining({ code: 'ESHUTDOWN' }));
     expect(() => r.close(8, false)).toThrow(expect.objectContaining({ code: 'ESHUTDOWN' }));
+  });
+
+  it('dial: the relay connects the upstream itself; bytes and a FIN the app sends before the connect is done arrive once, in order', async () => {
+    const s = newSplice();
+    const originSrv = net.createServer({ allowHalfOpen: true });
+    const port = await listen(originSrv);
+    const accepted = once(originSrv, 'connection') as Promise<[net.Socket]>;
+    const [app, a] = await socketPair();
+    open.push(app, a);
+    // Request and FIN leave the app before dial(): a FIN forwarded to a SYN_SENT socket would abort its connect.
+    app.end('GET / first\n');
+    await until(() => a.readableLength === 12);
+    const h = s.dial(a, LO, port, { mark: 0, connectTimeoutMs: 5000 });
+    if (!h) throw new Error('dial refused');
+    const [origin] = await accepted;
+    open.push(origin);
+    originSrv.close();
+    expect((await readAll(origin)).toString()).toBe('GET / first\n');
+    const down = readAll(app);
+    origin.end('reply\n');
+    expect((await down).toString()).toBe('reply\n');
+    expect(await h.done).toEqual({ bytesUp: 12, bytesDown: 6, end: 'done' });
+  });
+
+  it('dial: a refused connect resets the app and ends connect-failed/ECONNREFUSED; an IPv4 u32 address works too', async () => {
+    const s = newSplice();
+    const [app, a] = await socketPair();
+    open.push(app, a);
+    const err = socketError(app);
+    const h = s.dial(a, 0x7f000001, await freePort(), { mark: 0, connectTimeoutMs: 5000 });
+    if (!h) throw new Error('dial refused');
+    const r = await h.done;
+    expect(r.end).toBe('connect-failed');
+    expect((r.error as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
+    expect((await err).code).toBe('ECONNRESET');
+  });
+
+  it('dial: a connect that gets no answer ends connect-failed/ETIMEDOUT after connectTimeoutMs and resets the app', async () => {
+    // A listener whose accept queue is full (backlog 0 holds one connection, never accepted): the kernel drops further SYNs.
+    const py = spawn('python3', [
+      '-S',
+      '-c',
+      "import socket,sys,time\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(60)",
+    ]);
+    try {
+      const [line] = (await once(py.stdout, 'data')) as [Buffer];
+      const port = Number(line.toString().trim());
+      const fill = net.connect({ host: LO, port });
+      open.push(fill);
+      await once(fill, 'connect');
+      const s = newSplice();
+      const [app, a] = await socketPair();
+      open.push(app, a);
+      const err = socketError(app);
+      const t0 = performance.now();
+      const h = s.dial(a, LO, port, { mark: 0, connectTimeoutMs: 300 });
+      if (!h) throw new Error('dial refused');
+      const r = await h.done;
+      expect(r.end).toBe('connect-failed');
+      expect((r.error as NodeJS.ErrnoException).code).toBe('ETIMEDOUT');
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(290);
+      expect((await err).code).toBe('ECONNRESET');
+    } finally {
+      py.kill();
+    }
+  });
+
+  it('dial: bad arguments throw; a mark needs CAP_NET_ADMIN or fails at once with EPERM', async () => {
+    const r = new (native().Relay)({ threads: 1, idleTimeoutMs: 0 }, () => {});
+    const [x] = await socketPair();
+    open.push(x);
+    try {
+      expect(() => r.dial(1, fdOf(x), 'not-an-ip', 80, 0, 1000)).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG' }),
+      );
+      expect(() => r.dial(1, fdOf(x), LO, 0, 0, 1000)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+      expect(() => r.dial(1, fdOf(x), LO, 80, -1, 1000)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+      expect(() => r.dial(1, fdOf(x), LO, 80, 0, 0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+      expect(() => r.dial(1, 987654, LO, 80, 0, 1000)).toThrow(expect.objectContaining({ code: 'EBADF' }));
+    } finally {
+      r.stop();
+    }
   });
 
   it('bad options', () => {

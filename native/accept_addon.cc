@@ -1,0 +1,242 @@
+// N-API `TcpAcceptor` (surface declared in src/native.ts): the Listener's
+// listening socket, accepted in C++ on the Node event loop (uv_poll, no extra
+// thread): each wake-up accepts until EAGAIN (at most kMaxBatch) and hands
+// JavaScript ONE call with a Float64Array [fd, peerIpU32, peerPort] × n — no
+// net.Socket, no address text, no getpeername per connection (accept4 gives
+// the peer). The Listener decides per flow: native dial (the fd goes to the
+// relay), a JS outbound (the fd is wrapped in a net.Socket), or a reset.
+// IPv4 only: the gateway is an IPv4 address.
+#include "accept_addon.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "napi_errors.h"
+
+namespace fakeproxy {
+namespace {
+
+constexpr int kMaxBatch = 256;
+constexpr int kFields = 3;
+
+void ResetAndClose(int fd) {
+  // SO_LINGER {on, 0}: close() sends RST (tcp(7)).
+  struct linger l = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  close(fd);
+}
+
+class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "TcpAcceptor",
+                       {
+                           InstanceMethod("start", &TcpAcceptor::Start),
+                           InstanceMethod("port", &TcpAcceptor::Port),
+                           InstanceMethod("reset", &TcpAcceptor::Reset),
+                           InstanceMethod("close", &TcpAcceptor::Close),
+                       });
+  }
+
+  // new TcpAcceptor({ host: u32, port, backlog }): bound and listening, or throws (EADDRINUSE, EADDRNOTAVAIL, …).
+  explicit TcpAcceptor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TcpAcceptor>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+      ThrowArg(env, "new TcpAcceptor({ host, port, backlog })");
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto num = [&](const char* k) {
+      Napi::Value v = o.Get(k);
+      return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+    };
+    double host = num("host"), port = num("port"), backlog = num("backlog");
+    if (!(host >= 0 && host <= 4294967295.0) || host != static_cast<double>(static_cast<uint32_t>(host)) ||
+        !(port >= 0 && port <= 65535) || port != static_cast<int>(port) || !(backlog >= 1 && backlog <= 65535)) {
+      ThrowArg(env, "TcpAcceptor: host an IPv4 address as a u32, port 0–65535, backlog 1–65535");
+      return;
+    }
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd_ < 0) {
+      ThrowSys(env, errno, "socket", std::string("socket: ") + std::strerror(errno));
+      return;
+    }
+    int one = 1;
+    // As libuv does for every TCP listener: a restart binds while old connections sit in TIME_WAIT.
+    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(static_cast<uint32_t>(host));
+    if (bind(fd_, reinterpret_cast<struct sockaddr*>(&a), sizeof a) < 0 || listen(fd_, static_cast<int>(backlog)) < 0) {
+      int err = errno;
+      close(fd_);
+      fd_ = -1;
+      ThrowSys(env, err, "listen", std::string("listen: ") + std::strerror(err));
+      return;
+    }
+    // Spare fd for EMFILE/ENFILE: freed to accept (and reset) the connection
+    // the kernel holds, so a level-triggered poll does not spin on it.
+    reserve_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+
+  ~TcpAcceptor() override {
+    finalizing_ = true;
+    Shutdown();
+  }
+
+ private:
+  // start(onBatch(records: Float64Array, n)): records [fd, peerIpU32, peerPort] × n;
+  // fd = -errno for an accept that failed (the connection was reset when it could be).
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsFunction()) {
+      ThrowArg(env, "TcpAcceptor.start(onBatch)");
+      return env.Undefined();
+    }
+    if (fd_ < 0) {
+      ThrowSys(env, EBADF, "start", "TcpAcceptor is closed");
+      return env.Undefined();
+    }
+    if (poll_ != nullptr) {
+      ThrowArg(env, "TcpAcceptor.start called twice");
+      return env.Undefined();
+    }
+    cb_ = Napi::Persistent(info[0].As<Napi::Function>());
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      ThrowSys(env, EINVAL, "napi_get_uv_event_loop", "no event loop");
+      return env.Undefined();
+    }
+    poll_ = new uv_poll_t;
+    int r = uv_poll_init(loop, poll_, fd_);
+    if (r == 0) {
+      poll_->data = this;
+      r = uv_poll_start(poll_, UV_READABLE, OnPoll);
+    }
+    if (r != 0) {
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), FreePoll);
+      poll_ = nullptr;
+      ThrowSys(env, -r, "uv_poll_start", std::string("cannot poll the listening socket: ") + uv_strerror(r));
+      return env.Undefined();
+    }
+    Ref();  // alive while polled: only close() lets it go
+    return env.Undefined();
+  }
+
+  Napi::Value Port(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct sockaddr_in a = {};
+    socklen_t len = sizeof a;
+    if (fd_ < 0 || getsockname(fd_, reinterpret_cast<struct sockaddr*>(&a), &len) != 0) {
+      ThrowSys(env, EBADF, "getsockname", "TcpAcceptor is closed");
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, ntohs(a.sin_port));
+  }
+
+  // reset(fd): close an accepted fd with RST (a peer we do not serve).
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      ThrowArg(env, "TcpAcceptor.reset(fd)");
+      return env.Undefined();
+    }
+    int fd = info[0].As<Napi::Number>().Int32Value();
+    if (fd >= 0) ResetAndClose(fd);
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shutdown();
+    return info.Env().Undefined();
+  }
+
+  void Shutdown() {
+    if (poll_ != nullptr) {
+      uv_poll_stop(poll_);
+      poll_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), FreePoll);
+      poll_ = nullptr;
+      cb_.Reset();
+      if (!finalizing_) Unref();
+    }
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+    if (reserve_ >= 0) close(reserve_);
+    reserve_ = -1;
+  }
+
+  static void FreePoll(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
+
+  static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
+    auto* self = static_cast<TcpAcceptor*>(h->data);
+    if (self == nullptr || status < 0) return;
+    self->Drain();
+  }
+
+  void Drain() {
+    int n = 0;
+    while (n < kMaxBatch && fd_ >= 0) {
+      struct sockaddr_in peer;
+      socklen_t len = sizeof peer;
+      int c = accept4(fd_, reinterpret_cast<struct sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c < 0) {
+        int err = errno;
+        if (err == EINTR || err == ECONNABORTED) continue;
+        if (err == EAGAIN) break;
+        if ((err == EMFILE || err == ENFILE) && reserve_ >= 0) {
+          close(reserve_);
+          int x = accept(fd_, nullptr, nullptr);
+          if (x >= 0) ResetAndClose(x);
+          reserve_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        Put(n++, -err, 0, 0);
+        break;  // the next wake-up tries again
+      }
+      // As net.createServer({ noDelay: true }): the app already chose its own batching.
+      int one = 1;
+      setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      Put(n++, c, peer.sin_family == AF_INET ? ntohl(peer.sin_addr.s_addr) : 0,
+          peer.sin_family == AF_INET ? ntohs(peer.sin_port) : 0);
+    }
+    if (n == 0 || cb_.IsEmpty()) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Napi::Float64Array a = Napi::Float64Array::New(env, static_cast<size_t>(n) * kFields);
+    std::memcpy(a.Data(), recs_, static_cast<size_t>(n) * kFields * sizeof(double));
+    cb_.MakeCallback(Value(), {a, Napi::Number::New(env, n)});
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  void Put(int i, int fd, uint32_t ip, uint16_t port) {
+    recs_[i * kFields + 0] = fd;
+    recs_[i * kFields + 1] = ip;
+    recs_[i * kFields + 2] = port;
+  }
+
+  int fd_ = -1;
+  int reserve_ = -1;
+  uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference cb_;
+  double recs_[kMaxBatch * kFields];
+  bool finalizing_ = false;
+};
+
+}  // namespace
+
+void InitAccept(Napi::Env env, Napi::Object exports) { exports.Set("TcpAcceptor", TcpAcceptor::Define(env)); }
+
+}  // namespace fakeproxy
