@@ -6,110 +6,21 @@
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, DaemonProc, runCli } from './harness/daemon.js';
-import { e2eUnavailableReason, type Netns, vethPair } from './harness/netns.js';
-import { createTopology, ECHO_PORT, HTTP_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import { e2eUnavailableReason, type Netns } from './harness/netns.js';
+import { killRedis, output, rcli, startRedis, until } from './harness/redis.js';
+import {
+  addClient,
+  createTopology,
+  ECHO_PORT,
+  HTTP_PORT,
+  startDaemonIn,
+  type Topology,
+  tmpFile,
+} from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
-
-/** Polls `fn` until it returns a value that is not undefined; throws with `what` (and the last value seen) at the deadline. */
-async function until<T>(
-  what: string,
-  fn: () => Promise<T | undefined>,
-  timeoutMs: number,
-  last?: () => unknown,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline)
-      throw new Error(
-        `timed out (${timeoutMs} ms) waiting for ${what}${last ? `; last: ${JSON.stringify(last())}` : ''}`,
-      );
-    await sleep(200);
-  }
-}
-
-/** Collects a child's stdout+stderr and resolves when it matches. */
-function output(child: ChildProcess): {
-  text: () => string;
-  wait: (re: RegExp, timeoutMs?: number) => Promise<RegExpMatchArray>;
-} {
-  let buf = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-  });
-  return {
-    text: () => buf,
-    wait: (re, timeoutMs = 15_000) =>
-      until(
-        `${re} in output`,
-        async () => {
-          const m = buf.match(re);
-          if (m) return m;
-          if (child.exitCode !== null || child.signalCode !== null)
-            throw new Error(`process exited before ${re}: ${buf}`);
-          return undefined;
-        },
-        timeoutMs,
-        () => buf.slice(-2000),
-      ),
-  };
-}
-
-/** redis-server inside `ns` (no persistence); spawned through ns.spawn so ns.delete() kills it. */
-async function startRedis(
-  ns: Netns,
-  t: Topology,
-  port: number,
-  extra: string[] = [],
-  bind = '127.0.0.1',
-): Promise<ChildProcess> {
-  const child = ns.spawn('redis-server', [
-    '--port',
-    String(port),
-    '--bind',
-    bind,
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-    '--dir',
-    t.tmp,
-    ...extra,
-  ]);
-  const out = output(child);
-  await out.wait(/Ready to accept connections/, 10_000);
-  await waitListening(ns, port);
-  return child;
-}
-
-async function killRedis(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const gone = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await gone;
-}
-
-/** redis-cli in `ns`; throws when it fails or replies with an error. */
-async function rcli(
-  ns: Netns,
-  port: number,
-  args: string[],
-  opts: { host?: string; input?: string; auth?: string } = {},
-): Promise<string> {
-  const base = ['--no-auth-warning', '-h', opts.host ?? '127.0.0.1', '-p', String(port)];
-  if (opts.auth) base.push('-a', opts.auth);
-  const r = await ns.exec('redis-cli', [...base, ...args], { input: opts.input });
-  if (r.code !== 0 || /^(ERR|WRONGPASS|NOAUTH)/m.test(r.stdout))
-    throw new Error(`redis-cli ${args.join(' ')}: ${r.code} ${r.stdout}${r.stderr}`);
-  return r.stdout;
-}
 
 interface FlowHash {
   key: string;
@@ -523,22 +434,11 @@ s.bind(0, send);
     t = await createTopology();
     // Redis in the upstream namespace, reachable from both client namespaces.
     redis = await startRedis(t.upstream, t, PORT, ['--protected-mode', 'no'], '0.0.0.0');
-    const { Netns } = await import('./harness/netns.js');
-    client2 = await Netns.create('c2');
-    const { aIp: c2Ip, bIp: upstreamIp2 } = await vethPair(client2, t.upstream);
-    void c2Ip;
-    // The second client reaches the resolver (dnsmasq on t.upstreamIp) through its own link.
-    await client2.must('ip', ['route', 'add', `${t.upstreamIp}/32`, 'via', upstreamIp2]);
-    client2.writeEtc('resolv.conf', 'nameserver 198.18.0.1\n');
-    client2.writeEtc('hosts', '127.0.0.1 localhost\n');
+    let upstreamIp2: string;
+    ({ ns: client2, upstreamSideIp: upstreamIp2 } = await addClient(t, 'c2'));
 
     await t.startDaemon(['--redis', `redis://${t.upstreamIp}:${PORT}`, '--redis-shared-pool', '--node-id', 'gw1']);
-    d2 = DaemonProc.start(client2, [
-      'start',
-      '--state-dir',
-      '',
-      '--dns-upstream',
-      `${t.upstreamIp}:53`,
+    d2 = startDaemonIn(client2, t.upstreamIp, [
       '--redis',
       `redis://${upstreamIp2}:${PORT}`,
       '--redis-shared-pool',

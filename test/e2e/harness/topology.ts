@@ -127,12 +127,7 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
       bigSha256,
       tmp,
       async startDaemon(args: string[], prefix?: string[]) {
-        const d = DaemonProc.start(
-          client,
-          ['start', '--state-dir', '', '--dns-upstream', `${upstreamIp}:53`, ...args],
-          {},
-          prefix,
-        );
+        const d = startDaemonIn(client, upstreamIp, args, prefix);
         topo.daemon = d;
         await d.waitFor(/running; Ctrl-C to stop/, 20_000);
         return d;
@@ -168,6 +163,31 @@ export function capture(child: ChildProcess): { readonly text: string } {
   child.stdout?.on('data', on);
   child.stderr?.on('data', on);
   return c;
+}
+
+/** `fakeproxy start` in `ns` with no state dir and dnsmasq (at upstreamIp) as the real resolver; not yet waited for. */
+export function startDaemonIn(ns: Netns, upstreamIp: string, args: string[], prefix?: string[]): DaemonProc {
+  return DaemonProc.start(ns, ['start', '--state-dir', '', '--dns-upstream', `${upstreamIp}:53`, ...args], {}, prefix);
+}
+
+/**
+ * A second client namespace (a second gateway) joined to upstream by its
+ * own veth pair, reaching the resolver and everything on t.upstreamIp
+ * through it; resolv.conf points at its own daemon. Returns the upstream
+ * side's address of the new link too. Deleted by the caller.
+ */
+export async function addClient(t: Topology, tag: string): Promise<{ ns: Netns; upstreamSideIp: string }> {
+  const ns = await Netns.create(tag);
+  try {
+    const { bIp: upstreamSideIp } = await vethPair(ns, t.upstream);
+    await ns.must('ip', ['route', 'add', `${t.upstreamIp}/32`, 'via', upstreamSideIp]);
+    ns.writeEtc('resolv.conf', 'nameserver 198.18.0.1\n');
+    ns.writeEtc('hosts', '127.0.0.1 localhost\n');
+    return { ns, upstreamSideIp };
+  } catch (e) {
+    await ns.delete();
+    throw e;
+  }
 }
 
 /** Writes a file into the topology's temp dir and returns its path. */

@@ -1,0 +1,205 @@
+/**
+ * Redis in e2e tests: redis-server, Sentinels and redis-cli run inside the
+ * test's namespaces (spawned through Netns, so deleting the namespace kills
+ * them), and the small polling/output helpers the Redis tests share.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import type { Netns } from './netns.js';
+import { type Topology, waitListening } from './topology.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns a value that is not undefined; throws with `what` (and the last value seen) at the deadline. */
+export async function until<T>(
+  what: string,
+  fn: () => Promise<T | undefined>,
+  timeoutMs: number,
+  last?: () => unknown,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out (${timeoutMs} ms) waiting for ${what}${last ? `; last: ${JSON.stringify(last())}` : ''}`,
+      );
+    await sleep(200);
+  }
+}
+
+/** Collects a child's stdout+stderr and resolves when it matches. */
+export function output(child: ChildProcess): {
+  text: () => string;
+  wait: (re: RegExp, timeoutMs?: number) => Promise<RegExpMatchArray>;
+} {
+  let buf = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+  });
+  return {
+    text: () => buf,
+    wait: (re, timeoutMs = 15_000) =>
+      until(
+        `${re} in output`,
+        async () => {
+          const m = buf.match(re);
+          if (m) return m;
+          if (child.exitCode !== null || child.signalCode !== null)
+            throw new Error(`process exited before ${re}: ${buf}`);
+          return undefined;
+        },
+        timeoutMs,
+        () => buf.slice(-2000),
+      ),
+  };
+}
+
+/** redis-server inside `ns` (no persistence); spawned through ns.spawn so ns.delete() kills it. */
+export async function startRedis(
+  ns: Netns,
+  t: Pick<Topology, 'tmp'>,
+  port: number,
+  extra: string[] = [],
+  bind = '127.0.0.1',
+): Promise<ChildProcess> {
+  const child = ns.spawn('redis-server', [
+    '--port',
+    String(port),
+    '--bind',
+    bind,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--dir',
+    t.tmp,
+    ...extra,
+  ]);
+  const out = output(child);
+  await out.wait(/Ready to accept connections/, 10_000);
+  await waitListening(ns, port);
+  return child;
+}
+
+export async function killRedis(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await gone;
+}
+
+/** redis-cli in `ns`; throws when it fails or replies with an error. */
+export async function rcli(
+  ns: Netns,
+  port: number,
+  args: string[],
+  opts: { host?: string; input?: string; auth?: string } = {},
+): Promise<string> {
+  const base = ['--no-auth-warning', '-h', opts.host ?? '127.0.0.1', '-p', String(port)];
+  if (opts.auth) base.push('-a', opts.auth);
+  const r = await ns.exec('redis-cli', [...base, ...args], { input: opts.input });
+  if (r.code !== 0 || /^(ERR|WRONGPASS|NOAUTH)/m.test(r.stdout))
+    throw new Error(`redis-cli ${args.join(' ')}: ${r.code} ${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+/** `SENTINEL master <name>` (or any flat key/value reply) as an object. */
+function pairs(text: string): Record<string, string> {
+  const l = text.split('\n');
+  const o: Record<string, string> = {};
+  for (let i = 0; i + 1 < l.length; i += 2) o[l[i]] = l[i + 1];
+  return o;
+}
+
+export interface SentinelFleet {
+  ip: string;
+  primaryPort: number;
+  replicaPort: number;
+  sentinelPorts: number[];
+  /** redis+sentinel://ip:port,…/mymaster */
+  url: string;
+  primary: ChildProcess;
+  replica: ChildProcess;
+  /** Where the Sentinels say the primary is now (ask the first one). */
+  primaryNow(): Promise<number>;
+}
+
+/**
+ * A primary, one replica and three Sentinels (quorum 2,
+ * down-after-milliseconds 1000) on `ip` inside `ns`, all answering before
+ * this resolves: the replica in sync and every Sentinel knowing the replica
+ * and the two other Sentinels, so a failover can start as soon as the
+ * primary is gone.
+ */
+export async function startSentinelFleet(
+  ns: Netns,
+  t: Pick<Topology, 'tmp'>,
+  ip: string,
+  base = 6390,
+): Promise<SentinelFleet> {
+  const [primaryPort, replicaPort] = [base, base + 1];
+  const sentinelPorts = [base + 20000, base + 20001, base + 20002];
+  const primary = await startRedis(ns, t, primaryPort, ['--protected-mode', 'no'], ip);
+  const replica = await startRedis(
+    ns,
+    t,
+    replicaPort,
+    ['--protected-mode', 'no', '--replicaof', ip, String(primaryPort), '--dbfilename', `replica-${replicaPort}.rdb`],
+    ip,
+  );
+  await until(
+    'the replica in sync',
+    async () =>
+      /master_link_status:up/.test(await rcli(ns, replicaPort, ['INFO', 'replication'], { host: ip }))
+        ? true
+        : undefined,
+    15_000,
+  );
+  for (const port of sentinelPorts) {
+    const conf = `${t.tmp}/sentinel-${port}.conf`;
+    writeFileSync(
+      conf,
+      [
+        `port ${port}`,
+        `bind ${ip}`,
+        'protected-mode no',
+        `dir ${t.tmp}`,
+        `sentinel monitor mymaster ${ip} ${primaryPort} 2`,
+        'sentinel down-after-milliseconds mymaster 1000',
+        'sentinel failover-timeout mymaster 10000',
+        'sentinel parallel-syncs mymaster 1',
+        '',
+      ].join('\n'),
+    );
+    const s = ns.spawn('redis-sentinel', [conf]);
+    await output(s).wait(/\+monitor master mymaster/, 10_000);
+  }
+  for (const port of sentinelPorts) {
+    await until(
+      `Sentinel ${port} to know the replica and the two other Sentinels`,
+      async () => {
+        const m = pairs(await rcli(ns, port, ['SENTINEL', 'MASTER', 'mymaster'], { host: ip }));
+        return m['num-slaves'] === '1' && m['num-other-sentinels'] === '2' ? true : undefined;
+      },
+      30_000,
+    );
+  }
+  return {
+    ip,
+    primaryPort,
+    replicaPort,
+    sentinelPorts,
+    url: `redis+sentinel://${sentinelPorts.map((p) => `${ip}:${p}`).join(',')}/mymaster`,
+    primary,
+    replica,
+    async primaryNow() {
+      const r = await rcli(ns, sentinelPorts[0], ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', 'mymaster'], { host: ip });
+      return Number(r.split('\n')[1]);
+    },
+  };
+}
