@@ -210,6 +210,23 @@ function asUsage(parse: () => unknown): void {
   }
 }
 
+/**
+ * The Redis URL of `--redis` or `--redis-cluster` (which is
+ * `redis+cluster://` + its value). They name one thing: both in one place is
+ * a usage error, and either as a flag overrides either in the config file.
+ */
+function redisTarget(flags: RawStart, file: RawStart): string | undefined {
+  const given = (r: RawStart) => r.redis !== undefined || r.redisCluster !== undefined;
+  const src = given(flags) ? flags : file;
+  if (src.redis !== undefined && src.redisCluster !== undefined) {
+    throw new UsageError(
+      '--redis and --redis-cluster both given: use one (--redis-cluster h:p,… is --redis redis+cluster://h:p,…)',
+    );
+  }
+  if (src.redisCluster !== undefined) return `redis+cluster://${str(src.redisCluster, '--redis-cluster')}`;
+  return src.redis === undefined ? undefined : str(src.redis, '--redis');
+}
+
 /** Merges file and flags (flags win) and validates everything once, at the edge. */
 export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartConfig {
   const pick = (k: keyof typeof O) => (flags[k] !== undefined ? flags[k] : file[k]);
@@ -229,8 +246,9 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
   const dnsListen = dnsListenRaw.length
     ? dnsListenRaw.map((t) => parseHostPort(t, 53, '--dns-listen'))
     : [{ host: cidr.gatewayIp, port: 53 }];
-  if (bool(pick('redisSharedPool')) && pick('redis') === undefined) {
-    throw new UsageError('--redis-shared-pool needs --redis URL');
+  const redis = redisTarget(flags, file);
+  if (bool(pick('redisSharedPool')) && redis === undefined) {
+    throw new UsageError('--redis-shared-pool needs --redis URL or --redis-cluster HOST:PORT,…');
   }
   if (boolOpt('systemDns')) {
     if (strOpt('stateDir') === '') {
@@ -251,7 +269,6 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
   // (the daemon parses them again with its runtime hooks).
   asUsage(() => new FakeIpFilter(fakeIpFilter));
   asUsage(() => parseUpstream(upstream));
-  const redis = pick('redis') === undefined ? undefined : str(pick('redis'), '--redis');
   const nodeId = str(pick('nodeId') ?? hostname(), '--node-id');
   if (redis !== undefined) {
     parseRedisUrl(redis);

@@ -126,15 +126,21 @@ export const START_OPTIONS = {
   },
   redis: {
     flag: '--redis <url>',
-    help: 'mirror the NAT table and fake-IP map to redis://[user:pass@]host:port[/db]',
+    help: 'mirror the NAT table and fake-IP map to redis://[user:pass@]host:port[/db], redis+sentinel://… or redis+cluster://…',
     defaultText: 'off',
-    why: 'mirror the NAT table and fake-IP map (`redis://[user:pass@]host:port[/db]`, `rediss://`)',
+    why: 'mirror the NAT table and fake-IP map: one server `redis://[user:pass@]host:port[/db]`, a Sentinel-managed primary `redis+sentinel://[user:pass@]host:port[,host:port…]/mastername[/db][?sentinelUsername=…&sentinelPassword=…]` or a Cluster `redis+cluster://[user:pass@]host:port[,host:port…]` (`rediss…` for TLS); docs/redis.md',
+  },
+  redisCluster: {
+    flag: '--redis-cluster <nodes>',
+    help: 'instead of --redis: a Redis Cluster found from these seed nodes, [user:pass@]host:port[,host:port…]',
+    defaultText: 'off',
+    why: 'a Redis Cluster instead of `--redis`, from its seed nodes `[user:pass@]host:port[,host:port…]` (the same as `--redis redis+cluster://…`); give one of the two',
   },
   nodeId: {
     flag: '--node-id <id>',
-    help: 'Redis key namespace fakeproxy:<id>:',
+    help: 'Redis key namespace fakeproxy:{<id>}:',
     defaultText: 'hostname',
-    why: 'Redis key namespace `fakeproxy:<id>:`',
+    why: 'Redis key namespace `fakeproxy:{<id>}:` (a hash tag: one Cluster slot per node)',
   },
   redisSharedPool: {
     flag: '--redis-shared-pool',

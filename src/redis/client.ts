@@ -23,7 +23,9 @@ export type RedisFactory = (url: string, options: RedisOptions) => RedisClient;
  *   through failovers (ioredis's Sentinel client);
  * - `redis+cluster://[user:pass@]host:port[,host:port…]` (`rediss+cluster://`):
  *   a Redis Cluster found from these seed nodes (ioredis's Cluster client).
- * user:pass are the Redis nodes' ACL user / password (Sentinels without AUTH).
+ * user:pass are the Redis nodes' ACL user / password. Sentinels with their
+ * own AUTH (`requirepass` or an ACL user in sentinel.conf) take
+ * `?sentinelUsername=…&sentinelPassword=…` after the master name.
  */
 export type RedisTarget =
   | { kind: 'standalone'; url: string }
@@ -35,6 +37,8 @@ export type RedisTarget =
       nodes: { host: string; port: number }[];
       name: string;
       db: number;
+      sentinelUsername?: string;
+      sentinelPassword?: string;
     }
   | { kind: 'cluster'; tls: boolean; username?: string; password?: string; nodes: { host: string; port: number }[] };
 
@@ -42,7 +46,7 @@ export type RedisTarget =
 const SENTINEL_PORT = 26379;
 const CLUSTER_PORT = 6379;
 const URL_FORMS =
-  'redis://[user:password@]host:port[/db], redis+sentinel://[user:password@]host:port[,host:port…]/mastername[/db] or redis+cluster://[user:password@]host:port[,host:port…] (rediss… for TLS)';
+  'redis://[user:password@]host:port[/db], redis+sentinel://[user:password@]host:port[,host:port…]/mastername[/db][?sentinelPassword=…] or redis+cluster://[user:password@]host:port[,host:port…] (rediss… for TLS)';
 
 /** A Redis error reply (a replica that used to be the primary) that a reconnect to the new primary fixes. */
 const READONLY = /^READONLY/;
@@ -63,6 +67,8 @@ export const defaultRedisFactory: RedisFactory = (url, options) => {
       db: t.db,
       username: t.username,
       password: t.password,
+      sentinelUsername: t.sentinelUsername,
+      sentinelPassword: t.sentinelPassword,
       role: 'master',
       tls,
       enableTLSForSentinelMode: t.tls,
@@ -221,9 +227,9 @@ export interface RedisLogger {
  * into an endless "reconnecting" loop.
  */
 export function parseRedisUrl(url: string): RedisTarget {
-  const multi = /^(rediss?)\+(sentinel|cluster):\/\/(?:([^@/]*)@)?([^/]*)(?:\/(.*))?$/.exec(url);
+  const multi = /^(rediss?)\+(sentinel|cluster):\/\/(?:([^@/]*)@)?([^/?]*)(?:\/([^?]*))?(?:\?(.*))?$/.exec(url);
   if (multi) {
-    const [, scheme, kind, auth, hosts, path = ''] = multi;
+    const [, scheme, kind, auth, hosts, path = '', query] = multi;
     const where = redactRedisUrl(url);
     if (hosts === '') throw new UsageError(`invalid Redis URL "${where}": no host`);
     const colon = auth?.indexOf(':') ?? -1;
@@ -233,6 +239,7 @@ export function parseRedisUrl(url: string): RedisTarget {
         auth === undefined ? undefined : decodeURIComponent(colon < 0 ? auth : auth.slice(0, colon)) || undefined,
       password: auth === undefined || colon < 0 ? undefined : decodeURIComponent(auth.slice(colon + 1)) || undefined,
     };
+    const params = sentinelParams(url, query, kind);
     if (kind === 'cluster') {
       if (path !== '') {
         throw new UsageError(`invalid Redis URL "${where}": a Redis Cluster has no database or name ("/${path}")`);
@@ -246,7 +253,14 @@ export function parseRedisUrl(url: string): RedisTarget {
       );
     }
     if (!/^\d+$/.test(db)) throw new UsageError(`invalid Redis URL "${where}": database "/${db}" must be a number`);
-    return { kind: 'sentinel', ...creds, nodes: parseHosts(url, hosts, SENTINEL_PORT), name, db: Number(db) };
+    return {
+      kind: 'sentinel',
+      ...creds,
+      nodes: parseHosts(url, hosts, SENTINEL_PORT),
+      name,
+      db: Number(db),
+      ...params,
+    };
   }
   let u: URL;
   try {
@@ -267,12 +281,35 @@ export function parseRedisUrl(url: string): RedisTarget {
   return { kind: 'standalone', url };
 }
 
-/** The URL with its password replaced by `***`, for log lines and errors. */
+/** The Sentinels' own credentials from a Sentinel URL's query (`?sentinelUsername=…&sentinelPassword=…`). */
+function sentinelParams(
+  url: string,
+  query: string | undefined,
+  kind: string,
+): { sentinelUsername?: string; sentinelPassword?: string } {
+  if (query === undefined) return {};
+  const where = redactRedisUrl(url);
+  if (kind !== 'sentinel') throw new UsageError(`invalid Redis URL "${where}": a Redis Cluster URL takes no ?options`);
+  const out: { sentinelUsername?: string; sentinelPassword?: string } = {};
+  for (const [k, v] of new URLSearchParams(query)) {
+    if (k !== 'sentinelUsername' && k !== 'sentinelPassword') {
+      throw new UsageError(
+        `invalid Redis URL "${where}": unknown option "${k}" (a Sentinel URL takes sentinelUsername and sentinelPassword)`,
+      );
+    }
+    out[k] = v || undefined;
+  }
+  return out;
+}
+
+/** The URL with its passwords (the nodes', the Sentinels') replaced by `***`, for log lines and errors. */
 export function redactRedisUrl(url: string): string {
   const multi = /^(rediss?\+(?:sentinel|cluster):\/\/)(?:([^:@/]*)(:[^@/]*)?@)?(.*)$/.exec(url);
   if (multi) {
-    const [, head, user = '', pass, rest] = multi;
-    if (pass === undefined) return multi[2] === undefined ? url : `${head}${user}@${rest}`;
+    const [, head, user = '', pass, tail] = multi;
+    // Every ?option value but a user name is hidden: a mistyped sentinelPassword is still a password.
+    const rest = tail.replace(/([?&](?!sentinelUsername=)[^=&]*=)[^&]*/g, '$1***');
+    if (pass === undefined) return multi[2] === undefined ? `${head}${rest}` : `${head}${user}@${rest}`;
     return `${head}${user}${pass === ':' ? ':' : ':***'}@${rest}`;
   }
   try {
@@ -313,14 +350,27 @@ export function describeRedisError(url: string, err: unknown): string {
   const msg = (e?.message ?? String(err)).split('\n')[0];
   switch (classifyRedisError(err)) {
     case 'auth':
-      return `Redis at ${where} rejected the credentials (${msg.split(' ')[0]}): check user/password in the URL (redis://[user:]password@host:port)`;
+      return `Redis at ${where} rejected the credentials (${authWord(msg)}): check user/password in the URL (${authHint(url)})`;
     case 'noauth':
-      return `Redis at ${where} requires a password: put it in the URL (redis://:password@host:port)`;
+      return `Redis at ${where} requires a password: put it in the URL (${authHint(url)})`;
     case 'unreachable':
       return `cannot reach Redis at ${where} (${e?.code ?? msg}): is redis-server running and the address right?`;
     default:
       return `Redis at ${where}: ${msg}`;
   }
+}
+
+/** WRONGPASS/NOAUTH/… out of a message that may wrap it ("All sentinels are unreachable… Last error: WRONGPASS…"). */
+function authWord(msg: string): string {
+  return /WRONGPASS|NOAUTH/.exec(msg)?.[0] ?? msg.split(' ')[0];
+}
+
+/** Where credentials go in this kind of URL. */
+function authHint(url: string): string {
+  if (/^rediss?\+sentinel:/.test(url)) {
+    return 'redis+sentinel://[user:]password@host:port,…/mastername for the Redis nodes, ?sentinelUsername=…&sentinelPassword=… for the Sentinels';
+  }
+  return 'redis://[user:]password@host:port';
 }
 
 export function redisErrorCode(err: unknown): string {

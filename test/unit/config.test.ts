@@ -93,6 +93,19 @@ describe('resolveStartConfig', () => {
   it('--redis-shared-pool without --redis is a usage error, caught before anything is created', () => {
     expect(() => resolveStartConfig({ redisSharedPool: true })).toThrow(/--redis-shared-pool needs --redis/);
   });
+  it('--redis-cluster h:p,… is --redis redis+cluster://h:p,…; one of the two; a flag overrides the file', () => {
+    expect(resolveStartConfig({ redisCluster: 'a:7000,b:7001' }).redis).toBe('redis+cluster://a:7000,b:7001');
+    expect(resolveStartConfig({}, { redisCluster: ':pw@a:7000' }).redis).toBe('redis+cluster://:pw@a:7000');
+    expect(resolveStartConfig({ redisCluster: 'a:7000', redisSharedPool: true }).redisSharedPool).toBe(true);
+    expect(() => resolveStartConfig({ redis: 'redis://r:6379', redisCluster: 'a:7000' })).toThrow(
+      /--redis and --redis-cluster both given: use one/,
+    );
+    expect(resolveStartConfig({ redis: 'redis://r:6379' }, { redisCluster: 'a:7000' }).redis).toBe('redis://r:6379');
+    expect(resolveStartConfig({ redisCluster: 'a:7000' }, { redis: 'redis://r:6379' }).redis).toBe(
+      'redis+cluster://a:7000',
+    );
+    expect(() => resolveStartConfig({ redisCluster: 'a:7000,b:99999' })).toThrow(/"b:99999" is not host:port/);
+  });
   it('the DNS listener follows the range', () => {
     expect(resolveStartConfig({ cidr: '198.10.0.0/16' }).dnsListen).toEqual([{ host: '198.10.0.1', port: 53 }]);
   });

@@ -44,6 +44,19 @@ describe('parseRedisUrl', () => {
         ],
       },
     ],
+    [
+      'redis+sentinel://:nodes@10.0.0.1/m?sentinelUsername=watch&sentinelPassword=s%26p',
+      {
+        kind: 'sentinel',
+        tls: false,
+        password: 'nodes',
+        nodes: [{ host: '10.0.0.1', port: 26379 }],
+        name: 'm',
+        db: 0,
+        sentinelUsername: 'watch',
+        sentinelPassword: 's&p',
+      },
+    ],
   ])('%s', (url, target) => {
     expect(parseRedisUrl(url)).toEqual(target);
   });
@@ -57,6 +70,11 @@ describe('parseRedisUrl', () => {
     ['redis+cluster://a:7000,b:99999', /"b:99999" is not host:port/],
     ['redis+cluster://a:7000/0', /a Redis Cluster has no database/],
     ['redis+cluster://:secret@a:7000,,b', /"" is not host:port/],
+    [
+      'redis+sentinel://a/m?sentinelPass=secret',
+      /unknown option "sentinelPass" \(a Sentinel URL takes sentinelUsername/,
+    ],
+    ['redis+cluster://a:7000?sentinelPassword=secret', /a Redis Cluster URL takes no \?options/],
   ])('rejects %s naming the fix', (url, message) => {
     const err = (() => {
       try {
@@ -77,6 +95,11 @@ describe('redactRedisUrl', () => {
     ['redis+sentinel://u:pw@a:1,b:2/m', 'redis+sentinel://u:***@a:1,b:2/m'],
     ['rediss+cluster://u@a:1', 'rediss+cluster://u@a:1'],
     ['redis+cluster://a:1,b:2', 'redis+cluster://a:1,b:2'],
+    ['redis+sentinel://a:1/m?sentinelPassword=sp', 'redis+sentinel://a:1/m?sentinelPassword=***'],
+    [
+      'redis+sentinel://:pw@a:1/m/2?sentinelUsername=u&sentinelPassword=sp',
+      'redis+sentinel://:***@a:1/m/2?sentinelUsername=u&sentinelPassword=***',
+    ],
   ])('%s → %s', (url, shown) => {
     expect(redactRedisUrl(url)).toBe(shown);
   });

@@ -4,14 +4,22 @@
  * Sentinel (RESP over real TCP) names a real redis-server as the primary and
  * publishes +switch-master exactly while the client asks it where the
  * primary is, after the client's connection was killed: the timing of a
- * real failover, made deterministic.
+ * real failover, made deterministic. And a real redis-sentinel with a
+ * password of its own (?sentinelPassword=).
  */
 import { once } from 'node:events';
 import net from 'node:net';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultRedisFactory, type RedisClient, resilientClient, resilientOptions } from '../../../src/redis/client.js';
-import { eventually, TestRedis } from './redisServer.js';
+import { FakeproxyError } from '../../../src/errors.js';
+import {
+  connectOnce,
+  defaultRedisFactory,
+  type RedisClient,
+  resilientClient,
+  resilientOptions,
+} from '../../../src/redis/client.js';
+import { eventually, TestRedis, TestSentinel } from './redisServer.js';
 
 const bulk = (s: string) => `$${Buffer.byteLength(s)}\r\n${s}\r\n`;
 const array = (items: string[]) => `*${items.length}\r\n${items.join('')}`;
@@ -161,5 +169,50 @@ describe('a Sentinel client through a failover announced during its reconnection
     await ended;
     await new Promise((r) => setTimeout(r, 1_000));
     expect(client.status).toBe('end');
+  });
+});
+
+describe('Sentinels with a password of their own (?sentinelPassword=)', () => {
+  let redis: TestRedis;
+  let sentinel: TestSentinel;
+
+  beforeAll(async () => {
+    redis = await TestRedis.start({ password: 'nodes-pw' });
+    sentinel = await TestSentinel.start(redis, { password: 'sentinel-pw' });
+  });
+  afterAll(async () => {
+    await sentinel?.destroy();
+    await redis?.destroy();
+  });
+
+  const base = () => `redis+sentinel://:nodes-pw@127.0.0.1:${sentinel.port}/mymaster`;
+
+  it('connects with both passwords and reaches the primary', async () => {
+    const client = await connectOnce(`${base()}?sentinelPassword=sentinel-pw`);
+    try {
+      expect(await client.set('fakeproxy:sentinel-auth', 'ok')).toBe('OK');
+      expect((await redis.cli('GET', 'fakeproxy:sentinel-auth')).trim()).toBe('ok');
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it.each([
+    ['no Sentinel password', '', /requires a password: .*\?sentinelUsername=…&sentinelPassword=… for the Sentinels/],
+    ['a wrong one', '?sentinelPassword=wrong', /rejected the credentials \(WRONGPASS\)/],
+  ])('%s: one line naming the fix, nothing secret in it', async (_what, query, message) => {
+    const err = await connectOnce(`${base()}${query}`).then(
+      (c: RedisClient) => {
+        c.disconnect();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(FakeproxyError);
+    const msg = (err as Error).message;
+    expect(msg.split('\n')).toHaveLength(1);
+    expect(msg).toMatch(message);
+    expect(msg).toMatch(/^Redis at redis\+sentinel:\/\/:\*\*\*@127\.0\.0\.1:\d+\/mymaster/);
+    expect(msg).not.toMatch(/nodes-pw|wrong/);
   });
 });

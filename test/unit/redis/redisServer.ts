@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -134,4 +134,54 @@ export interface CapturedLog {
 export function captureLog(): CapturedLog {
   const lines: string[] = [];
   return { lines, info: (m) => lines.push(`info ${m}`), warn: (m) => lines.push(`warn ${m}`) };
+}
+
+/**
+ * A real redis-sentinel on 127.0.0.1 watching `primary` as "mymaster"
+ * (quorum 1). It answers get-master-addr-by-name from its configuration at
+ * once, so clients can resolve the primary without waiting for discovery.
+ */
+export class TestSentinel {
+  private constructor(
+    readonly port: number,
+    private readonly proc: ChildProcess,
+    private readonly dir: string,
+    readonly password?: string,
+  ) {}
+
+  static async start(primary: TestRedis, opts: { password?: string } = {}): Promise<TestSentinel> {
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), 'fp-sentinel-'));
+    const conf = join(dir, 'sentinel.conf');
+    const lines = [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      `dir ${dir}`,
+      `sentinel monitor mymaster 127.0.0.1 ${primary.port} 1`,
+      ...(primary.password ? [`sentinel auth-pass mymaster ${primary.password}`] : []),
+      ...(opts.password ? [`requirepass ${opts.password}`] : []),
+    ];
+    writeFileSync(conf, `${lines.join('\n')}\n`);
+    const proc = spawn('/usr/bin/redis-sentinel', [conf], { stdio: 'ignore' });
+    const s = new TestSentinel(port, proc, dir, opts.password);
+    await eventually(
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`redis-sentinel exited with ${proc.exitCode}`);
+        const auth = opts.password ? ['-a', opts.password, '--no-auth-warning'] : [];
+        const { stdout } = await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...auth, 'PING']);
+        return stdout.trim() === 'PONG';
+      },
+      'redis-sentinel to answer PING',
+      10_000,
+    );
+    return s;
+  }
+
+  async destroy(): Promise<void> {
+    if (this.proc.exitCode === null) {
+      this.proc.kill('SIGKILL');
+      await once(this.proc, 'exit');
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
 }
