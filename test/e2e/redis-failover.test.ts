@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type DaemonProc, ROOT, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason, type Netns } from './harness/netns.js';
 import { killRedis, output, rcli, type SentinelFleet, startSentinelFleet, until } from './harness/redis.js';
-import { addClient, createTopology, HTTP_PORT, startDaemonIn, type Topology, tmpFile } from './harness/topology.js';
+import { addClient, createTopology, ECHO_PORT, startDaemonIn, type Topology, tmpFile } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 const RESOLVE = join(ROOT, 'test/e2e/fixtures/resolve-paced.mjs');
@@ -139,16 +139,16 @@ describe.skipIf(skip)('shared fake-IP pool through a Sentinel failover (two gate
   });
 
   it('the mirror resynchronised into the new primary: dns ls and nat ls read through the Sentinels', async () => {
-    // A connection through each gateway after the failover, for nat ls.
-    for (const ns of [t.client, client2]) {
-      const r = await ns.exec('curl', ['-sS', '--max-time', '10', `http://origin.test:${HTTP_PORT}/hello`]);
-      expect(r.code, r.stderr).toBe(0);
-    }
+    // A connection through each gateway after the failover, held open for nat ls.
+    const hold = `require('node:net').connect(${ECHO_PORT}, 'echo.test').on('connect', () => console.log('connected'))`;
+    const holders = [t.client, client2].map((ns) => ns.spawn('node', ['-e', hold]));
+    await Promise.all(holders.map((h) => output(h).wait(/^connected$/m, 15_000)));
     const namesOf = async (node: string) => {
       const r = await runCli(t.client, ['dns', 'ls', '--redis', fleet.url, '--node', node, '--json']);
       expect(r.code, r.stderr).toBe(0);
       return (JSON.parse(r.stdout) as { names: { node: string; name: string; ip: string }[] }).names;
     };
+    const began = Date.now();
     for (const [node, count] of [
       ['gw1', 600],
       ['gw2', 600],
@@ -161,10 +161,18 @@ describe.skipIf(skip)('shared fake-IP pool through a Sentinel failover (two gate
           last = names.length;
           return names.length === count ? true : undefined;
         },
-        20_000,
+        30_000,
         () => last,
       );
     }
+    const redisLines = (d: DaemonProc | undefined) =>
+      (d?.output ?? '')
+        .split('\n')
+        .filter((l) => /redis|pool/i.test(l))
+        .join(' | ');
+    console.log(
+      `mirror maps complete ${Date.now() - began} ms into this test; gw1: ${redisLines(t.daemon)}; gw2: ${redisLines(d2)}`,
+    );
     // Both gateways' maps agree on every shared name.
     const [m1, m2] = [await namesOf('gw1'), await namesOf('gw2')].map(
       (l) => new Map(l.map((n) => [n.name, n.ip] as const)),
@@ -172,17 +180,18 @@ describe.skipIf(skip)('shared fake-IP pool through a Sentinel failover (two gate
     for (let i = 400; i < 600; i++) expect(m2.get(`n${i}.failover.test`)).toBe(m1.get(`n${i}.failover.test`));
 
     const flows = await until(
-      'both gateways’ origin.test flows in nat ls',
+      'both gateways’ echo.test flows in nat ls',
       async () => {
         const r = await runCli(t.client, ['nat', 'ls', '--redis', fleet.url, '--json']);
         if (r.code !== 0) return undefined;
         const f = (JSON.parse(r.stdout) as { flows: { node: string; name: string }[] }).flows.filter(
-          (x) => x.name === 'origin.test',
+          (x) => x.name === 'echo.test',
         );
         return new Set(f.map((x) => x.node)).size === 2 ? f : undefined;
       },
       20_000,
     );
-    expect(flows.map((f) => f.node).sort()).toEqual(expect.arrayContaining(['gw1', 'gw2']));
+    expect(flows.map((f) => f.node).sort()).toEqual(['gw1', 'gw2']);
+    for (const h of holders) h.kill('SIGKILL');
   });
 });
