@@ -18,7 +18,7 @@ import { Router } from './proxy/router.js';
 import { buildRouteTable, explainRoute, type RoutingDeps } from './proxy/routing.js';
 import { UdpListener } from './proxy/udp/udpListener.js';
 import { redactRedisUrl } from './redis/client.js';
-import { RedisMirror } from './redis/mirror.js';
+import { RedisMirror, sessionAnnotation } from './redis/mirror.js';
 import { nodePrefix } from './redis/schema.js';
 import { RedisSharedPool } from './redis/sharedPool.js';
 import { excludedCidrs, PolicyRouting } from './tun/policy.js';
@@ -272,9 +272,7 @@ export class Daemon {
     const mirror = this.mirror;
     if (mirror) {
       tcp.on('session', (e) => {
-        // Rule and chain ride in the outbound text until the Redis schema has fields for them.
-        const via = c.routing ? `${e.outbound} via ${e.chain} [${e.rule}]` : e.outbound;
-        if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: via });
+        if (e.phase === 'open') mirror.annotate(e.flowId, sessionAnnotation(e));
       });
     }
     // A TCP flow that left the table by idle timeout or eviction can carry no
@@ -312,7 +310,7 @@ export class Daemon {
     this.udp = udp;
     if (mirror) {
       udp.on('session', (e) => {
-        if (e.phase === 'open') mirror.annotate(e.flowId, { name: e.name, outbound: e.outbound });
+        if (e.phase === 'open') mirror.annotate(e.flowId, sessionAnnotation(e));
       });
     }
     await udp.start();

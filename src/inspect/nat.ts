@@ -73,6 +73,9 @@ export async function natLs(opts: NatLsOptions): Promise<NatLsRow[]> {
     { header: 'AGE', get: (r) => humanAge(now - r.createdMs), right: true },
     { header: 'UP', get: (r) => humanBytes(r.bytesOut), right: true },
     { header: 'DOWN', get: (r) => humanBytes(r.bytesIn), right: true },
+    // Last: a chain has spaces (`Proxy → auto → hk-1`).
+    { header: 'RULE', get: (r) => r.rule || '-' },
+    { header: 'CHAIN', get: (r) => r.chain || '-' },
   ];
   if (opts.node === undefined) columns.unshift({ header: 'NODE', get: (r) => r.node });
   opts.out.write(renderTable(rows, columns));
@@ -90,7 +93,9 @@ export function formatEvent(ev: FlowEventMessage, withNode: boolean): string {
   const time = new Date(ev.ts).toISOString().slice(11, 23);
   const node = withNode ? `${ev.node}  ` : '';
   const head = `${time}  ${node}${ev.type.padEnd(5)}  ${f.proto}  ${f.app} → ${destination(f)}  nat ${f.nat}`;
-  if (ev.type === 'open') return `${head}${f.outbound ? `  via ${f.outbound}` : ''}\n`;
+  if (ev.type === 'open') {
+    return `${head}${f.outbound ? `  via ${f.outbound}` : ''}${f.rule ? `  rule ${f.rule}  chain ${f.chain}` : ''}\n`;
+  }
   return `${head}  ${ev.reason ?? ''}  up ${humanBytes(f.bytesOut)}  down ${humanBytes(f.bytesIn)}  after ${humanAge(ev.ts - f.createdMs)}\n`;
 }
 

@@ -25,7 +25,7 @@ import {
   resilientClient,
   scanKeys,
 } from './client.js';
-import { encodeNodeInfo, type NodeKeys, nodeKeys } from './schema.js';
+import { encodeNodeInfo, type FlowAnnotation, type NodeKeys, nodeKeys } from './schema.js';
 import { type Batch, MirrorView } from './view.js';
 
 export type { FlowEventMessage, MirroredFlow } from './schema.js';
@@ -101,6 +101,16 @@ const RESYNC_CHUNK = 1_000;
 const POLL_DUTY_FACTOR = 50;
 /** Least time between two resync attempts started by the tick. */
 const RESYNC_RETRY_MS = 5_000;
+
+/** What a Listener's session-open event tells the mirror about its flow. */
+export function sessionAnnotation(e: {
+  name?: string | undefined;
+  outbound: string;
+  rule?: string | undefined;
+  chain?: string | undefined;
+}): Partial<FlowAnnotation> {
+  return { name: e.name, outbound: e.outbound, rule: e.rule, chain: e.chain };
+}
 
 export class RedisMirror {
   readonly nodeId: string;
@@ -205,7 +215,7 @@ export class RedisMirror {
   }
 
   /** The Listener tells which name and outbound a flow serves. Cheap; never waits. */
-  annotate(flowId: number, info: { name?: string; outbound?: string }): void {
+  annotate(flowId: number, info: Partial<FlowAnnotation>): void {
     this.view.annotate(flowId, info, this.now());
     this.scheduleFlush();
   }

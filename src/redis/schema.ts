@@ -5,8 +5,8 @@
  * and the readers (`fakeproxy nat|dns`, src/inspect/) import it, so a key or
  * field is spelled once. docs/redis.md documents the same schema for people.
  *
- * Adding a field to flow rows (for example the rule or chain that routed a
- * flow): add it to MirroredFlow and one line to FLOW_FIELDS; the hash
+ * Adding a field to flow rows (as `rule` and `chain` were): add it to
+ * MirroredFlow and one line to FLOW_FIELDS; the hash
  * encoding, the JSON events and `nat ls --json` follow. Readers must
  * tolerate fields they do not know and rows that lack new ones (decodeFlow
  * fills the zero value), so mixed versions of a fleet keep working.
@@ -122,6 +122,10 @@ export interface MirroredFlow {
   name: string;
   nat: string;
   outbound: string;
+  /** The routing rule that matched, as written (`DOMAIN-SUFFIX,example.com,Proxy`); `""` until routed. */
+  rule: string;
+  /** Rule target → … → proxy name (`Proxy → auto → hk-1`); `""` until routed. */
+  chain: string;
   state: string;
   createdMs: number;
   lastSeenMs: number;
@@ -143,6 +147,8 @@ export const FLOW_FIELDS: readonly { readonly name: keyof MirroredFlow; readonly
   { name: 'name', type: 'string' },
   { name: 'nat', type: 'string' },
   { name: 'outbound', type: 'string' },
+  { name: 'rule', type: 'string' },
+  { name: 'chain', type: 'string' },
   { name: 'state', type: 'string' },
   { name: 'createdMs', type: 'number' },
   { name: 'lastSeenMs', type: 'number' },
@@ -158,6 +164,9 @@ export interface FlowAnnotation {
   name: string;
   /** The outbound serving the flow (`""` until routed). */
   outbound: string;
+  /** The rule that chose it and the chain of groups to it (`""` until routed). */
+  rule: string;
+  chain: string;
 }
 
 /** The row of one flow: the engine's entry plus what the Listener told. */
@@ -170,6 +179,8 @@ export function flowRow(entry: FlowEntry, ann: FlowAnnotation): MirroredFlow {
     name: ann.name,
     nat: `${entry.natIp}:${entry.natPort}`,
     outbound: ann.outbound,
+    rule: ann.rule,
+    chain: ann.chain,
     state: entry.state,
     createdMs: entry.createdMs,
     lastSeenMs: entry.lastSeenMs,

@@ -14,6 +14,7 @@ import type { CloseReason, FlowEntry, FlowEvent } from '../nat/types.js';
 import {
   encodeEvent,
   encodeFlow,
+  type FlowAnnotation,
   type FlowEventMessage,
   flowKeyOf,
   flowMember,
@@ -31,6 +32,8 @@ export interface Tracked {
   member: string;
   name: string;
   outbound: string;
+  rule: string;
+  chain: string;
   /** A write of this key has been sent; a close must delete it. */
   inRedis: boolean;
   /** Counters as last written, to skip unchanged flows on refresh. */
@@ -71,7 +74,7 @@ export interface Batch {
 
 export class MirrorView {
   private readonly flows = new Map<number, Tracked>();
-  private readonly annotations = new Map<number, { name?: string; outbound?: string; atMs: number }>();
+  private readonly annotations = new Map<number, Partial<FlowAnnotation> & { atMs: number }>();
   private readonly byName = new Map<string, string>();
   private readonly byIp = new Map<string, string>();
 
@@ -134,12 +137,14 @@ export class MirrorView {
     }
   }
 
-  /** The Listener tells which name and outbound a flow serves. */
-  annotate(flowId: number, info: { name?: string; outbound?: string }, ts: number): void {
+  /** The Listener tells which name, outbound, rule and chain a flow serves. */
+  annotate(flowId: number, info: Partial<FlowAnnotation>, ts: number): void {
     const t = this.flows.get(flowId);
     if (t) {
       if (info.name !== undefined) t.name = info.name;
       if (info.outbound !== undefined) t.outbound = info.outbound;
+      if (info.rule !== undefined) t.rule = info.rule;
+      if (info.chain !== undefined) t.chain = info.chain;
       this.dirty.add(flowId);
       return;
     }
@@ -360,6 +365,8 @@ export class MirrorView {
       // captured at open so a later recycling of the address does not rename it.
       name: ann?.name ?? this.byIp.get(entry.dstIp) ?? '',
       outbound: ann?.outbound ?? '',
+      rule: ann?.rule ?? '',
+      chain: ann?.chain ?? '',
       inRedis: false,
       lastExpireMs: ts,
       missing: 0,

@@ -180,13 +180,15 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
     const ls = await runCli(t.client, ['nat', 'ls', '--redis', URL]);
     expect(ls.code).toBe(0);
     const lines = ls.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^NODE\s+PROTO\s+APP\s+DESTINATION\s+NAT\s+OUTBOUND\s+STATE\s+AGE\s+UP\s+DOWN$/);
+    expect(lines[0]).toMatch(
+      /^NODE\s+PROTO\s+APP\s+DESTINATION\s+NAT\s+OUTBOUND\s+STATE\s+AGE\s+UP\s+DOWN\s+RULE\s+CHAIN$/,
+    );
     const rows = lines.filter((l) => l.includes(`echo.test:${ECHO_PORT}`));
     expect(rows).toHaveLength(20);
     for (const app of c.apps) expect(rows.filter((r) => r.split(/\s+/).includes(app))).toHaveLength(1);
     for (const r of rows)
       expect(r).toMatch(
-        /^gw1\s+tcp\s+\S+\s+echo\.test:9000\s+\S+\s+direct\s+established\s+\S+\s+[\d.]+ [KMG]?i?B\s+[\d.]+ [KMG]?i?B$/,
+        /^gw1\s+tcp\s+\S+\s+echo\.test:9000\s+\S+\s+direct\s+established\s+\S+\s+[\d.]+ [KMG]?i?B\s+[\d.]+ [KMG]?i?B\s+MATCH \(final\),\S+\s+\S+$/,
       );
 
     // --json parses and carries the same 20 flows with numbers.
@@ -198,6 +200,9 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
     expect(flows).toHaveLength(20);
     for (const f of flows) {
       expect(f).toMatchObject({ node: 'gw1', proto: 'tcp', name: 'echo.test', outbound: 'direct' });
+      // The routing decision as fields (no --config: the final target).
+      expect(f.rule).toMatch(/^MATCH \(final\),\S+$/);
+      expect(f.chain).toMatch(/^\S+$/);
       expect(typeof f.bytesOut).toBe('number');
       expect(f.bytesOut as number).toBeGreaterThan(0);
       expect(f.bytesIn as number).toBeGreaterThan(0);

@@ -149,6 +149,10 @@ export interface UdpSessionEvent {
   port: number;
   /** Outbound label (`socks5://host:port`, `direct`, …). */
   outbound: string;
+  /** The routing rule that matched the first destination, as written (`DOMAIN-SUFFIX,example.com,Proxy`). */
+  rule: string;
+  /** Rule target → … → proxy name (`Proxy → auto → hk-1`). */
+  chain: string;
   datagramsUp: number;
   datagramsDown: number;
   bytesUp: number;
@@ -221,6 +225,8 @@ interface FlowCtx {
   flow: FlowEntry;
   name: string | undefined;
   outbound: Outbound;
+  /** Rule and chain of the routing decision (SessionEvent's). */
+  route: { rule: string; chain: string };
   key: string;
 }
 
@@ -266,6 +272,8 @@ export class UdpListener extends EventEmitter {
   readonly #host: AssociationHost;
   /** `natIp:natPort` → the live flow behind it, its name, outbound and association key. */
   readonly #ctx = new Map<string, FlowCtx>();
+  /** Each association's routing decision (kept beside it: the associations move datagrams only). */
+  readonly #routes = new WeakMap<object, FlowCtx['route']>();
   /** Flow ids confirmed live whose close has not been reported yet. */
   readonly #live = new Set<number>();
   /** Set when the NAT reports closes (UdpNat.on): the caches above are used only then. */
@@ -558,7 +566,7 @@ export class UdpListener extends EventEmitter {
         return;
       }
       const name = this.#o.names.reverse(flow.dstIp);
-      const outbound = this.#o.router.route({
+      const decision = this.#o.router.decide({
         name,
         ip: flow.dstIp,
         port: flow.dstPort,
@@ -566,7 +574,9 @@ export class UdpListener extends EventEmitter {
         srcIp: flow.srcIp,
         srcPort: flow.srcPort,
       });
-      c = { flow, name, outbound, key: `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}` };
+      const outbound = decision.outbound;
+      const route = { rule: decision.rule, chain: decision.chain.join(' → ') };
+      c = { flow, name, outbound, route, key: `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}` };
       if (this.#onFlowClose) {
         if (this.#ctx.size >= MAX_CACHED_FLOWS) this.#ctx.clear();
         this.#ctx.set(natKey, c);
@@ -577,7 +587,7 @@ export class UdpListener extends EventEmitter {
       this.#drops.oversized++;
       return;
     }
-    const { flow, name, outbound, key } = c;
+    const { flow, name, outbound, route, key } = c;
     let a = this.#assocs.get(key);
     if (a === undefined) {
       // Only a new app socket can be one of ours: checked once per association, not per datagram.
@@ -599,13 +609,13 @@ export class UdpListener extends EventEmitter {
         }
         this.#failedUntil.delete(key);
       }
-      const n = this.#openNative(key, flow, name, outbound);
+      const n = this.#openNative(key, flow, name, outbound, route);
       if (n === null) {
         this.#countUp(msg);
         this.#drops['setup-failed']++;
         return;
       }
-      a = n ?? this.#open(key, flow, name, outbound);
+      a = n ?? this.#open(key, flow, name, outbound, route);
     }
     // A native association's datagrams are counted by the relay.
     if (a instanceof AppAssociation) this.#countUp(msg);
@@ -631,6 +641,7 @@ export class UdpListener extends EventEmitter {
     flow: FlowEntry,
     name: string | undefined,
     outbound: Outbound,
+    route: FlowCtx['route'],
   ): NativeAssociation | undefined | null {
     const host = this.#nativeHost;
     const plan = outbound.udpNative;
@@ -651,15 +662,23 @@ export class UdpListener extends EventEmitter {
       return null;
     }
     this.#byId.set(a.id, a);
+    this.#routes.set(a, route);
     this.#assocs.set(key, a);
     this.#stats.opened++;
     this.emit('session', { ...this.#base(a), phase: 'open' });
     return a;
   }
 
-  #open(key: string, flow: FlowEntry, name: string | undefined, outbound: Outbound): AppAssociation {
+  #open(
+    key: string,
+    flow: FlowEntry,
+    name: string | undefined,
+    outbound: Outbound,
+    route: FlowCtx['route'],
+  ): AppAssociation {
     if (this.#assocs.size >= this.#o.maxAssociations) this.#evictOne();
     const a = new AppAssociation(this.#host, key, flow, name, outbound);
+    this.#routes.set(a, route);
     this.#assocs.set(key, a);
     this.#stats.opened++;
     this.emit('session', { ...this.#base(a), phase: 'open' });
@@ -768,6 +787,7 @@ export class UdpListener extends EventEmitter {
       ip: a.first.ip,
       port: a.first.port,
       outbound: a.outbound.label,
+      ...(this.#routes.get(a) ?? { rule: '', chain: '' }),
       datagramsUp: a instanceof AppAssociation ? a.datagramsUp : 0,
       datagramsDown: a instanceof AppAssociation ? a.datagramsDown : 0,
       bytesUp: a instanceof AppAssociation ? a.bytesUp : 0,

@@ -295,6 +295,9 @@ describe('UdpListener via direct', () => {
       port: echo.port,
       outbound: 'direct',
       app: '198.18.0.1:40001',
+      // The routing decision rides in the event (the Redis mirror stores it).
+      rule: expect.stringMatching(/^MATCH \(final\),\S+$/),
+      chain: expect.stringMatching(/^\S+$/),
     });
   });
 

@@ -44,7 +44,7 @@ beforeAll(async () => {
   const b = nat.open({ proto: 'udp', sport: 5353, dst: ipB, dport: 443, at: T0 + 1 });
   natA = `${a.natIp}:${a.natPort}`;
   natB = `${b.natIp}:${b.natPort}`;
-  mirror.annotate(a.id, { outbound: 'socks5' });
+  mirror.annotate(a.id, { outbound: 'socks5', rule: 'DOMAIN-SUFFIX,example.com,Proxy', chain: 'Proxy → auto → hk-1' });
   mirror.annotate(b.id, { outbound: 'direct' });
   await eventually(
     async () => (await redis.cliLines('ZCARD', 'fakeproxy:{gw1}:flows'))[0] === '2',
@@ -92,9 +92,9 @@ describe('nat ls', () => {
     const w = Math.max(natA.length, natB.length);
     expect(out.text).toBe(
       [
-        `PROTO  APP               DESTINATION        ${'NAT'.padEnd(w)}  OUTBOUND  STATE          AGE       UP     DOWN`,
-        `tcp    198.18.0.1:34567  example.com:80     ${natA.padEnd(w)}  socks5    established  3m12s  1.2 KiB  1.2 MiB`,
-        `udp    198.18.0.1:5353   video.example:443  ${natB.padEnd(w)}  direct    udp          3m11s     32 B      0 B`,
+        `PROTO  APP               DESTINATION        ${'NAT'.padEnd(w)}  OUTBOUND  STATE          AGE       UP     DOWN  RULE                             CHAIN`,
+        `tcp    198.18.0.1:34567  example.com:80     ${natA.padEnd(w)}  socks5    established  3m12s  1.2 KiB  1.2 MiB  DOMAIN-SUFFIX,example.com,Proxy  Proxy → auto → hk-1`,
+        `udp    198.18.0.1:5353   video.example:443  ${natB.padEnd(w)}  direct    udp          3m11s     32 B      0 B  -                                -`,
         '',
       ].join('\n'),
     );
@@ -114,6 +114,8 @@ describe('nat ls', () => {
       name: 'example.com',
       nat: natA,
       outbound: 'socks5',
+      rule: 'DOMAIN-SUFFIX,example.com,Proxy',
+      chain: 'Proxy → auto → hk-1',
       state: 'established',
       createdMs: T0,
       lastSeenMs: T0 + 1000,

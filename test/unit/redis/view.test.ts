@@ -34,7 +34,11 @@ describe('MirrorView', () => {
   it('turns an open event into one row write with a TTL, and later changes into writes without one', () => {
     const { live, view, keys } = setup();
     const f = live.open({ sport: 40_000 });
-    view.annotate(f.id, { name: 'example.com', outbound: 'direct' }, live.now);
+    view.annotate(
+      f.id,
+      { name: 'example.com', outbound: 'direct', rule: 'DOMAIN-SUFFIX,example.com,DIRECT', chain: 'DIRECT' },
+      live.now,
+    );
     const b1 = view.takeBatch(live.now);
     expect(b1.writes).toHaveLength(1);
     const w = b1.writes[0];
@@ -48,6 +52,8 @@ describe('MirrorView', () => {
       name: 'example.com',
       nat: `${f.natIp}:${f.natPort}`,
       outbound: 'direct',
+      rule: 'DOMAIN-SUFFIX,example.com,DIRECT',
+      chain: 'DIRECT',
       state: 'syn',
       createdMs: String(live.now),
       lastSeenMs: String(live.now),
@@ -57,8 +63,8 @@ describe('MirrorView', () => {
       pktsOut: '0',
       pktsIn: '0',
     });
-    expect(events(b1.events).map((e) => [e.type, e.node, e.flow.id, e.flow.outbound])).toEqual([
-      ['open', 'gw-view', f.id, 'direct'],
+    expect(events(b1.events).map((e) => [e.type, e.node, e.flow.id, e.flow.outbound, e.flow.rule])).toEqual([
+      ['open', 'gw-view', f.id, 'direct', 'DOMAIN-SUFFIX,example.com,DIRECT'],
     ]);
     expect(view.pendingCount()).toBe(0);
 
