@@ -1,0 +1,197 @@
+/**
+ * The shared-pool failover scenario of redis-failover.test.ts, for any Redis
+ * a fleet can fail over (Sentinel, Cluster): two gateways resolve 1 000
+ * names while `kill` takes the pool's primary away, and every reply is
+ * checked. Uses vitest's expect: test files only (bench/ never imports it).
+ */
+import { join } from 'node:path';
+import { expect } from 'vitest';
+import { type DaemonProc, ROOT, runCli } from './daemon.js';
+import type { Netns } from './netns.js';
+import { output, rcli, until } from './redis.js';
+import { addClient, createTopology, ECHO_PORT, startDaemonIn, type Topology, tmpFile } from './topology.js';
+
+const RESOLVE = join(ROOT, 'test/e2e/fixtures/resolve-paced.mjs');
+export const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
+
+export interface Resolved {
+  answers: [name: string, ip: string, ms: number][];
+  rcodes: Record<string, number>;
+  unanswered: string[];
+}
+
+export const failoverName = (i: number) => `n${i}.failover.test`;
+
+/**
+ * Side 1 (t.client) asks n0..n599, side 2 (client2) n400..n999: the 200
+ * shared names are spread through both runs, so both sides race for them
+ * before, during and after the failover. `kill` runs once half of each
+ * side's names went out; returns both sides' replies and when the kill began.
+ */
+export async function resolveThroughKill(
+  t: Topology,
+  client2: Netns,
+  kill: () => Promise<void>,
+): Promise<{ res1: Resolved; res2: Resolved; killedMs: number }> {
+  const interleave = (own: number[]) =>
+    own.flatMap((i, k) => (k % 2 === 0 ? [failoverName(400 + k / 2), failoverName(i)] : [failoverName(i)]));
+  const side1 = interleave(Array.from({ length: 400 }, (_, k) => k));
+  const side2 = interleave(Array.from({ length: 400 }, (_, k) => 600 + k));
+  expect(new Set([...side1, ...side2]).size).toBe(1000);
+  const f1 = tmpFile(t, 'failover1.txt', side1.join('\n'));
+  const f2 = tmpFile(t, 'failover2.txt', side2.join('\n'));
+  const o1 = output(t.client.spawn('node', [RESOLVE, f1, '40000']));
+  const o2 = output(client2.spawn('node', [RESOLVE, f2, '40000']));
+  await Promise.all([o1.wait(/^half \d+$/m), o2.wait(/^half \d+$/m)]);
+  const killedMs = Date.now();
+  await kill();
+  const [j1, j2] = await Promise.all([o1.wait(/^\{.*\}$/m, 60_000), o2.wait(/^\{.*\}$/m, 60_000)]);
+  return { res1: JSON.parse(j1[0]) as Resolved, res2: JSON.parse(j2[0]) as Resolved, killedMs };
+}
+
+/**
+ * Every name answered, in range, SERVFAIL the only error; one address per
+ * name and one name per address over every reply either side gave. Returns
+ * name → address.
+ */
+export function expectOneAddressPerName(res1: Resolved, res2: Resolved): Map<string, string> {
+  for (const r of [res1, res2]) {
+    expect(r.unanswered).toEqual([]);
+    for (const [, ip] of r.answers) expect(inRange(ip)).toBe(true);
+    expect(Object.keys(r.rcodes).filter((k) => k !== '0' && k !== '2')).toEqual([]);
+  }
+  const ipOf = new Map<string, Set<string>>();
+  const nameOf = new Map<string, Set<string>>();
+  for (const [n, ip] of [...res1.answers, ...res2.answers]) {
+    ipOf.set(n, (ipOf.get(n) ?? new Set()).add(ip));
+    nameOf.set(ip, (nameOf.get(ip) ?? new Set()).add(n));
+  }
+  expect([...ipOf].filter(([, s]) => s.size > 1).map(([n, s]) => `${n}: ${[...s]}`)).toEqual([]);
+  expect([...nameOf].filter(([, s]) => s.size > 1).map(([ip, s]) => `${ip}: ${[...s]}`)).toEqual([]);
+  expect(ipOf.size).toBe(1000);
+  return new Map([...ipOf].map(([n, s]) => [n, [...s][0]]));
+}
+
+/**
+ * The kill fell inside both runs (answers before it, SERVFAIL, answers after
+ * `switchedMs`); returns when each side answered its first name after the
+ * switch (any earlier answer after the kill was a name that side had cached).
+ */
+export function resumedAfter(res1: Resolved, res2: Resolved, killedMs: number, switchedMs: number): number[] {
+  for (const r of [res1, res2]) {
+    expect(r.answers.some(([, , ms]) => ms < killedMs)).toBe(true);
+    expect(r.rcodes['2'] ?? 0).toBeGreaterThan(0);
+    expect(r.answers.some(([, , ms]) => ms > switchedMs)).toBe(true);
+  }
+  return [res1, res2].map((r) => Math.min(...r.answers.map(([, , ms]) => ms).filter((ms) => ms > switchedMs)));
+}
+
+/** Every answered allocation is in the pool held by the Redis at ip:port (the promoted replica). */
+export async function expectPoolHolds(ns: Netns, ip: string, port: number, ipOf: Map<string, string>): Promise<void> {
+  const names = [...ipOf.keys()];
+  const input = names.map((n) => `HGET fakeproxy:pool:{198.18.0.0/16}:n2i ${n}\n`).join('');
+  const inRedis = (await rcli(ns, port, [], { host: ip, input })).split('\n');
+  names.forEach((n, i) => {
+    expect(inRedis[i], n).toBe(ipOf.get(n));
+  });
+}
+
+/**
+ * After the failover: both gateways' fake-IP maps (600 failover names each)
+ * are back in Redis and agree on the shared names (`dns ls`), and a
+ * connection held open through each gateway shows in `nat ls`, all read
+ * through `url`. Prints how long the mirrors took and their Redis log lines.
+ */
+export async function expectMirrorsResynced(
+  t: Topology,
+  client2: Netns,
+  url: string,
+  daemons: (DaemonProc | undefined)[],
+  label: string,
+): Promise<void> {
+  const hold = `require('node:net').connect(${ECHO_PORT}, 'echo.test').on('connect', () => console.log('connected'))`;
+  const holders = [t.client, client2].map((ns) => ns.spawn('node', ['-e', hold]));
+  try {
+    await Promise.all(holders.map((h) => output(h).wait(/^connected$/m, 15_000)));
+    const namesOf = async (node: string) => {
+      const r = await runCli(t.client, ['dns', 'ls', '--redis', url, '--node', node, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { names: { node: string; name: string; ip: string }[] }).names;
+    };
+    const began = Date.now();
+    for (const node of ['gw1', 'gw2']) {
+      let last: unknown;
+      await until(
+        `${node}'s fake-IP map (600 failover names) in Redis`,
+        async () => {
+          last = (await namesOf(node)).filter((n) => n.name.endsWith('.failover.test')).length;
+          return last === 600 ? true : undefined;
+        },
+        30_000,
+        () => last,
+      );
+    }
+    const redisLines = (d: DaemonProc | undefined) =>
+      (d?.output ?? '')
+        .split('\n')
+        .filter((l) => /redis|pool/i.test(l))
+        .join(' | ');
+    console.log(
+      `${label}: mirror maps complete ${Date.now() - began} ms into the check; gw1: ${redisLines(daemons[0])}; gw2: ${redisLines(daemons[1])}`,
+    );
+    const [m1, m2] = [await namesOf('gw1'), await namesOf('gw2')].map(
+      (l) => new Map(l.map((n) => [n.name, n.ip] as const)),
+    );
+    for (let i = 400; i < 600; i++) expect(m2.get(failoverName(i))).toBe(m1.get(failoverName(i)));
+
+    const flows = await until(
+      'both gateways’ echo.test flows in nat ls',
+      async () => {
+        const r = await runCli(t.client, ['nat', 'ls', '--redis', url, '--json']);
+        if (r.code !== 0) return undefined;
+        const f = (JSON.parse(r.stdout) as { flows: { node: string; name: string }[] }).flows.filter(
+          (x) => x.name === 'echo.test',
+        );
+        return new Set(f.map((x) => x.node)).size === 2 ? f : undefined;
+      },
+      20_000,
+    );
+    expect([...new Set(flows.map((f) => f.node))].sort()).toEqual(['gw1', 'gw2']);
+  } finally {
+    for (const h of holders) h.kill('SIGKILL');
+  }
+}
+
+export interface TwoGateways {
+  t: Topology;
+  client2: Netns;
+  /** gw1 in t.client (also t.daemon), gw2 in client2. */
+  daemons: [DaemonProc, DaemonProc];
+  destroy(): Promise<void>;
+}
+
+/**
+ * The topology with a second client namespace and a daemon in each (node ids
+ * gw1, gw2), sharing the pool through `redisArgs(node)`; `fleet` starts the
+ * Redis side in t.upstream first.
+ */
+export async function startTwoGateways(
+  fleet: (t: Topology) => Promise<(node: string) => string[]>,
+): Promise<TwoGateways> {
+  const t = await createTopology();
+  const args = await fleet(t);
+  const { ns: client2 } = await addClient(t, 'c2');
+  const d2 = startDaemonIn(client2, t.upstreamIp, [...args('gw2'), '--redis-shared-pool', '--node-id', 'gw2']);
+  const d1 = await t.startDaemon([...args('gw1'), '--redis-shared-pool', '--node-id', 'gw1']);
+  await d2.waitFor(/running; Ctrl-C to stop/, 20_000);
+  return {
+    t,
+    client2,
+    daemons: [d1, d2],
+    async destroy() {
+      await d2.stop();
+      await client2.delete();
+      await t.destroy();
+    },
+  };
+}
