@@ -203,3 +203,106 @@ export async function startSentinelFleet(
     },
   };
 }
+
+export interface RedisClusterFleet {
+  ip: string;
+  ports: number[];
+  /** redis+cluster://ip:port,… (every node as a seed) */
+  url: string;
+  /** `--redis-cluster` value: ip:port,… */
+  seeds: string;
+  /** Kill the node listening on `port` (SIGKILL). */
+  kill(port: number): Promise<void>;
+  /** The primary serving `key`'s slot now, and its replica (ports), as `asker` sees the cluster. */
+  ownerOf(key: string, asker?: number): Promise<{ primary: number; replica?: number }>;
+}
+
+/**
+ * A Redis Cluster of 3 primaries and 3 replicas (redis-cli --cluster create,
+ * cluster-node-timeout 1000 ms) on `ip` inside `ns`, every node agreeing
+ * that the cluster is ok before this resolves.
+ */
+export async function startRedisCluster(
+  ns: Netns,
+  t: Pick<Topology, 'tmp'>,
+  ip: string,
+  base = 7000,
+): Promise<RedisClusterFleet> {
+  const ports = Array.from({ length: 6 }, (_, i) => base + i);
+  const procs = new Map<number, ChildProcess>();
+  for (const port of ports) {
+    const extra = [
+      '--protected-mode',
+      'no',
+      '--cluster-enabled',
+      'yes',
+      '--cluster-config-file',
+      `nodes-${port}.conf`,
+      '--cluster-node-timeout',
+      '1000',
+      '--cluster-announce-ip',
+      ip,
+      '--dbfilename',
+      `dump-${port}.rdb`,
+    ];
+    procs.set(port, await startRedis(ns, t, port, extra, ip));
+  }
+  const hosts = ports.map((p) => `${ip}:${p}`);
+  const created = await ns.exec(
+    'redis-cli',
+    ['--cluster', 'create', ...hosts, '--cluster-replicas', '1', '--cluster-yes'],
+    { timeoutMs: 60_000 },
+  );
+  if (created.code !== 0 || !/All 16384 slots covered/.test(created.stdout)) {
+    throw new Error(`redis-cli --cluster create: ${created.code} ${created.stdout}${created.stderr}`);
+  }
+  for (const port of ports) {
+    await until(
+      `cluster node ${port} to report cluster_state:ok with 6 nodes`,
+      async () => {
+        const info = await rcli(ns, port, ['CLUSTER', 'INFO'], { host: ip });
+        return /cluster_state:ok/.test(info) && /cluster_known_nodes:6/.test(info) ? true : undefined;
+      },
+      30_000,
+    );
+  }
+  // Replicas in sync (a failover needs a replica that has the data).
+  for (const port of ports) {
+    await until(
+      `node ${port} replication settled`,
+      async () => {
+        const r = await rcli(ns, port, ['INFO', 'replication'], { host: ip });
+        return /role:master/.test(r) || /master_link_status:up/.test(r) ? true : undefined;
+      },
+      30_000,
+    );
+  }
+  return {
+    ip,
+    ports,
+    url: `redis+cluster://${hosts.join(',')}`,
+    seeds: hosts.join(','),
+    async kill(port) {
+      const p = procs.get(port);
+      if (p) await killRedis(p);
+    },
+    async ownerOf(key, asker) {
+      const from = asker ?? ports[0];
+      const slot = Number((await rcli(ns, from, ['CLUSTER', 'KEYSLOT', key], { host: ip })).trim());
+      const lines = (await rcli(ns, from, ['CLUSTER', 'NODES'], { host: ip })).split('\n').filter(Boolean);
+      const nodes = lines.map((l) => {
+        const [id, addr, flags, masterId, , , , , ...slots] = l.split(' ');
+        return { id, port: Number(addr.split('@')[0].split(':')[1]), flags, masterId, slots };
+      });
+      const owns = (ranges: string[]) =>
+        ranges.some((r) => {
+          const [a, b = a] = r.split('-').map(Number);
+          return slot >= a && slot <= b;
+        });
+      const primary = nodes.find((n) => /master/.test(n.flags) && !/fail/.test(n.flags) && owns(n.slots));
+      if (!primary) throw new Error(`no live primary serves slot ${slot}: ${lines.join(' / ')}`);
+      const replica = nodes.find((n) => n.masterId === primary.id && !/fail/.test(n.flags));
+      return { primary: primary.port, replica: replica?.port };
+    },
+  };
+}
