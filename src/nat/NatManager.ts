@@ -23,6 +23,7 @@ import {
 } from '../native.js';
 import { DEFAULT_NAT_TIMEOUTS, type NatTimeoutKey, START_OPTIONS as O } from '../options.js';
 import { CidrSet, type Ipv4Range, intToIp, ipToInt, isIpv4, parseCidr } from '../util/cidr.js';
+import { exhaustionCode, probeFd, resourceAlarm } from '../util/exhaustion.js';
 import type { CloseReason, FlowEntry, FlowEvent, NatLookup, PackedFlow, Proto } from './types.js';
 
 /**
@@ -183,7 +184,18 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
    * while started.
    */
   refreshSources(): void {
-    const local = this.#localAddresses();
+    let local: string[];
+    try {
+      local = this.#localAddresses();
+    } catch (e) {
+      // Out of fds, libuv cannot list the interfaces (uv_interface_addresses
+      // fails with errno 24): keep the sources we have and report the
+      // exhaustion as what it is; the next tick tries again.
+      const code = exhaustionCode(e) ?? probeFd();
+      if (code === undefined) throw e;
+      resourceAlarm.note(code, 'host address refresh');
+      return;
+    }
     const list = [...local, ...this.#lan].sort();
     const key = list.join(',');
     if (key === this.#sourcesKey) return;

@@ -4,6 +4,7 @@ import type { CloseReason, FlowEntry, FlowEvent, PackedFlow } from '../../../src
 import { PACKED_FLOW, PACKED_FLOW_LEN, PACKED_STATES } from '../../../src/native.js';
 import { NAT_TIMEOUTS, START_OPTIONS } from '../../../src/options.js';
 import { dottedToU32, intToIp, ipToInt } from '../../../src/util/cidr.js';
+import { resourceAlarm } from '../../../src/util/exhaustion.js';
 import { F, parse, tcpPacket, udpPacket } from '../native/packets.js';
 
 const T0 = 1_700_000_000_000;
@@ -228,6 +229,28 @@ describe('NatManager', () => {
     m.checkCounters();
     expect(logs).toHaveLength(1);
     expect(m.stats()).toMatchObject({ dropForeignSource: 1, flowsActive: 3 });
+  });
+
+  it('out of fds while re-reading the host addresses: keeps the sources it has, counts EMFILE, does not throw', () => {
+    let fail: Error | undefined;
+    const { m } = manager({
+      lan: ['192.168.7.0/24'],
+      localAddresses: () => {
+        if (fail) throw fail;
+        return ['10.50.0.2'];
+      },
+    });
+    const q = (src: string, sport: number) =>
+      m.engine.processPacket(udpPacket({ src, dst: '198.18.2.2', sport, dport: 443 }), T0);
+    const before = resourceAlarm.totals().EMFILE ?? 0;
+    fail = Object.assign(new Error('uv_interface_addresses returned EMFILE'), { code: 'EMFILE' });
+    expect(() => m.refreshSources()).not.toThrow();
+    expect(resourceAlarm.totals().EMFILE).toBe(before + 1);
+    expect(q('10.50.0.2', 1)).toHaveLength(1);
+    expect(q('10.60.0.9', 2)).toHaveLength(0);
+    // Any other failure is a bug and surfaces.
+    fail = new TypeError('boom');
+    expect(() => m.refreshSources()).toThrow('boom');
   });
 
   it('dnsClient: a hijacked query from a NAT address maps to its app; spoofed NAT, foreign sources are refused', () => {
