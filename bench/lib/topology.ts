@@ -13,9 +13,10 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { vethPair } from '../../test/e2e/harness/netns.js';
+import { danteConf } from '../../test/support/confs.js';
 import { type Ctx, deleteNetns, type Netns, need, newNetns, ROOT, run, sleep, waitListening } from './env.js';
 
 export type Service = 'dnsmasq' | 'origin' | 'dante' | 'microsocks' | 'tinyproxy' | 'iperf3' | 'udpecho';
@@ -172,7 +173,7 @@ export class Topology {
       case 'dante': {
         need('danted', 'dante-server');
         const conf = join(ctx.tmp, `danted-${up.name}.conf`);
-        writeFileSync(conf, danteConf(upIp, PORTS.dante));
+        writeFileSync(conf, danteConf({ ip: upIp, port: PORTS.dante }));
         const c = this.spawnLogged(up, 'danted', 'danted', ['-f', conf, '-p', join(ctx.tmp, `danted-${up.name}.pid`)]);
         await waitListening(up, 'tcp', upIp, PORTS.dante);
         return c;
@@ -223,30 +224,4 @@ export class Topology {
       }
     }
   }
-}
-
-/** dante (danted 1.4) as a no-auth SOCKS5 server for CONNECT and UDP ASSOCIATE. */
-export function danteConf(ip: string, port: number): string {
-  return `logoutput: stderr
-internal: ${ip} port = ${port}
-external: ${ip}
-clientmethod: none
-socksmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {
-  from: 0.0.0.0/0 to: 0.0.0.0/0
-  log: error
-}
-socks pass {
-  from: 0.0.0.0/0 to: 0.0.0.0/0
-  command: connect udpassociate bindreply udpreply
-  log: error
-}
-`;
-}
-
-/** True when a file exists in the repo (for optional teammate pieces). */
-export function repoHas(rel: string): boolean {
-  return existsSync(join(ROOT, rel));
 }

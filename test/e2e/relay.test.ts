@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { danteConf } from '../support/confs.js';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { createTopology, type Topology, tmpFile, waitListening } from './harness/topology.js';
@@ -24,23 +25,8 @@ describe.skipIf(skip)('native relay end to end', () => {
   beforeAll(async () => {
     t = await createTopology();
     const u = t.upstreamIp;
-    const danteConf = tmpFile(
-      t,
-      'danted.conf',
-      [
-        'logoutput: stderr',
-        `internal: ${u} port = ${DANTE}`,
-        `external: ${u}`,
-        'socksmethod: none',
-        'clientmethod: none',
-        'user.privileged: root',
-        'user.unprivileged: root',
-        'client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }',
-        'socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }',
-        '',
-      ].join('\n'),
-    );
-    t.upstream.spawn('danted', ['-f', danteConf, '-N', '1']);
+    const danteFile = tmpFile(t, 'danted.conf', danteConf({ ip: u, port: DANTE, unprivileged: 'root' }));
+    t.upstream.spawn('danted', ['-f', danteFile, '-N', '1']);
     t.upstream.spawn('node', [
       '-e',
       `require('node:net').createServer({ allowHalfOpen: true }, (s) => {

@@ -7,6 +7,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { danteConf, tinyproxyConf } from '../support/confs.js';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason, Netns, vethPair } from './harness/netns.js';
 import { capture, createTopology, HTTP_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
@@ -115,41 +116,23 @@ net.createServer((a) => {
     const tinyConf = tmpFile(
       t,
       'tinyproxy.conf',
-      [
-        `Port ${TINY}`,
-        `Listen ${u()}`,
-        'Allow 0.0.0.0/0',
-        'MaxClients 200',
-        `ConnectPort ${HTTP_PORT}`,
-        'Syslog Off',
-        'LogLevel Info',
-        `LogFile "${tinyLog}"`,
-        '',
-      ].join('\n'),
+      tinyproxyConf({
+        ip: u(),
+        port: TINY,
+        allow: ['0.0.0.0/0'],
+        connectPorts: [HTTP_PORT],
+        logFile: tinyLog,
+        extra: ['MaxClients 200'],
+      }),
     );
     t.upstream.spawn('tinyproxy', ['-d', '-c', tinyConf]);
-    const danteConf = tmpFile(
+    // Dante logs each CONNECT it serves (by address: it resolves the name itself), one `tcp/connect [` line each.
+    const danteFile = tmpFile(
       t,
       'danted.conf',
-      [
-        'logoutput: stderr',
-        `internal: ${u()} port = ${DANTE}`,
-        `external: ${u()}`,
-        'socksmethod: none',
-        'clientmethod: none',
-        'user.privileged: root',
-        'user.unprivileged: root',
-        'client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }',
-        // Dante logs each CONNECT it serves (by address: it resolves the name itself), one `tcp/connect [` line each.
-        'socks pass {',
-        '  from: 0.0.0.0/0 to: 0.0.0.0/0',
-        '  command: connect',
-        '  log: connect',
-        '}',
-        '',
-      ].join('\n'),
+      danteConf({ ip: u(), port: DANTE, unprivileged: 'root', log: 'connect' }),
     );
-    dante = capture(t.upstream.spawn('danted', ['-f', danteConf, '-N', '1']));
+    dante = capture(t.upstream.spawn('danted', ['-f', danteFile, '-N', '1']));
     for (const p of [MIC, MIC2, DANTE, TINY, SLOW, SLOW_BEHIND, QUICK]) await waitListening(t.upstream, p);
 
     // A LAN client behind the gateway namespace: its traffic to fake addresses is forwarded into the TUN.

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { danteConf, tinyproxyConf } from '../support/confs.js';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import {
@@ -90,37 +91,18 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
     const tinyConf = tmpFile(
       t,
       'tinyproxy.conf',
-      [
-        `Port ${TINYPROXY}`,
-        `Listen ${u}`,
-        `Allow ${t.clientIp}`,
-        `ConnectPort ${HTTP_PORT}`,
-        `ConnectPort ${ECHO_PORT}`,
-        'Syslog Off',
-        'LogLevel Info',
-        `LogFile "${tinyLog}"`,
-        '',
-      ].join('\n'),
+      tinyproxyConf({
+        ip: u,
+        port: TINYPROXY,
+        allow: [t.clientIp],
+        connectPorts: [HTTP_PORT, ECHO_PORT],
+        logFile: tinyLog,
+      }),
     );
     t.upstream.spawn('tinyproxy', ['-d', '-c', tinyConf]);
     // dante: a SOCKS5 server that keeps half-closed connections half-open (microsocks closes both ways on the first FIN).
-    const danteConf = tmpFile(
-      t,
-      'danted.conf',
-      [
-        'logoutput: stderr',
-        `internal: ${u} port = ${DANTE}`,
-        `external: ${u}`,
-        'socksmethod: none',
-        'clientmethod: none',
-        'user.privileged: root',
-        'user.unprivileged: root',
-        'client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }',
-        'socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }',
-        '',
-      ].join('\n'),
-    );
-    t.upstream.spawn('danted', ['-f', danteConf, '-N', '1']);
+    const danteFile = tmpFile(t, 'danted.conf', danteConf({ ip: u, port: DANTE, unprivileged: 'root' }));
+    t.upstream.spawn('danted', ['-f', danteFile, '-N', '1']);
     t.upstream.spawn('node', ['-e', `require('node:net').createServer(() => {}).listen(${SOCKS_SILENT}, '${u}')`]);
     for (const p of [SOCKS, SOCKS_AUTH, TINYPROXY, DANTE, SOCKS_SILENT]) await waitListening(t.upstream, p);
   });

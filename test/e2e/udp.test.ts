@@ -9,6 +9,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { danteConf } from '../support/confs.js';
 import { ROOT, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { createTopology, ECHO_PORT, type Topology, tmpFile, waitListening } from './harness/topology.js';
@@ -188,32 +189,12 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
         .find((l) => l.includes(` ${t.upstreamIp}/`))
         ?.split(/\s+/)[1];
       if (!ext) throw new Error(`no interface with ${t.upstreamIp} in the upstream namespace:\n${ifs}`);
+      // dante is the reference relay here, not what is tested: give its UDP
+      // sockets room for a burst of MTU-sized datagrams (capped by rmem_max).
       const conf = tmpFile(
         t,
         'danted.conf',
-        [
-          'logoutput: stderr',
-          `internal: ${t.upstreamIp} port = 1080`,
-          `external: ${ext}`,
-          'clientmethod: none',
-          'socksmethod: none',
-          'user.privileged: root',
-          'user.unprivileged: nobody',
-          // dante is the reference relay here, not what is tested: give its UDP
-          // sockets room for a burst of MTU-sized datagrams (capped by rmem_max).
-          'internal.udp.so_rcvbuf: 4194304',
-          'external.udp.so_rcvbuf: 4194304',
-          'client pass {',
-          '  from: 0.0.0.0/0 to: 0.0.0.0/0',
-          '  log: connect disconnect error',
-          '}',
-          'socks pass {',
-          '  from: 0.0.0.0/0 to: 0.0.0.0/0',
-          '  command: connect udpassociate udpreply bindreply',
-          '  log: connect disconnect error',
-          '}',
-          '',
-        ].join('\n'),
+        danteConf({ ip: t.upstreamIp, port: 1080, external: ext, log: 'connect disconnect error', udpRcvbuf: 4194304 }),
       );
       const dante = await t.spawnUpstream('danted', ['-f', conf, '-N', '1']);
       const collect = (d: Buffer) => {

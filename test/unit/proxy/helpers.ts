@@ -10,6 +10,7 @@ import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
 
 export const LO = '127.0.0.1';
 
+import { tinyproxyConf } from '../../support/confs.js';
 import { freePort } from '../../support/net.js';
 
 export { freePort, until } from '../../support/net.js';
@@ -88,17 +89,7 @@ export async function startTinyproxy(extra: string[] = []): Promise<Daemon> {
   const conf = join(dir, 'tinyproxy.conf');
   writeFileSync(
     conf,
-    [
-      `Port ${port}`,
-      `Listen ${LO}`,
-      'Timeout 30',
-      'MaxClients 50',
-      `Allow ${LO}`,
-      'LogLevel Info',
-      `PidFile "${join(dir, 'pid')}"`,
-      ...extra,
-      '',
-    ].join('\n'),
+    tinyproxyConf({ ip: LO, port, extra: ['Timeout 30', 'MaxClients 50', `PidFile "${join(dir, 'pid')}"`, ...extra] }),
   );
   return spawnDaemon('/usr/bin/tinyproxy', ['-d', '-c', conf], port, () =>
     rmSync(dir, { recursive: true, force: true }),
@@ -187,4 +178,25 @@ export class FakeNat implements NatLookup {
     }
     return undefined;
   }
+}
+
+/**
+ * Write, wait for the echo, then close. (Not `end(msg)`: microsocks's copy
+ * loop closes both sides on the first EOF, so it cannot carry a half-close.)
+ */
+export async function echoThrough(sock: net.Socket, msg: string, expectLen = msg.length): Promise<string> {
+  let got = '';
+  sock.setEncoding('latin1');
+  const done = new Promise<string>((resolve, reject) => {
+    sock.on('data', (d: string) => {
+      got += d;
+      if (got.length >= expectLen) resolve(got);
+    });
+    sock.once('error', reject);
+    sock.once('end', () => resolve(got));
+  });
+  sock.write(msg);
+  const out = await done;
+  sock.destroy();
+  return out;
 }

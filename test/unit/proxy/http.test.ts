@@ -2,7 +2,7 @@
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpOutbound } from '../../../src/proxy/outbounds/http.js';
-import { closeServer, type Daemon, echoOrigin, freePort, LO, listen, startTinyproxy } from './helpers.js';
+import { closeServer, type Daemon, echoOrigin, echoThrough, freePort, LO, listen, startTinyproxy } from './helpers.js';
 
 let plain: Daemon;
 let authed: Daemon;
@@ -20,23 +20,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([plain?.stop(), authed?.stop(), portLocked?.stop(), origin?.close()]);
 });
-
-async function echo(sock: net.Socket, msg: string, expectLen = msg.length): Promise<string> {
-  let got = '';
-  sock.setEncoding('latin1');
-  const done = new Promise<string>((resolve, reject) => {
-    sock.on('data', (d: string) => {
-      got += d;
-      if (got.length >= expectLen) resolve(got);
-    });
-    sock.once('error', reject);
-    sock.once('end', () => resolve(got));
-  });
-  sock.write(msg);
-  const out = await done;
-  sock.destroy();
-  return out;
-}
 
 /** A one-shot scripted "proxy": records the request head, answers `reply` in one write, then echoes. */
 async function scripted(reply: string | Buffer) {
@@ -64,13 +47,13 @@ describe('HttpOutbound via tinyproxy', () => {
     const out = new HttpOutbound({ host: LO, port: plain.port });
     const sock = await out.connect({ host: 'localhost', port: origin.port }, { timeoutMs: 3000 });
     expect(sock.allowHalfOpen).toBe(true);
-    expect(await echo(sock, 'through tinyproxy')).toBe('through tinyproxy');
+    expect(await echoThrough(sock, 'through tinyproxy')).toBe('through tinyproxy');
   });
 
   it('Basic auth accepted', async () => {
     const out = new HttpOutbound({ host: LO, port: authed.port, auth: { username: 'alice', password: 's3cret' } });
     const sock = await out.connect({ host: LO, port: origin.port });
-    expect(await echo(sock, 'authed')).toBe('authed');
+    expect(await echoThrough(sock, 'authed')).toBe('authed');
   });
 
   it.each([
@@ -113,7 +96,7 @@ describe('HttpOutbound wire handling (scripted proxy)', () => {
     const p = await scripted('HTTP/1.1 200 OK\r\n\r\n');
     try {
       const out = new HttpOutbound({ host: LO, port: p.port, auth: { username: 'u', password: 'p' } });
-      await echo(await out.connect({ host: 'origin.test', port: 443 }), 'x');
+      await echoThrough(await out.connect({ host: 'origin.test', port: 443 }), 'x');
       expect(p.heads[0]).toBe(
         'CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\nProxy-Authorization: Basic dTpw\r\n\r\n',
       );
@@ -126,7 +109,7 @@ describe('HttpOutbound wire handling (scripted proxy)', () => {
     const p = await scripted('HTTP/1.0 200 Connection established\r\nProxy-Agent: x\r\n\r\nBANNER');
     try {
       const sock = await new HttpOutbound({ host: LO, port: p.port }).connect({ host: 'a.test', port: 25 });
-      expect(await echo(sock, '+y', 8)).toBe('BANNER+y');
+      expect(await echoThrough(sock, '+y', 8)).toBe('BANNER+y');
     } finally {
       await p.close();
     }

@@ -2,7 +2,7 @@
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
-import { closeServer, type Daemon, echoOrigin, freePort, LO, listen, startMicrosocks } from './helpers.js';
+import { closeServer, type Daemon, echoOrigin, echoThrough, freePort, LO, listen, startMicrosocks } from './helpers.js';
 
 let open: Daemon;
 let authed: Daemon;
@@ -18,27 +18,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([open?.stop(), authed?.stop(), origin?.close()]);
 });
-
-/**
- * Write, wait for the echo, then close. (Not `end(msg)`: microsocks's copy
- * loop closes both sides on the first EOF, so it cannot carry a half-close.)
- */
-async function echoThrough(sock: net.Socket, msg: string, expectLen = msg.length): Promise<string> {
-  let got = '';
-  sock.setEncoding('latin1');
-  const done = new Promise<string>((resolve, reject) => {
-    sock.on('data', (d: string) => {
-      got += d;
-      if (got.length >= expectLen) resolve(got);
-    });
-    sock.once('error', reject);
-    sock.once('end', () => resolve(got));
-  });
-  sock.write(msg);
-  const out = await done;
-  sock.destroy();
-  return out;
-}
 
 describe('Socks5Outbound via microsocks', () => {
   it('CONNECTs by name: the proxy resolves it (we have no resolver at all)', async () => {

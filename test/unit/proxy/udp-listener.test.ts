@@ -22,6 +22,7 @@ import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
 import { Router } from '../../../src/proxy/router.js';
 import type { UdpNat } from '../../../src/proxy/udp/association.js';
 import { UdpListener, type UdpListenerOptions, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
+import { danteConf } from '../../support/confs.js';
 import { freePort, LO, listen, until, waitForPort } from './helpers.js';
 
 const FAKE1 = '198.18.2.2';
@@ -115,21 +116,7 @@ async function startDante(): Promise<Dante> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'fp-dante-'));
   const conf = join(dir, 'danted.conf');
-  writeFileSync(
-    conf,
-    [
-      'logoutput: stderr',
-      `internal: ${LO} port = ${port}`,
-      `external: ${LO}`,
-      'clientmethod: none',
-      'socksmethod: none',
-      'user.privileged: root',
-      'user.unprivileged: nobody',
-      'client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }',
-      'socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate udpreply bindreply }',
-      '',
-    ].join('\n'),
-  );
+  writeFileSync(conf, danteConf({ ip: LO, port }));
   const proc = spawn('/usr/sbin/danted', ['-f', conf, '-N', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => {
