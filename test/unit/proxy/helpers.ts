@@ -51,7 +51,7 @@ export interface Daemon {
   stop(): Promise<void>;
 }
 
-async function spawnDaemon(cmd: string, args: string[], port: number, cleanup?: () => void): Promise<Daemon> {
+export async function spawnDaemon(cmd: string, args: string[], port: number, cleanup?: () => void): Promise<Daemon> {
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => {
@@ -149,6 +149,25 @@ export async function socketPair(): Promise<[net.Socket, net.Socket]> {
   return [client, srv];
 }
 
+/** A NAT table row as the engine reports it, with zero counters and times; `proto`'s usual state. */
+export function flowEntry(
+  f: Pick<FlowEntry, 'id' | 'srcIp' | 'srcPort' | 'dstIp' | 'dstPort' | 'natPort'> & Partial<FlowEntry>,
+): FlowEntry {
+  const proto = f.proto ?? 'udp';
+  return {
+    proto,
+    natIp: LO,
+    state: proto === 'udp' ? 'udp' : 'established',
+    createdMs: 0,
+    lastSeenMs: 0,
+    pktsOut: 0,
+    bytesOut: 0,
+    pktsIn: 0,
+    bytesIn: 0,
+    ...f,
+  };
+}
+
 /** Maps app sockets (by their local port, read at lookup time) to an original destination. */
 export class FakeNat implements NatLookup {
   readonly flows = new Map<net.Socket, { dstIp: string; dstPort: number }>();
@@ -158,22 +177,7 @@ export class FakeNat implements NatLookup {
     this.lookups++;
     for (const [sock, dst] of this.flows) {
       if (proto === 'tcp' && natIp === LO && sock.localPort === natPort) {
-        return {
-          id: ++this.#id,
-          proto,
-          srcIp: '198.18.0.1',
-          srcPort: 40000,
-          ...dst,
-          natIp,
-          natPort,
-          state: 'established',
-          createdMs: 0,
-          lastSeenMs: 0,
-          pktsOut: 0,
-          bytesOut: 0,
-          pktsIn: 0,
-          bytesIn: 0,
-        };
+        return flowEntry({ id: ++this.#id, proto, srcIp: '198.18.0.1', srcPort: 40000, ...dst, natIp, natPort });
       }
     }
     return undefined;

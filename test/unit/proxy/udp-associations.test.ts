@@ -16,7 +16,7 @@ import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
 import { Router } from '../../../src/proxy/router.js';
 import { udpHeader } from '../../../src/proxy/socks5-codec.js';
 import { UdpListener, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
-import { LO, listen, until } from './helpers.js';
+import { flowEntry, LO, listen, until } from './helpers.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -305,23 +305,14 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
     const app = await udpSocket();
     const got: string[] = [];
     app.on('message', (m) => got.push(m.toString()));
-    nat.entry = {
+    nat.entry = flowEntry({
       id: 1,
-      proto: 'udp',
       srcIp: '198.18.0.1',
       srcPort: 40001,
       dstIp: '198.18.2.2',
       dstPort: 9000,
-      natIp: LO,
       natPort: app.address().port,
-      state: 'udp',
-      createdMs: 0,
-      lastSeenMs: 0,
-      pktsOut: 0,
-      bytesOut: 0,
-      pktsIn: 0,
-      bytesIn: 0,
-    };
+    });
     app.send('hello', l.address().port, LO);
     await until(() => fs.got.length === 1);
     expect(fs.got[0]).toMatchObject({ host: 'echo.test', port: 9000 });

@@ -1,12 +1,3 @@
-/**
- * UdpListener end to end on loopback: "app" datagrams → listener → (fake
- * NAT, fake names) → Router → direct / real dante UDP ASSOCIATE → a node
- * UDP echo server, and back. The NAT engine is not in unit tests: each
- * client socket stands for one NAT address (the test maps its port to a
- * flow: app socket + original destination) and the fake `ensureFlow` hands
- * out pre-bound spare sockets as new NAT addresses.
- */
-import { type ChildProcess, spawn } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,7 +14,7 @@ import { Router } from '../../../src/proxy/router.js';
 import type { UdpNat } from '../../../src/proxy/udp/association.js';
 import { UdpListener, type UdpListenerOptions, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
 import { danteConf } from '../../support/confs.js';
-import { freePort, LO, listen, until, waitForPort } from './helpers.js';
+import { type Daemon, flowEntry, freePort, LO, listen, spawnDaemon, until } from './helpers.js';
 
 const FAKE1 = '198.18.2.2';
 const FAKE2 = '198.18.2.3';
@@ -47,23 +38,14 @@ class FakeNat implements UdpNat {
   #id = 0;
 
   add(natPort: number, app: { ip: string; port: number }, dst: { ip: string; port: number }): FlowEntry {
-    const e: FlowEntry = {
+    const e = flowEntry({
       id: ++this.#id,
-      proto: 'udp',
       srcIp: app.ip,
       srcPort: app.port,
       dstIp: dst.ip,
       dstPort: dst.port,
-      natIp: LO,
       natPort,
-      state: 'udp',
-      createdMs: 0,
-      lastSeenMs: 0,
-      pktsOut: 0,
-      bytesOut: 0,
-      pktsIn: 0,
-      bytesIn: 0,
-    };
+    });
     this.flows.set(natPort, e);
     return e;
   }
@@ -104,50 +86,20 @@ async function echoServer(onMsg?: (msg: Buffer, r: dgram.RemoteInfo) => void) {
   return { sock: s, port: s.address().port, peers, count: () => count };
 }
 
-interface Dante {
-  port: number;
-  proc: ChildProcess;
-  output(): string;
-  stop(): Promise<void>;
-}
-
 /** Real dante (danted) allowing UDP ASSOCIATE on loopback, in the foreground with one process. */
-async function startDante(): Promise<Dante> {
+async function startDante(): Promise<Daemon> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'fp-dante-'));
   const conf = join(dir, 'danted.conf');
   writeFileSync(conf, danteConf({ ip: LO, port }));
-  const proc = spawn('/usr/sbin/danted', ['-f', conf, '-N', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout?.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  proc.stderr?.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  try {
-    await waitForPort(port, proc);
-  } catch (e) {
-    throw new Error(`danted did not start: ${(e as Error).message}\n${out}`);
-  }
-  return {
-    port,
-    proc,
-    output: () => out,
-    async stop() {
-      if (proc.exitCode === null && proc.signalCode === null) {
-        const exited = once(proc, 'exit');
-        proc.kill('SIGTERM');
-        await exited;
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  return spawnDaemon('/usr/sbin/danted', ['-f', conf, '-N', '1'], port, () =>
+    rmSync(dir, { recursive: true, force: true }),
+  );
 }
 
 // ---------------------------------------------------------------- setup
 
-let dante: Dante;
+let dante: Daemon;
 let echo: Awaited<ReturnType<typeof echoServer>>;
 const listeners: UdpListener[] = [];
 

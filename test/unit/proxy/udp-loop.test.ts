@@ -7,13 +7,12 @@
 import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { FlowEntry } from '../../../src/nat/types.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { DirectUdpAssociation } from '../../../src/proxy/outbounds/direct-udp.js';
 import { Router } from '../../../src/proxy/router.js';
 import { isOwnPort } from '../../../src/proxy/udp/ownPorts.js';
 import { UdpListener } from '../../../src/proxy/udp/udpListener.js';
-import { LO, until } from './helpers.js';
+import { flowEntry, LO, until } from './helpers.js';
 
 const closers: Array<() => unknown> = [];
 afterEach(async () => {
@@ -50,23 +49,8 @@ describe('UDP routing-loop guard', () => {
     echo.on('message', (m, r) => echo.send(m, r.port, r.address));
     const loopNat = await bound();
     const appNat = await bound();
-    const flow = (id: number, nat: dgram.Socket, srcPort: number): FlowEntry => ({
-      id,
-      proto: 'udp',
-      srcIp: LO,
-      srcPort,
-      dstIp: LO,
-      dstPort: echo.address().port,
-      natIp: LO,
-      natPort: nat.address().port,
-      state: 'udp',
-      createdMs: 0,
-      lastSeenMs: 0,
-      pktsOut: 0,
-      bytesOut: 0,
-      pktsIn: 0,
-      bytesIn: 0,
-    });
+    const flow = (id: number, nat: dgram.Socket, srcPort: number) =>
+      flowEntry({ id, srcIp: LO, srcPort, dstIp: LO, dstPort: echo.address().port, natPort: nat.address().port });
     const flows = new Map([
       [loopNat.address().port, flow(1, loopNat, ownPort)],
       [appNat.address().port, flow(2, appNat, 40_001)],
