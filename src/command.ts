@@ -7,7 +7,7 @@
  * controller API is a separate, later piece.
  */
 import * as net from 'node:net';
-import { controlPath } from './control.js';
+import { askDaemon, controlPath } from './control.js';
 import { FakeproxyError } from './errors.js';
 
 export const commandPath = (tun: string) => `${controlPath(tun)}/cmd`;
@@ -71,37 +71,17 @@ export class CommandServer {
 }
 
 /** Sends one command to the daemon serving `tun` in this namespace. */
-export function sendCommand(tun: string, req: CommandRequest, timeoutMs = 5000): Promise<CommandReply> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(commandPath(tun));
-    let buf = '';
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new FakeproxyError('ETIMEDOUT', `the daemon serving ${tun} did not answer within ${timeoutMs} ms`));
-    }, timeoutMs);
-    sock.setEncoding('utf8');
-    sock.on('connect', () => sock.write(`${JSON.stringify(req)}\n`));
-    sock.on('data', (d: string) => {
-      buf += d;
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      try {
-        resolve(JSON.parse(buf) as CommandReply);
-      } catch {
-        reject(new FakeproxyError('EPROTO', `unreadable answer from the daemon serving ${tun}`));
-      }
-    });
-    sock.on('error', (e: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      reject(
-        e.code === 'ECONNREFUSED' || e.code === 'ENOENT'
-          ? new FakeproxyError(
-              'ENOTRUNNING',
-              `no fakeproxy serves ${tun} in this network namespace (is it running? --tun NAME; or evaluate a file offline with --config FILE)`,
-            )
-          : e,
-      );
-    });
-  });
+export async function sendCommand(tun: string, req: CommandRequest, timeoutMs = 5000): Promise<CommandReply> {
+  const buf = await askDaemon(
+    commandPath(tun),
+    tun,
+    `${JSON.stringify(req)}\n`,
+    timeoutMs,
+    '--tun NAME; or evaluate a file offline with --config FILE',
+  );
+  try {
+    return JSON.parse(buf) as CommandReply;
+  } catch {
+    throw new FakeproxyError('EPROTO', `unreadable answer from the daemon serving ${tun}`);
+  }
 }

@@ -50,43 +50,33 @@ export class ControlServer {
   }
 }
 
-/** Reads the status of the daemon serving `tun` in this network namespace. */
-export function readStatus(tun: string, timeoutMs = 3000): Promise<Status> {
+/**
+ * One exchange with the daemon serving `tun` on one of its abstract sockets:
+ * writes `request` (if any), resolves with everything it answered before
+ * closing. `hint` ends the "not running" message.
+ */
+export function askDaemon(
+  path: string,
+  tun: string,
+  request: string | undefined,
+  timeoutMs: number,
+  hint = '--tun NAME',
+): Promise<string> {
   return new Promise((resolve, reject) => {
-    const sock = net.connect(controlPath(tun));
+    const sock = net.connect(path);
     let buf = '';
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new FakeproxyError('ETIMEDOUT', `the daemon serving ${tun} did not answer within ${timeoutMs} ms`));
     }, timeoutMs);
     sock.setEncoding('utf8');
+    if (request !== undefined) sock.on('connect', () => sock.write(request));
     sock.on('data', (d: string) => {
       buf += d;
     });
     sock.on('end', () => {
       clearTimeout(timer);
-      if (buf === '') {
-        // libuv accepts and closes at once when the daemon has no fd left (EMFILE).
-        reject(
-          new FakeproxyError(
-            'EMFILE',
-            `the daemon serving ${tun} closed the status connection without answering: it is probably out of file descriptors (EMFILE); its log says since when, raise its fd limit (LimitNOFILE, ulimit -n)`,
-          ),
-        );
-        return;
-      }
-      let s: Status;
-      try {
-        s = JSON.parse(buf) as Status;
-      } catch {
-        reject(new FakeproxyError('EPROTO', `unreadable status from the daemon serving ${tun}`));
-        return;
-      }
-      if (typeof s.error === 'string') {
-        reject(new FakeproxyError('ESTATUS', `the daemon serving ${tun} could not report its status: ${s.error}`));
-        return;
-      }
-      resolve(s);
+      resolve(buf);
     });
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
@@ -94,12 +84,34 @@ export function readStatus(tun: string, timeoutMs = 3000): Promise<Status> {
         e.code === 'ECONNREFUSED' || e.code === 'ENOENT'
           ? new FakeproxyError(
               'ENOTRUNNING',
-              `no fakeproxy serves ${tun} in this network namespace (is it running? --tun NAME)`,
+              `no fakeproxy serves ${tun} in this network namespace (is it running? ${hint})`,
             )
           : e,
       );
     });
   });
+}
+
+/** Reads the status of the daemon serving `tun` in this network namespace. */
+export async function readStatus(tun: string, timeoutMs = 3000): Promise<Status> {
+  const buf = await askDaemon(controlPath(tun), tun, undefined, timeoutMs);
+  if (buf === '') {
+    // libuv accepts and closes at once when the daemon has no fd left (EMFILE).
+    throw new FakeproxyError(
+      'EMFILE',
+      `the daemon serving ${tun} closed the status connection without answering: it is probably out of file descriptors (EMFILE); its log says since when, raise its fd limit (LimitNOFILE, ulimit -n)`,
+    );
+  }
+  let s: Status;
+  try {
+    s = JSON.parse(buf) as Status;
+  } catch {
+    throw new FakeproxyError('EPROTO', `unreadable status from the daemon serving ${tun}`);
+  }
+  if (typeof s.error === 'string') {
+    throw new FakeproxyError('ESTATUS', `the daemon serving ${tun} could not report its status: ${s.error}`);
+  }
+  return s;
 }
 
 const num = (o: unknown, k: string): number => {
