@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { FakeDns } from '../src/dns/index.js';
 import { parseCidr } from '../src/util/cidr.js';
+import { dnsmasqArgs } from '../test/support/confs.js';
 import { freePort } from '../test/support/net.js';
 
 export interface BenchDnsOptions {
@@ -88,18 +89,7 @@ export async function benchDns(opts: BenchDnsOptions = {}): Promise<BenchDnsResu
     // dnsmasq on a local zone
     child = spawn(
       opts.dnsmasq ?? '/usr/sbin/dnsmasq',
-      [
-        '--keep-in-foreground',
-        '--conf-file=/dev/null',
-        '--no-resolv',
-        '--no-hosts',
-        '--user=root',
-        '--pid-file',
-        `--port=${port}`,
-        '--listen-address=127.0.0.1',
-        '--bind-interfaces',
-        '--address=/bench.test/192.0.2.1',
-      ],
+      dnsmasqArgs('127.0.0.1', ['--pid-file', `--port=${port}`, '--address=/bench.test/192.0.2.1']),
       { stdio: 'ignore' },
     );
     await waitUdp(port, child);

@@ -16,7 +16,7 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { vethPair } from '../../test/e2e/harness/netns.js';
-import { danteConf } from '../../test/support/confs.js';
+import { danteConf, dnsmasqArgs } from '../../test/support/confs.js';
 import { type Ctx, deleteNetns, type Netns, need, newNetns, ROOT, run, sleep, waitListening } from './env.js';
 
 export type Service = 'dnsmasq' | 'origin' | 'dante' | 'microsocks' | 'tinyproxy' | 'iperf3' | 'udpecho';
@@ -149,17 +149,15 @@ export class Topology {
     switch (s) {
       case 'dnsmasq': {
         need('dnsmasq');
-        const c = this.spawnLogged(up, 'dnsmasq', 'dnsmasq', [
-          '--keep-in-foreground',
-          '--conf-file=/dev/null',
-          '--no-resolv',
-          '--no-hosts',
-          '--bind-interfaces',
-          `--listen-address=127.0.0.1,${upIp}`,
-          `--address=/test/${upIp}`,
-          `--pid-file=${join(ctx.tmp, `dnsmasq-${up.name}.pid`)}`,
-          '--user=root',
-        ]);
+        const c = this.spawnLogged(
+          up,
+          'dnsmasq',
+          'dnsmasq',
+          dnsmasqArgs(`127.0.0.1,${upIp}`, [
+            `--address=/test/${upIp}`,
+            `--pid-file=${join(ctx.tmp, `dnsmasq-${up.name}.pid`)}`,
+          ]),
+        );
         await waitListening(up, 'udp', upIp, PORTS.dns);
         return c;
       }

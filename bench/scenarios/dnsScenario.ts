@@ -7,6 +7,7 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { dnsmasqArgs } from '../../test/support/confs.js';
 import { type Ctx, need, sleep, Unavailable, waitListening, which } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
 import { dnsperf, VerifyError } from '../lib/tools.js';
@@ -168,17 +169,10 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     await path(ctx, s, ['dnsmasq', 'dnsmasq-lat'], 'dns: dnsmasq', async () => {
       c.spawn(
         'dnsmasq',
-        [
-          '--keep-in-foreground',
-          '--conf-file=/dev/null',
-          '--no-resolv',
-          '--no-hosts',
-          '--bind-interfaces',
-          `--listen-address=${DNSMASQ_IP}`,
+        dnsmasqArgs(DNSMASQ_IP, [
           `--address=/${ZONE}/${LOCAL_ANSWER}`,
           `--pid-file=${join(ctx.tmp, 'dnsmasq-local.pid')}`,
-          '--user=root',
-        ],
+        ]),
         { stdio: 'ignore' },
       );
       await waitListening(c, 'udp', DNSMASQ_IP, 53);

@@ -74,3 +74,21 @@ export function tinyproxyConf(o: TinyproxyOptions): string {
     '',
   ].join('\n');
 }
+
+/**
+ * dnsmasq as a local authoritative-only server in the foreground: no
+ * resolv.conf, no hosts file, no config file, bound to `listen` only, as
+ * root (the tests' namespaces and files are root's); `extra` adds records.
+ */
+export function dnsmasqArgs(listen: string, extra: string[] = []): string[] {
+  return [
+    '--keep-in-foreground',
+    '--conf-file=/dev/null',
+    '--no-resolv',
+    '--no-hosts',
+    '--user=root',
+    '--bind-interfaces',
+    `--listen-address=${listen}`,
+    ...extra,
+  ];
+}

@@ -9,6 +9,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { dnsmasqArgs } from '../../support/confs.js';
 import { DaemonProc, ROOT } from './daemon.js';
 import { Netns, vethPair } from './netns.js';
 
@@ -81,25 +82,21 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
     upstream.writeEtc('hosts', `127.0.0.1 localhost\n${upstreamIp} origin.test\n`);
     upstream.writeEtc('resolv.conf', `nameserver ${upstreamIp}\n`);
 
-    const dnsmasq = upstream.spawn('dnsmasq', [
-      '--keep-in-foreground',
-      '--no-resolv',
-      '--no-hosts',
-      '--conf-file=/dev/null',
-      '--user=root',
-      '--pid-file=',
-      `--listen-address=${upstreamIp}`,
-      '--bind-interfaces',
-      '--log-queries',
-      '--log-facility=-',
-      `--address=/origin.test/${upstreamIp}`,
-      `--address=/echo.test/${upstreamIp}`,
-      `--address=/printer.lan/${upstreamIp}`,
-      `--address=/real.example/${upstreamIp}`,
-      '--mx-host=origin.test,mail.origin.test,10',
-      '--txt-record=origin.test,fakeproxy test',
-      ...(opts.dnsmasqArgs ?? []),
-    ]);
+    const dnsmasq = upstream.spawn(
+      'dnsmasq',
+      dnsmasqArgs(upstreamIp, [
+        '--pid-file=',
+        '--log-queries',
+        '--log-facility=-',
+        `--address=/origin.test/${upstreamIp}`,
+        `--address=/echo.test/${upstreamIp}`,
+        `--address=/printer.lan/${upstreamIp}`,
+        `--address=/real.example/${upstreamIp}`,
+        '--mx-host=origin.test,mail.origin.test,10',
+        '--txt-record=origin.test,fakeproxy test',
+        ...(opts.dnsmasqArgs ?? []),
+      ]),
+    );
     // Captured (its query log is evidence of what reached the real resolver);
     // reading it also keeps a chatty dnsmasq from filling an unread pipe.
     let dnsmasqOut = '';

@@ -7,6 +7,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import dnsPacket from 'dns-packet';
+import { dnsmasqArgs } from '../../support/confs.js';
 import { freePort } from '../../support/net.js';
 
 const execFileP = promisify(execFile);
@@ -34,18 +35,7 @@ export async function startDnsmasq(extra: string[] = DNSMASQ_RECORDS): Promise<D
   const port = await freePort();
   const child: ChildProcess = spawn(
     '/usr/sbin/dnsmasq',
-    [
-      '--keep-in-foreground',
-      '--conf-file=/dev/null',
-      '--no-resolv',
-      '--no-hosts',
-      '--user=root',
-      '--pid-file',
-      `--port=${port}`,
-      '--listen-address=127.0.0.1',
-      '--bind-interfaces',
-      ...extra,
-    ],
+    dnsmasqArgs('127.0.0.1', ['--pid-file', `--port=${port}`, ...extra]),
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
