@@ -10,6 +10,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -35,6 +37,18 @@ void ResetAndClose(int fd) {
   close(fd);
 }
 
+// SO_ATTACH_FILTER: accept only packets that arrived on interface `ifindex`.
+int AttachIngressFilter(int fd, unsigned ifindex) {
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<uint32_t>(SKF_AD_OFF + SKF_AD_IFINDEX)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ifindex, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),
+      BPF_STMT(BPF_RET | BPF_K, 0),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+  return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+}
+
 class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -47,7 +61,8 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
                        });
   }
 
-  // new TcpAcceptor({ host: u32, port, backlog }): bound and listening, or throws (EADDRINUSE, EADDRNOTAVAIL, …).
+  // new TcpAcceptor({ host: u32, port, backlog, device? }): bound and listening, or throws (EADDRINUSE, EADDRNOTAVAIL,
+  // …).
   explicit TcpAcceptor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TcpAcceptor>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsObject()) {
@@ -73,6 +88,27 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
     int one = 1;
     // As libuv does for every TCP listener: a restart binds while old connections sit in TIME_WAIT.
     setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // device: the TUN. Only the engine writes segments for the Listener, into
+    // the TUN. A classic BPF filter on the ingress ifindex drops anything else
+    // silently, on the listener and on every accepted socket (they share it):
+    // a LAN host spoofing a live flow's NAT address gets no answer at all.
+    // Not SO_BINDTODEVICE: the kernel would answer such a segment with a RST
+    // to the NAT address, which the engine takes as the flow's end.
+    Napi::Value dev = o.Get("device");
+    if (!dev.IsUndefined()) {
+      std::string name = dev.IsString() ? dev.As<Napi::String>().Utf8Value() : std::string();
+      const unsigned ifindex = name.empty() ? 0 : if_nametoindex(name.c_str());
+      int err = ifindex == 0 ? ENODEV : 0;
+      if (err == 0 && AttachIngressFilter(fd_, ifindex) < 0) err = errno;
+      if (err != 0) {
+        close(fd_);
+        fd_ = -1;
+        ThrowSys(env, err, "setsockopt",
+                 "listen: accept only from device '" + name + "': " + std::strerror(err) +
+                     (err == ENODEV ? " (open the TUN before the listener)" : ""));
+        return;
+      }
+    }
     struct sockaddr_in a = {};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -23,7 +24,8 @@ constexpr uint64_t kWakeTag = 1;
 constexpr uint64_t kAssocTag = 1ull << 63;
 constexpr int kIdleCheckMs = 50;
 constexpr size_t kMaxRemotes = 4096;
-constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint32_t));
+// SO_RXQ_OVFL's counter, and IP_PKTINFO's ingress interface on the listener.
+constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct in_pktinfo));
 // RFC 1928 §7: RSV(2) FRAG(1) ATYP(1) before the address.
 constexpr size_t kSocksMinHeader = 4;
 constexpr size_t kMaxUdpPayload = 65507;
@@ -151,6 +153,13 @@ UdpRelay::~UdpRelay() { Stop(); }
 bool UdpRelay::Start(uint32_t ip, uint16_t port, int rcvbuf, uint32_t mark, int* err, std::string* what) {
   lfd_ = OpenUdp(ip, port, rcvbuf, mark, err, what);
   if (lfd_ < 0) return false;
+  int one = 1;
+  if (o_.ingress_ifindex > 0 && setsockopt(lfd_, IPPROTO_IP, IP_PKTINFO, &one, sizeof one) != 0) {
+    *err = errno;
+    *what = "setsockopt(IP_PKTINFO)";
+    Stop();
+    return false;
+  }
   port_ = LocalPort(lfd_);
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -431,7 +440,12 @@ void UdpRelay::Run() {
         last_check = now;
         ExpireIdle(now);
       }
-      if (!signalled_ && (!js_.empty() || !ended_.empty())) notify = signalled_ = true;
+      // New foreign-ingress drops wake JS too: they are logged as they happen, not at the next datagram.
+      const bool foreign = t_.drops[kDropForeignIngress] != foreign_reported_;
+      if (!signalled_ && (!js_.empty() || !ended_.empty() || foreign)) {
+        notify = signalled_ = true;
+        foreign_reported_ = t_.drops[kDropForeignIngress];
+      }
     }
     if (notify) notify_();
   }
@@ -461,13 +475,26 @@ void UdpRelay::OnListener() {
   int ns = 0;
   for (int i = 0; i < n; i++) {
     struct msghdr& h = rmsgs_[i].msg_hdr;
+    int ifindex = 0;
     for (struct cmsghdr* cm = CMSG_FIRSTHDR(&h); cm != nullptr; cm = CMSG_NXTHDR(&h, cm)) {
       if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
         uint32_t drops;
         std::memcpy(&drops, CMSG_DATA(cm), sizeof drops);
         // The socket's running total: keep the largest seen.
         if (drops > t_.drops[kDropKernel]) t_.drops[kDropKernel] = drops;
+      } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
+        struct in_pktinfo pi;
+        std::memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+        ifindex = pi.ipi_ifindex;
       }
+    }
+    // Only the engine writes datagrams for the listener, into the TUN. One
+    // from another interface claims a NAT source it cannot own (a LAN host
+    // spoofing a live flow's address): dropped silently — an ICMP error would
+    // travel to that flow's app through the engine.
+    if (o_.ingress_ifindex > 0 && ifindex != o_.ingress_ifindex) {
+      t_.drops[kDropForeignIngress]++;
+      continue;
     }
     size_t len = rmsgs_[i].msg_len;
     uint8_t* p = slab_.data() + static_cast<size_t>(i) * slot;

@@ -43,14 +43,15 @@ enum class UdpEnd : uint8_t { kIdle = 0, kClosed = 1, kUpstreamClosed = 2 };
 
 // Drop reasons counted natively (same order as NATIVE_UDP_DROPS in src/native.ts).
 enum UdpDrop : int {
-  kDropOversized = 0,  // payload (plus SOCKS5 header) over max_payload
-  kDropSendError,      // the kernel refused a send to the upstream or the app
-  kDropTruncated,      // SOCKS5 reply shorter than its header
-  kDropFragment,       // SOCKS5 reply with FRAG != 0
-  kDropBadAtyp,        // SOCKS5 reply with an unknown ATYP
-  kDropForeignSource,  // on a SOCKS5 association, from anyone but the relay
-  kDropQueueFull,      // the queue towards JS (misses, unknown remotes) was full
-  kDropKernel,         // the listener's receive buffer overflowed (SO_RXQ_OVFL)
+  kDropOversized = 0,   // payload (plus SOCKS5 header) over max_payload
+  kDropSendError,       // the kernel refused a send to the upstream or the app
+  kDropTruncated,       // SOCKS5 reply shorter than its header
+  kDropFragment,        // SOCKS5 reply with FRAG != 0
+  kDropBadAtyp,         // SOCKS5 reply with an unknown ATYP
+  kDropForeignSource,   // on a SOCKS5 association, from anyone but the relay
+  kDropQueueFull,       // the queue towards JS (misses, unknown remotes) was full
+  kDropKernel,          // the listener's receive buffer overflowed (SO_RXQ_OVFL)
+  kDropForeignIngress,  // to the listener, but not through the TUN (a spoofed NAT source from another interface)
   kDropCount
 };
 
@@ -62,6 +63,9 @@ struct UdpRelayOptions {
   // Datagrams (and bytes) held for JS between two drains; past either, dropped (kDropQueueFull).
   uint32_t js_queue_max = 1024;
   uint32_t js_queue_bytes = 4u << 20;
+  // The TUN's ifindex: datagrams to the listener that arrived on any other
+  // interface are dropped (kDropForeignIngress). 0: no check.
+  int ingress_ifindex = 0;
 };
 
 struct UdpEndRecord {
@@ -169,6 +173,7 @@ class UdpRelay {
   size_t js_bytes_ = 0;
   std::vector<UdpEndRecord> ended_;
   bool signalled_ = false;
+  uint64_t foreign_reported_ = 0;  // kDropForeignIngress when JS was last woken for it
   UdpRelayTotals t_{};
 
   // Thread-side scratch.

@@ -10,6 +10,7 @@
 #include "udp_relay_addon.h"
 
 #include <napi.h>
+#include <net/if.h>
 
 #include <cstring>
 #include <memory>
@@ -58,7 +59,8 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
                        });
   }
 
-  // new UdpRelay({ ip, port, recvBufferBytes, mark, maxPayloadBytes, batch }, onEvents)
+  // new UdpRelay({ ip, port, recvBufferBytes, mark, maxPayloadBytes, batch, device? }, onEvents)
+  // device: the TUN's name; the listener then drops datagrams that arrived on any other interface.
   explicit UdpRelayWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UdpRelayWrap>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
@@ -83,6 +85,16 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
     fp::UdpRelayOptions opts;
     opts.max_payload = static_cast<uint32_t>(f[4].v);
     opts.batch = f[5].v < 1 ? 1 : static_cast<int>(f[5].v);
+    Napi::Value dev = o.Get("device");
+    if (!dev.IsUndefined()) {
+      std::string name = dev.IsString() ? dev.As<Napi::String>().Utf8Value() : std::string();
+      opts.ingress_ifindex = name.empty() ? 0 : static_cast<int>(if_nametoindex(name.c_str()));
+      if (opts.ingress_ifindex == 0) {
+        ThrowSys(env, ENODEV, "if_nametoindex",
+                 "udp relay: device '" + name + "' does not exist (open the TUN before the listener)");
+        return;
+      }
+    }
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fakeproxy-udp-relay", 0, 1);
     relay_ = std::make_unique<fp::UdpRelay>(
         opts, [this] { tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); }); });

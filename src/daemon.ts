@@ -266,6 +266,8 @@ export class Daemon {
       names: dns,
       router,
       logger: this.log,
+      // Only what came through the TUN: DESIGN.md "Who may use it".
+      device: c.tun,
       ...(c.relayThreads !== undefined ? { relayThreads: c.relayThreads } : {}),
     });
     this.tcp = tcp;
@@ -300,6 +302,7 @@ export class Daemon {
       logger: this.log,
       // Global mode: the native relay's association sockets carry the mark too.
       mark: ownMark(),
+      device: c.tun,
       // Replies larger than the TUN MTU would be IP-fragmented on their way
       // into the TUN, and the engine does not reassemble fragments.
       maxPayloadBytes: c.mtu - 28,

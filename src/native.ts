@@ -288,6 +288,8 @@ export interface NativeUdpRelayOptions {
   maxPayloadBytes: number;
   /** Datagrams per recvmmsg. */
   batch: number;
+  /** The TUN's name: datagrams to the listener that arrived on any other interface are dropped ('foreign-ingress'). */
+  device?: string;
 }
 /** Fields per datagram in the first Float64Array onEvents gets: [assoc, natIp, natPort, off, len, keyOff, keyLen]. */
 export const UDP_RELAY_DGRAM_FIELDS = 7;
@@ -305,6 +307,7 @@ export const UDP_RELAY_DROPS = Object.freeze([
   'foreign-source',
   'queue-full',
   'rcvbuf',
+  'foreign-ingress',
 ] as const);
 export interface NativeUdpRelayTotals {
   datagramsUp: number;
@@ -422,6 +425,8 @@ export interface NativeBinding {
     host: number;
     port: number;
     backlog: number;
+    /** The TUN's name: segments that arrived on any other interface are dropped silently (a BPF socket filter on the ingress ifindex). */
+    device?: string;
   }) => NativeTcpAcceptor;
 }
 

@@ -58,6 +58,13 @@ export interface TcpListenerOptions {
    */
   backlog?: number;
   /**
+   * The TUN's name: the Listener's sockets drop, silently, every segment
+   * that did not arrive through it (a LAN host spoofing a live flow's NAT
+   * address; native/accept_addon.cc says why not SO_BINDTODEVICE). Needs an
+   * IPv4 host (the native accept path).
+   */
+  device?: string;
+  /**
    * Epoll threads of the native relay (SpliceRelayOptions.threads).
    * @default os.availableParallelism()
    */
@@ -115,7 +122,8 @@ export interface TcpListener {
   emit(event: 'session', e: SessionEvent): boolean;
 }
 
-type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads'>> & Pick<TcpListenerOptions, 'relayThreads'>;
+type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads' | 'device'>> &
+  Pick<TcpListenerOptions, 'relayThreads' | 'device'>;
 
 type SessionBase = Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>;
 
@@ -179,6 +187,7 @@ export class TcpListener extends EventEmitter {
       backlog: opts.backlog ?? 1024,
       logger: opts.logger ?? stderrLogger,
       relayThreads: opts.relayThreads,
+      device: opts.device,
     };
     this.#failLog = rateLimited(this.#o.logger, 10_000);
   }
@@ -188,13 +197,19 @@ export class TcpListener extends EventEmitter {
     const hostU32 = net.isIPv4(this.#o.host) ? ipToInt(this.#o.host) : -1;
     if (hostU32 >= 0) {
       try {
-        const a = new (native().TcpAcceptor)({ host: hostU32, port: this.#o.port, backlog: this.#o.backlog });
+        const { port, backlog, device } = this.#o;
+        const a = new (native().TcpAcceptor)({ host: hostU32, port, backlog, ...(device ? { device } : {}) });
         a.start((recs, n) => this.#acceptBatch(recs, n));
         this.#acceptor = a;
         return Promise.resolve();
       } catch (e) {
         return Promise.reject(wrapError(`listen on ${hostPort(this.#o.host, this.#o.port)}${listenHint(e)}`, e));
       }
+    }
+    if (this.#o.device) {
+      return Promise.reject(
+        new Error(`listen on ${hostPort(this.#o.host, this.#o.port)}: binding to a device needs an IPv4 host`),
+      );
     }
     // pauseOnConnect: nothing is read from the app into JavaScript before the
     // upstream is connected; the relay starts reading at the hand-off.

@@ -86,7 +86,8 @@ dns.lookup('echo.test', { family: 4 }, (err, ip) => {
   const udp = dgram.createSocket('udp4');
   udp.on('message', (m) => process.stdout.write('udp ' + m + '\\n'));
   udp.send('udp-hello', ${ECHO_PORT}, ip);
-  setInterval(() => {}, 1000);
+  // Each stdin line goes out again on both flows: proof they still work after an attack.
+  process.stdin.setEncoding('utf8').on('data', (l) => { tcp.write(l); udp.send(l.trim(), ${ECHO_PORT}, ip); });
 });`,
     ]);
     app.stdout?.setEncoding('utf8').on('data', (d: string) => {
@@ -171,55 +172,90 @@ dns.lookup('echo.test', { family: 4 }, (err, ip) => {
     await expect.poll(async () => (await status()).engine.dropNatSource - before, { timeout: 5000 }).toBe(5);
   });
 
-  it('spoofed UDP straight to the Listener from a LAN host: delivered with rp_filter off, dropped with rp_filter=1 (IPReversePathFilter)', async () => {
+  it('spoofed UDP and TCP straight to the Listener from a LAN host (rp_filter off): dropped, counted; the flows live on', async () => {
+    await expect.poll(() => appOut, { timeout: 10_000 }).toContain('tcp tcp-hello\n');
     await expect.poll(() => appOut, { timeout: 10_000 }).toContain('udp udp-hello\n');
-    // The app's live UDP NAT pair, collected by the nftables set of beforeAll.
+    // The app's live NAT pairs: UDP from the nftables set of beforeAll, TCP as the Listener sees its peer.
     const set = await t.client.must('nft', ['-nn', 'list', 'set', 'ip', 'fptseen', 'seen']);
     const m = /(198\.18\.\d+\.\d+) \. (\d+)/.exec(set);
     expect(m, set).not.toBeNull();
-    const [natIp, natPort] = [m?.[1] as string, m?.[2] as string];
-    const spoof = async (text: string) => {
-      const payload = join(t.tmp, `${text}.bin`);
-      writeFileSync(payload, text);
-      const h = await lan.exec(
-        'hping3',
-        [
-          '-2',
-          '-a',
-          natIp,
-          '-s',
-          natPort,
-          '-k',
-          '-p',
-          '1313',
-          '-c',
-          '3',
-          '-i',
-          'u20000',
-          '-d',
-          String(text.length),
-          '-E',
-          payload,
-          GW,
-        ],
-        { timeoutMs: 20_000 },
-      );
+    const [uIp, uPort] = [m?.[1] as string, m?.[2] as string];
+    const ss = await t.client.must('ss', ['-tnH', 'state', 'established', '( sport = :1313 )']);
+    const peer = ss.trim().split('\n')[0]?.trim().split(/\s+/).pop() ?? '';
+    const [tIp, tPort] = [peer.slice(0, peer.lastIndexOf(':')), peer.slice(peer.lastIndexOf(':') + 1)];
+    expect(tIp).toMatch(FAKE);
+    // Test instruments (this namespace only): what reached the local stack for gateway:1313 from the LAN
+    // interface, and what the Listener's side sent back towards the spoofed TCP pair (a challenge ACK, a
+    // SYN-ACK or a RST would each show there).
+    const nft = join(t.tmp, 'spoof.nft');
+    writeFileSync(
+      nft,
+      'table ip fptspoof {\n' +
+        `  chain in { type filter hook input priority 0; iifname "${lanIf}" ip daddr ${GW} udp dport 1313 counter; iifname "${lanIf}" ip daddr ${GW} tcp dport 1313 counter; }\n` +
+        `  chain out { type filter hook output priority 0; ip daddr ${tIp} tcp sport 1313 counter; }\n}\n`,
+    );
+    await t.client.must('nft', ['-f', nft]);
+    const counters = async () => {
+      const out = await t.client.must('nft', ['-nn', 'list', 'table', 'ip', 'fptspoof']);
+      return [...out.matchAll(/counter packets (\d+)/g)].map((x) => Number(x[1]));
+    };
+    const hping = async (args: string[]) => {
+      const h = await lan.exec('hping3', [...args, '-k', '-p', '1313', '-c', '3', '-i', 'u20000', GW], {
+        timeoutMs: 20_000,
+      });
       expect(h.stderr).toMatch(/3 packets transmitted/);
     };
-    // Without reverse-path filtering (the default in a new namespace) the kernel delivers the datagram to the
-    // Listener, which cannot tell it from the app's own: the echo server answers the app with it. This is why
-    // the README's LAN setup sets rp_filter=1 on the LAN interface.
     expect((await t.client.must('sysctl', ['-n', `net.ipv4.conf.${lanIf}.rp_filter`])).trim()).toBe('0');
-    await spoof('SPOOFED1');
-    await expect.poll(() => appOut, { timeout: 5000 }).toContain('udp SPOOFED1\n');
+    const before = await status();
+    const payload = join(t.tmp, 'spoof.bin');
+    writeFileSync(payload, 'SPOOFED1');
+    await hping(['-2', '-a', uIp, '-s', uPort, '-d', '8', '-E', payload]);
+    // A SYN on the live TCP pair (would draw a challenge ACK), then a RST and data on it.
+    await hping(['-S', '-a', tIp, '-s', tPort]);
+    await hping(['-R', '-a', tIp, '-s', tPort]);
+    await hping(['-A', '-a', tIp, '-s', tPort, '-d', '8', '-E', payload]);
+    // All of it reached the gateway's stack (rp_filter off) ...
+    await expect.poll(counters, { timeout: 5000 }).toEqual([3, 9, 0]);
+    // ... and the UDP Listener counted and dropped its three.
+    await expect
+      .poll(async () => (await status()).udp.dropped['foreign-ingress'] - before.udp.dropped['foreign-ingress'], {
+        timeout: 5000,
+      })
+      .toBe(3);
+    // Both flows still carry the app's own traffic, and the spoofed payload never reached the app.
+    app.stdin?.write('again\n');
+    await expect.poll(() => appOut, { timeout: 10_000 }).toContain('tcp again\n');
+    await expect.poll(() => appOut, { timeout: 10_000 }).toContain('udp again\n');
+    expect(appOut).not.toContain('SPOOFED1');
+    // The instrument sees the Listener's side of that pair: the echo of 'again' went out on it.
+    const [, , out] = await counters();
+    expect(out).toBeGreaterThan(0);
+    expect((await status()).tcp.active).toBe(before.tcp.active);
+  });
+
+  it('rp_filter=1 on the LAN interface drops spoofed NAT sources before they reach any socket (IPReversePathFilter)', async () => {
+    const set = await t.client.must('nft', ['-nn', 'list', 'set', 'ip', 'fptseen', 'seen']);
+    const m = /(198\.18\.\d+\.\d+) \. (\d+)/.exec(set);
+    expect(m, set).not.toBeNull();
+    const payload = join(t.tmp, 'spoof2.bin');
+    writeFileSync(payload, 'SPOOFED2');
     await t.client.must('sysctl', ['-qw', `net.ipv4.conf.${lanIf}.rp_filter=1`]);
     const before = await nstat(t.client, 'TcpExtIPReversePathFilter');
-    await spoof('SPOOFED2');
+    const h = await lan.exec(
+      'hping3',
+      ['-2', '-a', m?.[1] as string, '-s', m?.[2] as string, '-k', '-p', '1313', '-c', '3', '-i', 'u20000'].concat([
+        '-d',
+        '8',
+        '-E',
+        payload,
+        GW,
+      ]),
+      { timeoutMs: 20_000 },
+    );
+    expect(h.stderr).toMatch(/3 packets transmitted/);
     await expect
       .poll(() => nstat(t.client, 'TcpExtIPReversePathFilter'), { timeout: 5000 })
       .toBeGreaterThanOrEqual(before + 3);
-    // Give a delivered datagram time to come back through the echo, then check none did.
-    await new Promise((r) => setTimeout(r, 1500));
     expect(appOut).not.toContain('SPOOFED2');
   });
 });

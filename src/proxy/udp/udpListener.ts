@@ -134,6 +134,12 @@ export interface UdpListenerOptions {
   native?: boolean;
   /** SO_MARK of the sockets the native relay creates; 0 = none. @default 0 */
   mark?: number;
+  /**
+   * The TUN's name: datagrams to the listener that did not arrive through it
+   * (a LAN host spoofing a live flow's NAT address) are dropped silently and
+   * counted ('foreign-ingress'). Needs the native relay.
+   */
+  device?: string;
 }
 
 export interface UdpSessionEvent {
@@ -162,7 +168,7 @@ export interface UdpSessionEvent {
   errorCode?: string | undefined;
 }
 
-export type UdpListenerDrops = Record<UdpListenerDropReason | UdpDropReason | 'rcvbuf', number>;
+export type UdpListenerDrops = Record<UdpListenerDropReason | UdpDropReason | 'rcvbuf' | 'foreign-ingress', number>;
 
 export interface UdpListenerStats {
   /** Datagrams (and payload bytes) from live NAT flows / delivered back to apps. */
@@ -194,7 +200,7 @@ export interface UdpListener {
   emit(event: 'session', e: UdpSessionEvent): boolean;
 }
 
-type Resolved = Required<UdpListenerOptions>;
+type Resolved = Required<Omit<UdpListenerOptions, 'device'>> & Pick<UdpListenerOptions, 'device'>;
 type Assoc = AppAssociation | NativeAssociation;
 
 /** Associations are per (app socket, outbound): two outbound objects may share a label, so key by identity. */
@@ -237,8 +243,20 @@ interface FlowCtx {
  */
 const MAX_CACHED_FLOWS = 65_536;
 
+/** Spoofing, not overload: logged on its own line (UdpListenerOptions.device). */
+const FOREIGN_INGRESS = UDP_RELAY_DROPS.indexOf('foreign-ingress');
+
 function emptyDrops(): UdpListenerDrops {
-  return { ...dropCounters(), 'no-udp': 0, 'setup-failed': 0, 'unknown-remote': 0, 'no-flow': 0, loop: 0, rcvbuf: 0 };
+  return {
+    ...dropCounters(),
+    'no-udp': 0,
+    'setup-failed': 0,
+    'unknown-remote': 0,
+    'no-flow': 0,
+    loop: 0,
+    rcvbuf: 0,
+    'foreign-ingress': 0,
+  };
 }
 
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
@@ -253,6 +271,7 @@ export class UdpListener extends EventEmitter {
   #nextId = 0;
   /** Native drop totals at the last overload log line. */
   #lastNativeDrops = 0;
+  #lastForeignIngress = 0;
   /** Association key → until when (clock ms) setup is not retried. */
   readonly #failedUntil = new Map<string, number>();
   readonly #drops: UdpListenerDrops = emptyDrops();
@@ -306,6 +325,7 @@ export class UdpListener extends EventEmitter {
       clock: opts.clock ?? (() => performance.now()),
       native: opts.native ?? true,
       mark: opts.mark ?? 0,
+      device: opts.device,
     };
     if (this.#o.maxAssociations < 1) throw new RangeError('maxAssociations must be ≥ 1');
     this.#rl = rateLimited(this.#o.logger, 10_000);
@@ -363,6 +383,11 @@ export class UdpListener extends EventEmitter {
   /** Bind host:port. Rejects with the bind error (EADDRNOTAVAIL: is the TUN configured?). */
   start(): Promise<void> {
     if (this.#o.native && net.isIPv4(this.#o.host) && this.#onFlowClose) return this.#startNative();
+    if (this.#o.device) {
+      return Promise.reject(
+        new Error(`udp listen on ${hostPort(this.#o.host, this.#o.port)}: binding to a device needs the native relay`),
+      );
+    }
     const type = net.isIPv6(this.#o.host) ? 'udp6' : 'udp4';
     const sock = dgram.createSocket({ type, recvBufferSize: this.#o.recvBufferBytes, lookup: literalLookup });
     this.#sock = sock;
@@ -398,6 +423,7 @@ export class UdpListener extends EventEmitter {
           mark: this.#o.mark,
           maxPayloadBytes: Math.min(this.#o.maxPayloadBytes, 65507),
           batch: 64,
+          ...(this.#o.device ? { device: this.#o.device } : {}),
         },
         (dgrams, bytes, ended) => this.#onNative(dgrams, bytes, ended),
       );
@@ -482,12 +508,21 @@ export class UdpListener extends EventEmitter {
     const r = this.#relay;
     if (!r) return;
     const t = r.totals();
+    const foreign = t.drops[FOREIGN_INGRESS] as number;
+    if (foreign > this.#lastForeignIngress) {
+      this.#lastForeignIngress = foreign;
+      this.#rl(
+        'foreign-ingress',
+        `udp listener: dropped ${foreign} datagram(s) in all to ${hostPort(this.#o.host, this.address().port)} that did not come through ${this.#o.device}: a host on another interface spoofing NAT addresses — set rp_filter=1 on the LAN interface (README, LAN gateway mode)`,
+      );
+    }
     let sum = 0;
     for (const n of t.drops) sum += n;
+    sum -= foreign;
     if (sum <= this.#lastNativeDrops) return;
     const parts: string[] = [];
     UDP_RELAY_DROPS.forEach((why, i) => {
-      if ((t.drops[i] as number) > 0) parts.push(`${why} ${t.drops[i]}`);
+      if ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS) parts.push(`${why} ${t.drops[i]}`);
     });
     this.#rl(
       'overload',

@@ -34,6 +34,24 @@ function start(): { a: NativeTcpAcceptor; batches: number[]; recs: { fd: number;
 }
 
 describe('TcpAcceptor', () => {
+  it("device: what arrived on that interface is served ('lo' for loopback peers); a missing device is one error naming it", async () => {
+    const a = new (native().TcpAcceptor)({ host: LO_U32, port: 0, backlog: 16, device: 'lo' });
+    acceptors.push(a);
+    const recs: number[] = [];
+    a.start((r, n) => {
+      for (let i = 0; i < n; i++) recs.push(r[i * ACCEPT_RECORD_FIELDS] as number);
+    });
+    const c = net.connect({ host: LO, port: a.port() });
+    open.push(c);
+    await once(c, 'connect');
+    await until(() => recs.length === 1);
+    expect(recs[0]).toBeGreaterThanOrEqual(0);
+    a.reset(recs[0] as number);
+    expect(() => new (native().TcpAcceptor)({ host: LO_U32, port: 0, backlog: 16, device: 'fpnone0' })).toThrow(
+      /accept only from device 'fpnone0': No such device \(open the TUN before the listener\)/,
+    );
+  });
+
   it('50 connections at once reach JavaScript in batches, each as its fd, peer address and peer port', async () => {
     const { a, batches, recs } = start();
     const clients = Array.from({ length: 50 }, () => net.connect({ host: LO, port: a.port() }));
