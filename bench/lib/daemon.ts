@@ -145,6 +145,13 @@ export class Daemon {
     return code;
   }
 
+  /** CPU seconds (user + system, every thread) the daemon has used, from /proc/<pid>/stat. */
+  cpuSecs(): number {
+    // Fields after "(comm) ": state is [0], utime [11], stime [12], in clock ticks.
+    const f = readFileSync(`/proc/${this.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  }
+
   /** VmRSS and VmHWM in bytes, and the number of open fds, from /proc. */
   usage(): { rss: number; hwm: number; fds: number } {
     const st = readFileSync(`/proc/${this.pid}/status`, 'utf8');
@@ -152,6 +159,9 @@ export class Daemon {
     return { rss: kb('VmRSS'), hwm: kb('VmHWM'), fds: readdirSync(`/proc/${this.pid}/fd`).length };
   }
 }
+
+/** USER_HZ: Linux reports /proc times in 1/100 s on every architecture it runs on (sysconf(_SC_CLK_TCK)). */
+const CLK_TCK = 100;
 
 function lastLines(s: string, n = 8): string {
   return s.trim().split('\n').slice(-n).join(' | ') || '(no output)';

@@ -112,6 +112,8 @@ export async function abRun(
 export interface IperfTcp {
   gbps: number;
   bytes: number;
+  /** CPU seconds both iperf3 processes used (iperf3's own host + remote totals). */
+  cpuSecs: number;
 }
 
 /** iperf3 TCP, client in `ns` → host:port for `secs`; receiver-side Gbit/s. */
@@ -140,7 +142,9 @@ export async function iperfTcp(
   // TCP: what the server received must be what the client sent (no loss, nothing left in flight at the end).
   if (recv <= 0 || recv < sent * minRecvRatio)
     throw new VerifyError(`iperf3 -c ${host}: received ${recv} of ${sent} bytes`);
-  return { gbps: j.end.sum_received.bits_per_second / 1e9, bytes: recv };
+  const cpu = j.end.cpu_utilization_percent;
+  const cpuSecs = cpu ? ((cpu.host_total + cpu.remote_total) / 100) * j.end.sum_received.seconds : Number.NaN;
+  return { gbps: j.end.sum_received.bits_per_second / 1e9, bytes: recv, cpuSecs };
 }
 
 export interface IperfUdp {

@@ -2,6 +2,7 @@ import type { Scenario } from './common.js';
 import { dnsJournal } from './dnsJournal.js';
 import { dns } from './dnsScenario.js';
 import { engine } from './engine.js';
+import { iperf } from './iperf.js';
 import { natScale } from './natScale.js';
 import { redis } from './redis.js';
 import { rules } from './rules.js';
@@ -12,4 +13,15 @@ import { udp } from './udp.js';
 export type { Scenario };
 
 /** In the order `npm run bench` runs them. */
-export const SCENARIOS: Scenario[] = [engine, tcpThroughput, tcpConnect, udp, dns, dnsJournal, natScale, redis, rules];
+export const SCENARIOS: Scenario[] = [
+  engine,
+  tcpThroughput,
+  iperf,
+  tcpConnect,
+  udp,
+  dns,
+  dnsJournal,
+  natScale,
+  redis,
+  rules,
+];

@@ -1,0 +1,147 @@
+/**
+ * iperf: iperf3 TCP through the TUN (`direct`) against loopback and the veth,
+ * both directions, and what each path costs in CPU per byte.
+ *   L / LR   loopback in the client ns (client sends / -R: server sends)
+ *   V        over the veth to iperf3 -s in the upstream ns, no proxy
+ *   T / TR   app → fake IP → TUN → engine → Listener → direct → iperf3 -s (upstream ns)
+ *   TN       T with --no-tun-offload
+ * The second table is CPU seconds per GB delivered: both iperf3 processes
+ * (iperf3's own accounting) plus, on the TUN rows, the daemon (/proc). On 2
+ * CPUs the throughput ratio follows this cost once both CPUs are busy, and
+ * it moves much less than Gbit/s when other work shares the machine.
+ */
+import type { Daemon } from '../lib/daemon.js';
+import type { Ctx } from '../lib/env.js';
+import { sleep } from '../lib/env.js';
+import type { Section } from '../lib/report.js';
+import { type IperfTcp, iperfTcp } from '../lib/tools.js';
+import { bigFile, PORTS, Topology } from '../lib/topology.js';
+import { MiB, path, repeat, rows, type Scenario } from './common.js';
+import { withDaemon } from './tcp.js';
+
+const TUN_HOST = 'iperf.test';
+
+export const iperf: Scenario = {
+  name: 'iperf',
+  describe: 'iperf3 TCP both directions: TUN (direct) vs loopback and veth, Gbit/s and CPU s/GB',
+  async run(ctx: Ctx): Promise<Section[]> {
+    const secs = ctx.quick ? 2 : 5;
+    const ip: Section = {
+      scenario: 'iperf',
+      title: `iperf3 TCP ${secs} s, client sends (and -R: server sends), Gbit/s`,
+      notes: [],
+      rows: rows(
+        { id: 'L', label: 'iperf3 loopback', metric: 'throughput', unit: 'Gbit/s' },
+        { id: 'V', label: 'iperf3 over veth', metric: 'throughput', unit: 'Gbit/s', compare: [{ to: 'L' }] },
+        {
+          id: 'T',
+          label: 'iperf3 through TUN (direct)',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'L', goal: 0.5 }, { to: 'V' }],
+        },
+        { id: 'LR', label: 'iperf3 -R loopback', metric: 'throughput', unit: 'Gbit/s' },
+        {
+          id: 'TR',
+          label: 'iperf3 -R through TUN (direct)',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'LR', goal: 0.5 }],
+        },
+        {
+          id: 'TN',
+          label: 'iperf3 through TUN, --no-tun-offload',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'L' }, { to: 'T' }],
+        },
+      ),
+    };
+    const cost = (id: string, label: string, compare?: { to: string }[]) => ({
+      id,
+      label,
+      metric: 'cpu',
+      unit: 's/GB',
+      higherIsBetter: false,
+      ...(compare ? { compare } : {}),
+    });
+    const cpu: Section = {
+      scenario: 'iperf',
+      title: 'CPU seconds per GB delivered (both iperf3 + the daemon), same runs',
+      notes: [],
+      rows: rows(
+        cost('Lc', 'loopback'),
+        cost('Tc', 'through TUN (direct)', [{ to: 'Lc' }]),
+        cost('LRc', '-R loopback'),
+        cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }]),
+        cost('TNc', 'through TUN, --no-tun-offload', [{ to: 'Lc' }, { to: 'Tc' }]),
+      ),
+    };
+    const row = (sec: Section, id: string) => {
+      const r = sec.rows.find((x) => x.id === id);
+      if (!r) throw new Error(`no row ${id}`);
+      return r;
+    };
+    // One iperf3 run per repetition fills the throughput row and its cost row.
+    const measure = async (id: string, run: () => Promise<IperfTcp>, d?: Daemon) => {
+      const samples = await repeat(ctx, async () => {
+        const before = d?.cpuSecs() ?? 0;
+        const r = await run();
+        const daemon = d ? d.cpuSecs() - before : 0;
+        if (!(r.cpuSecs > 0)) throw new Error(`iperf3 reported no CPU use (${r.cpuSecs})`);
+        return { gbps: r.gbps, sPerGB: (r.cpuSecs + daemon) / (r.bytes / 1e9) };
+      });
+      row(ip, id).samples = samples.map((x) => x.gbps);
+      const c = cpu.rows.find((x) => x.id === `${id}c`);
+      if (c) c.samples = samples.map((x) => x.sPerGB);
+    };
+
+    const topo = await Topology.create(ctx, 'iperf');
+    try {
+      // probeTun fetches the origin's /small through the TUN before a TUN row runs.
+      topo.big = bigFile(ctx, MiB);
+      await topo.start('dnsmasq', 'origin', 'iperf3');
+      const lo = PORTS.iperf3 + 1;
+      await path(ctx, ip, ['L'], 'iperf3 loopback', async () => {
+        topo.client.spawn('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(lo)], { stdio: 'ignore' });
+        await sleep(300);
+        await measure('L', () => iperfTcp(topo.client, '127.0.0.1', lo, secs));
+        await path(ctx, ip, ['LR'], 'iperf3 -R loopback', () =>
+          measure('LR', () => iperfTcp(topo.client, '127.0.0.1', lo, secs, ['-R'])),
+        );
+      });
+      await path(ctx, ip, ['V'], 'iperf3 veth', () =>
+        measure('V', () => iperfTcp(topo.client, topo.upIp, PORTS.iperf3, secs)),
+      );
+      await path(ctx, ip, ['T', 'TR'], 'iperf3 through TUN', () =>
+        withDaemon(topo, 'direct', async (d) => {
+          await path(ctx, ip, ['T'], 'iperf3 through TUN', () =>
+            measure('T', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d),
+          );
+          await path(ctx, ip, ['TR'], 'iperf3 -R through TUN', () =>
+            measure('TR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
+          );
+        }),
+      );
+      await path(ctx, ip, ['TN'], 'iperf3 through TUN, no offload', () =>
+        withDaemon(topo, 'direct', (d) => measure('TN', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d), {
+          extra: ['--no-tun-offload'],
+        }),
+      );
+      ip.notes.push(
+        'iperf3 TCP checks received bytes ≈ sent bytes (≥ 99 %; -R ≥ 95 %: the server counts what was still in flight through both hops when the client stopped); "T" goes app → fake IP → TUN → engine → Listener → direct → iperf3 -s in the upstream ns',
+      );
+      cpu.notes.push(
+        "iperf3's cpu_utilization_percent (host_total + remote_total) × seconds, plus the daemon's utime+stime over the same run (/proc) on TUN rows, over the bytes the receiver counted; softirq work lands on whichever of these threads ran it",
+      );
+      // A cost row without samples says why its throughput row has none.
+      for (const c of cpu.rows) {
+        const r = row(ip, c.id.slice(0, -1));
+        if (c.samples.length === 0 && r.unavailable) c.unavailable = r.unavailable;
+      }
+      return [ip, cpu];
+    } finally {
+      await topo.destroy();
+    }
+  },
+};
