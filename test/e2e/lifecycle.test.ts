@@ -2,6 +2,7 @@
  * Lifecycle end to end: usage errors before anything exists, the real
  * resolver remembered across restarts (the quick start's second run).
  */
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DaemonProc, ROOT, runCli } from './harness/daemon.js';
@@ -168,6 +169,56 @@ describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends',
     expect(Math.abs(Number(appReset?.[1]) - Number(upstreamClosed?.[1]))).toBeLessThan(1000);
     const st = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout);
     expect(st.engine.rstOnExpiry).toBe(1);
+    expect(await d.stop()).toBe(0);
+    server.kill('SIGKILL');
+  });
+
+  it('a full table evicts a half-open flow whose app already saw the handshake: the app blocked in read gets a reset (rstOnEvict)', async () => {
+    const server = await t.spawnUpstream(
+      'node',
+      ['-e', `require('net').createServer(() => {}).listen(7002, '${t.upstreamIp}', () => console.log('listening'));`],
+      /listening/,
+    );
+    // 10.99.0.0/16 is the flood's source: admitted, so its SYNs make flows; nothing routes the answers back.
+    const d = await t.startDaemon(['--max-flows', '16', '--lan', '10.99.0.0/16']);
+    const fake = (await t.client.must('dig', ['+short', '@198.18.0.1', 'echo.test'])).trim();
+    expect(fake).toMatch(/^198\.18\.\d+\.\d+$/);
+    // Test instrument: the app's own ACKs never reach the TUN, so its flow stays half-open in the engine
+    // (SYN and SYN-ACK seen) while the app's socket is established — the state rstOnEvict exists for.
+    const nft = join(t.tmp, 'noack.nft');
+    writeFileSync(
+      nft,
+      `table ip fptnoack {\n  chain out { type filter hook output priority 0; oifname "fp0" tcp dport 7002 tcp flags & (syn | rst) == 0 drop; }\n}\n`,
+    );
+    await t.client.must('nft', ['-f', nft]);
+    const app = t.client.spawn('node', [
+      '-e',
+      `const s = require('net').connect(7002, '${fake}', () => console.log('connected'));
+       s.on('error', (e) => { console.log('app ' + e.code); process.exit(0); });
+       s.on('close', () => { console.log('app-close'); process.exit(0); });
+       setTimeout(() => { console.log('app-timeout'); process.exit(3); }, 20000);`,
+    ]);
+    const exited = new Promise<number | null>((r) => app.once('exit', (c) => r(c)));
+    let appOut = '';
+    app.stdout?.setEncoding('utf8').on('data', (x: string) => {
+      appOut += x;
+    });
+    await expect.poll(() => appOut, { timeout: 10_000 }).toContain('connected');
+    const before = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).engine;
+    // Up to 64 SYNs into a 16-flow table: each new one early-drops the oldest half-open flow, the app's first.
+    const h = await t.client.exec('hping3', ['-S', '-a', '10.99.0.5', '-p', '7002', '-c', '64', '-i', 'u10000', fake], {
+      timeoutMs: 30_000,
+    });
+    // hping3 stops early once it has counted 64 answers (it sees the SYN-ACKs the engine writes into the TUN).
+    const sent = Number(/(\d+) packets transmitted/.exec(h.stderr)?.[1]);
+    expect(sent, h.stderr).toBeGreaterThanOrEqual(32);
+    expect(await exited).toBe(0);
+    expect(appOut).toMatch(/app ECONNRESET/);
+    const after = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).engine;
+    expect(after.flowsEarlyDropped - before.flowsEarlyDropped).toBeGreaterThanOrEqual(sent - 16);
+    expect(after.rstOnEvict - before.rstOnEvict).toBeGreaterThanOrEqual(1);
+    expect(after.rstOnExpiry).toBe(before.rstOnExpiry);
+    await t.client.must('nft', ['delete', 'table', 'ip', 'fptnoack']);
     expect(await d.stop()).toBe(0);
     server.kill('SIGKILL');
   });
