@@ -4,7 +4,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { CLI, run, sleep, Unavailable } from './env.js';
+import { CLI, run, sleep } from './env.js';
 import { ORIGIN_NAME, PORTS, type Topology } from './topology.js';
 
 /**
@@ -86,7 +86,7 @@ export class Daemon {
 
   /** Starts `fakeproxy start …` in the client namespace and waits for "running". */
   static async start(topo: Topology, opts: DaemonOpts): Promise<Daemon> {
-    if (!existsSync(CLI)) throw new Unavailable(`${CLI} is missing (run \`npm run build\`)`);
+    if (!existsSync(CLI)) throw new Error(`${CLI} is missing (run \`npm run build\`)`);
     const k = nextRange.get(topo) ?? 0;
     nextRange.set(topo, k + 1);
     const range = RANGES[k % RANGES.length];
@@ -126,10 +126,10 @@ export class Daemon {
       exited = true;
     });
     while (!/\brunning\b/.test(d.out)) {
-      if (exited) throw new Unavailable(`daemon exited before "running": ${lastLines(d.out)}`);
+      if (exited) throw new Error(`daemon exited before "running": ${lastLines(d.out)}`);
       if (Date.now() > deadline) {
         await d.stop();
-        throw new Unavailable(`daemon did not print "running" within 20 s: ${lastLines(d.out)}`);
+        throw new Error(`daemon did not print "running" within 20 s: ${lastLines(d.out)}`);
       }
       await sleep(50);
     }

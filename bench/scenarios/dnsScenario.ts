@@ -1,15 +1,14 @@
 /**
- * dns: (1) the in-process benchmark a teammate writes in bench/dns.ts
- * (`benchDns()`), when present; (2) dnsperf inside the client namespace against
+ * dns: (1) the in-process benchmark of bench/dns.ts (`benchDns()`); (2) dnsperf inside the client namespace against
  * the daemon's fake DNS on gateway:53 vs dnsmasq (and unbound when installed)
  * answering a local zone from the same namespace.
  */
-import { existsSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { dnsmasqArgs } from '../../test/support/confs.js';
+import { benchDns } from '../dns.js';
 import { type Ctx, need, sleep, Unavailable, waitListening, which } from '../lib/env.js';
-import type { Row, Section } from '../lib/report.js';
+import type { Section } from '../lib/report.js';
 import { dnsperf, VerifyError } from '../lib/tools.js';
 import { bigFile, Topology } from '../lib/topology.js';
 import { path, repeat, row, rows, type Scenario } from './common.js';
@@ -29,90 +28,35 @@ export const dns: Scenario = {
   },
 };
 
-/** Loads the teammate's bench/dns.ts (compiled to dist/bench/dns.js) if it exists. */
+/** bench/dns.ts's benchDns(): FakeDns in this process vs dnsmasq on 127.0.0.1, answers checked there. */
 async function inProcess(ctx: Ctx): Promise<Section> {
+  const seconds = ctx.quick ? 2 : 10;
   const s: Section = {
     scenario: 'dns',
-    title: 'in-process FakeDns benchmark (bench/dns.ts benchDns())',
+    title: `in-process FakeDns vs dnsmasq on 127.0.0.1, dnsperf ${seconds} s × ${ctx.reps} rounds (bench/dns.ts benchDns())`,
     rows: [],
     notes: [],
   };
-  const file = join(dirname(fileURLToPath(import.meta.url)), '..', 'dns.js');
-  if (!existsSync(file)) {
-    s.skipped = 'not available yet: bench/dns.ts (benchDns) has not landed or is not built (npm run build)';
-    return s;
-  }
   const t0 = Date.now();
   try {
-    const mod = (await import(pathToFileURL(file).href)) as { benchDns?: (o: Record<string, unknown>) => unknown };
-    if (typeof mod.benchDns !== 'function') {
-      s.skipped = 'not available yet: bench/dns.js does not export benchDns()';
-      return s;
-    }
-    // bench/dns.ts options: seconds per dnsperf run, rounds (alternating servers, median); extra keys are ignored.
-    const seconds = ctx.quick ? 2 : 10;
-    const res = await mod.benchDns({ seconds, rounds: ctx.reps, quick: ctx.quick, reps: ctx.reps });
-    s.title = `in-process FakeDns vs dnsmasq on 127.0.0.1, dnsperf ${seconds} s × ${ctx.reps} rounds (bench/dns.ts benchDns())`;
-    absorb(s, res);
-  } catch (e) {
-    s.error = `benchDns() threw: ${(e as Error).message}`;
-  }
-  s.seconds = (Date.now() - t0) / 1000;
-  return s;
-}
-
-/**
- * Accepts what benchDns() returns: a Section-like object ({rows}), an array of
- * rows ({id|name, samples|value, unit}), or a flat object of numbers.
- */
-function absorb(s: Section, res: unknown): void {
-  if (res === undefined || res === null) {
-    s.notes.push('benchDns() returned nothing (it may have printed its own table above)');
-    return;
-  }
-  const obj = res as Record<string, unknown>;
-  // bench/dns.ts today: { ours, dnsmasq, ratio } in queries/s, medians of its rounds.
-  if (typeof obj.ours === 'number' && typeof obj.dnsmasq === 'number') {
+    const res = await benchDns({ seconds, rounds: ctx.reps });
     s.rows.push(
-      { id: 'dnsmasq', label: 'dnsmasq (median of rounds)', metric: 'QPS', unit: 'q/s', samples: [obj.dnsmasq] },
+      { id: 'dnsmasq', label: 'dnsmasq (median of rounds)', metric: 'QPS', unit: 'q/s', samples: [res.dnsmasq] },
       {
         id: 'fake',
         label: 'FakeDns in-process (median of rounds)',
         metric: 'QPS',
         unit: 'q/s',
-        samples: [obj.ours],
+        samples: [res.ours],
         compare: [{ to: 'dnsmasq', goal: 1 }],
       },
     );
-    s.notes.push(
-      'issue 3 asks ≥ 0.5× dnsmasq, issue 8 ≥ 1×; n = 1 because benchDns() returns the median of its own rounds',
-    );
-    return;
+    s.notes.push('n = 1 because benchDns() returns the median of its own rounds');
+  } catch (e) {
+    s.error = `benchDns() failed: ${(e as Error).message}`;
   }
-  const list = Array.isArray(res) ? res : Array.isArray(obj.rows) ? (obj.rows as unknown[]) : undefined;
-  if (list) {
-    for (const [i, x] of list.entries()) {
-      const r = x as Record<string, unknown>;
-      const samples = Array.isArray(r.samples) ? (r.samples as number[]) : typeof r.value === 'number' ? [r.value] : [];
-      s.rows.push({
-        id: String(r.id ?? r.name ?? i),
-        label: String(r.label ?? r.name ?? r.id ?? i),
-        metric: String(r.metric ?? ''),
-        unit: String(r.unit ?? ''),
-        samples,
-        higherIsBetter: r.higherIsBetter as boolean | undefined,
-        compare: r.compare as Row['compare'],
-      });
-    }
-    if (Array.isArray(obj.notes)) s.notes.push(...(obj.notes as string[]));
-    return;
-  }
-  for (const [k, v] of Object.entries(obj)) {
-    if (typeof v === 'number') s.rows.push({ id: k, label: k, metric: k, unit: '', samples: [v] });
-    else if (Array.isArray(v) && v.every((x) => typeof x === 'number'))
-      s.rows.push({ id: k, label: k, metric: k, unit: '', samples: v as number[] });
-  }
-  if (s.rows.length === 0) s.notes.push(`benchDns() returned ${JSON.stringify(res).slice(0, 300)}`);
+  s.seconds = (Date.now() - t0) / 1000;
+  return s;
 }
 
 async function namespaced(ctx: Ctx): Promise<Section> {

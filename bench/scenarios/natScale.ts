@@ -1,16 +1,7 @@
-/**
- * nat-scale:
- *  (1) 10 000 concurrent idle TCP connections through the TUN (direct) to a
- *      holder in the upstream namespace: the daemon's RSS and fds from /proc.
- *  (2) 1 M flows in the native engine, in this process, through the addon's
- *      processPacket seam (no TUN): engine-reported memory per flow, RSS growth,
- *      and ns per SYN (allocation) / per lookup including the N-API crossing.
- */
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { native } from '../../src/native.js';
 import { nofileLimit, RAISE_NOFILE } from '../lib/daemon.js';
-import { type Ctx, ROOT, sleep, Unavailable, waitUntil } from '../lib/env.js';
+import { type Ctx, ROOT, sleep, waitUntil } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { VerifyError } from '../lib/tools.js';
 import { bigFile, Topology } from '../lib/topology.js';
@@ -201,24 +192,13 @@ async function million(ctx: Ctx): Promise<Section> {
       },
     ),
   };
-  const nativeJs = join(ROOT, 'dist', 'src', 'native.js');
   await path(
     ctx,
     s,
     s.rows.map((r) => r.id),
     `nat-scale: ${flows} native flows`,
     async () => {
-      if (!existsSync(nativeJs)) throw new Unavailable('dist/src/native.js is missing (npm run build)');
-      const mod = (await import(pathToFileURL(nativeJs).href)) as {
-        native: () => { Engine?: new (o: object) => EngineLike };
-      };
-      let Engine: (new (o: object) => EngineLike) | undefined;
-      try {
-        Engine = mod.native().Engine;
-      } catch (e) {
-        throw new Unavailable(`native addon not loadable: ${(e as Error).message}`);
-      }
-      if (typeof Engine !== 'function') throw new Unavailable('not available yet: the addon does not export Engine');
+      const Engine = native().Engine as unknown as new (o: object) => EngineLike;
       const gw = ip4('198.18.0.1');
       const day = 86_400_000;
       for (let rep = 0; rep < ctx.reps && !ctx.aborted; rep++) {

@@ -11,9 +11,9 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Daemon, probeTun } from '../lib/daemon.js';
-import { type Ctx, need, sleep, Unavailable } from '../lib/env.js';
+import { type Ctx, need, sleep } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
-import { type CurlVia, curlGbps, curlVerifySha } from '../lib/tools.js';
+import { type CurlVia, curlGbps, curlVerifySha, VerifyError } from '../lib/tools.js';
 import { bigFile, ORIGIN_NAME, PORTS, Topology } from '../lib/topology.js';
 import { GiB, MiB, path, repeat, rows, type Scenario } from './common.js';
 
@@ -151,7 +151,7 @@ redsocks { local_ip = 127.0.0.1; local_port = ${REDSOCKS_PORT}; ip = ${topo.upIp
   },
 };
 
-/** Runs `body` with a daemon in the client namespace; Unavailable when the TUN path does not work yet. */
+/** Runs `body` with a daemon in the client namespace; a VerifyError when the TUN path does not work. */
 export async function withDaemon<T>(
   topo: Topology,
   upstream: string,
@@ -161,7 +161,7 @@ export async function withDaemon<T>(
   const d = await Daemon.start(topo, { upstream, ...extra });
   try {
     const why = await probeTun(topo, d);
-    if (why) throw new Unavailable(`TUN path not functional yet: ${why}`);
+    if (why) throw new VerifyError(`the TUN path does not work: ${why}`);
     return await body(d);
   } finally {
     await d.stop();

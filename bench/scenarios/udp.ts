@@ -5,9 +5,9 @@
  */
 
 import { probeUdp } from '../lib/daemon.js';
-import { type Ctx, Unavailable, waitListening } from '../lib/env.js';
+import { type Ctx, waitListening } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
-import { iperfUdp } from '../lib/tools.js';
+import { iperfUdp, VerifyError } from '../lib/tools.js';
 import { bigFile, Topology } from '../lib/topology.js';
 import { path, repeat, rows, type Scenario } from './common.js';
 import { withDaemon } from './tcp.js';
@@ -94,7 +94,7 @@ export const udp: Scenario = {
         await path(ctx, s, ids(p.id), `udp: ${p.label}`, () =>
           withDaemon(topo, p.upstream, async () => {
             const why = await probeUdp(topo);
-            if (why) throw new Unavailable(`UDP through the TUN not functional yet (${p.upstream}): ${why}`);
+            if (why) throw new VerifyError(`UDP through the TUN does not work (${p.upstream}): ${why}`);
             await sweep(p.id, 'iperf.test');
           }),
         );
