@@ -18,6 +18,6 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   iproute2 curl dnsutils netcat-openbsd socat microsocks dante-server tinyproxy \
   redsocks dnsmasq-base redis-server redis-tools redis-sentinel iperf3 dnsperf apache2-utils wrk \
-  iptables iputils-ping util-linux procps hping3 g++ make python3 ca-certificates ethtool clang-format chromium nftables systemd >/dev/null
+  iptables iputils-ping util-linux procps hping3 g++ make python3 ca-certificates ethtool clang-format chromium nftables systemd openssl >/dev/null
 # Package postinst scripts may start system services; our tests start their own.
 for svc in redis-server redis-sentinel tinyproxy danted; do service "$svc" stop >/dev/null 2>&1 || true; done

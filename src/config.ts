@@ -61,6 +61,9 @@ export interface StartConfig {
   /** uidranges (`A-B`) that go direct / that alone are captured. */
   bypassUid: string[];
   onlyUid: string[];
+  /** Sniff TCP connections without a name (`--sniff`; auto: in global mode), and for how long (ms). */
+  sniff: 'auto' | 'on' | 'off';
+  sniffTimeout: number;
   /** NAT timeouts in ms (NatManager's NatTimeouts); unset keys keep the defaults of NAT_TIMEOUTS. */
   natTimeouts: Partial<Record<NatTimeoutKey, number>>;
   debug: boolean;
@@ -312,13 +315,26 @@ function globalMode(
   pick: (k: keyof typeof O) => unknown,
 ): Pick<
   StartConfig,
-  'mode' | 'fwmark' | 'routeTable' | 'rulePriority' | 'exclude' | 'capture' | 'bypassUid' | 'onlyUid'
+  | 'mode'
+  | 'fwmark'
+  | 'routeTable'
+  | 'rulePriority'
+  | 'exclude'
+  | 'capture'
+  | 'bypassUid'
+  | 'onlyUid'
+  | 'sniff'
+  | 'sniffTimeout'
 > {
   const mode = str(pick('mode') ?? O.mode.default, '--mode');
   if (mode !== 'fake-ip' && mode !== 'global') {
     throw new UsageError(`--mode ${JSON.stringify(mode)}: fake-ip or global`);
   }
-  const num = (k: 'routeTable' | 'rulePriority') =>
+  const sniff = str(pick('sniff') ?? O.sniff.default, '--sniff');
+  if (sniff !== 'auto' && sniff !== 'on' && sniff !== 'off') {
+    throw new UsageError(`--sniff ${JSON.stringify(sniff)}: auto (on in global mode), on or off`);
+  }
+  const num = (k: 'routeTable' | 'rulePriority' | 'sniffTimeout') =>
     int(pick(k) ?? O[k].default, flagName(O[k]), O[k].range[0], O[k].range[1]);
   return {
     mode,
@@ -329,6 +345,8 @@ function globalMode(
     capture: parseCapture(list(pick('capture'), '--capture')),
     bypassUid: list(pick('bypassUid'), '--bypass-uid').map((u) => parseUidRange(u, '--bypass-uid')),
     onlyUid: list(pick('onlyUid'), '--only-uid').map((u) => parseUidRange(u, '--only-uid')),
+    sniff,
+    sniffTimeout: num('sniffTimeout'),
   };
 }
 

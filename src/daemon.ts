@@ -269,6 +269,7 @@ export class Daemon {
       // Only what came through the TUN: DESIGN.md "Who may use it".
       device: c.tun,
       ...(c.relayThreads !== undefined ? { relayThreads: c.relayThreads } : {}),
+      sniffTimeoutMs: c.sniff === 'on' || (c.sniff === 'auto' && c.mode === 'global') ? c.sniffTimeout : 0,
     });
     this.tcp = tcp;
     const mirror = this.mirror;

@@ -247,6 +247,19 @@ export const START_OPTIONS = {
     repeatable: true,
     why: "global mode, repeatable: only these local users' traffic enters the TUN (one `ip rule uidrange … lookup <table>` each, instead of the catch-all rule); everything else, forwarded `--lan` traffic included, keeps the main table",
   },
+  sniff: {
+    flag: '--sniff <when>',
+    help: 'take the name of a connection to a real address from its TLS SNI or HTTP Host: auto, on, off',
+    default: 'auto',
+    why: "`auto`: on in global mode, off in fake-ip mode; `on`: also in fake-ip mode (a `--lan` client's or a stale fake address's connection); `off`. A TCP connection whose destination has no name (an IP literal, an app's own DNS) waits up to `--sniff-timeout` for its first bytes; a TLS ClientHello's SNI or an HTTP/1 `Host` becomes its name, so domain rules apply (IP rules still see the address) and a proxy upstream is given the name (SOCKS5 domain, HTTP CONNECT host) while `DIRECT` dials the address the app chose. The bytes are sent on unchanged. As sing-box's `sniff` and mihomo's `sniffer`",
+  },
+  sniffTimeout: {
+    flag: '--sniff-timeout <ms>',
+    help: "sniffing: longest wait for an app's first bytes",
+    default: 300,
+    range: [1, 10_000],
+    why: "sniffing: how long a connection without a name waits for the app's first bytes before it is routed by address. Clients speak first in TLS and HTTP, within a round trip; a server-speaks-first protocol (SSH, SMTP, FTP) is delayed by this much once per connection. sing-box's default (`sniff_timeout` 300 ms)",
+  },
   geoipDb: {
     flag: '--geoip-db <file.mmdb>',
     help: 'MaxMind-format country database for GEOIP rules',

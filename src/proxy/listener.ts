@@ -23,6 +23,7 @@ import type { Outbound } from './outbound.js';
 import { isOwnTcp } from './ownTcp.js';
 import { Relay, type RelayEnd, type RelayHandle, type RelayResult, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
+import { sniffSocket } from './sniff.js';
 
 export interface NameLookup {
   /** Fake address → the name it stands for; undefined when `ip` is not a (live) fake address. */
@@ -69,13 +70,22 @@ export interface TcpListenerOptions {
    * @default os.availableParallelism()
    */
   relayThreads?: number;
+  /**
+   * Sniff connections that have no name (a real destination address): wait
+   * up to this long for the app's first bytes and take the name from a TLS
+   * SNI or HTTP Host (./sniff.ts). 0: off.
+   * @default 0 — the daemon passes `--sniff-timeout` when `--sniff` applies (src/options.ts).
+   */
+  sniffTimeoutMs?: number;
 }
 
 export interface SessionEvent {
   phase: 'open' | 'close';
   flowId: number;
-  /** The name behind the fake address, when there was one. */
+  /** The name behind the fake address, or the sniffed one (`sniffed`). */
   name?: string | undefined;
+  /** How `name` was learned from the app's first bytes (a real destination address): TLS SNI or HTTP Host. */
+  sniffed?: 'tls' | 'http' | undefined;
   /** Original destination. */
   ip: string;
   port: number;
@@ -109,6 +119,8 @@ export interface TcpListenerStats {
   rejectedPeers: number;
   /** Captured flows that were our own outbound connections (global mode lost the mark): reset (src/proxy/ownTcp.ts). */
   loopRefused: number;
+  /** Connections without a name whose first bytes named one (TLS SNI, HTTP Host). */
+  sniffed: number;
   connectFailed: number;
   active: number;
   bytesUp: number;
@@ -124,6 +136,15 @@ export interface TcpListener {
 
 type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads' | 'device'>> &
   Pick<TcpListenerOptions, 'relayThreads' | 'device'>;
+
+/** An accepted connection's NAT flow, copied off the reused accept-path record (sniffing outlives the tick). */
+interface FlowFacts {
+  flowId: number;
+  srcIp: string;
+  srcPort: number;
+  dstIp: string;
+  dstPort: number;
+}
 
 type SessionBase = Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>;
 
@@ -150,6 +171,8 @@ export class TcpListener extends EventEmitter {
   readonly #sessions = new Set<Session>();
   /** The same sessions by NAT flow id, so the daemon can end one when its flow leaves the table. */
   readonly #byFlow = new Map<number, Session>();
+  /** App sockets whose first bytes are being read (sniffing): reset by close(). */
+  readonly #sniffing = new Set<net.Socket>();
   /** Created on the first hand-off, stopped by close(). */
   #splice: SpliceRelay | undefined;
   /** The native accept socket (an IPv4 host); Node's net.Server otherwise. */
@@ -158,6 +181,7 @@ export class TcpListener extends EventEmitter {
     accepted: 0,
     rejectedPeers: 0,
     loopRefused: 0,
+    sniffed: 0,
     connectFailed: 0,
     active: 0,
     bytesUp: 0,
@@ -188,6 +212,7 @@ export class TcpListener extends EventEmitter {
       logger: opts.logger ?? stderrLogger,
       relayThreads: opts.relayThreads,
       device: opts.device,
+      sniffTimeoutMs: opts.sniffTimeoutMs ?? 0,
     };
     this.#failLog = rateLimited(this.#o.logger, 10_000);
   }
@@ -244,6 +269,8 @@ export class TcpListener extends EventEmitter {
   close(): Promise<void> {
     const server = this.#server;
     this.#server = undefined;
+    for (const app of this.#sniffing) app.resetAndDestroy();
+    this.#sniffing.clear();
     this.#acceptor?.close();
     this.#acceptor = undefined;
     for (const s of this.#sessions) {
@@ -376,9 +403,45 @@ export class TcpListener extends EventEmitter {
     }
     const names = this.#o.names;
     const name = names.reverseU32 ? names.reverseU32(flow.dstIp) : names.reverse(dstIp);
-    const host = name ?? dstIp;
+    const facts: FlowFacts = { flowId, srcIp, srcPort, dstIp, dstPort };
+    if (name === undefined && this.#o.sniffTimeoutMs > 0) {
+      this.#sniff(facts, typeof accepted === 'number' ? this.#wrap(accepted) : accepted);
+      return;
+    }
+    this.#route(facts, accepted, name, undefined);
+  }
+
+  /**
+   * A connection to a real address: read its first bytes for a name
+   * (./sniff.ts), then route it as any other. The bytes stay in the app
+   * socket's buffer; the relay sends them first.
+   */
+  #sniff(facts: FlowFacts, app: net.Socket): void {
+    this.#sniffing.add(app);
+    sniffSocket(app, this.#o.sniffTimeoutMs).then((r) => {
+      if (!this.#sniffing.delete(app)) return; // close() reset it
+      if (r === 'ended') {
+        // Half-closed mid-hello: its bytes cannot be put back in the stream.
+        app.resetAndDestroy();
+        return;
+      }
+      if (app.destroyed) return;
+      if (r !== undefined) this.#stats.sniffed++;
+      this.#route(facts, app, r?.name, r?.proto);
+    });
+  }
+
+  /** Pick the outbound for one connection and dial it. `sniffed`: `name` came from the app's first bytes (the address is real). */
+  #route(
+    facts: FlowFacts,
+    accepted: net.Socket | number,
+    name: string | undefined,
+    sniffed: 'tls' | 'http' | undefined,
+  ): void {
+    const { flowId, srcIp, srcPort, dstIp, dstPort } = facts;
     const route = this.#o.router.decide({
       name,
+      realIp: sniffed !== undefined,
       ip: dstIp,
       port: dstPort,
       proto: 'tcp',
@@ -386,9 +449,12 @@ export class TcpListener extends EventEmitter {
       srcPort,
     });
     const outbound = route.outbound;
+    // A proxy is given the name (SOCKS5 ATYP domain, CONNECT host); direct keeps the address the app chose.
+    const host = name === undefined || (sniffed !== undefined && outbound.kind === 'direct') ? dstIp : name;
     const base: SessionBase = {
       flowId,
       name,
+      sniffed,
       ip: dstIp,
       port: dstPort,
       outbound: outbound.label,

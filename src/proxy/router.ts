@@ -23,8 +23,10 @@ import {
 export interface RouteContext {
   /** The name the app asked for, when the destination was a fake address. */
   name?: string | undefined;
-  /** The original destination address (the fake IP when `name` is set). */
+  /** The original destination address (the fake IP when `name` is set, unless `realIp`). */
   ip: string;
+  /** `ip` is the real destination although `name` is set (a sniffed name): IP rules see it too. */
+  realIp?: boolean | undefined;
   port: number;
   proto: 'tcp' | 'udp';
   /** The app's address (for SRC-IP-CIDR / SRC-PORT rules). */

@@ -14,7 +14,8 @@
  * IP rules see the destination address only when the connection has no name
  * (an app that connected to an IP literal, or to a real address the fake-IP
  * filter handed out): with a name the destination is a fake address that
- * says nothing about where the name lives. We never resolve a name to
+ * says nothing about where the name lives. A name sniffed off a connection
+ * to a real address (`realIp`) leaves the address real: IP rules see both. We never resolve a name to
  * evaluate a rule, i.e. every IP rule behaves as mihomo's `no-resolve`.
  */
 import { UsageError } from '../errors.js';
@@ -25,6 +26,8 @@ export type Proto = 'tcp' | 'udp';
 export interface MatchInput {
   name?: string | undefined;
   ip: string;
+  /** `ip` is the real destination although `name` is set (a name sniffed off a connection to a real address). */
+  realIp?: boolean | undefined;
   port: number;
   proto: Proto;
   srcIp?: string | undefined;
@@ -335,7 +338,7 @@ function evalCond(c: Cond, m: MatchInput, words: () => number[] | undefined, geo
     case 'DOMAIN-REGEX':
       return m.name !== undefined && c.value.test(m.name);
     case 'IP-CIDR': {
-      if (m.name !== undefined) return false;
+      if (m.name !== undefined && m.realIp !== true) return false;
       const w = words();
       return w !== undefined && cidrHas(c.value, w);
     }
@@ -352,7 +355,7 @@ function evalCond(c: Cond, m: MatchInput, words: () => number[] | undefined, geo
     case 'NETWORK':
       return m.proto === c.value;
     case 'GEOIP':
-      return m.name === undefined && geo() === c.value;
+      return (m.name === undefined || m.realIp === true) && geo() === c.value;
     case 'AND':
       return c.value.every((s) => evalCond(s, m, words, geo));
     case 'OR':
@@ -636,7 +639,8 @@ export class CompiledRules {
         }
       }
       if (!this.#keywords.empty) best = this.#keywords.lookup(name, best);
-    } else if (!this.#dst.empty) {
+    }
+    if ((name === undefined || m.realIp === true) && !this.#dst.empty) {
       const w = getWords();
       if (w) best = this.#dst.lookup(w, best);
     }

@@ -23,6 +23,11 @@ const CAPTURED = '203.0.113.10'; // routed into the TUN
 const EXCLUDED = '198.51.100.10'; // --exclude 198.51.100.0/24: direct
 const BYPASS_UID = 4242; // --bypass-uid: this user's processes go direct
 const DIRECT_RULE = '203.0.113.20'; // captured, then the DIRECT rule: the daemon's own marked dial
+const TLS = 8443; // openssl s_server on every address of the upstream namespace
+// Names only the real resolver (dnsmasq) knows, resolved with `dig @<it>` as an app with its own DNS would.
+const SNI_NAME = 'tls.sniff.test';
+const HOST_NAME = 'web.sniff.test';
+const DIRECT_NAME = 'direct.sniff.test'; // DOMAIN rule → DIRECT
 
 describe.skipIf(skip)('global mode', () => {
   let t: Topology;
@@ -52,7 +57,9 @@ describe.skipIf(skip)('global mode', () => {
   };
 
   beforeAll(async () => {
-    t = await createTopology();
+    t = await createTopology({
+      dnsmasqArgs: [SNI_NAME, HOST_NAME, DIRECT_NAME].map((n) => `--address=/${n}/${CAPTURED}`),
+    });
     for (const ip of [CAPTURED, EXCLUDED, DIRECT_RULE]) {
       await t.upstream.must('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
       await t.client.must('ip', ['route', 'add', `${ip}/32`, 'via', t.upstreamIp]);
@@ -68,8 +75,39 @@ describe.skipIf(skip)('global mode', () => {
     ]);
     who = capture(whoProc);
     mic = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', t.upstreamIp, '-p', String(MIC)]));
+    await t.upstream.must('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-subj',
+      `/CN=${SNI_NAME}`,
+      '-days',
+      '1',
+      '-keyout',
+      `${t.tmp}/tls.key`,
+      '-out',
+      `${t.tmp}/tls.crt`,
+    ]);
+    capture(
+      t.upstream.spawn('openssl', [
+        's_server',
+        '-accept',
+        String(TLS),
+        '-cert',
+        `${t.tmp}/tls.crt`,
+        '-key',
+        `${t.tmp}/tls.key`,
+        '-www',
+        '-quiet',
+      ]),
+    );
     await waitListening(t.upstream, MIC);
     await waitListening(t.upstream, WHO);
+    await waitListening(t.upstream, TLS);
     before = await dumps();
     const config = tmpFile(
       t,
@@ -81,6 +119,7 @@ describe.skipIf(skip)('global mode', () => {
         'proxies:',
         `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
         'rules:',
+        `  - DOMAIN,${DIRECT_NAME},DIRECT`,
         `  - IP-CIDR,${DIRECT_RULE}/32,DIRECT`,
         '  - MATCH,mic',
         '',
@@ -219,6 +258,39 @@ describe.skipIf(skip)('global mode', () => {
       sockets1 = daemonSockets(d.child.pid);
     }
     expect(sockets1).toBeLessThanOrEqual(sockets0);
+  });
+
+  /** `dig @<the real resolver>`: the app's own DNS, around the daemon's (the upstream's address is excluded). */
+  const dig = async (name: string) => {
+    const a = (await t.client.must('dig', ['+short', '+time=2', '+tries=2', `@${t.upstreamIp}`, name])).trim();
+    expect(a).toBe(CAPTURED);
+    return a;
+  };
+
+  it('sniffing: an app with its own DNS connects by address; the TLS SNI reaches the SOCKS5 upstream as the name', async () => {
+    const ip = await dig(SNI_NAME);
+    const st0 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
+    const r = await curl(`https://${SNI_NAME}:${TLS}/`, ['-k', '--resolve', `${SNI_NAME}:${TLS}:${ip}`]);
+    // s_server -www answers with its status page: the handshake and the bytes went through unchanged.
+    expect(r.stdout).toMatch(/<pre>\s*s_server/);
+    expect(mic.text).toContain(`connected to ${SNI_NAME}:${TLS}`);
+    const st1 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
+    expect(st1.sniffed - st0.sniffed).toBe(1);
+  });
+
+  it('sniffing: the HTTP Host reaches the upstream as the name; a DOMAIN rule applies to a sniffed name', async () => {
+    const ip = await dig(HOST_NAME);
+    const r = await curl(`http://${HOST_NAME}:${WHO}/`, ['--resolve', `${HOST_NAME}:${WHO}:${ip}`]);
+    expect(r.stdout).toMatch(new RegExp(`^peer=\\S+ host=${HOST_NAME.replace(/\./g, '\\.')}:${WHO}$`, 'm'));
+    expect(r.stdout).not.toContain(`peer=${t.clientIp} `);
+    expect(mic.text).toContain(`connected to ${HOST_NAME}:${WHO}`);
+    // The same address under a name a DOMAIN rule sends DIRECT: the origin sees the client itself.
+    const d = await curl(`http://${DIRECT_NAME}:${WHO}/`, [
+      '--resolve',
+      `${DIRECT_NAME}:${WHO}:${await dig(DIRECT_NAME)}`,
+    ]);
+    expect(d.stdout.trim()).toBe(`peer=${t.clientIp} host=${DIRECT_NAME}:${WHO}`);
+    expect(mic.text).not.toContain(DIRECT_NAME);
   });
 
   it('names still work through the fake range', async () => {

@@ -144,3 +144,27 @@ describe('CompiledRules', () => {
     );
   });
 });
+
+describe('a sniffed name on a real address (realIp)', () => {
+  const rules = ['DOMAIN-SUFFIX,named.example,A', 'IP-CIDR,203.0.113.0/24,B', 'MATCH,C'];
+  const c = new CompiledRules(conds(rules));
+  const m = (name: string | undefined, realIp: boolean): MatchInput => ({
+    name,
+    realIp,
+    ip: '203.0.113.7',
+    port: 443,
+    proto: 'tcp',
+  });
+
+  it('domain rules see the name, IP rules still see the address; a fake-address name hides it', () => {
+    for (const [input, want] of [
+      [m('www.named.example', true), 0],
+      [m('other.example', true), 1],
+      [m('other.example', false), 2],
+      [m(undefined, false), 1],
+    ] as const) {
+      expect(c.match(input)).toBe(want);
+      expect(matchLinear(conds(rules), input)).toBe(want);
+    }
+  });
+});
