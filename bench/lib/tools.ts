@@ -198,7 +198,7 @@ export interface DnsperfResult {
   sent: number;
 }
 
-/** dnsperf for `secs` against server:port with the given query file. */
+/** dnsperf for `secs` against server:port with the given query file, at most `outstanding` queries in flight (-q). */
 export async function dnsperf(
   ns: Netns,
   server: string,
@@ -206,6 +206,7 @@ export async function dnsperf(
   queryFile: string,
   secs: number,
   clients = 8,
+  outstanding = 500,
 ): Promise<DnsperfResult> {
   need('dnsperf');
   const r = await ns.exec(
@@ -224,7 +225,7 @@ export async function dnsperf(
       '-T',
       '2',
       '-q',
-      '500',
+      String(outstanding),
       '-t',
       '2',
     ],

@@ -19,6 +19,10 @@ const ZONE = 'bench.test';
 const DNSMASQ_IP = '127.0.0.2';
 const UNBOUND_IP = '127.0.0.3';
 const LOCAL_ANSWER = '10.0.0.1';
+/** dnsperf -q for the saturated QPS runs. */
+const WINDOW = 500;
+/** dnsperf -q (its default) for the latency comparison: a window no server here overflows. */
+const SMALL_WINDOW = 100;
 
 export const dns: Scenario = {
   name: 'dns',
@@ -67,9 +71,25 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     notes: [],
     rows: rows(
       { id: 'dnsmasq', label: 'dnsmasq --address=/bench.test/', metric: 'QPS', unit: 'q/s' },
-      { id: 'dnsmasq-lat', label: 'dnsmasq', metric: 'avg latency', unit: 'ms', higherIsBetter: false },
+      { id: 'dnsmasq-lat', label: 'dnsmasq', metric: `avg latency -q ${WINDOW}`, unit: 'ms', higherIsBetter: false },
+      { id: 'dnsmasq-lost', label: 'dnsmasq', metric: `lost -q ${WINDOW}`, unit: '%', higherIsBetter: false },
+      {
+        id: 'dnsmasq-lat2',
+        label: 'dnsmasq',
+        metric: `avg latency -q ${SMALL_WINDOW}`,
+        unit: 'ms',
+        higherIsBetter: false,
+      },
+      { id: 'dnsmasq-lost2', label: 'dnsmasq', metric: `lost -q ${SMALL_WINDOW}`, unit: '%', higherIsBetter: false },
       { id: 'unbound', label: 'unbound local-zone', metric: 'QPS', unit: 'q/s', compare: [{ to: 'dnsmasq' }] },
-      { id: 'unbound-lat', label: 'unbound', metric: 'avg latency', unit: 'ms', higherIsBetter: false },
+      { id: 'unbound-lat', label: 'unbound', metric: `avg latency -q ${WINDOW}`, unit: 'ms', higherIsBetter: false },
+      {
+        id: 'unbound-lat2',
+        label: 'unbound',
+        metric: `avg latency -q ${SMALL_WINDOW}`,
+        unit: 'ms',
+        higherIsBetter: false,
+      },
       {
         id: 'fake',
         label: 'fakeproxy fake DNS gateway:53',
@@ -81,12 +101,28 @@ async function namespaced(ctx: Ctx): Promise<Section> {
       {
         id: 'fake-lat',
         label: 'fakeproxy fake DNS',
-        metric: 'avg latency',
+        metric: `avg latency -q ${WINDOW}`,
         unit: 'ms',
         higherIsBetter: false,
-        compare: [{ to: 'dnsmasq-lat', goal: 1 }],
+        // No goal here: see the note on dnsmasq's lost queries.
+        compare: [{ to: 'dnsmasq-lat' }],
       },
-      { id: 'fake-lost', label: 'fakeproxy fake DNS', metric: 'lost', unit: '%', higherIsBetter: false },
+      { id: 'fake-lost', label: 'fakeproxy fake DNS', metric: `lost -q ${WINDOW}`, unit: '%', higherIsBetter: false },
+      {
+        id: 'fake-lat2',
+        label: 'fakeproxy fake DNS',
+        metric: `avg latency -q ${SMALL_WINDOW}`,
+        unit: 'ms',
+        higherIsBetter: false,
+        compare: [{ to: 'dnsmasq-lat2', goal: 1 }],
+      },
+      {
+        id: 'fake-lost2',
+        label: 'fakeproxy fake DNS',
+        metric: `lost -q ${SMALL_WINDOW}`,
+        unit: '%',
+        higherIsBetter: false,
+      },
     ),
   };
   need('dnsperf');
@@ -97,35 +133,54 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     const qfile = join(ctx.tmp, 'dnsperf-queries.txt');
     writeFileSync(qfile, Array.from({ length: NAMES }, (_, i) => `n${i}.${ZONE} A\n`).join(''));
     const c = topo.client;
+    const inFlightNotes: string[] = [];
     const measure = async (id: string, server: string) => {
       await dnsperf(c, server, 53, qfile, ctx.quick ? 1 : 2); // warm-up (JIT, pool allocation of the names), untimed
-      const rs = await repeat(ctx, () => dnsperf(c, server, 53, qfile, secs));
-      row(s, id).samples = rs.map((r) => r.qps);
-      row(s, `${id}-lat`).samples = rs.map((r) => r.avgMs);
-      const lost = s.rows.find((r) => r.id === `${id}-lost`);
-      if (lost) lost.samples = rs.map((r) => r.lostPct);
+      const rs = await repeat(ctx, async () => ({
+        full: await dnsperf(c, server, 53, qfile, secs, 8, WINDOW),
+        small: await dnsperf(c, server, 53, qfile, secs, 8, SMALL_WINDOW),
+      }));
+      row(s, id).samples = rs.map((r) => r.full.qps);
+      row(s, `${id}-lat`).samples = rs.map((r) => r.full.avgMs);
+      row(s, `${id}-lat2`).samples = rs.map((r) => r.small.avgMs);
+      for (const [suffix, pick] of [
+        ['lost', (r: (typeof rs)[number]) => r.full],
+        ['lost2', (r: (typeof rs)[number]) => r.small],
+      ] as const) {
+        const lost = s.rows.find((r) => r.id === `${id}-${suffix}`);
+        if (lost) lost.samples = rs.map((r) => pick(r).lostPct);
+      }
+      // Little's law: queries in flight on average = QPS × latency (dnsperf keeps at most -q of them out).
+      const inFlight = rs.map((r) => (r.full.qps * r.full.avgMs) / 1000);
+      inFlightNotes.push(`${id}: ${inFlight.map((n) => n.toFixed(0)).join(', ')} of ${WINDOW}`);
     };
     const digA = async (server: string, name: string): Promise<string> => {
       const r = await c.exec('dig', ['+short', '+time=2', '+tries=1', `@${server}`, name, 'A'], { timeoutMs: 5_000 });
       return r.stdout.trim();
     };
 
-    await path(ctx, s, ['dnsmasq', 'dnsmasq-lat'], 'dns: dnsmasq', async () => {
-      c.spawn(
-        'dnsmasq',
-        dnsmasqArgs(DNSMASQ_IP, [
-          `--address=/${ZONE}/${LOCAL_ANSWER}`,
-          `--pid-file=${join(ctx.tmp, 'dnsmasq-local.pid')}`,
-        ]),
-        { stdio: 'ignore' },
-      );
-      await waitListening(c, 'udp', DNSMASQ_IP, 53);
-      const a = await digA(DNSMASQ_IP, `n1.${ZONE}`);
-      if (a !== LOCAL_ANSWER) throw new VerifyError(`dnsmasq answered "${a}", expected ${LOCAL_ANSWER}`);
-      await measure('dnsmasq', DNSMASQ_IP);
-    });
+    await path(
+      ctx,
+      s,
+      ['dnsmasq', 'dnsmasq-lat', 'dnsmasq-lost', 'dnsmasq-lat2', 'dnsmasq-lost2'],
+      'dns: dnsmasq',
+      async () => {
+        c.spawn(
+          'dnsmasq',
+          dnsmasqArgs(DNSMASQ_IP, [
+            `--address=/${ZONE}/${LOCAL_ANSWER}`,
+            `--pid-file=${join(ctx.tmp, 'dnsmasq-local.pid')}`,
+          ]),
+          { stdio: 'ignore' },
+        );
+        await waitListening(c, 'udp', DNSMASQ_IP, 53);
+        const a = await digA(DNSMASQ_IP, `n1.${ZONE}`);
+        if (a !== LOCAL_ANSWER) throw new VerifyError(`dnsmasq answered "${a}", expected ${LOCAL_ANSWER}`);
+        await measure('dnsmasq', DNSMASQ_IP);
+      },
+    );
 
-    await path(ctx, s, ['unbound', 'unbound-lat'], 'dns: unbound', async () => {
+    await path(ctx, s, ['unbound', 'unbound-lat', 'unbound-lat2'], 'dns: unbound', async () => {
       if (!which('unbound'))
         throw new Unavailable('unbound is not installed (Debian package unbound); optional baseline');
       const conf = join(ctx.tmp, 'unbound.conf');
@@ -158,7 +213,7 @@ remote-control:
       await measure('unbound', UNBOUND_IP);
     });
 
-    await path(ctx, s, ['fake', 'fake-lat', 'fake-lost'], 'dns: fakeproxy', () =>
+    await path(ctx, s, ['fake', 'fake-lat', 'fake-lost', 'fake-lat2', 'fake-lost2'], 'dns: fakeproxy', () =>
       withDaemon(topo, 'direct', async (d) => {
         // Every answer is a fake address in the range (not the gateway), stable across queries.
         for (const i of [0, 1, 4242]) {
@@ -172,7 +227,9 @@ remote-control:
       }),
     );
     s.notes.push(
-      `dnsperf -c 8 -T 2 -q 500 over UDP; each server first answers n1.${ZONE} as expected (dig), and ≥ 99 % of dnsperf answers must be NOERROR`,
+      `dnsperf -c 8 -T 2 over UDP, each run ${secs} s with -q ${WINDOW} (QPS at saturation) then -q ${SMALL_WINDOW}; each server first answers n1.${ZONE} as expected (dig), and ≥ 99 % of dnsperf answers must be NOERROR`,
+      `latency at -q ${WINDOW} is queueing, not service time: a closed loop keeps QPS × latency queries in flight (Little's law), per run ${inFlightNotes.join('; ')}. A query a server drops holds one of dnsperf's slots for its 2 s timeout, so a server that overflows its receive buffer (dnsmasq's default SO_RCVBUF: see dnsmasq lost) runs with a smaller window and shows a lower latency for it`,
+      `the latency goal (issue 12: ≤ dnsmasq) is checked at -q ${SMALL_WINDOW} (dnsperf's default), where neither server should lose a query (see the lost rows): there the latency is the service path`,
       'dnsperf takes about one of the 2 CPUs, so every server here has roughly one core',
     );
     return s;
