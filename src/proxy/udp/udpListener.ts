@@ -242,6 +242,8 @@ interface FlowCtx {
  * the cache is emptied and refilled by lookups). @default 65536
  */
 const MAX_CACHED_FLOWS = 65_536;
+/** At most one overload line this often (and one per period while drops go on). */
+const OVERLOAD_LOG_MS = 10_000;
 
 /** Spoofing, not overload: logged on its own line (UdpListenerOptions.device). */
 const FOREIGN_INGRESS = UDP_RELAY_DROPS.indexOf('foreign-ingress');
@@ -272,6 +274,8 @@ export class UdpListener extends EventEmitter {
   /** Native drop totals at the last overload log line. */
   #lastNativeDrops = 0;
   #lastForeignIngress = 0;
+  /** Checks the native drop totals every OVERLOAD_LOG_MS (a flood of a bound association never calls into JS). */
+  #overloadTimer: NodeJS.Timeout | undefined;
   /** Association key → until when (clock ms) setup is not retried. */
   readonly #failedUntil = new Map<string, number>();
   readonly #drops: UdpListenerDrops = emptyDrops();
@@ -454,6 +458,8 @@ export class UdpListener extends EventEmitter {
       upstreamClosed: (a, err) => this.#end(a, 'upstream-closed', err.code),
     };
     if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
+    this.#overloadTimer = setInterval(() => this.#logOverload(), OVERLOAD_LOG_MS);
+    this.#overloadTimer.unref();
     return Promise.resolve();
   }
 
@@ -471,7 +477,7 @@ export class UdpListener extends EventEmitter {
       }
     }
     this.#onNativeEnded(ended);
-    this.#logOverload();
+    this.#logForeignIngress();
   }
 
   #onNativeEnded(ended: Float64Array): void {
@@ -503,19 +509,17 @@ export class UdpListener extends EventEmitter {
     }
   }
 
-  /** One line per 10 s while the relay drops (overload), naming where. */
+  /**
+   * One line per OVERLOAD_LOG_MS while the relay drops (overload), naming
+   * where: run by a timer, since datagrams of bound associations never reach
+   * JS. It logs the window's drops and the totals.
+   */
   #logOverload(): void {
     const r = this.#relay;
     if (!r) return;
     const t = r.totals();
     const foreign = t.drops[FOREIGN_INGRESS] as number;
-    if (foreign > this.#lastForeignIngress) {
-      this.#lastForeignIngress = foreign;
-      this.#rl(
-        'foreign-ingress',
-        `udp listener: dropped ${foreign} datagram(s) in all to ${hostPort(this.#o.host, this.address().port)} that did not come through ${this.#o.device}: a host on another interface spoofing NAT addresses — set rp_filter=1 on the LAN interface (README, LAN gateway mode)`,
-      );
-    }
+    this.#logForeignIngress(foreign);
     let sum = 0;
     for (const n of t.drops) sum += n;
     sum -= foreign;
@@ -524,11 +528,20 @@ export class UdpListener extends EventEmitter {
     UDP_RELAY_DROPS.forEach((why, i) => {
       if ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS) parts.push(`${why} ${t.drops[i]}`);
     });
-    this.#rl(
-      'overload',
-      `udp relay: dropping datagrams (totals: ${parts.join(', ')}); rcvbuf/send-error mean more offered than the path carries — raise net.core.rmem_max or lower the load`,
+    this.#o.logger(
+      `udp relay: dropped ${sum - this.#lastNativeDrops} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s (totals: ${parts.join(', ')}); rcvbuf/send-error mean more offered than the path carries — raise net.core.rmem_max or lower the load`,
     );
     this.#lastNativeDrops = sum;
+  }
+
+  /** Spoofed datagrams (not overload): their own rate-limited line, at once from the relay's callback and from the timer. */
+  #logForeignIngress(foreign = this.#relay?.totals().drops[FOREIGN_INGRESS] ?? 0): void {
+    if (foreign <= this.#lastForeignIngress) return;
+    this.#lastForeignIngress = foreign;
+    this.#rl(
+      'foreign-ingress',
+      `udp listener: dropped ${foreign} datagram(s) in all to ${hostPort(this.#o.host, this.address().port)} that did not come through ${this.#o.device}: a host on another interface spoofing NAT addresses — set rp_filter=1 on the LAN interface (README, LAN gateway mode)`,
+    );
   }
 
   /** Why a native association JS closed ended, until its ended record arrives. */
@@ -550,6 +563,7 @@ export class UdpListener extends EventEmitter {
     if (this.#onFlowClose) this.#o.nat.off?.('close', this.#onFlowClose);
     this.#ctx.clear();
     this.#live.clear();
+    clearInterval(this.#overloadTimer);
     const r = this.#relay;
     if (r) {
       this.#relay = undefined;
