@@ -305,6 +305,52 @@ describe.skipIf(skip)('global mode', () => {
     expect(await dumps()).toBe(before);
   });
 
+  it('--only-uid: only that user is proxied, root goes direct; SIGTERM restores everything', async () => {
+    const ONLY_UID = 4243;
+    const config = tmpFile(
+      t,
+      'only-uid.yaml',
+      [
+        'mode: global',
+        `onlyUid: ['${ONLY_UID}']`,
+        'proxies:',
+        `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
+        'rules:',
+        '  - MATCH,mic',
+        '',
+      ].join('\n'),
+    );
+    const d = await t.startDaemon(['--config', config]);
+    const rules = await t.client.must('ip', ['-4', 'rule', 'show']);
+    expect(rules).toMatch(new RegExp(`uidrange ${ONLY_UID}-${ONLY_UID} lookup 2022`, 'm'));
+    expect(rules).not.toMatch(/^9009:\s+from all lookup 2022/m);
+    const micBefore = mic.text.length;
+    const asUser = await t.client.exec(
+      'setpriv',
+      [
+        `--reuid=${ONLY_UID}`,
+        `--regid=${ONLY_UID}`,
+        '--clear-groups',
+        'curl',
+        '-sS',
+        '--max-time',
+        '8',
+        `http://${EXCLUDED}:${WHO}/only`,
+      ],
+      { timeoutMs: 12_000 },
+    );
+    // the user's request reached the origin through microsocks, not from the client itself
+    expect(asUser.stdout).toMatch(new RegExp(`^peer=\\S+ host=${EXCLUDED.replace(/\./g, '\\.')}:${WHO}$`, 'm'));
+    expect(asUser.stdout).not.toContain(`peer=${t.clientIp} `);
+    expect(mic.text.slice(micBefore)).toContain(`connected to ${EXCLUDED}:${WHO}`);
+    // root is not captured: direct, and microsocks sees nothing new
+    const root = await curl(`http://${EXCLUDED}:${WHO}/`);
+    expect(root.stdout.trim()).toBe(`peer=${t.clientIp} host=${EXCLUDED}:${WHO}`);
+    expect((mic.text.slice(micBefore).match(/connected to /g) ?? []).length).toBe(1);
+    await d.stop('SIGTERM');
+    expect(await dumps()).toBe(before);
+  });
+
   it('kill -9 leaves the rules in the teardown journal; `fakeproxy cleanup` undoes them', async () => {
     const stateDir = `${t.tmp}/state`;
     const d = await t.startDaemon(['--mode', 'global', '--state-dir', stateDir]);
