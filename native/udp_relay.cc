@@ -14,6 +14,12 @@
 #ifndef SO_RXQ_OVFL
 #define SO_RXQ_OVFL 40
 #endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 
 namespace fp {
 
@@ -31,6 +37,14 @@ constexpr size_t kSocksMinHeader = 4;
 constexpr size_t kMaxUdpPayload = 65507;
 // The longest SOCKS5 UDP header: RSV(2) FRAG(1) ATYP(1) LEN(1) name(255) PORT(2).
 constexpr size_t kMaxSocksHeader = 262;
+// Segments per UDP GSO send (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
+constexpr int kMaxGsoSegments = 64;
+constexpr size_t kGsoCmsgSpace = CMSG_SPACE(sizeof(uint16_t));
+// recvmmsg rounds per wake-up while each fills its batch: fewer epoll_wait calls under load, and an
+// association's replies cannot starve the listener for long.
+constexpr int kMaxRounds = 4;
+// Socket buffers asked for with SO_*BUFFORCE (as root; past net.core.[rw]mem_max) before the capped call.
+constexpr int kSndBuf = 4 << 20;
 
 int64_t NowMs() {
   struct timespec ts;
@@ -49,12 +63,56 @@ struct sockaddr_in Sin(uint32_t ip, uint16_t port) {
   return a;
 }
 
-// ATYP 1 address of a source: the remote key of a direct reply.
-std::string Ipv4Key(const struct sockaddr_in& a) {
+UdpAddr Addr4(uint32_t ip, uint16_t port) {
+  UdpAddr a;
+  a.v4 = Sin(ip, port);
+  return a;
+}
+
+// An IPv4 destination for a socket of `family`: IPv4-mapped on a dual-stack socket.
+UdpAddr AddrFor(int family, uint32_t ip, uint16_t port) {
+  UdpAddr a;
+  if (family != AF_INET6) return Addr4(ip, port);
+  std::memset(&a, 0, sizeof a);
+  a.v6.sin6_family = AF_INET6;
+  a.v6.sin6_port = htons(port);
+  a.v6.sin6_addr.s6_addr[10] = 0xff;
+  a.v6.sin6_addr.s6_addr[11] = 0xff;
+  uint32_t be = htonl(ip);
+  std::memcpy(&a.v6.sin6_addr.s6_addr[12], &be, 4);
+  return a;
+}
+
+socklen_t AddrLen(const UdpAddr& a) {
+  return a.sa.sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+bool SameDst(const UdpAddr& a, const UdpAddr& b) {
+  if (a.sa.sa_family != b.sa.sa_family) return false;
+  if (a.sa.sa_family == AF_INET6)
+    return a.v6.sin6_port == b.v6.sin6_port && std::memcmp(&a.v6.sin6_addr, &b.v6.sin6_addr, 16) == 0;
+  return a.v4.sin_addr.s_addr == b.v4.sin_addr.s_addr && a.v4.sin_port == b.v4.sin_port;
+}
+
+// The SOCKS5 address of a source: the remote key of a direct reply. ATYP 1 for IPv4 (and IPv4-mapped IPv6,
+// what a dual-stack socket reports for an IPv4 source), ATYP 4 for IPv6.
+std::string SourceKey(const UdpAddr& a) {
+  if (a.sa.sa_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&a.v6.sin6_addr)) {
+    std::string k(19, '\0');
+    k[0] = 4;
+    std::memcpy(&k[1], &a.v6.sin6_addr, 16);
+    std::memcpy(&k[17], &a.v6.sin6_port, 2);
+    return k;
+  }
   std::string k(7, '\0');
   k[0] = 1;
-  std::memcpy(&k[1], &a.sin_addr.s_addr, 4);
-  std::memcpy(&k[5], &a.sin_port, 2);
+  if (a.sa.sa_family == AF_INET6) {
+    std::memcpy(&k[1], &a.v6.sin6_addr.s6_addr[12], 4);
+    std::memcpy(&k[5], &a.v6.sin6_port, 2);
+  } else {
+    std::memcpy(&k[1], &a.v4.sin_addr.s_addr, 4);
+    std::memcpy(&k[5], &a.v4.sin_port, 2);
+  }
   return k;
 }
 
@@ -81,16 +139,31 @@ int SocksHeaderLen(const uint8_t* p, size_t n) {
   return static_cast<int>(need);
 }
 
-int OpenUdp(uint32_t ip, uint16_t port, int rcvbuf, uint32_t mark, int* err, std::string* what) {
-  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+// dual: an AF_INET6 socket taking IPv4 too, bound to [::]:port (ip must be 0); AF_INET when the host has no
+// IPv6 (*family tells which).
+int OpenUdp(uint32_t ip, uint16_t port, bool dual, int rcvbuf, uint32_t mark, int* family, int* err,
+            std::string* what) {
+  int fd = dual ? socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : -1;
+  int off = 0;
+  if (fd >= 0 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) != 0) {
+    close(fd);
+    fd = -1;
+  }
+  *family = fd >= 0 ? AF_INET6 : AF_INET;
+  if (fd < 0) fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *err = errno;
     *what = "socket";
     return -1;
   }
   int one = 1;
-  // Best effort: the kernel caps it at net.core.rmem_max.
-  if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  // Best effort: as root past net.core.rmem_max/wmem_max (a burst of a 1 Gbit/s flow outgrows the
+  // distribution default of 208 KiB), else capped by them.
+  if (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  int sndbuf = kSndBuf;
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
   if (mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
     *err = errno;
@@ -98,8 +171,9 @@ int OpenUdp(uint32_t ip, uint16_t port, int rcvbuf, uint32_t mark, int* err, std
     close(fd);
     return -1;
   }
-  struct sockaddr_in a = Sin(ip, port);
-  if (bind(fd, reinterpret_cast<struct sockaddr*>(&a), sizeof a) != 0) {
+  UdpAddr a = *family == AF_INET6 ? AddrFor(AF_INET6, 0, port) : Addr4(ip, port);
+  if (*family == AF_INET6) a.v6.sin6_addr = in6addr_any;
+  if (bind(fd, &a.sa, AddrLen(a)) != 0) {
     *err = errno;
     *what = "bind";
     close(fd);
@@ -109,10 +183,10 @@ int OpenUdp(uint32_t ip, uint16_t port, int rcvbuf, uint32_t mark, int* err, std
 }
 
 uint16_t LocalPort(int fd) {
-  struct sockaddr_in a;
+  UdpAddr a;
   socklen_t len = sizeof a;
-  if (getsockname(fd, reinterpret_cast<struct sockaddr*>(&a), &len) != 0) return 0;
-  return ntohs(a.sin_port);
+  if (getsockname(fd, &a.sa, &len) != 0) return 0;
+  return ntohs(a.sa.sa_family == AF_INET6 ? a.v6.sin6_port : a.v4.sin_port);
 }
 
 }  // namespace
@@ -120,6 +194,7 @@ uint16_t LocalPort(int fd) {
 struct UdpAssoc {
   uint64_t id;
   int fd;
+  int family;
   UdpAssocKind kind;
   struct sockaddr_in relay;
   bool has_relay = false;
@@ -127,6 +202,7 @@ struct UdpAssoc {
   bool dns_only;
   int64_t last_active;
   uint64_t dgrams_up = 0, bytes_up = 0, dgrams_down = 0, bytes_down = 0;
+  UdpGso gso;
   std::unordered_map<std::string, uint64_t> remotes;  // remote key → NAT key
   std::unordered_set<uint64_t> nats;                  // NAT keys bound to it
 };
@@ -142,7 +218,10 @@ UdpRelay::UdpRelay(const UdpRelayOptions& opts, std::function<void()> notify) : 
   riovs_.resize(o_.batch);
   raddrs_.resize(o_.batch);
   cmsg_.resize(static_cast<size_t>(o_.batch) * kCmsgSpace);
-  smsgs_.resize(o_.batch);
+  gmsgs_.resize(o_.batch);
+  gcmsg_.resize(static_cast<size_t>(o_.batch) * kGsoCmsgSpace);
+  gfirst_.resize(o_.batch);
+  gcount_.resize(o_.batch);
   siovs_.resize(2 * static_cast<size_t>(o_.batch));
   saddrs_.resize(o_.batch);
   sbind_.resize(o_.batch);
@@ -151,7 +230,8 @@ UdpRelay::UdpRelay(const UdpRelayOptions& opts, std::function<void()> notify) : 
 UdpRelay::~UdpRelay() { Stop(); }
 
 bool UdpRelay::Start(uint32_t ip, uint16_t port, int rcvbuf, uint32_t mark, int* err, std::string* what) {
-  lfd_ = OpenUdp(ip, port, rcvbuf, mark, err, what);
+  int family;
+  lfd_ = OpenUdp(ip, port, false, rcvbuf, mark, &family, err, what);
   if (lfd_ < 0) return false;
   int one = 1;
   if (o_.ingress_ifindex > 0 && setsockopt(lfd_, IPPROTO_IP, IP_PKTINFO, &one, sizeof one) != 0) {
@@ -223,11 +303,14 @@ uint16_t UdpRelay::Open(uint64_t id, UdpAssocKind kind, uint32_t bind_ip, uint32
     *what = "association id in use";
     return 0;
   }
-  int fd = OpenUdp(bind_ip, 0, rcvbuf, mark, err, what);
+  int family;
+  const bool dual = kind == UdpAssocKind::kDirect && bind_ip == 0;
+  int fd = OpenUdp(bind_ip, 0, dual, rcvbuf, mark, &family, err, what);
   if (fd < 0) return 0;
   auto a = std::make_unique<UdpAssoc>();
   a->id = id;
   a->fd = fd;
+  a->family = family;
   a->kind = kind;
   a->idle_ms = idle_ms;
   a->dns_idle_ms = dns_idle_ms;
@@ -257,8 +340,8 @@ bool UdpRelay::SetSocksRelay(uint64_t id, uint32_t ip, uint16_t port) {
   return true;
 }
 
-bool UdpRelay::Bind(uint32_t nat_ip, uint16_t nat_port, uint64_t id, uint32_t dst_ip, uint16_t dst_port,
-                    const std::string& socks_addr, const std::string& remote_key, bool dns) {
+bool UdpRelay::Bind(uint32_t nat_ip, uint16_t nat_port, uint64_t id, uint32_t dst_ip, const std::string& dst_ip6,
+                    uint16_t dst_port, const std::string& socks_addr, const std::string& remote_key, bool dns) {
   std::lock_guard<std::mutex> g(mu_);
   auto it = assocs_.find(id);
   if (it == assocs_.end()) return false;
@@ -268,7 +351,15 @@ bool UdpRelay::Bind(uint32_t nat_ip, uint16_t nat_port, uint64_t id, uint32_t ds
   if (old != bindings_.end() && old->second.assoc != a) old->second.assoc->nats.erase(k);
   Binding& b = bindings_[k];
   b.assoc = a;
-  b.dst = Sin(dst_ip, dst_port);
+  if (dst_ip6.size() == 16) {
+    // On an AF_INET socket (no IPv6 on this host) the send fails and is counted (kDropSendError).
+    std::memset(&b.dst, 0, sizeof b.dst);
+    b.dst.v6.sin6_family = AF_INET6;
+    b.dst.v6.sin6_port = htons(dst_port);
+    std::memcpy(&b.dst.v6.sin6_addr, dst_ip6.data(), 16);
+  } else {
+    b.dst = AddrFor(a->family, dst_ip, dst_port);
+  }
   b.header.clear();
   if (a->kind == UdpAssocKind::kSocks5) {
     b.header.assign(3, '\0');
@@ -329,9 +420,10 @@ bool UdpRelay::SendUp(uint32_t nat_ip, uint16_t nat_port, const uint8_t* p, size
   }
   m.msg_hdr.msg_iov = iov;
   m.msg_hdr.msg_iovlen = nio;
-  struct sockaddr_in dst = a->kind == UdpAssocKind::kSocks5 ? a->relay : b.dst;
+  UdpAddr dst = a->kind == UdpAssocKind::kSocks5 ? Addr4(0, 0) : b.dst;
+  if (a->kind == UdpAssocKind::kSocks5) dst.v4 = a->relay;
   m.msg_hdr.msg_name = &dst;
-  m.msg_hdr.msg_namelen = sizeof dst;
+  m.msg_hdr.msg_namelen = AddrLen(dst);
   a->dgrams_up++;
   a->bytes_up += n;
   a->last_active = NowMs();
@@ -420,6 +512,7 @@ void UdpRelay::Run() {
     {
       std::lock_guard<std::mutex> g(mu_);
       if (!running_) return;
+      now_ = NowMs();
       for (int i = 0; i < n; i++) {
         uint64_t tag = evs[i].data.u64;
         if (tag == kListenerTag) {
@@ -435,10 +528,9 @@ void UdpRelay::Run() {
           if (it != assocs_.end()) OnAssoc(it->second.get());
         }
       }
-      int64_t now = NowMs();
-      if (now - last_check >= kIdleCheckMs) {
-        last_check = now;
-        ExpireIdle(now);
+      if (now_ - last_check >= kIdleCheckMs) {
+        last_check = now_;
+        ExpireIdle(now_);
       }
       // New foreign-ingress drops wake JS too: they are logged as they happen, not at the next datagram.
       const bool foreign = t_.drops[kDropForeignIngress] != foreign_reported_;
@@ -458,7 +550,7 @@ size_t UdpRelay::PrepareRecv(bool with_ovfl) {
     riovs_[i] = {slab_.data() + static_cast<size_t>(i) * slot, slot};
     struct msghdr& h = rmsgs_[i].msg_hdr;
     h.msg_name = &raddrs_[i];
-    h.msg_namelen = sizeof raddrs_[i];
+    h.msg_namelen = sizeof(UdpAddr);
     h.msg_iov = &riovs_[i];
     h.msg_iovlen = 1;
     h.msg_control = with_ovfl ? cmsg_.data() + static_cast<size_t>(i) * kCmsgSpace : nullptr;
@@ -469,9 +561,15 @@ size_t UdpRelay::PrepareRecv(bool with_ovfl) {
 }
 
 void UdpRelay::OnListener() {
+  for (int r = 0; r < kMaxRounds && lfd_ >= 0; r++) {
+    if (ListenerRound() < o_.batch) return;
+  }
+}
+
+int UdpRelay::ListenerRound() {
   const size_t slot = PrepareRecv(true);
   int n = recvmmsg(lfd_, rmsgs_.data(), static_cast<unsigned>(o_.batch), MSG_DONTWAIT, nullptr);
-  if (n <= 0) return;
+  if (n <= 0) return 0;
   int ns = 0;
   for (int i = 0; i < n; i++) {
     struct msghdr& h = rmsgs_[i].msg_hdr;
@@ -502,8 +600,8 @@ void UdpRelay::OnListener() {
       t_.drops[kDropOversized]++;
       continue;
     }
-    uint32_t ip = ntohl(raddrs_[i].sin_addr.s_addr);
-    uint16_t port = ntohs(raddrs_[i].sin_port);
+    uint32_t ip = ntohl(raddrs_[i].v4.sin_addr.s_addr);
+    uint16_t port = ntohs(raddrs_[i].v4.sin_port);
     auto it = bindings_.find(NatKey(ip, port));
     if (it == bindings_.end()) {
       t_.misses++;
@@ -516,17 +614,12 @@ void UdpRelay::OnListener() {
       t_.drops[kDropOversized]++;
       continue;
     }
-    struct iovec* io = &siovs_[2 * static_cast<size_t>(ns)];
-    int nio = 0;
-    if (!b.header.empty()) io[nio++] = {const_cast<char*>(b.header.data()), b.header.size()};
-    io[nio++] = {p, len};
-    saddrs_[ns] = a->kind == UdpAssocKind::kSocks5 ? a->relay : b.dst;
-    struct msghdr& sh = smsgs_[ns].msg_hdr;
-    std::memset(&sh, 0, sizeof sh);
-    sh.msg_name = &saddrs_[ns];
-    sh.msg_namelen = sizeof saddrs_[ns];
-    sh.msg_iov = io;
-    sh.msg_iovlen = nio;
+    siovs_[2 * static_cast<size_t>(ns)] = {const_cast<char*>(b.header.data()), b.header.size()};
+    siovs_[2 * static_cast<size_t>(ns) + 1] = {p, len};
+    if (a->kind == UdpAssocKind::kSocks5)
+      saddrs_[ns].v4 = a->relay;
+    else
+      saddrs_[ns] = b.dst;
     sbind_[ns] = &b;
     a->dgrams_up++;
     a->bytes_up += len;
@@ -534,59 +627,136 @@ void UdpRelay::OnListener() {
     t_.bytes_up += len;
     ns++;
   }
-  if (ns == 0) return;
-  int64_t now = NowMs();
   // One sendmmsg per run of datagrams for the same association.
   int start = 0;
   for (int i = 1; i <= ns; i++) {
     if (i == ns || sbind_[i]->assoc != sbind_[start]->assoc) {
-      sbind_[start]->assoc->last_active = now;
-      SendBatchLocked(sbind_[start]->assoc->fd, &smsgs_[start], i - start);
+      sbind_[start]->assoc->last_active = now_;
+      SendRunLocked(sbind_[start]->assoc->fd, &sbind_[start]->assoc->gso, start, i - start);
       start = i;
     }
   }
+  return n;
 }
 
-void UdpRelay::SendBatchLocked(int fd, struct mmsghdr* m, int n) {
+namespace {
+
+size_t DgramLen(const struct iovec* io) { return io[0].iov_len + io[1].iov_len; }
+
+}  // namespace
+
+void UdpRelay::SendRunLocked(int fd, UdpGso* gso, int first, int n) {
+  int ng = 0;
+  for (int i = first; i < first + n;) {
+    const size_t seg = DgramLen(&siovs_[2 * static_cast<size_t>(i)]);
+    int j = i + 1;
+    if (gso->on && seg > 0 && seg <= gso->max_seg) {
+      // Every segment but the last exactly `seg` bytes (the kernel cuts the payload at seg), same destination.
+      size_t total = seg;
+      while (j < first + n && j - i < kMaxGsoSegments) {
+        size_t len = DgramLen(&siovs_[2 * static_cast<size_t>(j)]);
+        if (len == 0 || len > seg || total + len > kMaxUdpPayload || !SameDst(saddrs_[j], saddrs_[i])) break;
+        total += len;
+        j++;
+        if (len < seg) break;
+      }
+    }
+    struct msghdr& h = gmsgs_[ng].msg_hdr;
+    std::memset(&h, 0, sizeof h);
+    h.msg_name = &saddrs_[i];
+    h.msg_namelen = AddrLen(saddrs_[i]);
+    h.msg_iov = &siovs_[2 * static_cast<size_t>(i)];
+    h.msg_iovlen = 2 * static_cast<size_t>(j - i);
+    if (j - i > 1) {
+      h.msg_control = gcmsg_.data() + static_cast<size_t>(ng) * kGsoCmsgSpace;
+      h.msg_controllen = kGsoCmsgSpace;
+      struct cmsghdr* cm = CMSG_FIRSTHDR(&h);
+      cm->cmsg_level = SOL_UDP;
+      cm->cmsg_type = UDP_SEGMENT;
+      cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      uint16_t seg16 = static_cast<uint16_t>(seg);
+      std::memcpy(CMSG_DATA(cm), &seg16, sizeof seg16);
+    }
+    gfirst_[ng] = i;
+    gcount_[ng] = j - i;
+    ng++;
+    i = j;
+  }
   int done = 0;
-  while (done < n) {
-    int r = sendmmsg(fd, m + done, static_cast<unsigned>(n - done), MSG_DONTWAIT);
+  while (done < ng) {
+    int r = sendmmsg(fd, &gmsgs_[done], static_cast<unsigned>(ng - done), MSG_DONTWAIT);
     if (r > 0) {
       done += r;
       continue;
     }
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+    int e = errno;
+    if (r < 0 && e == EINTR) continue;
+    if (r < 0 && (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS)) {
       // The send buffer is full: drop the rest (overload is when dropping is right).
-      t_.drops[kDropSendError] += n - done;
+      for (int g = done; g < ng; g++) t_.drops[kDropSendError] += gcount_[g];
       return;
     }
-    // An error about this one datagram (EMSGSIZE, no route): skip it.
+    const int g = done++;
+    if (gcount_[g] > 1 && (e == EIO || e == ENOPROTOOPT || e == EINVAL || e == EMSGSIZE)) {
+      // GSO refused: no checksum offload towards the destination (EIO), an old kernel (ENOPROTOOPT), or a
+      // segment over the path MTU (EINVAL). Learn it and send this group one by one.
+      if (e == EIO || e == ENOPROTOOPT) {
+        gso->on = false;
+      } else {
+        size_t seg = DgramLen(&siovs_[2 * static_cast<size_t>(gfirst_[g])]);
+        if (seg - 1 < gso->max_seg) gso->max_seg = seg - 1;
+      }
+      for (int k = gfirst_[g]; k < gfirst_[g] + gcount_[g]; k++) SendOneLocked(fd, k);
+      continue;
+    }
+    // An error about this one message (EMSGSIZE, no route): skip it.
+    t_.drops[kDropSendError] += gcount_[g];
+  }
+}
+
+void UdpRelay::SendOneLocked(int fd, int i) {
+  struct msghdr h;
+  std::memset(&h, 0, sizeof h);
+  h.msg_name = &saddrs_[i];
+  h.msg_namelen = AddrLen(saddrs_[i]);
+  h.msg_iov = &siovs_[2 * static_cast<size_t>(i)];
+  h.msg_iovlen = 2;
+  while (sendmsg(fd, &h, MSG_DONTWAIT) < 0) {
+    if (errno == EINTR) continue;
     t_.drops[kDropSendError]++;
-    done++;
+    return;
   }
 }
 
 void UdpRelay::OnAssoc(UdpAssoc* a) {
+  const uint64_t id = a->id;
+  for (int r = 0; r < kMaxRounds; r++) {
+    if (AssocRound(a) < o_.batch) return;
+    // The round may have ended it (a socket error).
+    if (assocs_.count(id) == 0) return;
+  }
+}
+
+int UdpRelay::AssocRound(UdpAssoc* a) {
   const size_t slot = PrepareRecv(false);
   int n = recvmmsg(a->fd, rmsgs_.data(), static_cast<unsigned>(o_.batch), MSG_DONTWAIT, nullptr);
   if (n < 0) {
     int e = errno;
     // ECONNREFUSED: an ICMP error for an earlier send; the socket stays usable.
     if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR && e != ECONNREFUSED) EndLocked(a, UdpEnd::kUpstreamClosed);
-    return;
+    return 0;
   }
   const bool socks = a->kind == UdpAssocKind::kSocks5;
   int ns = 0;
   for (int i = 0; i < n; i++) {
     size_t len = rmsgs_[i].msg_len;
     uint8_t* p = slab_.data() + static_cast<size_t>(i) * slot;
-    const struct sockaddr_in& src = raddrs_[i];
+    const UdpAddr& src = raddrs_[i];
     std::string key;
     size_t hdr = 0;
     if (socks) {
       // RFC 1928 §7: only the relay's address; not its port (some relays answer from another socket).
-      if (!a->has_relay || src.sin_addr.s_addr != a->relay.sin_addr.s_addr) {
+      if (!a->has_relay || src.sa.sa_family != AF_INET || src.v4.sin_addr.s_addr != a->relay.sin_addr.s_addr) {
         t_.drops[kDropForeignSource]++;
         continue;
       }
@@ -598,7 +768,7 @@ void UdpRelay::OnAssoc(UdpAssoc* a) {
       hdr = static_cast<size_t>(h);
       key.assign(reinterpret_cast<char*>(p) + 3, hdr - 3);
     } else {
-      key = Ipv4Key(src);
+      key = SourceKey(src);
     }
     if ((rmsgs_[i].msg_hdr.msg_flags & MSG_TRUNC) || len - hdr > o_.max_payload) {
       t_.drops[kDropOversized]++;
@@ -607,28 +777,25 @@ void UdpRelay::OnAssoc(UdpAssoc* a) {
     auto r = a->remotes.find(key);
     if (r == a->remotes.end()) {
       t_.unknown++;
-      a->last_active = NowMs();
+      a->last_active = now_;
       QueueJsLocked({a->id, 0, 0, std::move(key), std::string(reinterpret_cast<char*>(p) + hdr, len - hdr)});
       continue;
     }
     uint64_t k = r->second;
-    saddrs_[ns] = Sin(static_cast<uint32_t>(k >> 16), static_cast<uint16_t>(k & 0xffff));
-    siovs_[ns] = {p + hdr, len - hdr};
-    struct msghdr& sh = smsgs_[ns].msg_hdr;
-    std::memset(&sh, 0, sizeof sh);
-    sh.msg_name = &saddrs_[ns];
-    sh.msg_namelen = sizeof saddrs_[ns];
-    sh.msg_iov = &siovs_[ns];
-    sh.msg_iovlen = 1;
+    saddrs_[ns] = Addr4(static_cast<uint32_t>(k >> 16), static_cast<uint16_t>(k & 0xffff));
+    siovs_[2 * static_cast<size_t>(ns)] = {p, 0};
+    siovs_[2 * static_cast<size_t>(ns) + 1] = {p + hdr, len - hdr};
     a->dgrams_down++;
     a->bytes_down += len - hdr;
     t_.dgrams_down++;
     t_.bytes_down += len - hdr;
     ns++;
   }
-  if (ns == 0) return;
-  a->last_active = NowMs();
-  SendBatchLocked(lfd_, smsgs_.data(), ns);
+  if (ns > 0) {
+    a->last_active = now_;
+    SendRunLocked(lfd_, &lgso_, 0, ns);
+  }
+  return n;
 }
 
 void UdpRelay::ExpireIdle(int64_t now) {

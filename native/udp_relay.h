@@ -14,12 +14,15 @@
 //   its counts;
 // all in batches (one notification while JS has not drained).
 //
-// IPv4 only: the Listener binds the gateway (IPv4) and upstream sockets are
-// AF_INET; JS sends IPv6 destinations through its own path.
+// The Listener binds the gateway (IPv4), so NAT addresses are IPv4. A direct
+// association's upstream socket is dual-stack (AF_INET6, IPV6_V6ONLY off;
+// AF_INET where the host has no IPv6), so a name with only IPv6 addresses is
+// reached natively; SOCKS5 associations are IPv4 (the relay's address).
 //
 // Remote keys are SOCKS5 addresses (RFC 1928 §5: ATYP, address, port big
-// endian) for both kinds: direct replies are keyed as ATYP 1 of their source,
-// SOCKS5 replies by the address in their header.
+// endian) for both kinds: direct replies are keyed as ATYP 1 (IPv4, also
+// IPv4-mapped) or ATYP 4 (IPv6) of their source, SOCKS5 replies by the
+// address in their header.
 #pragma once
 
 #include <netinet/in.h>
@@ -92,6 +95,20 @@ struct UdpRelayTotals {
 
 struct UdpAssoc;
 
+union UdpAddr {
+  struct sockaddr sa;
+  struct sockaddr_in v4;
+  struct sockaddr_in6 v6;
+};
+
+// UDP GSO state of one socket: off once the kernel refuses it (EIO: no checksum offload towards the
+// destination, e.g. a TUN without offloads; ENOPROTOOPT: no UDP_SEGMENT); segments above max_seg (learned
+// from EINVAL: over the path MTU) go one by one.
+struct UdpGso {
+  bool on = true;
+  size_t max_seg = 65507;
+};
+
 class UdpRelay {
  public:
   // `notify` runs on the relay thread when the queue towards JS goes from
@@ -118,9 +135,10 @@ class UdpRelay {
   // Datagrams from nat_ip:nat_port go out on association `id` to dst
   // (direct: dst_ip:dst_port; SOCKS5: prefixed by the header for
   // `socks_addr`, a SOCKS5 address), and replies from the remote keyed
-  // `remote_key` go back to nat_ip:nat_port. false: no such association.
-  bool Bind(uint32_t nat_ip, uint16_t nat_port, uint64_t id, uint32_t dst_ip, uint16_t dst_port,
-            const std::string& socks_addr, const std::string& remote_key, bool dns);
+  // `remote_key` go back to nat_ip:nat_port. dst_ip6: 16 bytes of an IPv6
+  // destination (then dst_ip is unused), else empty. false: no such association.
+  bool Bind(uint32_t nat_ip, uint16_t nat_port, uint64_t id, uint32_t dst_ip, const std::string& dst_ip6,
+            uint16_t dst_port, const std::string& socks_addr, const std::string& remote_key, bool dns);
   // Replies from `remote_key` on `id` go to nat_ip:nat_port.
   bool AddRemote(uint64_t id, const std::string& remote_key, uint32_t nat_ip, uint16_t nat_port);
   // The NAT flow behind nat_ip:nat_port is gone.
@@ -144,10 +162,16 @@ class UdpRelay {
   void OnListener();
   void OnAssoc(UdpAssoc* a);
   void ExpireIdle(int64_t now);
+  // One recvmmsg on the listener (or `a`) and the sends it makes; returns how many datagrams it read.
+  int ListenerRound();
+  int AssocRound(UdpAssoc* a);
   void EndLocked(UdpAssoc* a, UdpEnd how);
   void QueueJsLocked(UdpJsDatagram&& d);
-  // sendmmsg all n; what the kernel refuses is dropped and counted (kDropSendError).
-  void SendBatchLocked(int fd, struct mmsghdr* m, int n);
+  // Send prepared datagrams [first, first + n) (iovecs siovs_[2i], siovs_[2i + 1], destination saddrs_[i]) on fd:
+  // runs of equal-sized datagrams to one destination leave as one UDP GSO send (UDP_SEGMENT), all in one sendmmsg.
+  // What the kernel refuses is dropped and counted (kDropSendError).
+  void SendRunLocked(int fd, UdpGso* gso, int first, int n);
+  void SendOneLocked(int fd, int i);
   size_t PrepareRecv(bool with_ovfl);
 
   UdpRelayOptions o_;
@@ -158,11 +182,14 @@ class UdpRelay {
   uint16_t port_ = 0;
   std::thread thread_;
   bool running_ = false;
+  // Thread side: the clock read once per wake-up (CLOCK_MONOTONIC is a system call on some VMs).
+  int64_t now_ = 0;
+  UdpGso lgso_;
 
   std::mutex mu_;
   struct Binding {
     UdpAssoc* assoc;
-    struct sockaddr_in dst;
+    UdpAddr dst;
     std::string header;  // SOCKS5: RSV RSV FRAG + address
     std::string remote_key;
   };
@@ -178,10 +205,12 @@ class UdpRelay {
 
   // Thread-side scratch.
   std::vector<uint8_t> slab_;
-  std::vector<struct mmsghdr> rmsgs_, smsgs_;
+  std::vector<struct mmsghdr> rmsgs_, gmsgs_;
   std::vector<struct iovec> riovs_, siovs_;
-  std::vector<struct sockaddr_in> raddrs_, saddrs_;
-  std::vector<uint8_t> cmsg_;
+  std::vector<UdpAddr> raddrs_, saddrs_;
+  std::vector<uint8_t> cmsg_, gcmsg_;
+  // Per GSO message of a SendRunLocked: its first datagram and how many it carries.
+  std::vector<int> gfirst_, gcount_;
   std::vector<Binding*> sbind_;
 };
 

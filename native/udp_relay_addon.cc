@@ -228,21 +228,25 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
         env, relay_->SetSocksRelay(static_cast<uint64_t>(id), static_cast<uint32_t>(ip), static_cast<uint16_t>(port)));
   }
 
-  // bind(natIp, natPort, id, dstIp, dstPort, socksAddr: Buffer|undefined, remoteKey: Buffer|undefined, dns) → bool
+  // bind(natIp, natPort, id, dstIp: IPv4 integer | 16-byte IPv6 Buffer, dstPort, socksAddr: Buffer|undefined,
+  //      remoteKey: Buffer|undefined, dns) → bool
   Napi::Value Bind(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Ready(env)) return env.Undefined();
-    double natIp, natPort, id, dstIp, dstPort;
+    double natIp, natPort, id, dstIp = 0, dstPort;
+    const bool v6 = info.Length() > 3 && info[3].IsBuffer() && info[3].As<Napi::Buffer<char>>().Length() == 16;
     if (info.Length() < 8 || !GetU(info[0], 4294967295.0, &natIp) || !GetU(info[1], 65535, &natPort) ||
-        !GetU(info[2], 9007199254740991.0, &id) || !GetU(info[3], 4294967295.0, &dstIp) ||
+        !GetU(info[2], 9007199254740991.0, &id) || !(v6 || GetU(info[3], 4294967295.0, &dstIp)) ||
         !GetU(info[4], 65535, &dstPort)) {
-      ThrowArg(env, "udpRelay.bind(natIp, natPort, id, dstIp, dstPort, socksAddr, remoteKey, dns): integers first");
+      ThrowArg(env,
+               "udpRelay.bind(natIp, natPort, id, dstIp (integer or 16-byte Buffer), dstPort, socksAddr, remoteKey, "
+               "dns): integers first");
       return env.Undefined();
     }
     return Napi::Boolean::New(
         env, relay_->Bind(static_cast<uint32_t>(natIp), static_cast<uint16_t>(natPort), static_cast<uint64_t>(id),
-                          static_cast<uint32_t>(dstIp), static_cast<uint16_t>(dstPort), Bytes(info[5]), Bytes(info[6]),
-                          info[7].ToBoolean().Value()));
+                          static_cast<uint32_t>(dstIp), v6 ? Bytes(info[3]) : std::string(),
+                          static_cast<uint16_t>(dstPort), Bytes(info[5]), Bytes(info[6]), info[7].ToBoolean().Value()));
   }
 
   // addRemote(id, remoteKey: Buffer, natIp, natPort) → bool

@@ -343,14 +343,15 @@ export interface NativeUdpRelay {
   setSocksRelay(id: number, ip: number, port: number): boolean;
   /**
    * Datagrams from natIp:natPort go out on association `id` (direct: to
-   * dstIp:dstPort; SOCKS5: with the header for socksAddr, a SOCKS5 address);
-   * replies keyed remoteKey (a SOCKS5 address) come back to natIp:natPort.
+   * dstIp:dstPort, dstIp an IPv4 integer or the 16 bytes of an IPv6 address;
+   * SOCKS5: with the header for socksAddr, a SOCKS5 address); replies keyed
+   * remoteKey (a SOCKS5 address) come back to natIp:natPort.
    */
   bind(
     natIp: number,
     natPort: number,
     id: number,
-    dstIp: number,
+    dstIp: number | Buffer,
     dstPort: number,
     socksAddr: Buffer | undefined,
     remoteKey: Buffer | undefined,

@@ -20,6 +20,8 @@ const MTU = 9000;
 const MAX_PAYLOAD = MTU - 28;
 const isFake = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** echo6.test has only an IPv6 address (on the upstream end of the veth): dnsmasq answers AAAA, never A. */
+const V6 = { client: 'fd00:12a::1', upstream: 'fd00:12a::2' };
 
 interface SocketResult {
   port: number;
@@ -64,10 +66,12 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
     return t.startDaemon(['--mtu', String(MTU), ...args]);
   };
 
-  const udpClient = async (opts: { count?: number; sockets?: number; window?: number; lostAfterMs?: number } = {}) => {
+  const udpClient = async (
+    opts: { count?: number; sockets?: number; window?: number; lostAfterMs?: number; host?: string } = {},
+  ) => {
     const args = [
       CLIENT,
-      'echo.test',
+      opts.host ?? 'echo.test',
       String(ECHO_PORT),
       '--count',
       String(opts.count ?? 1000),
@@ -147,7 +151,7 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
   };
 
   beforeAll(async () => {
-    t = await createTopology();
+    t = await createTopology({ dnsmasqArgs: [`--address=/echo6.test/${V6.upstream}`] });
   });
   afterAll(async () => {
     await t?.destroy();
@@ -176,6 +180,43 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
     it('10 000 datagrams are all echoed intact by the native relay: JavaScript sees only those before the flow is bound', async () => {
       const { misses, unknown } = await tenThousandNatively();
       expect(misses + unknown).toBeLessThanOrEqual(WINDOW);
+    });
+
+    it('a name with only IPv6 addresses is reached natively over IPv6: 1 000 datagrams echoed intact', async () => {
+      // IPv6 on the veth (the topology's is IPv4 only) and a UDP echo bound to the IPv6 address only, so a
+      // reply proves the datagram crossed over IPv6.
+      for (const [ns, ip] of [
+        [t.client, V6.client],
+        [t.upstream, V6.upstream],
+      ] as const) {
+        const dev = (await ns.must('ip', ['-o', '-4', 'addr', 'show']))
+          .split('\n')
+          .find((l) => l.includes(` ${ns === t.client ? t.clientIp : t.upstreamIp}/`))
+          ?.split(/\s+/)[1];
+        if (!dev) throw new Error(`no veth in ${ns.name}`);
+        await ns.must('ip', ['-6', 'addr', 'add', `${ip}/64`, 'dev', dev, 'nodad']);
+      }
+      const echo6 = await t.spawnUpstream(
+        'node',
+        [
+          '-e',
+          // 8 MiB like origin.mjs: a window of 32 datagrams of up to 9 KB outgrows the default receive buffer.
+          `const s = require('node:dgram').createSocket({ type: 'udp6', ipv6Only: true, recvBufferSize: 8 << 20 });
+           s.on('message', (m, r) => s.send(m, r.port, r.address));
+           s.bind(${ECHO_PORT}, '${V6.upstream}', () => console.log('echo6 ready'));`,
+        ],
+        /echo6 ready/,
+      );
+      try {
+        const before = (await status()).udp;
+        const r = await udpClient({ count: 1000, host: 'echo6.test' });
+        await expectAllEchoed(r, 1000);
+        const after = (await status()).udp;
+        expect((after?.datagramsUp ?? 0) - (before?.datagramsUp ?? 0)).toBeGreaterThanOrEqual(1000);
+        expect(after?.dropped['resolve-failed'] ?? 0).toBe(before?.dropped['resolve-failed'] ?? 0);
+      } finally {
+        echo6.kill('SIGKILL');
+      }
     });
   });
 

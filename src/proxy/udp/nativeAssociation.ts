@@ -15,11 +15,11 @@
 import * as net from 'node:net';
 import type { FlowEntry } from '../../nat/types.js';
 import type { NativeUdpRelay } from '../../native.js';
-import { intToIp, ipToInt } from '../../util/cidr.js';
+import { ipToInt } from '../../util/cidr.js';
 import { ownMark } from '../../util/sockmark.js';
 import { ProxyError } from '../errors.js';
 import type { Outbound, UdpNativePlan } from '../outbound.js';
-import { address } from '../socks5-codec.js';
+import { address, ipv6ToBytes } from '../socks5-codec.js';
 import type { AssociationHost } from './association.js';
 import { holdOwnPort, releaseOwnPort } from './ownPorts.js';
 
@@ -69,13 +69,21 @@ interface AppSees {
   flowId?: number;
 }
 
-/** SOCKS5 ATYP 1 address (RFC 1928 §5): the native relay's key for a direct reply's source. */
-export function ipv4Key(ip: string, port: number): Buffer {
-  const b = Buffer.allocUnsafe(7);
-  b[0] = 1;
-  b.writeUInt32BE(ipToInt(ip), 1);
-  b.writeUInt16BE(port, 5);
-  return b;
+/** SOCKS5 address (RFC 1928 §5, ATYP 1 or 4): the native relay's key for a direct reply's source. */
+function sourceKey(ip: string, port: number): Buffer {
+  return address.encode({ host: ip, port });
+}
+
+/** A direct destination as the relay's bind() takes it: an IPv4 integer or the 16 bytes of an IPv6 address. */
+function relayIp(ip: string): number | Buffer {
+  return net.isIPv4(ip) ? ipToInt(ip) : ipv6ToBytes(ip);
+}
+
+/** The real address in a direct reply's key (ATYP 1 or 4); undefined for a name (a SOCKS5 relay's ATYP 3). */
+function keyAddress(key: Buffer): { ip: string; port: number } | undefined {
+  if ((key.length !== 7 || key[0] !== 1) && (key.length !== 19 || key[0] !== 4)) return undefined;
+  const a = address.decode(key);
+  return { ip: a.host, port: a.port };
 }
 
 export class NativeAssociation {
@@ -244,8 +252,7 @@ export class NativeAssociation {
     if (this.state !== 'open') return;
     const h = this.#host;
     const hex = key.toString('hex');
-    const real =
-      key.length === 7 && key[0] === 1 ? { ip: intToIp(key.readUInt32BE(1)), port: key.readUInt16BE(5) } : undefined;
+    const real = keyAddress(key);
     let known = this.#remotes.get(hex);
     if (known === undefined && real !== undefined) known = this.#learn(hex, real.port);
     const live = known?.flowId === undefined ? undefined : this.#flows.get(known.flowId);
@@ -256,8 +263,12 @@ export class NativeAssociation {
       h.relay.sendDown(nat, live.flow.natPort, payload);
       return;
     }
+    // Full cone for an IPv4 app: only an IPv4 remote can stand as the source of its datagrams.
     const appSees: AppSees | undefined =
-      known ?? (h.fullCone && real !== undefined && net.isIPv4(this.appIp) ? { ...real, socksAddr: key } : undefined);
+      known ??
+      (h.fullCone && real !== undefined && net.isIPv4(this.appIp) && net.isIPv4(real.ip)
+        ? { ...real, socksAddr: key }
+        : undefined);
     if (appSees === undefined || h.nat.ensureFlow === undefined || real === undefined) {
       h.drop('unknown-remote');
       return;
@@ -281,7 +292,7 @@ export class NativeAssociation {
       h.relay.addRemote(this.id, key, nat, e.natPort);
     } else {
       // Both ways from now on: replies to the app, and (global mode) the app's datagrams to the remote.
-      h.relay.bind(nat, e.natPort, this.id, ipToInt(real.ip), real.port, appSees.socksAddr, key, appSees.port === 53);
+      h.relay.bind(nat, e.natPort, this.id, relayIp(real.ip), real.port, appSees.socksAddr, key, appSees.port === 53);
       this.#flows.set(e.id, { flow: e, name: undefined, queue: [], bound: true });
     }
     h.relay.sendDown(nat, e.natPort, payload);
@@ -352,10 +363,11 @@ export class NativeAssociation {
     }
     resolve(name).then(
       (addrs) => {
-        // IPv4 only: the relay's upstream sockets are IPv4 (UDP has no Happy Eyeballs to fall back with).
-        const addr = addrs.find((a) => net.isIPv4(a));
+        // IPv4 first (UDP has no Happy Eyeballs to fall back with, and IPv4 is what every host here routes);
+        // a name with only IPv6 addresses goes out on the association's dual-stack socket.
+        const addr = addrs.find((a) => net.isIPv4(a)) ?? addrs.find((a) => net.isIPv6(a));
         if (addr === undefined) {
-          fail(`resolve ${name}: no IPv4 address`);
+          fail(`resolve ${name}: no address`);
           return;
         }
         st.addr = addr;
@@ -383,10 +395,10 @@ export class NativeAssociation {
       return;
     }
     const { flow } = f;
-    const key = ipv4Key(ip, flow.dstPort);
+    const key = sourceKey(ip, flow.dstPort);
     const nat = ipToInt(flow.natIp);
     if (
-      !this.#host.relay.bind(nat, flow.natPort, this.id, ipToInt(ip), flow.dstPort, undefined, key, flow.dstPort === 53)
+      !this.#host.relay.bind(nat, flow.natPort, this.id, relayIp(ip), flow.dstPort, undefined, key, flow.dstPort === 53)
     ) {
       if (q.length > 0) this.#host.drop('closed', q.length);
       return;
