@@ -1,9 +1,10 @@
 /**
- * Load generators (curl, ab, iperf3, dnsperf) run inside a namespace, each
+ * Load generators (curl, ab, iperf3, dnsperf, fpbench-socks-udp) run inside a namespace, each
  * returning parsed numbers and throwing when the result does not verify.
  */
-import type { Netns } from './env.js';
-import { need } from './env.js';
+import { join } from 'node:path';
+import type { Ctx, Netns } from './env.js';
+import { need, ROOT, run, sleep } from './env.js';
 import type { BigFile } from './topology.js';
 
 export class VerifyError extends Error {}
@@ -252,5 +253,87 @@ function parseJson(s: string): any {
     return JSON.parse(s);
   } catch {
     return undefined;
+  }
+}
+
+let socksUdpBin: string | undefined;
+/** Compiles bench/lib/socks-udp.c (SOCKS5 UDP ASSOCIATE sender and a counting sink) once per run. */
+export async function socksUdpBinary(ctx: Ctx): Promise<string> {
+  if (socksUdpBin) return socksUdpBin;
+  const cc = need('cc', 'gcc');
+  const out = join(ctx.tmp, 'fpbench-socks-udp');
+  const r = await run(cc, ['-O2', '-o', out, join(ROOT, 'bench', 'lib', 'socks-udp.c')]);
+  if (r.code !== 0) throw new Error(`building bench/lib/socks-udp.c: ${r.stderr.trim()}`);
+  socksUdpBin = out;
+  return out;
+}
+
+/** Parses iperf3-style rates: "500M" → 5e8 bits/s. */
+export function rateBps(rate: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/.exec(rate);
+  if (!m) throw new Error(`rate ${rate}: expected a number with an optional K/M/G suffix`);
+  return Number(m[1]) * ({ '': 1, K: 1e3, M: 1e6, G: 1e9 } as Record<string, number>)[m[2] as string];
+}
+
+/**
+ * `len`-byte datagrams at `rate` for `secs` from `client` straight through the SOCKS5 relay at
+ * proxy:proxyPort (UDP ASSOCIATE, no fakeproxy) to a counting sink at sinkIp:sinkPort in `server`.
+ * Verifies that the sink got only whole datagrams and no more than were sent.
+ */
+export async function socksUdp(
+  ctx: Ctx,
+  client: Netns,
+  server: Netns,
+  proxy: { ip: string; port: number },
+  sink: { ip: string; port: number },
+  secs: number,
+  rate: string,
+  len: number,
+): Promise<IperfUdp> {
+  const bin = await socksUdpBinary(ctx);
+  const srv = server.spawn(bin, ['sink', sink.ip, String(sink.port), '1000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    let out = '';
+    srv.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    const done = new Promise<void>((resolve) => srv.once('exit', () => resolve()));
+    for (let i = 0; i < 100 && !out.includes('ready'); i++) await sleep(20);
+    if (!out.includes('ready')) throw new Error(`fpbench-socks-udp sink on ${sink.ip}:${sink.port} did not start`);
+    const s = await client.exec(
+      bin,
+      [
+        'send',
+        proxy.ip,
+        String(proxy.port),
+        sink.ip,
+        String(sink.port),
+        String(rateBps(rate)),
+        String(len),
+        String(secs),
+      ],
+      { timeoutMs: (secs + 20) * 1000 },
+    );
+    const sent = parseJson(s.stdout);
+    if (s.code !== 0 || !(sent?.sent > 0))
+      throw new VerifyError(`fpbench-socks-udp send via ${proxy.ip}:${proxy.port}: exit ${s.code}: ${s.stderr.trim()}`);
+    // The sink stops 1 s after the last datagram.
+    await Promise.race([done, sleep(15_000)]);
+    const got = parseJson(out.slice(out.indexOf('{')));
+    const received = got?.received as number;
+    if (!(received > 0)) throw new VerifyError(`fpbench-socks-udp: the sink counted nothing (${out.trim()})`);
+    if (received > sent.sent || got.bytes !== received * len)
+      throw new VerifyError(
+        `fpbench-socks-udp: sink counted ${received} datagrams / ${got.bytes} bytes for ${sent.sent} sent of ${len} bytes`,
+      );
+    const lost = sent.sent - received;
+    return {
+      pps: received / sent.seconds,
+      lossPct: (100 * lost) / sent.sent,
+      mbps: (received * len * 8) / sent.seconds / 1e6,
+      packets: sent.sent,
+    };
+  } finally {
+    srv.kill('SIGKILL');
   }
 }

@@ -1,14 +1,16 @@
 /**
  * udp: iperf3 -u at increasing offered rates, 1200-byte datagrams: datagrams/s
  * delivered to the server and loss, straight over the veth vs through the TUN
- * with direct and via dante (SOCKS5 UDP ASSOCIATE).
+ * with direct and via dante (SOCKS5 UDP ASSOCIATE); and, to show what dante
+ * itself carries, the same rates straight through dante without fakeproxy
+ * (bench/lib/socks-udp.c: iperf3 speaks no SOCKS).
  */
 
 import { probeUdp } from '../lib/daemon.js';
 import { type Ctx, waitListening } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
-import { iperfUdp, VerifyError } from '../lib/tools.js';
-import { bigFile, Topology } from '../lib/topology.js';
+import { iperfUdp, socksUdp, VerifyError } from '../lib/tools.js';
+import { bigFile, PORTS, Topology } from '../lib/topology.js';
 import { path, repeat, rows, type Scenario } from './common.js';
 import { withDaemon } from './tcp.js';
 
@@ -25,6 +27,7 @@ export const udp: Scenario = {
       { id: 'veth', label: 'veth, no proxy', upstream: undefined },
       { id: 'tun', label: 'TUN → fakeproxy direct', upstream: 'direct' },
       { id: 'tun-dante', label: 'TUN → fakeproxy → dante', upstream: 'dante' },
+      { id: 'dante', label: 'client → dante, no fakeproxy', upstream: undefined },
     ] as const;
     const s: Section = {
       scenario: 'udp',
@@ -41,7 +44,7 @@ export const udp: Scenario = {
               label: `${p.label} @ ${rate}bit/s`,
               metric: 'delivered',
               unit: 'dgram/s',
-              compare: p.upstream ? [{ to: `veth@${rate}` }] : undefined,
+              compare: p.id === 'veth' ? undefined : [{ to: `veth@${rate}` }],
             },
             {
               id: `${p.id}@${rate}-loss`,
@@ -89,6 +92,18 @@ export const udp: Scenario = {
         if (why) throw new Error(`UDP echo server check over the veth: ${why}`);
         await sweep('veth', topo.upIp);
       });
+      await path(ctx, s, ids('dante'), 'udp: straight to dante', async () => {
+        for (const rate of rates) {
+          if (ctx.aborted) return;
+          const rs = await repeat(ctx, () => {
+            port = port >= FIRST_PORT + 500 ? FIRST_PORT : port + 1;
+            const proxy = { ip: topo.upIp, port: PORTS.dante };
+            return socksUdp(ctx, topo.client, topo.upstream, proxy, { ip: topo.upIp, port }, secs, rate, LEN);
+          });
+          get(`dante@${rate}`).samples = rs.map((r) => r.pps);
+          get(`dante@${rate}-loss`).samples = rs.map((r) => r.lossPct);
+        }
+      });
       for (const p of paths) {
         if (!p.upstream) continue;
         await path(ctx, s, ids(p.id), `udp: ${p.label}`, () =>
@@ -102,6 +117,7 @@ export const udp: Scenario = {
       s.notes.push(
         'iperf3 UDP: the control connection is TCP (through the TUN too); datagrams/s = (sent − lost) / seconds as counted by the server; a run that delivers nothing fails',
         'offered rate is paced by the iperf3 client; loss is what the path could not carry (socket buffers at their defaults on every hop); each run uses a fresh one-shot iperf3 -s on a new port',
+        '"client → dante, no fakeproxy": bench/lib/socks-udp.c does UDP ASSOCIATE with dante and sends the same rate and size (paced in 1 ms slices, sendmmsg) to a counting sink beside iperf3 -s; what dante delivers there bounds TUN → fakeproxy → dante',
       );
       return [s];
     } finally {
