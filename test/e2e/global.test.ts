@@ -44,6 +44,13 @@ describe.skipIf(skip)('global mode', () => {
   };
   const curl = (url: string, extra: string[] = []) =>
     t.client.exec('curl', ['-sS', '--max-time', '8', ...extra, url], { timeoutMs: 12_000 });
+  /** curl as another local user (setpriv), for the per-uid rules. */
+  const curlAs = (uid: number, url: string) =>
+    t.client.exec(
+      'setpriv',
+      [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'curl', '-sS', '--max-time', '8', url],
+      { timeoutMs: 12_000 },
+    );
   const daemonSockets = (pid: number) => {
     let n = 0;
     for (const f of readdirSync(`/proc/${pid}/fd`)) {
@@ -191,20 +198,7 @@ describe.skipIf(skip)('global mode', () => {
     expect(await t.client.must('ip', ['-4', 'rule', 'show'])).toMatch(
       new RegExp(`^9002:\\s+from all uidrange ${BYPASS_UID}-${BYPASS_UID} lookup main`, 'm'),
     );
-    const r = await t.client.exec(
-      'setpriv',
-      [
-        `--reuid=${BYPASS_UID}`,
-        `--regid=${BYPASS_UID}`,
-        '--clear-groups',
-        'curl',
-        '-sS',
-        '--max-time',
-        '8',
-        `http://${CAPTURED}:${WHO}/`,
-      ],
-      { timeoutMs: 12_000 },
-    );
+    const r = await curlAs(BYPASS_UID, `http://${CAPTURED}:${WHO}/`);
     expect(r.stdout.trim()).toBe(`peer=${t.clientIp} host=${CAPTURED}:${WHO}`);
     const root = await curl(`http://${CAPTURED}:${WHO}/`);
     expect(root.stdout).not.toContain(`peer=${t.clientIp} `);
@@ -325,20 +319,7 @@ describe.skipIf(skip)('global mode', () => {
     expect(rules).toMatch(new RegExp(`uidrange ${ONLY_UID}-${ONLY_UID} lookup 2022`, 'm'));
     expect(rules).not.toMatch(/^9009:\s+from all lookup 2022/m);
     const micBefore = mic.text.length;
-    const asUser = await t.client.exec(
-      'setpriv',
-      [
-        `--reuid=${ONLY_UID}`,
-        `--regid=${ONLY_UID}`,
-        '--clear-groups',
-        'curl',
-        '-sS',
-        '--max-time',
-        '8',
-        `http://${EXCLUDED}:${WHO}/only`,
-      ],
-      { timeoutMs: 12_000 },
-    );
+    const asUser = await curlAs(ONLY_UID, `http://${EXCLUDED}:${WHO}/only`);
     // the user's request reached the origin through microsocks, not from the client itself
     expect(asUser.stdout).toMatch(new RegExp(`^peer=\\S+ host=${EXCLUDED.replace(/\./g, '\\.')}:${WHO}$`, 'm'));
     expect(asUser.stdout).not.toContain(`peer=${t.clientIp} `);
