@@ -5,6 +5,7 @@
  *   V        over the veth to iperf3 -s in the upstream ns, no proxy
  *   T / TR   app → fake IP → TUN → engine → Listener → direct → iperf3 -s (upstream ns)
  *   TN       T with --no-tun-offload
+ *   TM / TMR T and TR with --mtu 9000 (the default before 2026-12-02: what the 64 KiB MTU buys)
  * The second table is CPU seconds per GB delivered: both iperf3 processes
  * (iperf3's own accounting) plus, on the TUN rows, the daemon (/proc). On 2
  * CPUs the throughput ratio follows this cost once both CPUs are busy, and
@@ -55,6 +56,20 @@ export const iperf: Scenario = {
           unit: 'Gbit/s',
           compare: [{ to: 'L' }, { to: 'T' }],
         },
+        {
+          id: 'TM',
+          label: 'iperf3 through TUN, --mtu 9000',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'L' }, { to: 'T' }],
+        },
+        {
+          id: 'TMR',
+          label: 'iperf3 -R through TUN, --mtu 9000',
+          metric: 'throughput',
+          unit: 'Gbit/s',
+          compare: [{ to: 'LR' }, { to: 'TR' }],
+        },
       ),
     };
     const cost = (id: string, label: string, compare?: { to: string }[]) => ({
@@ -75,6 +90,8 @@ export const iperf: Scenario = {
         cost('LRc', '-R loopback'),
         cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }]),
         cost('TNc', 'through TUN, --no-tun-offload', [{ to: 'Lc' }, { to: 'Tc' }]),
+        cost('TMc', 'through TUN, --mtu 9000', [{ to: 'Lc' }, { to: 'Tc' }]),
+        cost('TMRc', '-R through TUN, --mtu 9000', [{ to: 'LRc' }, { to: 'TRc' }]),
       ),
     };
     const row = (sec: Section, id: string) => {
@@ -127,6 +144,21 @@ export const iperf: Scenario = {
         withDaemon(topo, 'direct', (d) => measure('TN', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d), {
           extra: ['--no-tun-offload'],
         }),
+      );
+      await path(ctx, ip, ['TM', 'TMR'], 'iperf3 through TUN, --mtu 9000', () =>
+        withDaemon(
+          topo,
+          'direct',
+          async (d) => {
+            await path(ctx, ip, ['TM'], 'iperf3 through TUN, --mtu 9000', () =>
+              measure('TM', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d),
+            );
+            await path(ctx, ip, ['TMR'], 'iperf3 -R through TUN, --mtu 9000', () =>
+              measure('TMR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
+            );
+          },
+          { extra: ['--mtu', '9000'] },
+        ),
       );
       ip.notes.push(
         'iperf3 TCP checks received bytes ≈ sent bytes (≥ 99 %; -R ≥ 95 %: the server counts what was still in flight through both hops when the client stopped); "T" goes app → fake IP → TUN → engine → Listener → direct → iperf3 -s in the upstream ns',

@@ -19,13 +19,13 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
   it('creates the device, address and route, and removes them on SIGTERM with exit 0', async () => {
     const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--tun', 'fp0']);
     await d.waitFor(/running/);
-    expect(d.stdout).toContain('device fp0 up (mtu 9000');
+    expect(d.stdout).toContain('device fp0 up (mtu 65535');
     expect(d.stdout).toContain('address 198.18.0.1/16');
     expect(d.stdout).toContain('route 198.18.0.0/16 dev fp0');
     const addr = await ns.must('ip', ['-4', '-o', 'addr', 'show', 'dev', 'fp0']);
     expect(addr).toMatch(/inet 198\.18\.0\.1\/16/);
     const link = await ns.must('ip', ['-o', 'link', 'show', 'dev', 'fp0']);
-    expect(link).toMatch(/mtu 9000/);
+    expect(link).toMatch(/mtu 65535 /);
     expect(link).toMatch(/[<,]UP[,>]/);
     const routes = await ns.must('ip', ['-4', 'route', 'show']);
     expect(routes).toMatch(/^198\.18\.0\.0\/16 dev fp0 .*src 198\.18\.0\.1/m);
@@ -34,7 +34,7 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     const st = await runCli(ns, ['status', '--json']);
     expect(st.code).toBe(0);
     const status = JSON.parse(st.stdout);
-    expect(status.tun).toMatchObject({ name: 'fp0', range: '198.18.0.0/16', mtu: 9000, queues: 1 });
+    expect(status.tun).toMatchObject({ name: 'fp0', range: '198.18.0.0/16', mtu: 65535, queues: 1 });
     expect(status.engine.threadsRunning).toBe(1);
 
     expect(await d.stop('SIGTERM')).toBe(0);

@@ -58,7 +58,7 @@ describe('resolveStartConfig', () => {
     const c = resolveStartConfig({});
     expect(c.cidr.text).toBe('198.18.0.0/16');
     expect(c.tun).toBe('fp0');
-    expect(c.mtu).toBe(9000);
+    expect(c.mtu).toBe(65535);
     expect(c.listenPort).toBe(1313);
     expect(c.dnsListen).toEqual([{ host: '198.18.0.1', port: 53 }]);
     expect(c.upstream).toBe('direct');
