@@ -1,6 +1,7 @@
 // Module entry: the TUN functions live here; the engine registers itself
 // through InitEngine (engine_addon.cc).
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <napi.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -173,10 +174,14 @@ Napi::Value SocketpairForTest(const Napi::CallbackInfo& info) {
 // freed pages back to the kernel. Node-API has no equivalent, and a plain
 // gc() (--expose-gc) keeps the young generation at its peak size (32 MiB
 // after a burst of connection set-ups, measured with Node 20); see
-// src/util/quietGc.ts for when the daemon calls it.
+// src/util/quietGc.ts for when the daemon calls it. Then malloc_trim(0):
+// glibc keeps the free pages of every arena (one per thread that ever
+// malloc'd: V8's compiler and GC workers, libuv's pool, our relay threads)
+// resident until told; see docs/memory.md for what it gives back.
 Napi::Value LowMemoryNotificationJs(const Napi::CallbackInfo& info) {
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   if (isolate != nullptr) isolate->LowMemoryNotification();
+  malloc_trim(0);
   return info.Env().Undefined();
 }
 

@@ -66,7 +66,7 @@ void DgramSockaddrToMeta(const struct sockaddr_storage& ss, uint32_t* m) {
 
 DgramBatchSocket::DgramBatchSocket(int max_batch, size_t slot)
     : max_batch_(max_batch < 1 ? 1 : max_batch), slot_(slot < 512 ? 512 : slot) {
-  slab_.resize(static_cast<size_t>(max_batch_) * slot_);
+  slab_.reset(new uint8_t[static_cast<size_t>(max_batch_) * slot_]);  // not zero-filled: untouched pages stay unmapped
   msgs_.resize(max_batch_);
   iovs_.resize(max_batch_);
   addrs_.resize(max_batch_);
@@ -135,7 +135,7 @@ int DgramBatchSocket::Recv(std::vector<uint8_t>* data, std::vector<uint32_t>* me
   meta->clear();
   if (fd_ < 0) return -EBADF;
   for (int i = 0; i < max_batch_; i++) {
-    iovs_[i].iov_base = slab_.data() + static_cast<size_t>(i) * slot_;
+    iovs_[i].iov_base = slab_.get() + static_cast<size_t>(i) * slot_;
     iovs_[i].iov_len = slot_;
     struct msghdr& h = msgs_[i].msg_hdr;
     h.msg_name = &addrs_[i];
@@ -170,8 +170,8 @@ int DgramBatchSocket::Recv(std::vector<uint8_t>* data, std::vector<uint32_t>* me
     }
     size_t len = msgs_[i].msg_len;
     size_t off = data->size();
-    data->insert(data->end(), slab_.data() + static_cast<size_t>(i) * slot_,
-                 slab_.data() + static_cast<size_t>(i) * slot_ + len);
+    data->insert(data->end(), slab_.get() + static_cast<size_t>(i) * slot_,
+                 slab_.get() + static_cast<size_t>(i) * slot_ + len);
     size_t m = meta->size();
     meta->resize(m + kDgramMetaWords);
     uint32_t* w = meta->data() + m;

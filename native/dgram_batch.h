@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -77,7 +78,7 @@ class DgramBatchSocket {
   int family_ = 0;
   int max_batch_;
   size_t slot_;
-  std::vector<uint8_t> slab_;
+  std::unique_ptr<uint8_t[]> slab_;
   std::vector<struct mmsghdr> msgs_;
   std::vector<struct iovec> iovs_;
   std::vector<struct sockaddr_storage> addrs_;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <memory>
 
 #include "checksum.h"
 
@@ -545,7 +546,9 @@ std::vector<FlowEvent> Engine::drain_events() {
 int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
                 const std::function<void()>& notify, size_t batch, bool vnet_hdr) {
   batch = std::max<size_t>(batch, 1);
-  std::vector<uint8_t> mem(batch * kReadBufCap);
+  // Not zero-filled: a page of the 4 MiB batch stays unmapped until a read lands in it, so an idle
+  // daemon does not carry it resident (docs/memory.md).
+  std::unique_ptr<uint8_t[]> mem(new uint8_t[batch * kReadBufCap]);
   std::vector<size_t> lens(batch), outs(batch);
   std::vector<uint8_t> rsts;  // RSTs for flows that timed out, written after the batch
   int64_t last_notify = 0;
@@ -569,7 +572,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
     if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
       // Drain the device: read until EAGAIN or the batch is full.
       while (n < batch) {
-        ssize_t k = read(fd, mem.data() + n * kReadBufCap, kReadBufCap);
+        ssize_t k = read(fd, mem.get() + n * kReadBufCap, kReadBufCap);
         if (k > 0) {
           lens[n++] = size_t(k);
           continue;
@@ -587,7 +590,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
     {
       std::lock_guard<std::mutex> g(mu_);
       for (size_t i = 0; i < n; i++) {
-        uint8_t* b = mem.data() + i * kReadBufCap;
+        uint8_t* b = mem.get() + i * kReadBufCap;
         outs[i] =
             vnet_hdr ? process_vnet_locked(b, lens[i], kReadBufCap, now) : process_locked(b, lens[i], kReadBufCap, now);
       }
@@ -604,7 +607,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
       // A TUN write is one packet; it does not block (the kernel queues it
       // on the netif backlog) and fails only for malformed packets or a
       // device going away.
-      if (write(fd, mem.data() + i * kReadBufCap, outs[i]) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
+      if (write(fd, mem.get() + i * kReadBufCap, outs[i]) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
     }
     const size_t rst_len = kRstLen + (vnet_hdr ? vnet::HEADER_LEN : 0);
     for (size_t off = 0; off < rsts.size(); off += rst_len)

@@ -213,7 +213,7 @@ UdpRelay::UdpRelay(const UdpRelayOptions& opts, std::function<void()> notify) : 
   // Room for a SOCKS5 header plus one byte more than the largest payload: a longer datagram shows as longer (or
   // MSG_TRUNC).
   size_t slot = o_.max_payload + kMaxSocksHeader + 1;
-  slab_.resize(static_cast<size_t>(o_.batch) * slot);
+  slab_.reset(new uint8_t[static_cast<size_t>(o_.batch) * slot]);  // not zero-filled: untouched pages stay unmapped
   rmsgs_.resize(o_.batch);
   riovs_.resize(o_.batch);
   raddrs_.resize(o_.batch);
@@ -547,7 +547,7 @@ void UdpRelay::Run() {
 size_t UdpRelay::PrepareRecv(bool with_ovfl) {
   const size_t slot = o_.max_payload + kMaxSocksHeader + 1;
   for (int i = 0; i < o_.batch; i++) {
-    riovs_[i] = {slab_.data() + static_cast<size_t>(i) * slot, slot};
+    riovs_[i] = {slab_.get() + static_cast<size_t>(i) * slot, slot};
     struct msghdr& h = rmsgs_[i].msg_hdr;
     h.msg_name = &raddrs_[i];
     h.msg_namelen = sizeof(UdpAddr);
@@ -595,7 +595,7 @@ int UdpRelay::ListenerRound() {
       continue;
     }
     size_t len = rmsgs_[i].msg_len;
-    uint8_t* p = slab_.data() + static_cast<size_t>(i) * slot;
+    uint8_t* p = slab_.get() + static_cast<size_t>(i) * slot;
     if ((h.msg_flags & MSG_TRUNC) || len > o_.max_payload) {
       t_.drops[kDropOversized]++;
       continue;
@@ -750,7 +750,7 @@ int UdpRelay::AssocRound(UdpAssoc* a) {
   int ns = 0;
   for (int i = 0; i < n; i++) {
     size_t len = rmsgs_[i].msg_len;
-    uint8_t* p = slab_.data() + static_cast<size_t>(i) * slot;
+    uint8_t* p = slab_.get() + static_cast<size_t>(i) * slot;
     const UdpAddr& src = raddrs_[i];
     std::string key;
     size_t hdr = 0;

@@ -204,7 +204,7 @@ class UdpRelay {
   UdpRelayTotals t_{};
 
   // Thread-side scratch.
-  std::vector<uint8_t> slab_;
+  std::unique_ptr<uint8_t[]> slab_;
   std::vector<struct mmsghdr> rmsgs_, gmsgs_;
   std::vector<struct iovec> riovs_, siovs_;
   std::vector<UdpAddr> raddrs_, saddrs_;
