@@ -15,7 +15,7 @@ import { ACCEPT_RECORD_FIELDS, type NativeTcpAcceptor, native } from '../native.
 import { START_OPTIONS as O } from '../options.js';
 import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { resourceAlarm } from '../util/exhaustion.js';
-import { QuietGc } from '../util/quietGc.js';
+import { QuietGc, type QuietGcStats } from '../util/quietGc.js';
 import { ownMark } from '../util/sockmark.js';
 import { hostPort, isProxyDown } from './dial.js';
 import { ProxyError } from './errors.js';
@@ -317,6 +317,16 @@ export class TcpListener extends EventEmitter {
       down += t.bytesDown;
     }
     return { ...this.#stats, active: this.#sessions.size, bytesUp: up, bytesDown: down };
+  }
+
+  /** The quiet-time collections so far and how long they held the event loop (src/util/quietGc.ts). */
+  gcStats(): QuietGcStats {
+    return this.#gc.stats();
+  }
+
+  /** Give start-up's memory back once the daemon has been quiet for a moment (src/util/quietGc.ts). */
+  collectWhenQuiet(): void {
+    this.#gc.soon();
   }
 
   /** Live byte counts of the session behind NAT flow `flowId`, or undefined when there is none. */

@@ -36,6 +36,38 @@ describe('QuietGc', () => {
     expect(collect).toHaveBeenCalledTimes(2);
   });
 
+  it('soon() collects once after quietMs whatever the count, and stats() reports the pause it took', () => {
+    const collect = vi.fn(() => {
+      // The pause is the collector's own time on the event loop: make it take a known least while.
+      const until = performance.now() + 5;
+      while (performance.now() < until) {}
+    });
+    const q = new QuietGc({ quietMs: 20, minEvents: 1000, collect });
+    expect(q.stats()).toEqual({ runs: 0, lastPauseMs: 0, maxPauseMs: 0, lastCpuMs: 0 });
+    q.soon();
+    q.note(); // one event: far below minEvents, but soon() was asked
+    // Timers fire in expiry order, so the 200 ms check always runs after the 20 ms collection.
+    return new Promise<void>((resolve) => {
+      setTimeout(() => {
+        expect(collect).toHaveBeenCalledTimes(1);
+        const st = q.stats();
+        expect(st.runs).toBe(1);
+        expect(st.lastPauseMs).toBeGreaterThanOrEqual(5);
+        expect(st.maxPauseMs).toBe(st.lastPauseMs);
+        // A busy loop is on a CPU for part of its wall time at least (all of it on an idle machine).
+        expect(st.lastCpuMs).toBeGreaterThan(0);
+        expect(st.lastCpuMs).toBeLessThanOrEqual(st.lastPauseMs + 1);
+        // The request is used up: a later small burst does not collect.
+        q.note();
+        setTimeout(() => {
+          expect(collect).toHaveBeenCalledTimes(1);
+          q.stop();
+          resolve();
+        }, 100);
+      }, 200);
+    });
+  });
+
   it("the addon's lowMemoryNotification gives the heap's pages back (a plain collection keeps them)", () => {
     // Garbage that survives a few scavenges, as the accept path's does while dials are in flight.
     let keep: object[][] = [];
