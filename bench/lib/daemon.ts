@@ -152,11 +152,27 @@ export class Daemon {
     return (Number(f[11]) + Number(f[12])) / CLK_TCK;
   }
 
-  /** VmRSS and VmHWM in bytes, and the number of open fds, from /proc. */
-  usage(): { rss: number; hwm: number; fds: number } {
+  /**
+   * VmRSS and VmHWM in bytes, RSS split into anonymous memory (heaps, stacks) and file pages
+   * (mostly the node binary's code, shared with every node process), and the open fds, from /proc.
+   */
+  usage(): { rss: number; hwm: number; anon: number; file: number; fds: number } {
     const st = readFileSync(`/proc/${this.pid}/status`, 'utf8');
     const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(st)?.[1] ?? Number.NaN) * 1024;
-    return { rss: kb('VmRSS'), hwm: kb('VmHWM'), fds: readdirSync(`/proc/${this.pid}/fd`).length };
+    return {
+      rss: kb('VmRSS'),
+      hwm: kb('VmHWM'),
+      anon: kb('RssAnon'),
+      file: kb('RssFile'),
+      fds: readdirSync(`/proc/${this.pid}/fd`).length,
+    };
+  }
+
+  /** `fakeproxy status --json` of this daemon (its control socket, in the client namespace). */
+  async status(topo: Topology): Promise<Record<string, unknown>> {
+    const r = await topo.client.exec('node', [CLI, 'status', '--json', '--tun', 'fp0'], { timeoutMs: 10_000 });
+    if (r.code !== 0) throw new Error(`fakeproxy status: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
+    return JSON.parse(r.stdout) as Record<string, unknown>;
   }
 }
 

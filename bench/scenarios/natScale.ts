@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { native } from '../../src/native.js';
-import { nofileLimit, RAISE_NOFILE } from '../lib/daemon.js';
+import { type Daemon, nofileLimit, RAISE_NOFILE } from '../lib/daemon.js';
 import { type Ctx, ROOT, sleep, waitUntil } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { VerifyError } from '../lib/tools.js';
@@ -18,6 +18,25 @@ export const natScale: Scenario = {
   },
 };
 
+/** The two daemon configurations nat-scale compares: as shipped, and without the controller API (issue 14). */
+const IDLE_CONFIGS = [
+  { suffix: '', label: 'daemon', extra: [] as string[] },
+  { suffix: '-noctl', label: 'daemon --controller off', extra: ['--controller', 'off'] },
+];
+
+/** The daemon's quiet-time collections (src/util/quietGc.ts) from `fakeproxy status`. */
+async function quietGc(topo: Topology, d: Daemon): Promise<{ runs: number; lastPauseMs: number; lastCpuMs: number }> {
+  const g = (await d.status(topo)).quietGc as Record<string, unknown> | null;
+  const runs = Number(g?.runs);
+  const lastPauseMs = Number(g?.lastPauseMs);
+  const lastCpuMs = Number(g?.lastCpuMs);
+  if (!Number.isInteger(runs) || !Number.isFinite(lastPauseMs) || !Number.isFinite(lastCpuMs))
+    throw new VerifyError(`fakeproxy status has no quietGc counters (got ${JSON.stringify(g)})`);
+  if (runs > 0 && !(lastCpuMs > 0 && lastCpuMs <= lastPauseMs + 1))
+    throw new VerifyError(`quietGc: ${lastCpuMs} ms on a CPU in a ${lastPauseMs} ms pause`);
+  return { runs, lastPauseMs, lastCpuMs };
+}
+
 async function idle(ctx: Ctx): Promise<Section> {
   const want = ctx.quick ? 1_000 : 10_000;
   // The daemon needs 2 fds per connection (+ its own ~100). Without CAP_SYS_RESOURCE the
@@ -25,21 +44,51 @@ async function idle(ctx: Ctx): Promise<Section> {
   const limit = await nofileLimit();
   const n = Math.min(want, Math.floor((limit - 300) / 2));
   const full = n === 10_000;
+  const mem = (id: string, label: string, metric: string, compare?: string) => ({
+    id,
+    label,
+    metric,
+    unit: 'MiB',
+    higherIsBetter: false,
+    compare: compare ? [{ to: compare }] : undefined,
+  });
   const s: Section = {
     scenario: 'nat-scale',
     title: `${n} concurrent idle TCP connections through the TUN (direct), daemon /proc/<pid>`,
     notes: [],
     rows: rows(
-      { id: 'rss0', label: 'daemon, before', metric: 'RSS', unit: 'MiB', higherIsBetter: false },
+      mem('rss0', 'daemon idle, before the first connection', 'RSS'),
+      mem('anon0', 'daemon idle, before the first connection', 'RssAnon'),
+      mem('file0', 'daemon idle, before the first connection', 'RssFile'),
       {
-        id: 'rss',
-        label: `daemon, ${n} idle conns`,
-        metric: 'RSS',
-        unit: 'MiB',
-        higherIsBetter: false,
+        ...mem('rss', `daemon, ${n} idle conns`, 'RSS'),
         goal: full ? { value: 100, text: '< 100 MiB' } : undefined,
       },
       { id: 'perconn', label: 'daemon', metric: 'RSS growth per conn', unit: 'KiB', higherIsBetter: false },
+      {
+        id: 'gcpause',
+        label: `quiet-time V8 collection, ${n} conns live`,
+        metric: 'event-loop pause',
+        unit: 'ms',
+        higherIsBetter: false,
+      },
+      {
+        id: 'gccpu',
+        label: `quiet-time V8 collection, ${n} conns live`,
+        metric: 'of it on a CPU',
+        unit: 'ms',
+        higherIsBetter: false,
+      },
+      mem('rss0-noctl', 'daemon --controller off, idle, before', 'RSS', 'rss0'),
+      mem('rss-noctl', `daemon --controller off, ${n} idle conns`, 'RSS', 'rss'),
+      {
+        id: 'perconn-noctl',
+        label: 'daemon --controller off',
+        metric: 'RSS growth per conn',
+        unit: 'KiB',
+        higherIsBetter: false,
+        compare: [{ to: 'perconn' }],
+      },
       { id: 'fds', label: `daemon, ${n} idle conns`, metric: 'open fds', unit: 'fds', higherIsBetter: false },
       { id: 'fds-after', label: 'daemon, all closed (+2 s)', metric: 'open fds', unit: 'fds', higherIsBetter: false },
     ),
@@ -62,63 +111,106 @@ async function idle(ctx: Ctx): Promise<Section> {
       if (m) serverOpen = Number(m[1]);
     });
     await waitUntil('hold server', async () => (serverOpen >= 0 ? true : undefined), 10_000);
-    await path(
-      ctx,
-      s,
-      s.rows.map((r) => r.id),
-      `nat-scale: ${n} idle connections`,
-      () =>
-        withDaemon(topo, 'direct', async (d) => {
-          for (let i = 0; i < ctx.reps && !ctx.aborted; i++) {
-            const before = d.usage();
-            const client = topo.client.spawn(
-              'sh',
-              ['-c', RAISE_NOFILE, 'sh', 'node', hold, 'client', 'hold.test', String(HOLD_PORT), String(n)],
-              {
-                stdio: ['pipe', 'pipe', 'inherit'],
-              },
-            );
-            let out = '';
-            client.stdout?.setEncoding('utf8').on('data', (x: string) => {
-              out += x;
-            });
-            try {
-              await waitUntil(
-                `${n} connections open`,
-                async () => (/ready \d+/.test(out) ? true : undefined),
-                120_000,
-                100,
+    // One fresh daemon per repetition and configuration, so "before" is always a daemon that has
+    // served only the probe (not the previous repetition's 10 000), alternating the two configurations
+    // so that drift in the shared machine's load does not land on one of them.
+    for (let i = 0; i < ctx.reps && !ctx.aborted; i++) {
+      for (const cfg of IDLE_CONFIGS) {
+        const ids = s.rows
+          .map((r) => r.id)
+          .filter((id) => (cfg.suffix ? id.endsWith(cfg.suffix) : !id.includes('-noctl')));
+        await path(ctx, s, ids, `nat-scale: ${n} idle connections, ${cfg.label} (${i + 1}/${ctx.reps})`, () =>
+          withDaemon(
+            topo,
+            'direct',
+            async (d) => {
+              // The start-up collection (src/util/quietGc.ts) has run: this is the idle baseline.
+              const gc0 = await waitUntil(
+                'the start-up collection',
+                async () => {
+                  const g = await quietGc(topo, d);
+                  return g.runs >= 1 ? g : undefined;
+                },
+                15_000,
+                200,
               );
-              const ready = Number(/ready (\d+)/.exec(out)?.[1]);
-              if (ready !== n)
-                throw new VerifyError(
-                  `only ${ready} of ${n} connections echoed through the TUN (${out.trim().split('\n').join(', ')})`,
+              const before = d.usage();
+              const client = topo.client.spawn(
+                'sh',
+                ['-c', RAISE_NOFILE, 'sh', 'node', hold, 'client', 'hold.test', String(HOLD_PORT), String(n)],
+                {
+                  stdio: ['pipe', 'pipe', 'inherit'],
+                },
+              );
+              let out = '';
+              client.stdout?.setEncoding('utf8').on('data', (x: string) => {
+                out += x;
+              });
+              try {
+                await waitUntil(
+                  `${n} connections open`,
+                  async () => (/ready \d+/.test(out) ? true : undefined),
+                  120_000,
+                  100,
                 );
-              await waitUntil(`holder sees ${n}`, async () => (serverOpen === n ? true : undefined), 10_000);
-              await sleep(1000); // let the daemon settle (GC, event batches)
-              const at = d.usage();
-              row(s, 'rss0').samples.push(before.rss / MiB);
-              row(s, 'rss').samples.push(at.rss / MiB);
-              row(s, 'perconn').samples.push((at.rss - before.rss) / n / 1024);
-              row(s, 'fds').samples.push(at.fds);
-            } finally {
-              client.stdin?.end();
-              const t = setTimeout(() => client.kill('SIGKILL'), 10_000);
-              await new Promise((r) => client.once('exit', r));
-              clearTimeout(t);
-            }
-            await waitUntil('holder sees 0', async () => (serverOpen === 0 ? true : undefined), 30_000, 100);
-            await sleep(2000);
-            row(s, 'fds-after').samples.push(d.usage().fds);
-          }
-        }),
-    );
+                const ready = Number(/ready (\d+)/.exec(out)?.[1]);
+                if (ready !== n)
+                  throw new VerifyError(
+                    `only ${ready} of ${n} connections echoed through the TUN (${out.trim().split('\n').join(', ')})`,
+                  );
+                await waitUntil(`holder sees ${n}`, async () => (serverOpen === n ? true : undefined), 10_000);
+                // The burst's collection (≥ 1 000 accepts, then 500 ms quiet) runs with all n live.
+                const gc1 = await waitUntil(
+                  'the collection after the burst',
+                  async () => {
+                    const g = await quietGc(topo, d);
+                    return g.runs > gc0.runs ? g : undefined;
+                  },
+                  30_000,
+                  200,
+                );
+                await sleep(500); // event batches, the kernel's lazy frees
+                const at = d.usage();
+                if (!(before.rss > 0 && at.rss > 0 && at.fds >= 2 * n))
+                  throw new VerifyError(
+                    `implausible /proc figures: RSS ${before.rss} → ${at.rss} B, ${at.fds} fds for ${n} connections`,
+                  );
+                row(s, `rss0${cfg.suffix}`).samples.push(before.rss / MiB);
+                row(s, `rss${cfg.suffix}`).samples.push(at.rss / MiB);
+                row(s, `perconn${cfg.suffix}`).samples.push((at.rss - before.rss) / n / 1024);
+                if (!cfg.suffix) {
+                  row(s, 'anon0').samples.push(before.anon / MiB);
+                  row(s, 'file0').samples.push(before.file / MiB);
+                  row(s, 'gcpause').samples.push(gc1.lastPauseMs);
+                  row(s, 'gccpu').samples.push(gc1.lastCpuMs);
+                  row(s, 'fds').samples.push(at.fds);
+                }
+              } finally {
+                client.stdin?.end();
+                const t = setTimeout(() => client.kill('SIGKILL'), 10_000);
+                await new Promise((r) => client.once('exit', r));
+                clearTimeout(t);
+              }
+              await waitUntil('holder sees 0', async () => (serverOpen === 0 ? true : undefined), 30_000, 100);
+              if (!cfg.suffix) {
+                await sleep(2000);
+                row(s, 'fds-after').samples.push(d.usage().fds);
+              }
+            },
+            { extra: cfg.extra },
+          ),
+        );
+      }
+    }
     if (n < want)
       s.notes.push(
         `wanted ${want} connections but the fd hard limit here is ${limit} and cannot be raised (no CAP_SYS_RESOURCE): measured ${n}; per-connection growth × 10 000 estimates the full figure`,
       );
     s.notes.push(
       'each connection sends a line through the TUN and waits for its echo before it counts; the holder in the upstream ns must report all of them open',
+      'one fresh daemon per repetition and configuration; "before" is read once its start-up collection has run (fakeproxy status: quietGc.runs ≥ 1), "idle conns" once the collection after the burst has run (runs grew), so both are the steady idle state, not a GC moment',
+      "RssFile is mostly the node binary's own code and data (~34 MiB in a bare `node -e` here), shared with every node process; RssAnon is what the daemon adds (V8 heap, malloc arenas, native buffers): docs/memory.md",
+      'event-loop pause = quietGc.lastPauseMs from fakeproxy status: the collection that gives the burst\'s memory back, run after 500 ms without an accept; nothing is accepted or relayed in JavaScript meanwhile (native relays keep moving bytes). "of it on a CPU" is the main thread\'s run time within that pause (/proc/thread-self/schedstat): the pause on an unloaded machine; the rest was waiting for a CPU',
       'the daemon holds 2 fds per proxied connection (accepted + outbound); the bench raises its fd limit as far as the hard limit allows',
     );
     return s;

@@ -63,6 +63,22 @@ export const tcpConnect: Scenario = {
           goal: { value: 2, text: '< 2 ms' },
         },
         {
+          id: 'tun-noctl',
+          label: 'TUN → fakeproxy direct, --controller off',
+          metric: 'rate',
+          unit: 'conn/s',
+          // Issue 14: what the controller API (on by default) costs the connection rate.
+          compare: [{ to: 'tun' }],
+        },
+        {
+          id: 'tun-noctl-p99',
+          label: 'TUN → fakeproxy direct, --controller off',
+          metric: 'p99',
+          unit: 'ms',
+          higherIsBetter: false,
+          compare: [{ to: 'tun-p99' }],
+        },
+        {
           id: 'tun-dante',
           label: 'TUN → fakeproxy → dante',
           metric: 'rate',
@@ -110,11 +126,15 @@ export const tcpConnect: Scenario = {
           row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
         }),
       );
+      await path(ctx, s, ['tun-noctl', 'tun-noctl-p99'], 'tcp-connect: TUN direct, --controller off', () =>
+        withDaemon(topo, 'direct', () => fill('tun-noctl', viaName), { extra: ['--controller', 'off'] }),
+      );
       await path(ctx, s, ['tun-dante', 'tun-dante-p99'], 'tcp-connect: TUN → dante', () =>
         withDaemon(topo, 'dante', () => fill('tun-dante', viaName)),
       );
       s.notes.push(
         "latency = ab's per-request total (connect + request + first byte + 128 B), percentiles from ab -e (fractional ms); ab checks every response (complete = n, 0 failed, 0 non-2xx)",
+        'tun-noctl: the same daemon without the controller API; the controller keeps a record per live connection for /connections whether or not a dashboard is open, so this is its cost with no client (nat-scale has its memory)',
         'ab is single-threaded: on 2 CPUs it competes with the origin, the daemon and the kernel, so the direct rate is a lower bound of what the origin can take',
       );
       return [s];
