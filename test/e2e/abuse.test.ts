@@ -275,4 +275,76 @@ setInterval(() => console.log('up ' + up), 500);`,
     const curl = await t.client.exec('curl', ['-sS', '--max-time', '10', `http://origin.test:${HTTP_PORT}/hello`]);
     expect(curl.stdout, curl.stderr).toBe(`hello from origin origin.test:${HTTP_PORT}\n`);
   }, 90_000);
+  it('out of file descriptors at accept: the Listener resets each connection it cannot take, one EMFILE line naming tcp accept, no spin, recovers', async () => {
+    // UDP associations take exactly one fd each (their upstream socket), so 300 app sockets leave the
+    // 256-fd daemon with none at all: the next TCP connection meets EMFILE in accept itself, not in a dial.
+    await restart(['--nat-timeout', 'udp=3'], ['prlimit', '--nofile=256:256']);
+    const d = t.daemon as NonNullable<typeof t.daemon>;
+    const fake = (await t.client.must('dig', ['+short', `@${GW}`, 'echo.test'])).trim();
+    expect(fake).toMatch(/^198\.18\.\d+\.\d+$/);
+    const holder = t.client.spawn('node', [
+      '-e',
+      `const dgram = require('node:dgram');
+const socks = Array.from({ length: 300 }, () => dgram.createSocket('udp4'));
+const tick = () => { for (const s of socks) s.send('x', ${ECHO_PORT}, '${fake}'); };
+tick();
+setInterval(tick, 1000);`,
+    ]);
+    await d.waitFor(
+      /out of file descriptors \(EMFILE: the open-file limit of this process, 256\).*udp upstream socket/,
+      20_000,
+    );
+    const before = d.output.length;
+    // 20 connections one after another, while the daemon holds no free fd.
+    const r = await t.client.exec(
+      'node',
+      [
+        '-e',
+        `const net = require('node:net');
+const out = [];
+const one = (i) => {
+  if (i === 20) { console.log(JSON.stringify(out)); return; }
+  const s = net.connect(${ECHO_PORT}, '${fake}');
+  let done = false;
+  const fin = (v) => { if (done) return; done = true; clearTimeout(timer); out.push(v); s.destroy(); one(i + 1); };
+  const timer = setTimeout(() => fin('timeout'), 5000);
+  s.on('data', () => fin('data'));
+  s.on('error', (e) => fin(e.code));
+  s.on('close', () => fin('closed'));
+};
+one(0);`,
+      ],
+      { timeoutMs: 150_000 },
+    );
+    // Each got a reset at once (the spare fd accepts and resets it), none is served. The first may still find
+    // the daemon's last free fd (freed by a failed association) and then fail in its dial instead.
+    const got = JSON.parse(r.stdout) as string[];
+    expect(got, r.stdout).not.toContain('data');
+    expect(got.slice(2), r.stdout).toEqual(Array(18).fill('ECONNRESET'));
+    // The pending lines of the alarm come out within 10 s: accept failures counted once each, in one line per 10 s.
+    await d.waitFor(/tcp accept \d+/, 15_000);
+    holder.kill('SIGKILL');
+    const lines = d.output
+      .slice(before)
+      .split('\n')
+      .filter((l) => l.includes('(EMFILE'));
+    const accepts = lines.reduce((n, l) => n + Number(/tcp accept (\d+)/.exec(l)?.[1] ?? 0), 0);
+    console.info(
+      `EMFILE at accept: ${lines.length} line(s), ${accepts} accept failures for 20 connections; ${lines.join(' | ')}`,
+    );
+    // A listener that spun on the pending connection would count one failure per wake-up: thousands.
+    expect(accepts).toBeGreaterThanOrEqual(18);
+    expect(accepts).toBeLessThanOrEqual(40);
+    expect(lines.length).toBeLessThanOrEqual(3);
+    expect(d.output).not.toMatch(/tcp listener: accept failed/);
+    // Recovered once the associations idle out (udp=3 s): a new connection is served.
+    await expect
+      .poll(
+        async () =>
+          (await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${HTTP_PORT}/hello`])).stdout,
+        { timeout: 30_000, interval: 1000 },
+      )
+      .toBe(`hello from origin origin.test:${HTTP_PORT}\n`);
+    expect(d.child.exitCode).toBeNull();
+  }, 120_000);
 });

@@ -32,6 +32,7 @@ import {
 } from '../../native.js';
 import { START_OPTIONS as O } from '../../options.js';
 import { intToIp, ipToInt } from '../../util/cidr.js';
+import { resourceAlarm } from '../../util/exhaustion.js';
 import { hostPort } from '../dial.js';
 import type { NameLookup } from '../listener.js';
 import type { Outbound, UdpDropReason } from '../outbound.js';
@@ -703,10 +704,11 @@ export class UdpListener extends EventEmitter {
     } catch (e) {
       // No socket (EMFILE, ENOBUFS): counted like a failed setup, retried after the hold.
       this.#stats.setupFailed++;
-      this.#rl(
-        'native-open',
-        `udp ${hostPort(flow.srcIp, flow.srcPort)} via ${outbound.label}: ${(e as Error).message}`,
-      );
+      if (!resourceAlarm.check(e, 'udp upstream socket'))
+        this.#rl(
+          'native-open',
+          `udp ${hostPort(flow.srcIp, flow.srcPort)} via ${outbound.label}: ${(e as Error).message}`,
+        );
       this.#holdRetry(key);
       return null;
     }
