@@ -262,25 +262,32 @@ export class Daemon {
       this.say(`redis mirror ${redactRedisUrl(c.redis)} as ${nodePrefix(c.nodeId)}`);
     }
 
-    const tcp = new TcpListener({
+    // What the TCP and UDP Listeners share; device: only what came through
+    // the TUN (DESIGN.md "Who may use it").
+    const listen = {
       host: c.cidr.gatewayIp,
       port: c.listenPort,
       nat,
       names: dns,
       router,
       logger: this.log,
-      // Only what came through the TUN: DESIGN.md "Who may use it".
       device: c.tun,
+    };
+    const mirror = this.mirror;
+    /** Rule and chain of each new session onto its Redis flow row. */
+    const annotate = (l: TcpListener | UdpListener) => {
+      if (!mirror) return;
+      l.on('session', (e: Parameters<typeof sessionAnnotation>[0] & { phase: string; flowId: number }) => {
+        if (e.phase === 'open') mirror.annotate(e.flowId, sessionAnnotation(e));
+      });
+    };
+    const tcp = new TcpListener({
+      ...listen,
       ...(c.relayThreads !== undefined ? { relayThreads: c.relayThreads } : {}),
       sniffTimeoutMs: c.sniff === 'on' || (c.sniff === 'auto' && c.mode === 'global') ? c.sniffTimeout : 0,
     });
     this.tcp = tcp;
-    const mirror = this.mirror;
-    if (mirror) {
-      tcp.on('session', (e) => {
-        if (e.phase === 'open') mirror.annotate(e.flowId, sessionAnnotation(e));
-      });
-    }
+    annotate(tcp);
     // A TCP flow that left the table by idle timeout or eviction can carry no
     // more data: end its session now rather than at the relay's idle timeout.
     nat.on('close', (flow, reason) => {
@@ -298,15 +305,9 @@ export class Daemon {
     if (c.controller) await this.startController(c.controller, tcp, dns);
 
     const udp = new UdpListener({
-      host: c.cidr.gatewayIp,
-      port: c.listenPort,
-      nat,
-      names: dns,
-      router,
-      logger: this.log,
+      ...listen,
       // Global mode: the native relay's association sockets carry the mark too.
       mark: ownMark(),
-      device: c.tun,
       // Replies larger than the TUN MTU would be IP-fragmented on their way
       // into the TUN, and the engine does not reassemble fragments.
       maxPayloadBytes: c.mtu - 28,
@@ -315,11 +316,7 @@ export class Daemon {
       ...(c.natTimeouts.udpDnsMs ? { dnsIdleTimeoutMs: c.natTimeouts.udpDnsMs } : {}),
     });
     this.udp = udp;
-    if (mirror) {
-      udp.on('session', (e) => {
-        if (e.phase === 'open') mirror.annotate(e.flowId, sessionAnnotation(e));
-      });
-    }
+    annotate(udp);
     await udp.start();
     this.closers.push(() => udp.close());
     this.say(

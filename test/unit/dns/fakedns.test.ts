@@ -195,26 +195,31 @@ describe('FakeDns over the wire (dig as client, dnsmasq as upstream)', () => {
   });
 });
 
+/** A started FakeDns whose upstream is a bound UDP socket that never replies; seen() counts what reached it. */
+async function silentUpstream(upstreamTimeoutMs: number) {
+  const dgram = await import('node:dgram');
+  const sink = dgram.createSocket('udp4');
+  await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));
+  let n = 0;
+  sink.on('message', () => n++);
+  const d = new FakeDns({
+    cidr: '198.18.0.0/24',
+    listen: [{ host: '127.0.0.1', port: 0 }],
+    upstream: { host: '127.0.0.1', port: sink.address().port },
+    upstreamTimeoutMs,
+    logger: () => {},
+  });
+  await d.start();
+  return { sink, d, seen: () => n };
+}
+
 describe('FakeDns failure paths', () => {
   it('answers SERVFAIL when the upstream does not answer', async () => {
-    // A bound UDP socket that never replies: the upstream times out.
-    const dgram = await import('node:dgram');
-    const sink = dgram.createSocket('udp4');
-    await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));
-    let seen = 0;
-    sink.on('message', () => seen++);
-    const d = new FakeDns({
-      cidr: '198.18.0.0/24',
-      listen: [{ host: '127.0.0.1', port: 0 }],
-      upstream: { host: '127.0.0.1', port: sink.address().port },
-      upstreamTimeoutMs: 200,
-      logger: () => {},
-    });
-    await d.start();
+    const { sink, d, seen } = await silentUpstream(200);
     try {
       const r = await dig(portOf(d), ['example.test', 'MX']);
       expect(r.status).toBe('SERVFAIL');
-      expect(seen).toBe(2); // one try + one retry
+      expect(seen()).toBe(2); // one try + one retry
       expect(d.stats().upstreamFailures).toBe(1);
     } finally {
       await d.close();
@@ -223,24 +228,12 @@ describe('FakeDns failure paths', () => {
   });
 
   it('close() while forwarded queries are pending (UDP and TCP) throws nothing', async () => {
-    const dgram = await import('node:dgram');
-    const sink = dgram.createSocket('udp4');
-    await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));
-    let seen = 0;
-    sink.on('message', () => seen++);
-    const d = new FakeDns({
-      cidr: '198.18.0.0/24',
-      listen: [{ host: '127.0.0.1', port: 0 }],
-      upstream: { host: '127.0.0.1', port: sink.address().port },
-      upstreamTimeoutMs: 10_000,
-      logger: () => {},
-    });
-    await d.start();
+    const { sink, d, seen } = await silentUpstream(10_000);
     const p = portOf(d);
     const udp = udpExchange(p, encodeQuery('example.test', 'MX'), 500);
     const tcp = tcpExchange(p, frame(encodeQuery('example.test', 'MX')), { timeoutMs: 500 });
-    for (let i = 0; i < 100 && seen < 2; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(seen).toBe(2);
+    for (let i = 0; i < 100 && seen() < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(seen()).toBe(2);
     await d.close();
     await Promise.all([udp, tcp]);
     expect(d.stats().upstreamInFlight).toBe(0);

@@ -22,16 +22,20 @@ function manager(over: ConstructorParameters<typeof NatManager>[0] = {}) {
   return { m, logs, batches, opened, closed, advance: (ms: number) => (now += ms), now: () => now };
 }
 
+/** The app's SYN 198.18.0.1:34567 → 198.18.2.2:80 through the engine, as rewritten onto the Listener. */
+const firstSyn = (m: NatManager) =>
+  parse(
+    m.engine.processPacket(
+      tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
+      T0,
+    )[0],
+  );
+
 describe('NatManager', () => {
   it('without options the engine runs the start defaults: Listener port, DNS hijack, table size, timeouts', () => {
     const { m, closed } = manager();
     // A SYN to a fake address is rewritten onto the Listener at gateway:--listen-port.
-    const syn = parse(
-      m.engine.processPacket(
-        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
-        T0,
-      )[0],
-    );
+    const syn = firstSyn(m);
     expect([syn.dst, syn.dport]).toEqual(['198.18.0.1', START_OPTIONS.listenPort.default]);
     // DNS hijack is on: port 53 to any resolver lands on the DNS server at gateway:53.
     const q = parse(
@@ -67,12 +71,7 @@ describe('NatManager', () => {
 
   it('lookup(tcp|udp) returns the flow the Listener needs, with string protocols', () => {
     const { m } = manager();
-    const out = parse(
-      m.engine.processPacket(
-        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
-        T0,
-      )[0],
-    );
+    const out = firstSyn(m);
     const f = m.lookup('tcp', out.src, out.sport);
     expect(f).toMatchObject({
       proto: 'tcp',
@@ -89,12 +88,7 @@ describe('NatManager', () => {
 
   it("lookupPacked answers the same flow as lookup, as numbers, into the caller's reused object", () => {
     const { m } = manager();
-    const out = parse(
-      m.engine.processPacket(
-        tcpPacket({ src: '198.18.0.1', dst: '198.18.2.2', sport: 34567, dport: 80, flags: F.SYN }),
-        T0,
-      )[0],
-    );
+    const out = firstSyn(m);
     const u = m.ensureFlow('udp', '198.18.0.9', 5000, '203.0.113.1', 3478);
     const full = m.lookup('tcp', out.src, out.sport) as FlowEntry;
     const p: PackedFlow = { id: -1, srcIp: -1, srcPort: -1, dstIp: -1, dstPort: -1 };
