@@ -2,10 +2,9 @@
  * Load generators (curl, ab, iperf3, dnsperf, fpbench-socks-udp) run inside a namespace, each
  * returning parsed numbers and throwing when the result does not verify.
  */
-import { join } from 'node:path';
 import type { Ctx, Netns } from './env.js';
-import { need, ROOT, run, sleep } from './env.js';
-import type { BigFile } from './topology.js';
+import { need, sleep } from './env.js';
+import { type BigFile, benchBinary } from './topology.js';
 
 export class VerifyError extends Error {}
 
@@ -108,6 +107,41 @@ export async function abRun(
     if (Number.isFinite(p) && Number.isFinite(ms)) pct.set(p, ms);
   }
   return { rps, p50ms: pct.get(50) ?? Number.NaN, p99ms: pct.get(99) ?? Number.NaN, complete, failed };
+}
+
+export interface PacedResult {
+  ok: number;
+  p50ms: number;
+  p99ms: number;
+  /** connect(2) done, from the scheduled start (through the TUN: engine + kernel only, no JavaScript). */
+  connectP99ms: number;
+  /** Connections the client itself started more than 1 ms late (it was the bottleneck). */
+  late: number;
+}
+
+/**
+ * Open-loop connections (bench/lib/pacer.c): one new connection every 1/rate s for
+ * `secs` seconds whatever the others do, GET `url`, read to EOF; latency from the
+ * scheduled start. Unlike ab's closed loop (latency = concurrency / rate), the same
+ * offered load on two paths makes the latency difference what the path adds.
+ * Every response must be HTTP 200 with a complete body, or the run is an error;
+ * `late` says how often the client itself fell behind (the caller reports it).
+ */
+export async function pacedRun(ctx: Ctx, ns: Netns, url: string, rate: number, secs: number): Promise<PacedResult> {
+  const bin = await benchBinary(ctx, 'pacer');
+  const u = new URL(url);
+  const r = await ns.exec(bin, [u.hostname, u.port || '80', u.pathname, String(rate), String(secs), '5000'], {
+    timeoutMs: (secs + 20) * 1000,
+  });
+  const m = /sent=(\d+) ok=(\d+) failed=(\d+) late=(\d+) p50=([\d.]+) p90=[\d.]+ p99=([\d.]+) .* cp99=([\d.]+)/.exec(
+    r.stdout,
+  );
+  if (r.code !== 0 || !m)
+    throw new VerifyError(`pacer ${url}: exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(-400)}`);
+  const [sent, ok, failed, late] = [m[1], m[2], m[3], m[4]].map(Number);
+  if (failed > 0 || ok !== sent)
+    throw new VerifyError(`pacer ${url}: ${ok}/${sent} complete, ${failed} failed: ${r.stderr.trim().slice(-300)}`);
+  return { ok, p50ms: Number(m[5]), p99ms: Number(m[6]), connectP99ms: Number(m[7]), late };
 }
 
 export interface IperfTcp {
@@ -256,16 +290,9 @@ function parseJson(s: string): any {
   }
 }
 
-let socksUdpBin: string | undefined;
 /** Compiles bench/lib/socks-udp.c (SOCKS5 UDP ASSOCIATE sender and a counting sink) once per run. */
-export async function socksUdpBinary(ctx: Ctx): Promise<string> {
-  if (socksUdpBin) return socksUdpBin;
-  const cc = need('cc', 'gcc');
-  const out = join(ctx.tmp, 'fpbench-socks-udp');
-  const r = await run(cc, ['-O2', '-o', out, join(ROOT, 'bench', 'lib', 'socks-udp.c')]);
-  if (r.code !== 0) throw new Error(`building bench/lib/socks-udp.c: ${r.stderr.trim()}`);
-  socksUdpBin = out;
-  return out;
+export function socksUdpBinary(ctx: Ctx): Promise<string> {
+  return benchBinary(ctx, 'socks-udp');
 }
 
 /** Parses iperf3-style rates: "500M" → 5e8 bits/s. */

@@ -66,15 +66,16 @@ export function bigFile(ctx: Ctx, size: number): BigFile {
   return f;
 }
 
-let originBin: string | undefined;
-/** Compiles bench/lib/origin.c (sendfile origin) once per run. */
-export async function originBinary(ctx: Ctx): Promise<string> {
-  if (originBin) return originBin;
+const built = new Map<string, string>();
+/** Compiles bench/lib/<name>.c into the run's temp dir (fpbench-<name>) once per run. */
+export async function benchBinary(ctx: Ctx, name: 'origin' | 'pacer' | 'socks-udp'): Promise<string> {
+  const have = built.get(name);
+  if (have) return have;
   const cc = need('cc', 'gcc');
-  const out = join(ctx.tmp, 'fpbench-origin');
-  const r = await run(cc, ['-O2', '-pthread', '-o', out, join(ROOT, 'bench', 'lib', 'origin.c')]);
-  if (r.code !== 0) throw new Error(`building bench/lib/origin.c: ${r.stderr.trim()}`);
-  originBin = out;
+  const out = join(ctx.tmp, `fpbench-${name}`);
+  const r = await run(cc, ['-O2', '-pthread', '-o', out, join(ROOT, 'bench', 'lib', `${name}.c`)]);
+  if (r.code !== 0) throw new Error(`building bench/lib/${name}.c: ${r.stderr.trim()}`);
+  built.set(name, out);
   return out;
 }
 
@@ -163,7 +164,7 @@ export class Topology {
       }
       case 'origin': {
         if (!this.big) throw new Error('topology.big must be set before starting the origin');
-        const bin = await originBinary(ctx);
+        const bin = await benchBinary(ctx, 'origin');
         const c = this.spawnLogged(up, 'origin', bin, ['0.0.0.0', String(PORTS.origin), this.big.path]);
         await waitListening(up, 'tcp', '0.0.0.0', PORTS.origin);
         return c;
