@@ -86,6 +86,10 @@ struct RelayPair {
   // is not the JavaScript thread's) and frees it.
   std::unique_ptr<struct sockaddr_storage> dst;
   socklen_t dst_len = 0;
+  // Dial() with `local`: connect(2) already ran on the caller's thread; its
+  // errno (0 or EINPROGRESS when under way) for the worker to act on.
+  bool connect_issued = false;
+  int connect_err = 0;
   int64_t connect_deadline = 0;
   bool dead = false;
   bool ready = false;     // on the worker's ready list
@@ -270,16 +274,19 @@ class RelayWorker {
   void AddPair(RelayPair* p) {
     local_[p->id] = p;
     p->last_ms = now_;
-    if (p->dst) {
-      int r = connect(p->fd[1], reinterpret_cast<struct sockaddr*>(p->dst.get()), p->dst_len);
-      int err = r < 0 ? errno : 0;
-      p->dst.reset();
-      if (r < 0 && err != EINPROGRESS) {
+    if (p->dst || p->connect_issued) {
+      int err = p->connect_err;
+      if (p->dst) {
+        int r = connect(p->fd[1], reinterpret_cast<struct sockaddr*>(p->dst.get()), p->dst_len);
+        err = r < 0 ? errno : 0;
+        p->dst.reset();
+      }
+      if (err != 0 && err != EINPROGRESS) {
         p->fd_registered = 0;
         Finish(p, RelayHow::kConnectFailed, err, true, false);
         return;
       }
-      if (r < 0) {
+      if (err == EINPROGRESS) {
         p->connecting = true;
         p->connect_deadline = now_ + p->connect_ms;
         connecting_.insert(p);
@@ -631,8 +638,9 @@ bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std:
 }
 
 bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
-                     uint32_t connect_ms, std::string pre_up, int* err, std::string* what) {
-  if (!DialPair(id, app_fd, own, dst, dst_len, mark, connect_ms, std::move(pre_up), err, what)) {
+                     uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
+                     struct sockaddr_storage* local) {
+  if (!DialPair(id, app_fd, own, dst, dst_len, mark, connect_ms, std::move(pre_up), err, what, local)) {
     // An owned app socket is ours to end: reset, as a failed dial resets the app.
     if (own && app_fd >= 0) {
       ResetOnClose(app_fd);
@@ -644,7 +652,8 @@ bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* d
 }
 
 bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len,
-                         uint32_t mark, uint32_t connect_ms, std::string pre_up, int* err, std::string* what) {
+                         uint32_t mark, uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
+                         struct sockaddr_storage* local) {
   if (!Admit(id, app_fd, own, err, what)) return false;
   if (dst == nullptr || (dst->sa_family != AF_INET && dst->sa_family != AF_INET6)) {
     *err = EAFNOSUPPORT;
@@ -669,9 +678,22 @@ bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockadd
   auto p = std::make_unique<RelayPair>();
   p->id = id;
   p->fd[1] = s;
-  p->dst = std::make_unique<struct sockaddr_storage>();
-  std::memcpy(p->dst.get(), dst, dst_len);
-  p->dst_len = dst_len;
+  if (local != nullptr) {
+    // Here and now: the 4-tuple exists before this call returns. A failure
+    // still ends the pair on its worker (kConnectFailed), as when it connects.
+    std::memset(local, 0, sizeof *local);
+    p->connect_issued = true;
+    p->connect_err = connect(s, dst, dst_len) < 0 ? errno : 0;
+    socklen_t ll = sizeof *local;
+    if ((p->connect_err == 0 || p->connect_err == EINPROGRESS) &&
+        getsockname(s, reinterpret_cast<struct sockaddr*>(local), &ll) < 0) {
+      std::memset(local, 0, sizeof *local);
+    }
+  } else {
+    p->dst = std::make_unique<struct sockaddr_storage>();
+    std::memcpy(p->dst.get(), dst, dst_len);
+    p->dst_len = dst_len;
+  }
   p->connect_ms = connect_ms;
   p->dir[0].pre = std::move(pre_up);
   return Enqueue(std::move(p), app_fd, own, err, what);

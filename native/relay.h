@@ -110,8 +110,13 @@ class RelayPool {
   // immediate failures (ENETUNREACH, …) end the pair as kConnectFailed.
   // own: app_fd is handed over, not dup'd (a socket the caller accepted
   // itself and will not touch again); on failure it is closed with RST.
+  // local: when not null, connect(2) runs here, on the caller's thread, and
+  // *local gets the address the kernel bound (getsockname; family AF_UNSPEC
+  // when the connect failed at once). Global mode's loop guard needs each
+  // dial's 4-tuple before the caller can see a captured copy of its SYN.
   bool Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
-            uint32_t connect_ms, std::string pre_up, int* err, std::string* what);
+            uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
+            struct sockaddr_storage* local = nullptr);
 
   // Ends pair `id` now: `reset` sends RST both ways, else a plain close
   // (FIN). It ends as kClosed. False when no such pair is live.
@@ -137,7 +142,7 @@ class RelayPool {
   bool Enqueue(std::unique_ptr<RelayPair> p, int app_fd, bool own, int* err, std::string* what);
   bool Admit(uint64_t id, int app_fd, bool own, int* err, std::string* what);
   bool DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
-                uint32_t connect_ms, std::string pre_up, int* err, std::string* what);
+                uint32_t connect_ms, std::string pre_up, int* err, std::string* what, struct sockaddr_storage* local);
 
   RelayOptions opts_;
   std::function<void()> on_end_;

@@ -178,9 +178,11 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     return env.Undefined();
   }
 
-  // dial(id, appFd, addr, port, mark, connectTimeoutMs, preUp?, own?): addr
+  // dial(id, appFd, addr, port, mark, connectTimeoutMs, preUp?, own?, local?): addr
   // is an IPv4 address as an unsigned 32-bit number (no address text on the
-  // accept path) or an IPv4/IPv6 literal; own hands appFd over (no dup).
+  // accept path) or an IPv4/IPv6 literal; own hands appFd over (no dup);
+  // local (a Float64Array of ≥ 2): connect here and now and write the bound
+  // [IPv4 as a u32, port] into it (port 0: not IPv4, or the connect failed).
   Napi::Value Dial(const Napi::CallbackInfo& info) {
     const bool own = info.Length() > 7 && info[7].ToBoolean().Value();
     int app = -1;
@@ -245,14 +247,27 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       ThrowArg(env, "relay.dial: addr must be an IPv4 address as a u32 or an IPv4/IPv6 literal");
       return false;
     }
+    Napi::Float64Array out;
+    if (info.Length() > 8 && info[8].IsTypedArray() &&
+        info[8].As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
+      out = info[8].As<Napi::Float64Array>();
+      if (out.ElementLength() < 2) out = Napi::Float64Array();
+    }
+    struct sockaddr_storage local;
     int err = 0;
     std::string what;
     if (!pool_->Dial(id, app, own, reinterpret_cast<struct sockaddr*>(&ss), len, static_cast<uint32_t>(mark),
-                     static_cast<uint32_t>(ms), info.Length() > 6 ? BufferBytes(info[6]) : std::string(), &err,
-                     &what)) {
+                     static_cast<uint32_t>(ms), info.Length() > 6 ? BufferBytes(info[6]) : std::string(), &err, &what,
+                     out.IsEmpty() ? nullptr : &local)) {
       *app_out = -1;  // the pool already reset an owned fd
       ThrowSys(env, err, what, "relay.dial: " + what + ": " + std::strerror(err));
       return false;
+    }
+    if (!out.IsEmpty()) {
+      const auto* lin = reinterpret_cast<const struct sockaddr_in*>(&local);
+      const bool v4 = local.ss_family == AF_INET;
+      out[0] = v4 ? static_cast<double>(ntohl(lin->sin_addr.s_addr)) : 0;
+      out[1] = v4 ? static_cast<double>(ntohs(lin->sin_port)) : 0;
     }
     *app_out = -1;
     if (live_++ == 0) tsfn_.Ref(env);

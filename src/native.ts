@@ -253,7 +253,8 @@ export interface NativeRelay {
    * literal), with SO_MARK `mark` unless 0. A connect that fails or takes
    * longer than connectTimeoutMs resets the app and ends the pair with how
    * `connect-failed` and its errno. Throws (code as add(), or the errno of
-   * socket/setsockopt: EMFILE, EPERM) when it fails at once; connect(2) runs on the relay thread.
+   * socket/setsockopt: EMFILE, EPERM) when it fails at once; connect(2) runs on the relay thread
+   * unless `local` is given.
    */
   dial(
     id: number,
@@ -265,6 +266,12 @@ export interface NativeRelay {
     preUp?: Buffer | null,
     /** appFd is handed over (not dup'd): an fd from TcpAcceptor; reset and closed when dial throws. */
     own?: boolean,
+    /**
+     * Connect on this thread, before dial returns, and write the bound local
+     * [IPv4 as a u32, port] here (port 0: not IPv4, or the connect failed at
+     * once): the loop guard's 4-tuple (src/proxy/ownTcp.ts).
+     */
+    local?: Float64Array | null,
   ): void;
   /** End pair `id` now (RST both ways when `reset`, else FIN); false when it is not live. */
   close(id: number, reset: boolean): boolean;

@@ -20,7 +20,7 @@ import { ownMark } from '../util/sockmark.js';
 import { hostPort, isProxyDown } from './dial.js';
 import { ProxyError } from './errors.js';
 import type { Outbound } from './outbound.js';
-import { isOwnTcp } from './ownTcp.js';
+import { holdOwnTcpNative, isOwnTcp } from './ownTcp.js';
 import { Relay, type RelayEnd, type RelayHandle, type RelayResult, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
 import { sniffSocket } from './sniff.js';
@@ -122,6 +122,8 @@ export interface TcpListenerStats {
   /** Connections without a name whose first bytes named one (TLS SNI, HTTP Host). */
   sniffed: number;
   connectFailed: number;
+  /** Upstreams the native relay dialed itself (direct to a known address: no JavaScript socket). */
+  nativeDials: number;
   active: number;
   bytesUp: number;
   bytesDown: number;
@@ -164,6 +166,9 @@ interface Session {
   readonly base: SessionBase;
 }
 
+/** The bound local [IPv4 u32, port] of a native dial in global mode (read right after the call). */
+const LOCAL = new Float64Array(2);
+
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed events via interface merge
 export class TcpListener extends EventEmitter {
   readonly #o: ResolvedOptions;
@@ -182,6 +187,7 @@ export class TcpListener extends EventEmitter {
     rejectedPeers: 0,
     loopRefused: 0,
     sniffed: 0,
+    nativeDials: 0,
     connectFailed: 0,
     active: 0,
     bytesUp: 0,
@@ -482,8 +488,7 @@ export class TcpListener extends EventEmitter {
     this.#byFlow.set(flowId, session);
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
-    // Not in global mode (a --fwmark set): the loop guard (./ownTcp.ts) needs each dial's 4-tuple, which only the JS dial records.
-    const target = ownMark() === 0 ? outbound.plainTarget?.({ host, port: dstPort }) : undefined;
+    const target = outbound.plainTarget?.({ host, port: dstPort });
     if (target !== undefined && this.#dialNative(session, accepted, target)) return;
 
     const app = typeof accepted === 'number' ? this.#wrap(accepted) : accepted;
@@ -544,12 +549,13 @@ export class TcpListener extends EventEmitter {
   #dialNative(session: Session, app: net.Socket | number, addr: string): boolean {
     let h: RelayHandle | undefined;
     const port = session.base.port;
+    // --fwmark in global mode (src/util/sockmark.ts), as every other socket of the daemon.
+    const mark = ownMark();
+    // Global mode: the loop guard (./ownTcp.ts) needs this dial's 4-tuple before a captured
+    // copy of its SYN can be accepted, so the relay connects here and reports the bound address.
+    const local = mark !== 0 ? LOCAL : undefined;
     try {
-      h = this.#spliceRelay().dial(app, addr, port, {
-        // --fwmark in global mode (src/util/sockmark.ts), as every other socket of the daemon.
-        mark: ownMark(),
-        connectTimeoutMs: this.#o.connectTimeoutMs,
-      });
+      h = this.#spliceRelay().dial(app, addr, port, { mark, connectTimeoutMs: this.#o.connectTimeoutMs, local });
     } catch (e) {
       // A bare fd was reset by the relay already.
       if (typeof app !== 'number') app.resetAndDestroy();
@@ -557,8 +563,17 @@ export class TcpListener extends EventEmitter {
       return true;
     }
     if (!h) return false;
+    this.#stats.nativeDials++;
     session.relay = h;
     session.native = true;
+    if (local) {
+      const release = holdOwnTcpNative(local[0] as number, local[1] as number, addr, port);
+      h.done.then((res) => {
+        release();
+        this.#nativeEnded(session, res, addr);
+      });
+      return true;
+    }
     // Holds the session and the dialed address only, for the connection's life.
     h.done.then((res) => this.#nativeEnded(session, res, addr));
     return true;

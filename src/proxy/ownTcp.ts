@@ -12,6 +12,7 @@
  * captured SYN: that accept needs a later turn of the event loop.
  */
 import type * as net from 'node:net';
+import { intToIp } from '../util/cidr.js';
 
 const live = new Set<string>();
 
@@ -29,6 +30,21 @@ export function holdOwnTcp(sock: net.Socket, remoteIp: string, remotePort: numbe
     sock.once('close', () => live.delete(k));
   });
 }
+
+/**
+ * A native dial's own connection (SpliceRelay.dial with `local`, which
+ * connects before it returns): local IPv4 (u32) and port as the relay bound
+ * them. Returns the release to call when the pair ends; a no-op for port 0
+ * (not IPv4, or the connect failed at once: nothing can come back).
+ */
+export function holdOwnTcpNative(localIp: number, localPort: number, remoteIp: string, remotePort: number): () => void {
+  if (localPort === 0) return noop;
+  const k = key(intToIp(localIp), localPort, remoteIp, remotePort);
+  live.add(k);
+  return () => live.delete(k);
+}
+
+const noop = () => {};
 
 /** Whether an app flow src → dst is one of our own outbound connections come back. */
 export function isOwnTcp(srcIp: string, srcPort: number, dstIp: string, dstPort: number): boolean {

@@ -286,17 +286,20 @@ export class SpliceRelay {
    * cannot be handed off; throws the errno's error when the connect fails at
    * once (EMFILE; EPERM for a mark without CAP_NET_ADMIN). `app` may be a
    * bare fd from TcpAcceptor: it is handed over (reset if dial throws).
+   * `opts.local`: connect before this returns and write the bound
+   * [IPv4 as a u32, port] there (the loop guard's 4-tuple, ./ownTcp.ts).
    */
   dial(
     app: net.Socket | number,
     addr: number | string,
     port: number,
-    opts: { mark: number; connectTimeoutMs: number },
+    opts: { mark: number; connectTimeoutMs: number; local?: Float64Array | undefined },
   ): RelayHandle | undefined {
+    const local = opts.local ?? null;
     if (typeof app === 'number') {
       if (this.#stopped) return undefined;
       const id = this.#nextId++;
-      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true);
+      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true, local);
       return this.#track(id);
     }
     if (this.#stopped || app.destroyed || app.writableLength > 0) return undefined;
@@ -305,7 +308,7 @@ export class SpliceRelay {
     const preUp = takeBuffered(app);
     const id = this.#nextId++;
     try {
-      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp);
+      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp, false, local);
     } catch (e) {
       if (preUp) app.unshift(preUp);
       throw e;

@@ -235,6 +235,8 @@ describe.skipIf(skip)('global mode', () => {
     }
     const st1 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
     expect(st1.loopRefused - st0.loopRefused).toBe(3);
+    // The DIRECT rule's dials are the native relay's (it reports each dial's 4-tuple for this guard).
+    expect(st1.nativeDials - st0.nativeDials).toBe(3);
     // each curl: the app's flow and our own captured dial, nothing more (no
     // storm, which would be hundreds). CI once counted 7: one stray accept per
     // curl is allowed (cause not pinned down; loopRefused above stays exact).

@@ -297,6 +297,45 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
     expect((await err).code).toBe('ECONNRESET');
   });
 
+  it('dial with local: connects before it returns and reports the bound address the origin sees as its peer', async () => {
+    const s = newSplice();
+    const originSrv = net.createServer({ allowHalfOpen: true });
+    const port = await listen(originSrv);
+    const accepted = once(originSrv, 'connection') as Promise<[net.Socket]>;
+    const [app, a] = await socketPair();
+    open.push(app, a);
+    const local = new Float64Array([-1, -1]);
+    const h = s.dial(a, LO, port, { mark: 0, connectTimeoutMs: 5000, local });
+    if (!h) throw new Error('dial refused');
+    // Written synchronously: the loop guard reads it before anything else runs.
+    expect(local[0]).toBe(0x7f000001);
+    expect(local[1]).toBeGreaterThan(0);
+    const [origin] = await accepted;
+    open.push(origin);
+    originSrv.close();
+    expect(origin.remotePort).toBe(local[1]);
+    expect(origin.remoteAddress).toBe('127.0.0.1');
+    app.end('ping\n');
+    expect((await readAll(origin)).toString()).toBe('ping\n');
+    origin.end('pong\n');
+    expect((await readAll(app)).toString()).toBe('pong\n');
+    expect(await h.done).toEqual({ bytesUp: 5, bytesDown: 5, end: 'done' });
+  });
+
+  it('dial with local: a refused connect still ends connect-failed/ECONNREFUSED on the relay and resets the app', async () => {
+    const s = newSplice();
+    const [app, a] = await socketPair();
+    open.push(app, a);
+    const err = socketError(app);
+    const local = new Float64Array(2);
+    const h = s.dial(a, 0x7f000001, await freePort(), { mark: 0, connectTimeoutMs: 5000, local });
+    if (!h) throw new Error('dial refused');
+    const r = await h.done;
+    expect(r.end).toBe('connect-failed');
+    expect((r.error as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
+    expect((await err).code).toBe('ECONNRESET');
+  });
+
   it('dial: a connect that gets no answer ends connect-failed/ETIMEDOUT after connectTimeoutMs and resets the app', async () => {
     // A listener whose accept queue is full (backlog 0 holds one connection, never accepted): the kernel drops further SYNs.
     const py = spawn('python3', [
