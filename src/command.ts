@@ -6,8 +6,8 @@
  * root (or whoever may enter the namespace) can reach it; the Clash
  * controller API is a separate, later piece.
  */
-import * as net from 'node:net';
-import { askDaemon, controlPath } from './control.js';
+import type * as net from 'node:net';
+import { askDaemon, controlPath, listenAbstract } from './control.js';
 import { FakeproxyError } from './errors.js';
 
 export const commandPath = (tun: string) => `${controlPath(tun)}/cmd`;
@@ -28,27 +28,27 @@ export class CommandServer {
   constructor(
     private readonly tun: string,
     private readonly handle: (req: CommandRequest) => CommandReply | Promise<CommandReply>,
+    private readonly log: (line: string) => void = () => {},
   ) {}
 
   async start(): Promise<void> {
-    const server = net.createServer((sock) => {
-      sock.on('error', () => sock.destroy());
-      let buf = '';
-      sock.setEncoding('utf8');
-      sock.on('data', (d: string) => {
-        buf += d;
-        const nl = buf.indexOf('\n');
-        if (nl < 0 && buf.length <= MAX_REQUEST_BYTES) return;
-        sock.removeAllListeners('data');
-        const line = nl < 0 ? buf : buf.slice(0, nl);
-        void this.#answer(line).then((reply) => sock.end(`${JSON.stringify(reply)}\n`));
-      });
-    });
-    this.#server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(commandPath(this.tun), () => resolve());
-    });
+    this.#server = await listenAbstract(
+      commandPath(this.tun),
+      (sock) => {
+        let buf = '';
+        sock.setEncoding('utf8');
+        sock.on('data', (d: string) => {
+          buf += d;
+          const nl = buf.indexOf('\n');
+          if (nl < 0 && buf.length <= MAX_REQUEST_BYTES) return;
+          sock.removeAllListeners('data');
+          const line = nl < 0 ? buf : buf.slice(0, nl);
+          void this.#answer(line).then((reply) => sock.end(`${JSON.stringify(reply)}\n`));
+        });
+      },
+      'command',
+      this.log,
+    );
   }
 
   async #answer(line: string): Promise<CommandReply> {

@@ -8,41 +8,68 @@
  */
 import * as net from 'node:net';
 import { FakeproxyError } from './errors.js';
+import { resourceAlarm } from './util/exhaustion.js';
 
 export const controlPath = (tun: string) => `\0fakeproxy/${tun}`;
 
 export type Status = Record<string, unknown>;
+
+/**
+ * Listens on one of the daemon's abstract sockets. `busy` is the error when
+ * the name is taken. After listening, an accept failure (EMFILE/ENFILE once
+ * libuv's reserve fd is spent) goes to the resource alarm or `log`: net.Server
+ * emits it as 'error', and with no listener left that would end the daemon.
+ */
+export function listenAbstract(
+  path: string,
+  onConn: (sock: net.Socket) => void,
+  what: string,
+  log: (line: string) => void,
+  busy?: (e: NodeJS.ErrnoException) => Error,
+): Promise<net.Server> {
+  const server = net.createServer((sock) => {
+    sock.on('error', () => sock.destroy());
+    onConn(sock);
+  });
+  return new Promise((resolve, reject) => {
+    const onListenError = (e: NodeJS.ErrnoException) => reject(e.code === 'EADDRINUSE' && busy ? busy(e) : e);
+    server.once('error', onListenError);
+    server.listen(path, () => {
+      server.off('error', onListenError);
+      server.on('error', (e) => {
+        if (!resourceAlarm.check(e, `${what} accept`)) log(`${what} socket: ${e.message}`);
+      });
+      resolve(server);
+    });
+  });
+}
 
 export class ControlServer {
   private server?: net.Server;
   constructor(
     private readonly tun: string,
     private readonly status: () => Status,
+    private readonly log: (line: string) => void = () => {},
   ) {}
 
   async start(): Promise<void> {
-    const server = net.createServer((sock) => {
-      sock.on('error', () => sock.destroy());
-      try {
-        sock.end(`${JSON.stringify(this.status())}\n`);
-      } catch (e) {
-        sock.end(`${JSON.stringify({ error: (e as Error).message })}\n`);
-      }
-    });
-    this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) =>
-        reject(
-          e.code === 'EADDRINUSE'
-            ? new FakeproxyError(
-                'EBUSY',
-                `EBUSY: device ${this.tun} is held by another process (another fakeproxy serves it in this network namespace): stop it or choose another --tun name`,
-              )
-            : e,
+    this.server = await listenAbstract(
+      controlPath(this.tun),
+      (sock) => {
+        try {
+          sock.end(`${JSON.stringify(this.status())}\n`);
+        } catch (e) {
+          sock.end(`${JSON.stringify({ error: (e as Error).message })}\n`);
+        }
+      },
+      'status',
+      this.log,
+      () =>
+        new FakeproxyError(
+          'EBUSY',
+          `EBUSY: device ${this.tun} is held by another process (another fakeproxy serves it in this network namespace): stop it or choose another --tun name`,
         ),
-      );
-      server.listen(controlPath(this.tun), () => resolve());
-    });
+    );
   }
 
   close(): Promise<void> {

@@ -138,10 +138,10 @@ export class Daemon {
       : outbound.label;
 
     // First, so a second instance is refused before it touches anything.
-    const control = new ControlServer(c.tun, () => this.status());
+    const control = new ControlServer(c.tun, () => this.status(), this.log);
     await control.start();
     this.closers.push(() => control.close());
-    const commands = new CommandServer(c.tun, (req) => this.command(req));
+    const commands = new CommandServer(c.tun, (req) => this.command(req), this.log);
     await commands.start();
     this.closers.push(() => commands.close());
     // After the second-instance check: undo what a killed daemon left, then journal ours.

@@ -6,7 +6,8 @@
  */
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { controlPath, formatStatus, readStatus } from '../../src/control.js';
+import { controlPath, formatStatus, listenAbstract, readStatus } from '../../src/control.js';
+import { resourceAlarm } from '../../src/util/exhaustion.js';
 
 let server: net.Server | undefined;
 afterEach(() => new Promise<void>((r) => (server ? server.close(() => r()) : r())));
@@ -43,5 +44,34 @@ describe('readStatus', () => {
     const text = formatStatus(await readStatus(tun));
     expect(text).toMatch(/pid 42, up 3s, rss unknown/);
     expect(text).not.toMatch(/NaN|undefined/);
+  });
+});
+
+describe('listenAbstract', () => {
+  it('accept failures after listening are counted or logged, never an unhandled error that ends the daemon', async () => {
+    const tun = `fpt-st-${process.pid}-l`;
+    const lines: string[] = [];
+    server = await listenAbstract(
+      controlPath(tun),
+      (s) => s.end('ok\n'),
+      'status',
+      (l) => lines.push(l),
+    );
+    const before = resourceAlarm.totals().EMFILE ?? 0;
+    // What net.Server emits when libuv's reserve fd is spent: 'error' from accept, as often as it happens.
+    const emfile = () => Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', syscall: 'accept' });
+    for (let i = 0; i < 3; i++) expect(() => server?.emit('error', emfile())).not.toThrow();
+    expect((resourceAlarm.totals().EMFILE ?? 0) - before).toBe(3);
+    expect(() => server?.emit('error', Object.assign(new Error('accept EPROTO'), { code: 'EPROTO' }))).not.toThrow();
+    expect(lines).toEqual(['status socket: accept EPROTO']);
+    // And it still serves.
+    const got = await new Promise<string>((r) => {
+      let b = '';
+      net
+        .connect(controlPath(tun))
+        .on('data', (d) => (b += d))
+        .on('end', () => r(b));
+    });
+    expect(got).toBe('ok\n');
   });
 });
