@@ -236,7 +236,8 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
       await until(
         'nat watch to subscribe',
         async () => (Number((await rcli(t.client, PORT, ['PUBSUB', 'NUMPAT'])).trim()) >= 1 ? true : undefined),
-        10_000,
+        // A node process starting and connecting: seconds when CI's two cores are saturated.
+        30_000,
       );
       const r = await t.client.exec('curl', [
         '-sS',
