@@ -7,6 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import { getSystemErrorName } from 'node:util';
 import { wrapError } from '../errors.js';
 import { type Logger, rateLimited, stderrLogger } from '../log.js';
@@ -19,6 +20,7 @@ import { QuietGc, type QuietGcStats } from '../util/quietGc.js';
 import { ownMark } from '../util/sockmark.js';
 import { hostPort, isProxyDown } from './dial.js';
 import { ProxyError } from './errors.js';
+import { LOOP_BURST_BACKOFF_MS, LOOP_BURST_THRESHOLD, LOOP_BURST_WINDOW_MS, LoopBurst } from './loopBurst.js';
 import type { Outbound } from './outbound.js';
 import { holdOwnTcpNative, isOwnTcp } from './ownTcp.js';
 import { Relay, type RelayEnd, type RelayHandle, type RelayResult, SpliceRelay } from './relay.js';
@@ -119,6 +121,8 @@ export interface TcpListenerStats {
   rejectedPeers: number;
   /** Captured flows that were our own outbound connections (global mode lost the mark): reset (src/proxy/ownTcp.ts). */
   loopRefused: number;
+  /** Captured flows from this machine's own addresses reset at accept, before any dial, while the loop burst detector sheds (src/proxy/loopBurst.ts). */
+  loopShed: number;
   /** Connections without a name whose first bytes named one (TLS SNI, HTTP Host). */
   sniffed: number;
   connectFailed: number;
@@ -186,6 +190,7 @@ export class TcpListener extends EventEmitter {
     accepted: 0,
     rejectedPeers: 0,
     loopRefused: 0,
+    loopShed: 0,
     sniffed: 0,
     nativeDials: 0,
     connectFailed: 0,
@@ -194,6 +199,10 @@ export class TcpListener extends EventEmitter {
     bytesDown: 0,
   };
   #lastRejectLogMs = 0;
+  /** Trips on a burst of loop refusals: the mark is gone for everything (./loopBurst.ts). */
+  readonly #loopBurst = new LoopBurst();
+  /** This machine's IPv4 addresses, read when the detector trips: the sources it sheds (apps here; not --lan clients). */
+  #shedFrom: Set<string> | undefined;
   readonly #failLog: (key: string, line: string) => void;
   #rejectedSinceLog = 0;
   /**
@@ -413,8 +422,13 @@ export class TcpListener extends EventEmitter {
     const srcIp = intToIp(flow.srcIp);
     const srcPort = flow.srcPort;
     const dstIp = intToIp(flow.dstIp);
-    if (isOwnTcp(intToIp(flow.srcIp), flow.srcPort, dstIp, dstPort)) {
-      this.#refuseLoop(accepted, `${intToIp(flow.srcIp)}:${flow.srcPort}`, hostPort(dstIp, dstPort));
+    if (isOwnTcp(srcIp, srcPort, dstIp, dstPort)) {
+      this.#refuseLoop(accepted, `${srcIp}:${srcPort}`, hostPort(dstIp, dstPort));
+      return;
+    }
+    if (this.#shedFrom?.has(srcIp) && this.#loopBurst.shedding(Date.now())) {
+      this.#stats.loopShed++;
+      this.#reset(accepted);
       return;
     }
     const names = this.#o.names;
@@ -695,12 +709,23 @@ export class TcpListener extends EventEmitter {
 
   #refuseLoop(app: net.Socket | number, src: string, dst: string): void {
     this.#stats.loopRefused++;
-    if (typeof app === 'number') this.#acceptor?.reset(app);
-    else app.resetAndDestroy();
+    this.#reset(app);
+    if (this.#loopBurst.refused(Date.now())) {
+      this.#shedFrom = machineAddresses();
+      this.#failLog(
+        'loop burst',
+        `tcp listener: loop burst: ${LOOP_BURST_THRESHOLD} of fakeproxy's own upstream connections came back into the TUN within ${LOOP_BURST_WINDOW_MS} ms; refusing new connections from this machine's own addresses for ${LOOP_BURST_BACKOFF_MS} ms so fds stay far below the limit (global mode: the --fwmark is being cleared or is missing — check nftables rules that set meta mark, and ip rules above fakeproxy's)`,
+      );
+    }
     this.#failLog(
       'loop',
       `tcp listener: refused ${src} → ${dst}: it is fakeproxy's own upstream connection, routed back into the TUN (global mode: its --fwmark was cleared or is not sent to the main table — check nftables rules that set meta mark, and ip rules above fakeproxy's)`,
     );
+  }
+
+  #reset(app: net.Socket | number): void {
+    if (typeof app === 'number') this.#acceptor?.reset(app);
+    else app.resetAndDestroy();
   }
 
   #rejectPeer(app: net.Socket | undefined, ip: string | undefined, port: number | undefined): void {
@@ -720,6 +745,15 @@ export class TcpListener extends EventEmitter {
 }
 
 function ignoreError(): void {}
+
+/** Every IPv4 address of this machine (network namespace): its apps' flows come from one of them (the TUN's included). */
+function machineAddresses(): Set<string> {
+  const out = new Set<string>();
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4') out.add(a.address);
+  }
+  return out;
+}
 
 /** "connect to name:port via outbound", as the JS dial's errors begin. */
 function dialWhat(base: SessionBase): string {
