@@ -465,6 +465,18 @@ int64_t UdpRelay::LastActive(uint64_t id) {
   return it == assocs_.end() ? -1 : it->second->last_active;
 }
 
+bool UdpRelay::Counts(uint64_t id, double out[4]) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = assocs_.find(id);
+  if (it == assocs_.end()) return false;
+  const UdpAssoc* a = it->second.get();
+  out[0] = static_cast<double>(a->dgrams_up);
+  out[1] = static_cast<double>(a->bytes_up);
+  out[2] = static_cast<double>(a->dgrams_down);
+  out[3] = static_cast<double>(a->bytes_down);
+  return true;
+}
+
 void UdpRelay::Take(std::vector<UdpJsDatagram>* dgrams, std::vector<UdpEndRecord>* ended) {
   std::lock_guard<std::mutex> g(mu_);
   dgrams->swap(js_);

@@ -151,6 +151,8 @@ class UdpRelay {
   bool Close(uint64_t id);
   // Monotonic ms of the association's last datagram either way; -1 when not live.
   int64_t LastActive(uint64_t id);
+  // Live counts of association `id` (dgrams up, bytes up, dgrams down, bytes down); false when not live.
+  bool Counts(uint64_t id, double out[4]);
 
   void Take(std::vector<UdpJsDatagram>* dgrams, std::vector<UdpEndRecord>* ended);
   UdpRelayTotals Totals();

@@ -54,6 +54,7 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
                            InstanceMethod("sendDown", &UdpRelayWrap::SendDown),
                            InstanceMethod("close", &UdpRelayWrap::Close),
                            InstanceMethod("lastActive", &UdpRelayWrap::LastActive),
+                           InstanceMethod("counts", &UdpRelayWrap::Counts),
                            InstanceMethod("totals", &UdpRelayWrap::Totals),
                            InstanceMethod("stop", &UdpRelayWrap::Stop),
                        });
@@ -314,6 +315,24 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
     double id;
     if (!relay_ || info.Length() < 1 || !GetU(info[0], 9007199254740991.0, &id)) return Napi::Number::New(env, -1);
     return Napi::Number::New(env, static_cast<double>(relay_->LastActive(static_cast<uint64_t>(id))));
+  }
+
+  // counts(id, out: Float64Array(4)): true and out filled when `id` is live.
+  Napi::Value Counts(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double id;
+    if (info.Length() < 2 || !GetU(info[0], 9007199254740991.0, &id) || !info[1].IsTypedArray() ||
+        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        info[1].As<Napi::Float64Array>().ElementLength() < 4) {
+      ThrowArg(env, "udpRelay.counts(id, out): a safe non-negative integer and a Float64Array of 4");
+      return env.Undefined();
+    }
+    if (!relay_) return Napi::Boolean::New(env, false);
+    double c[4];
+    if (!relay_->Counts(static_cast<uint64_t>(id), c)) return Napi::Boolean::New(env, false);
+    Napi::Float64Array out = info[1].As<Napi::Float64Array>();
+    for (size_t i = 0; i < 4; i++) out[i] = c[i];
+    return Napi::Boolean::New(env, true);
   }
 
   Napi::Value Totals(const Napi::CallbackInfo& info) {

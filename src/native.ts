@@ -374,6 +374,8 @@ export interface NativeUdpRelay {
   close(id: number): boolean;
   /** Monotonic ms of the association's last datagram; -1 when not live. */
   lastActive(id: number): number;
+  /** Live counts of association `id` into out: [dgramsUp, bytesUp, dgramsDown, bytesDown]; false when not live. */
+  counts(id: number, out: Float64Array): boolean;
   totals(): NativeUdpRelayTotals;
   /** Close everything, join the thread; returns ended records not yet delivered. Idempotent. */
   stop(): Float64Array;
