@@ -146,8 +146,12 @@ export interface UdpListenerOptions {
 export interface UdpSessionEvent {
   phase: 'open' | 'close';
   proto: 'udp';
+  /** The association, unique for the listener's life (sessionBytes, closeSession). */
+  id: number;
   /** The NAT flow that opened the association. */
   flowId: number;
+  /** When the association opened (ms since the epoch). */
+  startMs: number;
   /** The app socket, `ip:port`. */
   app: string;
   /** The first destination: its name (when it was a fake address), IP and port. */
@@ -160,6 +164,11 @@ export interface UdpSessionEvent {
   rule: string;
   /** Rule target → … → proxy name (`Proxy → auto → hk-1`). */
   chain: string;
+  /** The same names as a list, rule target first (the controller API reverses it, as mihomo's `chains`). */
+  chains: readonly string[];
+  /** The rule as the controller API shows it (mihomo's type name and payload). */
+  ruleType: string;
+  rulePayload: string;
   datagramsUp: number;
   datagramsDown: number;
   bytesUp: number;
@@ -233,7 +242,7 @@ interface FlowCtx {
   name: string | undefined;
   outbound: Outbound;
   /** Rule and chain of the routing decision (SessionEvent's). */
-  route: { rule: string; chain: string };
+  route: Pick<UdpSessionEvent, 'rule' | 'chain' | 'chains' | 'ruleType' | 'rulePayload'>;
   key: string;
 }
 
@@ -298,6 +307,11 @@ export class UdpListener extends EventEmitter {
   readonly #ctx = new Map<string, FlowCtx>();
   /** Each association's routing decision (kept beside it: the associations move datagrams only). */
   readonly #routes = new WeakMap<object, FlowCtx['route']>();
+  /** Live associations by session id (UdpSessionEvent.id), and each one's id and start. */
+  readonly #sessions = new Map<number, Assoc>();
+  readonly #sessionOf = new WeakMap<Assoc, { id: number; startMs: number }>();
+  #nextSession = 0;
+  readonly #counts = new Float64Array(4);
   /** Flow ids confirmed live whose close has not been reported yet. */
   readonly #live = new Set<number>();
   /** Set when the NAT reports closes (UdpNat.on): the caches above are used only then. */
@@ -500,6 +514,7 @@ export class UdpListener extends EventEmitter {
       a.ended();
       if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
       const end = live ? how : (p?.end ?? 'closed');
+      this.#sessionClosed(a);
       this.emit('session', {
         ...this.#base(a),
         ...counts,
@@ -625,7 +640,13 @@ export class UdpListener extends EventEmitter {
         srcPort: flow.srcPort,
       });
       const outbound = decision.outbound;
-      const route = { rule: decision.rule, chain: decision.chain.join(' → ') };
+      const route = {
+        rule: decision.rule,
+        chain: decision.chain.join(' → '),
+        chains: decision.chain,
+        ruleType: decision.ruleType,
+        rulePayload: decision.rulePayload,
+      };
       c = { flow, name, outbound, route, key: `${flow.srcIp}|${flow.srcPort}|${outboundId(outbound)}` };
       if (this.#onFlowClose) {
         if (this.#ctx.size >= MAX_CACHED_FLOWS) this.#ctx.clear();
@@ -716,6 +737,7 @@ export class UdpListener extends EventEmitter {
     this.#routes.set(a, route);
     this.#assocs.set(key, a);
     this.#stats.opened++;
+    this.#sessionOpened(a);
     this.emit('session', { ...this.#base(a), phase: 'open' });
     return a;
   }
@@ -732,6 +754,7 @@ export class UdpListener extends EventEmitter {
     this.#routes.set(a, route);
     this.#assocs.set(key, a);
     this.#stats.opened++;
+    this.#sessionOpened(a);
     this.emit('session', { ...this.#base(a), phase: 'open' });
     this.#arm(a);
     if (outbound.udpAssociate) {
@@ -818,6 +841,7 @@ export class UdpListener extends EventEmitter {
       // The relay never held it (SOCKS5 setup failed before our socket existed): no record will come.
       this.#byId.delete(a.id);
       a.ended();
+      this.#sessionClosed(a);
       this.emit('session', { ...this.#base(a), phase: 'close', end, errorCode });
       return;
     }
@@ -826,19 +850,55 @@ export class UdpListener extends EventEmitter {
     if (queued > 0) this.#drops[queuedAs] += queued;
     addUpstreamDrops(this.#drops, a);
     if (this.#assocs.get(a.key) === a) this.#assocs.delete(a.key);
+    this.#sessionClosed(a);
     this.emit('session', { ...this.#base(a), phase: 'close', end, errorCode });
   }
 
+  #sessionOpened(a: Assoc): void {
+    const id = ++this.#nextSession;
+    this.#sessionOf.set(a, { id, startMs: Date.now() });
+    this.#sessions.set(id, a);
+  }
+
+  #sessionClosed(a: Assoc): void {
+    const s = this.#sessionOf.get(a);
+    if (s !== undefined && this.#sessions.get(s.id) === a) this.#sessions.delete(s.id);
+  }
+
+  /**
+   * Bytes of live session `id` so far: the native relay's counts for a
+   * native association, the JS relay's otherwise; undefined once it ended.
+   */
+  sessionBytes(id: number): { bytesUp: number; bytesDown: number } | undefined {
+    const a = this.#sessions.get(id);
+    if (a === undefined) return undefined;
+    if (a instanceof AppAssociation) return { bytesUp: a.bytesUp, bytesDown: a.bytesDown };
+    const c = this.#counts;
+    if (!this.#relay?.counts(a.id, c)) return { bytesUp: 0, bytesDown: 0 };
+    return { bytesUp: c[1] as number, bytesDown: c[3] as number };
+  }
+
+  /** End live session `id` (its upstream socket and relay state); its close event follows. false when not live. */
+  closeSession(id: number): boolean {
+    const a = this.#sessions.get(id);
+    if (a === undefined || a.state === 'closed' || a.state === 'closing') return false;
+    this.#end(a, 'closed');
+    return true;
+  }
+
   #base(a: Assoc): Omit<UdpSessionEvent, 'phase'> {
+    const sess = this.#sessionOf.get(a) ?? { id: 0, startMs: Date.now() };
     return {
       proto: 'udp',
+      id: sess.id,
+      startMs: sess.startMs,
       flowId: a.first.flowId,
       app: hostPort(a.appIp, a.appPort),
       name: a.first.name,
       ip: a.first.ip,
       port: a.first.port,
       outbound: a.outbound.label,
-      ...(this.#routes.get(a) ?? { rule: '', chain: '' }),
+      ...(this.#routes.get(a) ?? { rule: '', chain: '', chains: [], ruleType: '', rulePayload: '' }),
       datagramsUp: a instanceof AppAssociation ? a.datagramsUp : 0,
       datagramsDown: a instanceof AppAssociation ? a.datagramsDown : 0,
       bytesUp: a instanceof AppAssociation ? a.bytesUp : 0,
