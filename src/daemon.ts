@@ -302,7 +302,6 @@ export class Daemon {
     await tcp.start();
     this.closers.push(() => tcp.close());
     this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${routesTo}`);
-    if (c.controller) await this.startController(c.controller, tcp, dns);
 
     const udp = new UdpListener({
       ...listen,
@@ -322,6 +321,7 @@ export class Daemon {
     this.say(
       `listener ${c.cidr.gatewayIp}:${c.listenPort} (udp) → ${routesTo}${c.routing || outbound.udpAssociate ? '' : ' (cannot carry UDP: datagrams dropped)'}`,
     );
+    if (c.controller) await this.startController(c.controller, tcp, udp, dns);
     router.table.start();
     this.closers.push(() => this.router?.table.stop());
 
@@ -350,9 +350,14 @@ export class Daemon {
    * The controller API. Proxying matters more than the dashboard: a port
    * that is taken costs one log line, not the daemon (as mihomo does).
    */
-  private async startController(at: { host: string; port: number }, tcp: TcpListener, dns: FakeDns): Promise<void> {
+  private async startController(
+    at: { host: string; port: number },
+    tcp: TcpListener,
+    udp: UdpListener,
+    dns: FakeDns,
+  ): Promise<void> {
     const c = this.config;
-    const connections = new ConnectionTracker(tcp);
+    const connections = new ConnectionTracker(tcp, { udp });
     const api = new ApiServer({
       host: at.host,
       port: at.port,

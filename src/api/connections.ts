@@ -1,12 +1,15 @@
 /**
  * Live connections for the controller API, kept by the daemon itself (no
- * Redis): one record per TCP session the Listener opened, with what the
- * Router decided at accept time (rule, payload, chain). Byte counts are read
- * from the relay when a snapshot is taken, so they grow while a transfer
- * runs; closing one resets the app's connection through the Listener.
+ * Redis): one record per TCP session the Listener opened and per UDP
+ * association the UdpListener opened, with what the Router decided at the
+ * first packet (rule, payload, chain). Byte counts are read from the relay
+ * (native or JS) when a snapshot is taken, so they grow while a transfer
+ * runs; closing one resets the app's TCP connection, or ends the UDP
+ * association (its upstream socket and relay state).
  */
 import { randomUUID } from 'node:crypto';
 import type { SessionEvent } from '../proxy/listener.js';
+import type { UdpSessionEvent } from '../proxy/udp/udpListener.js';
 
 /** What the tracker needs of the TCP Listener. */
 export interface SessionSource {
@@ -20,9 +23,27 @@ export interface SessionSource {
   stats(): { bytesUp: number; bytesDown: number };
 }
 
+/** What the tracker needs of the UdpListener: sessions are keyed by UdpSessionEvent.id. */
+export interface UdpSessionSource {
+  on(event: 'session', cb: (e: UdpSessionEvent) => void): unknown;
+  off(event: 'session', cb: (e: UdpSessionEvent) => void): unknown;
+  sessionBytes(id: number): { bytesUp: number; bytesDown: number } | undefined;
+  closeSession(id: number): boolean;
+  stats(): { bytesUp: number; bytesDown: number };
+}
+
 interface Tracked {
   id: string;
-  e: SessionEvent;
+  network: 'tcp' | 'udp';
+  /** The TCP session's NAT flow id, or the UDP session's id. */
+  key: number;
+  name: string | undefined;
+  ip: string;
+  port: number;
+  srcIp: string;
+  srcPort: number;
+  ruleType: string;
+  rulePayload: string;
   start: string;
   /** mihomo's `chains`: the proxy first, the rule's target last. */
   chains: string[];
@@ -50,18 +71,24 @@ export interface Snapshot {
 export class ConnectionTracker {
   readonly #byId = new Map<string, Tracked>();
   readonly #byFlow = new Map<number, Tracked>();
+  readonly #byUdp = new Map<number, Tracked>();
   readonly #src: SessionSource;
+  readonly #udp: UdpSessionSource | undefined;
   readonly #onSession = (e: SessionEvent) => this.#session(e);
+  readonly #onUdp = (e: UdpSessionEvent) => this.#udpSession(e);
   readonly #memory: () => number;
 
-  constructor(src: SessionSource, memory: () => number = () => process.memoryUsage.rss()) {
+  constructor(src: SessionSource, o: { udp?: UdpSessionSource | undefined; memory?: () => number } = {}) {
     this.#src = src;
-    this.#memory = memory;
+    this.#udp = o.udp;
+    this.#memory = o.memory ?? (() => process.memoryUsage.rss());
     src.on('session', this.#onSession);
+    o.udp?.on('session', this.#onUdp);
   }
 
   detach(): void {
     this.#src.off('session', this.#onSession);
+    this.#udp?.off('session', this.#onUdp);
   }
 
   get size(): number {
@@ -70,70 +97,108 @@ export class ConnectionTracker {
 
   #session(e: SessionEvent): void {
     if (e.phase === 'open') {
-      const t: Tracked = {
+      this.#add(this.#byFlow, {
         id: randomUUID(),
-        e,
+        network: 'tcp',
+        key: e.flowId,
+        name: e.name,
+        ip: e.ip,
+        port: e.port,
+        srcIp: e.srcIp ?? '',
+        srcPort: e.srcPort ?? 0,
+        ruleType: e.ruleType ?? 'Match',
+        rulePayload: e.rulePayload ?? '',
         start: new Date(e.startMs ?? Date.now()).toISOString(),
         chains: e.chains ? [...e.chains].reverse() : [e.outbound],
-      };
-      this.#byId.set(t.id, t);
-      this.#byFlow.set(e.flowId, t);
-      return;
-    }
-    const t = this.#byFlow.get(e.flowId);
+      });
+    } else this.#remove(this.#byFlow, e.flowId);
+  }
+
+  #udpSession(e: UdpSessionEvent): void {
+    if (e.phase === 'open') {
+      const [srcIp, srcPort] = splitHostPort(e.app);
+      this.#add(this.#byUdp, {
+        id: randomUUID(),
+        network: 'udp',
+        key: e.id,
+        name: e.name,
+        ip: e.ip,
+        port: e.port,
+        srcIp,
+        srcPort,
+        ruleType: e.ruleType || 'Match',
+        rulePayload: e.rulePayload,
+        start: new Date(e.startMs).toISOString(),
+        chains: e.chains.length > 0 ? [...e.chains].reverse() : [e.outbound],
+      });
+    } else this.#remove(this.#byUdp, e.id);
+  }
+
+  #add(by: Map<number, Tracked>, t: Tracked): void {
+    this.#byId.set(t.id, t);
+    by.set(t.key, t);
+  }
+
+  #remove(by: Map<number, Tracked>, key: number): void {
+    const t = by.get(key);
     if (!t) return;
-    this.#byFlow.delete(e.flowId);
+    by.delete(key);
     this.#byId.delete(t.id);
   }
 
-  /** Reset one connection; false when no live connection has that id. */
+  #close(t: Tracked): boolean {
+    return t.network === 'tcp' ? this.#src.closeFlow(t.key) : (this.#udp?.closeSession(t.key) ?? false);
+  }
+
+  /** Reset one connection (end one UDP association); false when no live connection has that id. */
   close(id: string): boolean {
     const t = this.#byId.get(id);
-    return t ? this.#src.closeFlow(t.e.flowId) : false;
+    return t ? this.#close(t) : false;
   }
 
   /** Reset every connection; returns how many. */
   closeAll(): number {
     let n = 0;
-    for (const t of [...this.#byId.values()]) if (this.#src.closeFlow(t.e.flowId)) n++;
+    for (const t of [...this.#byId.values()]) if (this.#close(t)) n++;
     return n;
   }
 
-  /** Bytes moved so far (ended connections included): /traffic's source. */
+  /** Bytes moved so far, TCP and UDP (ended connections included): /traffic's source. */
   snapshotTotals(): { bytesUp: number; bytesDown: number } {
-    return this.#src.stats();
+    const t = this.#src.stats();
+    const u = this.#udp?.stats();
+    return u ? { bytesUp: t.bytesUp + u.bytesUp, bytesDown: t.bytesDown + u.bytesDown } : t;
   }
 
   /** GET /connections (mihomo's statistic.Snapshot). */
   snapshot(): Snapshot {
-    const totals = this.#src.stats();
+    const totals = this.snapshotTotals();
     const connections: ConnectionJson[] = [];
     for (const t of this.#byId.values()) connections.push(this.#json(t));
     return { downloadTotal: totals.bytesDown, uploadTotal: totals.bytesUp, connections, memory: this.#memory() };
   }
 
   #json(t: Tracked): ConnectionJson {
-    const e = t.e;
-    const b = this.#src.sessionBytes(e.flowId);
+    const b = t.network === 'tcp' ? this.#src.sessionBytes(t.key) : this.#udp?.sessionBytes(t.key);
     return {
       id: t.id,
       metadata: {
-        network: 'tcp',
+        network: t.network,
         type: 'Tun',
-        sourceIP: e.srcIp ?? '',
-        destinationIP: e.ip,
+        sourceIP: t.srcIp,
+        destinationIP: t.ip,
         sourceGeoIP: null,
         destinationGeoIP: null,
         sourceIPASN: '',
         destinationIPASN: '',
-        sourcePort: String(e.srcPort ?? 0),
-        destinationPort: String(e.port),
+        sourcePort: String(t.srcPort),
+        destinationPort: String(t.port),
         inboundIP: '',
         inboundPort: '0',
         inboundName: 'DEFAULT-TUN',
         inboundUser: '',
-        host: e.name ?? '',
-        dnsMode: e.name === undefined ? 'normal' : 'fake-ip',
+        host: t.name ?? '',
+        dnsMode: t.name === undefined ? 'normal' : 'fake-ip',
         uid: 0,
         process: '',
         processPath: '',
@@ -147,8 +212,15 @@ export class ConnectionTracker {
       download: b?.bytesDown ?? 0,
       start: t.start,
       chains: t.chains,
-      rule: e.ruleType ?? 'Match',
-      rulePayload: e.rulePayload ?? '',
+      rule: t.ruleType,
+      rulePayload: t.rulePayload,
     };
   }
+}
+
+/** `1.2.3.4:5` or `[::1]:5` (hostPort's forms) → address and port. */
+function splitHostPort(s: string): [string, number] {
+  const i = s.lastIndexOf(':');
+  const host = s.slice(0, i);
+  return [host.startsWith('[') ? host.slice(1, -1) : host, Number(s.slice(i + 1))];
 }
