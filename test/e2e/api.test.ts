@@ -2,7 +2,9 @@
  * The controller API of a real daemon: a curl download through the TUN is
  * listed by its name with growing bytes (`fakeproxy connections`), closing
  * it resets curl at once, switching a select group through the API sends the
- * next connection through the other SOCKS5 server (its log says so).
+ * next connection through the other SOCKS5 server (its log says so); a UDP
+ * exchange with echo.test is listed as network "udp" by its name with the
+ * native relay's byte counts, and DELETE ends its association.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './harness/daemon.js';
@@ -10,6 +12,7 @@ import { e2eUnavailableReason } from './harness/netns.js';
 import {
   capture,
   createTopology,
+  ECHO_PORT,
   eventually,
   HTTP_PORT,
   type Topology,
@@ -29,7 +32,7 @@ interface Conn {
   chains: string[];
   rule: string;
   rulePayload: string;
-  metadata: { host: string; destinationPort: string; network: string };
+  metadata: { host: string; destinationPort: string; network: string; sourceIP: string; type: string };
 }
 
 describe.skipIf(skip)('controller API of a running daemon', () => {
@@ -152,6 +155,49 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
     expect(b.text).toMatch(/two\.origin\.test/);
     expect(a.text).not.toMatch(/two\.origin\.test/);
     expect(t.daemon?.output).toMatch(/group pick: selected b \(controller\)/);
+  }, 60_000);
+
+  it('a UDP exchange through the TUN is listed as udp by its name with bytes; DELETE ends its association', async () => {
+    // One datagram every 200 ms from one socket, each echo counted on stdout.
+    const app = t.client.spawn('node', [
+      '-e',
+      `const s = require('node:dgram').createSocket('udp4');
+       let echoed = 0;
+       s.on('message', (m) => console.log('echo ' + ++echoed + ' ' + m.length));
+       const send = () => s.send(Buffer.alloc(100, 7), ${ECHO_PORT}, 'echo.test');
+       send();
+       setInterval(send, 200);
+       setTimeout(() => process.exit(0), 40000);`,
+    ]);
+    const out = capture(app);
+    try {
+      const udp = (c: Conn[]) =>
+        c.find((x) => x.metadata.network === 'udp' && x.metadata.host === 'echo.test' && x.download >= 200);
+      const c1 = udp(await eventually(ls, (c) => udp(c) !== undefined)) as Conn;
+      expect(out.text).toMatch(/echo \d+ 100/);
+      expect(c1).toMatchObject({
+        rule: 'Match',
+        rulePayload: '',
+        chains: ['DIRECT'],
+        metadata: { network: 'udp', type: 'Tun', destinationPort: String(ECHO_PORT) },
+      });
+      expect(c1.metadata.sourceIP).not.toBe('');
+      // The native relay's counts: payload bytes both ways, growing while the app talks.
+      expect(c1.upload).toBeGreaterThanOrEqual(c1.download);
+      const later = await eventually(ls, (c) => (c.find((x) => x.id === c1.id)?.download ?? 0) > c1.download);
+      expect(later.find((x) => x.id === c1.id)?.download).toBeGreaterThan(c1.download);
+
+      const del = await api('DELETE', `/connections/${c1.id}`);
+      expect(del.stdout.trim()).toBe('204');
+      await eventually(ls, (c) => !c.some((x) => x.id === c1.id));
+      // The association ended: the app's next datagram opens a new one (a new id), and echoes keep coming.
+      const next = await eventually(ls, (c) => udp(c) !== undefined && udp(c)?.id !== c1.id);
+      expect(udp(next)?.id).not.toBe(c1.id);
+      const gone = await runCli(t.client, ['connections', 'close', c1.id, '--secret', SECRET]);
+      expect(gone.stderr).toMatch(/no live connection/);
+    } finally {
+      app.kill('SIGKILL');
+    }
   }, 60_000);
 
   it('wrong secret → 401; the daemon keeps its unknown endpoints at 404 JSON', async () => {
