@@ -5,15 +5,13 @@
  * (network "udp", the name behind the fake address, rule, chains, the
  * relay's byte counts) and close(id) ends it. Only the NAT is a table.
  */
-import * as dgram from 'node:dgram';
-import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConnectionTracker } from '../../../src/api/connections.js';
+import { type ConnectionJson as Conn, ConnectionTracker } from '../../../src/api/connections.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { Router, RouteTable } from '../../../src/proxy/router.js';
 import { parseRule } from '../../../src/proxy/rules.js';
 import { UdpListener, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
-import { flowEntry, LO, until } from '../proxy/helpers.js';
+import { boundUdp, flowEntry, LO, until } from '../proxy/helpers.js';
 
 const FAKE = '198.18.7.7';
 const closers: Array<() => unknown> = [];
@@ -21,13 +19,7 @@ afterEach(async () => {
   for (const c of closers.splice(0).reverse()) await c();
 });
 
-async function bound(): Promise<dgram.Socket> {
-  const s = dgram.createSocket('udp4');
-  s.bind(0, LO);
-  await once(s, 'listening');
-  closers.push(() => s.close());
-  return s;
-}
+const bound = () => boundUdp(closers);
 
 /** No TCP here: a TCP source with no sessions. */
 const noTcp = {
@@ -37,17 +29,6 @@ const noTcp = {
   closeFlow: () => false,
   stats: () => ({ bytesUp: 0, bytesDown: 0 }),
 };
-
-interface Conn {
-  id: string;
-  upload: number;
-  download: number;
-  chains: string[];
-  rule: string;
-  rulePayload: string;
-  start: string;
-  metadata: Record<string, unknown>;
-}
 
 describe.each([
   ['JS relay', false],

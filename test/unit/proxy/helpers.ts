@@ -1,5 +1,6 @@
 /** Real servers on 127.0.0.1 for the proxy tests: microsocks, tinyproxy, node origins. */
 import { type ChildProcess, spawn } from 'node:child_process';
+import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
@@ -203,4 +204,13 @@ export async function echoThrough(sock: net.Socket, msg: string, expectLen = msg
   const out = await done;
   sock.destroy();
   return out;
+}
+
+/** A UDP socket bound on loopback (an app's NAT address, an echo); closed by `closers`. */
+export async function boundUdp(closers: Array<() => unknown>): Promise<dgram.Socket> {
+  const s = dgram.createSocket('udp4');
+  s.bind(0, LO);
+  await once(s, 'listening');
+  closers.push(() => s.close());
+  return s;
 }

@@ -4,28 +4,21 @@
  * e.g. a resolver with --no-dns-hijack) is dropped, not served by yet
  * another association (which would send into the TUN again, forever).
  */
-import * as dgram from 'node:dgram';
-import { once } from 'node:events';
+import type * as dgram from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { DirectUdpAssociation } from '../../../src/proxy/outbounds/direct-udp.js';
 import { Router } from '../../../src/proxy/router.js';
 import { isOwnPort } from '../../../src/proxy/udp/ownPorts.js';
 import { UdpListener } from '../../../src/proxy/udp/udpListener.js';
-import { flowEntry, LO, until } from './helpers.js';
+import { boundUdp, flowEntry, LO, until } from './helpers.js';
 
 const closers: Array<() => unknown> = [];
 afterEach(async () => {
   for (const c of closers.splice(0).reverse()) await c();
 });
 
-async function bound(): Promise<dgram.Socket> {
-  const s = dgram.createSocket('udp4');
-  s.bind(0, LO);
-  await once(s, 'listening');
-  closers.push(() => s.close());
-  return s;
-}
+const bound = () => boundUdp(closers);
 
 describe('UDP routing-loop guard', () => {
   it('a direct association holds its socket port while open', async () => {
