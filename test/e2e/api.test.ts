@@ -24,6 +24,8 @@ const skip = e2eUnavailableReason();
 const SECRET = 'e2e-secret';
 const A = 1080;
 const B = 1081;
+/** Each `fakeproxy connections` spawns node: on a loaded 2-core machine a poll takes seconds. */
+const SLOW = 30_000;
 
 interface Conn {
   id: string;
@@ -167,13 +169,13 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
        const send = () => s.send(Buffer.alloc(100, 7), ${ECHO_PORT}, 'echo.test');
        send();
        setInterval(send, 200);
-       setTimeout(() => process.exit(0), 40000);`,
+       setTimeout(() => process.exit(0), 110000);`,
     ]);
     const out = capture(app);
     try {
       const udp = (c: Conn[]) =>
         c.find((x) => x.metadata.network === 'udp' && x.metadata.host === 'echo.test' && x.download >= 200);
-      const c1 = udp(await eventually(ls, (c) => udp(c) !== undefined)) as Conn;
+      const c1 = udp(await eventually(ls, (c) => udp(c) !== undefined, SLOW)) as Conn;
       expect(out.text).toMatch(/echo \d+ 100/);
       expect(c1).toMatchObject({
         rule: 'Match',
@@ -184,21 +186,21 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
       expect(c1.metadata.sourceIP).not.toBe('');
       // The native relay's counts: payload bytes both ways, growing while the app talks.
       expect(c1.upload).toBeGreaterThanOrEqual(c1.download);
-      const later = await eventually(ls, (c) => (c.find((x) => x.id === c1.id)?.download ?? 0) > c1.download);
+      const later = await eventually(ls, (c) => (c.find((x) => x.id === c1.id)?.download ?? 0) > c1.download, SLOW);
       expect(later.find((x) => x.id === c1.id)?.download).toBeGreaterThan(c1.download);
 
       const del = await api('DELETE', `/connections/${c1.id}`);
       expect(del.stdout.trim()).toBe('204');
-      await eventually(ls, (c) => !c.some((x) => x.id === c1.id));
+      await eventually(ls, (c) => !c.some((x) => x.id === c1.id), SLOW);
       // The association ended: the app's next datagram opens a new one (a new id), and echoes keep coming.
-      const next = await eventually(ls, (c) => udp(c) !== undefined && udp(c)?.id !== c1.id);
+      const next = await eventually(ls, (c) => udp(c) !== undefined && udp(c)?.id !== c1.id, SLOW);
       expect(udp(next)?.id).not.toBe(c1.id);
       const gone = await runCli(t.client, ['connections', 'close', c1.id, '--secret', SECRET]);
       expect(gone.stderr).toMatch(/no live connection/);
     } finally {
       app.kill('SIGKILL');
     }
-  }, 60_000);
+  }, 120_000);
 
   it('wrong secret → 401; the daemon keeps its unknown endpoints at 404 JSON', async () => {
     const bad = await t.client.exec('curl', [
