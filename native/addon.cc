@@ -42,7 +42,8 @@ bool GetU32(const Napi::Object& o, const char* key, uint32_t lo, uint32_t hi, ui
   return true;
 }
 
-// tunOpen({ name, mtu, address, prefixLen, queues, offload }) -> { name, ifindex, fds, offload, offloadError? }
+// tunOpen({ name, mtu, address, prefixLen, queues, offload, txQueueLen }) -> { name, ifindex, fds, offload,
+// offloadError? }
 Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) {
@@ -72,6 +73,10 @@ Napi::Value TunOpenJs(const Napi::CallbackInfo& info) {
   }
   if (!GetU32(o, "queues", 1, 256, &cfg.queues)) {
     ThrowArg(env, "tunOpen: queues must be an integer 1..256");
+    return env.Undefined();
+  }
+  if (!o.Get("txQueueLen").IsUndefined() && !GetU32(o, "txQueueLen", 1, 1u << 20, &cfg.tx_queue_len)) {
+    ThrowArg(env, "tunOpen: txQueueLen must be an integer 1..1048576 or undefined (kernel default)");
     return env.Undefined();
   }
   Napi::Value off = o.Get("offload");

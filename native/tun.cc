@@ -152,6 +152,15 @@ retry:
              cfg.name, error))
     goto exit_close;
 
+  if (cfg.tx_queue_len > 0) {
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, cfg.name.data(), cfg.name.size());
+    ifr.ifr_qlen = static_cast<int>(cfg.tx_queue_len);
+    if (!IfReq(sock, SIOCSIFTXQLEN, &ifr, "ioctl(SIOCSIFTXQLEN)",
+               "set txqueuelen " + std::to_string(cfg.tx_queue_len) + " on " + cfg.name, cfg.name, error))
+      goto exit_close;
+  }
+
   memset(&ifr, 0, sizeof(ifr));
   memcpy(ifr.ifr_name, cfg.name.data(), cfg.name.size());
   SetInet(&ifr.ifr_addr, cfg.address);

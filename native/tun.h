@@ -22,6 +22,10 @@ struct TunConfig {
   uint32_t address;     // gateway, host byte order
   uint32_t prefix_len;  // 1..30
   uint32_t queues;      // >= 1; > 1 uses IFF_MULTI_QUEUE
+  // Kernel transmit queue of the device (SIOCSIFTXQLEN): packets the kernel
+  // routes into the TUN wait here until the engine reads them; when it is full
+  // the kernel drops them (tx_dropped). 0 keeps the kernel's default (500).
+  uint32_t tx_queue_len = 0;
   // IFF_VNET_HDR + TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6): the
   // kernel hands over TSO super-packets (up to 64 KiB) with partial checksums
   // behind a virtio_net_hdr and accepts GSO packets back. When the kernel

@@ -28,6 +28,7 @@ export interface StartConfig {
   mtu: number;
   queues: number;
   tunOffload: boolean;
+  tunTxqueuelen: number;
   listenPort: number;
   dnsListen: { host: string; port: number }[];
   /** Unset: the first nameserver of /etc/resolv.conf that is not us (resolved at start). */
@@ -233,7 +234,7 @@ function redisTarget(flags: RawStart, file: RawStart): string | undefined {
 /** Merges file and flags (flags win) and validates everything once, at the edge. */
 export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartConfig {
   const pick = (k: keyof typeof O) => (flags[k] !== undefined ? flags[k] : file[k]);
-  const intOpt = (k: 'mtu' | 'queues' | 'fakeIpTtl' | 'maxFlows') => {
+  const intOpt = (k: 'mtu' | 'queues' | 'tunTxqueuelen' | 'fakeIpTtl' | 'maxFlows') => {
     const o = O[k];
     return int(pick(k) ?? o.default, flagName(o), o.range[0], o.range[1]);
   };
@@ -283,6 +284,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     mtu: intOpt('mtu'),
     queues: intOpt('queues'),
     tunOffload: boolOpt('tunOffload'),
+    tunTxqueuelen: intOpt('tunTxqueuelen'),
     listenPort,
     dnsListen,
     dnsUpstream: up === undefined ? undefined : parseHostPort(str(up, '--dns-upstream'), 53, '--dns-upstream'),

@@ -151,7 +151,14 @@ export class Daemon {
 
     const fds = readFdLimit();
     if (fds) this.say(`fd limit ${fds.soft} (hard ${fds.hard}): each proxied connection holds 2-3`);
-    const tun = TunDevice.open({ name: c.tun, range: c.cidr, mtu: c.mtu, queues: c.queues, offload: c.tunOffload });
+    const tun = TunDevice.open({
+      name: c.tun,
+      range: c.cidr,
+      mtu: c.mtu,
+      queues: c.queues,
+      offload: c.tunOffload,
+      txQueueLen: c.tunTxqueuelen,
+    });
     this.tun = tun;
     this.closers.push(() => tun.close());
     this.say(

@@ -32,6 +32,8 @@ export interface TunOpenOptions {
    * @default true
    */
   offload?: boolean;
+  /** Kernel transmit queue length (SIOCSIFTXQLEN); undefined keeps the kernel's 500. Why: START_OPTIONS.tunTxqueuelen. */
+  txQueueLen?: number;
 }
 export interface TunHandle {
   name: string;

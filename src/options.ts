@@ -77,6 +77,13 @@ export const START_OPTIONS = {
     defaultText: 'offloads on',
     why: 'Open the TUN without `IFF_VNET_HDR`/TSO/checksum offload. With them (the default) the kernel hands the engine 64 KiB TSO super-packets with partial checksums and takes GSO packets back: ~5× fewer syscalls per byte. If the kernel refuses them the daemon logs one line and runs without. Config twin `tunOffload: false`.',
   },
+  tunTxqueuelen: {
+    flag: '--tun-txqueuelen <n>',
+    help: 'kernel transmit queue length of the TUN (packets)',
+    default: 4096,
+    range: [64, 1048576],
+    why: 'Kernel transmit queue of the TUN (`ip link` txqueuelen): packets routed into the TUN wait there until the engine thread reads them, and the kernel drops them (counted in `fakeproxy status` as TUN kernel drops) when it is full. The kernel default of 500 overflows at 1 Gbit/s of UDP while the engine reads in bursts (most datagrams died there); 4096 absorbs a burst of ~5 MB of 1200-byte datagrams. A longer queue only holds packets the engine has not read yet: it adds no latency while the engine keeps up.',
+  },
   listenPort: {
     flag: '--listen-port <port>',
     help: 'Listener port on the gateway, TCP and UDP',

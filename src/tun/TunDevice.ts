@@ -22,6 +22,8 @@ export interface TunOptions {
    * @default true (`--no-tun-offload`)
    */
   offload?: boolean;
+  /** Kernel transmit queue length of the device. @default and why: `--tun-txqueuelen` in src/options.ts */
+  txQueueLen?: number;
   /** Injectable for tests. */
   binding?: NativeBinding;
   /** Injectable for tests: text of /proc/net/route. */
@@ -120,6 +122,7 @@ export class TunDevice {
     const name = opts.name ?? O.tun.default;
     const mtu = opts.mtu ?? O.mtu.default;
     const queues = opts.queues ?? O.queues.default;
+    const txQueueLen = opts.txQueueLen ?? O.tunTxqueuelen.default;
     if (Buffer.byteLength(name) < 1 || Buffer.byteLength(name) > 15 || /[\s/:]/.test(name)) {
       throw new UsageError(`--tun ${JSON.stringify(name)}: a device name is 1-15 bytes without spaces, '/' or ':'`);
     }
@@ -130,6 +133,10 @@ export class TunDevice {
     const [qMin, qMax] = O.queues.range;
     if (!Number.isInteger(queues) || queues < qMin || queues > qMax) {
       throw new UsageError(`queues ${queues}: must be ${qMin}-${qMax}`);
+    }
+    const [tqMin, tqMax] = O.tunTxqueuelen.range;
+    if (!Number.isInteger(txQueueLen) || txQueueLen < tqMin || txQueueLen > tqMax) {
+      throw new UsageError(`--tun-txqueuelen ${txQueueLen}: must be an integer between ${tqMin} and ${tqMax}`);
     }
     const routes = parseProcRoutes((opts.readRoutes ?? (() => readFileSync('/proc/net/route', 'utf8')))());
     const clash = routes.find((r) => r.iface !== name && rangesOverlap(r, opts.range));
@@ -147,6 +154,7 @@ export class TunDevice {
       prefixLen: opts.range.prefixLen,
       queues,
       offload: opts.offload ?? O.tunOffload.default,
+      txQueueLen,
     });
     // No IPv6 on the device until the engine handles it: otherwise the kernel
     // sends router solicitations and MLD reports into the TUN for nothing.

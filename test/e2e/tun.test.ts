@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { START_OPTIONS } from '../../src/options.js';
 import { DaemonProc, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason, Netns } from './harness/netns.js';
 
@@ -26,6 +27,7 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     expect(addr).toMatch(/inet 198\.18\.0\.1\/16/);
     const link = await ns.must('ip', ['-o', 'link', 'show', 'dev', 'fp0']);
     expect(link).toMatch(/mtu 65535 /);
+    expect(link).toMatch(new RegExp(` qlen ${START_OPTIONS.tunTxqueuelen.default}\\b`));
     expect(link).toMatch(/[<,]UP[,>]/);
     const routes = await ns.must('ip', ['-4', 'route', 'show']);
     expect(routes).toMatch(/^198\.18\.0\.0\/16 dev fp0 .*src 198\.18\.0\.1/m);
@@ -49,11 +51,14 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
   it('--config file.yaml sets options; a flag given on the command line wins', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fpt-cfg-'));
     const file = join(dir, 'fakeproxy.yaml');
-    writeFileSync(file, 'tun: fpcfg\nmtu: 1500\ncidr: 198.19.0.0/16\nstateDir: ""\nfakeIpFilter:\n  - +.lan\n');
+    writeFileSync(
+      file,
+      'tun: fpcfg\nmtu: 1500\ntunTxqueuelen: 1000\ncidr: 198.19.0.0/16\nstateDir: ""\nfakeIpFilter:\n  - +.lan\n',
+    );
     try {
       const d = DaemonProc.start(ns, ['start', '--config', file, '--mtu', '4000']);
       await d.waitFor(/running/);
-      expect(await ns.must('ip', ['-o', 'link', 'show', 'dev', 'fpcfg'])).toMatch(/mtu 4000/);
+      expect(await ns.must('ip', ['-o', 'link', 'show', 'dev', 'fpcfg'])).toMatch(/mtu 4000 .* qlen 1000\b/);
       expect(await ns.must('ip', ['-4', 'route', 'show'])).toMatch(/^198\.19\.0\.0\/16 dev fpcfg/m);
       expect(await d.stop()).toBe(0);
       writeFileSync(file, 'tun: fpcfg\nbogusKey: 1\n');
@@ -150,6 +155,7 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     [['--cidr', '198.18.0.0/31'], /between \/8 and \/30/],
     [['--tun', 'a-name-longer-than-15'], /1-15 bytes/],
     [['--mtu', '70000'], /--mtu/],
+    [['--tun-txqueuelen', '10'], /--tun-txqueuelen/],
     [['--listen-port', '0'], /port must be/],
     [['--bogus'], /unknown option '--bogus'/],
   ])('usage error %j → one line, exit 2, nothing created', async (args, re) => {
