@@ -149,11 +149,21 @@ const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
 /** A few lines for people; `--json` prints the whole object instead. */
 export function formatStatus(s: Status): string {
-  const tun = s.tun as { name: string; range: string; mtu: number; queues: number } | null;
+  const tun = s.tun as {
+    name: string;
+    range: string;
+    mtu: number;
+    queues: number;
+    kernelTxDropped?: number | null;
+  } | null;
   const e = s.engine;
   const drops = Object.entries((e as Record<string, number>) ?? {})
     .filter(([k, v]) => k.startsWith('drop') && v > 0)
     .map(([k, v]) => `${k.slice(4, 5).toLowerCase()}${k.slice(5)} ${v}`);
+  // Before the engine: the kernel dropped these at the TUN's full transmit queue.
+  if (tun && typeof tun.kernelTxDropped === 'number' && tun.kernelTxDropped > 0) {
+    drops.push(`tun kernel tx queue ${tun.kernelTxDropped}`);
+  }
   const lines = [
     `fakeproxy ${tun ? `on ${tun.name} ${tun.range} (mtu ${tun.mtu}, ${tun.queues} queue(s))` : '(starting)'}, pid ${s.pid}, up ${s.uptimeSec}s, rss ${typeof s.rssBytes === 'number' ? mib(s.rssBytes) : 'unknown'}, upstream ${s.upstream ?? 'none'}`,
     `engine: ${num(e, 'flowsActive')} flows (tcp ${num(e, 'tcpFlows')}, udp ${num(e, 'udpFlows')}), created ${num(e, 'flowsCreated')}, refused ${num(e, 'flowsRefused')}, half-open ${num(e, 'halfOpenFlows')} (early-dropped ${num(e, 'flowsEarlyDropped')}, capped ${num(e, 'halfOpenCapped')}), packets in ${num(e, 'pktsIn')} out ${num(e, 'pktsOut')}, table ${mib(num(e, 'memoryBytes'))}`,

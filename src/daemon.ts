@@ -317,6 +317,8 @@ export class Daemon {
       // Replies larger than the TUN MTU would be IP-fragmented on their way
       // into the TUN, and the engine does not reassemble fragments.
       maxPayloadBytes: c.mtu - 28,
+      // The TUN's own overflow (kernel drops before the engine reads) on the same overload line.
+      tunKernelDrops: () => this.tun?.kernelTxDropped() ?? 0,
       // One knob for UDP idleness: the NAT flow and the upstream association.
       ...(c.natTimeouts.udpMs ? { idleTimeoutMs: c.natTimeouts.udpMs } : {}),
       ...(c.natTimeouts.udpDnsMs ? { dnsIdleTimeoutMs: c.natTimeouts.udpDnsMs } : {}),
@@ -536,6 +538,8 @@ export class Daemon {
             mtu: this.tun.mtu,
             queues: this.tun.fds.length,
             offload: this.tun.offload,
+            txQueueLen: this.config.tunTxqueuelen,
+            kernelTxDropped: this.tun.kernelTxDropped() ?? null,
           }
         : null,
       upstream: this.tcp ? this.config.upstream.replace(/\/\/[^@/]*@/, '//***@') : null,

@@ -63,6 +63,26 @@ export function parseProcRoutes(text: string, withDefault = false): KernelRoute[
 }
 
 /**
+ * Transmit drops of `iface` from /proc/net/dev (the reader's network
+ * namespace): packets the kernel routed into the device and dropped because
+ * its transmit queue was full. Undefined when the device is not listed.
+ */
+export function parseProcNetDevTxDropped(text: string, iface: string): number | undefined {
+  for (const line of text.split('\n')) {
+    const colon = line.indexOf(':');
+    if (colon < 0 || line.slice(0, colon).trim() !== iface) continue;
+    // receive: bytes packets errs drop fifo frame compressed multicast; transmit: bytes packets errs drop ...
+    const f = line
+      .slice(colon + 1)
+      .trim()
+      .split(/\s+/);
+    const n = Number(f[11]);
+    return Number.isSafeInteger(n) ? n : undefined;
+  }
+  return undefined;
+}
+
+/**
  * The TypeScript face of the native TUN device. `open` creates and configures
  * the device (address = first host of the range, prefix route by the kernel);
  * `close` removes it with everything `open` added (the device is not
@@ -173,6 +193,21 @@ export class TunDevice {
       // read-only /proc/sys: strict filtering only costs unsolicited UDP replies.
     }
     return new TunDevice(h.name, mtu, opts.range, h.ifindex, h.fds, b, h.offload === true, h.offloadError);
+  }
+
+  /**
+   * Packets the kernel dropped at the device's transmit queue (full: the
+   * engine did not read them in time; `--tun-txqueuelen`). Read from
+   * /proc/self/net/dev rather than /sys/class/net, which shows the namespace
+   * sysfs was mounted in, not necessarily ours. Undefined once closed or unreadable.
+   */
+  kernelTxDropped(): number | undefined {
+    if (this.closed) return undefined;
+    try {
+      return parseProcNetDevTxDropped(readFileSync('/proc/self/net/dev', 'utf8'), this.name);
+    } catch {
+      return undefined;
+    }
   }
 
   /** Idempotent; synchronous so it can run from process 'exit'. */

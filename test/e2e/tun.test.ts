@@ -48,6 +48,37 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     expect(await ns.must('ip', ['-4', 'route', 'show'])).not.toMatch(/198\.18\./);
   });
 
+  it('counts the kernel drops at the TUN transmit queue in status and on the overload line', async () => {
+    const qlen = START_OPTIONS.tunTxqueuelen.range[0];
+    const d = DaemonProc.start(ns, ['start', '--state-dir', '', '--tun-txqueuelen', String(qlen)]);
+    await d.waitFor(/running/);
+    const before = JSON.parse((await runCli(ns, ['status', '--json'])).stdout);
+    expect(before.tun).toMatchObject({ txQueueLen: qlen, kernelTxDropped: 0 });
+    // A stopped daemon reads nothing: the kernel queues `qlen` packets and drops the rest.
+    const sent = qlen * 4;
+    const pid = d.child.pid as number;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      await ns.must('node', [
+        '-e',
+        `const s=require('dgram').createSocket('udp4');let n=0;const go=()=>{if(n++>=${sent})return s.close();s.send(Buffer.alloc(100),9,'198.18.200.200',go)};go();`,
+      ]);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    const st = JSON.parse((await runCli(ns, ['status', '--json'])).stdout);
+    expect(st.tun.kernelTxDropped).toBeGreaterThanOrEqual(sent - qlen);
+    expect(st.tun.kernelTxDropped).toBeLessThanOrEqual(sent);
+    const link = await ns.must('ip', ['-s', 'link', 'show', 'dev', 'fp0']);
+    expect(link).toMatch(new RegExp(`TX:[^\\n]*\\n\\s*\\d+\\s+\\d+\\s+\\d+\\s+${st.tun.kernelTxDropped}\\s`));
+    const text = (await runCli(ns, ['status'])).stdout;
+    expect(text).toContain(`tun kernel tx queue ${st.tun.kernelTxDropped}`);
+    // The 10 s overload timer names them.
+    const m = await d.waitFor(/the kernel dropped (\d+) packets at fp0's full transmit queue/, 25_000);
+    expect(Number(m[1])).toBe(st.tun.kernelTxDropped);
+    expect(await d.stop()).toBe(0);
+  });
+
   it('--config file.yaml sets options; a flag given on the command line wins', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fpt-cfg-'));
     const file = join(dir, 'fakeproxy.yaml');

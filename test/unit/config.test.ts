@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfigFile, resolveStartConfig } from '../../src/config.js';
 import { UsageError } from '../../src/errors.js';
-import { parseProcRoutes } from '../../src/tun/TunDevice.js';
+import { parseProcNetDevTxDropped, parseProcRoutes } from '../../src/tun/TunDevice.js';
 import { isPublicSpace, parseCidr, parseHostPort } from '../../src/util/cidr.js';
 
 describe('parseCidr', () => {
@@ -120,6 +120,19 @@ fp0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
   it('decodes little-endian routes and skips the default route', () => {
     const r = parseProcRoutes(text);
     expect(r.map((x) => `${x.iface} ${x.text}`)).toEqual(['eth0 192.168.2.0/24', 'fp0 198.18.0.0/16']);
+  });
+});
+
+describe('parseProcNetDevTxDropped', () => {
+  const text = `Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     840      10    0    0    0     0          0         0      840      10    0    0    0     0       0          0
+   fp0: 1234567    8901    0    7    0     0          0         0 99887766   55443    0 12345    0     0       0          0
+`;
+  it('reads the transmit drop column of the named device only', () => {
+    expect(parseProcNetDevTxDropped(text, 'fp0')).toBe(12345);
+    expect(parseProcNetDevTxDropped(text, 'lo')).toBe(0);
+    expect(parseProcNetDevTxDropped(text, 'fp')).toBeUndefined();
   });
 });
 

@@ -38,6 +38,21 @@ describe('readStatus', () => {
     });
   });
 
+  it('kernel drops at the TUN transmit queue print on the drops line', async () => {
+    const tun = `fpt-st-${process.pid}-d`;
+    const base = { pid: 42, uptimeSec: 3, rssBytes: 1, engine: { dropBadChecksum: 2 } };
+    const tunOf = (kernelTxDropped: number) => ({
+      name: 'fp0',
+      range: '198.18.0.0/16',
+      mtu: 1500,
+      queues: 1,
+      kernelTxDropped,
+    });
+    await serve(tun, (s) => s.end(`${JSON.stringify({ ...base, tun: tunOf(321) })}\n`));
+    expect(formatStatus(await readStatus(tun))).toMatch(/^drops: badChecksum 2, tun kernel tx queue 321$/m);
+    expect(formatStatus({ ...base, tun: tunOf(0) } as never)).toMatch(/^drops: badChecksum 2$/m);
+  });
+
   it('an unknown RSS prints as unknown, not NaN', async () => {
     const tun = `fpt-st-${process.pid}-c`;
     await serve(tun, (s) => s.end(`${JSON.stringify({ pid: 42, uptimeSec: 3, rssBytes: null, tun: null })}\n`));

@@ -141,6 +141,11 @@ export interface UdpListenerOptions {
    * counted ('foreign-ingress'). Needs the native relay.
    */
   device?: string;
+  /**
+   * Packets the kernel dropped at the TUN's transmit queue so far
+   * (TunDevice.kernelTxDropped): named on the overload line when it grows.
+   */
+  tunKernelDrops?: () => number;
 }
 
 export interface UdpSessionEvent {
@@ -283,6 +288,8 @@ export class UdpListener extends EventEmitter {
   #nextId = 0;
   /** Native drop totals at the last overload log line. */
   #lastNativeDrops = 0;
+  /** TUN kernel drops at the last overload log line. */
+  #lastTunDrops = 0;
   #lastForeignIngress = 0;
   /** Checks the native drop totals every OVERLOAD_LOG_MS (a flood of a bound association never calls into JS). */
   #overloadTimer: NodeJS.Timeout | undefined;
@@ -345,6 +352,7 @@ export class UdpListener extends EventEmitter {
       native: opts.native ?? true,
       mark: opts.mark ?? 0,
       device: opts.device,
+      tunKernelDrops: opts.tunKernelDrops ?? (() => 0),
     };
     if (this.#o.maxAssociations < 1) throw new RangeError('maxAssociations must be ≥ 1');
     this.#rl = rateLimited(this.#o.logger, 10_000);
@@ -539,14 +547,20 @@ export class UdpListener extends EventEmitter {
     let sum = 0;
     for (const n of t.drops) sum += n;
     sum -= foreign;
-    if (sum <= this.#lastNativeDrops) return;
+    const tun = this.#o.tunKernelDrops();
+    if (sum <= this.#lastNativeDrops && tun <= this.#lastTunDrops) return;
     const parts: string[] = [];
     UDP_RELAY_DROPS.forEach((why, i) => {
       if ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS) parts.push(`${why} ${t.drops[i]}`);
     });
+    const tunPart =
+      tun > this.#lastTunDrops
+        ? `; the kernel dropped ${tun - this.#lastTunDrops} packets at ${this.#o.device ?? 'the TUN'}'s full transmit queue (total ${tun}) before the engine read them — raise --tun-txqueuelen or lower the load`
+        : '';
     this.#o.logger(
-      `udp relay: dropped ${sum - this.#lastNativeDrops} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s (totals: ${parts.join(', ')}); rcvbuf/send-error mean more offered than the path carries — raise net.core.rmem_max or lower the load`,
+      `udp relay: dropped ${sum - this.#lastNativeDrops} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s (totals: ${parts.join(', ') || 'none'}); rcvbuf/send-error mean more offered than the path carries — raise net.core.rmem_max or lower the load${tunPart}`,
     );
+    this.#lastTunDrops = tun;
     this.#lastNativeDrops = sum;
   }
 
