@@ -22,6 +22,7 @@
 #include <cstring>
 #include <string>
 
+#include "js_read_poll.h"
 #include "napi_errors.h"
 
 namespace fakeproxy {
@@ -143,26 +144,13 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
       ThrowSys(env, EBADF, "start", "TcpAcceptor is closed");
       return env.Undefined();
     }
-    if (poll_ != nullptr) {
+    if (poll_.active()) {
       ThrowArg(env, "TcpAcceptor.start called twice");
       return env.Undefined();
     }
     cb_ = Napi::Persistent(info[0].As<Napi::Function>());
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
-      ThrowSys(env, EINVAL, "napi_get_uv_event_loop", "no event loop");
-      return env.Undefined();
-    }
-    poll_ = new uv_poll_t;
-    int r = uv_poll_init(loop, poll_, fd_);
-    if (r == 0) {
-      poll_->data = this;
-      r = uv_poll_start(poll_, UV_READABLE, OnPoll);
-    }
-    if (r != 0) {
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), FreePoll);
-      poll_ = nullptr;
-      ThrowSys(env, -r, "uv_poll_start", std::string("cannot poll the listening socket: ") + uv_strerror(r));
+    if (!poll_.Start(env, fd_, this, OnPoll, "the listening socket")) {
+      cb_.Reset();
       return env.Undefined();
     }
     Ref();  // alive while polled: only close() lets it go
@@ -198,11 +186,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   }
 
   void Shutdown() {
-    if (poll_ != nullptr) {
-      uv_poll_stop(poll_);
-      poll_->data = nullptr;
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), FreePoll);
-      poll_ = nullptr;
+    if (poll_.Stop()) {
       cb_.Reset();
       if (!finalizing_) Unref();
     }
@@ -211,8 +195,6 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
     if (reserve_ >= 0) close(reserve_);
     reserve_ = -1;
   }
-
-  static void FreePoll(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
 
   static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
     auto* self = static_cast<TcpAcceptor*>(h->data);
@@ -265,7 +247,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
 
   int fd_ = -1;
   int reserve_ = -1;
-  uv_poll_t* poll_ = nullptr;
+  JsReadPoll poll_;
   Napi::FunctionReference cb_;
   double recs_[kMaxBatch * kFields];
   bool finalizing_ = false;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "dgram_batch.h"
+#include "js_read_poll.h"
 #include "napi_errors.h"
 
 namespace fakeproxy {
@@ -85,26 +86,13 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
       ThrowSys(env, EBADF, "start", "DgramSocket is closed");
       return env.Undefined();
     }
-    if (poll_ != nullptr) {
+    if (poll_.active()) {
       ThrowArg(env, "DgramSocket.start called twice");
       return env.Undefined();
     }
     cb_ = Napi::Persistent(info[0].As<Napi::Function>());
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
-      ThrowSys(env, EINVAL, "napi_get_uv_event_loop", "no event loop");
-      return env.Undefined();
-    }
-    poll_ = new uv_poll_t;
-    int r = uv_poll_init(loop, poll_, sock_->fd());
-    if (r == 0) {
-      poll_->data = this;
-      r = uv_poll_start(poll_, UV_READABLE, OnPoll);
-    }
-    if (r != 0) {
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), FreePoll);
-      poll_ = nullptr;
-      ThrowSys(env, -r, "uv_poll_start", std::string("cannot poll the UDP socket: ") + uv_strerror(r));
+    if (!poll_.Start(env, sock_->fd(), this, OnPoll, "the UDP socket")) {
+      cb_.Reset();
       return env.Undefined();
     }
     // Keep the JS object alive while it is polled: only close() lets it go.
@@ -184,17 +172,11 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
   }
 
   void StopPoll() {
-    if (poll_ == nullptr) return;
-    uv_poll_stop(poll_);
-    poll_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), FreePoll);
-    poll_ = nullptr;
+    if (!poll_.Stop()) return;
     cb_.Reset();
     // Balance Start's Ref (not from the destructor: the object is going away then).
     if (!finalizing_) Unref();
   }
-
-  static void FreePoll(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
 
   static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
     auto* self = static_cast<DgramSocketJs*>(h->data);
@@ -227,7 +209,7 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
 
   std::unique_ptr<fp::DgramBatchSocket> sock_;
   fp::DgramCounters last_;
-  uv_poll_t* poll_ = nullptr;
+  JsReadPoll poll_;
   Napi::FunctionReference cb_;
   std::vector<uint8_t> data_;
   std::vector<uint32_t> meta_;
