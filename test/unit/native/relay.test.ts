@@ -45,6 +45,20 @@ function handOff(s: SpliceRelay, a: net.Socket, b: net.Socket): RelayHandle {
 
 const fdOf = (s: net.Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
 const inodeOf = (fd: number) => Number(/socket:\[(\d+)\]/.exec(readlinkSync(`/proc/self/fd/${fd}`))?.[1]);
+/** Dials a closed port on 127.0.0.1 (as a u32): the relay ends connect-failed/ECONNREFUSED and the app gets a reset. */
+async function expectRefusedDial(local?: Float64Array): Promise<void> {
+  const s = newSplice();
+  const [app, a] = await socketPair();
+  open.push(app, a);
+  const err = socketError(app);
+  const h = s.dial(a, 0x7f000001, await freePort(), { mark: 0, connectTimeoutMs: 5000, ...(local ? { local } : {}) });
+  if (!h) throw new Error('dial refused');
+  const r = await h.done;
+  expect(r.end).toBe('connect-failed');
+  expect((r.error as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
+  expect((await err).code).toBe('ECONNRESET');
+}
+
 const openFds = () => readdirSync('/proc/self/fd').length;
 
 /** Every epoll registration of this process: [epoll fd, target fd, target inode]. */
@@ -285,16 +299,7 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
   });
 
   it('dial: a refused connect resets the app and ends connect-failed/ECONNREFUSED; an IPv4 u32 address works too', async () => {
-    const s = newSplice();
-    const [app, a] = await socketPair();
-    open.push(app, a);
-    const err = socketError(app);
-    const h = s.dial(a, 0x7f000001, await freePort(), { mark: 0, connectTimeoutMs: 5000 });
-    if (!h) throw new Error('dial refused');
-    const r = await h.done;
-    expect(r.end).toBe('connect-failed');
-    expect((r.error as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
-    expect((await err).code).toBe('ECONNRESET');
+    await expectRefusedDial();
   });
 
   it('dial with local: connects before it returns and reports the bound address the origin sees as its peer', async () => {
@@ -323,17 +328,7 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
   });
 
   it('dial with local: a refused connect still ends connect-failed/ECONNREFUSED on the relay and resets the app', async () => {
-    const s = newSplice();
-    const [app, a] = await socketPair();
-    open.push(app, a);
-    const err = socketError(app);
-    const local = new Float64Array(2);
-    const h = s.dial(a, 0x7f000001, await freePort(), { mark: 0, connectTimeoutMs: 5000, local });
-    if (!h) throw new Error('dial refused');
-    const r = await h.done;
-    expect(r.end).toBe('connect-failed');
-    expect((r.error as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
-    expect((await err).code).toBe('ECONNRESET');
+    await expectRefusedDial(new Float64Array(2));
   });
 
   it('dial: a connect that gets no answer ends connect-failed/ETIMEDOUT after connectTimeoutMs and resets the app', async () => {
