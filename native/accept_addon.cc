@@ -23,6 +23,7 @@
 #include <string>
 
 #include "js_read_poll.h"
+#include "napi_args.h"
 #include "napi_errors.h"
 
 namespace fakeproxy {
@@ -66,11 +67,8 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   // …).
   explicit TcpAcceptor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TcpAcceptor>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsObject()) {
-      ThrowArg(env, "new TcpAcceptor({ host, port, backlog })");
-      return;
-    }
-    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Object o;
+    if (!OptionsArg(info, false, "new TcpAcceptor({ host, port, backlog })", &o)) return;
     auto num = [&](const char* k) {
       Napi::Value v = o.Get(k);
       return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
@@ -135,26 +133,10 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   // start(onBatch(records: Float64Array, n)): records [fd, peerIpU32, peerPort] × n;
   // fd = -errno for an accept that failed (the connection was reset when it could be).
   Napi::Value Start(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsFunction()) {
-      ThrowArg(env, "TcpAcceptor.start(onBatch)");
-      return env.Undefined();
+    if (poll_.StartBatches(info, fd_, this, OnPoll, "TcpAcceptor", "the listening socket")) {
+      Ref();  // alive while polled: only close() lets it go
     }
-    if (fd_ < 0) {
-      ThrowSys(env, EBADF, "start", "TcpAcceptor is closed");
-      return env.Undefined();
-    }
-    if (poll_.active()) {
-      ThrowArg(env, "TcpAcceptor.start called twice");
-      return env.Undefined();
-    }
-    cb_ = Napi::Persistent(info[0].As<Napi::Function>());
-    if (!poll_.Start(env, fd_, this, OnPoll, "the listening socket")) {
-      cb_.Reset();
-      return env.Undefined();
-    }
-    Ref();  // alive while polled: only close() lets it go
-    return env.Undefined();
+    return info.Env().Undefined();
   }
 
   Napi::Value Port(const Napi::CallbackInfo& info) {
@@ -186,10 +168,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   }
 
   void Shutdown() {
-    if (poll_.Stop()) {
-      cb_.Reset();
-      if (!finalizing_) Unref();
-    }
+    if (poll_.Stop() && !finalizing_) Unref();
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
     if (reserve_ >= 0) close(reserve_);
@@ -227,16 +206,12 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
       Put(n++, c, peer.sin_family == AF_INET ? ntohl(peer.sin_addr.s_addr) : 0,
           peer.sin_family == AF_INET ? ntohs(peer.sin_port) : 0);
     }
-    if (n == 0 || cb_.IsEmpty()) return;
+    if (n == 0 || !poll_.has_callback()) return;
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     Napi::Float64Array a = Napi::Float64Array::New(env, static_cast<size_t>(n) * kFields);
     std::memcpy(a.Data(), recs_, static_cast<size_t>(n) * kFields * sizeof(double));
-    cb_.MakeCallback(Value(), {a, Napi::Number::New(env, n)});
-    if (env.IsExceptionPending()) {
-      Napi::Error e = env.GetAndClearPendingException();
-      napi_fatal_exception(env, e.Value());
-    }
+    poll_.Deliver(env, Value(), {a, Napi::Number::New(env, n)});
   }
 
   void Put(int i, int fd, uint32_t ip, uint16_t port) {
@@ -248,7 +223,6 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   int fd_ = -1;
   int reserve_ = -1;
   JsReadPoll poll_;
-  Napi::FunctionReference cb_;
   double recs_[kMaxBatch * kFields];
   bool finalizing_ = false;
 };

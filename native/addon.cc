@@ -14,6 +14,7 @@
 #include "dgram_batch_addon.h"
 #include "engine_addon.h"
 #include "mark_addon.h"
+#include "napi_args.h"
 #include "napi_errors.h"
 #include "relay_addon.h"
 #include "tun.h"
@@ -34,10 +35,8 @@ bool ParseIpv4(const std::string& text, uint32_t* out) {
 // the kernel's (IPv4 minimum link MTU 68, MAX_TAP_QUEUES 256); the operator's
 // narrower ranges live in src/options.ts.
 bool GetU32(const Napi::Object& o, const char* key, uint32_t lo, uint32_t hi, uint32_t* out) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) return false;
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= lo && d <= hi) || d != static_cast<double>(static_cast<uint32_t>(d))) return false;
+  double d;
+  if (!IntegerIn(o.Get(key), lo, hi, &d)) return false;
   *out = static_cast<uint32_t>(d);
   return true;
 }

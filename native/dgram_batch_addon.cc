@@ -15,6 +15,7 @@
 
 #include "dgram_batch.h"
 #include "js_read_poll.h"
+#include "napi_args.h"
 #include "napi_errors.h"
 
 namespace fakeproxy {
@@ -43,11 +44,8 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
 
   explicit DgramSocketJs(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DgramSocketJs>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsObject()) {
-      ThrowArg(env, "new DgramSocket(options) needs { host, port }");
-      return;
-    }
-    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Object o;
+    if (!OptionsArg(info, false, "new DgramSocket(options) needs { host, port }", &o)) return;
     Napi::Value host = o.Get("host");
     if (!host.IsString()) {
       ThrowArg(env, "DgramSocket: host must be an IP address string");
@@ -77,27 +75,10 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
  private:
   // start(onBatch(bytes: Buffer, meta: Uint32Array, count: number)): begin polling.
   Napi::Value Start(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsFunction()) {
-      ThrowArg(env, "DgramSocket.start(onBatch) needs a function");
-      return env.Undefined();
+    if (poll_.StartBatches(info, sock_ ? sock_->fd() : -1, this, OnPoll, "DgramSocket", "the UDP socket")) {
+      Ref();  // alive while polled: only close() lets it go
     }
-    if (!sock_ || sock_->fd() < 0) {
-      ThrowSys(env, EBADF, "start", "DgramSocket is closed");
-      return env.Undefined();
-    }
-    if (poll_.active()) {
-      ThrowArg(env, "DgramSocket.start called twice");
-      return env.Undefined();
-    }
-    cb_ = Napi::Persistent(info[0].As<Napi::Function>());
-    if (!poll_.Start(env, sock_->fd(), this, OnPoll, "the UDP socket")) {
-      cb_.Reset();
-      return env.Undefined();
-    }
-    // Keep the JS object alive while it is polled: only close() lets it go.
-    Ref();
-    return env.Undefined();
+    return info.Env().Undefined();
   }
 
   // send(bytes: Buffer, meta: Uint32Array, count): datagrams the kernel took.
@@ -173,7 +154,6 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
 
   void StopPoll() {
     if (!poll_.Stop()) return;
-    cb_.Reset();
     // Balance Start's Ref (not from the destructor: the object is going away then).
     if (!finalizing_) Unref();
   }
@@ -189,20 +169,14 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
     Napi::HandleScope scope(env);
     wakeups_++;
     for (int round = 0; round < rounds_; round++) {
-      if (!sock_ || cb_.IsEmpty()) return;
+      if (!sock_ || !poll_.has_callback()) return;
       int n = sock_->Recv(&data_, &meta_);
       if (n <= 0) return;  // nothing more (or a transient socket error; the next wake-up retries)
       Napi::Buffer<uint8_t> bytes = Napi::Buffer<uint8_t>::Copy(env, data_.data(), data_.size());
       Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, meta_.size() * sizeof(uint32_t));
       std::memcpy(ab.Data(), meta_.data(), meta_.size() * sizeof(uint32_t));
       Napi::Uint32Array meta = Napi::Uint32Array::New(env, meta_.size(), ab, 0);
-      cb_.MakeCallback(Value(), {bytes, meta, Napi::Number::New(env, n)});
-      if (env.IsExceptionPending()) {
-        // The JS side catches its own errors; anything else is a bug: surface it as uncaught.
-        Napi::Error e = env.GetAndClearPendingException();
-        napi_fatal_exception(env, e.Value());
-        return;
-      }
+      if (!poll_.Deliver(env, Value(), {bytes, meta, Napi::Number::New(env, n)})) return;
       if (n < batch_) return;
     }
   }
@@ -210,7 +184,6 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
   std::unique_ptr<fp::DgramBatchSocket> sock_;
   fp::DgramCounters last_;
   JsReadPoll poll_;
-  Napi::FunctionReference cb_;
   std::vector<uint8_t> data_;
   std::vector<uint32_t> meta_;
   int batch_ = 64;

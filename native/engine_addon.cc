@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "napi_args.h"
 #include "napi_errors.h"
 #include "tun.h"
 
@@ -47,15 +48,6 @@ std::string V4Text(const fp::IpAddr& a) {
   in.s_addr = htonl(a.as_v4());
   inet_ntop(AF_INET, &in, buf, sizeof buf);
   return buf;
-}
-
-bool GetInt(const Napi::Object& o, const char* key, double lo, double hi, double* out) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) return false;
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= lo && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))) return false;
-  *out = d;
-  return true;
 }
 
 bool GetPort(const Napi::Value& v, uint16_t* out) {
@@ -164,11 +156,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsObject()) {
-      ThrowArg(env, "new Engine(options) needs an EngineOptions object (see src/native.ts)");
-      return;
-    }
-    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Object o;
+    if (!OptionsArg(info, false, "new Engine(options) needs an EngineOptions object (see src/native.ts)", &o)) return;
     fp::EngineConfig cfg;
     double d;
     if (!ParseV4(o.Get("network"), &cfg.table.network)) {
@@ -179,7 +168,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       ThrowArg(env, "Engine: gateway must be a dotted-quad IPv4 address, e.g. '198.18.0.1'");
       return;
     }
-    if (!GetInt(o, "prefixLen", 0, 32, &d)) {
+    if (!IntegerIn(o.Get("prefixLen"), 0, 32, &d)) {
       ThrowArg(env, "Engine: prefixLen must be an integer 8..30");
       return;
     }
@@ -199,18 +188,18 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     cfg.dnsHijack = hij.As<Napi::Boolean>().Value();
     // Range checked once, by validate_table_config below (the engine's capacity).
-    if (!GetInt(o, "maxFlows", 0, 4294967295.0, &d)) {
+    if (!IntegerIn(o.Get("maxFlows"), 0, 4294967295.0, &d)) {
       ThrowArg(env, "Engine: maxFlows must be an integer");
       return;
     }
     cfg.table.maxFlows = static_cast<uint32_t>(d);
-    if (!GetInt(o, "reuseDelayMs", 0, 9e15, &d)) {
+    if (!IntegerIn(o.Get("reuseDelayMs"), 0, 9e15, &d)) {
       ThrowArg(env, "Engine: reuseDelayMs must be an integer >= 0");
       return;
     }
     cfg.table.reuseDelayMs = static_cast<int64_t>(d);
     if (!o.Get("maxHalfOpenPerSource").IsUndefined()) {
-      if (!GetInt(o, "maxHalfOpenPerSource", 0, 4294967295.0, &d)) {
+      if (!IntegerIn(o.Get("maxHalfOpenPerSource"), 0, 4294967295.0, &d)) {
         ThrowArg(env, "Engine: maxHalfOpenPerSource must be an integer >= 0 (0 = no cap)");
         return;
       }
@@ -242,7 +231,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     };
     for (auto& fld : fields) {
       if (fld.optional && t.Get(fld.name).IsUndefined()) continue;
-      if (!GetInt(t, fld.name, 1, 9e15, &d)) {
+      if (!IntegerIn(t.Get(fld.name), 1, 9e15, &d)) {
         ThrowArg(env, std::string("Engine: timeouts.") + fld.name + " must be a positive integer (milliseconds)");
         return;
       }
@@ -254,24 +243,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       return;
     }
     engine_ = std::make_unique<fp::Engine>(cfg);
-    hook_ = env.AddCleanupHook(&EngineWrap::OnEnvCleanup, this);
-    hookActive_ = true;
+    teardown_.Arm(env, this);
   }
 
   ~EngineWrap() override {
     StopThreads();
-    if (hookActive_) {
-      hook_.Remove(Env());
-      hookActive_ = false;
-    }
+    teardown_.Disarm(Env());
   }
 
  private:
-  static void OnEnvCleanup(EngineWrap* self) {
-    self->hookActive_ = false;
-    self->StopThreads();
-  }
-
   bool Ready(Napi::Env env) {
     if (engine_) return true;
     ThrowCode(env, "EINVAL", "Engine was not constructed: fix the options passed to new Engine()");
@@ -602,8 +582,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::ThreadSafeFunction tsfn_;
   Napi::FunctionReference onEvents_;
   Napi::FunctionReference onThreadExit_;
-  Napi::Env::CleanupHook<void (*)(EngineWrap*), EngineWrap> hook_;
-  bool hookActive_ = false;
+  EnvTeardown<EngineWrap, &EngineWrap::StopThreads> teardown_;
 };
 
 }  // namespace

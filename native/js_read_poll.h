@@ -1,13 +1,15 @@
 // A uv_poll on the Node event loop for an addon object that reads its own
-// socket on the JS thread (TcpAcceptor, DgramSocket): starting it with the
-// error a user can act on, stopping it, and freeing the handle after libuv
-// has closed it. One place for that lifetime, so the two cannot drift.
+// socket on the JS thread (TcpAcceptor, DgramSocket): their start(onBatch)
+// checks, starting the poll with the error a user can act on, calling the
+// callback, stopping, and freeing the handle after libuv has closed it. One
+// place for that lifetime, so the two cannot drift.
 #pragma once
 
 #include <napi.h>
 #include <uv.h>
 
 #include <cerrno>
+#include <initializer_list>
 #include <string>
 
 #include "napi_errors.h"
@@ -39,8 +41,51 @@ class JsReadPoll {
     return true;
   }
 
-  // Stops polling; false when it was not polling. No callback sees data after this.
+  // start(onBatch) of the wrapper `cls`: info[0] must be a function, fd open
+  // (>= 0) and the poll not started; then keeps the callback and polls. On
+  // false a JS exception is pending; on true the caller Ref()s itself, so JS
+  // cannot collect an object that is polled.
+  bool StartBatches(const Napi::CallbackInfo& info, int fd, void* data, uv_poll_cb cb, const char* cls,
+                    const char* what) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsFunction()) {
+      ThrowArg(env, std::string(cls) + ".start(onBatch) needs a function");
+      return false;
+    }
+    if (fd < 0) {
+      ThrowSys(env, EBADF, "start", std::string(cls) + " is closed");
+      return false;
+    }
+    if (active()) {
+      ThrowArg(env, std::string(cls) + ".start called twice");
+      return false;
+    }
+    callback_ = Napi::Persistent(info[0].As<Napi::Function>());
+    if (!Start(env, fd, data, cb, what)) {
+      callback_.Reset();
+      return false;
+    }
+    return true;
+  }
+
+  // Calls the onBatch callback (none after Stop()). The JS side catches its
+  // own errors; anything else is a bug, surfaced as uncaught. False when
+  // there was no callback or it threw.
+  bool Deliver(Napi::Env env, Napi::Value recv, std::initializer_list<napi_value> args) {
+    if (callback_.IsEmpty()) return false;
+    callback_.MakeCallback(recv, args);
+    if (!env.IsExceptionPending()) return true;
+    Napi::Error e = env.GetAndClearPendingException();
+    napi_fatal_exception(env, e.Value());
+    return false;
+  }
+
+  bool has_callback() const { return !callback_.IsEmpty(); }
+
+  // Stops polling and drops the callback; false when it was not polling. No
+  // callback sees data after this.
   bool Stop() {
+    callback_.Reset();
     if (poll_ == nullptr) return false;
     uv_poll_stop(poll_);
     poll_->data = nullptr;
@@ -54,6 +99,7 @@ class JsReadPoll {
  private:
   static void Free(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
   uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference callback_;
 };
 
 }  // namespace fakeproxy

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "napi_args.h"
 #include "napi_errors.h"
 #include "relay.h"
 
@@ -41,11 +42,8 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
   // new Relay({ threads, pipeSize, idleTimeoutMs }, onEnd)
   explicit RelayWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RelayWrap>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
-      ThrowArg(env, "new Relay(options, onEnd) needs an options object and a callback");
-      return;
-    }
-    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Object o;
+    if (!OptionsArg(info, true, "new Relay(options, onEnd) needs an options object and a callback", &o)) return;
     fp::RelayOptions opts;
     struct {
       const char* key;
@@ -55,8 +53,8 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     for (int i = 0; i < 3; i++) {
       Napi::Value v = o.Get(checks[i].key);
       if (v.IsUndefined()) continue;
-      double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-      if (!(d >= checks[i].lo && d <= checks[i].hi) || d != static_cast<double>(static_cast<int64_t>(d))) {
+      double d;
+      if (!IntegerIn(v, checks[i].lo, checks[i].hi, &d)) {
         ThrowArg(env, std::string("Relay: ") + checks[i].key + " must be an integer in [" +
                           std::to_string(static_cast<int64_t>(checks[i].lo)) + ", " +
                           std::to_string(static_cast<int64_t>(checks[i].hi)) + "]");
@@ -79,24 +77,15 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       ThrowSys(env, err, what, "Relay: cannot start its threads (" + what + "); raise the fd limit (ulimit -n)");
       return;
     }
-    hook_ = env.AddCleanupHook(&RelayWrap::OnEnvCleanup, this);
-    hookActive_ = true;
+    teardown_.Arm(env, this);
   }
 
   ~RelayWrap() override {
     Teardown();
-    if (hookActive_) {
-      hook_.Remove(Env());
-      hookActive_ = false;
-    }
+    teardown_.Disarm(Env());
   }
 
  private:
-  static void OnEnvCleanup(RelayWrap* self) {
-    self->hookActive_ = false;
-    self->Teardown();
-  }
-
   void Teardown() {
     if (!pool_) return;
     pool_->Stop();
@@ -111,17 +100,15 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
   }
 
   static bool GetId(const Napi::Value& v, uint64_t* out) {
-    if (!v.IsNumber()) return false;
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<int64_t>(d))) return false;
+    double d;
+    if (!IntegerIn(v, 0, 9007199254740991.0, &d)) return false;
     *out = static_cast<uint64_t>(d);
     return true;
   }
 
   static bool GetFd(const Napi::Value& v, int* out) {
-    if (!v.IsNumber()) return false;
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= -1 && d <= 2147483647.0) || d != static_cast<double>(static_cast<int>(d))) return false;
+    double d;
+    if (!IntegerIn(v, -1, 2147483647.0, &d)) return false;
     *out = static_cast<int>(d);
     return true;
   }
@@ -333,8 +320,7 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
   std::unique_ptr<fp::RelayPool> pool_;
   Napi::ThreadSafeFunction tsfn_;
   size_t live_ = 0;
-  Napi::Env::CleanupHook<void (*)(RelayWrap*), RelayWrap> hook_;
-  bool hookActive_ = false;
+  EnvTeardown<RelayWrap, &RelayWrap::Teardown> teardown_;
 };
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "napi_args.h"
 #include "napi_errors.h"
 #include "udp_relay.h"
 
@@ -25,13 +26,7 @@ namespace {
 constexpr int kDgramFields = 7;
 constexpr int kEndFields = 6;
 
-bool GetU(const Napi::Value& v, double hi, double* out) {
-  if (!v.IsNumber()) return false;
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))) return false;
-  *out = d;
-  return true;
-}
+bool GetU(const Napi::Value& v, double hi, double* out) { return IntegerIn(v, 0, hi, out); }
 
 std::string Bytes(const Napi::Value& v) {
   if (!v.IsBuffer()) return std::string();
@@ -64,11 +59,8 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
   // device: the TUN's name; the listener then drops datagrams that arrived on any other interface.
   explicit UdpRelayWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UdpRelayWrap>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
-      ThrowArg(env, "new UdpRelay(options, onEvents) needs an options object and a callback");
-      return;
-    }
-    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Object o;
+    if (!OptionsArg(info, true, "new UdpRelay(options, onEvents) needs an options object and a callback", &o)) return;
     struct {
       const char* key;
       double hi;
@@ -112,24 +104,15 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
       ThrowSys(env, err, what, "udp relay: " + what + ": " + strerror(err) + hint);
       return;
     }
-    hook_ = env.AddCleanupHook(&UdpRelayWrap::OnEnvCleanup, this);
-    hookActive_ = true;
+    teardown_.Arm(env, this);
   }
 
   ~UdpRelayWrap() override {
     Teardown();
-    if (hookActive_) {
-      hook_.Remove(Env());
-      hookActive_ = false;
-    }
+    teardown_.Disarm(Env());
   }
 
  private:
-  static void OnEnvCleanup(UdpRelayWrap* self) {
-    self->hookActive_ = false;
-    self->Teardown();
-  }
-
   void Teardown() {
     if (!relay_) return;
     relay_->Stop();
@@ -368,8 +351,7 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
 
   std::unique_ptr<fp::UdpRelay> relay_;
   Napi::ThreadSafeFunction tsfn_;
-  Napi::Env::CleanupHook<void (*)(UdpRelayWrap*), UdpRelayWrap> hook_;
-  bool hookActive_ = false;
+  EnvTeardown<UdpRelayWrap, &UdpRelayWrap::Teardown> teardown_;
 };
 
 }  // namespace
