@@ -38,6 +38,8 @@ interface Tracked {
   /** The TCP session's NAT flow id, or the UDP session's id. */
   key: number;
   name: string | undefined;
+  /** `name` came from the app's first bytes (TLS SNI, HTTP Host), not from a fake address. */
+  sniffed: boolean;
   ip: string;
   port: number;
   srcIp: string;
@@ -102,6 +104,7 @@ export class ConnectionTracker {
         network: 'tcp',
         key: e.flowId,
         name: e.name,
+        sniffed: e.sniffed !== undefined,
         ip: e.ip,
         port: e.port,
         srcIp: e.srcIp ?? '',
@@ -122,6 +125,7 @@ export class ConnectionTracker {
         network: 'udp',
         key: e.id,
         name: e.name,
+        sniffed: false,
         ip: e.ip,
         port: e.port,
         srcIp,
@@ -198,7 +202,8 @@ export class ConnectionTracker {
         inboundName: 'DEFAULT-TUN',
         inboundUser: '',
         host: t.name ?? '',
-        dnsMode: t.name === undefined ? 'normal' : 'fake-ip',
+        // A sniffed name came with a real address: no fake IP was involved.
+        dnsMode: t.name === undefined || t.sniffed ? 'normal' : 'fake-ip',
         uid: 0,
         process: '',
         processPath: '',
@@ -206,7 +211,8 @@ export class ConnectionTracker {
         specialRules: '',
         remoteDestination: '',
         dscp: 0,
-        sniffHost: '',
+        // mihomo fills it when its sniffer recovered the name (and shows it as host too).
+        sniffHost: t.sniffed ? (t.name ?? '') : '',
       },
       upload: b?.bytesUp ?? 0,
       download: b?.bytesDown ?? 0,

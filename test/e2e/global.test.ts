@@ -13,7 +13,7 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { capture, createTopology, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import { capture, createTopology, eventually, type Topology, tmpFile, waitListening } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
@@ -121,6 +121,7 @@ describe.skipIf(skip)('global mode', () => {
       'global.yaml',
       [
         'mode: global',
+        'external-controller: 127.0.0.1:9090',
         'exclude: [198.51.100.0/24]',
         `bypassUid: ['${BYPASS_UID}']`,
         'proxies:',
@@ -335,6 +336,33 @@ describe.skipIf(skip)('global mode', () => {
     expect(mic.text).toContain(`connected to ${SNI_NAME}:${TLS}`);
     const st1 = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).tcp;
     expect(st1.sniffed - st0.sniffed).toBe(1);
+  });
+
+  it('sniffing: the controller lists a live TLS connection by its SNI as host and sniffHost (as mihomo)', async () => {
+    const ip = await dig(SNI_NAME);
+    // A TLS session held open: openssl s_client keeps it while its stdin is open.
+    const tls = t.client.spawn('openssl', ['s_client', '-connect', `${ip}:${TLS}`, '-servername', SNI_NAME, '-quiet']);
+    capture(tls);
+    try {
+      const conns = async () => {
+        const r = await t.client.must('curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:9090/connections']);
+        return (JSON.parse(r) as { connections: { metadata: Record<string, unknown>; chains: string[] }[] })
+          .connections;
+      };
+      const c = await eventually(conns, (l) => l.some((x) => x.metadata.sniffHost === SNI_NAME));
+      expect(c.find((x) => x.metadata.sniffHost === SNI_NAME)).toMatchObject({
+        chains: ['mic'],
+        metadata: {
+          host: SNI_NAME,
+          sniffHost: SNI_NAME,
+          dnsMode: 'normal',
+          destinationIP: CAPTURED,
+          destinationPort: String(TLS),
+        },
+      });
+    } finally {
+      tls.kill();
+    }
   });
 
   it('sniffing: the HTTP Host reaches the upstream as the name; a DOMAIN rule applies to a sniffed name', async () => {
