@@ -381,8 +381,16 @@ export class Daemon {
         configs: () => this.clashConfigs(),
         patchConfigs: (b) => this.patchConfigs(b),
         reload: () => this.reload(),
-        flushFakeIp: () =>
-          'fakeproxy keeps its fake-IP map: apps may still hold its addresses, and one is never re-pointed to another name while it may be held; unused names are recycled least-recently-used',
+        flushFakeIp: () => {
+          const r = dns.flushUnpinned();
+          if (!r) {
+            return 'the fake-IP pool is shared through Redis (--redis-shared-pool): every gateway uses it, so it is not flushed from one controller';
+          }
+          this.log(
+            `dns: fake-IP flush (controller): dropped ${r.dropped} mappings no live connection holds, kept ${r.kept} in use`,
+          );
+          return undefined;
+        },
         dnsQuery: (msg) => dns.handleQuery(msg, 'tcp'),
       },
     });

@@ -242,6 +242,22 @@ export class FakeDns extends EventEmitter {
     if (n !== undefined) this.store.touch(n);
   }
 
+  /**
+   * The controller's `POST /cache/fakeip/flush`: drop every mapping no live
+   * flow pins, so the next query for those names gets a fresh address; a
+   * pinned one stays (re-pointing an address an app holds is what DESIGN.md
+   * forbids), and a dropped address is handed out again only as the least
+   * recently used (pool.ts). Saved at once, so a restart does not bring the
+   * dropped mappings back. Undefined with a shared pool: that map belongs to
+   * every gateway.
+   */
+  flushUnpinned(): { dropped: number; kept: number } | undefined {
+    if (this.shared) return undefined;
+    const dropped = this.store.flushUnpinned();
+    if (dropped > 0) void this.persist();
+    return { dropped, kept: this.store.mapped };
+  }
+
   entries(): { name: string; ip: string; lastUsedMs: number; flows: number }[] {
     const out: { name: string; ip: string; lastUsedMs: number; flows: number }[] = [];
     for (const e of this.store.entries())

@@ -53,6 +53,13 @@ export interface FakeIpStore {
   release(ip: number): void;
   /** A connection to `ip` counts as use for LRU. */
   touch(ip: number): void;
+  /**
+   * Drop every mapping no live flow pins (the controller's fake-IP flush);
+   * returns how many. Pinned mappings stay. A dropped address may still sit
+   * in an app's DNS cache, so it is handed to another name only as the least
+   * recently used would be: after every never-used address.
+   */
+  flushUnpinned(): number;
   /** Every mapping, least recently used first among the unpinned, then the pinned. */
   entries(): IterableIterator<FakeIpEntry>;
 }
@@ -82,6 +89,13 @@ export class FakeIpPool implements FakeIpStore {
   private cursor: number;
   /** Unmapped addresses behind the cursor, free to hand out again. */
   private readonly free: number[] = [];
+  /**
+   * Addresses dropped by `flushUnpinned`, least recently used first. Every
+   * mapping made or unpinned after a flush was used after it, so these are
+   * older than anything in the LRU list: taken after the cursor and the free
+   * list, before recycling; never by the cursor.
+   */
+  private readonly flushed = new Set<number>();
   /** Flows to in-range addresses that have no mapping (e.g. a stale address after a restart). */
   private readonly orphanFlows = new Map<number, number>();
   private pinnedCount = 0;
@@ -174,8 +188,19 @@ export class FakeIpPool implements FakeIpStore {
     if (c > 1) this.orphanFlows.set(ip, c - 1);
     else {
       this.orphanFlows.delete(ip);
-      if (ip < this.cursor) this.free.push(ip);
+      if (ip < this.cursor && !this.flushed.has(ip)) this.free.push(ip);
     }
+  }
+
+  flushUnpinned(): number {
+    let n = 0;
+    // The LRU list holds exactly the unpinned mappings, oldest first.
+    for (let node = this.head; node; node = this.head) {
+      this.drop(node);
+      this.flushed.add(node.ip);
+      n++;
+    }
+    return n;
   }
 
   touch(ip: number): void {
@@ -202,10 +227,14 @@ export class FakeIpPool implements FakeIpStore {
     while (this.cursor <= this.range.last) {
       const ip = this.cursor++;
       // Restored mappings may sit ahead of the cursor; orphaned flows keep theirs until released.
-      if (!this.byIp.has(ip) && !this.orphanFlows.has(ip)) return ip;
+      if (!this.byIp.has(ip) && !this.orphanFlows.has(ip) && !this.flushed.has(ip)) return ip;
     }
     while (this.free.length > 0) {
       const ip = this.free.pop() as number;
+      if (!this.byIp.has(ip) && !this.orphanFlows.has(ip) && !this.flushed.has(ip)) return ip;
+    }
+    for (const ip of this.flushed) {
+      this.flushed.delete(ip);
       if (!this.byIp.has(ip) && !this.orphanFlows.has(ip)) return ip;
     }
     return undefined;
@@ -221,6 +250,7 @@ export class FakeIpPool implements FakeIpStore {
   private insert(name: string, ip: number, lastUsedMs: number): void {
     const flows = this.orphanFlows.get(ip) ?? 0;
     this.orphanFlows.delete(ip);
+    this.flushed.delete(ip);
     const n: Node = { name, ip, lastUsedMs, flows, prev: undefined, next: undefined, linked: false };
     this.byName.set(name, n);
     this.byIp.set(ip, n);

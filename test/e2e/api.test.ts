@@ -203,6 +203,47 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
     }
   }, 120_000);
 
+  it('POST /cache/fakeip/flush: names no connection holds get a new address; a live download keeps its own', async () => {
+    const dig = async (name: string) => (await t.client.must('dig', ['+short', '+time=3', name])).trim();
+    const curl = t.client.spawn('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '--limit-rate',
+      '1M',
+      '--max-time',
+      '100',
+      `http://held.origin.test:${HTTP_PORT}/big?mib=256`,
+    ]);
+    capture(curl);
+    try {
+      const idle = await dig('idle.origin.test');
+      const conns = async () =>
+        (JSON.parse((await api('GET', '/connections')).stdout.split('\n')[0] as string) as { connections: Conn[] })
+          .connections;
+      await eventually(conns, (c) => c.some((x) => x.metadata.host === 'held.origin.test' && x.download > 0), SLOW);
+      const held = await dig('held.origin.test');
+      const flush = await api('POST', '/cache/fakeip/flush');
+      expect(flush.stdout).toBe('\n204');
+      const m = (await t.daemon?.waitFor(
+        /dns: fake-IP flush \(controller\): dropped (\d+) mappings no live connection holds, kept (\d+) in use/,
+      )) as RegExpMatchArray;
+      expect(Number(m[1])).toBeGreaterThanOrEqual(1); // idle.origin.test at least
+      expect(Number(m[2])).toBeGreaterThanOrEqual(1); // held.origin.test at least
+      // The idle name gets a fresh address; the one a live connection holds is never re-pointed.
+      const idle2 = await dig('idle.origin.test');
+      expect(idle2).toMatch(/^198\.18\./);
+      expect(idle2).not.toBe(idle);
+      expect(await dig('held.origin.test')).toBe(held);
+      // The download was not disturbed: still listed, bytes still growing.
+      const before = (await conns()).find((x) => x.metadata.host === 'held.origin.test') as Conn;
+      await eventually(conns, (c) => (c.find((x) => x.id === before.id)?.download ?? 0) > before.download, SLOW);
+      expect(curl.exitCode).toBeNull();
+    } finally {
+      curl.kill('SIGKILL');
+    }
+  }, 120_000);
+
   it('wrong secret → 401; the daemon keeps its unknown endpoints at 404 JSON', async () => {
     const bad = await t.client.exec('curl', [
       '-sS',

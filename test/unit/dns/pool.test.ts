@@ -179,3 +179,62 @@ describe('FakeIpPool', () => {
     expect(normalizeName(a)).toBe(b);
   });
 });
+
+describe('FakeIpPool.flushUnpinned (the controller’s fake-IP flush)', () => {
+  it('drops every mapping no flow pins, keeps the pinned; a dropped name gets a fresh address', () => {
+    const { p, events, tick } = pool('10.0.0.0/28'); // 13 addresses: .2–.14
+    const a = p.allocate('a.test') as number;
+    tick();
+    const b = p.allocate('b.test') as number;
+    tick();
+    const c = p.allocate('c.test') as number;
+    p.acquire(b);
+    events.length = 0;
+    expect(p.flushUnpinned()).toBe(2);
+    expect(events).toEqual([`unmapped a.test ${intToIp(a)}`, `unmapped c.test ${intToIp(c)}`]);
+    expect([p.reverse(a), p.reverse(b), p.reverse(c)]).toEqual([undefined, 'b.test', undefined]);
+    expect(p.mapped).toBe(1);
+    expect(p.pinned).toBe(1);
+    // A fresh address, never the one an app may still have cached.
+    const a2 = p.allocate('a.test') as number;
+    expect([a, b, c]).not.toContain(a2);
+    // The pinned one still unpins normally and is flushable then.
+    p.release(b);
+    expect(p.flushUnpinned()).toBe(2);
+    expect(p.mapped).toBe(0);
+  });
+
+  it('re-hands dropped addresses only once never-used ones are gone, oldest first, before recycling a live mapping', () => {
+    const { p, tick } = pool('10.0.0.0/29'); // 5 addresses: .2–.6
+    const old = ['x', 'y'].map((n) => {
+      tick();
+      return p.allocate(`${n}.test`) as number;
+    });
+    expect(p.flushUnpinned()).toBe(2);
+    // Three never-used addresses first.
+    const fresh = ['p', 'q', 'r'].map((n) => {
+      tick();
+      return p.allocate(`${n}.test`) as number;
+    });
+    expect(fresh.filter((f) => old.includes(f))).toEqual([]);
+    // Then the flushed ones, least recently used first, while p, q, r stay mapped.
+    expect(p.allocate('s.test')).toBe(old[0]);
+    expect(p.allocate('t.test')).toBe(old[1]);
+    expect(['p', 'q', 'r'].map((n) => p.lookup(`${n}.test`))).toEqual(fresh);
+    // Only now does recycling take the least recently used live mapping.
+    expect(p.allocate('u.test')).toBe(fresh[0]);
+    expect(p.lookup('p.test')).toBeUndefined();
+  });
+
+  it('an app that connects to a dropped address does not make it reusable sooner', () => {
+    const { p } = pool('10.0.0.0/29');
+    const a = p.allocate('a.test') as number;
+    p.flushUnpinned();
+    p.acquire(a); // an orphan flow: the app had the address cached
+    expect(p.reverse(a)).toBeUndefined();
+    p.release(a);
+    const next = ['b', 'c', 'd', 'e'].map((n) => p.allocate(`${n}.test`));
+    expect(next).not.toContain(a);
+    expect(p.allocate('f.test')).toBe(a);
+  });
+});
