@@ -1,5 +1,7 @@
+import { resolve as resolvePath } from 'node:path';
+import { generalConfig, planPatch } from './api/configs.js';
 import { ConnectionTracker } from './api/connections.js';
-import { LogBus, type LogLevel } from './api/logs.js';
+import { LOG_LEVELS, LogBus, type LogLevel, levelOf } from './api/logs.js';
 import { ApiServer } from './api/server.js';
 import { type CommandReply, type CommandRequest, CommandServer } from './command.js';
 import type { StartConfig } from './config.js';
@@ -69,7 +71,9 @@ export class Daemon {
   connections?: ConnectionTracker;
   /** Every log line, for the controller's /logs stream. */
   readonly logs = new LogBus();
-  #logLevel: LogLevel = 'info';
+  #logLevel: LogLevel;
+  /** Where log lines go (stderr), before the level filter. */
+  readonly #out: Logger;
   private routingDeps: RoutingDeps = {};
   private readonly reloadConfig: (() => StartConfig) | undefined;
   private readonly closers: (() => void | Promise<void>)[] = [];
@@ -87,7 +91,13 @@ export class Daemon {
     readonly config: StartConfig,
     deps: DaemonDeps = {},
   ) {
-    this.log = this.logs.tee(deps.log ?? stderrLogger);
+    this.#out = deps.log ?? stderrLogger;
+    this.#logLevel = config.debug ? 'debug' : 'info';
+    const tee = this.logs.tee(this.#out);
+    // mihomo's log-level (PATCH /configs): lines below it reach neither stderr nor /logs.
+    this.log = (line) => {
+      if (LOG_LEVELS.indexOf(levelOf(line)) >= LOG_LEVELS.indexOf(this.#logLevel)) tee(line);
+    };
     this.say = deps.say ?? ((l) => process.stdout.write(`${l}\n`));
     this.reloadConfig = deps.reloadConfig;
     this.onFatal = deps.onFatal ?? (() => {});
@@ -300,12 +310,15 @@ export class Daemon {
     nat.on('close', (flow, reason) => {
       if (flow.proto === 'tcp' && (reason === 'timeout' || reason === 'evicted')) tcp.closeFlow(flow.id);
     });
-    if (c.debug) {
+    // One line per connection at log-level debug (--debug, or PATCH /configs from a dashboard).
+    if (c.debug || c.controller)
       tcp.on('session', (e) => {
-        if (e.phase === 'open')
-          this.log(`tcp ${e.name ?? e.ip}:${e.port} rule ${e.rule} chain ${e.chain} → ${e.outbound}`);
+        if (e.phase === 'open' && this.#logLevel === 'debug') {
+          const line = `tcp ${e.name ?? e.ip}:${e.port} rule ${e.rule} chain ${e.chain} → ${e.outbound}`;
+          this.#out(line);
+          this.logs.publish(line, 'debug');
+        }
       });
-    }
     await tcp.start();
     this.closers.push(() => tcp.close());
     this.say(`listener ${c.cidr.gatewayIp}:${c.listenPort} (tcp) → ${routesTo}`);
@@ -380,7 +393,21 @@ export class Daemon {
         logs: this.logs,
         configs: () => this.clashConfigs(),
         patchConfigs: (b) => this.patchConfigs(b),
-        reload: () => this.reload(),
+        reload: (path) => {
+          const own = c.configPath;
+          // mihomo reads any file in its SAFE_PATHS; fakeproxy only its own --config.
+          if (path !== undefined && (own === undefined || resolvePath(path) !== resolvePath(own))) {
+            return {
+              ok: false,
+              error: `fakeproxy reloads its own --config only (${own ?? 'none given'}): send {"path": ""}`,
+            };
+          }
+          return this.reload();
+        },
+        global: {
+          now: () => (this.router as Router).globalNow(),
+          select: (name) => (this.router as Router).selectGlobal(name),
+        },
         flushFakeIp: () => {
           const r = dns.flushUnpinned();
           if (!r) {
@@ -417,48 +444,53 @@ export class Daemon {
   /** GET /configs in mihomo's shape (executor.GetGeneral); fakeproxy has one inbound: the TUN. */
   private clashConfigs(): Record<string, unknown> {
     const c = this.config;
-    return {
-      port: 0,
-      'socks-port': 0,
-      'redir-port': 0,
-      'tproxy-port': 0,
-      'mixed-port': 0,
-      'allow-lan': c.lan.length > 0,
-      'bind-address': '*',
-      mode: 'rule',
-      'log-level': this.#logLevel,
-      ipv6: false,
-      sniffing: false,
-      'tcp-concurrent': false,
-      'interface-name': '',
-      tun: {
-        enable: true,
-        device: c.tun,
-        stack: 'system',
-        'dns-hijack': c.dnsHijack ? ['any:53'] : [],
-        'auto-route': true,
-        'auto-detect-interface': false,
+    return generalConfig(
+      {
+        lan: c.lan,
+        tun: c.tun,
         mtu: c.mtu,
-        'inet4-address': [`${c.cidr.gatewayIp}/${c.cidr.prefixLen}`],
-        'file-descriptor': 0,
+        dnsHijack: c.dnsHijack,
+        cidr: c.cidr.text,
+        gateway: c.cidr.gatewayIp,
+        prefixLen: c.cidr.prefixLen,
+        routingMark: c.mode === 'global' ? c.fwmark : 0,
       },
-      'fake-ip-range': c.cidr.text,
-    };
+      {
+        mode: this.router?.mode ?? 'rule',
+        logLevel: this.#logLevel,
+        sniffing: (this.tcp?.sniffTimeoutMs ?? 0) > 0,
+      },
+    );
   }
 
-  /** PATCH /configs: `log-level` and `mode: rule` apply; anything else is named in the error. */
+  /** PATCH /configs: all or nothing; every key it cannot apply is named in the error (and the log). */
   private patchConfigs(b: Record<string, unknown>): string | undefined {
-    const refused: string[] = [];
-    for (const [k, v] of Object.entries(b)) {
-      if (k === 'log-level' && typeof v === 'string' && ['debug', 'info', 'warning', 'error', 'silent'].includes(v)) {
-        this.#logLevel = v as LogLevel;
-      } else if (k === 'mode' && typeof v === 'string' && v.toLowerCase() === 'rule') {
-        // the only mode fakeproxy has
-      } else refused.push(k);
+    const router = this.router;
+    const plan = planPatch(b, this.clashConfigs(), (m) => router?.refuseMode(m));
+    if (plan.refused.length) {
+      const line = `controller: PATCH /configs refused, nothing changed: ${plan.refused.join('; ')}`;
+      this.log(line);
+      return line.slice('controller: '.length);
     }
-    return refused.length
-      ? `fakeproxy cannot change ${refused.join(', ')} at run time (only log-level and mode: rule); restart with other flags`
-      : undefined;
+    const { mode, logLevel, sniffing } = plan.set;
+    const changed: string[] = [];
+    if (mode !== undefined && router && router.mode !== mode) {
+      router.setMode(mode);
+      changed.push(`mode ${mode}`);
+    }
+    if (sniffing !== undefined && this.tcp && sniffing !== this.tcp.sniffTimeoutMs > 0) {
+      this.tcp.sniffTimeoutMs = sniffing ? this.config.sniffTimeout : 0;
+      changed.push(`sniffing ${sniffing ? `on (${this.config.sniffTimeout} ms)` : 'off'}`);
+    }
+    if (logLevel !== undefined && logLevel !== this.#logLevel) {
+      changed.push(`log-level ${logLevel}`);
+      // Said before a quieter level would hide it.
+      this.log(`controller: ${changed.join(', ')} (new connections; live ones keep their route)`);
+      this.#logLevel = logLevel;
+    } else if (changed.length) {
+      this.log(`controller: ${changed.join(', ')} (new connections; live ones keep their route)`);
+    }
+    return undefined;
   }
 
   /**

@@ -45,8 +45,8 @@ export interface ApiBackend {
   configs(): Record<string, unknown>;
   /** PATCH /configs: applies what it can; returns an error line for what it cannot. */
   patchConfigs(body: Record<string, unknown>): string | undefined;
-  /** PUT /configs: re-read --config (as SIGHUP). */
-  reload(): { ok: boolean; error?: string | undefined };
+  /** PUT /configs: re-read --config (as SIGHUP); `path`: the file the client named, if any. */
+  reload(path?: string): { ok: boolean; error?: string | undefined };
   /** POST /cache/fakeip/flush: an error line, or undefined when done. */
   flushFakeIp(): string | undefined;
   /** Answer one DNS query message as the daemon's DNS server would. */
@@ -55,6 +55,8 @@ export interface ApiBackend {
   memory?(): number;
   /** Health-check probe (groups.ts `probe`). */
   probe?: typeof defaultProbe;
+  /** The GLOBAL selector (mode global): its pick, and PUT /proxies/GLOBAL. @default the table's final target, not switchable */
+  global?: { now(): string; select(name: string): boolean };
 }
 
 export interface ApiServerOptions {
@@ -380,10 +382,11 @@ export class ApiServer {
       }
       case 'PUT /configs': {
         const body = await this.#body(req);
-        if (typeof body.payload === 'string' && body.payload !== '') {
-          throw badRequest('fakeproxy reloads its --config file only: send {"path": ""} or no payload');
+        if (body.payload !== undefined && body.payload !== '') {
+          throw badRequest('fakeproxy reloads its --config file only, not a payload: send {"path": ""}');
         }
-        const r = b.reload();
+        if (body.path !== undefined && typeof body.path !== 'string') throw badRequest();
+        const r = b.reload(body.path === '' ? undefined : body.path);
         if (!r.ok) throw badRequest(r.error ?? 'reload failed');
         return this.#noContent(res);
       }
@@ -490,10 +493,10 @@ export class ApiServer {
       };
     }
     if (name === 'GLOBAL') {
-      // mihomo's GLOBAL selector: dashboards order groups by its `all`. fakeproxy routes by rules only.
+      // mihomo's GLOBAL selector: dashboards order groups by its `all`; in mode global it decides.
       return {
         ...base('Selector', true),
-        now: t.final,
+        now: this.#o.backend.global?.now() ?? t.final,
         all: [...t.groups.keys(), ...t.outbounds.keys()],
         hidden: true,
         icon: '',
@@ -522,6 +525,13 @@ export class ApiServer {
     if (method === 'GET') return this.#json(res, 200, pj);
     if (method === 'DELETE') throw badRequest();
     const body = await this.#body(req);
+    const global = this.#o.backend.global;
+    if (name === 'GLOBAL' && global && !t.groups.has(name)) {
+      if (typeof body.name !== 'string') throw badRequest();
+      if (!global.select(body.name)) throw badRequest(`Selector update error: proxy not exist: '${body.name}'`);
+      this.#o.log(`GLOBAL: selected ${body.name} (controller; routes everything in mode global)`);
+      return this.#noContent(res);
+    }
     const g = t.groups.get(name);
     if (g?.type !== 'select') throw badRequest('Must be a Selector');
     if (typeof body.name !== 'string') throw badRequest();

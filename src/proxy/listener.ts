@@ -232,6 +232,15 @@ export class TcpListener extends EventEmitter {
     this.#failLog = rateLimited(this.#o.logger, 10_000);
   }
 
+  /** Sniffing's wait for a nameless connection's first bytes; 0: off. Settable live (PATCH /configs `sniffing`). */
+  get sniffTimeoutMs(): number {
+    return this.#o.sniffTimeoutMs;
+  }
+
+  set sniffTimeoutMs(ms: number) {
+    this.#o.sniffTimeoutMs = ms;
+  }
+
   /** Listen on host:port only. Rejects with the bind error (EADDRINUSE, EADDRNOTAVAIL: is the TUN configured?). */
   start(): Promise<void> {
     const hostU32 = net.isIPv4(this.#o.host) ? ipToInt(this.#o.host) : -1;

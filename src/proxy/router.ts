@@ -113,16 +113,7 @@ export class RouteTable {
     const name = ctx.name === undefined ? undefined : normName(ctx.name);
     const i = this.#compiled.match({ ...ctx, name });
     const r = i < 0 ? undefined : this.rules[i];
-    const chain: string[] = [];
-    let n = r ? r.target : this.final;
-    const key = name ?? ctx.ip;
-    for (let d = 0; d < MAX_DEPTH; d++) {
-      chain.push(n);
-      const g = this.groups.get(n);
-      if (!g) break;
-      n = g.pick(key);
-    }
-    const outbound = this.outbounds.get(n) as Outbound;
+    const { chain, outbound } = this.follow(r ? r.target : this.final, name ?? ctx.ip);
     const api = r ? (this.apiRules[i] as { type: string; payload: string }) : FINAL_API;
     return {
       outbound,
@@ -132,6 +123,18 @@ export class RouteTable {
       ruleType: api.type,
       rulePayload: api.payload,
     };
+  }
+
+  /** From a target through its groups' picks (for `key`) to a proxy; `chain` starts with `target`. */
+  follow(target: string, key: string, chain: string[] = []): { chain: string[]; outbound: Outbound } {
+    let n = target;
+    for (let d = 0; d < MAX_DEPTH; d++) {
+      chain.push(n);
+      const g = this.groups.get(n);
+      if (!g) break;
+      n = g.pick(key);
+    }
+    return { chain, outbound: this.outbounds.get(n) as Outbound };
   }
 
   /**
@@ -200,8 +203,19 @@ function legacyTable(opts: RouterOptions & { final: Outbound }): RouteTable {
   return new RouteTable({ outbounds, rules, final: opts.final.label });
 }
 
+/**
+ * mihomo's tunnel mode (PATCH /configs `mode`): `rule` routes by the table;
+ * `global` sends everything to what the GLOBAL selector picks; `direct`
+ * sends everything DIRECT. Not fakeproxy's --mode (what enters the TUN).
+ */
+export const TUNNEL_MODES = ['rule', 'global', 'direct'] as const;
+export type TunnelMode = (typeof TUNNEL_MODES)[number];
+
 export class Router {
   #table: RouteTable;
+  #mode: TunnelMode = 'rule';
+  /** GLOBAL's pick by name (kept across reloads while the name exists). */
+  #globalPick: string | undefined;
 
   constructor(opts: RouterOptions) {
     if (opts.table) this.#table = opts.table;
@@ -225,12 +239,55 @@ export class Router {
     return old;
   }
 
+  get mode(): TunnelMode {
+    return this.#mode;
+  }
+
+  /** Why `mode` cannot be set with this table, or undefined. */
+  refuseMode(mode: TunnelMode): string | undefined {
+    if (mode === 'direct' && !this.#table.outbounds.has('DIRECT')) {
+      return `mode direct needs a config with proxies (--config): everything already goes via ${this.final.label}`;
+    }
+    return undefined;
+  }
+
+  /** Applies to new connections; live ones keep their outbound (as mihomo). Check refuseMode first. */
+  setMode(mode: TunnelMode): void {
+    this.#mode = mode;
+  }
+
+  /** The GLOBAL selector's members as the API lists them: every group, then every proxy. */
+  globalMembers(): string[] {
+    return [...this.#table.groups.keys(), ...this.#table.outbounds.keys()];
+  }
+
+  /** What GLOBAL picks now: the selected member while it exists, else the table's final target. */
+  globalNow(): string {
+    const p = this.#globalPick;
+    return p !== undefined && (this.#table.groups.has(p) || this.#table.outbounds.has(p)) ? p : this.#table.final;
+  }
+
+  /** PUT /proxies/GLOBAL; false when `name` is no member. */
+  selectGlobal(name: string): boolean {
+    if (!this.#table.groups.has(name) && !this.#table.outbounds.has(name)) return false;
+    this.#globalPick = name;
+    return true;
+  }
+
   decide(ctx: RouteContext): Decision {
-    return this.#table.decide(ctx);
+    const t = this.#table;
+    // A reload may have brought a table without DIRECT (--upstream): rules then.
+    if (this.#mode === 'rule' || (this.#mode === 'direct' && !t.outbounds.has('DIRECT'))) return t.decide(ctx);
+    // No rule decided (mihomo shows an empty rule): the mode did.
+    const { chain, outbound } =
+      this.#mode === 'direct'
+        ? t.follow('DIRECT', '')
+        : t.follow(this.globalNow(), ctx.name === undefined ? ctx.ip : normName(ctx.name), ['GLOBAL']);
+    return { outbound, rule: `mode ${this.#mode}`, line: 0, chain, ruleType: '', rulePayload: '' };
   }
 
   route(ctx: RouteContext): Outbound {
-    return this.#table.decide(ctx).outbound;
+    return this.decide(ctx).outbound;
   }
 
   reportFailure(chain: readonly string[], why: string): void {

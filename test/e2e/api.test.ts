@@ -160,6 +160,48 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
     expect(t.daemon?.output).toMatch(/group pick: selected b \(controller\)/);
   }, 60_000);
 
+  it('PATCH /configs: mode global through GLOBAL’s pick, mode direct, log-level debug; what it cannot change is a 400 naming it', async () => {
+    const curl = (p: string) =>
+      t.client.exec('curl', ['-sS', '--max-time', '10', `http://${p}.origin.test:${HTTP_PORT}/hello`], {
+        timeoutMs: 20_000,
+      });
+    const get = async () => JSON.parse((await api('GET', '/configs')).stdout.split('\n')[0] as string);
+    expect(await get()).toMatchObject({ mode: 'rule', 'log-level': 'info', ipv6: false, 'allow-lan': false });
+    // Refused keys: named with the reason, and nothing applied (not even the mode beside them).
+    const bad = await api('PATCH', '/configs', '{"mode":"global","ipv6":true,"mixed-port":7890}');
+    expect(bad.stdout).toMatch(
+      /^\{"message":"PATCH \/configs refused, nothing changed: ipv6 \(the fake range and the TUN are IPv4 only\); mixed-port \(fakeproxy has no HTTP\/SOCKS\/redir\/tproxy inbound/,
+    );
+    expect(bad.stdout).toMatch(/\n400$/);
+    expect((await get()).mode).toBe('rule');
+    // Global: GLOBAL picks a although the rule's group (pick) says b.
+    expect((await api('PATCH', '/configs', '{"mode":"global","log-level":"debug"}')).stdout).toBe('\n204');
+    expect((await api('PUT', '/proxies/GLOBAL', '{"name":"a"}')).stdout).toBe('\n204');
+    expect(JSON.parse((await api('GET', '/proxies/GLOBAL')).stdout.split('\n')[0] as string)).toMatchObject({
+      now: 'a',
+    });
+    expect(await get()).toMatchObject({ mode: 'global', 'log-level': 'debug' });
+    expect((await curl('three')).code).toBe(0);
+    expect(a.text).toMatch(/three\.origin\.test/);
+    expect(b.text).not.toMatch(/three\.origin\.test/);
+    // log-level debug: one line per connection, with the mode as its rule.
+    await t.daemon?.waitFor(/tcp three\.origin\.test:\d+ rule mode global chain GLOBAL → a/);
+    // Direct: neither SOCKS5 server sees it.
+    expect((await api('PATCH', '/configs', '{"mode":"direct","log-level":"info"}')).stdout).toBe('\n204');
+    expect((await curl('four')).code).toBe(0);
+    expect(a.text + b.text).not.toMatch(/four\.origin\.test/);
+    expect(t.daemon?.output).not.toMatch(/tcp four\.origin\.test/);
+    // Rule again: pick → b.
+    expect((await api('PATCH', '/configs', '{"mode":"rule"}')).stdout).toBe('\n204');
+    expect((await curl('five')).code).toBe(0);
+    expect(b.text).toMatch(/five\.origin\.test/);
+    expect(t.daemon?.output).toMatch(/controller: mode global, log-level debug/);
+    // PUT /configs: its own --config only.
+    const other = await api('PUT', '/configs', '{"path":"/etc/passwd"}');
+    expect(other.stdout).toMatch(/fakeproxy reloads its own --config only .*\n400$/);
+    expect((await api('PUT', '/configs', '{"path":"","payload":""}')).stdout).toBe('\n204');
+  }, 90_000);
+
   it('a UDP exchange through the TUN is listed as udp by its name with bytes; DELETE ends its association', async () => {
     // One datagram every 200 ms from one socket, each echo counted on stdout.
     const app = t.client.spawn('node', [
