@@ -644,7 +644,7 @@ int UdpRelay::ListenerRound() {
   for (int i = 1; i <= ns; i++) {
     if (i == ns || sbind_[i]->assoc != sbind_[start]->assoc) {
       sbind_[start]->assoc->last_active = now_;
-      SendRunLocked(sbind_[start]->assoc->fd, &sbind_[start]->assoc->gso, start, i - start);
+      SendRunLocked(sbind_[start]->assoc->fd, &sbind_[start]->assoc->gso, 0, start, i - start);
       start = i;
     }
   }
@@ -657,7 +657,7 @@ size_t DgramLen(const struct iovec* io) { return io[0].iov_len + io[1].iov_len; 
 
 }  // namespace
 
-void UdpRelay::SendRunLocked(int fd, UdpGso* gso, int first, int n) {
+void UdpRelay::SendRunLocked(int fd, UdpGso* gso, int dir, int first, int n) {
   int ng = 0;
   for (int i = first; i < first + n;) {
     const size_t seg = DgramLen(&siovs_[2 * static_cast<size_t>(i)]);
@@ -698,6 +698,12 @@ void UdpRelay::SendRunLocked(int fd, UdpGso* gso, int first, int n) {
   while (done < ng) {
     int r = sendmmsg(fd, &gmsgs_[done], static_cast<unsigned>(ng - done), MSG_DONTWAIT);
     if (r > 0) {
+      for (int g = done; g < done + r; g++) {
+        if (gcount_[g] > 1) {
+          t_.gso.sends[dir]++;
+          t_.gso.segments[dir] += static_cast<uint64_t>(gcount_[g]);
+        }
+      }
       done += r;
       continue;
     }
@@ -713,10 +719,14 @@ void UdpRelay::SendRunLocked(int fd, UdpGso* gso, int first, int n) {
       // GSO refused: no checksum offload towards the destination (EIO), an old kernel (ENOPROTOOPT), or a
       // segment over the path MTU (EINVAL). Learn it and send this group one by one.
       if (e == EIO || e == ENOPROTOOPT) {
+        if (gso->on) t_.gso.disabled[dir]++;
         gso->on = false;
       } else {
         size_t seg = DgramLen(&siovs_[2 * static_cast<size_t>(gfirst_[g])]);
-        if (seg - 1 < gso->max_seg) gso->max_seg = seg - 1;
+        if (seg - 1 < gso->max_seg) {
+          gso->max_seg = seg - 1;
+          t_.gso.limited[dir]++;
+        }
       }
       for (int k = gfirst_[g]; k < gfirst_[g] + gcount_[g]; k++) SendOneLocked(fd, k);
       continue;
@@ -805,7 +815,7 @@ int UdpRelay::AssocRound(UdpAssoc* a) {
   }
   if (ns > 0) {
     a->last_active = now_;
-    SendRunLocked(lfd_, &lgso_, 0, ns);
+    SendRunLocked(lfd_, &lgso_, 1, 0, ns);
   }
   return n;
 }

@@ -87,10 +87,19 @@ struct UdpJsDatagram {
   std::string payload;
 };
 
+// UDP GSO use, per direction (0: up, towards upstreams; 1: down, from the listener towards apps).
+struct UdpGsoTotals {
+  // Sends the kernel took with UDP_SEGMENT, and the datagrams they carried (segments / sends = the batching).
+  uint64_t sends[2], segments[2];
+  // Sockets on which GSO was turned off (EIO, ENOPROTOOPT: see UdpGso), and size limits learned from EINVAL.
+  uint64_t disabled[2], limited[2];
+};
+
 struct UdpRelayTotals {
   uint64_t dgrams_up, bytes_up, dgrams_down, bytes_down;
   uint64_t associations, bindings, misses, unknown;
   uint64_t drops[kDropCount];
+  UdpGsoTotals gso;
 };
 
 struct UdpAssoc;
@@ -101,9 +110,9 @@ union UdpAddr {
   struct sockaddr_in6 v6;
 };
 
-// UDP GSO state of one socket: off once the kernel refuses it (EIO: no checksum offload towards the
-// destination, e.g. a TUN without offloads; ENOPROTOOPT: no UDP_SEGMENT); segments above max_seg (learned
-// from EINVAL: over the path MTU) go one by one.
+// UDP GSO state of one socket: off once the kernel refuses it (EIO: an IPsec (xfrm) route, or before Linux 6.11
+// no checksum offload towards the destination, e.g. a TUN without offloads; ENOPROTOOPT: no UDP_SEGMENT); segments
+// above max_seg (learned from EINVAL: over the path MTU) go one by one.
 struct UdpGso {
   bool on = true;
   size_t max_seg = 65507;
@@ -171,8 +180,8 @@ class UdpRelay {
   void QueueJsLocked(UdpJsDatagram&& d);
   // Send prepared datagrams [first, first + n) (iovecs siovs_[2i], siovs_[2i + 1], destination saddrs_[i]) on fd:
   // runs of equal-sized datagrams to one destination leave as one UDP GSO send (UDP_SEGMENT), all in one sendmmsg.
-  // What the kernel refuses is dropped and counted (kDropSendError).
-  void SendRunLocked(int fd, UdpGso* gso, int first, int n);
+  // What the kernel refuses is dropped and counted (kDropSendError). dir: 0 up, 1 down (UdpGsoTotals).
+  void SendRunLocked(int fd, UdpGso* gso, int dir, int first, int n);
   void SendOneLocked(int fd, int i);
   size_t PrepareRecv(bool with_ovfl);
 

@@ -333,6 +333,16 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
     Napi::Float64Array d = Napi::Float64Array::New(env, fp::kDropCount);
     for (int i = 0; i < fp::kDropCount; i++) d[i] = static_cast<double>(t.drops[i]);
     o.Set("drops", d);
+    Napi::Object gso = Napi::Object::New(env);
+    for (int dir = 0; dir < 2; dir++) {
+      Napi::Object g = Napi::Object::New(env);
+      g.Set("sends", static_cast<double>(t.gso.sends[dir]));
+      g.Set("segments", static_cast<double>(t.gso.segments[dir]));
+      g.Set("disabled", static_cast<double>(t.gso.disabled[dir]));
+      g.Set("limited", static_cast<double>(t.gso.limited[dir]));
+      gso.Set(dir == 0 ? "up" : "down", g);
+    }
+    o.Set("gso", gso);
     return o;
   }
 

@@ -331,6 +331,17 @@ export interface NativeUdpRelayTotals {
   unknownRemotes: number;
   /** Counts indexed like UDP_RELAY_DROPS. */
   drops: Float64Array;
+  /** UDP GSO use (fp::UdpGsoTotals): up = towards upstreams, down = from the listener towards apps. */
+  gso: { up: UdpGsoCounts; down: UdpGsoCounts };
+}
+export interface UdpGsoCounts {
+  /** Sends the kernel took as one UDP_SEGMENT super-datagram, and the datagrams they carried. */
+  sends: number;
+  segments: number;
+  /** Sockets on which GSO was turned off because the kernel refused it (EIO: an IPsec route, or before Linux 6.11 no checksum offload on it, e.g. --no-tun-offload; ENOPROTOOPT: no UDP_SEGMENT). */
+  disabled: number;
+  /** Segment-size limits learned from EINVAL (a segment over the path MTU). */
+  limited: number;
 }
 export interface NativeUdpRelay {
   /** The listener's bound port. */

@@ -26,6 +26,7 @@ import {
   UDP_RELAY_DGRAM_FIELDS as DF,
   UDP_RELAY_END_FIELDS as EF,
   type NativeUdpRelay,
+  type NativeUdpRelayTotals,
   native,
   UDP_RELAY_DROPS,
   UDP_RELAY_ENDS,
@@ -206,6 +207,8 @@ export interface UdpListenerStats {
   nativeUnknownRemotes: number;
   /** Every dropped datagram by reason: the listener's own plus its associations' (live and closed). */
   dropped: UdpListenerDrops;
+  /** UDP GSO use by the native relay (all zero without it): see NativeUdpRelayTotals.gso. */
+  gso: NativeUdpRelayTotals['gso'];
 }
 
 export interface UdpListener {
@@ -544,6 +547,7 @@ export class UdpListener extends EventEmitter {
     const t = r.totals();
     const foreign = t.drops[FOREIGN_INGRESS] as number;
     this.#logForeignIngress(foreign);
+    this.#logGsoDisabled(t.gso);
     let sum = 0;
     for (const n of t.drops) sum += n;
     sum -= foreign;
@@ -562,6 +566,24 @@ export class UdpListener extends EventEmitter {
     );
     this.#lastTunDrops = tun;
     this.#lastNativeDrops = sum;
+  }
+
+  /** Sockets with GSO turned off at the last line, up and down. */
+  #lastGsoDisabled = [0, 0];
+
+  /** Once per socket the kernel refused UDP GSO on (EIO, ENOPROTOOPT): not an error, but each datagram then costs a send. */
+  #logGsoDisabled(g: NativeUdpRelayTotals['gso']): void {
+    const now = [g.up.disabled, g.down.disabled];
+    if (now[0] === this.#lastGsoDisabled[0] && now[1] === this.#lastGsoDisabled[1]) return;
+    const where =
+      now[1] > (this.#lastGsoDisabled[1] as number)
+        ? `towards apps (through ${this.#o.device ?? 'the TUN'}): a kernel before 6.11 needs the TUN's checksum offload for it — drop --no-tun-offload (tunOffload: false)`
+        : `towards upstreams (${now[0]} socket(s) so far): the route there goes through IPsec (xfrm), or the kernel has no UDP_SEGMENT (< 4.18)`;
+    this.#lastGsoDisabled = now;
+    this.#rl(
+      'gso',
+      `udp relay: the kernel refused UDP GSO ${where}; those sockets now send one datagram per system call (status: udp.gso.*.disabled)`,
+    );
   }
 
   /** Spoofed datagrams (not overload): their own rate-limited line, at once from the relay's callback and from the timer. */
@@ -609,8 +631,14 @@ export class UdpListener extends EventEmitter {
   stats(): UdpListenerStats {
     const dropped = { ...this.#drops };
     for (const a of this.#assocs.values()) if (a instanceof AppAssociation) addUpstreamDrops(dropped, a);
-    const st = { ...this.#stats, nativeMisses: 0, nativeUnknownRemotes: 0 };
     const t = this.#relay?.totals();
+    const noGso = { sends: 0, segments: 0, disabled: 0, limited: 0 };
+    const st = {
+      ...this.#stats,
+      nativeMisses: 0,
+      nativeUnknownRemotes: 0,
+      gso: t?.gso ?? { up: { ...noGso }, down: { ...noGso } },
+    };
     if (t) {
       st.datagramsUp += t.datagramsUp;
       st.bytesUp += t.bytesUp;
