@@ -15,6 +15,31 @@ export function rows(...specs: RowSpec[]): Row[] {
   return specs.map((s) => ({ ...s, samples: [] }));
 }
 
+/** What a row measures: metric, unit and, for latencies, loss and costs, that lower is better. */
+export type Measure = Pick<RowSpec, 'metric' | 'unit' | 'higherIsBetter'>;
+export const GBPS: Measure = { metric: 'throughput', unit: 'Gbit/s' };
+export const CONN_RATE: Measure = { metric: 'rate', unit: 'conn/s' };
+export const QPS: Measure = { metric: 'QPS', unit: 'q/s' };
+export const MS = (metric: string): Measure => ({ metric, unit: 'ms', higherIsBetter: false });
+
+/** One row spec: id, label, what it measures, then anything else (compare, goal, note). */
+export function spec(id: string, label: string, m: Measure, more: Partial<RowSpec> = {}): RowSpec {
+  return { id, label, ...m, ...more };
+}
+
+/**
+ * The latency rows of one path: `${id}-p50` and `${id}-p99` (ms, labelled
+ * `label`), compared with `${to}-p50` / `${to}-p99` of a baseline path when `to` is given.
+ */
+export function latencyRows(id: string, label: string, to?: string): RowSpec[] {
+  return ['p50', 'p99'].map((q) => spec(`${id}-${q}`, label, MS(q), to ? { compare: [{ to: `${to}-${q}` }] } : {}));
+}
+
+/** A section with no notes yet whose rows (empty samples) `specs` describe. */
+export function section(scenario: string, title: string, ...specs: RowSpec[]): Section {
+  return { scenario, title, notes: [], rows: rows(...specs) };
+}
+
 export function row(section: Section, id: string): Row {
   const r = section.rows.find((x) => x.id === id);
   if (!r) throw new Error(`no row ${id} in ${section.scenario}`);

@@ -15,31 +15,22 @@ import { JOURNAL_PREFIX } from '../../src/dns/journal.js';
 import { type Ctx, need, run } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { VerifyError } from '../lib/tools.js';
-import { path, repeat, row, rows, type Scenario } from './common.js';
+import { path, QPS, repeat, row, type Scenario, section, spec } from './common.js';
 
 export const dnsJournal: Scenario = {
   name: 'dns-journal',
   describe: 'fake DNS QPS for new and known names, with the crash-safe journal (--state-dir) vs without',
   async run(ctx: Ctx): Promise<Section[]> {
     const names = ctx.quick ? 20_000 : 100_000;
-    const s: Section = {
-      scenario: 'dns-journal',
-      title: `in-process FakeDns on 127.0.0.1, dnsperf one pass over ${names} names (-c 4 -q 100), journal on vs off`,
-      notes: [],
-      rows: rows(
-        { id: 'new-off', label: 'new names, no state dir', metric: 'QPS', unit: 'q/s' },
-        {
-          id: 'new-on',
-          label: 'new names, journal (fdatasync per batch)',
-          metric: 'QPS',
-          unit: 'q/s',
-          compare: [{ to: 'new-off' }],
-        },
-        { id: 'hit-off', label: 'known names, no state dir', metric: 'QPS', unit: 'q/s' },
-        { id: 'hit-on', label: 'known names, journal', metric: 'QPS', unit: 'q/s', compare: [{ to: 'hit-off' }] },
-        { id: 'per-sync', label: 'new names per fdatasync', metric: 'batch', unit: 'names' },
-      ),
-    };
+    const s = section(
+      'dns-journal',
+      `in-process FakeDns on 127.0.0.1, dnsperf one pass over ${names} names (-c 4 -q 100), journal on vs off`,
+      spec('new-off', 'new names, no state dir', QPS),
+      spec('new-on', 'new names, journal (fdatasync per batch)', QPS, { compare: [{ to: 'new-off' }] }),
+      spec('hit-off', 'known names, no state dir', QPS),
+      spec('hit-on', 'known names, journal', QPS, { compare: [{ to: 'hit-off' }] }),
+      spec('per-sync', 'new names per fdatasync', { metric: 'batch', unit: 'names' }),
+    );
     need('dnsperf');
     let k = 0;
     await path(

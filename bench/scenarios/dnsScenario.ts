@@ -11,7 +11,7 @@ import { type Ctx, need, sleep, Unavailable, waitListening, which } from '../lib
 import type { Section } from '../lib/report.js';
 import { dnsperf, VerifyError } from '../lib/tools.js';
 import { bigFile, Topology } from '../lib/topology.js';
-import { path, repeat, row, rows, type Scenario } from './common.js';
+import { type Measure, MS, path, QPS, repeat, row, type Scenario, section, spec } from './common.js';
 import { withDaemon } from './tcp.js';
 
 const NAMES = 10_000;
@@ -65,66 +65,28 @@ async function inProcess(ctx: Ctx): Promise<Section> {
 
 async function namespaced(ctx: Ctx): Promise<Section> {
   const secs = ctx.quick ? 2 : 5;
-  const s: Section = {
-    scenario: 'dns',
-    title: `dnsperf ${secs} s, ${NAMES} names in a local zone, from the same namespace`,
-    notes: [],
-    rows: rows(
-      { id: 'dnsmasq', label: 'dnsmasq --address=/bench.test/', metric: 'QPS', unit: 'q/s' },
-      { id: 'dnsmasq-lat', label: 'dnsmasq', metric: `avg latency -q ${WINDOW}`, unit: 'ms', higherIsBetter: false },
-      { id: 'dnsmasq-lost', label: 'dnsmasq', metric: `lost -q ${WINDOW}`, unit: '%', higherIsBetter: false },
-      {
-        id: 'dnsmasq-lat2',
-        label: 'dnsmasq',
-        metric: `avg latency -q ${SMALL_WINDOW}`,
-        unit: 'ms',
-        higherIsBetter: false,
-      },
-      { id: 'dnsmasq-lost2', label: 'dnsmasq', metric: `lost -q ${SMALL_WINDOW}`, unit: '%', higherIsBetter: false },
-      { id: 'unbound', label: 'unbound local-zone', metric: 'QPS', unit: 'q/s', compare: [{ to: 'dnsmasq' }] },
-      { id: 'unbound-lat', label: 'unbound', metric: `avg latency -q ${WINDOW}`, unit: 'ms', higherIsBetter: false },
-      {
-        id: 'unbound-lat2',
-        label: 'unbound',
-        metric: `avg latency -q ${SMALL_WINDOW}`,
-        unit: 'ms',
-        higherIsBetter: false,
-      },
-      {
-        id: 'fake',
-        label: 'fakeproxy fake DNS gateway:53',
-        metric: 'QPS',
-        unit: 'q/s',
-        // Issue 12: ≥ 1.2× dnsmasq's QPS in the same run, average latency ≤ dnsmasq's.
-        compare: [{ to: 'dnsmasq', goal: 1.2 }, { to: 'unbound' }],
-      },
-      {
-        id: 'fake-lat',
-        label: 'fakeproxy fake DNS',
-        metric: `avg latency -q ${WINDOW}`,
-        unit: 'ms',
-        higherIsBetter: false,
-        // No goal here: see the note on dnsmasq's lost queries.
-        compare: [{ to: 'dnsmasq-lat' }],
-      },
-      { id: 'fake-lost', label: 'fakeproxy fake DNS', metric: `lost -q ${WINDOW}`, unit: '%', higherIsBetter: false },
-      {
-        id: 'fake-lat2',
-        label: 'fakeproxy fake DNS',
-        metric: `avg latency -q ${SMALL_WINDOW}`,
-        unit: 'ms',
-        higherIsBetter: false,
-        compare: [{ to: 'dnsmasq-lat2', goal: 1 }],
-      },
-      {
-        id: 'fake-lost2',
-        label: 'fakeproxy fake DNS',
-        metric: `lost -q ${SMALL_WINDOW}`,
-        unit: '%',
-        higherIsBetter: false,
-      },
-    ),
-  };
+  const lat = (w: number) => MS(`avg latency -q ${w}`);
+  const lost = (w: number): Measure => ({ metric: `lost -q ${w}`, unit: '%', higherIsBetter: false });
+  const fake = 'fakeproxy fake DNS';
+  const s = section(
+    'dns',
+    `dnsperf ${secs} s, ${NAMES} names in a local zone, from the same namespace`,
+    spec('dnsmasq', 'dnsmasq --address=/bench.test/', QPS),
+    spec('dnsmasq-lat', 'dnsmasq', lat(WINDOW)),
+    spec('dnsmasq-lost', 'dnsmasq', lost(WINDOW)),
+    spec('dnsmasq-lat2', 'dnsmasq', lat(SMALL_WINDOW)),
+    spec('dnsmasq-lost2', 'dnsmasq', lost(SMALL_WINDOW)),
+    spec('unbound', 'unbound local-zone', QPS, { compare: [{ to: 'dnsmasq' }] }),
+    spec('unbound-lat', 'unbound', lat(WINDOW)),
+    spec('unbound-lat2', 'unbound', lat(SMALL_WINDOW)),
+    // Issue 12: ≥ 1.2× dnsmasq's QPS in the same run, average latency ≤ dnsmasq's.
+    spec('fake', 'fakeproxy fake DNS gateway:53', QPS, { compare: [{ to: 'dnsmasq', goal: 1.2 }, { to: 'unbound' }] }),
+    // No goal here: see the note on dnsmasq's lost queries.
+    spec('fake-lat', fake, lat(WINDOW), { compare: [{ to: 'dnsmasq-lat' }] }),
+    spec('fake-lost', fake, lost(WINDOW)),
+    spec('fake-lat2', fake, lat(SMALL_WINDOW), { compare: [{ to: 'dnsmasq-lat2', goal: 1 }] }),
+    spec('fake-lost2', fake, lost(SMALL_WINDOW)),
+  );
   need('dnsperf');
   const topo = await Topology.create(ctx, 'dns');
   try {

@@ -17,7 +17,7 @@ import { sleep } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { type IperfTcp, iperfTcp } from '../lib/tools.js';
 import { bigFile, PORTS, Topology } from '../lib/topology.js';
-import { MiB, path, repeat, rows, type Scenario } from './common.js';
+import { GBPS, type Measure, MiB, path, repeat, row, type Scenario, section, spec } from './common.js';
 import { withDaemon } from './tcp.js';
 
 const TUN_HOST = 'iperf.test';
@@ -27,78 +27,32 @@ export const iperf: Scenario = {
   describe: 'iperf3 TCP both directions: TUN (direct) vs loopback and veth, Gbit/s and CPU s/GB',
   async run(ctx: Ctx): Promise<Section[]> {
     const secs = ctx.quick ? 2 : 5;
-    const ip: Section = {
-      scenario: 'iperf',
-      title: `iperf3 TCP ${secs} s, client sends (and -R: server sends), Gbit/s`,
-      notes: [],
-      rows: rows(
-        { id: 'L', label: 'iperf3 loopback', metric: 'throughput', unit: 'Gbit/s' },
-        { id: 'V', label: 'iperf3 over veth', metric: 'throughput', unit: 'Gbit/s', compare: [{ to: 'L' }] },
-        {
-          id: 'T',
-          label: 'iperf3 through TUN (direct)',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'L', goal: 0.5 }, { to: 'V' }],
-        },
-        { id: 'LR', label: 'iperf3 -R loopback', metric: 'throughput', unit: 'Gbit/s' },
-        {
-          id: 'TR',
-          label: 'iperf3 -R through TUN (direct)',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'LR', goal: 0.5 }],
-        },
-        {
-          id: 'TN',
-          label: 'iperf3 through TUN, --no-tun-offload',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'L' }, { to: 'T' }],
-        },
-        {
-          id: 'TM',
-          label: 'iperf3 through TUN, --mtu 9000',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'L' }, { to: 'T' }],
-        },
-        {
-          id: 'TMR',
-          label: 'iperf3 -R through TUN, --mtu 9000',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'LR' }, { to: 'TR' }],
-        },
-      ),
-    };
-    const cost = (id: string, label: string, compare?: { to: string }[]) => ({
-      id,
-      label,
-      metric: 'cpu',
-      unit: 's/GB',
-      higherIsBetter: false,
-      ...(compare ? { compare } : {}),
-    });
-    const cpu: Section = {
-      scenario: 'iperf',
-      title: 'CPU seconds per GB delivered (both iperf3 + the daemon), same runs',
-      notes: [],
-      rows: rows(
-        cost('Lc', 'loopback'),
-        cost('Tc', 'through TUN (direct)', [{ to: 'Lc' }]),
-        cost('LRc', '-R loopback'),
-        cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }]),
-        cost('TNc', 'through TUN, --no-tun-offload', [{ to: 'Lc' }, { to: 'Tc' }]),
-        cost('TMc', 'through TUN, --mtu 9000', [{ to: 'Lc' }, { to: 'Tc' }]),
-        cost('TMRc', '-R through TUN, --mtu 9000', [{ to: 'LRc' }, { to: 'TRc' }]),
-      ),
-    };
-    const row = (sec: Section, id: string) => {
-      const r = sec.rows.find((x) => x.id === id);
-      if (!r) throw new Error(`no row ${id}`);
-      return r;
-    };
+    const ip = section(
+      'iperf',
+      `iperf3 TCP ${secs} s, client sends (and -R: server sends), Gbit/s`,
+      spec('L', 'iperf3 loopback', GBPS),
+      spec('V', 'iperf3 over veth', GBPS, { compare: [{ to: 'L' }] }),
+      spec('T', 'iperf3 through TUN (direct)', GBPS, { compare: [{ to: 'L', goal: 0.5 }, { to: 'V' }] }),
+      spec('LR', 'iperf3 -R loopback', GBPS),
+      spec('TR', 'iperf3 -R through TUN (direct)', GBPS, { compare: [{ to: 'LR', goal: 0.5 }] }),
+      spec('TN', 'iperf3 through TUN, --no-tun-offload', GBPS, { compare: [{ to: 'L' }, { to: 'T' }] }),
+      spec('TM', 'iperf3 through TUN, --mtu 9000', GBPS, { compare: [{ to: 'L' }, { to: 'T' }] }),
+      spec('TMR', 'iperf3 -R through TUN, --mtu 9000', GBPS, { compare: [{ to: 'LR' }, { to: 'TR' }] }),
+    );
+    const COST: Measure = { metric: 'cpu', unit: 's/GB', higherIsBetter: false };
+    const cost = (id: string, label: string, compare?: { to: string }[]) =>
+      spec(id, label, COST, compare ? { compare } : {});
+    const cpu = section(
+      'iperf',
+      'CPU seconds per GB delivered (both iperf3 + the daemon), same runs',
+      cost('Lc', 'loopback'),
+      cost('Tc', 'through TUN (direct)', [{ to: 'Lc' }]),
+      cost('LRc', '-R loopback'),
+      cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }]),
+      cost('TNc', 'through TUN, --no-tun-offload', [{ to: 'Lc' }, { to: 'Tc' }]),
+      cost('TMc', 'through TUN, --mtu 9000', [{ to: 'Lc' }, { to: 'Tc' }]),
+      cost('TMRc', '-R through TUN, --mtu 9000', [{ to: 'LRc' }, { to: 'TRc' }]),
+    );
     // One iperf3 run per repetition fills the throughput row and its cost row.
     const measure = async (id: string, run: () => Promise<IperfTcp>, d?: Daemon) => {
       const samples = await repeat(ctx, async () => {

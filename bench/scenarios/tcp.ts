@@ -15,7 +15,7 @@ import { type Ctx, need, sleep } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { type CurlVia, curlGbps, curlVerifySha, VerifyError } from '../lib/tools.js';
 import { bigFile, ORIGIN_NAME, PORTS, Topology } from '../lib/topology.js';
-import { GiB, MiB, path, repeat, rows, type Scenario } from './common.js';
+import { GBPS, GiB, MiB, path, repeat, type Scenario, section, spec } from './common.js';
 
 const REDSOCKS_PORT = 12345;
 
@@ -25,53 +25,22 @@ export const tcpThroughput: Scenario = {
   describe: 'bulk TCP download (1 GiB): TUN path vs loopback, dante, redsocks',
   async run(ctx: Ctx): Promise<Section[]> {
     const size = ctx.quick ? 128 * MiB : GiB;
-    const dl: Section = {
-      scenario: 'tcp',
-      title: `download ${size / MiB} MiB with curl, Gbit/s`,
-      notes: [],
-      rows: rows(
-        { id: 'a', label: 'loopback, no proxy', metric: 'throughput', unit: 'Gbit/s' },
-        { id: 'v', label: 'veth, no proxy', metric: 'throughput', unit: 'Gbit/s', compare: [{ to: 'a' }] },
-        {
-          id: 'b',
-          label: 'curl --socks5-hostname → dante',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'a' }],
-        },
-        {
-          id: 'e',
-          label: 'iptables REDIRECT → redsocks → dante',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'b' }],
-        },
-        {
-          id: 'c',
-          label: 'TUN → fakeproxy → dante',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [
-            { to: 'b', goal: 0.9 },
-            { to: 'e', goal: 1 },
-          ],
-        },
-        {
-          id: 'd',
-          label: 'TUN → fakeproxy direct',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'v', goal: 0.5 }, { to: 'a' }],
-        },
-        {
-          id: 'dn',
-          label: 'TUN → fakeproxy direct, --no-tun-offload',
-          metric: 'throughput',
-          unit: 'Gbit/s',
-          compare: [{ to: 'a' }, { to: 'd' }],
-        },
-      ),
-    };
+    const dl = section(
+      'tcp',
+      `download ${size / MiB} MiB with curl, Gbit/s`,
+      spec('a', 'loopback, no proxy', GBPS),
+      spec('v', 'veth, no proxy', GBPS, { compare: [{ to: 'a' }] }),
+      spec('b', 'curl --socks5-hostname → dante', GBPS, { compare: [{ to: 'a' }] }),
+      spec('e', 'iptables REDIRECT → redsocks → dante', GBPS, { compare: [{ to: 'b' }] }),
+      spec('c', 'TUN → fakeproxy → dante', GBPS, {
+        compare: [
+          { to: 'b', goal: 0.9 },
+          { to: 'e', goal: 1 },
+        ],
+      }),
+      spec('d', 'TUN → fakeproxy direct', GBPS, { compare: [{ to: 'v', goal: 0.5 }, { to: 'a' }] }),
+      spec('dn', 'TUN → fakeproxy direct, --no-tun-offload', GBPS, { compare: [{ to: 'a' }, { to: 'd' }] }),
+    );
     const topo = await Topology.create(ctx, 'tcp');
     try {
       topo.big = bigFile(ctx, size);

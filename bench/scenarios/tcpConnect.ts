@@ -17,7 +17,7 @@ import type { Ctx } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { abRun, pacedRun } from '../lib/tools.js';
 import { bigFile, ORIGIN_NAME, PORTS, Topology } from '../lib/topology.js';
-import { path, repeat, row, rows, type Scenario } from './common.js';
+import { CONN_RATE, latencyRows, MS, path, repeat, row, type Scenario, section, spec } from './common.js';
 import { withDaemon } from './tcp.js';
 
 export const CONCURRENCY = 64;
@@ -31,116 +31,42 @@ export const tcpConnect: Scenario = {
     const n = ctx.quick ? 2_000 : 20_000;
     const limit = ctx.quick ? 4 : 15;
     const pacedSecs = ctx.quick ? 2 : 8;
-    const s: Section = {
-      scenario: 'tcp-connect',
-      title: `ab -n ${n} -c ${CONCURRENCY} (at most ${limit} s), one connection per request, GET /small (128 B)`,
-      notes: [],
-      rows: rows(
-        { id: 'direct', label: 'veth, no proxy', metric: 'rate', unit: 'conn/s' },
-        { id: 'direct-p50', label: 'veth, no proxy', metric: 'p50', unit: 'ms', higherIsBetter: false },
-        { id: 'direct-p99', label: 'veth, no proxy', metric: 'p99', unit: 'ms', higherIsBetter: false },
-        {
-          id: 'tun',
-          label: 'TUN → fakeproxy direct',
-          metric: 'rate',
-          unit: 'conn/s',
-          // Issue 11: new connections/s through the TUN ≥ 0.6× the plain veth.
-          compare: [{ to: 'direct', goal: 0.6 }],
-        },
-        {
-          id: 'tun-p50',
-          label: 'TUN → fakeproxy direct',
-          metric: 'p50',
-          unit: 'ms',
-          higherIsBetter: false,
-          compare: [{ to: 'direct-p50' }],
-        },
-        {
-          id: 'tun-p99',
-          label: 'TUN → fakeproxy direct',
-          metric: 'p99',
-          unit: 'ms',
-          higherIsBetter: false,
-          compare: [{ to: 'direct-p99' }],
-        },
-        {
-          id: 'direct-paced-p50',
-          label: `veth, no proxy, ${PACED_RATE} conn/s paced`,
-          metric: 'p50',
-          unit: 'ms',
-          higherIsBetter: false,
-        },
-        {
-          id: 'direct-paced-p99',
-          label: `veth, no proxy, ${PACED_RATE} conn/s paced`,
-          metric: 'p99',
-          unit: 'ms',
-          higherIsBetter: false,
-        },
-        {
-          id: 'tun-paced-p50',
-          label: `TUN → fakeproxy direct, ${PACED_RATE} conn/s paced`,
-          metric: 'p50',
-          unit: 'ms',
-          higherIsBetter: false,
-          compare: [{ to: 'direct-paced-p50' }],
-        },
-        {
-          id: 'tun-paced-p99',
-          label: `TUN → fakeproxy direct, ${PACED_RATE} conn/s paced`,
-          metric: 'p99',
-          unit: 'ms',
-          higherIsBetter: false,
-          compare: [{ to: 'direct-paced-p99' }],
-        },
-        {
-          id: 'tun-added-p99',
-          label: `TUN direct − veth, ${PACED_RATE} conn/s paced`,
-          metric: 'added p99',
-          unit: 'ms',
-          higherIsBetter: false,
-          // Issue 11: added p99 < 2 ms (each repetition's paced TUN p99 minus the paced veth p99 of the same index).
-          goal: { value: 2, text: '< 2 ms' },
-        },
-        {
-          id: 'tun-noctl',
-          label: 'TUN → fakeproxy direct, --controller off',
-          metric: 'rate',
-          unit: 'conn/s',
-          // Issue 14: what the controller API (on by default) costs the connection rate.
-          compare: [{ to: 'tun' }],
-        },
-        {
-          id: 'tun-noctl-p99',
-          label: 'TUN → fakeproxy direct, --controller off',
-          metric: 'p99',
-          unit: 'ms',
-          higherIsBetter: false,
-          compare: [{ to: 'tun-p99' }],
-        },
-        {
-          id: 'tun-dante',
-          label: 'TUN → fakeproxy → dante',
-          metric: 'rate',
-          unit: 'conn/s',
-          compare: [{ to: 'direct' }, { to: 'tun' }],
-        },
-        {
-          id: 'tun-dante-p99',
-          label: 'TUN → fakeproxy → dante',
-          metric: 'p99',
-          unit: 'ms',
-          higherIsBetter: false,
-          compare: [{ to: 'direct-p99' }],
-        },
-      ),
-    };
+    const veth = 'veth, no proxy';
+    const tun = 'TUN → fakeproxy direct';
+    const paced = `${PACED_RATE} conn/s paced`;
+    const s = section(
+      'tcp-connect',
+      `ab -n ${n} -c ${CONCURRENCY} (at most ${limit} s), one connection per request, GET /small (128 B)`,
+      spec('direct', veth, CONN_RATE),
+      ...latencyRows('direct', veth),
+      // Issue 11: new connections/s through the TUN ≥ 0.6× the plain veth.
+      spec('tun', tun, CONN_RATE, { compare: [{ to: 'direct', goal: 0.6 }] }),
+      ...latencyRows('tun', tun, 'direct'),
+      ...latencyRows('direct-paced', `${veth}, ${paced}`),
+      ...latencyRows('tun-paced', `${tun}, ${paced}`, 'direct-paced'),
+      spec('tun-added-p99', `TUN direct − veth, ${paced}`, MS('added p99'), {
+        // Issue 11: added p99 < 2 ms (each repetition's paced TUN p99 minus the paced veth p99 of the same index).
+        goal: { value: 2, text: '< 2 ms' },
+      }),
+      // Issue 14: what the controller API (on by default) costs the connection rate.
+      spec('tun-noctl', `${tun}, --controller off`, CONN_RATE, { compare: [{ to: 'tun' }] }),
+      spec('tun-noctl-p99', `${tun}, --controller off`, MS('p99'), { compare: [{ to: 'tun-p99' }] }),
+      spec('tun-dante', 'TUN → fakeproxy → dante', CONN_RATE, { compare: [{ to: 'direct' }, { to: 'tun' }] }),
+      spec('tun-dante-p99', 'TUN → fakeproxy → dante', MS('p99'), { compare: [{ to: 'direct-p99' }] }),
+    );
+    /** The rows fill(prefix, paced) writes (a path without a p50 row just has none). */
+    const filled = (prefix: string, withPaced = true) => [
+      prefix,
+      `${prefix}-p50`,
+      `${prefix}-p99`,
+      ...(withPaced ? [`${prefix}-paced-p50`, `${prefix}-paced-p99`] : []),
+    ];
     const topo = await Topology.create(ctx, 'conn');
     try {
       topo.big = bigFile(ctx, 1 * 1024 * 1024);
       await topo.start('dnsmasq', 'origin', 'dante');
       const csv = join(ctx.tmp, 'ab.csv');
-      const fill = async (prefix: string, url: string, paced = true) => {
+      const fill = async (prefix: string, url: string, withPaced = true) => {
         // One untimed warm-up pass of 1000 (page cache, ARP, daemon JIT, dante's preforked children;
         // up to 20 s: a proxy's slow start is not measured), then the timed repetitions.
         await abRun(topo.client, url, Math.min(1000, n), CONCURRENCY, csv, 20);
@@ -153,7 +79,7 @@ export const tcpConnect: Scenario = {
         const p50 = s.rows.find((r) => r.id === `${prefix}-p50`);
         if (p50) p50.samples = rs.map((r) => r.p50ms);
         row(s, `${prefix}-p99`).samples = rs.map((r) => r.p99ms);
-        if (!paced) return;
+        if (!withPaced) return;
         const ps = await repeat(ctx, () => pacedRun(ctx, topo.client, url, PACED_RATE, pacedSecs));
         row(s, `${prefix}-paced-p50`).samples = ps.map((r) => r.p50ms);
         row(s, `${prefix}-paced-p99`).samples = ps.map((r) => r.p99ms);
@@ -163,31 +89,22 @@ export const tcpConnect: Scenario = {
             `${prefix} paced: the client started ${late} of ${ps.length * PACED_RATE * pacedSecs} connections > 1 ms behind schedule (busy machine; counted against the path)`,
           );
       };
-      await path(
-        ctx,
-        s,
-        ['direct', 'direct-p50', 'direct-p99', 'direct-paced-p50', 'direct-paced-p99'],
-        'tcp-connect: veth',
-        () => fill('direct', `http://${topo.upIp}:${PORTS.origin}/small`),
+      await path(ctx, s, filled('direct'), 'tcp-connect: veth', () =>
+        fill('direct', `http://${topo.upIp}:${PORTS.origin}/small`),
       );
       const viaName = `http://${ORIGIN_NAME}:${PORTS.origin}/small`;
-      await path(
-        ctx,
-        s,
-        ['tun', 'tun-p50', 'tun-p99', 'tun-paced-p50', 'tun-paced-p99', 'tun-added-p99'],
-        'tcp-connect: TUN direct',
-        () =>
-          withDaemon(topo, 'direct', async () => {
-            await fill('tun', viaName);
-            const d = row(s, 'direct-paced-p99').samples;
-            const t = row(s, 'tun-paced-p99').samples;
-            row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
-          }),
+      await path(ctx, s, [...filled('tun'), 'tun-added-p99'], 'tcp-connect: TUN direct', () =>
+        withDaemon(topo, 'direct', async () => {
+          await fill('tun', viaName);
+          const d = row(s, 'direct-paced-p99').samples;
+          const t = row(s, 'tun-paced-p99').samples;
+          row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
+        }),
       );
-      await path(ctx, s, ['tun-noctl', 'tun-noctl-p99'], 'tcp-connect: TUN direct, --controller off', () =>
+      await path(ctx, s, filled('tun-noctl', false), 'tcp-connect: TUN direct, --controller off', () =>
         withDaemon(topo, 'direct', () => fill('tun-noctl', viaName, false), { extra: ['--controller', 'off'] }),
       );
-      await path(ctx, s, ['tun-dante', 'tun-dante-p99'], 'tcp-connect: TUN → dante', () =>
+      await path(ctx, s, filled('tun-dante', false), 'tcp-connect: TUN → dante', () =>
         // No paced row: PACED_RATE is above what dante's path takes today (its queue would grow for the whole run).
         withDaemon(topo, 'dante', () => fill('tun-dante', viaName, false)),
       );
