@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { FlowEntry } from './nat/types.js';
 
 // ---- TUN device (native/tun.cc) ----
 export interface TunOpenOptions {
@@ -83,22 +84,9 @@ export interface EngineOptions {
    */
   sources?: string[];
 }
-export interface NativeFlow {
-  id: number;
+/** A flow as the engine reports it: FlowEntry (src/nat/types.ts) with the IP protocol number. */
+export interface NativeFlow extends Omit<FlowEntry, 'proto'> {
   proto: 6 | 17;
-  srcIp: string;
-  srcPort: number;
-  dstIp: string;
-  dstPort: number;
-  natIp: string;
-  natPort: number;
-  state: 'syn' | 'established' | 'fin' | 'closed' | 'udp';
-  createdMs: number;
-  lastSeenMs: number;
-  pktsOut: number;
-  bytesOut: number;
-  pktsIn: number;
-  bytesIn: number;
 }
 /** Slots of the Float64Array `lookupPacked` fills (native/engine_addon.cc LookupPacked writes them in this order). */
 export const PACKED_FLOW = Object.freeze({

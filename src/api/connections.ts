@@ -11,25 +11,27 @@ import { randomUUID } from 'node:crypto';
 import type { SessionEvent } from '../proxy/listener.js';
 import type { UdpSessionEvent } from '../proxy/udp/udpListener.js';
 
+type Bytes = { bytesUp: number; bytesDown: number };
+
+/** What the tracker needs of either Listener, whose session events are E. */
+interface SessionEvents<E> {
+  on(event: 'session', cb: (e: E) => void): unknown;
+  off(event: 'session', cb: (e: E) => void): unknown;
+  /** Live bytes of the session `key` names (a NAT flow id for TCP, UdpSessionEvent.id for UDP). */
+  sessionBytes(key: number): Bytes | undefined;
+  /** Bytes moved so far, ended sessions included. */
+  stats(): Bytes;
+}
+
 /** What the tracker needs of the TCP Listener. */
-export interface SessionSource {
-  on(event: 'session', cb: (e: SessionEvent) => void): unknown;
-  off(event: 'session', cb: (e: SessionEvent) => void): unknown;
-  /** Live bytes of the session behind NAT flow `flowId`. */
-  sessionBytes(flowId: number): { bytesUp: number; bytesDown: number } | undefined;
+export interface SessionSource extends SessionEvents<SessionEvent> {
   /** Reset the session behind `flowId` (RST to the app and the upstream). */
   closeFlow(flowId: number): boolean;
-  /** Bytes moved so far, ended sessions included. */
-  stats(): { bytesUp: number; bytesDown: number };
 }
 
 /** What the tracker needs of the UdpListener: sessions are keyed by UdpSessionEvent.id. */
-export interface UdpSessionSource {
-  on(event: 'session', cb: (e: UdpSessionEvent) => void): unknown;
-  off(event: 'session', cb: (e: UdpSessionEvent) => void): unknown;
-  sessionBytes(id: number): { bytesUp: number; bytesDown: number } | undefined;
+export interface UdpSessionSource extends SessionEvents<UdpSessionEvent> {
   closeSession(id: number): boolean;
-  stats(): { bytesUp: number; bytesDown: number };
 }
 
 interface Tracked {
