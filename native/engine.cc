@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include <poll.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,69 @@ int64_t clock_ms(clockid_t id) {
 // super-packet the kernel hands a TUN with offloads) plus the virtio_net_hdr,
 // rounded up to a multiple of 64.
 constexpr size_t kReadBufCap = 65536 + 64;
+
+// UDP GSO on the TUN write (issue 12): forward datagrams of one flow from one
+// read batch leave as one super-packet (VIRTIO_NET_HDR_GSO_UDP_L4), so the
+// kernel's IP receive and routing run once for the run instead of once per
+// datagram; the Listener's socket takes it whole (UDP_GRO) or segmented by the
+// kernel. Segments per write: the kernel's UDP_MAX_SEGMENTS was 64 before 6.x.
+constexpr size_t kGsoMaxSegs = 64;
+constexpr size_t kUdpIpHdr = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
+constexpr size_t kMaxIpLen = 65535;
+
+// The UDP payload length of a packet (virtio_net_hdr first) the engine may put
+// in a UDP GSO write, else 0: an option-less IPv4 UDP datagram, not itself GSO,
+// whose checksum is partial (NEEDS_CSUM at the UDP checksum field). Partial
+// means this host's stack wrote it and will complete the sum, so a merged
+// packet keeps exactly the guarantees of its datagrams; a datagram with a
+// complete checksum (forwarded from a LAN host) goes alone and is verified.
+size_t gso_payload(const uint8_t* b, size_t len) {
+  if (len <= vnet::HEADER_LEN + kUdpIpHdr) return 0;
+  if (b[vnet::FLAGS] != vnet::F_NEEDS_CSUM || b[vnet::GSO_TYPE] != vnet::GSO_NONE) return 0;
+  if (load_le16(b + vnet::CSUM_START) != ipv4::MIN_HEADER_LEN || load_le16(b + vnet::CSUM_OFFSET) != udp::CHECKSUM)
+    return 0;
+  const uint8_t* p = b + vnet::HEADER_LEN;
+  if (p[ipv4::VER_IHL] != 0x45 || p[ipv4::PROTOCOL] != kProtoUdp) return 0;
+  const size_t ip_len = load_be16(p + ipv4::LENGTH);
+  if (ip_len != len - vnet::HEADER_LEN) return 0;
+  if (load_be16(p + ipv4::MIN_HEADER_LEN + udp::LENGTH) != ip_len - ipv4::MIN_HEADER_LEN) return 0;
+  return ip_len - kUdpIpHdr;
+}
+
+// Same flow, and equal in every header field the kernel copies to each
+// segment (TOS, flags/fragment, TTL, addresses, ports); the IP ID, lengths
+// and checksums are the segments' own.
+bool gso_same(const uint8_t* a, const uint8_t* b) {
+  a += vnet::HEADER_LEN;
+  b += vnet::HEADER_LEN;
+  return a[ipv4::TOS] == b[ipv4::TOS] && std::memcmp(a + ipv4::FLG_OFF, b + ipv4::FLG_OFF, 3) == 0 &&
+         std::memcmp(a + ipv4::SRC_ADDR, b + ipv4::SRC_ADDR, 8) == 0 &&
+         std::memcmp(a + ipv4::MIN_HEADER_LEN, b + ipv4::MIN_HEADER_LEN, 4) == 0;
+}
+
+// The virtio_net_hdr + IPv4 + UDP header of a super-packet carrying `payload`
+// bytes cut at `seg`, from the first datagram's headers `first`.
+void gso_header(uint8_t* h, const uint8_t* first, size_t payload, size_t seg) {
+  std::memset(h, 0, vnet::HEADER_LEN);
+  h[vnet::FLAGS] = vnet::F_NEEDS_CSUM;
+  h[vnet::GSO_TYPE] = vnet::GSO_UDP_L4;
+  store_le16(h + vnet::HDR_LEN, uint16_t(kUdpIpHdr));
+  store_le16(h + vnet::GSO_SIZE, uint16_t(seg));
+  store_le16(h + vnet::CSUM_START, uint16_t(ipv4::MIN_HEADER_LEN));
+  store_le16(h + vnet::CSUM_OFFSET, uint16_t(udp::CHECKSUM));
+  uint8_t* ip = h + vnet::HEADER_LEN;
+  std::memcpy(ip, first + vnet::HEADER_LEN, kUdpIpHdr);
+  const size_t udp_len = udp::HEADER_LEN + payload;
+  store_be16(ip + ipv4::LENGTH, uint16_t(ipv4::MIN_HEADER_LEN + udp_len));
+  store_be16(ip + ipv4::CHECKSUM, 0);
+  store_be16(ip + ipv4::CHECKSUM, csum::ipv4_header(ip, ipv4::MIN_HEADER_LEN));
+  uint8_t* u = ip + ipv4::MIN_HEADER_LEN;
+  store_be16(u + udp::LENGTH, uint16_t(udp_len));
+  // Partial: the folded pseudo-header sum over the whole length, as udp4_hwcsum
+  // leaves it; segmentation adjusts it per segment.
+  store_be16(u + udp::CHECKSUM, csum::fold(csum::pseudo_v4(load_be32(ip + ipv4::SRC_ADDR),
+                                                           load_be32(ip + ipv4::DST_ADDR), kProtoUdp, udp_len)));
+}
 
 }  // namespace
 
@@ -543,6 +607,67 @@ std::vector<FlowEvent> Engine::drain_events() {
   return out;
 }
 
+void Engine::write_one(int fd, const uint8_t* b, size_t len) {
+  // A TUN write is one packet; it does not block (the kernel queues it on the
+  // netif backlog) and fails only for malformed packets or a device going away.
+  if (write(fd, b, len) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t n, bool vnet_hdr) {
+  size_t idx[kGsoMaxSegs];
+  struct iovec iov[kGsoMaxSegs + 1];
+  uint8_t hdr[vnet::HEADER_LEN + kUdpIpHdr];
+  for (size_t i = 0; i < n;) {
+    if (outs[i] == 0) {
+      i++;
+      continue;
+    }
+    const uint8_t* b = mem + i * kReadBufCap;
+    const size_t seg = vnet_hdr && udp_gso_ ? gso_payload(b, outs[i]) : 0;
+    // Gather the run: following datagrams of the flow (dropped packets between
+    // them are skipped), each `seg` bytes but a shorter last one.
+    size_t k = 1, payload = seg, next = i + 1;
+    idx[0] = i;
+    if (seg != 0) {
+      for (; next < n && k < kGsoMaxSegs; next++) {
+        if (outs[next] == 0) continue;
+        const uint8_t* c = mem + next * kReadBufCap;
+        const size_t p = gso_payload(c, outs[next]);
+        if (p == 0 || p > seg || kUdpIpHdr + payload + p > kMaxIpLen || !gso_same(b, c)) break;
+        idx[k++] = next;
+        payload += p;
+        if (p < seg) {
+          next++;
+          break;
+        }
+      }
+    }
+    if (k == 1) {
+      write_one(fd, b, outs[i]);
+      i++;
+      continue;
+    }
+    gso_header(hdr, b, payload, seg);
+    iov[0] = {hdr, sizeof hdr};
+    for (size_t s = 0; s < k; s++)
+      iov[s + 1] = {const_cast<uint8_t*>(mem + idx[s] * kReadBufCap + vnet::HEADER_LEN + kUdpIpHdr),
+                    outs[idx[s]] - vnet::HEADER_LEN - kUdpIpHdr};
+    if (writev(fd, iov, int(k + 1)) >= 0) {
+      c_.udpGsoWrites.fetch_add(1, std::memory_order_relaxed);
+      c_.udpGsoSegments.fetch_add(k, std::memory_order_relaxed);
+    } else if (errno == EINVAL) {
+      // The kernel does not take UDP GSO from a TUN (before Linux 6.2): one
+      // write per datagram from now on.
+      udp_gso_ = false;
+      c_.udpGsoRefused.fetch_add(1, std::memory_order_relaxed);
+      for (size_t s = 0; s < k; s++) write_one(fd, mem + idx[s] * kReadBufCap, outs[idx[s]]);
+    } else {
+      c_.writeErrors.fetch_add(k, std::memory_order_relaxed);
+    }
+    i = next;
+  }
+}
+
 int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
                 const std::function<void()>& notify, size_t batch, bool vnet_hdr) {
   batch = std::max<size_t>(batch, 1);
@@ -602,13 +727,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
       }
       nev = table_.events().size();
     }
-    for (size_t i = 0; i < n; i++) {
-      if (outs[i] == 0) continue;
-      // A TUN write is one packet; it does not block (the kernel queues it
-      // on the netif backlog) and fails only for malformed packets or a
-      // device going away.
-      if (write(fd, mem.get() + i * kReadBufCap, outs[i]) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
-    }
+    write_batch(fd, mem.get(), outs.data(), n, vnet_hdr);
     const size_t rst_len = kRstLen + (vnet_hdr ? vnet::HEADER_LEN : 0);
     for (size_t off = 0; off < rsts.size(); off += rst_len)
       if (write(fd, rsts.data() + off, rst_len) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);

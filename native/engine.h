@@ -136,8 +136,11 @@ class Engine {
   // (from this thread) when events are pending, at most every ~20 ms or per
   // 1024 events, and only while `notify_armed` is true (the consumer re-arms
   // it after draining). `vnet_hdr`: the fd was opened with IFF_VNET_HDR (every
-  // read and write starts with a virtio_net_hdr). Returns 0 on stop, or the
-  // errno that ended the loop.
+  // read and write starts with a virtio_net_hdr); then a flow's run of
+  // equal-sized UDP datagrams with partial checksums in one batch is written
+  // as one UDP GSO packet (udpGsoWrites/udpGsoSegments; after the kernel
+  // refuses one with EINVAL, udpGsoRefused, one write each). Returns 0 on
+  // stop, or the errno that ended the loop.
   int run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
           const std::function<void()>& notify, size_t batch = 64, bool vnet_hdr = false);
 
@@ -146,6 +149,10 @@ class Engine {
   int64_t now_ms() const;
 
  private:
+  // Write the batch's packets back to the TUN (outs[i] bytes of buffer i,
+  // 0 = dropped), forward UDP runs of one flow as UDP GSO writes (engine.cc).
+  void write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t n, bool vnet_hdr);
+  void write_one(int fd, const uint8_t* b, size_t len);
   size_t drop(std::atomic<uint64_t>& counter) {
     bump(counter);
     return 0;
@@ -183,6 +190,8 @@ class Engine {
   // (not built or answered by the engine).
   bool partial_ = false;
   bool rewritten_ = false;
+  // Thread side: UDP GSO writes to the TUN until the kernel refuses one.
+  bool udp_gso_ = true;
 };
 
 }  // namespace fp

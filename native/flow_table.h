@@ -43,7 +43,8 @@ const char* reason_name(CloseReason r);
   X(dropTruncated) X(dropBadVersion) X(dropBadHeader) X(dropIpOptions) X(dropFragment) X(dropIpv6)              \
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
-  X(csumCompleted) X(rstOnExpiry) X(rstOnEvict) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)
+  X(csumCompleted) X(rstOnExpiry) X(rstOnEvict) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)  \
+  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused)
 // clang-format on
 
 // Gauges: current values, also relaxed atomics.

@@ -254,6 +254,57 @@ describe.skipIf(skip)('UDP end to end (direct, SOCKS5 via dante, http, DNS hijac
       }
     });
 
+    it('a burst of one flow leaves the engine as UDP GSO writes: 128 datagrams echoed intact and in order', async () => {
+      // The daemon is stopped while the app sends, so the burst waits in the TUN queue and the engine reads
+      // it as full batches: each batch of one flow's equal-sized datagrams is one write (udpGsoWrites).
+      const COUNT = 128;
+      const before = (await status()).engine ?? {};
+      const app = t.client.spawn('node', [
+        join(ROOT, 'test/e2e/fixtures/udp-burst.mjs'),
+        'echo.test',
+        String(ECHO_PORT),
+        String(COUNT),
+        '256',
+      ]);
+      let out = '';
+      app.stdout?.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+      });
+      const exited = new Promise<number | null>((r) => app.once('exit', r));
+      const waitOut = async (what: RegExp) => {
+        const deadline = Date.now() + 15_000;
+        while (!what.test(out)) {
+          if (Date.now() > deadline) throw new Error(`udp-burst: no ${what} in ${JSON.stringify(out)}`);
+          await sleep(50);
+        }
+      };
+      await waitOut(/^primed$/m);
+      const pid = t.daemon?.child.pid as number;
+      process.kill(pid, 'SIGSTOP');
+      try {
+        app.stdin?.write('go\n');
+        await waitOut(/^sent$/m);
+      } finally {
+        process.kill(pid, 'SIGCONT');
+      }
+      expect(await exited).toBe(0);
+      const r = JSON.parse(out.trim().split('\n').pop() as string);
+      expect(r, r.echoed < COUNT ? await lossReport() : undefined).toEqual({
+        echoed: COUNT,
+        corrupt: 0,
+        dup: 0,
+        missing: [],
+        inOrder: true,
+      });
+      const after = (await status()).engine ?? {};
+      const writes = after.udpGsoWrites - (before.udpGsoWrites ?? 0);
+      const segs = after.udpGsoSegments - (before.udpGsoSegments ?? 0);
+      // Up: 128 datagrams in batches of 64 (at most 2 × 64 segments); down: the echoes, batched as they come.
+      expect(writes).toBeGreaterThanOrEqual(2);
+      expect(segs).toBeGreaterThanOrEqual(COUNT);
+      expect(after.udpGsoRefused).toBe(0);
+    });
+
     it('a name with only IPv6 addresses is reached natively over IPv6: 1 000 datagrams echoed intact', async () => {
       // IPv6 on the veth (the topology's is IPv4 only) and a UDP echo bound to the IPv6 address only, so a
       // reply proves the datagram crossed over IPv6.
