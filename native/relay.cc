@@ -73,6 +73,27 @@ struct RelayDir {
   std::atomic<uint64_t> bytes{0};
 };
 
+// A SOCKS5 handshake in progress (relay.h Socks5Plan).
+struct Socks5Run {
+  enum Stage : uint8_t { kTcp, kMethod, kAuth, kHead, kRest };
+  Socks5Plan plan;
+  Stage stage = kTcp;
+  std::string out;  // the message being sent
+  size_t out_off = 0;
+  uint8_t in[4 + 1 + 255 + 2];  // the longest reply: ATYP 3 with a 255-byte name
+  size_t got = 0;
+  size_t need = 0;
+  uint32_t fail = 0;  // PackHandshakeFailure of a protocol failure, else 0
+
+  void Send(std::string m, size_t reply_len, Stage next) {
+    out = std::move(m);
+    out_off = 0;
+    got = 0;
+    need = reply_len;
+    stage = next;
+  }
+};
+
 struct RelayPair {
   uint64_t id = 0;
   int fd[2] = {-1, -1};  // [0] app, [1] upstream
@@ -91,6 +112,9 @@ struct RelayPair {
   bool connect_issued = false;
   int connect_err = 0;
   int64_t connect_deadline = 0;
+  // Dial() to a SOCKS5 proxy: set until its reply is read (the pair stays
+  // `connecting` meanwhile and moves no byte either way).
+  std::unique_ptr<Socks5Run> socks;
   bool dead = false;
   bool ready = false;     // on the worker's ready list
   int fd_registered = 0;  // fds [0, n) are in the worker's epoll set
@@ -286,7 +310,9 @@ class RelayWorker {
         Finish(p, RelayHow::kConnectFailed, err, true, false);
         return;
       }
-      if (err == EINPROGRESS) {
+      // A SOCKS5 dial connected at once still has its handshake ahead: the
+      // OUT edge reported when the socket joins the epoll set starts it.
+      if (err == EINPROGRESS || p->socks) {
         p->connecting = true;
         p->connect_deadline = now_ + p->connect_ms;
         connecting_.insert(p);
@@ -352,6 +378,9 @@ class RelayWorker {
     const int src = p->fd[d];
     const int dst = p->fd[1 - d];
     int budget = kPumpBudget;
+    // SOCKS5 handshake under way: the proxy's reply is not the app's, and the
+    // app's bytes wait in its socket until the tunnel stands.
+    if (p->socks) return true;
     for (;;) {
       if (D.done) return true;
       if (D.pre_off < D.pre.size()) {
@@ -435,6 +464,10 @@ class RelayWorker {
   // connected (connect(2), EINPROGRESS); an error ends the pair as
   // kConnectFailed and resets the app, like a failed dial in JavaScript.
   void Connected(RelayPair* p, uint32_t ev) {
+    if (p->socks && p->socks->stage != Socks5Run::kTcp) {
+      Handshake(p, ev);
+      return;
+    }
     int soerr = 0;
     socklen_t len = sizeof soerr;
     if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) soerr = errno;
@@ -444,12 +477,119 @@ class RelayWorker {
       return;
     }
     if (!(ev & EPOLLOUT)) return;
+    if (p->socks) {
+      // Greeting: no-auth, plus username/password when we have one (RFC 1928 §3).
+      std::string hello =
+          p->socks->plan.auth.empty() ? std::string("\x05\x01\x00", 3) : std::string("\x05\x02\x00\x02", 4);
+      p->socks->Send(std::move(hello), 2, Socks5Run::kMethod);
+      Handshake(p, ev);
+      return;
+    }
+    Established(p);
+  }
+
+  // The upstream stands (connected; for SOCKS5, its reply read): relay.
+  void Established(RelayPair* p) {
+    p->socks.reset();
     p->connecting = false;
     connecting_.erase(p);
     p->last_ms = now_;
     // Bytes (and a FIN) the app sent meanwhile wait in its direction; edge
     // triggering will not repeat the app's readiness, so pump both now.
     if (Pump(p, 0)) Pump(p, 1);
+  }
+
+  // Sends the pending handshake message and reads the reply it waits for,
+  // until EAGAIN, a failure, or the tunnel stands. Any event on the proxy's
+  // socket lands here while the handshake runs.
+  void Handshake(RelayPair* p, uint32_t ev) {
+    Socks5Run& h = *p->socks;
+    const int fd = p->fd[1];
+    if (ev & EPOLLERR) {
+      int soerr = 0;
+      socklen_t len = sizeof soerr;
+      if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0) {
+        Finish(p, RelayHow::kConnectFailed, soerr, true, false);
+        return;
+      }
+    }
+    for (;;) {
+      if (h.out_off < h.out.size()) {
+        ssize_t n = send(fd, h.out.data() + h.out_off, h.out.size() - h.out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN) return;  // the OUT edge resumes us
+          Finish(p, RelayHow::kConnectFailed, errno, true, false);
+          return;
+        }
+        h.out_off += static_cast<size_t>(n);
+        continue;
+      }
+      // Exactly what is missing of this reply: later bytes stay queued for the relay.
+      ssize_t n = recv(fd, h.in + h.got, h.need - h.got, MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return;
+        Finish(p, RelayHow::kConnectFailed, errno, true, false);
+        return;
+      }
+      if (n == 0) {
+        HandshakeFailed(p, HsFail::kClosed, 0);
+        return;
+      }
+      h.got += static_cast<size_t>(n);
+      if (h.got < h.need) continue;
+      if (!NextStep(p)) return;
+    }
+  }
+
+  // A complete reply of the current stage is in h.in: check it and queue the
+  // next message. False when the pair failed or started relaying.
+  bool NextStep(RelayPair* p) {
+    Socks5Run& h = *p->socks;
+    switch (h.stage) {
+      case Socks5Run::kMethod: {
+        if (h.in[0] != 5) return HandshakeFailed(p, HsFail::kVersion, h.in[0]);
+        const uint8_t m = h.in[1];
+        if (m == 0xff) return HandshakeFailed(p, HsFail::kNoMethod, m);
+        if (m == 2 && !h.plan.auth.empty()) {
+          h.Send(std::move(h.plan.auth), 2, Socks5Run::kAuth);
+          return true;
+        }
+        if (m != 0) return HandshakeFailed(p, HsFail::kBadMethod, m);
+        h.Send(std::move(h.plan.request), 5, Socks5Run::kHead);
+        return true;
+      }
+      case Socks5Run::kAuth:
+        // Some servers answer the subnegotiation with VER=5; the status is what matters.
+        if (h.in[0] != 1 && h.in[0] != 5) return HandshakeFailed(p, HsFail::kAuthVersion, h.in[0]);
+        if (h.in[1] != 0) return HandshakeFailed(p, HsFail::kAuthFailed, h.in[1]);
+        h.Send(std::move(h.plan.request), 5, Socks5Run::kHead);
+        return true;
+      case Socks5Run::kHead: {
+        // VER REP RSV ATYP + the address's first byte tell the reply's length.
+        if (h.in[0] != 5) return HandshakeFailed(p, HsFail::kVersion, h.in[0]);
+        if (h.in[1] != 0) return HandshakeFailed(p, HsFail::kReply, h.in[1]);
+        const uint8_t atyp = h.in[3];
+        size_t total = atyp == 1 ? 4 + 4 + 2 : atyp == 4 ? 4 + 16 + 2 : atyp == 3 ? 4 + 1 + h.in[4] + 2 : 0;
+        if (total == 0) return HandshakeFailed(p, HsFail::kAtyp, atyp);
+        h.need = total;
+        h.stage = Socks5Run::kRest;
+        return true;
+      }
+      case Socks5Run::kRest:
+        Established(p);
+        return false;
+      case Socks5Run::kTcp:
+        break;
+    }
+    return true;
+  }
+
+  bool HandshakeFailed(RelayPair* p, HsFail kind, uint8_t detail) {
+    p->socks->fail = PackHandshakeFailure(2, kind, detail);
+    Finish(p, RelayHow::kConnectFailed, 0, true, false);
+    return false;
   }
 
   void ScanConnecting() {
@@ -490,6 +630,10 @@ class RelayWorker {
     r.bytes_down = p->dir[1].bytes.load(std::memory_order_relaxed);
     r.how = how;
     r.error = err;
+    if (how == RelayHow::kConnectFailed && p->socks) {
+      const Socks5Run& h = *p->socks;
+      r.handshake = h.fail != 0 ? h.fail : PackHandshakeFailure(h.stage == Socks5Run::kTcp ? 1 : 2, HsFail::kErrno, 0);
+    }
     local_.erase(p->id);
     pool_->Forget(p->id);
     pool_->Ended(r);
@@ -639,8 +783,9 @@ bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std:
 
 bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
                      uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
-                     struct sockaddr_storage* local) {
-  if (!DialPair(id, app_fd, own, dst, dst_len, mark, connect_ms, std::move(pre_up), err, what, local)) {
+                     struct sockaddr_storage* local, std::unique_ptr<Socks5Plan> socks5) {
+  if (!DialPair(id, app_fd, own, dst, dst_len, mark, connect_ms, std::move(pre_up), err, what, local,
+                std::move(socks5))) {
     // An owned app socket is ours to end: reset, as a failed dial resets the app.
     if (own && app_fd >= 0) {
       ResetOnClose(app_fd);
@@ -653,7 +798,7 @@ bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* d
 
 bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len,
                          uint32_t mark, uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
-                         struct sockaddr_storage* local) {
+                         struct sockaddr_storage* local, std::unique_ptr<Socks5Plan> socks5) {
   if (!Admit(id, app_fd, own, err, what)) return false;
   if (dst == nullptr || (dst->sa_family != AF_INET && dst->sa_family != AF_INET6)) {
     *err = EAFNOSUPPORT;
@@ -696,6 +841,10 @@ bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockadd
   }
   p->connect_ms = connect_ms;
   p->dir[0].pre = std::move(pre_up);
+  if (socks5) {
+    p->socks = std::make_unique<Socks5Run>();
+    p->socks->plan = std::move(*socks5);
+  }
   return Enqueue(std::move(p), app_fd, own, err, what);
 }
 

@@ -58,7 +58,39 @@ struct RelayEndRecord {
   uint64_t bytes_down;  // upstream → app
   RelayHow how;
   int error;  // errno behind a reset (0 when none or unknown)
+  // A Dial() with a SOCKS5 handshake that ended kConnectFailed: where and why
+  // (PackHandshakeFailure); 0 otherwise.
+  uint32_t handshake = 0;
 };
+
+// SOCKS5 CONNECT (RFC 1928, RFC 1929) run by the worker right after the
+// upstream (the proxy) connects; the pair relays once the proxy's reply is
+// read. Not pipelined: small servers (microsocks) read one message per
+// recv() and drop the rest, so each message waits for the previous reply.
+// Exactly the reply's bytes are read (recv with the remaining length), so
+// bytes the proxy sends after its reply stay in the socket for the relay.
+struct Socks5Plan {
+  std::string auth;     // RFC 1929 request; empty: offer no-auth only
+  std::string request;  // the CONNECT request (VER CMD RSV ATYP DST.ADDR DST.PORT)
+};
+
+// Why a SOCKS5 handshake failed (RelayEndRecord::handshake = stage << 16 |
+// kind << 8 | detail). Stage 1: connecting to the proxy (the errno says why),
+// 2: the handshake (kind, or the errno when kind is kHsErrno).
+enum class HsFail : uint8_t {
+  kErrno = 0,       // a socket error or timeout; RelayEndRecord::error has the errno
+  kClosed = 1,      // the proxy closed the connection mid-handshake
+  kNoMethod = 2,    // method selection 0xFF: none of ours acceptable
+  kBadMethod = 3,   // detail: a method we did not offer
+  kAuthFailed = 4,  // detail: RFC 1929 status
+  kReply = 5,       // detail: RFC 1928 REP ≠ 0
+  kVersion = 6,     // detail: the version byte of the proxy's message
+  kAtyp = 7,        // detail: the reply's unknown ATYP
+  kAuthVersion = 8  // detail: the version byte of the RFC 1929 reply
+};
+constexpr uint32_t PackHandshakeFailure(int stage, HsFail kind, uint8_t detail) {
+  return static_cast<uint32_t>(stage) << 16 | static_cast<uint32_t>(kind) << 8 | detail;
+}
 
 struct RelayOptions {
   int threads = 1;
@@ -114,9 +146,13 @@ class RelayPool {
   // *local gets the address the kernel bound (getsockname; family AF_UNSPEC
   // when the connect failed at once). Global mode's loop guard needs each
   // dial's 4-tuple before the caller can see a captured copy of its SYN.
+  // socks5: when not null, dst is a SOCKS5 proxy and the worker runs its
+  // CONNECT handshake (Socks5Plan) before relaying; connect_ms covers the
+  // connect and the handshake; a failure ends the pair kConnectFailed with
+  // RelayEndRecord::handshake set.
   bool Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
             uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
-            struct sockaddr_storage* local = nullptr);
+            struct sockaddr_storage* local = nullptr, std::unique_ptr<Socks5Plan> socks5 = nullptr);
 
   // Ends pair `id` now: `reset` sends RST both ways, else a plain close
   // (FIN). It ends as kClosed. False when no such pair is live.
@@ -142,7 +178,8 @@ class RelayPool {
   bool Enqueue(std::unique_ptr<RelayPair> p, int app_fd, bool own, int* err, std::string* what);
   bool Admit(uint64_t id, int app_fd, bool own, int* err, std::string* what);
   bool DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
-                uint32_t connect_ms, std::string pre_up, int* err, std::string* what, struct sockaddr_storage* local);
+                uint32_t connect_ms, std::string pre_up, int* err, std::string* what, struct sockaddr_storage* local,
+                std::unique_ptr<Socks5Plan> socks5);
 
   RelayOptions opts_;
   std::function<void()> on_end_;

@@ -23,7 +23,7 @@
 namespace fakeproxy {
 namespace {
 
-constexpr int kRecordFields = 5;
+constexpr int kRecordFields = 6;
 
 class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
  public:
@@ -127,6 +127,7 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       a[i * kRecordFields + 2] = static_cast<double>(recs[i].bytes_down);
       a[i * kRecordFields + 3] = static_cast<double>(static_cast<int>(recs[i].how));
       a[i * kRecordFields + 4] = static_cast<double>(recs[i].error);
+      a[i * kRecordFields + 5] = static_cast<double>(recs[i].handshake);
     }
     if (!recs.empty()) Unlive(env, recs.size());
     return a;
@@ -170,6 +171,10 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
   // accept path) or an IPv4/IPv6 literal; own hands appFd over (no dup);
   // local (a Float64Array of ≥ 2): connect here and now and write the bound
   // [IPv4 as a u32, port] into it (port 0: not IPv4, or the connect failed).
+  // socks5Request (a Buffer): addr:port is a SOCKS5 proxy; the relay sends
+  // this CONNECT request after the greeting (and socks5Auth, an RFC 1929
+  // request, when the proxy picks username/password) and relays once the
+  // proxy's reply is read (relay.h Socks5Plan).
   Napi::Value Dial(const Napi::CallbackInfo& info) {
     const bool own = info.Length() > 7 && info[7].ToBoolean().Value();
     int app = -1;
@@ -240,12 +245,25 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       out = info[8].As<Napi::Float64Array>();
       if (out.ElementLength() < 2) out = Napi::Float64Array();
     }
+    std::unique_ptr<fp::Socks5Plan> socks5;
+    if (info.Length() > 9 && !info[9].IsNull() && !info[9].IsUndefined()) {
+      std::string req = BufferBytes(info[9]);
+      std::string auth = info.Length() > 10 ? BufferBytes(info[10]) : std::string();
+      // VER CMD RSV ATYP + at least 2 address bytes + port; RFC 1929: VER ULEN UNAME PLEN PASSWD.
+      if (req.size() < 8 || req[0] != 5 || (!auth.empty() && (auth.size() < 5 || auth[0] != 1))) {
+        ThrowArg(env, "relay.dial: socks5Request must be a SOCKS5 request and socks5Auth an RFC 1929 request");
+        return false;
+      }
+      socks5 = std::make_unique<fp::Socks5Plan>();
+      socks5->request = std::move(req);
+      socks5->auth = std::move(auth);
+    }
     struct sockaddr_storage local;
     int err = 0;
     std::string what;
     if (!pool_->Dial(id, app, own, reinterpret_cast<struct sockaddr*>(&ss), len, static_cast<uint32_t>(mark),
                      static_cast<uint32_t>(ms), info.Length() > 6 ? BufferBytes(info[6]) : std::string(), &err, &what,
-                     out.IsEmpty() ? nullptr : &local)) {
+                     out.IsEmpty() ? nullptr : &local, std::move(socks5))) {
       *app_out = -1;  // the pool already reset an owned fd
       ThrowSys(env, err, what, "relay.dial: " + what + ": " + std::strerror(err));
       return false;

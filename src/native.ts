@@ -228,7 +228,7 @@ export interface NativeRelayTotals {
   pipes: number;
 }
 /** Fields per record in the Float64Array handed to onEnd / returned by stop(). */
-export const RELAY_RECORD_FIELDS = 5;
+export const RELAY_RECORD_FIELDS = 6;
 export interface NativeRelay {
   /**
    * Relay appFd ⇄ upFd under `id`; both fds are dup'd (the caller still
@@ -262,6 +262,15 @@ export interface NativeRelay {
      * once): the loop guard's 4-tuple (src/proxy/ownTcp.ts).
      */
     local?: Float64Array | null,
+    /**
+     * addr:port is a SOCKS5 proxy: after the greeting the relay sends this
+     * CONNECT request (and socks5Auth, an RFC 1929 request, if the proxy
+     * picks username/password), reads exactly the reply, then relays. A
+     * failure ends the pair `connect-failed` with the record's handshake
+     * field set (native/relay.h HsFail).
+     */
+    socks5Request?: Buffer | null,
+    socks5Auth?: Buffer | null,
   ): void;
   /** End pair `id` now (RST both ways when `reset`, else FIN); false when it is not live. */
   close(id: number, reset: boolean): boolean;

@@ -197,6 +197,14 @@ export function cachedResolver(
 }
 
 /** One AbortSignal for "the whole connect", carrying a ProxyError as its reason. */
+/** The connect budget (resolve + connect + proxy handshake) ran out. */
+export function timeoutError(what: string, ms: number): ProxyError {
+  return new ProxyError(
+    'ETIMEDOUT',
+    `${what}: no answer within ${ms} ms (check the upstream, or raise the connect timeout)`,
+  );
+}
+
 export function connectDeadline(
   what: string,
   opts: { timeoutMs?: number; signal?: AbortSignal } | undefined,
@@ -208,16 +216,7 @@ export function connectDeadline(
   let timer: NodeJS.Timeout | undefined;
   if (opts?.timeoutMs !== undefined && !ac.signal.aborted) {
     const ms = opts.timeoutMs;
-    timer = setTimeout(
-      () =>
-        ac.abort(
-          new ProxyError(
-            'ETIMEDOUT',
-            `${what}: no answer within ${ms} ms (check the upstream, or raise the connect timeout)`,
-          ),
-        ),
-      ms,
-    );
+    timer = setTimeout(() => ac.abort(timeoutError(what, ms)), ms);
   }
   return {
     signal: ac.signal,
@@ -380,12 +379,18 @@ export async function connectViaProxy(
     // Not reached, or hung up on us mid-handshake: the proxy itself is down
     // (an error reply or a slow handshake may be the destination's fault).
     if (typeof e === 'object' && e !== null && code !== 'EABORTED' && (!sock || code === 'EUPSTREAM_CLOSED')) {
-      Object.defineProperty(e, 'proxyDown', { value: true, configurable: true });
+      markProxyDown(e as Error);
     }
     throw e;
   } finally {
     d.dispose();
   }
+}
+
+/** Marks `e` as a failure of the proxy itself (isProxyDown); returns it. */
+export function markProxyDown<E extends Error>(e: E): E {
+  Object.defineProperty(e, 'proxyDown', { value: true, configurable: true });
+  return e;
 }
 
 /** The connect failed at the proxy itself (see connectViaProxy): its group may mark it dead. */

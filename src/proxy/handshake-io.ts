@@ -36,10 +36,7 @@ function readWith<T>(sock: net.Socket, take: Take<T>, signal: AbortSignal, what:
         resolve(v);
       }
     };
-    const onEnd = () =>
-      fail(
-        new ProxyError('EUPSTREAM_CLOSED', `${what}: the proxy closed the connection mid-handshake (check its log)`),
-      );
+    const onEnd = () => fail(closedMidHandshake(what));
     const onError = (e: Error) => fail(e);
     const onAbort = () => fail(signal.reason);
     if (signal.aborted) return reject(signal.reason);
@@ -53,6 +50,11 @@ function readWith<T>(sock: net.Socket, take: Take<T>, signal: AbortSignal, what:
 }
 
 /** Exactly `n` bytes (n ≤ the socket's highWaterMark is not required; Node grows it). */
+/** The proxy hung up before its handshake reply was complete. */
+export function closedMidHandshake(what: string): ProxyError {
+  return new ProxyError('EUPSTREAM_CLOSED', `${what}: the proxy closed the connection mid-handshake (check its log)`);
+}
+
 export function readExact(sock: net.Socket, n: number, signal: AbortSignal, what: string): Promise<Buffer> {
   return readWith(
     sock,
@@ -61,10 +63,7 @@ export function readExact(sock: net.Socket, n: number, signal: AbortSignal, what
       if (b === null) return undefined;
       if (b.length < n) {
         // Stream ended with a partial message; 'end' follows.
-        throw new ProxyError(
-          'EUPSTREAM_CLOSED',
-          `${what}: the proxy closed the connection mid-handshake (check its log)`,
-        );
+        throw closedMidHandshake(what);
       }
       return b;
     },

@@ -18,10 +18,9 @@ import { dottedToU32, intToIp, ipToInt } from '../util/cidr.js';
 import { resourceAlarm } from '../util/exhaustion.js';
 import { QuietGc, type QuietGcStats } from '../util/quietGc.js';
 import { ownMark } from '../util/sockmark.js';
-import { hostPort, isProxyDown } from './dial.js';
-import { ProxyError } from './errors.js';
+import { hostPort, isProxyDown, timeoutError } from './dial.js';
 import { LOOP_BURST_BACKOFF_MS, LOOP_BURST_THRESHOLD, LOOP_BURST_WINDOW_MS, LoopBurst } from './loopBurst.js';
-import type { Outbound } from './outbound.js';
+import type { NativeProxyDial, Outbound } from './outbound.js';
 import { holdOwnTcpNative, isOwnTcp } from './ownTcp.js';
 import { Relay, type RelayEnd, type RelayHandle, type RelayResult, SpliceRelay } from './relay.js';
 import type { Router } from './router.js';
@@ -512,7 +511,9 @@ export class TcpListener extends EventEmitter {
     if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
 
     const target = outbound.plainTarget?.({ host, port: dstPort });
-    if (target !== undefined && this.#dialNative(session, accepted, target)) return;
+    if (target !== undefined && this.#dialNative(session, accepted, target, dstPort, undefined)) return;
+    const proxied = target === undefined ? outbound.nativeDial?.({ host, port: dstPort }) : undefined;
+    if (proxied !== undefined && this.#dialNative(session, accepted, proxied.addr, proxied.port, proxied)) return;
 
     const app = typeof accepted === 'number' ? this.#wrap(accepted) : accepted;
     const abort = new AbortController();
@@ -564,21 +565,32 @@ export class TcpListener extends EventEmitter {
   }
 
   /**
-   * `direct` to an address known now: the native relay connects and relays
+   * `direct` to an address known now, or a SOCKS5 proxy at one (`proxied`):
+   * the native relay connects, runs the proxy's handshake and relays
    * (SpliceRelay.dial), so this connection costs JavaScript no upstream
    * socket, promise or timer. False (nothing done) when the app socket
    * cannot be handed off; the caller then dials in JavaScript.
    */
-  #dialNative(session: Session, app: net.Socket | number, addr: string): boolean {
+  #dialNative(
+    session: Session,
+    app: net.Socket | number,
+    addr: string,
+    port: number,
+    proxied: NativeProxyDial | undefined,
+  ): boolean {
     let h: RelayHandle | undefined;
-    const port = session.base.port;
     // --fwmark in global mode (src/util/sockmark.ts), as every other socket of the daemon.
     const mark = ownMark();
     // Global mode: the loop guard (./ownTcp.ts) needs this dial's 4-tuple before a captured
     // copy of its SYN can be accepted, so the relay connects here and reports the bound address.
     const local = mark !== 0 ? LOCAL : undefined;
     try {
-      h = this.#spliceRelay().dial(app, addr, port, { mark, connectTimeoutMs: this.#o.connectTimeoutMs, local });
+      h = this.#spliceRelay().dial(app, addr, port, {
+        mark,
+        connectTimeoutMs: this.#o.connectTimeoutMs,
+        local,
+        socks5: proxied?.socks5,
+      });
     } catch (e) {
       // A bare fd was reset by the relay already.
       if (typeof app !== 'number') app.resetAndDestroy();
@@ -593,35 +605,39 @@ export class TcpListener extends EventEmitter {
       const release = holdOwnTcpNative(local[0] as number, local[1] as number, addr, port);
       h.done.then((res) => {
         release();
-        this.#nativeEnded(session, res, addr);
+        this.#nativeEnded(session, res, addr, port, proxied);
       });
       return true;
     }
-    // Holds the session and the dialed address only, for the connection's life.
-    h.done.then((res) => this.#nativeEnded(session, res, addr));
+    // Holds the session, the dialed address and the proxy plan only, for the connection's life.
+    h.done.then((res) => this.#nativeEnded(session, res, addr, port, proxied));
     return true;
   }
 
   /** A native dial's pair ended: as #relayEnded, or a connect failure worded as the JS dial's (src/proxy/dial.ts). */
-  #nativeEnded(session: Session, res: RelayResult, addr: string): void {
+  #nativeEnded(
+    session: Session,
+    res: RelayResult,
+    addr: string,
+    port: number,
+    proxied: NativeProxyDial | undefined,
+  ): void {
     if (res.end !== 'connect-failed') {
       this.#relayEnded(session, res);
       return;
     }
     // The relay already reset the app.
-    const base = session.base;
-    const what = dialWhat(base);
+    const what = dialWhat(session.base);
+    const timeoutMs = this.#o.connectTimeoutMs;
     const code = (res.error as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNREFUSED';
-    const err =
-      code === 'ETIMEDOUT'
-        ? new ProxyError(
-            'ETIMEDOUT',
-            `${what}: no answer within ${this.#o.connectTimeoutMs} ms (check the upstream, or raise the connect timeout)`,
-          )
+    const err = proxied
+      ? proxied.failure(res, what, timeoutMs)
+      : code === 'ETIMEDOUT'
+        ? timeoutError(what, timeoutMs)
         : // Node's own wording for a failed connect ("connect ECONNREFUSED 10.0.0.2:80").
-          wrapError(`${what}: connect ${hostPort(addr, base.port)}`, {
+          wrapError(`${what}: connect ${hostPort(addr, port)}`, {
             code,
-            message: `connect ${code} ${hostPort(addr, base.port)}`,
+            message: `connect ${code} ${hostPort(addr, port)}`,
           });
     this.#connectFailed(session, err, false);
   }

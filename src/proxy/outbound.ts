@@ -11,6 +11,7 @@ import { DirectOutbound } from './outbounds/direct.js';
 import { HttpOutbound } from './outbounds/http.js';
 import { RejectOutbound } from './outbounds/reject.js';
 import { Socks5Outbound } from './outbounds/socks5.js';
+import type { RelayResult, Socks5DialPlan } from './relay.js';
 
 /** Where the app wanted to go: a name (preferred, so the upstream resolves it) or an IP literal. */
 export interface Destination {
@@ -123,6 +124,14 @@ export interface Outbound {
    */
   plainTarget?(dst: Destination): string | undefined;
   /**
+   * Optional: the same for a proxy whose handshake the native relay can run
+   * itself (SOCKS5 CONNECT to a proxy address known now): the Listener
+   * connects to the proxy natively, the relay thread runs the handshake and
+   * relays; JavaScript holds no socket or promise per connection and reads
+   * no handshake byte. undefined → connect().
+   */
+  nativeDial?(dst: Destination): NativeProxyDial | undefined;
+  /**
    * Resolves with a socket connected to `dst` (through the proxy), created
    * with `allowHalfOpen: true` so the relay can forward a FIN one way only.
    * Bytes the proxy sent after its handshake reply are left in the socket's
@@ -142,6 +151,20 @@ export interface Outbound {
    * listener relays through udpAssociate() in JavaScript.
    */
   readonly udpNative?: UdpNativePlan;
+}
+
+/** A proxied connect the native relay runs (Outbound.nativeDial). */
+export interface NativeProxyDial {
+  /** The proxy's address (an IP literal) and port. */
+  addr: string;
+  port: number;
+  socks5: Socks5DialPlan;
+  /**
+   * A 'connect-failed' end of this dial as connect() would have rejected:
+   * same code and wording, marked proxyDown (./dial.ts) when the proxy
+   * itself failed. `what` is "connect to host:port via label".
+   */
+  failure(res: RelayResult, what: string, timeoutMs: number): Error;
 }
 
 /** How the native UDP relay carries an outbound's datagrams. */

@@ -65,6 +65,12 @@ export interface RelayResult {
   end: RelayEnd;
   /** The socket error behind an '*-reset' end. */
   error?: Error;
+  /**
+   * SpliceRelay.dial through a SOCKS5 proxy that ended 'connect-failed':
+   * where and why, packed as native/relay.h PackHandshakeFailure (decoded by
+   * src/proxy/outbounds/socks5.ts nativeDialError).
+   */
+  handshake?: number;
 }
 
 export class Relay {
@@ -166,6 +172,14 @@ export const RELAY_ENDS: readonly RelayEnd[] = [
   'closed',
   'connect-failed',
 ];
+
+/** A SOCKS5 CONNECT the native relay runs itself (src/proxy/outbounds/socks5.ts nativeDial). */
+export interface Socks5DialPlan {
+  /** The CONNECT request (RFC 1928 §4). */
+  request: Buffer;
+  /** The RFC 1929 username/password request, or null: offer no-auth only. */
+  auth: Buffer | null;
+}
 
 /** What the Listener needs of a relay, JS or native. */
 export interface RelayHandle {
@@ -293,13 +307,21 @@ export class SpliceRelay {
     app: net.Socket | number,
     addr: number | string,
     port: number,
-    opts: { mark: number; connectTimeoutMs: number; local?: Float64Array | undefined },
+    opts: {
+      mark: number;
+      connectTimeoutMs: number;
+      local?: Float64Array | undefined;
+      /** addr:port is a SOCKS5 proxy: run this CONNECT natively first (NativeRelay.dial). */
+      socks5?: Socks5DialPlan | undefined;
+    },
   ): RelayHandle | undefined {
     const local = opts.local ?? null;
+    const req = opts.socks5?.request ?? null;
+    const auth = opts.socks5?.auth ?? null;
     if (typeof app === 'number') {
       if (this.#stopped) return undefined;
       const id = this.#nextId++;
-      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true, local);
+      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true, local, req, auth);
       return this.#track(id);
     }
     if (this.#stopped || app.destroyed || app.writableLength > 0) return undefined;
@@ -308,7 +330,7 @@ export class SpliceRelay {
     const preUp = takeBuffered(app);
     const id = this.#nextId++;
     try {
-      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp, false, local);
+      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp, false, local, req, auth);
     } catch (e) {
       if (preUp) app.unshift(preUp);
       throw e;
@@ -353,11 +375,13 @@ export class SpliceRelay {
       if (!pair) continue;
       this.#waiting.delete(id);
       const error = endError(recs[i + 4] as number);
+      const handshake = recs[i + 5] as number;
       pair.end({
         bytesUp: recs[i + 1] as number,
         bytesDown: recs[i + 2] as number,
         end: RELAY_ENDS[recs[i + 3] as number] ?? 'closed',
         ...(error ? { error } : {}),
+        ...(handshake !== 0 ? { handshake } : {}),
       });
     }
   }

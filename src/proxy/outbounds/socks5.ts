@@ -21,18 +21,21 @@
  * small servers) read one message per recv() and drop the rest, so sending
  * greeting+auth+request in one segment breaks them.
  */
-import type * as net from 'node:net';
-import { connectViaProxy, hostPort, type ResolveName } from '../dial.js';
+import * as net from 'node:net';
+import { wrapError } from '../../errors.js';
+import { connectViaProxy, hostPort, markProxyDown, type ResolveName, timeoutError } from '../dial.js';
 import { ProxyError } from '../errors.js';
-import { readExact } from '../handshake-io.js';
+import { closedMidHandshake, readExact } from '../handshake-io.js';
 import type {
   ConnectOptions,
   Destination,
+  NativeProxyDial,
   Outbound,
   UdpAssociateOptions,
   UdpAssociation,
   UdpNativePlan,
 } from '../outbound.js';
+import type { RelayResult } from '../relay.js';
 import {
   type Address,
   addressLengthFromPrefix,
@@ -63,10 +66,83 @@ export class Socks5Outbound implements Outbound {
 
   readonly udpNative: UdpNativePlan;
 
+  /** The RFC 1929 request, built once for every native dial (null: no auth). */
+  readonly #authMsg: Buffer | null;
+  readonly #nativeFailure: NativeProxyDial['failure'];
+
   constructor(opts: Socks5OutboundOptions) {
     this.#o = opts;
     this.label = `socks5://${hostPort(opts.host, opts.port)}`;
     this.udpNative = { kind: 'socks5', control: (o, bindUdp) => socks5UdpControl(this.#udpDeps(), o, bindUdp) };
+    this.#authMsg = opts.auth ? userPassRequest.encode(opts.auth) : null;
+    this.#nativeFailure = (res, what, timeoutMs) => this.#failure(res, what, timeoutMs);
+  }
+
+  /**
+   * The same CONNECT, run by the native relay (native/relay.h Socks5Plan)
+   * when the proxy's address is known now: an IP literal, or a name whose
+   * cached answer has exactly one address (several keep connect()'s
+   * Happy-Eyeballs race). undefined → connect().
+   */
+  nativeDial(dst: Destination): NativeProxyDial | undefined {
+    const { host, port } = this.#o;
+    const addrs = net.isIP(host) !== 0 ? [host] : this.#o.resolve?.peek?.(host);
+    if (addrs?.length !== 1) return undefined;
+    let req: Buffer;
+    try {
+      req = request.encode({ cmd: Cmd.CONNECT, host: dst.host, port: dst.port });
+    } catch {
+      return undefined; // a name longer than 255 bytes: connect() reports it
+    }
+    return {
+      addr: addrs[0] as string,
+      port,
+      socks5: { request: req, auth: this.#authMsg },
+      failure: this.#nativeFailure,
+    };
+  }
+
+  /** A native dial's 'connect-failed' end as connect() would have rejected (native/relay.h HsFail). */
+  #failure(res: RelayResult, what: string, timeoutMs: number): Error {
+    const h = res.handshake ?? 0;
+    const reachingProxy = h >>> 16 === 1;
+    const kind = (h >>> 8) & 0xff;
+    const detail = h & 0xff;
+    let e: Error;
+    if (kind === 0) {
+      const code = (res.error as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNRESET';
+      const at = hostPort(this.#o.host, this.#o.port);
+      e =
+        code === 'ETIMEDOUT'
+          ? timeoutError(what, timeoutMs)
+          : reachingProxy
+            ? wrapError(`${what}: reach the proxy: connect ${at}`, { code, message: `connect ${code} ${at}` })
+            : wrapError(what, { code, message: `read ${code}` });
+      // Not reached (a timeout included): the proxy itself is down, as connectViaProxy says.
+      return reachingProxy ? markProxyDown(e) : e;
+    }
+    switch (kind) {
+      case 1:
+        return markProxyDown(closedMidHandshake(what));
+      case 2:
+        return noMethodError(what, this.#o.auth !== undefined);
+      case 3:
+        return badMethodError(what, detail);
+      case 4:
+        return authFailedError(what, this.#o.auth?.username ?? '', detail);
+      case 5:
+        return replyError(detail, what);
+      case 7:
+        return new ProxyError(
+          'ESOCKS5_PROTOCOL',
+          `${what}: socks5 address type ${detail} is unknown (RFC 1928 defines 1, 3, 4)`,
+        );
+      default:
+        return new ProxyError(
+          'ESOCKS5_PROTOCOL',
+          `${what}: the proxy answered with version ${detail}, expected ${kind === 8 ? '1' : '5'} (is the upstream a SOCKS5 server, not SOCKS4/HTTP?)`,
+        );
+    }
   }
 
   connect(dst: Destination, opts?: ConnectOptions): Promise<net.Socket> {
@@ -102,27 +178,12 @@ export class Socks5Outbound implements Outbound {
     const methods: number[] = auth ? [Method.NO_AUTH, Method.USER_PASS] : [Method.NO_AUTH];
     sock.write(greeting.encode({ methods }));
     const { method } = methodSelection.decode(await readExact(sock, 2, signal, what));
-    if (method === Method.NO_ACCEPTABLE) {
-      throw new ProxyError(
-        'ESOCKS5_NO_METHOD',
-        auth
-          ? `${what}: the proxy accepts neither no-auth nor username/password (check its auth settings)`
-          : `${what}: the proxy requires authentication: put user:pass in the URL (socks5://user:pass@host:port)`,
-      );
-    }
-    if (!methods.includes(method)) {
-      throw new ProxyError('ESOCKS5_PROTOCOL', `${what}: the proxy chose method ${method}, which we did not offer`);
-    }
+    if (method === Method.NO_ACCEPTABLE) throw noMethodError(what, auth !== undefined);
+    if (!methods.includes(method)) throw badMethodError(what, method);
     if (method === Method.USER_PASS && auth) {
-      sock.write(userPassRequest.encode(auth));
+      sock.write(this.#authMsg ?? userPassRequest.encode(auth));
       const { status } = userPassReply.decode(await readExact(sock, 2, signal, what));
-      if (status !== 0) {
-        throw new ProxyError(
-          'ESOCKS5_AUTH_FAILED',
-          `${what}: the proxy rejected user "${auth.username}" (RFC 1929 status ${status}): check user:pass in --upstream`,
-          { status },
-        );
-      }
+      if (status !== 0) throw authFailedError(what, auth.username, status);
     }
     sock.write(request.encode({ cmd, host: dst.host, port: dst.port }));
     // VER REP RSV ATYP + first address byte tell the reply's full length.
@@ -133,4 +194,27 @@ export class Socks5Outbound implements Outbound {
     if (r.rep !== 0) throw replyError(r.rep, what);
     return { host: r.host, port: r.port };
   }
+}
+
+// The handshake's failures, worded once for the JavaScript and the native handshake.
+
+function noMethodError(what: string, haveAuth: boolean): ProxyError {
+  return new ProxyError(
+    'ESOCKS5_NO_METHOD',
+    haveAuth
+      ? `${what}: the proxy accepts neither no-auth nor username/password (check its auth settings)`
+      : `${what}: the proxy requires authentication: put user:pass in the URL (socks5://user:pass@host:port)`,
+  );
+}
+
+function badMethodError(what: string, method: number): ProxyError {
+  return new ProxyError('ESOCKS5_PROTOCOL', `${what}: the proxy chose method ${method}, which we did not offer`);
+}
+
+function authFailedError(what: string, user: string, status: number): ProxyError {
+  return new ProxyError(
+    'ESOCKS5_AUTH_FAILED',
+    `${what}: the proxy rejected user "${user}" (RFC 1929 status ${status}): check user:pass in --upstream`,
+    { status },
+  );
 }

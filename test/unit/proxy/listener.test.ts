@@ -104,7 +104,15 @@ describe('TcpListener', () => {
       outbound: `socks5://${LO}:${socks.port}`,
     });
     expect(close).toMatchObject({ phase: 'close', flowId: open.flowId, name: 'localhost', bytesUp: 5, bytesDown: 5 });
-    expect(l.stats()).toMatchObject({ accepted: 1, rejectedPeers: 0, active: 0, bytesUp: 5, bytesDown: 5 });
+    // The proxy's address is a literal: the relay thread ran the SOCKS5 handshake, not JavaScript.
+    expect(l.stats()).toMatchObject({
+      accepted: 1,
+      rejectedPeers: 0,
+      active: 0,
+      bytesUp: 5,
+      bytesDown: 5,
+      nativeDials: 1,
+    });
   });
 
   it('closeFlow(id) resets a live session whose NAT flow left the table; unknown ids are ignored', async () => {
@@ -171,6 +179,8 @@ describe('TcpListener', () => {
     s.write('GET / HTTP/1.0\r\n\r\n');
     const err = await socketError(s);
     expect(err.code).toBe('ECONNRESET');
+    // The native relay resets the app before JavaScript hears of the end.
+    await until(() => sessions.length === 2);
     expect(log).toHaveLength(1);
     expect(log[0]).toContain(`tcp localhost:${dead} via socks5://${LO}:${socks.port}`);
     expect(log[0]).toContain('ESOCKS5_REFUSED');
@@ -183,7 +193,8 @@ describe('TcpListener', () => {
     const { app, log } = await setup(new Socks5Outbound({ host: LO, port: await freePort() }));
     const err = await socketError(app({ dstIp: FAKE, dstPort: origin.port }));
     expect(err.code).toBe('ECONNRESET');
-    expect(log[0]).toMatch(/ECONNREFUSED/);
+    await until(() => log.length > 0);
+    expect(log[0]).toMatch(/reach the proxy: connect .*ECONNREFUSED/);
     const ok = await setup(new DirectOutbound());
     expect(await roundTrip(ok.app({ dstIp: LO, dstPort: origin.port }), 'still up')).toBe('still up');
   });
@@ -196,6 +207,7 @@ describe('TcpListener', () => {
       const { app, log } = await setup(new Socks5Outbound({ host: LO, port }), { connectTimeoutMs: 100 });
       const err = await socketError(app({ dstIp: FAKE, dstPort: 80 }));
       expect(err.code).toBe('ECONNRESET');
+      await until(() => log.length > 0);
       expect(log[0]).toMatch(/tcp localhost:80 via socks5:.*ETIMEDOUT.*no answer within 100 ms/);
     } finally {
       for (const c of held) c.destroy();
@@ -266,6 +278,150 @@ describe('TcpListener', () => {
       });
     } finally {
       await closeServer(blocker);
+    }
+  });
+});
+
+/**
+ * A SOCKS5 server in the test, for what real servers do not do on demand:
+ * it answers the greeting with `method` (or hangs up), the CONNECT with
+ * `reply` in ONE write with `banner` appended (a server-first protocol right
+ * behind the reply), then echoes. `got` is every byte after the request.
+ */
+async function scriptedSocks(script: {
+  method: number;
+  hangUpAfterGreeting?: boolean;
+  reply?: Buffer;
+  banner?: string;
+}) {
+  const seen = { request: Buffer.alloc(0), got: '' };
+  const conns: net.Socket[] = [];
+  const server = net.createServer((c) => {
+    conns.push(c);
+    c.on('error', () => {});
+    let buf = Buffer.alloc(0);
+    let stage = 0;
+    c.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (stage === 0 && buf.length >= 2 && buf.length >= 2 + (buf[1] as number)) {
+        buf = buf.subarray(2 + (buf[1] as number));
+        if (script.hangUpAfterGreeting) return void c.end();
+        c.write(Buffer.from([5, script.method]));
+        stage = 1;
+      }
+      // VER CMD RSV ATYP=3 LEN NAME PORT (the Listener asks by name).
+      if (stage === 1 && buf.length >= 5 && buf.length >= 7 + (buf[4] as number)) {
+        const n = 7 + (buf[4] as number);
+        seen.request = buf.subarray(0, n);
+        buf = buf.subarray(n);
+        c.write(
+          Buffer.concat([
+            script.reply ?? Buffer.from([5, 0, 0, 1, 127, 0, 0, 1, 0, 80]),
+            Buffer.from(script.banner ?? ''),
+          ]),
+        );
+        stage = 2;
+      }
+      if (stage === 2 && buf.length > 0) {
+        seen.got += buf.toString('latin1');
+        c.write(`echo:${buf.toString('latin1')}`);
+        buf = Buffer.alloc(0);
+      }
+    });
+  });
+  const port = await listen(server);
+  return {
+    port,
+    seen,
+    close: async () => {
+      for (const c of conns) c.destroy();
+      await closeServer(server);
+    },
+  };
+}
+
+describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
+  const servers: Array<{ close(): Promise<void> }> = [];
+  afterEach(async () => {
+    await Promise.all(servers.splice(0).map((x) => x.close()));
+  });
+
+  it('the app speaks first and the proxy sends a banner right behind a domain-name reply: every byte once, in order', async () => {
+    const bnd = Buffer.from('bnd.example');
+    const reply = Buffer.concat([Buffer.from([5, 0, 0, 3, bnd.length]), bnd, Buffer.from([0x1f, 0x90])]);
+    const srv = await scriptedSocks({ method: 0, reply, banner: 'BANNER|' });
+    servers.push(srv);
+    const { app, l, sessions } = await setup(new Socks5Outbound({ host: LO, port: srv.port }));
+    const s = app({ dstIp: FAKE, dstPort: 4242 });
+    s.write('hello'); // before the listener even accepted: waits in the app's socket through the handshake
+    s.setEncoding('latin1');
+    let got = '';
+    s.on('data', (d: string) => {
+      got += d;
+    });
+    await until(() => got === 'BANNER|echo:hello');
+    expect(srv.seen.request.equals(Buffer.from([5, 1, 0, 3, 9, ...Buffer.from('localhost'), 0x10, 0x92]))).toBe(true);
+    expect(srv.seen.got).toBe('hello');
+    s.end();
+    await until(() => sessions.length === 2);
+    expect(sessions[1]).toMatchObject({ phase: 'close', bytesUp: 5, bytesDown: 'BANNER|echo:hello'.length });
+    expect(l.stats().nativeDials).toBe(1);
+  });
+
+  it('username/password (RFC 1929) against microsocks: the right pair relays, a wrong one is ESOCKS5_AUTH_FAILED', async () => {
+    const authed = await startMicrosocks({ user: 'u1', pass: 'secret' });
+    servers.push({ close: () => authed.stop() });
+    const good = await setup(
+      new Socks5Outbound({ host: LO, port: authed.port, auth: { username: 'u1', password: 'secret' } }),
+    );
+    expect(await roundTrip(good.app({ dstIp: FAKE, dstPort: origin.port }), 'authed')).toBe('authed');
+    const bad = await setup(
+      new Socks5Outbound({ host: LO, port: authed.port, auth: { username: 'u1', password: 'wrong' } }),
+    );
+    expect((await socketError(bad.app({ dstIp: FAKE, dstPort: origin.port }))).code).toBe('ECONNRESET');
+    await until(() => bad.sessions.length === 2);
+    expect(bad.sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: 'ESOCKS5_AUTH_FAILED' });
+    expect(bad.log[0]).toMatch(/rejected user "u1" \(RFC 1929 status [1-9]\d*\): check user:pass/);
+  });
+
+  it('protocol failures reset the app with the stable code and one line naming the fix', async () => {
+    const cases: Array<[Parameters<typeof scriptedSocks>[0], string, RegExp]> = [
+      [{ method: 0xff }, 'ESOCKS5_NO_METHOD', /requires authentication: put user:pass in the URL/],
+      [{ method: 2 }, 'ESOCKS5_PROTOCOL', /chose method 2, which we did not offer/],
+      [{ method: 0, hangUpAfterGreeting: true }, 'EUPSTREAM_CLOSED', /closed the connection mid-handshake/],
+      [{ method: 0, reply: Buffer.from([5, 2, 0, 1, 0, 0, 0, 0, 0, 0]) }, 'ESOCKS5_NOT_ALLOWED', /check the proxy ACL/],
+      [{ method: 0, reply: Buffer.from([4, 0, 0, 1, 0, 0, 0, 0, 0, 0]) }, 'ESOCKS5_PROTOCOL', /version 4, expected 5/],
+      [{ method: 0, reply: Buffer.from([5, 0, 0, 9, 0, 0, 0, 0, 0, 0]) }, 'ESOCKS5_PROTOCOL', /address type 9/],
+    ];
+    for (const [script, code, text] of cases) {
+      const srv = await scriptedSocks(script);
+      servers.push(srv);
+      const { app, log, sessions } = await setup(new Socks5Outbound({ host: LO, port: srv.port }));
+      const s = app({ dstIp: FAKE, dstPort: 80 });
+      expect((await socketError(s)).code).toBe('ECONNRESET');
+      await until(() => sessions.length === 2);
+      expect(sessions[1], code).toMatchObject({ end: 'connect-failed', errorCode: code });
+      expect(log).toHaveLength(1);
+      expect(log[0]).toMatch(text);
+      expect(srv.seen.got).toBe(''); // nothing of the app's reached the proxy
+    }
+  });
+
+  it('a proxy that cannot be reached is reported to the router (proxyDown); a refusing destination is not', async () => {
+    const dead = await freePort();
+    for (const [port, dst, code, reported] of [
+      [dead, origin.port, 'ECONNREFUSED', ['ECONNREFUSED']],
+      [socks.port, await freePort(), 'ESOCKS5_REFUSED', []],
+    ] as const) {
+      const final = new Socks5Outbound({ host: LO, port });
+      const router = new Router({ final });
+      const reports: string[] = [];
+      router.reportFailure = (_chain, why) => void reports.push(why);
+      const { app, sessions } = await setup(final, { router });
+      expect((await socketError(app({ dstIp: FAKE, dstPort: dst }))).code).toBe('ECONNRESET');
+      await until(() => sessions.length === 2);
+      expect(sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: code });
+      expect(reports).toEqual(reported);
     }
   });
 });
