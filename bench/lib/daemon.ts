@@ -152,6 +152,12 @@ export class Daemon {
     return (Number(f[11]) + Number(f[12])) / CLK_TCK;
   }
 
+  /** CPU seconds (user + system) of the daemon's JavaScript thread alone (its main thread: tid = pid). */
+  jsThreadCpuSecs(): number {
+    const f = readFileSync(`/proc/${this.pid}/task/${this.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  }
+
   /**
    * VmRSS and VmHWM in bytes, RSS split into anonymous memory (heaps, stacks) and file pages
    * (mostly the node binary's code, shared with every node process), and the open fds, from /proc.

@@ -13,6 +13,7 @@
  * connection's scheduled start, so the difference is what the path adds.
  */
 import { join } from 'node:path';
+import type { Daemon } from '../lib/daemon.js';
 import type { Ctx } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { abRun, pacedRun } from '../lib/tools.js';
@@ -23,6 +24,8 @@ import { withDaemon } from './tcp.js';
 export const CONCURRENCY = 64;
 /** Open-loop new connections/s for the latency rows: well under every path's closed-loop rate. */
 export const PACED_RATE = 1000;
+/** The daemon JavaScript thread's CPU per connection. */
+const JS_US = { metric: 'JS thread CPU/conn', unit: 'µs', higherIsBetter: false };
 
 export const tcpConnect: Scenario = {
   name: 'tcp-connect',
@@ -53,6 +56,8 @@ export const tcpConnect: Scenario = {
       spec('tun-noctl-p99', `${tun}, --controller off`, MS('p99'), { compare: [{ to: 'tun-p99' }] }),
       spec('tun-dante', 'TUN → fakeproxy → dante', CONN_RATE, { compare: [{ to: 'direct' }, { to: 'tun' }] }),
       spec('tun-dante-p99', 'TUN → fakeproxy → dante', MS('p99'), { compare: [{ to: 'direct-p99' }] }),
+      spec('tun-js-us', tun, JS_US),
+      spec('tun-dante-js-us', 'TUN → fakeproxy → dante', JS_US, { compare: [{ to: 'tun-js-us' }] }),
     );
     /** The rows fill(prefix, paced) writes (a path without a p50 row just has none). */
     const filled = (prefix: string, withPaced = true) => [
@@ -66,11 +71,18 @@ export const tcpConnect: Scenario = {
       topo.big = bigFile(ctx, 1 * 1024 * 1024);
       await topo.start('dnsmasq', 'origin', 'dante');
       const csv = join(ctx.tmp, 'ab.csv');
-      const fill = async (prefix: string, url: string, withPaced = true) => {
+      const fill = async (prefix: string, url: string, withPaced = true, d?: Daemon) => {
         // One untimed warm-up pass of 1000 (page cache, ARP, daemon JIT, dante's preforked children;
         // up to 20 s: a proxy's slow start is not measured), then the timed repetitions.
         await abRun(topo.client, url, Math.min(1000, n), CONCURRENCY, csv, 20);
-        const rs = await repeat(ctx, () => abRun(topo.client, url, n, CONCURRENCY, csv, limit));
+        const jsUs: number[] = [];
+        const rs = await repeat(ctx, async () => {
+          const cpu0 = d?.jsThreadCpuSecs() ?? 0;
+          const r = await abRun(topo.client, url, n, CONCURRENCY, csv, limit);
+          if (d && r.complete > 0) jsUs.push(((d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete);
+          return r;
+        });
+        if (d) row(s, `${prefix}-js-us`).samples = jsUs;
         if (rs.some((r) => r.complete < n))
           s.notes.push(
             `${prefix}: some repetitions hit the ${limit} s limit before ${n} requests (rate over what completed)`,
@@ -93,9 +105,9 @@ export const tcpConnect: Scenario = {
         fill('direct', `http://${topo.upIp}:${PORTS.origin}/small`),
       );
       const viaName = `http://${ORIGIN_NAME}:${PORTS.origin}/small`;
-      await path(ctx, s, [...filled('tun'), 'tun-added-p99'], 'tcp-connect: TUN direct', () =>
-        withDaemon(topo, 'direct', async () => {
-          await fill('tun', viaName);
+      await path(ctx, s, [...filled('tun'), 'tun-added-p99', 'tun-js-us'], 'tcp-connect: TUN direct', () =>
+        withDaemon(topo, 'direct', async (daemon) => {
+          await fill('tun', viaName, true, daemon);
           const d = row(s, 'direct-paced-p99').samples;
           const t = row(s, 'tun-paced-p99').samples;
           row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
@@ -104,11 +116,12 @@ export const tcpConnect: Scenario = {
       await path(ctx, s, filled('tun-noctl', false), 'tcp-connect: TUN direct, --controller off', () =>
         withDaemon(topo, 'direct', () => fill('tun-noctl', viaName, false), { extra: ['--controller', 'off'] }),
       );
-      await path(ctx, s, filled('tun-dante', false), 'tcp-connect: TUN → dante', () =>
+      await path(ctx, s, [...filled('tun-dante', false), 'tun-dante-js-us'], 'tcp-connect: TUN → dante', () =>
         // No paced row: PACED_RATE is above what dante's path takes today (its queue would grow for the whole run).
-        withDaemon(topo, 'dante', () => fill('tun-dante', viaName, false)),
+        withDaemon(topo, 'dante', (daemon) => fill('tun-dante', viaName, false, daemon)),
       );
       s.notes.push(
+        "JS thread CPU/conn: the daemon main thread's user + system CPU (/proc/<pid>/task/<pid>/stat, clock ticks) over the timed ab runs ÷ completed connections; a cost per connection that moves far less with machine load than conn/s",
         "latency = ab's per-request total (connect + request + first byte + 128 B), percentiles from ab -e (fractional ms); ab checks every response (complete = n, 0 failed, 0 non-2xx)",
         'tun-noctl: the same daemon without the controller API; the controller keeps a record per live connection for /connections whether or not a dashboard is open, so this is its cost with no client (nat-scale has its memory)',
         `paced = open loop (bench/lib/pacer.c): a new connection every 1/${PACED_RATE} s for ${pacedSecs} s, latency from its scheduled start to the response's EOF; every response checked (HTTP 200, body = Content-Length). ab's p99 is closed-loop (≈ ${CONCURRENCY} / rate), so "added p99" uses the paced rows`,
