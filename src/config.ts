@@ -14,6 +14,7 @@ import {
 import { parseUpstream } from './proxy/outbound.js';
 import { parseRedisUrl } from './redis/client.js';
 import { checkNodeId } from './redis/schema.js';
+import { parseCgroupPath } from './tun/cgroup.js';
 import { type DefaultExclude, parseCapture, parseFwmark, parseUidRange } from './tun/policy.js';
 import { type Ipv4Range, parseCidr, parseHostPort, parsePort, parseSourceCidr } from './util/cidr.js';
 
@@ -62,6 +63,9 @@ export interface StartConfig {
   /** uidranges (`A-B`) that go direct / that alone are captured. */
   bypassUid: string[];
   onlyUid: string[];
+  /** cgroup v2 paths (as given, syntax-checked) that go direct / that alone are captured; resolved at start (src/tun/cgroup.ts). */
+  bypassCgroup: string[];
+  onlyCgroup: string[];
   /** Sniff TCP connections without a name (`--sniff`; auto: in global mode), and for how long (ms). */
   sniff: 'auto' | 'on' | 'off';
   sniffTimeout: number;
@@ -325,6 +329,8 @@ function globalMode(
   | 'capture'
   | 'bypassUid'
   | 'onlyUid'
+  | 'bypassCgroup'
+  | 'onlyCgroup'
   | 'sniff'
   | 'sniffTimeout'
 > {
@@ -347,9 +353,26 @@ function globalMode(
     capture: parseCapture(list(pick('capture'), '--capture')),
     bypassUid: list(pick('bypassUid'), '--bypass-uid').map((u) => parseUidRange(u, '--bypass-uid')),
     onlyUid: list(pick('onlyUid'), '--only-uid').map((u) => parseUidRange(u, '--only-uid')),
+    ...cgroups(mode, pick),
     sniff,
     sniffTimeout: num('sniffTimeout'),
   };
+}
+
+/** `--bypass-cgroup` / `--only-cgroup`: syntax here, the cgroups themselves at start (prepareCgroupRules). */
+function cgroups(
+  mode: StartConfig['mode'],
+  pick: (k: keyof typeof O) => unknown,
+): Pick<StartConfig, 'bypassCgroup' | 'onlyCgroup'> {
+  const bypassCgroup = list(pick('bypassCgroup'), '--bypass-cgroup').map((p) => parseCgroupPath(p, '--bypass-cgroup'));
+  const onlyCgroup = list(pick('onlyCgroup'), '--only-cgroup').map((p) => parseCgroupPath(p, '--only-cgroup'));
+  if (mode !== 'global' && (bypassCgroup.length || onlyCgroup.length)) {
+    const flag = bypassCgroup.length ? '--bypass-cgroup' : '--only-cgroup';
+    throw new UsageError(
+      `${flag} works in global mode only (--mode global): in fake-ip mode only named traffic is captured`,
+    );
+  }
+  return { bypassCgroup, onlyCgroup };
 }
 
 /**

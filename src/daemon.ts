@@ -23,6 +23,7 @@ import { redactRedisUrl } from './redis/client.js';
 import { RedisMirror, sessionAnnotation } from './redis/mirror.js';
 import { nodePrefix } from './redis/schema.js';
 import { RedisSharedPool } from './redis/sharedPool.js';
+import { type CgroupMatch, nftTableName, prepareCgroupRules } from './tun/cgroup.js';
 import { excludedCidrs, PolicyRouting } from './tun/policy.js';
 import { TunRouteCheck } from './tun/routes.js';
 import { TunDevice } from './tun/TunDevice.js';
@@ -131,6 +132,17 @@ export class Daemon {
       c.dnsUpstream ??
       findUpstream(c.dnsListen, stateDir, this.log, sysDnsMode === 'resolved' ? RESOLVED_UPLINKS : undefined);
     const resolve = upstreamResolver(`${dnsUpstream.host}:${dnsUpstream.port}`);
+    // --bypass-cgroup / --only-cgroup: cgroups, nft and the kernel's support, checked before anything is made.
+    const cgroups =
+      c.mode === 'global'
+        ? prepareCgroupRules({
+            tun: c.tun,
+            tunAddress: c.cidr.gatewayIp,
+            mark: c.fwmark,
+            bypass: c.bypassCgroup,
+            only: c.onlyCgroup,
+          })
+        : undefined;
     // Global mode: every socket the daemon opens from here on carries the mark.
     setOwnMark(c.mode === 'global' ? c.fwmark : 0);
     const routes = new TunRouteCheck(c.tun);
@@ -205,6 +217,7 @@ export class Daemon {
         journal: teardown,
         bypassUids: c.bypassUid,
         onlyUids: c.onlyUid,
+        cgroups,
       });
       this.policy = policy;
       // Before the TUN closes (its going takes the table's route with it).
@@ -213,6 +226,12 @@ export class Daemon {
       this.say(
         `global mode: table ${c.routeTable} default dev ${tun.name}, rules ${c.rulePriority}+ (fwmark 0x${c.fwmark.toString(16)}, ${policy.rules().length} rules)`,
       );
+      if (cgroups) {
+        const list = (ms: readonly CgroupMatch[]) => ms.map((m) => `${m.cgroup} (level ${m.level})`).join(', ');
+        this.say(
+          `global mode: nftables table ip ${nftTableName(tun.name)}:${cgroups.rules.bypass.length ? ` bypass ${list(cgroups.rules.bypass)}` : ''}${cgroups.rules.only.length ? ` only ${list(cgroups.rules.only)}` : ''}`,
+        );
+      }
     }
 
     const dns = new FakeDns({

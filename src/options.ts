@@ -254,6 +254,20 @@ export const START_OPTIONS = {
     repeatable: true,
     why: "global mode, repeatable: only these local users' traffic enters the TUN (one `ip rule uidrange … lookup <table>` each, instead of the catch-all rule); everything else, forwarded `--lan` traffic included, keeps the main table",
   },
+  bypassCgroup: {
+    flag: '--bypass-cgroup <path>',
+    help: 'global mode: processes in this cgroup v2 (and below) go direct; repeatable',
+    defaultText: 'none',
+    repeatable: true,
+    why: 'global mode, repeatable: sockets created by processes in this cgroup v2 or one below it go direct — an nftables `socket cgroupv2` rule in the daemon\'s own table marks their packets with `--fwmark` (and masquerades them, since they were first routed into the TUN). PATH is the cgroup as `/proc/PID/cgroup` shows it (`/system.slice/foo.service`) or its directory under the cgroup2 mount (`/sys/fs/cgroup/unified/x` on a hybrid host). The cgroup must exist at start; see "Per-app: cgroups" for what the host needs',
+  },
+  onlyCgroup: {
+    flag: '--only-cgroup <path>',
+    help: 'global mode: capture only processes in this cgroup v2 (and below); repeatable',
+    defaultText: 'every process',
+    repeatable: true,
+    why: 'global mode, repeatable: only sockets created in these cgroups (with `--only-uid`: or by those users) enter the TUN: their packets are marked `--fwmark`+1 and an `ip rule fwmark … lookup <table>` replaces the catch-all rule; everything else, forwarded `--lan` traffic included, keeps the main table',
+  },
   sniff: {
     flag: '--sniff <when>',
     help: 'take the name of a connection to a real address from its TLS SNI or HTTP Host: auto, on, off',

@@ -8,7 +8,14 @@
  *
  *   pref P    fwmark MARK        lookup main   our own sockets (SO_MARK)
  *   pref P+1  to EXCLUDED        lookup main   one rule per excluded CIDR
+ *   pref P+2  uidrange U         lookup main   --bypass-uid
  *   pref P+9  (all)              lookup TABLE  table TABLE: default dev TUN
+ *             or, with --only-uid / --only-cgroup, instead of (all):
+ *   pref P+9  uidrange U         lookup TABLE  one per --only-uid
+ *   pref P+9  fwmark MARK+1      lookup TABLE  --only-cgroup's packets (src/tun/cgroup.ts)
+ *
+ * `--bypass-cgroup` needs no rule of its own: its packets carry MARK (set by
+ * the daemon's nftables table, src/tun/cgroup.ts), so the first rule applies.
  *
  * The local table (pref 0) still comes first, so the gateway's own address
  * (Listener, DNS) is delivered locally.
@@ -17,6 +24,7 @@ import { execFileSync } from 'node:child_process';
 import type { Change, TeardownJournal } from '../daemon/teardown.js';
 import { FakeproxyError, UsageError } from '../errors.js';
 import { parseSourceCidr } from '../util/cidr.js';
+import { type CgroupRules, captureMark, nftTableName, runNft } from './cgroup.js';
 
 /** The ranges global mode leaves on the main table unless `--capture NAME`. */
 export const DEFAULT_EXCLUDES = {
@@ -88,10 +96,14 @@ export interface PolicyRoutingOptions {
   bypassUids?: readonly string[];
   /** When given, only these uidranges are captured (instead of everything). @default none */
   onlyUids?: readonly string[];
+  /** `--bypass-cgroup` / `--only-cgroup`, checked by prepareCgroupRules: the nftables table and its script. @default none */
+  cgroups?: { rules: CgroupRules; script: string } | undefined;
   /** Every rule and route is recorded here before it is made (src/daemon/teardown.ts). */
   journal: Pick<TeardownJournal, 'exec' | 'undo'>;
   /** Runs `ip ARGS…` for the leftover sweep; throws with stderr on failure. Injectable for tests. @default execFileSync('ip', …) */
   ip?: (args: string[]) => string;
+  /** Runs `nft ARGS…` for the leftover sweep; throws on failure. Injectable for tests. @default runNft */
+  nft?: (args: string[]) => string;
 }
 
 /** Offsets from --rule-priority. */
@@ -122,19 +134,28 @@ function runIp(args: string[]): string {
  * journal was in memory only).
  */
 export class PolicyRouting {
-  readonly #o: Required<PolicyRoutingOptions>;
+  readonly #o: Required<Omit<PolicyRoutingOptions, 'cgroups'>> & Pick<PolicyRoutingOptions, 'cgroups'>;
   #changes: Change[] = [];
 
   constructor(opts: PolicyRoutingOptions) {
-    this.#o = { ip: runIp, bypassUids: [], onlyUids: [], ...opts };
+    this.#o = { ip: runIp, nft: runNft, bypassUids: [], onlyUids: [], ...opts };
   }
 
   /** The `ip rule` selectors after `pref N`, in priority order. */
   rules(): { pref: number; selector: string[] }[] {
-    const { mark, table, priority: p, excluded, bypassUids, onlyUids } = this.#o;
-    const capture = onlyUids.length
-      ? onlyUids.map((u) => ({ pref: p + PREF_CAPTURE, selector: ['uidrange', u, 'lookup', String(table)] }))
-      : [{ pref: p + PREF_CAPTURE, selector: ['lookup', String(table)] }];
+    const { mark, table, priority: p, excluded, bypassUids, onlyUids, cgroups } = this.#o;
+    const only = [
+      ...onlyUids.map((u) => ({ pref: p + PREF_CAPTURE, selector: ['uidrange', u, 'lookup', String(table)] })),
+      ...(cgroups?.rules.only.length
+        ? [
+            {
+              pref: p + PREF_CAPTURE,
+              selector: ['fwmark', `0x${captureMark(mark).toString(16)}`, 'lookup', String(table)],
+            },
+          ]
+        : []),
+    ];
+    const capture = only.length ? only : [{ pref: p + PREF_CAPTURE, selector: ['lookup', String(table)] }];
     return [
       { pref: p + PREF_MARK, selector: ['fwmark', `0x${mark.toString(16)}`, 'lookup', 'main'] },
       ...excluded.map((c) => ({ pref: p + PREF_EXCLUDE, selector: ['to', c, 'lookup', 'main'] })),
@@ -151,6 +172,18 @@ export class PolicyRouting {
     const route = ['-4', 'route', '{}', 'default', 'dev', tun, 'table', String(table)];
     const verb = (argv: string[], v: string) => ['ip', ...argv.map((a) => (a === '{}' ? v : a))];
     this.#changes.push(journal.exec(verb(route, 'add'), verb(route, 'del'), `global mode: table ${table} via ${tun}`));
+    // Before the rules: a bypassed cgroup is never captured, not even for a moment.
+    const cg = this.#o.cgroups;
+    if (cg) {
+      const name = nftTableName(tun);
+      this.#changes.push(
+        journal.exec(
+          ['nft', cg.script],
+          ['nft', 'delete', 'table', 'ip', name],
+          `global mode: nftables table ip ${name}`,
+        ),
+      );
+    }
     for (const r of this.rules()) {
       const argv = ['-4', 'rule', '{}', 'pref', String(r.pref), ...r.selector];
       this.#changes.push(
@@ -159,7 +192,7 @@ export class PolicyRouting {
     }
   }
 
-  /** Removes every rule in our priority span and flushes our table. Never throws: returns what failed. */
+  /** Removes every rule in our priority span, flushes our table and deletes our nftables table. Never throws: returns what failed. */
   sweep(): string[] {
     const errors: string[] = [];
     const { priority: p, table } = this.#o;
@@ -183,6 +216,13 @@ export class PolicyRouting {
     } catch (e) {
       // an empty table "does not exist": nothing to flush
       if (!/does not exist|No such file/i.test((e as Error).message)) errors.push((e as Error).message);
+    }
+    try {
+      this.#o.nft(['delete', 'table', 'ip', nftTableName(this.#o.tun)]);
+    } catch (e) {
+      // none left (the usual case), or no nft on this host: then there was never a table
+      const err = e as FakeproxyError;
+      if (err.code !== 'ENONFT' && !/No such file/i.test(err.message)) errors.push(err.message);
     }
     return errors;
   }

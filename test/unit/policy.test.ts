@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { resolveStartConfig } from '../../src/config.js';
 import { type Runner, TeardownJournal } from '../../src/daemon/teardown.js';
 import { upstreamAddresses } from '../../src/daemon.js';
+import { FakeproxyError } from '../../src/errors.js';
 import { native } from '../../src/native.js';
 import { dialTcp } from '../../src/proxy/dial.js';
 import { excludedCidrs, PolicyRouting, parseCapture, parseFwmark, parseUidRange } from '../../src/tun/policy.js';
@@ -78,12 +79,17 @@ describe('PolicyRouting', () => {
       calls.push(`ip ${args.join(' ')}`);
       return args.join(' ') === '-4 rule show' ? ruleShow : '';
     };
+    // No table left (the usual case): nft's own error.
+    const nft = (args: string[]): string => {
+      calls.push(`nft ${args.join(' ')}`);
+      throw new FakeproxyError('ENFT', 'nft: Error: Could not process rule: No such file or directory');
+    };
     const run: Runner = (argv) => {
       calls.push(argv.join(' '));
       return { status: 0, stderr: '' };
     };
     const journal = TeardownJournal.open({ stateDir: null, tun: 'fp0', log: () => {}, run });
-    return { calls, ip, journal };
+    return { calls, ip, nft, journal };
   };
 
   it('sweeps leftovers, adds the table route, then the rules in priority order, each journaled', () => {
@@ -97,6 +103,7 @@ describe('PolicyRouting', () => {
       priority: 9000,
       excluded: ['10.0.0.0/8', '192.0.2.1/32'],
       ip: f.ip,
+      nft: f.nft,
       journal: f.journal,
     });
     p.install();
@@ -104,6 +111,7 @@ describe('PolicyRouting', () => {
       'ip -4 rule show',
       'ip -4 rule del pref 9001',
       'ip -4 route flush table 2022',
+      'nft delete table ip fakeproxy_fp0',
       'ip -4 route add default dev fp0 table 2022',
       'ip -4 rule add pref 9000 fwmark 0x2d0 lookup main',
       'ip -4 rule add pref 9001 to 10.0.0.0/8 lookup main',
@@ -137,6 +145,7 @@ describe('PolicyRouting', () => {
       bypassUids: ['0-0'],
       onlyUids: ['1000-1999', '3000-3000'],
       ip: f.ip,
+      nft: f.nft,
       journal: f.journal,
     });
     expect(p.rules().map((r) => `${r.pref} ${r.selector.join(' ')}`)).toEqual([
@@ -158,6 +167,7 @@ describe('PolicyRouting', () => {
       priority: 9000,
       excluded: [],
       ip: f.ip,
+      nft: f.nft,
       journal: f.journal,
     });
     expect(p.sweep()).toEqual([]);
@@ -166,7 +176,65 @@ describe('PolicyRouting', () => {
       'ip -4 rule del pref 9000',
       'ip -4 rule del pref 9009',
       'ip -4 route flush table 2022',
+      'nft delete table ip fakeproxy_fp0',
     ]);
+  });
+
+  it('cgroups: the nftables table after the route and before the rules; --only-cgroup captures by the mark + 1', () => {
+    const f = fake();
+    const script = 'add table ip fakeproxy_fp0\n';
+    const only = { given: '/o', cgroup: '/o', nftPath: 'o', level: 1 };
+    const rules = { tun: 'fp0', tunAddress: '198.18.0.1', mark: 0x2d0, bypass: [], only: [only] };
+    const p = new PolicyRouting({
+      tun: 'fp0',
+      mark: 0x2d0,
+      table: 2022,
+      priority: 9000,
+      excluded: [],
+      onlyUids: ['5-5'],
+      cgroups: { rules, script },
+      ip: f.ip,
+      nft: f.nft,
+      journal: f.journal,
+    });
+    p.install();
+    expect(f.calls.slice(3)).toEqual([
+      'ip -4 route add default dev fp0 table 2022',
+      `nft ${script}`,
+      'ip -4 rule add pref 9000 fwmark 0x2d0 lookup main',
+      'ip -4 rule add pref 9009 uidrange 5-5 lookup 2022',
+      'ip -4 rule add pref 9009 fwmark 0x2d1 lookup 2022',
+    ]);
+    f.calls.length = 0;
+    p.remove();
+    expect(f.calls.slice(-2)).toEqual([
+      'nft delete table ip fakeproxy_fp0',
+      'ip -4 route del default dev fp0 table 2022',
+    ]);
+  });
+
+  it('the sweep reports a real nft failure, but not a missing table or a host without nft', () => {
+    const f = fake();
+    const p = (nft: (a: string[]) => string) =>
+      new PolicyRouting({
+        tun: 'fp0',
+        mark: 1,
+        table: 2022,
+        priority: 9000,
+        excluded: [],
+        ip: f.ip,
+        nft,
+        journal: f.journal,
+      });
+    expect(p(f.nft).sweep()).toEqual([]);
+    const missing = () => {
+      throw new FakeproxyError('ENONFT', 'no nft');
+    };
+    expect(p(missing).sweep()).toEqual([]);
+    const denied = () => {
+      throw new FakeproxyError('ENFT', 'nft: Error: Operation not permitted');
+    };
+    expect(p(denied).sweep()).toEqual(['nft: Error: Operation not permitted']);
   });
 });
 
