@@ -6,7 +6,14 @@ import { upstreamAddresses } from '../../src/daemon.js';
 import { FakeproxyError } from '../../src/errors.js';
 import { native } from '../../src/native.js';
 import { dialTcp } from '../../src/proxy/dial.js';
-import { excludedCidrs, PolicyRouting, parseCapture, parseFwmark, parseUidRange } from '../../src/tun/policy.js';
+import {
+  excludedCidrs,
+  PolicyRouting,
+  type PolicyRoutingOptions,
+  parseCapture,
+  parseFwmark,
+  parseUidRange,
+} from '../../src/tun/policy.js';
 import { setOwnMark, tcpFd } from '../../src/util/sockmark.js';
 
 describe('global mode options', () => {
@@ -91,6 +98,19 @@ describe('PolicyRouting', () => {
     const journal = TeardownJournal.open({ stateDir: null, tun: 'fp0', log: () => {}, run });
     return { calls, ip, nft, journal };
   };
+  /** A PolicyRouting on `f`'s fakes: table 2022 at 9000, mark 1, nothing excluded, unless `o` says otherwise. */
+  const make = (f: ReturnType<typeof fake>, o: Partial<PolicyRoutingOptions> = {}) =>
+    new PolicyRouting({
+      tun: 'fp0',
+      mark: 1,
+      table: 2022,
+      priority: 9000,
+      excluded: [],
+      ip: f.ip,
+      nft: f.nft,
+      journal: f.journal,
+      ...o,
+    });
 
   it('sweeps leftovers, adds the table route, then the rules in priority order, each journaled', () => {
     const f = fake(
@@ -160,17 +180,7 @@ describe('PolicyRouting', () => {
     const shown =
       '0:\tfrom all lookup local\n8999:\tfrom all lookup 7\n9000:\tfrom all fwmark 0x2d0 lookup main\n9009:\tfrom all lookup 2022\n9010:\tfrom all lookup 8\n';
     const f = fake(shown);
-    const p = new PolicyRouting({
-      tun: 'fp0',
-      mark: 1,
-      table: 2022,
-      priority: 9000,
-      excluded: [],
-      ip: f.ip,
-      nft: f.nft,
-      journal: f.journal,
-    });
-    expect(p.sweep()).toEqual([]);
+    expect(make(f).sweep()).toEqual([]);
     expect(f.calls).toEqual([
       'ip -4 rule show',
       'ip -4 rule del pref 9000',
@@ -185,18 +195,7 @@ describe('PolicyRouting', () => {
     const script = 'add table ip fakeproxy_fp0\n';
     const only = { given: '/o', cgroup: '/o', nftPath: 'o', level: 1 };
     const rules = { tun: 'fp0', tunAddress: '198.18.0.1', mark: 0x2d0, bypass: [], only: [only] };
-    const p = new PolicyRouting({
-      tun: 'fp0',
-      mark: 0x2d0,
-      table: 2022,
-      priority: 9000,
-      excluded: [],
-      onlyUids: ['5-5'],
-      cgroups: { rules, script },
-      ip: f.ip,
-      nft: f.nft,
-      journal: f.journal,
-    });
+    const p = make(f, { mark: 0x2d0, onlyUids: ['5-5'], cgroups: { rules, script } });
     p.install();
     expect(f.calls.slice(3)).toEqual([
       'ip -4 route add default dev fp0 table 2022',
@@ -215,17 +214,7 @@ describe('PolicyRouting', () => {
 
   it('the sweep reports a real nft failure, but not a missing table or a host without nft', () => {
     const f = fake();
-    const p = (nft: (a: string[]) => string) =>
-      new PolicyRouting({
-        tun: 'fp0',
-        mark: 1,
-        table: 2022,
-        priority: 9000,
-        excluded: [],
-        ip: f.ip,
-        nft,
-        journal: f.journal,
-      });
+    const p = (nft: (a: string[]) => string) => make(f, { nft });
     expect(p(f.nft).sweep()).toEqual([]);
     const missing = () => {
       throw new FakeproxyError('ENONFT', 'no nft');
