@@ -248,6 +248,14 @@ size_t Engine::process_vnet_locked(uint8_t* buf, size_t len, size_t cap, int64_t
   return out + vnet::HEADER_LEN;
 }
 
+namespace {
+// Sequence space a segment takes: its data, plus one each for SYN and FIN.
+uint32_t seg_len(const TcpPacket& t) {
+  const uint8_t f = t.flags();
+  return uint32_t(t.payload_len()) + ((f & tcp::SYN) ? 1 : 0) + ((f & tcp::FIN) ? 1 : 0);
+}
+}  // namespace
+
 size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
   const uint8_t proto = ip.protocol();
   const bool is_udp = proto == kProtoUdp;
@@ -272,9 +280,17 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
     Flow* f = table_.find_nat(nk);
     if (f == nullptr || target_port(*f) != sport) return drop(c_.dropReverseNoFlow);
     if (!is_udp) {
-      track_tcp(f, flags, false, now);
-      note_app_nxt(
-          f, tcp.seq() + uint32_t(tcp.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0));
+      // The Listener's RST is taken as is: a segment from the gateway's
+      // address and the Listener's port comes from this host's own stack
+      // (the kernel drops one with a local source arriving from outside).
+      track_tcp(f, tcp, false, now);
+      if (!(flags & tcp::RST)) {
+        note_app_nxt(f, tcp.seq() + seg_len(tcp));
+        if ((flags & tcp::ACK) && int32_t(tcp.ack() - f->lsnAck) > 0) {
+          f->lsnAck = tcp.ack();
+          if (int32_t(f->lsnAck - f->appEnd) > 0) f->appEnd = f->lsnAck;
+        }
+      }
     }
     table_.touch(f, now);
     f->pktsIn++;
@@ -302,6 +318,8 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
       table_.remove(f, f->closeReason, now);  // the app reuses its 4-tuple: fresh flow
       f = nullptr;
     }
+    // An ACK for a half-open flow early-dropped moments ago: its app is real.
+    if (f == nullptr && (flags & (tcp::SYN | tcp::ACK | tcp::RST)) == tcp::ACK) f = table_.revive(k, now);
     if (f == nullptr) {
       if (!bare_syn) {
         bump(c_.dropTcpNoFlow);
@@ -313,9 +331,18 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
         if (why != FlowTable::Create::HalfOpenCap) bump(c_.flowsRefused);  // else counted as halfOpenCapped
         return build_rst(ip, tcp);
       }
+      f->lsnAck = f->appEnd = tcp.seq() + 1;
     }
-    track_tcp(f, flags, true, now);
-    if (flags & tcp::ACK) note_app_nxt(f, tcp.ack());
+    track_tcp(f, tcp, true, now);
+    if (!(flags & tcp::RST)) {
+      if (flags & tcp::ACK) note_app_nxt(f, tcp.ack());
+      // In-order data only: a segment starting inside [lsnAck, appEnd].
+      const uint32_t seq = tcp.seq();
+      if (int32_t(seq - f->lsnAck) >= 0 && int32_t(f->appEnd - seq) >= 0) {
+        const uint32_t end = seq + seg_len(tcp);
+        if (int32_t(end - f->appEnd) > 0) f->appEnd = end;
+      }
+    }
   } else if (f == nullptr) {
     f = table_.create(k, target, now, &why);
     if (f == nullptr) {
@@ -335,12 +362,21 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
   return ip.len();
 }
 
-void Engine::track_tcp(Flow* f, uint8_t flags, bool out, int64_t now) {
+void Engine::track_tcp(Flow* f, const TcpPacket& seg, bool out, int64_t now) {
+  const uint8_t flags = seg.flags();
   if (flags & tcp::RST) {
-    if (f->state != FlowState::Closed) {
-      f->closeReason = CloseReason::Rst;
-      table_.set_state(f, FlowState::Closed, now);
+    if (f->state == FlowState::Closed) return;
+    // RFC 5961 3.2, as Linux and conntrack apply it: a RST from the app side
+    // ends the flow only at exactly the sequence the Listener expects next,
+    // its latest ACK or (data still in flight) the end of the app's data.
+    // Any other is a blind guess or stale: the flow stays; the segment still
+    // goes on, and the Listener's kernel answers it with a challenge ACK.
+    if (out && seg.seq() != f->lsnAck && seg.seq() != f->appEnd) {
+      bump(c_.rstIgnored);
+      return;
     }
+    f->closeReason = CloseReason::Rst;
+    table_.set_state(f, FlowState::Closed, now);
     return;
   }
   if (f->state == FlowState::Syn) {
@@ -400,7 +436,7 @@ size_t Engine::build_rst(Ipv4Packet& ip, const TcpPacket& seg) {
   const uint16_t sport = seg.src_port(), dport = seg.dst_port();
   const uint32_t seq = seg.seq(), ack = seg.ack();
   const uint8_t flags = seg.flags();
-  const uint32_t seglen = uint32_t(seg.payload_len()) + ((flags & tcp::SYN) ? 1 : 0) + ((flags & tcp::FIN) ? 1 : 0);
+  const uint32_t seglen = seg_len(seg);
   if (flags & tcp::ACK)
     fill_rst(ip.data(), dst, src, dport, sport, ack, 0, tcp::RST);
   else

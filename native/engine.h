@@ -163,7 +163,7 @@ class Engine {
   size_t build_rst(Ipv4Packet& ip, const TcpPacket& tcp);
   static void note_app_nxt(Flow* f, uint32_t nxt);
   size_t build_port_unreach(Ipv4Packet& ip, size_t cap);
-  void track_tcp(Flow* f, uint8_t flags, bool out, int64_t now);
+  void track_tcp(Flow* f, const TcpPacket& seg, bool out, int64_t now);
   bool in_range(uint32_t a) const { return (a & mask_) == network_; }
   bool bad_dst(uint32_t a) const;
   // 0 when `src` may use the engine, else the drop counter to bump.

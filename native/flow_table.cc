@@ -412,6 +412,86 @@ void FlowTable::half_open_add(const Flow& f, int delta) {
   }
 }
 
+bool FlowTable::make_room(int64_t now) {
+  // Early drop: a flow that is already over (both FINs or a RST, kept only
+  // to translate the last retransmits) makes room, else the oldest
+  // half-open one. Under a spoofed SYN flood the half-open flows are the
+  // flood's own entries; a real handshake completes in well under a
+  // millisecond, or if the flood keeps the TUN queue full, comes back as a
+  // ghost (ghosts_). Under a flood from a real address its kernel answers
+  // each SYN-ACK with a RST, so the flood's entries are closed ones.
+  // Either way new connections keep getting in and established flows stay
+  // untouched. The evicted pair still cools down (NatAllocator::release).
+  uint32_t victim = lists_[3].head;
+  if (victim == kNil) victim = lists_[0].head;
+  if (victim == kNil) return false;
+  const Flow& v = at(victim);
+  if (v.key.proto == kProtoTcp && v.state != FlowState::Closed && (v.tcpFlags & tcpflag::APP_NXT)) ghost_push(v, now);
+  free_index(victim, CloseReason::Evicted, now);
+  bump(c_.flowsEarlyDropped);
+  return true;
+}
+
+void FlowTable::ghost_push(const Flow& f, int64_t now) {
+  if (ghosts_.empty()) ghosts_.resize(kGhosts);
+  if (ghostCount_ == kGhosts) ghost_pop();
+  const uint32_t slot = (ghostHead_ + ghostCount_) % kGhosts;
+  ghostCount_++;
+  ghosts_[slot] = f;
+  ghosts_[slot].linkMs = now;  // when it was dropped
+  ghostIdx_.insert(hash_fwd(f.key), slot);
+}
+
+void FlowTable::ghost_pop() {
+  Flow& g = ghosts_[ghostHead_];
+  if (g.key.proto != 0) {
+    if (evicted_.size() < kMaxEvictResets) {
+      evicted_.push_back(g);
+      evicted_.back().closeReason = CloseReason::Evicted;
+    }
+    ghost_kill(ghostHead_);
+  }
+  ghostHead_ = (ghostHead_ + 1) % kGhosts;
+  ghostCount_--;
+}
+
+uint32_t FlowTable::ghost_find(const FlowKey& k) const {
+  return ghostIdx_.find(hash_fwd(k), [&](uint32_t s) { return ghosts_[s].key == k; });
+}
+
+void FlowTable::ghost_kill(uint32_t slot) {
+  ghostIdx_.erase(hash_fwd(ghosts_[slot].key), slot);
+  ghosts_[slot].key.proto = 0;
+}
+
+Flow* FlowTable::revive(const FlowKey& k, int64_t now) {
+  if (ghostCount_ == 0) return nullptr;
+  const uint32_t slot = ghost_find(k);
+  if (slot == kNil || ghosts_[slot].linkMs + kGhostMs <= now) return nullptr;  // too late: expire() resets it
+  const Flow g = ghosts_[slot];
+  ghost_kill(slot);
+  if (find_nat(nat_key_of(g)) != nullptr) return nullptr;  // the pair went to another flow meanwhile
+  if (size_ >= cfg_.maxFlows && !make_room(now)) return nullptr;
+  const uint32_t i = alloc_slot();
+  Flow& f = at(i);
+  f = g;
+  f.self = i;
+  f.list = kNoList;
+  f.prev = f.next = kNil;
+  f.id = nextId_++;
+  f.lastSeenMs = now;
+  fwd_.insert(hash_fwd(f.key), i);
+  rev_.insert(hash_nat(nat_key_of(f)), i);
+  link_tail(i, now);
+  size_++;
+  tcp_++;
+  bump(c_.flowsCreated);
+  bump(c_.flowsRevived);
+  push_event(true, CloseReason::Timeout, f);
+  update_gauges();
+  return &f;
+}
+
 Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* why) {
   if (k.proto == kProtoTcp && cfg_.maxHalfOpenPerSource != 0) {
     auto it = halfOpenBySrc_.find(k.src.as_v4());
@@ -421,29 +501,13 @@ Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* wh
       return nullptr;
     }
   }
-  if (size_ >= cfg_.maxFlows) {
-    // Early drop: a flow that is already over (both FINs or a RST, kept only
-    // to translate the last retransmits) makes room, else the oldest
-    // half-open one. Under a spoofed SYN flood the half-open flows are the
-    // flood's own entries (a real handshake with the Listener completes in
-    // well under a millisecond); under a flood from a real address its kernel
-    // answers each SYN-ACK with a RST, so the flood's entries are closed ones.
-    // Either way new connections keep getting in and established flows stay
-    // untouched. The evicted pair still cools down (NatAllocator::release).
-    uint32_t victim = lists_[3].head;
-    if (victim == kNil) victim = lists_[0].head;
-    if (victim == kNil) {
-      *why = Create::Full;
-      return nullptr;
-    }
-    const Flow& v = at(victim);
-    if (v.key.proto == kProtoTcp && v.state != FlowState::Closed && (v.tcpFlags & tcpflag::APP_NXT) &&
-        evicted_.size() < kMaxEvictResets) {
-      evicted_.push_back(at(victim));
-      evicted_.back().closeReason = CloseReason::Evicted;
-    }
-    free_index(victim, CloseReason::Evicted, now);
-    bump(c_.flowsEarlyDropped);
+  if (ghostCount_ != 0) {
+    const uint32_t g = ghost_find(k);  // the app starts over on this 4-tuple: the old attempt is gone
+    if (g != kNil) ghost_kill(g);
+  }
+  if (size_ >= cfg_.maxFlows && !make_room(now)) {
+    *why = Create::Full;
+    return nullptr;
   }
   NatAllocator& al = alloc_for(k.proto);
   auto live = [&](uint32_t a, uint16_t p) {
@@ -522,6 +586,8 @@ void FlowTable::remove(Flow* f, CloseReason reason, int64_t now) {
 }
 
 void FlowTable::expire(int64_t now, std::vector<Flow>* timedOut) {
+  while (ghostCount_ != 0 && (ghosts_[ghostHead_].key.proto == 0 || ghosts_[ghostHead_].linkMs + kGhostMs <= now))
+    ghost_pop();
   if (timedOut != nullptr) timedOut->insert(timedOut->end(), evicted_.begin(), evicted_.end());
   evicted_.clear();
   for (uint32_t li = 0; li < kLists; li++) {
@@ -551,7 +617,7 @@ size_t FlowTable::memory_bytes() const {
   constexpr size_t kMapNode = 4 * sizeof(void*);
   return size_t(used_) * sizeof(Flow) + fwd_.bytes() + rev_.bytes() + allocTcp_.bytes() + allocUdp_.bytes() +
          chunks_.capacity() * sizeof(void*) + halfOpenBySrc_.size() * kMapNode +
-         halfOpenBySrc_.bucket_count() * sizeof(void*);
+         halfOpenBySrc_.bucket_count() * sizeof(void*) + ghosts_.capacity() * sizeof(Flow) + ghostIdx_.bytes();
 }
 
 void FlowTable::update_gauges() {

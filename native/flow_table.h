@@ -4,7 +4,7 @@
 //
 // Not thread-safe: the Engine serialises every call under its mutex.
 //
-// Memory (x86-64): sizeof(Flow) = 144 bytes in chunked pools (pages are only
+// Memory (x86-64): sizeof(Flow) = 152 bytes in chunked pools (pages are only
 // touched as flows are created), plus two open-addressing index tables of
 // 8-byte slots kept at load <= 0.625 (16..32 bytes per flow per table).
 // Measured by bench/engine_bench.cc: see its output and the README numbers.
@@ -44,7 +44,7 @@ const char* reason_name(CloseReason r);
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
   X(csumCompleted) X(rstOnExpiry) X(rstOnEvict) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)  \
-  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused)
+  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused) X(rstIgnored) X(flowsRevived)
 // clang-format on
 
 // Gauges: current values, also relaxed atomics.
@@ -91,6 +91,12 @@ struct Flow {
   int64_t lastSeenMs;
   int64_t linkMs;  // when last (re)linked at its list's tail; linkMs <= lastSeenMs
   uint64_t pktsOut, bytesOut, pktsIn, bytesIn;
+  // TCP, what the Listener will accept a RST from the app side at (RFC 5961
+  // 3.2): lsnAck is its latest acknowledgement (its RCV.NXT as it announced
+  // it); appEnd the end of the app's data the engine saw arrive in order
+  // (from [lsnAck, appEnd] only, so a blind segment cannot move it). Both
+  // start at the SYN's seq + 1.
+  uint32_t lsnAck, appEnd;
 };
 
 struct FlowEvent {
@@ -215,10 +221,16 @@ class FlowTable {
   // When the table is full, a closed TCP flow (lingering after both FINs or
   // a RST), else the least recently seen half-open one, is evicted to make
   // room (Linux conntrack's early_drop: entries that are not assured go
-  // first); established, half-closed and UDP flows are never evicted for a
-  // new one. Refused (Full) when neither is left, or (HalfOpenCap) when a new
+  // first; a half-open one whose SYN-ACK went out becomes a ghost, see
+  // revive()); established, half-closed and UDP flows are never evicted for
+  // a new one. Refused (Full) when neither is left, or (HalfOpenCap) when a new
   // TCP flow would exceed the source's maxHalfOpenPerSource.
   Flow* create(const FlowKey& k, Target target, int64_t now, Create* why);
+  // The app of a half-open flow early-dropped moments ago (see ghosts_) sent
+  // its handshake ACK after all: the flow comes back with its NAT pair, so
+  // the Listener, which still holds its half of the handshake, completes it.
+  // nullptr when there is no such flow or its pair was handed out again.
+  Flow* revive(const FlowKey& k, int64_t now);
   // A packet passed: refresh last-seen (relinks at most every kRelinkMs).
   void touch(Flow* f, int64_t now);
   void set_state(Flow* f, FlowState s, int64_t now);
@@ -269,6 +281,14 @@ class FlowTable {
   void update_gauges();
   // Half-open accounting per source address (only with maxHalfOpenPerSource).
   void half_open_add(const Flow& f, int delta);
+  // Early drop (see create()): frees one closed or half-open flow; false when
+  // every flow is established, half-closed or UDP.
+  bool make_room(int64_t now);
+  void ghost_push(const Flow& f, int64_t now);
+  // Retires the oldest ghost: its app gets a RST (rstOnEvict) unless revived.
+  void ghost_pop();
+  uint32_t ghost_find(const FlowKey& k) const;
+  void ghost_kill(uint32_t slot);
 
   TableConfig cfg_;
   Counters& c_;
@@ -283,13 +303,27 @@ class FlowTable {
   uint64_t nextId_ = 1;
   uint64_t seed_[4];
   std::vector<FlowEvent> events_;
-  // Half-open flows evicted for a new one whose app already got a SYN-ACK
-  // (it may believe it is connected): expire() hands them out with the timed
-  // out ones so the app is reset too. At most kMaxEvictResets per expire
-  // round (~250 ms): under a spoofed flood these RSTs go to made-up sources,
-  // so their number stays bounded.
+  // Ghosts (below) of half-open flows whose app already got a SYN-ACK (it
+  // may believe it is connected) and that were not revived: expire() hands
+  // them out with the timed out ones so the app is reset too. At most
+  // kMaxEvictResets per expire round (~250 ms): under a spoofed flood these
+  // RSTs go to made-up sources, so their number stays bounded.
   std::vector<Flow> evicted_;
   static constexpr size_t kMaxEvictResets = 64;
+  // Ghosts: copies of the half-open flows early-dropped after their SYN-ACK
+  // went to the app, oldest first, for kGhostMs or until kGhosts newer ones
+  // push them out. Under a flood that keeps the TUN queue full a real
+  // handshake crosses that queue twice (SYN-ACK out, the app's ACK back)
+  // while the flood's SYNs turn the half-open part of the table over; with
+  // a small table the app's ACK arrives after its flow was dropped. Its ACK
+  // proves the app real: revive() puts the flow back. Allocated at the first
+  // such drop (kGhosts * sizeof(Flow), 2.4 MiB); key.proto 0 marks a slot
+  // revived or buried.
+  static constexpr uint32_t kGhosts = 16384;
+  static constexpr int64_t kGhostMs = 2000;
+  std::vector<Flow> ghosts_;
+  IndexTable ghostIdx_;  // hash_fwd(key) -> slot
+  uint32_t ghostHead_ = 0, ghostCount_ = 0;
   size_t halfOpen_ = 0;  // flows on the syn list
   // source address (v4) -> half-open flows it holds; entries at 0 are erased.
   std::unordered_map<uint32_t, uint32_t> halfOpenBySrc_;

@@ -166,7 +166,7 @@ export function formatStatus(s: Status): string {
   }
   const lines = [
     `fakeproxy ${tun ? `on ${tun.name} ${tun.range} (mtu ${tun.mtu}, ${tun.queues} queue(s))` : '(starting)'}, pid ${s.pid}, up ${s.uptimeSec}s, rss ${typeof s.rssBytes === 'number' ? mib(s.rssBytes) : 'unknown'}, upstream ${s.upstream ?? 'none'}`,
-    `engine: ${num(e, 'flowsActive')} flows (tcp ${num(e, 'tcpFlows')}, udp ${num(e, 'udpFlows')}), created ${num(e, 'flowsCreated')}, refused ${num(e, 'flowsRefused')}, half-open ${num(e, 'halfOpenFlows')} (early-dropped ${num(e, 'flowsEarlyDropped')}, capped ${num(e, 'halfOpenCapped')}), packets in ${num(e, 'pktsIn')} out ${num(e, 'pktsOut')}, table ${mib(num(e, 'memoryBytes'))}`,
+    `engine: ${num(e, 'flowsActive')} flows (tcp ${num(e, 'tcpFlows')}, udp ${num(e, 'udpFlows')}), created ${num(e, 'flowsCreated')}, refused ${num(e, 'flowsRefused')}, half-open ${num(e, 'halfOpenFlows')} (early-dropped ${num(e, 'flowsEarlyDropped')}, revived ${num(e, 'flowsRevived')}, capped ${num(e, 'halfOpenCapped')}), rst ignored ${num(e, 'rstIgnored')}, packets in ${num(e, 'pktsIn')} out ${num(e, 'pktsOut')}, table ${mib(num(e, 'memoryBytes'))}`,
     `drops: ${drops.length ? drops.join(', ') : 'none'}`,
     `dns: ${num(s.dns, 'queries')} queries, ${num(s.dns, 'fakeA')} fake answers, ${num(s.dns, 'forwarded')} forwarded, ${num(s.dns, 'upstreamFailures')} upstream failures, ${num(s.dns, 'poolMapped')}/${num(s.dns, 'poolCapacity')} names mapped`,
     `tcp: ${num(s.tcp, 'active')} active, ${num(s.tcp, 'accepted')} accepted, ${num(s.tcp, 'connectFailed')} upstream failures, ${num(s.tcp, 'rejectedPeers')} rejected peers`,

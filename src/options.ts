@@ -35,10 +35,10 @@ export interface StartOption {
 
 /**
  * Measured by `npm run bench -- engine` (bench/engine_bench.cc, 1 M flows):
- * the Flow record (sizeof 144 on x86-64) plus its two index slots and pool
+ * the Flow record (sizeof 152 on x86-64) plus its two index slots and pool
  * overhead. README and --max-flows quote this figure.
  */
-export const NATIVE_BYTES_PER_FLOW = 176;
+export const NATIVE_BYTES_PER_FLOW = 184;
 
 const DEFAULT_MAX_FLOWS = 1_048_576;
 

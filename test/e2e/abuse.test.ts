@@ -19,6 +19,44 @@ const LOAD = join(ROOT, 'test/e2e/fixtures/dnsload.mjs');
 const GW = '198.18.0.1';
 const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
 
+/** Holds one TCP connection; stdin `echo X` → {"echo"} or {"error"}; `tuple` → its 4-tuple and next sequence number. */
+const RST_VICTIM = `
+import json, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == 'echo':
+        try:
+            c.sendall(cmd[1].encode() + b'\\n')
+            d = c.recv(100)
+            r = {'echo': d.decode()} if d else {'error': 'EOF'}
+        except OSError as e:
+            r = {'error': str(e)}
+    else:
+        # TCP_REPAIR (19) on, TCP_REPAIR_QUEUE (20) = TCP_SEND_QUEUE (2), TCP_QUEUE_SEQ (21), repair off.
+        c.setsockopt(6, 19, 1)
+        c.setsockopt(6, 20, 2)
+        seq = c.getsockopt(6, 21) & 0xffffffff
+        c.setsockopt(6, 19, 0)
+        r = {'src': c.getsockname(), 'dst': c.getpeername(), 'seq': seq}
+    print(json.dumps(r), flush=True)
+`;
+/** One RST src:sport → dst:dport with the given sequence number, checksums right, through a raw socket. */
+const RST_SENDER = `
+import socket, struct, sys
+src, sport, dst, dport, seq = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+S, D = socket.inet_aton(src), socket.inet_aton(dst)
+t = struct.pack('!HHIIBBHHH', sport, dport, seq, 0, 5 << 4, 0x04, 0, 0, 0)
+t = t[:16] + struct.pack('!H', csum(S + D + struct.pack('!BBH', 0, 6, len(t)) + t)) + t[18:]
+h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 0, 0x4000, 64, 6, 0, S, D)
+h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(h + t, (dst, 0))
+`;
+
 describe.skipIf(skip)('abuse: floods and slow clients from one LAN host do not lock out another', () => {
   let t: Topology;
   let attacker: Netns;
@@ -179,6 +217,59 @@ process.stdin.on('data', (d) => s.write(d));`,
     },
     90_000,
   );
+
+  // A LAN neighbour that spoofs a RST for someone else's connection (RFC 5961 3.2). The victim is a
+  // python app holding an echo connection; it reads its own next sequence number with TCP_REPAIR
+  // (root) so the test can hand the attacker the exact one. With a 1 s tcp-closed timeout a flow the
+  // engine wrongly closed is gone two seconds later, and the victim's next line gets the engine's RST.
+  it('a spoofed RST from another LAN host ends a connection only with the exact sequence (rstIgnored)', async () => {
+    await restart([...lans.flatMap((l) => ['--lan', l]), '--nat-timeout', 'tcp-closed=1']);
+    const victim = client.spawn('python3', ['-u', '-c', RST_VICTIM, 'echo.test', String(ECHO_PORT)]);
+    const lines: string[] = [];
+    victim.stdout?.setEncoding('utf8').on('data', (d: string) => lines.push(...d.split('\n').filter(Boolean)));
+    const ask = async (cmd: string) => {
+      const n = lines.length;
+      victim.stdin?.write(`${cmd}\n`);
+      await expect.poll(() => lines.length, { timeout: 10_000 }).toBeGreaterThan(n);
+      return JSON.parse(lines[n] as string);
+    };
+    try {
+      expect(await ask('echo a')).toEqual({ echo: 'a\n' });
+      const v = (await ask('tuple')) as { src: [string, number]; dst: [string, number]; seq: number };
+      const spoof = (seq: number) =>
+        attacker.must('python3', [
+          '-c',
+          RST_SENDER,
+          v.src[0],
+          String(v.src[1]),
+          v.dst[0],
+          String(v.dst[1]),
+          String(seq),
+        ]);
+      const before = (await status()).engine;
+      // Blind guesses: far off, and one byte off either way.
+      for (const off of [1_000_000, 1, -1]) await spoof((v.seq + off) >>> 0);
+      await expect
+        .poll(async () => (await status()).engine.rstIgnored - (before.rstIgnored ?? 0), { timeout: 10_000 })
+        .toBe(3);
+      await new Promise((r) => setTimeout(r, 2500));
+      expect(await ask('echo b'), 'the connection outlives three wrong RSTs and a 1 s tcp-closed timeout').toEqual({
+        echo: 'b\n',
+      });
+      // The exact sequence (read again: 'b' moved it on): the Listener's kernel takes it, the engine
+      // closes the flow, and removes it a second later (reason rst, counted as closed).
+      await spoof(((await ask('tuple')) as typeof v).seq);
+      await expect
+        .poll(async () => (await status()).engine.flowsClosed, { timeout: 10_000 })
+        .toBeGreaterThan(before.flowsClosed);
+      const after = await ask('echo c');
+      console.info(`spoofed RST: 3 wrong ignored, the exact one ended the connection (${JSON.stringify(after)})`);
+      expect(after).toHaveProperty('error');
+      expect((await status()).engine.rstIgnored - (before.rstIgnored ?? 0)).toBe(3);
+    } finally {
+      victim.kill('SIGKILL');
+    }
+  }, 60_000);
 
   it('TCP DNS slowloris (1 000 idle connections from one source): ≥ 99 % of another source’s TCP queries answered', async () => {
     const pid = await restart(lans.flatMap((l) => ['--lan', l]));

@@ -45,7 +45,7 @@ describe('early drop of half-open flows (SYN flood)', () => {
     expect(closes.map((c) => [c.flow.srcIp, c.reason])).toEqual([[floodSrc(0), 'evicted']]);
   });
 
-  it('an evicted flow whose app already got a SYN-ACK is reset towards the app at the next expiry round (bounded)', () => {
+  it('an evicted flow whose app already got a SYN-ACK is reset towards the app once it is 2 s gone unrevived (bounded)', () => {
     const e = makeEngine({ maxFlows: 16 });
     // 16 half-open flows; the Listener answered the first 15 (the app may think it is connected).
     const nat = Array.from({ length: 16 }, (_, i) => parse(floodSyn(e, floodSrc(i), 1000 + i, T0 + i)[0]));
@@ -59,11 +59,13 @@ describe('early drop of half-open flows (SYN flood)', () => {
     // 16 new SYNs evict all 16: 15 of them had seen a SYN-ACK.
     for (let i = 0; i < 16; i++) floodSyn(e, floodSrc(100 + i), 2000 + i, T0 + 100);
     expect(e.stats()).toMatchObject({ flowsEarlyDropped: 16 });
-    const rsts = e.expire(T0 + 200).map((b) => parse(b));
+    // Its app may still answer (see the revival case below): not before 2 s.
+    expect(e.expire(T0 + 100 + 1999)).toEqual([]);
+    const rsts = e.expire(T0 + 100 + 2000).map((b) => parse(b));
     expect(rsts).toHaveLength(15);
     expect(rsts[0]).toMatchObject({ src: FAKE, dst: floodSrc(0), sport: 80, dport: 1000, seq: 7001, flags: F.RST });
     expect(e.stats()).toMatchObject({ rstOnEvict: 15, rstOnExpiry: 0 });
-    expect(e.expire(T0 + 300)).toEqual([]); // handed out once
+    expect(e.expire(T0 + 5000)).toEqual([]); // handed out once
 
     // A flood evicting more than 64 answered flows in one round resets 64 of them.
     const big = makeEngine({ maxFlows: 128 });
@@ -72,8 +74,41 @@ describe('early drop of half-open flows (SYN flood)', () => {
       one(big, tcpPacket({ src: GW, dst: n.src, sport: LISTEN, dport: n.sport, flags: F.SYN | F.ACK, seq: 1, ack: 1 }));
     }
     for (let i = 0; i < 128; i++) floodSyn(big, floodSrc(1000 + i), 3000 + i, T0 + 1);
-    expect(big.expire(T0 + 2)).toHaveLength(64);
+    expect(big.expire(T0 + 1 + 2000)).toHaveLength(64);
     expect(big.stats()).toMatchObject({ flowsEarlyDropped: 128, rstOnEvict: 64 });
+  });
+
+  it('an app whose ACK comes after its half-open flow was dropped gets the flow back on the same NAT pair', () => {
+    const e = makeEngine({ maxFlows: 16 });
+    const app = { src: APP, dst: FAKE, sport: 40000, dport: 80 };
+    const syn = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 100 }), T0));
+    const lis = { src: GW, dst: syn.src, sport: LISTEN, dport: syn.sport };
+    expect(parse(one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 9000, ack: 101 }), T0 + 1)).dst).toBe(APP);
+    // While the SYN-ACK travels to the app and its ACK back, a flood turns the table over twice.
+    for (let i = 0; i < 32; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 2);
+    expect(e.lookup(6, syn.src, syn.sport)).toBeUndefined();
+    e.expire(T0 + 3);
+    // The app's ACK and its first data: the flow is back, on the NAT pair the Listener knows, and completes.
+    const ack = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 9001 }), T0 + 500));
+    expect([ack.src, ack.sport, ack.dport]).toEqual([syn.src, syn.sport, LISTEN]);
+    expect(e.lookup(6, syn.src, syn.sport)).toMatchObject({ srcPort: 40000, state: 'established' });
+    one(e, tcpPacket({ ...app, flags: F.ACK | F.PSH, seq: 101, ack: 9001, payload: Buffer.from('GET /') }), T0 + 501);
+    expect(e.stats()).toMatchObject({ flowsRevived: 1, flowsActive: 16, dropTcpNoFlow: 0 });
+    // Its ghost is gone: no reset for it later.
+    expect(e.expire(T0 + 10_000).map((b) => parse(b).dst)).not.toContain(APP);
+    expect(e.stats().rstOnEvict).toBe(0);
+  });
+
+  it('a dropped half-open flow is not revived by a SYN, a RST, or an ACK after 2 s: those go the usual way', () => {
+    const e = makeEngine({ maxFlows: 4 });
+    const app = { src: APP, dst: FAKE, sport: 40001, dport: 80 };
+    const syn = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 100 }), T0));
+    one(e, tcpPacket({ src: GW, dst: syn.src, sport: LISTEN, dport: syn.sport, flags: F.SYN | F.ACK, ack: 101 }), T0);
+    for (let i = 0; i < 8; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 1);
+    expect(e.processPacket(tcpPacket({ ...app, flags: F.RST, seq: 101 }), T0 + 2)).toEqual([]);
+    const late = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 1 }), T0 + 1 + 2000));
+    expect(late.flags & F.RST).toBe(F.RST);
+    expect(e.stats()).toMatchObject({ flowsRevived: 0, dropTcpNoFlow: 2 });
   });
 
   it('never evicts an established flow for a half-open one: with no half-open flow left, a SYN gets a RST', () => {
@@ -119,10 +154,14 @@ describe('early drop of half-open flows (SYN flood)', () => {
         dport: fwd.sport,
         flags: F.SYN | F.ACK,
         seq: 9,
-        ack: 1,
+        ack: 1001,
       });
       one(e, synAck, T0 + 1 + i);
-      e.processPacket(tcpPacket({ src: atk, dst: FAKE, sport: 2000 + i, dport: 80, flags: F.RST, seq: 1 }), T0 + 1 + i);
+      // Its kernel's RST carries the SYN-ACK's ack: exactly what the Listener expects.
+      e.processPacket(
+        tcpPacket({ src: atk, dst: FAKE, sport: 2000 + i, dport: 80, flags: F.RST, seq: 1001 }),
+        T0 + 1 + i,
+      );
     }
     expect(e.stats()).toMatchObject({ flowsActive: 8, halfOpenFlows: 1 });
     e.drainEvents();

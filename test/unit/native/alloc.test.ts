@@ -51,8 +51,16 @@ describe('NAT allocation', () => {
       maxFlows: 70_000,
       reuseDelayMs: 60_000,
     });
+    // seq 1000 for the SYN, 1001 for the RST: exactly the sequence the Listener expects next.
     const pkt = (i: number, flags: number = F.SYN) =>
-      tcpPacket({ src: `172.17.${i >> 8}.${i & 255}`, dst: '203.0.113.7', sport: 1000, dport: 80, flags });
+      tcpPacket({
+        src: `172.17.${i >> 8}.${i & 255}`,
+        dst: '203.0.113.7',
+        sport: 1000,
+        dport: 80,
+        flags,
+        seq: flags & F.SYN ? 1000 : 1001,
+      });
     const first = parse(one(e, pkt(0)));
     expect(first.src).toBe('10.9.0.2');
     // Close flow 0 by RST; after its 10 s linger it is freed at T0+10s.
