@@ -10,15 +10,19 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/bpf.h>
 #include <linux/filter.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -51,6 +55,77 @@ int AttachIngressFilter(int fd, unsigned ifindex) {
   return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
 }
 
+int Bpf(int cmd, union bpf_attr* a) { return static_cast<int>(syscall(SYS_bpf, cmd, a, sizeof *a)); }
+
+// SO_ATTACH_BPF: the same filter as eBPF, which also counts what it drops in
+// a one-slot array map (a classic filter cannot count; the kernel adds a
+// filtered segment to the socket's sk_drops, which listen-queue overflows
+// share). Returns the map's fd, or -1 with errno (no bpf() here: the caller
+// falls back to the classic filter, uncounted).
+int AttachCountingIngressFilter(int fd, unsigned ifindex) {
+  union bpf_attr m = {};
+  m.map_type = BPF_MAP_TYPE_ARRAY;
+  m.key_size = 4;
+  m.value_size = 8;
+  m.max_entries = 1;
+  const int map = Bpf(BPF_MAP_CREATE, &m);
+  if (map < 0) return -1;
+  auto insn = [](uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
+    struct bpf_insn i = {};
+    i.code = code;
+    i.dst_reg = dst & 0xf;
+    i.src_reg = src & 0xf;
+    i.off = off;
+    i.imm = imm;
+    return i;
+  };
+  const struct bpf_insn prog[] = {
+      // r2 = skb->ifindex; the TUN's: r0 = -1 (keep all of it), exit.
+      insn(BPF_LDX | BPF_MEM | BPF_W, 2, 1, offsetof(struct __sk_buff, ifindex), 0),
+      insn(BPF_JMP | BPF_JNE | BPF_K, 2, 0, 2, static_cast<int32_t>(ifindex)),
+      insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, -1),
+      insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+      // Any other: key 0 on the stack, r0 = lookup(map, &key), *r0 += 1 (atomic), r0 = 0 (drop), exit.
+      insn(BPF_ST | BPF_MEM | BPF_W, 10, 0, -4, 0),
+      insn(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0),
+      insn(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -4),
+      insn(BPF_LD | BPF_DW | BPF_IMM, 1, BPF_PSEUDO_MAP_FD, 0, map),
+      insn(0, 0, 0, 0, 0),
+      insn(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
+      insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2, 0),
+      insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 1),
+      insn(BPF_STX | BPF_ATOMIC | BPF_DW, 0, 1, 0, BPF_ADD),
+      insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0),
+      insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+  };
+  union bpf_attr p = {};
+  p.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+  p.insns = reinterpret_cast<uintptr_t>(prog);
+  p.insn_cnt = sizeof prog / sizeof prog[0];
+  p.license = reinterpret_cast<uintptr_t>("MIT");
+  const int pf = Bpf(BPF_PROG_LOAD, &p);
+  const int err = pf < 0 ? errno : setsockopt(fd, SOL_SOCKET, SO_ATTACH_BPF, &pf, sizeof pf) < 0 ? errno : 0;
+  if (pf >= 0) close(pf);  // the socket holds the program
+  if (err != 0) {
+    close(map);
+    errno = err;
+    return -1;
+  }
+  return map;
+}
+
+// What AttachCountingIngressFilter's program has dropped so far, or -1.
+double FilterDrops(int map) {
+  if (map < 0) return -1;
+  uint32_t key = 0;
+  uint64_t value = 0;
+  union bpf_attr a = {};
+  a.map_fd = static_cast<uint32_t>(map);
+  a.key = reinterpret_cast<uintptr_t>(&key);
+  a.value = reinterpret_cast<uintptr_t>(&value);
+  return Bpf(BPF_MAP_LOOKUP_ELEM, &a) < 0 ? -1 : static_cast<double>(value);
+}
+
 class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -59,6 +134,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
                            InstanceMethod("start", &TcpAcceptor::Start),
                            InstanceMethod("port", &TcpAcceptor::Port),
                            InstanceMethod("reset", &TcpAcceptor::Reset),
+                           InstanceMethod("filterDrops", &TcpAcceptor::FilterDropsJs),
                            InstanceMethod("close", &TcpAcceptor::Close),
                        });
   }
@@ -98,7 +174,8 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
       std::string name = dev.IsString() ? dev.As<Napi::String>().Utf8Value() : std::string();
       const unsigned ifindex = name.empty() ? 0 : if_nametoindex(name.c_str());
       int err = ifindex == 0 ? ENODEV : 0;
-      if (err == 0 && AttachIngressFilter(fd_, ifindex) < 0) err = errno;
+      if (err == 0) filterMap_ = AttachCountingIngressFilter(fd_, ifindex);
+      if (err == 0 && filterMap_ < 0 && AttachIngressFilter(fd_, ifindex) < 0) err = errno;
       if (err != 0) {
         close(fd_);
         fd_ = -1;
@@ -173,6 +250,13 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
     fd_ = -1;
     if (reserve_ >= 0) close(reserve_);
     reserve_ = -1;
+    if (filterMap_ >= 0) close(filterMap_);
+    filterMap_ = -1;
+  }
+
+  // filterDrops(): segments the device filter dropped (not from the TUN), or -1 when not counted.
+  Napi::Value FilterDropsJs(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), FilterDrops(filterMap_));
   }
 
   static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
@@ -222,6 +306,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
 
   int fd_ = -1;
   int reserve_ = -1;
+  int filterMap_ = -1;  // the eBPF device filter's drop counter (AttachCountingIngressFilter), or -1
   JsReadPoll poll_;
   double recs_[kMaxBatch * kFields];
   bool finalizing_ = false;

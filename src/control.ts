@@ -169,7 +169,7 @@ export function formatStatus(s: Status): string {
     `engine: ${num(e, 'flowsActive')} flows (tcp ${num(e, 'tcpFlows')}, udp ${num(e, 'udpFlows')}), created ${num(e, 'flowsCreated')}, refused ${num(e, 'flowsRefused')}, half-open ${num(e, 'halfOpenFlows')} (early-dropped ${num(e, 'flowsEarlyDropped')}, revived ${num(e, 'flowsRevived')}, capped ${num(e, 'halfOpenCapped')}), rst ignored ${num(e, 'rstIgnored')}, packets in ${num(e, 'pktsIn')} out ${num(e, 'pktsOut')}, table ${mib(num(e, 'memoryBytes'))}`,
     `drops: ${drops.length ? drops.join(', ') : 'none'}`,
     `dns: ${num(s.dns, 'queries')} queries, ${num(s.dns, 'fakeA')} fake answers, ${num(s.dns, 'forwarded')} forwarded, ${num(s.dns, 'upstreamFailures')} upstream failures, ${num(s.dns, 'poolMapped')}/${num(s.dns, 'poolCapacity')} names mapped`,
-    `tcp: ${num(s.tcp, 'active')} active, ${num(s.tcp, 'accepted')} accepted, ${num(s.tcp, 'connectFailed')} upstream failures, ${num(s.tcp, 'rejectedPeers')} rejected peers`,
+    `tcp: ${num(s.tcp, 'active')} active, ${num(s.tcp, 'accepted')} accepted, ${num(s.tcp, 'connectFailed')} upstream failures, ${num(s.tcp, 'rejectedPeers')} rejected peers${typeof (s.tcp as { droppedForeignIngress?: number } | undefined)?.droppedForeignIngress === 'number' ? `, ${num(s.tcp, 'droppedForeignIngress')} spoofed segments dropped` : ''}`,
   ];
   if (s.udp) lines.push(`udp: ${JSON.stringify(s.udp)}`);
   if (s.redis) {

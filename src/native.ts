@@ -404,6 +404,12 @@ export interface NativeTcpAcceptor {
   port(): number;
   /** Close an accepted fd with RST. */
   reset(fd: number): void;
+  /**
+   * Segments the `device` filter dropped (arrived on another interface: a
+   * spoofed NAT address), on the listener and every accepted socket; -1 when
+   * not counted (no `device`, or no eBPF here: a classic filter drops them uncounted).
+   */
+  filterDrops(): number;
   close(): void;
 }
 

@@ -114,10 +114,18 @@ export interface SessionEvent {
   errorCode?: string | undefined;
 }
 
+/** How often the Listener reports segments its device filter dropped. */
+const FOREIGN_LOG_MS = 10_000;
+
 export interface TcpListenerStats {
   accepted: number;
   /** Peers that were not a live NAT address: reset at once. */
   rejectedPeers: number;
+  /**
+   * Segments to the Listener that did not come through the TUN (a spoofed NAT
+   * address), dropped by its device filter; absent when not counted (no eBPF).
+   */
+  droppedForeignIngress?: number;
   /** Captured flows that were our own outbound connections (global mode lost the mark): reset (src/proxy/ownTcp.ts). */
   loopRefused: number;
   /** Captured flows from this machine's own addresses reset at accept, before any dial, while the loop burst detector sheds (src/proxy/loopBurst.ts). */
@@ -185,6 +193,9 @@ export class TcpListener extends EventEmitter {
   #splice: SpliceRelay | undefined;
   /** The native accept socket (an IPv4 host); Node's net.Server otherwise. */
   #acceptor: NativeTcpAcceptor | undefined;
+  /** Checks the device filter's drop count every FOREIGN_LOG_MS (the kernel drops, nothing calls into JS). */
+  #foreignTimer: NodeJS.Timeout | undefined;
+  #lastForeign = 0;
   readonly #stats: TcpListenerStats = {
     accepted: 0,
     rejectedPeers: 0,
@@ -249,6 +260,10 @@ export class TcpListener extends EventEmitter {
         const a = new (native().TcpAcceptor)({ host: hostU32, port, backlog, ...(device ? { device } : {}) });
         a.start((recs, n) => this.#acceptBatch(recs, n));
         this.#acceptor = a;
+        if (device && a.filterDrops() >= 0) {
+          this.#foreignTimer = setInterval(() => this.#logForeignIngress(), FOREIGN_LOG_MS);
+          this.#foreignTimer.unref();
+        }
         return Promise.resolve();
       } catch (e) {
         return Promise.reject(wrapError(`listen on ${hostPort(this.#o.host, this.#o.port)}${listenHint(e)}`, e));
@@ -294,6 +309,8 @@ export class TcpListener extends EventEmitter {
     this.#server = undefined;
     for (const app of this.#sniffing) app.resetAndDestroy();
     this.#sniffing.clear();
+    clearInterval(this.#foreignTimer);
+    this.#foreignTimer = undefined;
     this.#acceptor?.close();
     this.#acceptor = undefined;
     for (const s of this.#sessions) {
@@ -339,7 +356,24 @@ export class TcpListener extends EventEmitter {
       up += t.bytesUp;
       down += t.bytesDown;
     }
-    return { ...this.#stats, active: this.#sessions.size, bytesUp: up, bytesDown: down };
+    const foreign = this.#acceptor?.filterDrops() ?? -1;
+    return {
+      ...this.#stats,
+      ...(foreign >= 0 ? { droppedForeignIngress: foreign } : {}),
+      active: this.#sessions.size,
+      bytesUp: up,
+      bytesDown: down,
+    };
+  }
+
+  /** One line per FOREIGN_LOG_MS while spoofed segments arrive (as the UDP listener's 'foreign-ingress'). */
+  #logForeignIngress(): void {
+    const n = this.#acceptor?.filterDrops() ?? -1;
+    if (n <= this.#lastForeign) return;
+    this.#o.logger(
+      `tcp listener: dropped ${n - this.#lastForeign} segment(s) in the last ${FOREIGN_LOG_MS / 1000} s (${n} in all) to ${hostPort(this.#o.host, this.address().port)} that did not come through ${this.#o.device}: a host on another interface spoofing NAT addresses — set rp_filter=1 on the LAN interface (README, LAN gateway mode)`,
+    );
+    this.#lastForeign = n;
   }
 
   /** The quiet-time collections so far and how long they held the event loop (src/util/quietGc.ts). */

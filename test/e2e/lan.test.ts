@@ -222,6 +222,12 @@ dns.lookup('echo.test', { family: 4 }, (err, ip) => {
         timeout: 5000,
       })
       .toBe(3);
+    // ... and the TCP Listener's device filter dropped and counted its nine (SYN, RST, data × 3).
+    await expect
+      .poll(async () => (await status()).tcp.droppedForeignIngress - before.tcp.droppedForeignIngress, {
+        timeout: 5000,
+      })
+      .toBe(9);
     // Both flows still carry the app's own traffic, and the spoofed payload never reached the app.
     app.stdin?.write('again\n');
     await expect.poll(() => appOut, { timeout: 10_000 }).toContain('tcp again\n');

@@ -46,6 +46,13 @@ describe('TcpAcceptor', () => {
     await once(c, 'connect');
     await until(() => recs.length === 1);
     expect(recs[0]).toBeGreaterThanOrEqual(0);
+    // The eBPF filter counts what it drops: nothing yet (-1, uncounted, only where bpf() is refused: not
+    // as root); uncounted without a device.
+    if (process.getuid?.() === 0) expect(a.filterDrops()).toBe(0);
+    else expect([0, -1]).toContain(a.filterDrops());
+    const plain = new (native().TcpAcceptor)({ host: LO_U32, port: 0, backlog: 16 });
+    acceptors.push(plain);
+    expect(plain.filterDrops()).toBe(-1);
     a.reset(recs[0] as number);
     expect(() => new (native().TcpAcceptor)({ host: LO_U32, port: 0, backlog: 16, device: 'fpnone0' })).toThrow(
       /accept only from device 'fpnone0': No such device \(open the TUN before the listener\)/,
