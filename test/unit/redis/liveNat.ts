@@ -114,7 +114,9 @@ export class LiveNat {
     if (how === 'rst') {
       if (f.proto !== 'tcp') throw new Error('rst needs a TCP flow');
       this.establish(f, at);
-      this.nat.engine.processPacket(tcpPacket({ ...this.side(f).app, flags: F.RST }), at);
+      // At the sequence the Listener expects next (RFC 5961: the engine ignores any other): the SYN's
+      // 1000 + 1, which nothing here moves (the SYN-ACK acknowledges nothing, data repeats seq 1000).
+      this.nat.engine.processPacket(tcpPacket({ ...this.side(f).app, flags: F.RST, seq: 1001 }), at);
       // The engine keeps a reset flow for its closed-state linger, then closes it (reason 'rst').
       this.nat.engine.expire(at + (this.nat.engineOptions.timeouts.tcpClosedMs ?? DEFAULT_TIMEOUTS.tcpClosedMs));
     } else {
