@@ -269,7 +269,7 @@ process.stdin.on('data', (d) => s.write(d));`,
     } finally {
       victim.kill('SIGKILL');
     }
-  }, 60_000);
+  }, 90_000);
 
   it('TCP DNS slowloris (1 000 idle connections from one source): ≥ 99 % of another source’s TCP queries answered', async () => {
     const pid = await restart(lans.flatMap((l) => ['--lan', l]));
