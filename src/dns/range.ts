@@ -1,34 +1,9 @@
 import { Address4 } from 'ip-address';
 import { FakeproxyError } from '../errors.js';
+import { intToIp } from '../util/cidr.js';
 
-/** Dotted quad → uint32, or undefined when not a plain IPv4 address. */
-export function ipToInt(ip: string): number | undefined {
-  let n = 0;
-  let part = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < ip.length; i++) {
-    const c = ip.charCodeAt(i);
-    if (c === 0x2e) {
-      if (digits === 0 || dots === 3) return undefined;
-      n = n * 256 + part;
-      part = 0;
-      digits = 0;
-      dots++;
-    } else if (c >= 0x30 && c <= 0x39) {
-      if (digits === 3) return undefined;
-      part = part * 10 + (c - 0x30);
-      if (part > 255) return undefined;
-      digits++;
-    } else return undefined;
-  }
-  if (digits === 0 || dots !== 3) return undefined;
-  return n * 256 + part;
-}
-
-export function intToIp(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
-}
+// The dotted-quad conversions of src/util/cidr.ts, under the names this module always exported.
+export { intToIp, parseIpv4 as ipToInt } from '../util/cidr.js';
 
 /**
  * The fake range: every host address of the CIDR except the network and

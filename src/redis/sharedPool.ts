@@ -22,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { FakeproxyError, UsageError } from '../errors.js';
+import { intToIp, parseIpv4 } from '../util/cidr.js';
 import {
   classifyRedisError,
   defaultRedisFactory,
@@ -130,22 +131,10 @@ export const POOL_WAIT_TIMEOUT_MS = 1_000;
 const WAIT_TIMEOUT_MS = POOL_WAIT_TIMEOUT_MS;
 const TOUCH = script(TOUCH_LUA);
 
-function ipToInt(ip: string): number | undefined {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
-  if (!m) return undefined;
-  const parts = m.slice(1).map(Number);
-  if (parts.some((p) => p > 255)) return undefined;
-  return ((parts[0] << 24) >>> 0) + (parts[1] << 16) + (parts[2] << 8) + parts[3];
-}
-
-function intToIp(a: number): string {
-  return `${(a >>> 24) & 255}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
-}
-
 /** Normalised CIDR and its usable host range (network and broadcast excluded). */
 export function parsePoolCidr(cidr: string): { cidr: string; first: number; size: number } {
   const m = /^([\d.]+)\/(\d{1,2})$/.exec(cidr.trim());
-  const base = m ? ipToInt(m[1]) : undefined;
+  const base = m ? parseIpv4(m[1]) : undefined;
   const prefix = m ? Number(m[2]) : NaN;
   if (base === undefined || !(prefix >= 0 && prefix <= 30)) {
     throw new UsageError(`invalid fake-IP CIDR "${cidr}": expected an IPv4 range such as 198.18.0.0/16 (prefix ≤ 30)`);
@@ -205,7 +194,7 @@ export class RedisSharedPool extends EventEmitter {
     this.cidr = range.cidr;
     this.first = range.first;
     this.size = range.size;
-    const gw = ipToInt(opts.gateway);
+    const gw = parseIpv4(opts.gateway);
     if (gw === undefined) throw new UsageError(`invalid gateway address "${opts.gateway}"`);
     this.gatewayInt = gw;
     this.keys = poolKeys(this.cidr);

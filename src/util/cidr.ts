@@ -47,6 +47,12 @@ export function dottedToU32(text: string, from = 0): number {
   return n * 256 + octet;
 }
 
+/** Dotted quad → uint32, or undefined when it is not exactly four decimal octets. */
+export function parseIpv4(text: string): number | undefined {
+  const n = dottedToU32(text);
+  return n < 0 ? undefined : n;
+}
+
 export function intToIp(n: number): string {
   return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 }
