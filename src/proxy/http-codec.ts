@@ -25,32 +25,37 @@ function requestText(m: ConnectRequest): string {
   return `${s}\r\n`;
 }
 
-export const connectRequest: Codec<ConnectRequest> = {
-  encodingLength: (m) => Buffer.byteLength(requestText(m)),
-  encode(m, buf, offset = 0) {
-    const text = requestText(m);
-    const b = buf ?? Buffer.allocUnsafe(offset + Buffer.byteLength(text));
-    b.write(text, offset, 'utf8');
-    return b;
-  },
-  decode(buf, offset = 0) {
-    const text = buf.toString('latin1', offset);
-    const m = /^CONNECT (\S+) HTTP\/1\.[01]\r?\n/.exec(text);
-    if (!m) throw new ProxyError('EHTTP_PROXY_PROTOCOL', 'not a CONNECT request line');
-    const target = m[1] as string;
-    const colon = target.lastIndexOf(':');
-    let host = target.slice(0, colon);
-    if (host.startsWith('[')) host = host.slice(1, -1);
-    const out: ConnectRequest = { host, port: Number(target.slice(colon + 1)) };
-    const auth = /\r?\nProxy-Authorization:[ \t]*Basic[ \t]+(\S+)/i.exec(text);
-    if (auth) {
-      const cred = Buffer.from(auth[1] as string, 'base64').toString('utf8');
-      const i = cred.indexOf(':');
-      out.auth = { username: cred.slice(0, i), password: cred.slice(i + 1) };
-    }
-    return out;
-  },
-};
+/** A message written as the text `toText` gives, in `encoding`; `decode` reads it back. */
+function textCodec<T>(toText: (m: T) => string, encoding: BufferEncoding, decode: Codec<T>['decode']): Codec<T> {
+  return {
+    encodingLength: (m) => Buffer.byteLength(toText(m)),
+    encode(m, buf, offset = 0) {
+      const text = toText(m);
+      const b = buf ?? Buffer.allocUnsafe(offset + Buffer.byteLength(text));
+      b.write(text, offset, encoding);
+      return b;
+    },
+    decode,
+  };
+}
+
+export const connectRequest: Codec<ConnectRequest> = textCodec(requestText, 'utf8', (buf, offset = 0) => {
+  const text = buf.toString('latin1', offset);
+  const m = /^CONNECT (\S+) HTTP\/1\.[01]\r?\n/.exec(text);
+  if (!m) throw new ProxyError('EHTTP_PROXY_PROTOCOL', 'not a CONNECT request line');
+  const target = m[1] as string;
+  const colon = target.lastIndexOf(':');
+  let host = target.slice(0, colon);
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  const out: ConnectRequest = { host, port: Number(target.slice(colon + 1)) };
+  const auth = /\r?\nProxy-Authorization:[ \t]*Basic[ \t]+(\S+)/i.exec(text);
+  if (auth) {
+    const cred = Buffer.from(auth[1] as string, 'base64').toString('utf8');
+    const i = cred.indexOf(':');
+    out.auth = { username: cred.slice(0, i), password: cred.slice(i + 1) };
+  }
+  return out;
+});
 
 /** A response head: status line + header fields, without the body. */
 export interface ResponseHead {
@@ -68,37 +73,28 @@ function responseText(m: ResponseHead): string {
 }
 
 /** `decode` takes exactly one head (as returned by readHead), CRLF or bare-LF line ends. */
-export const responseHead: Codec<ResponseHead> = {
-  encodingLength: (m) => Buffer.byteLength(responseText(m)),
-  encode(m, buf, offset = 0) {
-    const text = responseText(m);
-    const b = buf ?? Buffer.allocUnsafe(offset + Buffer.byteLength(text));
-    b.write(text, offset, 'latin1');
-    return b;
-  },
-  decode(buf, offset = 0) {
-    // latin1: header bytes are opaque octets (RFC 9110 §5.5); never throws on bad UTF-8.
-    const lines = buf.toString('latin1', offset).split(/\r?\n/);
-    const statusLine = lines[0] ?? '';
-    const m = /^HTTP\/(\d\.\d) (\d{3})(?: (.*))?$/.exec(statusLine);
-    if (!m) {
-      throw new ProxyError(
-        'EHTTP_PROXY_PROTOCOL',
-        `bad status line ${JSON.stringify(statusLine.slice(0, 80))} (is the upstream an HTTP proxy?)`,
-      );
+export const responseHead: Codec<ResponseHead> = textCodec(responseText, 'latin1', (buf, offset = 0) => {
+  // latin1: header bytes are opaque octets (RFC 9110 §5.5); never throws on bad UTF-8.
+  const lines = buf.toString('latin1', offset).split(/\r?\n/);
+  const statusLine = lines[0] ?? '';
+  const m = /^HTTP\/(\d\.\d) (\d{3})(?: (.*))?$/.exec(statusLine);
+  if (!m) {
+    throw new ProxyError(
+      'EHTTP_PROXY_PROTOCOL',
+      `bad status line ${JSON.stringify(statusLine.slice(0, 80))} (is the upstream an HTTP proxy?)`,
+    );
+  }
+  const headers: Record<string, string> = {};
+  for (const line of lines.slice(1)) {
+    if (line === '') break;
+    const c = line.indexOf(':');
+    if (c <= 0 || /[\s]/.test(line.slice(0, c))) {
+      // RFC 9112 §5.1: no whitespace between name and colon; obs-fold is rejected too.
+      throw new ProxyError('EHTTP_PROXY_PROTOCOL', `bad header line ${JSON.stringify(line.slice(0, 80))}`);
     }
-    const headers: Record<string, string> = {};
-    for (const line of lines.slice(1)) {
-      if (line === '') break;
-      const c = line.indexOf(':');
-      if (c <= 0 || /[\s]/.test(line.slice(0, c))) {
-        // RFC 9112 §5.1: no whitespace between name and colon; obs-fold is rejected too.
-        throw new ProxyError('EHTTP_PROXY_PROTOCOL', `bad header line ${JSON.stringify(line.slice(0, 80))}`);
-      }
-      const k = line.slice(0, c).toLowerCase();
-      const v = line.slice(c + 1).trim();
-      headers[k] = k in headers ? `${headers[k]}, ${v}` : v;
-    }
-    return { version: m[1] as string, status: Number(m[2]), reason: m[3] ?? '', headers };
-  },
-};
+    const k = line.slice(0, c).toLowerCase();
+    const v = line.slice(c + 1).trim();
+    headers[k] = k in headers ? `${headers[k]}, ${v}` : v;
+  }
+  return { version: m[1] as string, status: Number(m[2]), reason: m[3] ?? '', headers };
+});

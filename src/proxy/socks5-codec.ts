@@ -190,24 +190,44 @@ export const greeting: Codec<Greeting> = {
   },
 };
 
+/**
+ * A two-byte message VER X (method selection, auth reply): writes `version`;
+ * a decode takes `version` (or `alsoAccepts`) and names `what` / `whatVersion`
+ * in its errors.
+ */
+function twoBytes<K extends string>(
+  key: K,
+  version: number,
+  what: string,
+  whatVersion: string,
+  alsoAccepts?: number,
+): Codec<Record<K, number>> {
+  return {
+    encodingLength: () => 2,
+    encode(m, buf, offset = 0) {
+      const b = buf ?? Buffer.allocUnsafe(offset + 2);
+      b[offset] = version;
+      b[offset + 1] = m[key];
+      return b;
+    },
+    decode(buf, offset = 0) {
+      need(buf, offset + 2, what);
+      if (buf[offset] !== alsoAccepts) checkVersion(buf[offset], version, whatVersion);
+      return { [key]: buf[offset + 1] as number } as Record<K, number>;
+    },
+  };
+}
+
 /** Server's method choice, RFC 1928 §3: VER METHOD. */
 export interface MethodSelection {
   method: number;
 }
-export const methodSelection: Codec<MethodSelection> = {
-  encodingLength: () => 2,
-  encode(m, buf, offset = 0) {
-    const b = buf ?? Buffer.allocUnsafe(offset + 2);
-    b[offset] = VERSION;
-    b[offset + 1] = m.method;
-    return b;
-  },
-  decode(buf, offset = 0) {
-    need(buf, offset + 2, 'method selection');
-    checkVersion(buf[offset], VERSION, 'method selection');
-    return { method: buf[offset + 1] as number };
-  },
-};
+export const methodSelection: Codec<MethodSelection> = twoBytes(
+  'method',
+  VERSION,
+  'method selection',
+  'method selection',
+);
 
 /** RFC 1929 §2: VER ULEN UNAME PLEN PASSWD. */
 export interface UserPassRequest {
@@ -245,21 +265,14 @@ export const userPassRequest: Codec<UserPassRequest> = {
 export interface UserPassReply {
   status: number;
 }
-export const userPassReply: Codec<UserPassReply> = {
-  encodingLength: () => 2,
-  encode(m, buf, offset = 0) {
-    const b = buf ?? Buffer.allocUnsafe(offset + 2);
-    b[offset] = AUTH_VERSION;
-    b[offset + 1] = m.status;
-    return b;
-  },
-  decode(buf, offset = 0) {
-    need(buf, offset + 2, 'username/password reply');
-    // Some servers answer the subnegotiation with VER=5; the status byte is what matters.
-    if (buf[offset] !== AUTH_VERSION && buf[offset] !== VERSION) checkVersion(buf[offset], AUTH_VERSION, 'auth reply');
-    return { status: buf[offset + 1] as number };
-  },
-};
+// Some servers answer the subnegotiation with VER=5; the status byte is what matters.
+export const userPassReply: Codec<UserPassReply> = twoBytes(
+  'status',
+  AUTH_VERSION,
+  'username/password reply',
+  'auth reply',
+  VERSION,
+);
 
 /** Request, RFC 1928 §4: VER CMD RSV ATYP DST.ADDR DST.PORT. */
 export interface Request extends Address {
