@@ -59,6 +59,16 @@ async function expectRefusedDial(local?: Float64Array): Promise<void> {
   expect((await err).code).toBe('ECONNRESET');
 }
 
+/** An origin server listening on loopback (the next connection it accepts) and an app socket pair. */
+async function originAndApp() {
+  const originSrv = net.createServer({ allowHalfOpen: true });
+  const port = await listen(originSrv);
+  const accepted = once(originSrv, 'connection') as Promise<[net.Socket]>;
+  const [app, a] = await socketPair();
+  open.push(app, a);
+  return { originSrv, port, accepted, app, a };
+}
+
 const openFds = () => readdirSync('/proc/self/fd').length;
 
 /** Every epoll registration of this process: [epoll fd, target fd, target inode]. */
@@ -278,11 +288,7 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
 
   it('dial: the relay connects the upstream itself; bytes and a FIN the app sends before the connect is done arrive once, in order', async () => {
     const s = newSplice();
-    const originSrv = net.createServer({ allowHalfOpen: true });
-    const port = await listen(originSrv);
-    const accepted = once(originSrv, 'connection') as Promise<[net.Socket]>;
-    const [app, a] = await socketPair();
-    open.push(app, a);
+    const { originSrv, port, accepted, app, a } = await originAndApp();
     // Request and FIN leave the app before dial(): a FIN forwarded to a SYN_SENT socket would abort its connect.
     app.end('GET / first\n');
     await until(() => a.readableLength === 12);
@@ -304,11 +310,7 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
 
   it('dial with local: connects before it returns and reports the bound address the origin sees as its peer', async () => {
     const s = newSplice();
-    const originSrv = net.createServer({ allowHalfOpen: true });
-    const port = await listen(originSrv);
-    const accepted = once(originSrv, 'connection') as Promise<[net.Socket]>;
-    const [app, a] = await socketPair();
-    open.push(app, a);
+    const { originSrv, port, accepted, app, a } = await originAndApp();
     const local = new Float64Array([-1, -1]);
     const h = s.dial(a, LO, port, { mark: 0, connectTimeoutMs: 5000, local });
     if (!h) throw new Error('dial refused');
