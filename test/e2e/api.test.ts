@@ -15,15 +15,12 @@ import {
   ECHO_PORT,
   eventually,
   HTTP_PORT,
+  startPickProxies,
   type Topology,
-  tmpFile,
-  waitListening,
 } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 const SECRET = 'e2e-secret';
-const A = 1080;
-const B = 1081;
 /** Each `fakeproxy connections` spawns node: on a loaded 2-core machine a poll takes seconds. */
 const SLOW = 30_000;
 
@@ -68,27 +65,11 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
 
   beforeAll(async () => {
     t = await createTopology();
-    const u = t.upstreamIp;
-    a = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(A)]));
-    b = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(B)]));
-    await Promise.all([waitListening(t.upstream, A), waitListening(t.upstream, B)]);
-    const cfg = tmpFile(
-      t,
-      'api.yaml',
-      [
-        `external-controller: 127.0.0.1:9090`,
-        `secret: ${SECRET}`,
-        'proxies:',
-        `  - {name: a, type: socks5, server: ${u}, port: ${A}}`,
-        `  - {name: b, type: socks5, server: ${u}, port: ${B}}`,
-        'proxy-groups:',
-        '  - {name: pick, type: select, proxies: [a, b]}',
-        'rules:',
-        '  - DOMAIN-SUFFIX,origin.test,pick',
-        '  - MATCH,DIRECT',
-        '',
-      ].join('\n'),
-    );
+    let cfg: string;
+    ({ a, b, cfg } = await startPickProxies(t, 'api.yaml', [
+      'external-controller: 127.0.0.1:9090',
+      `secret: ${SECRET}`,
+    ]));
     const d = await t.startDaemon(['--config', cfg]);
     await d.waitFor(/controller http:\/\/127\.0\.0\.1:9090 \(secret set\)/);
   }, 60_000);

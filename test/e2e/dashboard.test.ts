@@ -21,20 +21,10 @@ import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import {
-  capture,
-  createTopology,
-  ECHO_PORT,
-  HTTP_PORT,
-  type Topology,
-  tmpFile,
-  waitListening,
-} from './harness/topology.js';
+import { capture, createTopology, ECHO_PORT, HTTP_PORT, startPickProxies, type Topology } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 const SECRET = 'dashboard-secret';
-const A = 1080;
-const B = 1081;
 const CONTROLLER = 'http://127.0.0.1:9090';
 const ARTIFACTS = join(ROOT, 'test-artifacts', 'dashboard');
 /** Generous: Chromium and the daemon share 2 busy cores with other suites. */
@@ -130,25 +120,8 @@ describe.skipIf(skip)('MetaCubeXD in headless Chromium against a running daemon'
     mkdirSync(ARTIFACTS, { recursive: true });
     console.log(`dashboard screenshots: ${ARTIFACTS}`);
     t = await createTopology();
-    const u = t.upstreamIp;
-    a = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(A)]));
-    b = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(B)]));
-    await Promise.all([waitListening(t.upstream, A), waitListening(t.upstream, B)]);
-    const cfg = tmpFile(
-      t,
-      'dashboard.yaml',
-      [
-        'proxies:',
-        `  - {name: a, type: socks5, server: ${u}, port: ${A}}`,
-        `  - {name: b, type: socks5, server: ${u}, port: ${B}}`,
-        'proxy-groups:',
-        '  - {name: pick, type: select, proxies: [a, b]}',
-        'rules:',
-        '  - DOMAIN-SUFFIX,origin.test,pick',
-        '  - MATCH,DIRECT',
-        '',
-      ].join('\n'),
-    );
+    let cfg: string;
+    ({ a, b, cfg } = await startPickProxies(t, 'dashboard.yaml'));
     const d = await t.startDaemon(['--config', cfg, '--controller', '127.0.0.1:9090', '--secret', SECRET, '--ui', ui]);
     await d.waitFor(/controller http:\/\/127\.0\.0\.1:9090 \(secret set\)/);
 

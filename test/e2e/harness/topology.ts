@@ -187,6 +187,44 @@ export async function addClient(t: Topology, tag: string): Promise<{ ns: Netns; 
   }
 }
 
+/** Ports of the two SOCKS5 servers startPickProxies runs. */
+export const SOCKS_A = 1080;
+export const SOCKS_B = 1081;
+
+/**
+ * Two microsocks in t.upstream (proxy a on SOCKS_A, b on SOCKS_B), listening,
+ * and a Clash config in the temp dir whose select group `pick` [a, b] takes
+ * origin.test, the rest DIRECT; `head` lines go first (e.g. controller keys).
+ * Returns each server's log (a CONNECT shows there) and the config's path.
+ */
+export async function startPickProxies(
+  t: Topology,
+  file: string,
+  head: string[] = [],
+): Promise<{ a: { readonly text: string }; b: { readonly text: string }; cfg: string }> {
+  const u = t.upstreamIp;
+  const a = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(SOCKS_A)]));
+  const b = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', u, '-p', String(SOCKS_B)]));
+  await Promise.all([waitListening(t.upstream, SOCKS_A), waitListening(t.upstream, SOCKS_B)]);
+  const cfg = tmpFile(
+    t,
+    file,
+    [
+      ...head,
+      'proxies:',
+      `  - {name: a, type: socks5, server: ${u}, port: ${SOCKS_A}}`,
+      `  - {name: b, type: socks5, server: ${u}, port: ${SOCKS_B}}`,
+      'proxy-groups:',
+      '  - {name: pick, type: select, proxies: [a, b]}',
+      'rules:',
+      '  - DOMAIN-SUFFIX,origin.test,pick',
+      '  - MATCH,DIRECT',
+      '',
+    ].join('\n'),
+  );
+  return { a, b, cfg };
+}
+
 /** Writes a file into the topology's temp dir and returns its path. */
 export function tmpFile(t: Topology, name: string, text: string): string {
   const p = join(t.tmp, name);
