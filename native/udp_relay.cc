@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_set>
 
@@ -20,6 +21,9 @@
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 namespace fp {
 
@@ -30,8 +34,9 @@ constexpr uint64_t kWakeTag = 1;
 constexpr uint64_t kAssocTag = 1ull << 63;
 constexpr int kIdleCheckMs = 50;
 constexpr size_t kMaxRemotes = 4096;
-// SO_RXQ_OVFL's counter, and IP_PKTINFO's ingress interface on the listener.
-constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct in_pktinfo));
+// SO_RXQ_OVFL's counter, IP_PKTINFO's ingress interface and UDP_GRO's segment size on the listener.
+constexpr size_t kCmsgSpace =
+    CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct in_pktinfo)) + CMSG_SPACE(sizeof(int));
 // RFC 1928 §7: RSV(2) FRAG(1) ATYP(1) before the address.
 constexpr size_t kSocksMinHeader = 4;
 constexpr size_t kMaxUdpPayload = 65507;
@@ -39,6 +44,9 @@ constexpr size_t kMaxUdpPayload = 65507;
 constexpr size_t kMaxSocksHeader = 262;
 // Segments per UDP GSO send (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
 constexpr int kMaxGsoSegments = 64;
+// Datagrams one coalesced (UDP_GRO) receive may hold: the kernel's UDP_MAX_SEGMENTS (128 since 6.9; GRO itself
+// stops at 64). A receive claiming more is dropped as oversized.
+constexpr int kMaxGroSegments = 128;
 constexpr size_t kGsoCmsgSpace = CMSG_SPACE(sizeof(uint16_t));
 // recvmmsg rounds per wake-up while each fills its batch: fewer epoll_wait calls under load, and an
 // association's replies cannot starve the listener for long.
@@ -218,13 +226,17 @@ UdpRelay::UdpRelay(const UdpRelayOptions& opts, std::function<void()> notify) : 
   riovs_.resize(o_.batch);
   raddrs_.resize(o_.batch);
   cmsg_.resize(static_cast<size_t>(o_.batch) * kCmsgSpace);
-  gmsgs_.resize(o_.batch);
-  gcmsg_.resize(static_cast<size_t>(o_.batch) * kGsoCmsgSpace);
-  gfirst_.resize(o_.batch);
-  gcount_.resize(o_.batch);
-  siovs_.resize(2 * static_cast<size_t>(o_.batch));
-  saddrs_.resize(o_.batch);
-  sbind_.resize(o_.batch);
+  // Coalesced receives on the listener (UDP_GRO) only when any fits a slot whole; otherwise the kernel segments.
+  gro_ = o_.max_payload >= kMaxUdpPayload;
+  // Datagrams per round: a receive may carry up to kMaxGroSegments of them.
+  const size_t cap = static_cast<size_t>(o_.batch) * (gro_ ? kMaxGroSegments : 1);
+  gmsgs_.resize(cap);
+  gcmsg_.resize(cap * kGsoCmsgSpace);
+  gfirst_.resize(cap);
+  gcount_.resize(cap);
+  siovs_.resize(2 * cap);
+  saddrs_.resize(cap);
+  sbind_.resize(cap);
 }
 
 UdpRelay::~UdpRelay() { Stop(); }
@@ -240,6 +252,9 @@ bool UdpRelay::Start(uint32_t ip, uint16_t port, int rcvbuf, uint32_t mark, int*
     Stop();
     return false;
   }
+  // The engine writes a run of one flow's datagrams as one UDP GSO packet into the TUN: take it whole (one
+  // queue entry, one receive) and split it here. Best effort: without it (Linux < 5.0) the kernel segments.
+  if (gro_ && setsockopt(lfd_, SOL_UDP, UDP_GRO, &one, sizeof one) != 0) gro_ = false;
   port_ = LocalPort(lfd_);
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -586,6 +601,7 @@ int UdpRelay::ListenerRound() {
   for (int i = 0; i < n; i++) {
     struct msghdr& h = rmsgs_[i].msg_hdr;
     int ifindex = 0;
+    size_t gro = 0;
     for (struct cmsghdr* cm = CMSG_FIRSTHDR(&h); cm != nullptr; cm = CMSG_NXTHDR(&h, cm)) {
       if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
         uint32_t drops;
@@ -596,48 +612,67 @@ int UdpRelay::ListenerRound() {
         struct in_pktinfo pi;
         std::memcpy(&pi, CMSG_DATA(cm), sizeof pi);
         ifindex = pi.ipi_ifindex;
+      } else if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+        int g;
+        std::memcpy(&g, CMSG_DATA(cm), sizeof g);
+        gro = g > 0 ? static_cast<size_t>(g) : 0;
       }
     }
+    size_t len = rmsgs_[i].msg_len;
+    // A coalesced receive holds ceil(len / gro) datagrams, all but the last exactly gro bytes.
+    const size_t segs = gro > 0 && len > gro ? (len + gro - 1) / gro : 1;
     // Only the engine writes datagrams for the listener, into the TUN. One
     // from another interface claims a NAT source it cannot own (a LAN host
     // spoofing a live flow's address): dropped silently — an ICMP error would
     // travel to that flow's app through the engine.
     if (o_.ingress_ifindex > 0 && ifindex != o_.ingress_ifindex) {
-      t_.drops[kDropForeignIngress]++;
+      t_.drops[kDropForeignIngress] += segs;
       continue;
     }
-    size_t len = rmsgs_[i].msg_len;
     uint8_t* p = slab_.get() + static_cast<size_t>(i) * slot;
-    if ((h.msg_flags & MSG_TRUNC) || len > o_.max_payload) {
-      t_.drops[kDropOversized]++;
+    const size_t seg = segs > 1 ? gro : len;
+    if ((h.msg_flags & MSG_TRUNC) || seg > o_.max_payload || segs > static_cast<size_t>(kMaxGroSegments)) {
+      t_.drops[kDropOversized] += segs;
       continue;
+    }
+    if (segs > 1) {
+      t_.gro_receives++;
+      t_.gro_segments += segs;
     }
     uint32_t ip = ntohl(raddrs_[i].v4.sin_addr.s_addr);
     uint16_t port = ntohs(raddrs_[i].v4.sin_port);
     auto it = bindings_.find(NatKey(ip, port));
     if (it == bindings_.end()) {
-      t_.misses++;
-      QueueJsLocked({0, ip, port, std::string(), std::string(reinterpret_cast<char*>(p), len)});
+      for (size_t k = 0; k < segs; k++) {
+        const size_t off = k * seg;
+        t_.misses++;
+        QueueJsLocked(
+            {0, ip, port, std::string(), std::string(reinterpret_cast<char*>(p) + off, std::min(seg, len - off))});
+      }
       continue;
     }
     Binding& b = it->second;
     UdpAssoc* a = b.assoc;
-    if (b.header.size() + len > kMaxUdpPayload) {
-      t_.drops[kDropOversized]++;
+    if (b.header.size() + seg > kMaxUdpPayload) {
+      t_.drops[kDropOversized] += segs;
       continue;
     }
-    siovs_[2 * static_cast<size_t>(ns)] = {const_cast<char*>(b.header.data()), b.header.size()};
-    siovs_[2 * static_cast<size_t>(ns) + 1] = {p, len};
-    if (a->kind == UdpAssocKind::kSocks5)
-      saddrs_[ns].v4 = a->relay;
-    else
-      saddrs_[ns] = b.dst;
-    sbind_[ns] = &b;
-    a->dgrams_up++;
-    a->bytes_up += len;
-    t_.dgrams_up++;
-    t_.bytes_up += len;
-    ns++;
+    for (size_t k = 0; k < segs; k++) {
+      const size_t off = k * seg;
+      const size_t dlen = std::min(seg, len - off);
+      siovs_[2 * static_cast<size_t>(ns)] = {const_cast<char*>(b.header.data()), b.header.size()};
+      siovs_[2 * static_cast<size_t>(ns) + 1] = {p + off, dlen};
+      if (a->kind == UdpAssocKind::kSocks5)
+        saddrs_[ns].v4 = a->relay;
+      else
+        saddrs_[ns] = b.dst;
+      sbind_[ns] = &b;
+      a->dgrams_up++;
+      a->bytes_up += dlen;
+      t_.dgrams_up++;
+      t_.bytes_up += dlen;
+      ns++;
+    }
   }
   // One sendmmsg per run of datagrams for the same association.
   int start = 0;

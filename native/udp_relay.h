@@ -100,6 +100,8 @@ struct UdpRelayTotals {
   uint64_t associations, bindings, misses, unknown;
   uint64_t drops[kDropCount];
   UdpGsoTotals gso;
+  // Listener receives that held several datagrams (UDP_GRO: the engine's GSO writes), and those datagrams.
+  uint64_t gro_receives, gro_segments;
 };
 
 struct UdpAssoc;
@@ -196,6 +198,9 @@ class UdpRelay {
   // Thread side: the clock read once per wake-up (CLOCK_MONOTONIC is a system call on some VMs).
   int64_t now_ = 0;
   UdpGso lgso_;
+  // UDP_GRO is on for the listener (set in the constructor when a slot fits any coalesced receive, cleared
+  // when the kernel refuses it).
+  bool gro_ = false;
 
   std::mutex mu_;
   struct Binding {

@@ -343,6 +343,10 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
       gso.Set(dir == 0 ? "up" : "down", g);
     }
     o.Set("gso", gso);
+    Napi::Object gro = Napi::Object::New(env);
+    gro.Set("receives", static_cast<double>(t.gro_receives));
+    gro.Set("segments", static_cast<double>(t.gro_segments));
+    o.Set("gro", gro);
     return o;
   }
 

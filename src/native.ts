@@ -330,6 +330,8 @@ export interface NativeUdpRelayTotals {
   drops: Float64Array;
   /** UDP GSO use (fp::UdpGsoTotals): up = towards upstreams, down = from the listener towards apps. */
   gso: { up: UdpGsoCounts; down: UdpGsoCounts };
+  /** Listener receives that held several datagrams (UDP_GRO: the engine wrote a run of one flow as one GSO packet), and the datagrams in them. */
+  gro: { receives: number; segments: number };
 }
 export interface UdpGsoCounts {
   /** Sends the kernel took as one UDP_SEGMENT super-datagram, and the datagrams they carried. */

@@ -209,6 +209,8 @@ export interface UdpListenerStats {
   dropped: UdpListenerDrops;
   /** UDP GSO use by the native relay (all zero without it): see NativeUdpRelayTotals.gso. */
   gso: NativeUdpRelayTotals['gso'];
+  /** Coalesced receives on the native relay's listener (UDP_GRO) and the datagrams in them. */
+  gro: NativeUdpRelayTotals['gro'];
 }
 
 export interface UdpListener {
@@ -638,6 +640,7 @@ export class UdpListener extends EventEmitter {
       nativeMisses: 0,
       nativeUnknownRemotes: 0,
       gso: t?.gso ?? { up: { ...noGso }, down: { ...noGso } },
+      gro: t?.gro ?? { receives: 0, segments: 0 },
     };
     if (t) {
       st.datagramsUp += t.datagramsUp;

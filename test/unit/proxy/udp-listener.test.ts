@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -562,6 +563,65 @@ describe('UdpListener on the native relay (native/udp_relay.h)', () => {
     expect(s.nativeMisses).toBeLessThanOrEqual(window);
     expect(nat.lookups).toBe(1);
     expect(sessions.map((e) => e.phase)).toEqual(['open']);
+  });
+
+  it('a coalesced receive (UDP_GRO: what the engine writes as one GSO packet) is split into its datagrams, both before and after the flow is bound', async () => {
+    const nat = new ClosingNat();
+    const { l, lport } = await setup(new DirectOutbound({ resolve }), {}, 0, nat);
+    // A sender Node cannot be: one sendmsg with UDP_SEGMENT, which loopback hands to the listener whole.
+    // Segment i of a send is `seg` bytes of (tag + i), the last one shorter; the echoes are printed as tag:len.
+    const py = spawn('python3', [
+      '-c',
+      `import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('${LO}', 0))
+print(s.getsockname()[1], flush=True)
+s.settimeout(20)
+for line in sys.stdin:
+    tag, n, seg = (int(x) for x in line.split())
+    data = b''.join(bytes([tag + i]) * (seg if i < n - 1 else seg // 2) for i in range(n))
+    s.sendmsg([data], [(socket.SOL_UDP, 103, struct.pack('H', seg))], 0, ('${LO}', ${lport}))
+    got = sorted((s.recv(65535) for _ in range(n)), key=lambda b: b[0])
+    ok = all(b == bytes([tag + i]) * len(b) for i, b in enumerate(got))
+    print(' '.join('%d:%d' % (b[0], len(b)) for b in got) if ok else 'corrupt', flush=True)
+`,
+    ]);
+    try {
+      const lines: string[] = [];
+      let err = '';
+      py.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+      });
+      let buf = '';
+      py.stdout.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const parts = buf.split('\n');
+        buf = parts.pop() ?? '';
+        lines.push(...parts);
+      });
+      // Generous: python's start and the echoes on a saturated CI machine.
+      const line = (n: number) =>
+        until(() => lines.length >= n, 30_000).catch((e: Error) => {
+          throw new Error(`${e.message}: python printed ${JSON.stringify(lines)}, stderr ${err}`);
+        });
+      await line(1);
+      nat.add(Number(lines[0]), APP_A, { ip: FAKE1, port: echo.port });
+      // Before the flow is bound: 3 datagrams that reach JavaScript as 3 misses.
+      py.stdin.write('10 3 1000\n');
+      await line(2);
+      expect(lines[1]).toBe('10:1000 11:1000 12:500');
+      expect(l.stats().nativeMisses).toBe(3);
+      // Bound: 20 datagrams relayed natively (and, equal-sized, sent on as GSO).
+      py.stdin.write('40 20 1200\n');
+      await line(3);
+      expect(lines[2]).toBe(Array.from({ length: 20 }, (_, i) => `${40 + i}:${i < 19 ? 1200 : 600}`).join(' '));
+      const s = l.stats();
+      expect(s.gro).toEqual({ receives: 2, segments: 23 });
+      expect(s).toMatchObject({ datagramsUp: 23, datagramsDown: 23, nativeMisses: 3 });
+      expect(s.bytesUp).toBe(2 * 1000 + 500 + 19 * 1200 + 600);
+    } finally {
+      py.kill();
+    }
   });
 
   it('the close event carries the counts the relay kept; the listener socket is the relay’s', async () => {
