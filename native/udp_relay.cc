@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -531,6 +532,8 @@ void UdpRelay::QueueJsLocked(UdpJsDatagram&& d) {
 }
 
 void UdpRelay::Run() {
+  // Named like fp-engine-N and the TCP relay's threads, so top -H and perf --comms can tell it from Node's.
+  pthread_setname_np(pthread_self(), "fp-udp-relay");
   struct epoll_event evs[64];
   int64_t last_check = NowMs();
   for (;;) {
