@@ -265,6 +265,16 @@ const MAX_CACHED_FLOWS = 65_536;
 /** At most one overload line this often (and one per period while drops go on). */
 const OVERLOAD_LOG_MS = 10_000;
 
+/** What each native drop reason means on the overload line, with its fix. */
+const OVERLOAD_CAUSE: Partial<Record<(typeof UDP_RELAY_DROPS)[number], string>> = {
+  rcvbuf:
+    "at the relay's full receive buffer (rcvbuf: the relay thread fell behind — lower the load; a burst needs a larger net.core.rmem_max)",
+  'send-error':
+    'sends the kernel refused (send-error: an upstream or app socket buffer was full — the path beyond is slower than what is offered; lower the load)',
+  'queue-full':
+    'datagrams of flows not bound yet, past the queue towards JavaScript (queue-full: a burst before its association was set up, or too many new flows at once)',
+};
+
 /** Spoofing, not overload: logged on its own line (UdpListenerOptions.device). */
 const FOREIGN_INGRESS = UDP_RELAY_DROPS.indexOf('foreign-ingress');
 
@@ -291,8 +301,8 @@ export class UdpListener extends EventEmitter {
   /** Native associations by relay id, until their ended record arrives. */
   readonly #byId = new Map<number, NativeAssociation>();
   #nextId = 0;
-  /** Native drop totals at the last overload log line. */
-  #lastNativeDrops = 0;
+  /** Native drop totals by reason (UDP_RELAY_DROPS) at the last overload check. */
+  #lastDrops: number[] = [];
   /** TUN kernel drops at the last overload log line. */
   #lastTunDrops = 0;
   #lastForeignIngress = 0;
@@ -550,24 +560,26 @@ export class UdpListener extends EventEmitter {
     const foreign = t.drops[FOREIGN_INGRESS] as number;
     this.#logForeignIngress(foreign);
     this.#logGsoDisabled(t.gso);
-    let sum = 0;
-    for (const n of t.drops) sum += n;
-    sum -= foreign;
     const tun = this.#o.tunKernelDrops();
-    if (sum <= this.#lastNativeDrops && tun <= this.#lastTunDrops) return;
-    const parts: string[] = [];
+    const tunNew = tun - this.#lastTunDrops;
+    let relayNew = 0;
+    const causes: string[] = [];
+    if (tunNew > 0)
+      causes.push(
+        `the kernel dropped ${tunNew} packets at ${this.#o.device ?? 'the TUN'}'s full transmit queue before the engine read them (raise --tun-txqueuelen or lower the load)`,
+      );
     UDP_RELAY_DROPS.forEach((why, i) => {
-      if ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS) parts.push(`${why} ${t.drops[i]}`);
+      const n = (t.drops[i] as number) - (this.#lastDrops[i] ?? 0);
+      if (n <= 0 || i === FOREIGN_INGRESS) return;
+      relayNew += n;
+      causes.push(`${n} ${OVERLOAD_CAUSE[why] ?? why}`);
     });
-    const tunPart =
-      tun > this.#lastTunDrops
-        ? `; the kernel dropped ${tun - this.#lastTunDrops} packets at ${this.#o.device ?? 'the TUN'}'s full transmit queue (total ${tun}) before the engine read them — raise --tun-txqueuelen or lower the load`
-        : '';
-    this.#o.logger(
-      `udp relay: dropped ${sum - this.#lastNativeDrops} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s (totals: ${parts.join(', ') || 'none'}); rcvbuf/send-error mean more offered than the path carries — raise net.core.rmem_max or lower the load${tunPart}`,
-    );
     this.#lastTunDrops = tun;
-    this.#lastNativeDrops = sum;
+    this.#lastDrops = [...t.drops];
+    if (causes.length === 0) return;
+    this.#o.logger(
+      `udp relay: dropped ${tunNew + relayNew} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s: ${causes.join('; ')} (totals: ${tun} at the TUN queue, ${UDP_RELAY_DROPS.flatMap((why, i) => ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS ? [`${why} ${t.drops[i]}`] : [])).join(', ') || 'none in the relay'})`,
+    );
   }
 
   /** Sockets with GSO turned off at the last line, up and down. */
