@@ -23,9 +23,12 @@
  * is the same mechanism as the hand loop (same numbers) without the error
  * and count hooks we need.
  *
+ * Each direction reads into one reused 64 KiB buffer (`readInto`), not a
+ * fresh Buffer per read; `bench/relay-bench.ts` measures it and the malloc
+ * tunables. Older figures, before that change (Node's 'data' path):
  * Loopback, 2 GiB origin → relay → sink (origin and sink in child
  * processes), Node 20.20, 2 vCPU shared with other jobs, Gbit/s, median of 3
- * (test/unit/proxy/relay-bench.ts; modes interleaved per run):
+ * (modes interleaved per run):
  *                 no relay   hand loop   pipeline   pipe
  *   quieter host    15.4        7.8         7.2       7.9
  *   loaded (5 runs)  4.3        2.5         2.0       2.0
@@ -76,6 +79,8 @@ export interface RelayResult {
 export class Relay {
   bytesUp = 0;
   bytesDown = 0;
+  /** Directions (0–2) that read into their one reused buffer (`readInto`); the rest allocate per read. */
+  userBuffers = 0;
   readonly done: Promise<RelayResult>;
   #end: RelayEnd | undefined;
   #error: Error | undefined;
@@ -136,11 +141,14 @@ export class Relay {
   }
 
   #wire(src: net.Socket, dst: net.Socket, side: 'app' | 'upstream', count: (n: number) => void): void {
-    src.on('data', (chunk: Buffer) => {
-      count(chunk.length);
-      if (!dst.write(chunk)) src.pause();
-    });
-    dst.on('drain', () => src.resume());
+    if (readInto(src, dst, count)) this.userBuffers++;
+    else {
+      src.on('data', (chunk: Buffer) => {
+        count(chunk.length);
+        if (!dst.write(chunk)) src.pause();
+      });
+      dst.on('drain', () => src.resume());
+    }
     // FIN one way: forward it after the queued bytes; the other way stays open.
     src.on('end', () => dst.end());
     src.on('error', (err) => {
@@ -156,6 +164,75 @@ export class Relay {
       }
     });
   }
+}
+
+/** Bytes one JS relay direction reads at a time: Node's own per-read allocation size. */
+const READ_BUFFER = 65_536;
+
+interface UserBufferHandle {
+  useUserBuffer?: (buf: Uint8Array) => void;
+  reading?: boolean;
+}
+
+/** Node's per-socket symbols behind the public `onread` option (lib/net.js), found once by name. */
+let onreadKeys: { buf: symbol; cb: symbol; gen: symbol } | null | undefined;
+
+function findOnreadKeys(s: net.Socket): typeof onreadKeys {
+  if (onreadKeys !== undefined) return onreadKeys;
+  const syms = Object.getOwnPropertySymbols(s);
+  const by = (d: string) => syms.find((x) => x.description === d);
+  const buf = by('kBuffer');
+  const cb = by('kBufferCb');
+  const gen = by('kBufferGen');
+  onreadKeys = buf && cb && gen ? { buf, cb, gen } : null;
+  return onreadKeys;
+}
+
+/**
+ * Relay `src` → `dst` reading into one buffer of its own, reused for every
+ * read, instead of the fresh 64 KiB Buffer Node allocates per read (the
+ * malloc/free churn per chunk behind issue 11's page-fault profile). This
+ * is Node's `onread` option (`net.connect({ onread })`), which Node only
+ * takes at socket creation; our sockets already read their handshake or
+ * sniffed bytes through 'data', so the same per-socket fields are set here
+ * (found by their names; on a Node without them this returns false and the
+ * caller keeps 'data').
+ *
+ * The buffer is handed to `dst.write` as a view; while that write is still
+ * queued (the kernel took only part of it) the next read would overwrite
+ * it, so the read side pauses until the write completes: at most 64 KiB in
+ * user space per direction. Bytes Node had already buffered are written first.
+ */
+function readInto(src: net.Socket, dst: net.Socket, count: (n: number) => void): boolean {
+  const h = (src as unknown as { _handle?: UserBufferHandle | null })._handle;
+  const keys = findOnreadKeys(src);
+  // Plain TCP handles only: a TLS socket's handle decrypts in between.
+  if (!keys || h?.constructor?.name !== 'TCP' || typeof h.useUserBuffer !== 'function') return false;
+  const fields = src as unknown as Record<symbol, unknown>;
+  if (fields[keys.buf] !== null || fields[keys.cb] !== null) return false; // already in onread mode
+  const early = takeBuffered(src);
+  if (early) {
+    count(early.length);
+    dst.write(early);
+  }
+  const buf = Buffer.allocUnsafe(READ_BUFFER);
+  let waiting = false;
+  const written = () => {
+    if (!waiting) return;
+    waiting = false;
+    src.resume();
+  };
+  fields[keys.buf] = buf;
+  fields[keys.cb] = (n: number) => {
+    count(n);
+    dst.write(buf.subarray(0, n), written);
+    if (dst.writableLength === 0) return true; // the kernel took it all: buf is free again
+    waiting = true;
+    return false; // Node stops reading until `written` resumes it
+  };
+  h.useUserBuffer(buf);
+  src.resume(); // no 'data' listener to start the flow; Node's onread resume() restarts a stopped read
+  return true;
 }
 
 /** Start relaying `app` ⇄ `upstream`; see `Relay`. */

@@ -177,3 +177,52 @@ describe.each(['js', 'native'] as const)('Relay (%s)', (kind) => {
     expect((await relay.done).end).toBe('closed');
   });
 });
+
+describe('Relay (js): one reused read buffer per direction', () => {
+  async function chain() {
+    const [app, a] = await socketPair();
+    const [b, origin] = await socketPair();
+    open.push(app, a, b, origin);
+    return { app, a, b, origin };
+  }
+
+  /** Record which ArrayBuffers the relay hands to `s.write`. */
+  function writtenFrom(s: net.Socket): Set<ArrayBufferLike> {
+    const seen = new Set<ArrayBufferLike>();
+    const write = s.write.bind(s) as (c: Buffer, cb?: () => void) => boolean;
+    (s as unknown as { write: typeof write }).write = (c, cb) => {
+      seen.add(c.buffer);
+      return write(c, cb);
+    };
+    return seen;
+  }
+
+  it('16 MiB each way arrive intact, read into one buffer per direction; early bytes first, once', async () => {
+    const { app, a, b, origin } = await chain();
+    // Bytes Node already holds (e.g. a handshake's leftovers) when the relay starts.
+    a.unshift(Buffer.from('early-up:'));
+    b.unshift(Buffer.from('early-down:'));
+    const toB = writtenFrom(b);
+    const toA = writtenFrom(a);
+    const relay = new Relay(a, b);
+    expect(relay.userBuffers).toBe(2);
+    const N = 16 * 1024 * 1024;
+    const up = Buffer.alloc(N);
+    const down = Buffer.alloc(N);
+    for (let i = 0; i < N; i++) {
+      up[i] = (i * 7) & 0xff;
+      down[i] = (i * 13 + 1) & 0xff;
+    }
+    const atOrigin = readAll(origin);
+    const atApp = readAll(app);
+    app.end(up);
+    origin.end(down);
+    expect((await atOrigin).equals(Buffer.concat([Buffer.from('early-up:'), up]))).toBe(true);
+    expect((await atApp).equals(Buffer.concat([Buffer.from('early-down:'), down]))).toBe(true);
+    const res = await relay.done;
+    expect(res).toEqual({ bytesUp: N + 9, bytesDown: N + 11, end: 'done' });
+    // The early chunk, then every read from the same 64 KiB buffer (Node's 'data' gives one ArrayBuffer per read).
+    expect(toB.size).toBe(2);
+    expect(toA.size).toBe(2);
+  }, 60_000);
+});
