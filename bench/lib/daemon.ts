@@ -147,9 +147,7 @@ export class Daemon {
 
   /** CPU seconds (user + system, every thread) the daemon has used, from /proc/<pid>/stat. */
   cpuSecs(): number {
-    // Fields after "(comm) ": state is [0], utime [11], stime [12], in clock ticks.
-    const f = readFileSync(`/proc/${this.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+    return procCpuSecs(this.pid);
   }
 
   /** CPU seconds (user + system) of the daemon's JavaScript thread alone (its main thread: tid = pid). */
@@ -180,6 +178,13 @@ export class Daemon {
     if (r.code !== 0) throw new Error(`fakeproxy status: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
     return JSON.parse(r.stdout) as Record<string, unknown>;
   }
+}
+
+/** CPU seconds (user + system, every thread) process `pid` has used, from /proc/<pid>/stat. */
+export function procCpuSecs(pid: number): number {
+  // Fields after "(comm) ": state is [0], utime [11], stime [12], in clock ticks.
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
 /** USER_HZ: Linux reports /proc times in 1/100 s on every architecture it runs on (sysconf(_SC_CLK_TCK)). */

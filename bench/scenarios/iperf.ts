@@ -3,6 +3,9 @@
  * both directions, and what each path costs in CPU per byte.
  *   L / LR   loopback in the client ns (client sends / -R: server sends)
  *   V        over the veth to iperf3 -s in the upstream ns, no proxy
+ *   P / PR   app → 127.0.0.1 → a splice port forwarder (bench/lib/splice-forward.ts, the
+ *            daemon's native relay) → veth → iperf3 -s: a TCP-terminating proxy without
+ *            the TUN and the engine, so T − P is what the TUN hop costs
  *   T / TR   app → fake IP → TUN → engine → Listener → direct → iperf3 -s (upstream ns)
  *   TN       T with --no-tun-offload
  *   TM / TMR T and TR with --mtu 9000 (the default before 2026-12-02: what the 64 KiB MTU buys)
@@ -11,7 +14,8 @@
  * CPUs the throughput ratio follows this cost once both CPUs are busy, and
  * it moves much less than Gbit/s when other work shares the machine.
  */
-import type { Daemon } from '../lib/daemon.js';
+import { once } from 'node:events';
+import { type Daemon, procCpuSecs } from '../lib/daemon.js';
 import type { Ctx } from '../lib/env.js';
 import { sleep } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
@@ -32,8 +36,10 @@ export const iperf: Scenario = {
       `iperf3 TCP ${secs} s, client sends (and -R: server sends), Gbit/s`,
       spec('L', 'iperf3 loopback', GBPS),
       spec('V', 'iperf3 over veth', GBPS, { compare: [{ to: 'L' }] }),
+      spec('P', 'iperf3 through a splice forwarder, no TUN', GBPS, { compare: [{ to: 'L' }] }),
       spec('T', 'iperf3 through TUN (direct)', GBPS, { compare: [{ to: 'L', goal: 0.5 }, { to: 'V' }] }),
       spec('LR', 'iperf3 -R loopback', GBPS),
+      spec('PR', 'iperf3 -R through a splice forwarder, no TUN', GBPS, { compare: [{ to: 'LR' }] }),
       spec('TR', 'iperf3 -R through TUN (direct)', GBPS, { compare: [{ to: 'LR', goal: 0.5 }] }),
       spec('TN', 'iperf3 through TUN, --no-tun-offload', GBPS, { compare: [{ to: 'L' }, { to: 'T' }] }),
       spec('TM', 'iperf3 through TUN, --mtu 9000', GBPS, { compare: [{ to: 'L' }, { to: 'T' }] }),
@@ -46,15 +52,17 @@ export const iperf: Scenario = {
       'iperf',
       'CPU seconds per GB delivered (both iperf3 + the daemon), same runs',
       cost('Lc', 'loopback'),
-      cost('Tc', 'through TUN (direct)', [{ to: 'Lc' }]),
+      cost('Pc', 'through a splice forwarder, no TUN', [{ to: 'Lc' }]),
+      cost('Tc', 'through TUN (direct)', [{ to: 'Lc' }, { to: 'Pc' }]),
       cost('LRc', '-R loopback'),
-      cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }]),
+      cost('PRc', '-R through a splice forwarder, no TUN', [{ to: 'LRc' }]),
+      cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }, { to: 'PRc' }]),
       cost('TNc', 'through TUN, --no-tun-offload', [{ to: 'Lc' }, { to: 'Tc' }]),
       cost('TMc', 'through TUN, --mtu 9000', [{ to: 'Lc' }, { to: 'Tc' }]),
       cost('TMRc', '-R through TUN, --mtu 9000', [{ to: 'LRc' }, { to: 'TRc' }]),
     );
     // One iperf3 run per repetition fills the throughput row and its cost row.
-    const measure = async (id: string, run: () => Promise<IperfTcp>, d?: Daemon) => {
+    const measure = async (id: string, run: () => Promise<IperfTcp>, d?: Pick<Daemon, 'cpuSecs'>) => {
       const samples = await repeat(ctx, async () => {
         const before = d?.cpuSecs() ?? 0;
         const r = await run();
@@ -84,6 +92,24 @@ export const iperf: Scenario = {
       await path(ctx, ip, ['V'], 'iperf3 veth', () =>
         measure('V', () => iperfTcp(topo.client, topo.upIp, PORTS.iperf3, secs)),
       );
+      await path(ctx, ip, ['P', 'PR'], 'iperf3 through a splice forwarder', async () => {
+        const fwd = lo + 1;
+        const child = topo.client.spawn(
+          process.execPath,
+          [new URL('../lib/splice-forward.js', import.meta.url).pathname, String(fwd), topo.upIp, String(PORTS.iperf3)],
+          { stdio: ['ignore', 'pipe', 'inherit'] },
+        );
+        try {
+          await once(child.stdout as NodeJS.ReadableStream, 'data');
+          const proc = { cpuSecs: () => procCpuSecs(child.pid as number) };
+          await measure('P', () => iperfTcp(topo.client, '127.0.0.1', fwd, secs), proc);
+          await path(ctx, ip, ['PR'], 'iperf3 -R through a splice forwarder', () =>
+            measure('PR', () => iperfTcp(topo.client, '127.0.0.1', fwd, secs, ['-R']), proc),
+          );
+        } finally {
+          child.kill('SIGTERM');
+        }
+      });
       await path(ctx, ip, ['T', 'TR'], 'iperf3 through TUN', () =>
         withDaemon(topo, 'direct', async (d) => {
           await path(ctx, ip, ['T'], 'iperf3 through TUN', () =>
@@ -118,7 +144,7 @@ export const iperf: Scenario = {
         'iperf3 TCP checks received bytes ≈ sent bytes (≥ 99 %; -R ≥ 95 %: the server counts what was still in flight through both hops when the client stopped); "T" goes app → fake IP → TUN → engine → Listener → direct → iperf3 -s in the upstream ns',
       );
       cpu.notes.push(
-        "iperf3's cpu_utilization_percent (host_total + remote_total) × seconds, plus the daemon's utime+stime over the same run (/proc) on TUN rows, over the bytes the receiver counted; softirq work lands on whichever of these threads ran it",
+        "iperf3's cpu_utilization_percent (host_total + remote_total) × seconds, plus the daemon's (or the forwarder's) utime+stime over the same run (/proc) on TUN (forwarder) rows, over the bytes the receiver counted; softirq work lands on whichever of these threads ran it",
       );
       // A cost row without samples says why its throughput row has none.
       for (const c of cpu.rows) {
