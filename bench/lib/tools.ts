@@ -2,6 +2,7 @@
  * Load generators (curl, ab, iperf3, dnsperf, fpbench-socks-udp) run inside a namespace, each
  * returning parsed numbers and throwing when the result does not verify.
  */
+import { readFileSync } from 'node:fs';
 import type { Ctx, Netns } from './env.js';
 import { need, sleep } from './env.js';
 import { type BigFile, benchBinary } from './topology.js';
@@ -151,6 +152,13 @@ export interface IperfTcp {
   cpuSecs: number;
 }
 
+/** The max (third) field of /proc/sys/net/ipv4/<name>, e.g. tcp_rmem. */
+function sysctlMax(name: string): number {
+  const max = Number(readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim().split(/\s+/)[2]);
+  if (!(max > 0)) throw new Error(`cannot read the max of net.ipv4.${name}`);
+  return max;
+}
+
 /** iperf3 TCP, client in `ns` → host:port for `secs`; receiver-side Gbit/s. */
 export async function iperfTcp(
   ns: Netns,
@@ -165,6 +173,12 @@ export async function iperfTcp(
    */
   minRecvRatio = extra.includes('-R') ? 0.95 : 0.99,
 ): Promise<IperfTcp> {
+  // Either way the server stops counting when the client ends the test, so bytes
+  // still in the path's buffers are never counted: through a proxy two hops of
+  // socket buffers (tcp_wmem + tcp_rmem maxima each; a new namespace copies the
+  // host's) and the relay's 1 MiB pipe. On a loaded machine a short run moves
+  // little enough that this exceeds 1 % (5 %), so that much shortfall is accepted too.
+  const inFlight = 2 * (sysctlMax('tcp_rmem') + sysctlMax('tcp_wmem')) + 2 ** 20;
   need('iperf3');
   const r = await ns.exec('iperf3', ['-J', '-c', host, '-p', String(port), '-t', String(secs), ...extra], {
     timeoutMs: (secs + 20) * 1000,
@@ -174,8 +188,8 @@ export async function iperfTcp(
     throw new VerifyError(`iperf3 -c ${host}: exit ${r.code}: ${j?.error ?? r.stderr.trim()}`);
   const sent = j.end.sum_sent.bytes as number;
   const recv = j.end.sum_received.bytes as number;
-  // TCP: what the server received must be what the client sent (no loss, nothing left in flight at the end).
-  if (recv <= 0 || recv < sent * minRecvRatio)
+  // TCP: what the server received must be what the client sent, but for what was in flight at the end.
+  if (recv <= 0 || recv < Math.min(sent * minRecvRatio, sent - inFlight))
     throw new VerifyError(`iperf3 -c ${host}: received ${recv} of ${sent} bytes`);
   const cpu = j.end.cpu_utilization_percent;
   const cpuSecs = cpu ? ((cpu.host_total + cpu.remote_total) / 100) * j.end.sum_received.seconds : Number.NaN;
