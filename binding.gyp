@@ -8,6 +8,7 @@
         "native/checksum.cc",
         "native/flow_table.cc",
         "native/engine.cc",
+        "native/read_ring.cc",
         "native/engine_addon.cc",
         "native/dgram_batch.cc",
         "native/dgram_batch_addon.cc",

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${TMPDIR:-/tmp}/fakeproxy-engine-bench"
 g++ -std=c++17 -O2 -Wall -Wextra -Wno-missing-field-initializers -pthread \
-  bench/engine_bench.cc native/engine.cc native/flow_table.cc native/checksum.cc -o "$out"
+  bench/engine_bench.cc native/engine.cc native/read_ring.cc native/flow_table.cc native/checksum.cc -o "$out"
 exec "$out" "$@"

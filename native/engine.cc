@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "checksum.h"
+#include "read_ring.h"
 
 namespace fp {
 
@@ -649,7 +650,7 @@ void Engine::write_one(int fd, const uint8_t* b, size_t len) {
   if (write(fd, b, len) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t n, bool vnet_hdr) {
+void Engine::write_batch(int fd, uint8_t* const* bufs, const size_t* outs, size_t n, bool vnet_hdr) {
   size_t idx[kGsoMaxSegs];
   struct iovec iov[kGsoMaxSegs + 1];
   uint8_t hdr[vnet::HEADER_LEN + kUdpIpHdr];
@@ -658,7 +659,7 @@ void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t 
       i++;
       continue;
     }
-    const uint8_t* b = mem + i * kReadBufCap;
+    const uint8_t* b = bufs[i];
     const size_t seg = vnet_hdr && udp_gso_ ? gso_payload(b, outs[i]) : 0;
     // Gather the run: following datagrams of the flow (dropped packets between
     // them are skipped), each `seg` bytes but a shorter last one.
@@ -667,7 +668,7 @@ void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t 
     if (seg != 0) {
       for (; next < n && k < kGsoMaxSegs; next++) {
         if (outs[next] == 0) continue;
-        const uint8_t* c = mem + next * kReadBufCap;
+        const uint8_t* c = bufs[next];
         const size_t p = gso_payload(c, outs[next]);
         if (p == 0 || p > seg || kUdpIpHdr + payload + p > kMaxIpLen || !gso_same(b, c)) break;
         idx[k++] = next;
@@ -686,8 +687,7 @@ void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t 
     gso_header(hdr, b, payload, seg);
     iov[0] = {hdr, sizeof hdr};
     for (size_t s = 0; s < k; s++)
-      iov[s + 1] = {const_cast<uint8_t*>(mem + idx[s] * kReadBufCap + vnet::HEADER_LEN + kUdpIpHdr),
-                    outs[idx[s]] - vnet::HEADER_LEN - kUdpIpHdr};
+      iov[s + 1] = {bufs[idx[s]] + vnet::HEADER_LEN + kUdpIpHdr, outs[idx[s]] - vnet::HEADER_LEN - kUdpIpHdr};
     if (writev(fd, iov, int(k + 1)) >= 0) {
       c_.udpGsoWrites.fetch_add(1, std::memory_order_relaxed);
       c_.udpGsoSegments.fetch_add(k, std::memory_order_relaxed);
@@ -696,7 +696,7 @@ void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t 
       // write per datagram from now on.
       udp_gso_ = false;
       c_.udpGsoRefused.fetch_add(1, std::memory_order_relaxed);
-      for (size_t s = 0; s < k; s++) write_one(fd, mem + idx[s] * kReadBufCap, outs[idx[s]]);
+      for (size_t s = 0; s < k; s++) write_one(fd, bufs[idx[s]], outs[idx[s]]);
     } else {
       c_.writeErrors.fetch_add(k, std::memory_order_relaxed);
     }
@@ -707,43 +707,75 @@ void Engine::write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t 
 int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<bool>& notify_armed,
                 const std::function<void()>& notify, size_t batch, bool vnet_hdr) {
   batch = std::max<size_t>(batch, 1);
+  // io_uring's provided buffer ring wants a power of two.
+  unsigned nbufs = 1;
+  while (nbufs < batch) nbufs <<= 1;
   // Not zero-filled: a page of the 4 MiB batch stays unmapped until a read lands in it, so an idle
   // daemon does not carry it resident (docs/memory.md).
-  std::unique_ptr<uint8_t[]> mem(new uint8_t[batch * kReadBufCap]);
+  std::unique_ptr<uint8_t[]> mem(new uint8_t[nbufs * kReadBufCap]);
+  std::vector<uint8_t*> bufs(batch);
   std::vector<size_t> lens(batch), outs(batch);
   std::vector<uint8_t> rsts;  // RSTs for flows that timed out, written after the batch
   int64_t last_notify = 0;
   bool pending = false;
   pollfd pfd[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  // One io_uring_enter per batch where the kernel can (read_ring.h), else poll() + one read() per packet.
+  ReadRing ring;
+  int ring_err = 0;
+  bool use_ring = ring.Open(fd, wake_fd, mem.get(), nbufs, kReadBufCap, &ring_err);
   while (!stop.load(std::memory_order_acquire)) {
-    int r = poll(pfd, 2, pending ? 20 : 250);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (pfd[1].revents & POLLIN) {
-      uint64_t v;
-      ssize_t ignored = read(wake_fd, &v, sizeof v);
-      (void)ignored;
-      if (stop.load(std::memory_order_acquire)) break;
-    }
-    if (pfd[0].revents & POLLNVAL) return EBADF;
     size_t n = 0;
     int fatal = 0;
-    if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
-      // Drain the device: read until EAGAIN or the batch is full.
-      while (n < batch) {
-        ssize_t k = read(fd, mem.get() + n * kReadBufCap, kReadBufCap);
-        if (k > 0) {
-          lens[n++] = size_t(k);
-          continue;
+    if (use_ring) {
+      bool woken = false;
+      const int r = ring.Wait(pending ? 20 : 250, bufs.data(), lens.data(), batch, &woken);
+      if (r == ReadRing::kUnsupported) {
+        ring.Close();
+        use_ring = false;
+        continue;
+      }
+      if (woken) {
+        uint64_t v;
+        ssize_t ignored = read(wake_fd, &v, sizeof v);
+        (void)ignored;
+        if (stop.load(std::memory_order_acquire)) break;
+      }
+      if (r < 0) {
+        c_.readErrors.fetch_add(1, std::memory_order_relaxed);
+        fatal = -r;
+      } else {
+        n = size_t(r);
+        c_.ringReads.fetch_add(n, std::memory_order_relaxed);
+      }
+    } else {
+      int r = poll(pfd, 2, pending ? 20 : 250);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return errno;
+      }
+      if (pfd[1].revents & POLLIN) {
+        uint64_t v;
+        ssize_t ignored = read(wake_fd, &v, sizeof v);
+        (void)ignored;
+        if (stop.load(std::memory_order_acquire)) break;
+      }
+      if (pfd[0].revents & POLLNVAL) return EBADF;
+      if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+        // Drain the device: read until EAGAIN or the batch is full.
+        while (n < batch) {
+          bufs[n] = mem.get() + n * kReadBufCap;
+          ssize_t k = read(fd, bufs[n], kReadBufCap);
+          if (k > 0) {
+            lens[n++] = size_t(k);
+            continue;
+          }
+          if (k < 0 && errno == EINTR) continue;
+          if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            c_.readErrors.fetch_add(1, std::memory_order_relaxed);
+            fatal = errno;
+          }
+          break;
         }
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-          c_.readErrors.fetch_add(1, std::memory_order_relaxed);
-          fatal = errno;
-        }
-        break;
       }
     }
     const int64_t now = now_ms();
@@ -751,7 +783,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
     {
       std::lock_guard<std::mutex> g(mu_);
       for (size_t i = 0; i < n; i++) {
-        uint8_t* b = mem.get() + i * kReadBufCap;
+        uint8_t* b = bufs[i];
         outs[i] =
             vnet_hdr ? process_vnet_locked(b, lens[i], kReadBufCap, now) : process_locked(b, lens[i], kReadBufCap, now);
       }
@@ -763,7 +795,7 @@ int Engine::run(int fd, int wake_fd, const std::atomic<bool>& stop, std::atomic<
       }
       nev = table_.events().size();
     }
-    write_batch(fd, mem.get(), outs.data(), n, vnet_hdr);
+    write_batch(fd, bufs.data(), outs.data(), n, vnet_hdr);
     const size_t rst_len = kRstLen + (vnet_hdr ? vnet::HEADER_LEN : 0);
     for (size_t off = 0; off < rsts.size(); off += rst_len)
       if (write(fd, rsts.data() + off, rst_len) < 0) c_.writeErrors.fetch_add(1, std::memory_order_relaxed);

@@ -130,8 +130,9 @@ class Engine {
   Counters& counters() { return c_; }
   const EngineConfig& config() const { return cfg_; }
 
-  // Thread body: poll fd (non-blocking) and wake_fd (an eventfd; readable =
-  // stop requested), read up to `batch` packets until EAGAIN, rewrite them
+  // Thread body: wait on fd (non-blocking) and wake_fd (an eventfd; readable =
+  // stop requested), read up to `batch` packets until EAGAIN (through
+  // io_uring where the kernel can, read_ring.h; else poll + read), rewrite them
   // under one lock, write them back, expire every ~250 ms. `notify` is called
   // (from this thread) when events are pending, at most every ~20 ms or per
   // 1024 events, and only while `notify_armed` is true (the consumer re-arms
@@ -151,7 +152,7 @@ class Engine {
  private:
   // Write the batch's packets back to the TUN (outs[i] bytes of buffer i,
   // 0 = dropped), forward UDP runs of one flow as UDP GSO writes (engine.cc).
-  void write_batch(int fd, const uint8_t* mem, const size_t* outs, size_t n, bool vnet_hdr);
+  void write_batch(int fd, uint8_t* const* bufs, const size_t* outs, size_t n, bool vnet_hdr);
   void write_one(int fd, const uint8_t* b, size_t len);
   size_t drop(std::atomic<uint64_t>& counter) {
     bump(counter);

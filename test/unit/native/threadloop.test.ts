@@ -4,6 +4,8 @@
  * a TUN fd, so the engine thread reads our packets from one end and writes
  * the rewritten ones back, exactly as it does on fp0.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
 import { describe, expect, it, vi } from 'vitest';
 import { NatManager } from '../../../src/nat/NatManager.js';
 import type { CloseReason, FlowEvent } from '../../../src/nat/types.js';
@@ -79,6 +81,28 @@ describe('engine thread loop over a socketpair (no TUN, no root)', () => {
       const events = batches.flat();
       expect(events.every((e) => e.type === 'open' && e.flow.proto === 'tcp')).toBe(true);
       expect(events.map((e) => e.flow.srcPort)).toEqual(Array.from({ length: N }, (_, i) => 30_000 + i));
+    }),
+  );
+
+  it(
+    'reads through io_uring where the kernel has multishot reads (Linux >= 6.7, io_uring enabled), else with read()',
+    withLoop(async ({ nat, testFd }) => {
+      const b = native();
+      const [major, minor] = release().split('.').map(Number);
+      const disabled = '/proc/sys/kernel/io_uring_disabled';
+      const enabled = !existsSync(disabled) || readFileSync(disabled, 'utf8').trim() === '0';
+      const ring = enabled && (major > 6 || (major === 6 && minor >= 7));
+      for (let i = 0; i < N; i++) {
+        b.tunWritePacketForTest(
+          testFd,
+          tcpPacket({ src: GW, dst: '198.18.2.3', sport: 21_000 + i, dport: 80, flags: F.SYN }),
+        );
+      }
+      for (let i = 0; i < N; i++) expect(b.tunReadPacketForTest(testFd, 10_000), `packet ${i}`).toBeDefined();
+      const s = nat.stats();
+      expect(s.ringReads).toBe(ring ? N : 0);
+      expect(s.readErrors).toBe(0);
+      expect(s.pktsIn).toBe(N);
     }),
   );
 
