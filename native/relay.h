@@ -100,6 +100,17 @@ struct RelayOptions {
   uint32_t idle_ms = 600000;
   // Free pipes kept per thread for reuse (the rest are closed).
   size_t pool_max = 64;
+  // SO_RCVBUF of both sockets (the kernel doubles it for bookkeeping); 0
+  // leaves autotuning on. Autotuning sees the relay's 1 MiB splice bursts as
+  // a fast reader (tiny RTT) and grew a slow download's upstream buffer to
+  // 20 MB (tcp_rmem max 32 MiB on our VMs): the relay ran ~25 MB ahead of
+  // the app. 2 MiB (4 MiB of buffer) still fills a 100 ms path at ~300 Mbit/s,
+  // about what stock Linux allows (tcp_rmem max 6 MiB).
+  int rcvbuf = 2 << 20;
+  // TCP_NOTSENT_LOWAT of both sockets: a splice into a socket stops (EAGAIN)
+  // once this many bytes wait unsent, instead of filling the whole send
+  // buffer (4 MiB) behind a reader that does not read. 0: kernel default.
+  int notsent_lowat = 1 << 20;
 };
 
 struct RelayTotals {
