@@ -15,6 +15,7 @@ import {
   ECHO_PORT,
   eventually,
   HTTP_PORT,
+  slowCurl,
   startPickProxies,
   type Topology,
 } from './harness/topology.js';
@@ -80,16 +81,7 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
 
   it('lists a download by host name with growing bytes; close ID resets curl at once', async () => {
     // Slowly read, so it is still running while we look.
-    const curl = t.client.spawn('curl', [
-      '-sS',
-      '-o',
-      '/dev/null',
-      '--limit-rate',
-      '2M',
-      '--max-time',
-      '150',
-      `http://origin.test:${HTTP_PORT}/big?mib=512`,
-    ]);
+    const curl = slowCurl(t.client, `http://origin.test:${HTTP_PORT}/big?mib=512`, '2M', 150);
     const out = capture(curl);
     const exited = new Promise<number | null>((r) => curl.once('exit', (c) => r(c)));
     const first = await eventually(ls, (c) => c.some((x) => x.metadata.host === 'origin.test' && x.download > 0));
@@ -228,16 +220,7 @@ describe.skipIf(skip)('controller API of a running daemon', () => {
 
   it('POST /cache/fakeip/flush: names no connection holds get a new address; a live download keeps its own', async () => {
     const dig = async (name: string) => (await t.client.must('dig', ['+short', '+time=3', name])).trim();
-    const curl = t.client.spawn('curl', [
-      '-sS',
-      '-o',
-      '/dev/null',
-      '--limit-rate',
-      '1M',
-      '--max-time',
-      '100',
-      `http://held.origin.test:${HTTP_PORT}/big?mib=256`,
-    ]);
+    const curl = slowCurl(t.client, `http://held.origin.test:${HTTP_PORT}/big?mib=256`, '1M', 100);
     capture(curl);
     try {
       const idle = await dig('idle.origin.test');

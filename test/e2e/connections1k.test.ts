@@ -14,6 +14,7 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ConnectionJson as Conn } from '../../src/api/connections.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { createTopology, ECHO_PORT, eventually, type Topology, tmpFile } from './harness/topology.js';
 
@@ -29,16 +30,6 @@ interface AppStatus {
   ends: number;
   errors: number;
   lastError: string;
-}
-interface Conn {
-  id: string;
-  upload: number;
-  download: number;
-  start: string;
-  chains: string[];
-  rule: string;
-  rulePayload: string;
-  metadata: Record<string, string>;
 }
 interface WsMsg {
   t: number;
@@ -100,7 +91,7 @@ describe.skipIf(skip)('1 000 real connections in /connections', () => {
   };
   const conns = async (): Promise<Conn[]> =>
     (JSON.parse((await get('/connections')).body) as { connections: Conn[] }).connections.filter((c) =>
-      /^c\d+\.origin\.test$/.test(c.metadata.host ?? ''),
+      /^c\d+\.origin\.test$/.test(String(c.metadata.host ?? '')),
     );
 
   beforeAll(async () => {

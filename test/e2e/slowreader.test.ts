@@ -9,7 +9,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { createTopology, HTTP_PORT, type Topology } from './harness/topology.js';
+import { createTopology, HTTP_PORT, slowCurl, type Topology } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
@@ -43,16 +43,7 @@ describe.skipIf(skip)('slow reader', () => {
 
   it('curl at 2 MB/s: the daemon holds under 8 MiB in its sockets and its RSS stays flat', async () => {
     const rss0 = await rssKb();
-    const curl = t.client.spawn('curl', [
-      '-sS',
-      '-o',
-      '/dev/null',
-      '--limit-rate',
-      '2M',
-      '--max-time',
-      '60',
-      `http://origin.test:${HTTP_PORT}/big?mib=512`,
-    ]);
+    const curl = slowCurl(t.client, `http://origin.test:${HTTP_PORT}/big?mib=512`, '2M', 60);
     try {
       let worst = 0;
       let rows: string[] = [];

@@ -241,3 +241,8 @@ export async function eventually<T>(read: () => Promise<T> | T, ok: (v: T) => bo
     await new Promise((r) => setTimeout(r, 200));
   }
 }
+
+/** A download curl reads slowly (`--limit-rate`), to the null device: a connection that stays open while a test looks. */
+export function slowCurl(ns: Netns, url: string, rate: string, maxTimeSec: number): ChildProcess {
+  return ns.spawn('curl', ['-sS', '-o', '/dev/null', '--limit-rate', rate, '--max-time', String(maxTimeSec), url]);
+}
