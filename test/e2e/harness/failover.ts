@@ -5,7 +5,7 @@
  * checked. Uses vitest's expect: test files only (bench/ never imports it).
  */
 import { join } from 'node:path';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { type DaemonProc, ROOT, runCli } from './daemon.js';
 import type { Netns } from './netns.js';
 import { output, rcli, until } from './redis.js';
@@ -84,6 +84,34 @@ export function resumedAfter(res1: Resolved, res2: Resolved, killedMs: number, s
     expect(r.answers.some(([, , ms]) => ms > switchedMs)).toBe(true);
   }
   return [res1, res2].map((r) => Math.min(...r.answers.map(([, , ms]) => ms).filter((ms) => ms > switchedMs)));
+}
+
+/**
+ * The checks both failover tests make once the run is over: the new primary
+ * took over after the kill, one address per name, answers resumed on both
+ * sides within bounds. Prints the timeline; returns name → address.
+ */
+export function expectFailoverTimeline(
+  label: string,
+  res1: Resolved,
+  res2: Resolved,
+  killedMs: number,
+  switchedMs: number,
+): Map<string, string> {
+  expect(switchedMs).toBeGreaterThan(killedMs);
+  const ipOf = expectOneAddressPerName(res1, res2);
+  const resumed = resumedAfter(res1, res2, killedMs, switchedMs);
+  console.log(
+    `${label} failover: new primary ${switchedMs - killedMs} ms after the kill; answers resumed at ${resumed
+      .map((ms) => ms - killedMs)
+      .join(' / ')} ms (gw1 / gw2); SERVFAIL answers ${res1.rcodes['2']} / ${res2.rcodes['2']}`,
+  );
+  // Bounded: the switch (Sentinel down-after 1 s + election, or Cluster node timeout +
+  // promotion); answers after one reconnect backoff (≤ 2 s) and a round trip to the
+  // fleet, generous for a loaded machine.
+  expect(switchedMs - killedMs).toBeLessThan(20_000);
+  for (const ms of resumed) expect(ms - switchedMs).toBeLessThan(15_000);
+  return ipOf;
 }
 
 /** Every answered allocation is in the pool held by the Redis at ip:port (the promoted replica). */
@@ -172,17 +200,15 @@ export interface TwoGateways {
 
 /**
  * The topology with a second client namespace and a daemon in each (node ids
- * gw1, gw2), sharing the pool through `redisArgs(node)`; `fleet` starts the
- * Redis side in t.upstream first.
+ * gw1, gw2), sharing the pool through the Redis flags `fleet` returns once it
+ * started the Redis side in t.upstream.
  */
-export async function startTwoGateways(
-  fleet: (t: Topology) => Promise<(node: string) => string[]>,
-): Promise<TwoGateways> {
+async function startTwoGateways(fleet: (t: Topology) => Promise<string[]>): Promise<TwoGateways> {
   const t = await createTopology();
   const args = await fleet(t);
   const { ns: client2 } = await addClient(t, 'c2');
-  const d2 = startDaemonIn(client2, t.upstreamIp, [...args('gw2'), '--redis-shared-pool', '--node-id', 'gw2']);
-  const d1 = await t.startDaemon([...args('gw1'), '--redis-shared-pool', '--node-id', 'gw1']);
+  const d2 = startDaemonIn(client2, t.upstreamIp, [...args, '--redis-shared-pool', '--node-id', 'gw2']);
+  const d1 = await t.startDaemon([...args, '--redis-shared-pool', '--node-id', 'gw1']);
   await d2.waitFor(/running; Ctrl-C to stop/, 20_000);
   return {
     t,
@@ -194,4 +220,26 @@ export async function startTwoGateways(
       await t.destroy();
     },
   };
+}
+
+/**
+ * A failover suite's set-up: beforeAll starts the fleet (`start`, in
+ * t.upstream) and two gateways sharing the pool through `args(fleet)`;
+ * afterAll tears them down. Read the fields inside tests.
+ */
+export function twoGatewaysAround<F>(
+  start: (t: Topology) => Promise<F>,
+  args: (fleet: F) => string[],
+): { gws: TwoGateways; fleet: F } {
+  const s = {} as { gws: TwoGateways; fleet: F };
+  beforeAll(async () => {
+    s.gws = await startTwoGateways(async (t) => {
+      s.fleet = await start(t);
+      return args(s.fleet);
+    });
+  });
+  afterAll(async () => {
+    await s.gws?.destroy();
+  });
+  return s;
 }
