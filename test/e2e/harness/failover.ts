@@ -25,8 +25,12 @@ export const failoverName = (i: number) => `n${i}.failover.test`;
 /**
  * Side 1 (t.client) asks n0..n599, side 2 (client2) n400..n999: the 200
  * shared names are spread through both runs, so both sides race for them
- * before, during and after the failover. `kill` runs once half of each
- * side's names went out; returns both sides' replies and when the kill began.
+ * before, during and after the failover. Each resolver asks its first half,
+ * prints "half" once every name of it is answered, and waits; `kill` runs
+ * then, and only once it returned do both go on with the rest: answers
+ * before the kill, queries in the gap and after the switch hold by
+ * construction, not by timing. Returns both sides' replies and when the
+ * kill began.
  */
 export async function resolveThroughKill(
   t: Topology,
@@ -40,11 +44,14 @@ export async function resolveThroughKill(
   expect(new Set([...side1, ...side2]).size).toBe(1000);
   const f1 = tmpFile(t, 'failover1.txt', side1.join('\n'));
   const f2 = tmpFile(t, 'failover2.txt', side2.join('\n'));
-  const o1 = output(t.client.spawn('node', [RESOLVE, f1, '40000']));
-  const o2 = output(client2.spawn('node', [RESOLVE, f2, '40000']));
-  await Promise.all([o1.wait(/^half \d+$/m), o2.wait(/^half \d+$/m)]);
+  const p1 = t.client.spawn('node', [RESOLVE, f1, '40000']);
+  const p2 = client2.spawn('node', [RESOLVE, f2, '40000']);
+  const [o1, o2] = [output(p1), output(p2)];
+  // Generous: 300 names each through a loaded machine's Redis round trips.
+  await Promise.all([o1.wait(/^half \d+$/m, 60_000), o2.wait(/^half \d+$/m, 60_000)]);
   const killedMs = Date.now();
   await kill();
+  for (const p of [p1, p2]) p.stdin?.write('go\n');
   const [j1, j2] = await Promise.all([o1.wait(/^\{.*\}$/m, 60_000), o2.wait(/^\{.*\}$/m, 60_000)]);
   return { res1: JSON.parse(j1[0]) as Resolved, res2: JSON.parse(j2[0]) as Resolved, killedMs };
 }
@@ -78,10 +85,19 @@ export function expectOneAddressPerName(res1: Resolved, res2: Resolved): Map<str
  * switch (any earlier answer after the kill was a name that side had cached).
  */
 export function resumedAfter(res1: Resolved, res2: Resolved, killedMs: number, switchedMs: number): number[] {
-  for (const r of [res1, res2]) {
-    expect(r.answers.some(([, , ms]) => ms < killedMs)).toBe(true);
-    expect(r.rcodes['2'] ?? 0).toBeGreaterThan(0);
-    expect(r.answers.some(([, , ms]) => ms > switchedMs)).toBe(true);
+  for (const [i, r] of [res1, res2].entries()) {
+    // What a failure here needs to be read: which side, its rcodes, its answers around the kill and the switch.
+    const ms = r.answers.map(([, , at]) => at);
+    const why = `gw${i + 1}: rcodes ${JSON.stringify(r.rcodes)}; switch ${switchedMs - killedMs} ms after the kill; answers ${ms.filter((at) => at < killedMs).length} before the kill, ${ms.filter((at) => at >= killedMs && at <= switchedMs).length} in the gap (first ${Math.min(...ms.filter((at) => at >= killedMs)) - killedMs} ms after it), ${ms.filter((at) => at > switchedMs).length} after the switch`;
+    expect(
+      r.answers.some(([, , at]) => at < killedMs),
+      why,
+    ).toBe(true);
+    expect(r.rcodes['2'] ?? 0, why).toBeGreaterThan(0);
+    expect(
+      r.answers.some(([, , at]) => at > switchedMs),
+      why,
+    ).toBe(true);
   }
   return [res1, res2].map((r) => Math.min(...r.answers.map(([, , ms]) => ms).filter((ms) => ms > switchedMs)));
 }
