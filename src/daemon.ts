@@ -23,9 +23,10 @@ import { redactRedisUrl } from './redis/client.js';
 import { RedisMirror, sessionAnnotation } from './redis/mirror.js';
 import { nodePrefix } from './redis/schema.js';
 import { RedisSharedPool } from './redis/sharedPool.js';
-import { type CgroupMatch, nftTableName, prepareCgroupRules } from './tun/cgroup.js';
+import { type CgroupMatch, nftTableName, prepareCgroupRules, runNft } from './tun/cgroup.js';
 import { excludedCidrs, PolicyRouting } from './tun/policy.js';
 import { TunRouteCheck } from './tun/routes.js';
+import { rpMarkScript, SRC_VALID_MARK, strictRpFilter } from './tun/rpfilter.js';
 import { TunDevice } from './tun/TunDevice.js';
 import { isIpv4, isPublicSpace } from './util/cidr.js';
 import { resourceAlarm } from './util/exhaustion.js';
@@ -143,6 +144,19 @@ export class Daemon {
             only: c.onlyCgroup,
           })
         : undefined;
+    // Strict rp_filter would drop the replies of everything global mode sends to main by mark or uid.
+    const rpStrict = c.mode === 'global' ? strictRpFilter(c.tun) : [];
+    let rpMark = false;
+    if (rpStrict.length) {
+      try {
+        runNft(['--check', rpMarkScript(nftTableName(c.tun), c.tun, c.fwmark, c.bypassUid)]);
+        rpMark = true;
+      } catch (e) {
+        this.log(
+          `warning: global mode: strict rp_filter (=1) on ${rpStrict.join(', ')} drops the replies of fakeproxy's own direct connections and of --bypass-uid/--bypass-cgroup sockets, and their marks cannot be restored (${(e as Error).message}): install nftables with conntrack, or set net.ipv4.conf.{all,<uplink>}.rp_filter=2`,
+        );
+      }
+    }
     // Global mode: every socket the daemon opens from here on carries the mark.
     setOwnMark(c.mode === 'global' ? c.fwmark : 0);
     const routes = new TunRouteCheck(c.tun);
@@ -218,6 +232,7 @@ export class Daemon {
         bypassUids: c.bypassUid,
         onlyUids: c.onlyUid,
         cgroups,
+        rpMark,
       });
       this.policy = policy;
       // Before the TUN closes (its going takes the table's route with it).
@@ -226,6 +241,11 @@ export class Daemon {
       this.say(
         `global mode: table ${c.routeTable} default dev ${tun.name}, rules ${c.rulePriority}+ (fwmark 0x${c.fwmark.toString(16)}, ${policy.rules().length} rules)`,
       );
+      if (rpMark) {
+        this.say(
+          `global mode: strict rp_filter on ${rpStrict.join(', ')}: ${SRC_VALID_MARK}=1 and reply marks restored by nftables table ip ${nftTableName(tun.name)} (undone on exit)`,
+        );
+      }
       if (cgroups) {
         const list = (ms: readonly CgroupMatch[]) => ms.map((m) => `${m.cgroup} (level ${m.level})`).join(', ');
         this.say(

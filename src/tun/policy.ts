@@ -19,12 +19,18 @@
  *
  * The local table (pref 0) still comes first, so the gateway's own address
  * (Listener, DNS) is delivered locally.
+ *
+ * With strict rp_filter on the host (`rpMark`), the same nftables table also
+ * carries the mark onto the replies of everything these rules send to main
+ * by mark or uid, and `src_valid_mark` is set (src/tun/rpfilter.ts).
  */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Change, TeardownJournal } from '../daemon/teardown.js';
 import { FakeproxyError, UsageError } from '../errors.js';
 import { parseSourceCidr } from '../util/cidr.js';
 import { type CgroupRules, captureMark, nftTableName, runNft } from './cgroup.js';
+import { rpMarkScript, SRC_VALID_MARK } from './rpfilter.js';
 
 /** The ranges global mode leaves on the main table unless `--capture NAME`. */
 export const DEFAULT_EXCLUDES = {
@@ -98,8 +104,10 @@ export interface PolicyRoutingOptions {
   onlyUids?: readonly string[];
   /** `--bypass-cgroup` / `--only-cgroup`, checked by prepareCgroupRules: the nftables table and its script. @default none */
   cgroups?: { rules: CgroupRules; script: string } | undefined;
-  /** Every rule and route is recorded here before it is made (src/daemon/teardown.ts). */
-  journal: Pick<TeardownJournal, 'exec' | 'undo'>;
+  /** Strict rp_filter is in effect: mark the replies and set src_valid_mark (src/tun/rpfilter.ts). @default false */
+  rpMark?: boolean;
+  /** Every rule, route, table and sysctl is recorded here before it is made (src/daemon/teardown.ts). */
+  journal: Pick<TeardownJournal, 'exec' | 'undo' | 'sysctl'>;
   /** Runs `ip ARGS…` for the leftover sweep; throws with stderr on failure. Injectable for tests. @default execFileSync('ip', …) */
   ip?: (args: string[]) => string;
   /** Runs `nft ARGS…` for the leftover sweep; throws on failure. Injectable for tests. @default runNft */
@@ -138,7 +146,7 @@ export class PolicyRouting {
   #changes: Change[] = [];
 
   constructor(opts: PolicyRoutingOptions) {
-    this.#o = { ip: runIp, nft: runNft, bypassUids: [], onlyUids: [], ...opts };
+    this.#o = { ip: runIp, nft: runNft, bypassUids: [], onlyUids: [], rpMark: false, ...opts };
   }
 
   /** The `ip rule` selectors after `pref N`, in priority order. */
@@ -173,15 +181,17 @@ export class PolicyRouting {
     const verb = (argv: string[], v: string) => ['ip', ...argv.map((a) => (a === '{}' ? v : a))];
     this.#changes.push(journal.exec(verb(route, 'add'), verb(route, 'del'), `global mode: table ${table} via ${tun}`));
     // Before the rules: a bypassed cgroup is never captured, not even for a moment.
-    const cg = this.#o.cgroups;
-    if (cg) {
-      const name = nftTableName(tun);
+    const { cgroups: cg, rpMark, mark, bypassUids } = this.#o;
+    if (rpMark) {
+      // Before the first packet of a marked socket, so its replies pass the reverse-path check.
+      const path = `/proc/sys/${SRC_VALID_MARK.replace(/\./g, '/')}`;
+      if (readFileSync(path, 'utf8').trim() !== '1') this.#changes.push(journal.sysctl(SRC_VALID_MARK, '1'));
+    }
+    const name = nftTableName(tun);
+    const script = (cg?.script ?? '') + (rpMark ? rpMarkScript(name, tun, mark, bypassUids) : '');
+    if (script) {
       this.#changes.push(
-        journal.exec(
-          ['nft', cg.script],
-          ['nft', 'delete', 'table', 'ip', name],
-          `global mode: nftables table ip ${name}`,
-        ),
+        journal.exec(['nft', script], ['nft', 'delete', 'table', 'ip', name], `global mode: nftables table ip ${name}`),
       );
     }
     for (const r of this.rules()) {
