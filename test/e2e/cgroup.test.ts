@@ -196,4 +196,25 @@ describe.skipIf(skip)('global mode: per-app by cgroup v2', () => {
     await second.stop('SIGTERM');
     expect(await dumps()).toBe(before);
   });
+
+  it('--bypass-cgroup under strict rp_filter on the uplink: the bypassed process still gets its replies (src/tun/rpfilter.ts); SIGTERM restores the sysctls', async () => {
+    const uplink = /\bdev (\S+)/.exec(await t.client.must('ip', ['-4', 'route', 'get', t.upstreamIp]))?.[1] ?? '';
+    const svm = async () => (await t.client.must('cat', ['/proc/sys/net/ipv4/conf/all/src_valid_mark'])).trim();
+    await t.client.must('sysctl', ['-qw', `net.ipv4.conf.${uplink}.rp_filter=1`]);
+    try {
+      expect(await svm()).toBe('0');
+      const config = tmpFile(t, 'bypass-rp.yaml', `bypassCgroup: ['${cgroup}']\n`);
+      const d = await start(['--config', config], UNIFIED);
+      expect(d.output).toMatch(new RegExp(`global mode: strict rp_filter on ${uplink}:`));
+      expect(await svm()).toBe('1');
+      const inside = await curlInside('/bypassed-strict');
+      expect(inside.stderr).toBe('');
+      expect(inside.stdout.trim()).toBe(`peer=${t.clientIp} host=${CAPTURED}:${WHO}`);
+      await d.stop('SIGTERM');
+      expect(await svm()).toBe('0');
+    } finally {
+      await t.client.must('sysctl', ['-qw', `net.ipv4.conf.${uplink}.rp_filter=0`]);
+    }
+    expect(await dumps()).toBe(before);
+  });
 });
