@@ -55,8 +55,10 @@ describe('QuietGc', () => {
         expect(st.lastPauseMs).toBeGreaterThanOrEqual(5);
         expect(st.maxPauseMs).toBe(st.lastPauseMs);
         // A busy loop is on a CPU for part of its wall time at least (all of it on an idle machine).
+        // The thread CPU clock and the wall clock are read at different instants with their own
+        // granularity: CI saw 6.108 ms of CPU in a 5.102 ms pause, so allow a few ms over.
         expect(st.lastCpuMs).toBeGreaterThan(0);
-        expect(st.lastCpuMs).toBeLessThanOrEqual(st.lastPauseMs + 1);
+        expect(st.lastCpuMs).toBeLessThanOrEqual(st.lastPauseMs + 5);
         // The request is used up: a later small burst does not collect.
         q.note();
         setTimeout(() => {
