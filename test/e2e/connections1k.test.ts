@@ -214,7 +214,7 @@ describe.skipIf(skip)('1 000 real connections in /connections', () => {
       (x) => x.resets - before >= N,
       15_000,
     );
-    expect(s.resets - before).toBe(N);
+    expect(s.resets - before, JSON.stringify(s)).toBe(N);
     expect(s.ends).toBe(0);
     expect(await eventually(conns, (c) => c.length === 0, 15_000)).toHaveLength(0);
   }, 60_000);
