@@ -7,7 +7,10 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import type { Logger } from '../../../src/log.js';
 import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
+import type { Outbound } from '../../../src/proxy/outbound.js';
+import { Router } from '../../../src/proxy/router.js';
 
 export const LO = '127.0.0.1';
 
@@ -213,4 +216,43 @@ export async function boundUdp(closers: Array<() => unknown>): Promise<dgram.Soc
   await once(s, 'listening');
   closers.push(() => s.close());
   return s;
+}
+
+/** The options both Listeners (TcpListener, UdpListener) take that startListener fills in. */
+interface ListenerBase {
+  host: string;
+  port?: number;
+  router: Router;
+  logger?: Logger;
+}
+/** What startListener calls on a Listener whose session events are E. */
+interface Startable<E> {
+  on(event: 'session', cb: (e: E) => void): unknown;
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * A TcpListener or UdpListener started on an ephemeral loopback port, routing everything to `final`
+ * (unless `opts.router` says otherwise), its log lines and session events collected; closed by `closers`.
+ */
+export async function startListener<O extends ListenerBase, L extends Startable<E>, E>(
+  Listener: new (o: O) => L & Startable<E>,
+  final: Outbound,
+  opts: Omit<O, keyof ListenerBase> & Partial<ListenerBase>,
+  closers: Array<() => unknown>,
+): Promise<{ l: L; log: string[]; sessions: E[] }> {
+  const log: string[] = [];
+  const sessions: E[] = [];
+  const l = new Listener({
+    host: LO,
+    port: 0,
+    router: new Router({ final }),
+    logger: (line: string) => log.push(line),
+    ...opts,
+  } as unknown as O);
+  l.on('session', (e) => sessions.push(e));
+  await l.start();
+  closers.push(() => l.close());
+  return { l, log, sessions };
 }

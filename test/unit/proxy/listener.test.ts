@@ -7,7 +7,8 @@
 import { once } from 'node:events';
 import * as net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type SessionEvent, TcpListener } from '../../../src/proxy/listener.js';
+import { type SessionEvent, TcpListener, type TcpListenerOptions } from '../../../src/proxy/listener.js';
+import type { Outbound } from '../../../src/proxy/outbound.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { RejectOutbound } from '../../../src/proxy/outbounds/reject.js';
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
@@ -21,6 +22,7 @@ import {
   LO,
   listen,
   socketError,
+  startListener,
   startMicrosocks,
   until,
 } from './helpers.js';
@@ -31,7 +33,7 @@ const names = { reverse: (ip: string) => (ip === FAKE ? 'localhost' : undefined)
 
 let socks: Daemon;
 let origin: Awaited<ReturnType<typeof echoOrigin>>;
-const listeners: TcpListener[] = [];
+const closers: Array<() => unknown> = [];
 const sockets: net.Socket[] = [];
 
 beforeAll(async () => {
@@ -39,31 +41,18 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.destroy();
-  await Promise.all(listeners.splice(0).map((l) => l.close()));
+  await Promise.all(closers.splice(0).map((c) => c()));
 });
 afterAll(async () => {
   await Promise.all([socks?.stop(), origin?.close()]);
 });
 
 async function setup(
-  final = new Socks5Outbound({ host: LO, port: socks.port }) as ConstructorParameters<typeof Router>[0]['final'],
-  extra: Partial<ConstructorParameters<typeof TcpListener>[0]> = {},
+  final: Outbound = new Socks5Outbound({ host: LO, port: socks.port }),
+  extra: Partial<TcpListenerOptions> = {},
 ) {
   const nat = new FakeNat();
-  const log: string[] = [];
-  const sessions: SessionEvent[] = [];
-  const l = new TcpListener({
-    host: LO,
-    port: 0,
-    nat,
-    names,
-    router: new Router({ final }),
-    logger: (line) => log.push(line),
-    ...extra,
-  });
-  l.on('session', (e) => sessions.push(e));
-  await l.start();
-  listeners.push(l);
+  const { l, log, sessions } = await startListener(TcpListener, final, { nat, names, ...extra }, closers);
   /** An "app" connection whose NAT entry says it was headed for dst. */
   const app = (dst?: { dstIp: string; dstPort: number }) => {
     const s = net.connect({ host: LO, port: l.address().port, allowHalfOpen: true });
@@ -216,25 +205,12 @@ describe('TcpListener', () => {
   });
 
   it('router rule → reject outbound resets the app', async () => {
-    const nat = new FakeNat();
-    const log: string[] = [];
-    const l = new TcpListener({
-      host: LO,
-      port: 0,
-      nat,
-      names,
-      router: new Router({
-        final: new DirectOutbound(),
-        rules: [{ domain: 'localhost', outbound: new RejectOutbound() }],
-      }),
-      logger: (line) => log.push(line),
+    const router = new Router({
+      final: new DirectOutbound(),
+      rules: [{ domain: 'localhost', outbound: new RejectOutbound() }],
     });
-    await l.start();
-    listeners.push(l);
-    const s = net.connect({ host: LO, port: l.address().port });
-    sockets.push(s);
-    nat.flows.set(s, { dstIp: FAKE, dstPort: origin.port });
-    expect((await socketError(s)).code).toBe('ECONNRESET');
+    const { app, log } = await setup(new DirectOutbound(), { router });
+    expect((await socketError(app({ dstIp: FAKE, dstPort: origin.port }))).code).toBe('ECONNRESET');
     expect(log[0]).toMatch(/via reject: EREJECT/);
   });
 

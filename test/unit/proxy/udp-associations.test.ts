@@ -13,10 +13,9 @@ import type { FlowEntry, Proto } from '../../../src/nat/types.js';
 import type { Destination, UdpAssociation } from '../../../src/proxy/outbound.js';
 import { DirectUdpAssociation } from '../../../src/proxy/outbounds/direct-udp.js';
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
-import { Router } from '../../../src/proxy/router.js';
 import { udpHeader } from '../../../src/proxy/socks5-codec.js';
-import { UdpListener, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
-import { flowEntry, LO, listen, until } from './helpers.js';
+import { UdpListener } from '../../../src/proxy/udp/udpListener.js';
+import { flowEntry, LO, listen, startListener, until } from './helpers.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -288,20 +287,14 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
 
   async function setup(nat: OneFlowNat = new OneFlowNat()) {
     const fs = await fakeSocks();
-    const log: string[] = [];
-    const sessions: UdpSessionEvent[] = [];
-    const l = new UdpListener({
-      host: LO,
-      port: 0,
-      nat,
-      names: { reverse: (ip) => (ip === '198.18.2.2' ? 'echo.test' : undefined) },
-      router: new Router({ final: new Socks5Outbound({ host: LO, port: fs.port }) }),
-      logger: (x) => log.push(x),
-      maxPayloadBytes: 100,
-    });
-    l.on('session', (e) => sessions.push(e));
-    await l.start();
-    cleanups.push(() => l.close());
+    const names = { reverse: (ip: string) => (ip === '198.18.2.2' ? 'echo.test' : undefined) };
+    const final = new Socks5Outbound({ host: LO, port: fs.port });
+    const { l, log, sessions } = await startListener(
+      UdpListener,
+      final,
+      { nat, names, maxPayloadBytes: 100 },
+      cleanups,
+    );
     const app = await udpSocket();
     const got: string[] = [];
     app.on('message', (m) => got.push(m.toString()));
@@ -319,42 +312,38 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
     return { fs, l, got, log, sessions, again: (b: string) => app.send(b, l.address().port, LO) };
   }
 
-  it.each(BAD)(
-    '%s → dropped, counted in the listener stats, the next good reply is delivered',
-    async (_n, bad, reason) => {
-      const { fs, l, got } = await setup();
-      fs.sendRaw(bad);
-      // The relay reports the IP it heard from: learned as echo.test:9000's answer.
-      fs.sendRaw(reply('10.0.0.7', 9000, 'good'));
-      await until(() => got.length === 1);
-      expect(got).toEqual(['good']);
-      expect(l.stats().dropped[reason]).toBe(1);
-    },
-  );
+  describe.each([
+    ['in JavaScript', () => new OneFlowNat()],
+    ['on the native relay (the header is added and stripped natively)', () => new ClosingOneFlowNat()],
+  ])('%s', (_where, nat) => {
+    it.each(BAD)(
+      '%s → dropped, counted in the listener stats, the next good reply is delivered',
+      async (_n, bad, reason) => {
+        const { fs, l, got } = await setup(nat());
+        fs.sendRaw(bad);
+        // The relay reports the IP it heard from: learned as echo.test:9000's answer.
+        fs.sendRaw(reply('10.0.0.7', 9000, 'good'));
+        await until(() => got.length === 1);
+        expect(got).toEqual(['good']);
+        expect(l.stats().dropped[reason]).toBe(1);
+      },
+    );
 
-  it('the proxy dropping the control connection closes the association (session event), the next datagram opens a new one', async () => {
-    const { fs, l, sessions, again } = await setup();
-    fs.ctrls[0]?.destroy();
-    await until(() => sessions.some((e) => e.phase === 'close'));
-    expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'upstream-closed', errorCode: 'EUPSTREAM_CLOSED' });
-    expect(l.stats().associations).toBe(0);
-    again('after');
-    await until(() => fs.got.length === 2);
-    expect(fs.got[1]?.data.toString()).toBe('after');
-    expect(fs.ctrls).toHaveLength(2);
-    expect(l.stats()).toMatchObject({ opened: 2, associations: 1 });
+    it('the proxy dropping the control connection closes the association (EUPSTREAM_CLOSED), the next datagram opens a new one', async () => {
+      const { fs, l, sessions, again } = await setup(nat());
+      fs.ctrls[0]?.destroy();
+      await until(() => sessions.some((e) => e.phase === 'close'));
+      expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'upstream-closed', errorCode: 'EUPSTREAM_CLOSED' });
+      expect(l.stats().associations).toBe(0);
+      again('after');
+      await until(() => fs.got.length === 2);
+      expect(fs.got[1]?.data.toString()).toBe('after');
+      expect(fs.ctrls).toHaveLength(2);
+      expect(l.stats()).toMatchObject({ opened: 2, associations: 1 });
+    });
   });
 
-  describe('on the native relay: the header is added and stripped natively', () => {
-    it.each(BAD)('%s → dropped, counted natively, the next good reply is delivered', async (_n, bad, reason) => {
-      const { fs, l, got } = await setup(new ClosingOneFlowNat());
-      fs.sendRaw(bad);
-      fs.sendRaw(reply('10.0.0.7', 9000, 'good'));
-      await until(() => got.length === 1);
-      expect(got).toEqual(['good']);
-      expect(l.stats().dropped[reason]).toBe(1);
-    });
-
+  describe('on the native relay', () => {
     it('after the relay-reported IP is learned, replies and datagrams no longer reach JavaScript', async () => {
       const { fs, l, got, again } = await setup(new ClosingOneFlowNat());
       fs.sendRaw(reply('10.0.0.7', 9000, 'r0'));
@@ -371,17 +360,6 @@ describe('UdpListener with a misbehaving SOCKS5 relay', () => {
       expect(after.nativeUnknownRemotes - before.nativeUnknownRemotes).toBe(0);
       expect(after.datagramsUp).toBe(51);
       expect(after.datagramsDown).toBe(51);
-    });
-
-    it('the proxy dropping the control connection ends the association (EUPSTREAM_CLOSED); the next datagram opens a new one', async () => {
-      const { fs, l, sessions, again } = await setup(new ClosingOneFlowNat());
-      fs.ctrls[0]?.destroy();
-      await until(() => sessions.some((e) => e.phase === 'close'));
-      expect(sessions.at(-1)).toMatchObject({ phase: 'close', end: 'upstream-closed', errorCode: 'EUPSTREAM_CLOSED' });
-      again('after');
-      await until(() => fs.got.length === 2);
-      expect(fs.got[1]?.data.toString()).toBe('after');
-      expect(l.stats()).toMatchObject({ opened: 2, associations: 1 });
     });
   });
 });

@@ -11,11 +11,10 @@ import type { Outbound } from '../../../src/proxy/outbound.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
 import { HttpOutbound } from '../../../src/proxy/outbounds/http.js';
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
-import { Router } from '../../../src/proxy/router.js';
 import type { UdpNat } from '../../../src/proxy/udp/association.js';
-import { UdpListener, type UdpListenerOptions, type UdpSessionEvent } from '../../../src/proxy/udp/udpListener.js';
+import { UdpListener, type UdpListenerOptions } from '../../../src/proxy/udp/udpListener.js';
 import { danteConf } from '../../support/confs.js';
-import { type Daemon, flowEntry, freePort, LO, listen, spawnDaemon, until } from './helpers.js';
+import { type Daemon, flowEntry, freePort, LO, listen, spawnDaemon, startListener, until } from './helpers.js';
 
 const FAKE1 = '198.18.2.2';
 const FAKE2 = '198.18.2.3';
@@ -102,13 +101,13 @@ async function startDante(): Promise<Daemon> {
 
 let dante: Daemon;
 let echo: Awaited<ReturnType<typeof echoServer>>;
-const listeners: UdpListener[] = [];
+const closers: Array<() => unknown> = [];
 
 beforeAll(async () => {
   [dante, echo] = await Promise.all([startDante(), echoServer()]);
 });
 afterEach(async () => {
-  await Promise.all(listeners.splice(0).map((l) => l.close()));
+  await Promise.all(closers.splice(0).map((c) => c()));
   for (const s of sockets.splice(0)) if (s !== echo.sock) s.close();
   sockets.push(echo.sock);
   resolveCalls.length = 0;
@@ -125,20 +124,7 @@ async function setup<N extends FakeNat = FakeNat>(
   nat: N = new FakeNat() as N,
 ) {
   for (let i = 0; i < spares; i++) nat.spare.push(await udpSocket());
-  const log: string[] = [];
-  const sessions: UdpSessionEvent[] = [];
-  const l = new UdpListener({
-    host: LO,
-    port: 0,
-    nat,
-    names,
-    router: new Router({ final }),
-    logger: (line) => log.push(line),
-    ...extra,
-  });
-  l.on('session', (e) => sessions.push(e));
-  await l.start();
-  listeners.push(l);
+  const { l, log, sessions } = await startListener(UdpListener, final, { nat, names, ...extra }, closers);
   const lport = l.address().port;
   /** A NAT address (client socket) for app socket `app` headed for dst; `send` goes to the listener. */
   const flow = async (app: { ip: string; port: number }, dst: { ip: string; port: number }) => {
@@ -217,6 +203,19 @@ function expectIntact(back: Map<number, Buffer>, n: number) {
 
 // ---------------------------------------------------------------- tests
 
+/** Two app sockets to one destination through `out`: an association and an upstream port each, `n` replies each, intact. */
+async function twoAppsStaySeparate(out: Outbound, n: number) {
+  const { l, flow, lport } = await setup(out);
+  const a = await flow(APP_A, { ip: FAKE1, port: echo.port });
+  const b = await flow(APP_B, { ip: FAKE1, port: echo.port });
+  echo.peers.clear();
+  const [ba, bb] = await Promise.all([pump(a.sock, lport, n), pump(b.sock, lport, n)]);
+  expectIntact(ba, n);
+  expectIntact(bb, n);
+  expect(echo.peers.size).toBe(2);
+  expect(l.stats()).toMatchObject({ opened: 2, associations: 2 });
+}
+
 describe('UdpListener via direct', () => {
   it('1000 datagrams of assorted sizes echo intact; the name is resolved once per association', async () => {
     const { l, flow, lport, sessions } = await setup(new DirectOutbound({ resolve }));
@@ -258,15 +257,7 @@ describe('UdpListener via direct', () => {
   });
 
   it('two app sockets stay separate: own association, own upstream port, own replies', async () => {
-    const { l, flow, lport } = await setup(new DirectOutbound({ resolve }));
-    const a = await flow(APP_A, { ip: FAKE1, port: echo.port });
-    const b = await flow(APP_B, { ip: FAKE1, port: echo.port });
-    echo.peers.clear();
-    const [ba, bb] = await Promise.all([pump(a.sock, lport, 100), pump(b.sock, lport, 100)]);
-    expectIntact(ba, 100);
-    expectIntact(bb, 100);
-    expect(echo.peers.size).toBe(2);
-    expect(l.stats()).toMatchObject({ opened: 2, associations: 2 });
+    await twoAppsStaySeparate(new DirectOutbound({ resolve }), 100);
   });
 
   it('a destination without a name goes out to its real IP', async () => {
@@ -358,15 +349,7 @@ describe('UdpListener via dante (SOCKS5 UDP ASSOCIATE)', () => {
   });
 
   it('two app sockets: two associations (two control connections), replies stay separate', async () => {
-    const { l, flow, lport } = await setup(new Socks5Outbound({ host: LO, port: dante.port }));
-    const a = await flow(APP_A, { ip: FAKE1, port: echo.port });
-    const b = await flow(APP_B, { ip: FAKE1, port: echo.port });
-    echo.peers.clear();
-    const [ba, bb] = await Promise.all([pump(a.sock, lport, 50), pump(b.sock, lport, 50)]);
-    expectIntact(ba, 50);
-    expectIntact(bb, 50);
-    expect(echo.peers.size).toBe(2);
-    expect(l.stats()).toMatchObject({ opened: 2, associations: 2 });
+    await twoAppsStaySeparate(new Socks5Outbound({ host: LO, port: dante.port }), 50);
   });
 
   it('closing the listener ends every association with a close event', async () => {
