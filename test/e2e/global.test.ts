@@ -13,12 +13,19 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { capture, createTopology, eventually, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import {
+  capture,
+  createTopology,
+  eventually,
+  globalOrigins,
+  startGlobalDaemon,
+  type Topology,
+  GLOBAL_WHO as WHO,
+  waitListening,
+} from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
-const MIC = 1080;
-const WHO = 8081;
 const CAPTURED = '203.0.113.10'; // routed into the TUN
 const EXCLUDED = '198.51.100.10'; // --exclude 198.51.100.0/24: direct
 const BYPASS_UID = 4242; // --bypass-uid: this user's processes go direct
@@ -67,21 +74,7 @@ describe.skipIf(skip)('global mode', () => {
     t = await createTopology({
       dnsmasqArgs: [SNI_NAME, HOST_NAME, DIRECT_NAME].map((n) => `--address=/${n}/${CAPTURED}`),
     });
-    for (const ip of [CAPTURED, EXCLUDED, DIRECT_RULE]) {
-      await t.upstream.must('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
-      await t.client.must('ip', ['route', 'add', `${ip}/32`, 'via', t.upstreamIp]);
-    }
-    const whoProc = t.upstream.spawn('node', [
-      `${process.cwd()}/test/e2e/fixtures/whoami.mjs`,
-      CAPTURED,
-      String(WHO),
-      EXCLUDED,
-      String(WHO),
-      DIRECT_RULE,
-      String(WHO),
-    ]);
-    who = capture(whoProc);
-    mic = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', t.upstreamIp, '-p', String(MIC)]));
+    ({ who, mic } = await globalOrigins(t, [CAPTURED, EXCLUDED, DIRECT_RULE]));
     await t.upstream.must('openssl', [
       'req',
       '-x509',
@@ -112,28 +105,14 @@ describe.skipIf(skip)('global mode', () => {
         '-quiet',
       ]),
     );
-    await waitListening(t.upstream, MIC);
-    await waitListening(t.upstream, WHO);
     await waitListening(t.upstream, TLS);
     before = await dumps();
-    const config = tmpFile(
+    await startGlobalDaemon(
       t,
       'global.yaml',
-      [
-        'mode: global',
-        'external-controller: 127.0.0.1:9090',
-        'exclude: [198.51.100.0/24]',
-        `bypassUid: ['${BYPASS_UID}']`,
-        'proxies:',
-        `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
-        'rules:',
-        `  - DOMAIN,${DIRECT_NAME},DIRECT`,
-        `  - IP-CIDR,${DIRECT_RULE}/32,DIRECT`,
-        '  - MATCH,mic',
-        '',
-      ].join('\n'),
+      ['external-controller: 127.0.0.1:9090', 'exclude: [198.51.100.0/24]', `bypassUid: ['${BYPASS_UID}']`],
+      [`DOMAIN,${DIRECT_NAME},DIRECT`, `IP-CIDR,${DIRECT_RULE}/32,DIRECT`],
     );
-    await t.startDaemon(['--config', config]);
   }, 60_000);
 
   afterAll(async () => {
@@ -394,20 +373,7 @@ describe.skipIf(skip)('global mode', () => {
 
   it('--only-uid: only that user is proxied, root goes direct; SIGTERM restores everything', async () => {
     const ONLY_UID = 4243;
-    const config = tmpFile(
-      t,
-      'only-uid.yaml',
-      [
-        'mode: global',
-        `onlyUid: ['${ONLY_UID}']`,
-        'proxies:',
-        `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
-        'rules:',
-        '  - MATCH,mic',
-        '',
-      ].join('\n'),
-    );
-    const d = await t.startDaemon(['--config', config]);
+    const d = await startGlobalDaemon(t, 'only-uid.yaml', [`onlyUid: ['${ONLY_UID}']`]);
     const rules = await t.client.must('ip', ['-4', 'rule', 'show']);
     expect(rules).toMatch(new RegExp(`uidrange ${ONLY_UID}-${ONLY_UID} lookup 2022`, 'm'));
     expect(rules).not.toMatch(/^9009:\s+from all lookup 2022/m);

@@ -14,12 +14,16 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { capture, createTopology, type Topology, tmpFile, waitListening } from './harness/topology.js';
+import {
+  createTopology,
+  globalOrigins,
+  startGlobalDaemon,
+  type Topology,
+  GLOBAL_WHO as WHO,
+} from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
-const MIC = 1080;
-const WHO = 8081;
 const CAPTURED = '203.0.113.10'; // MATCH → the SOCKS5 upstream
 const DIRECT_RULE = '203.0.113.20'; // IP-CIDR → DIRECT: the daemon's own marked dial
 const BYPASS_UID = 4242;
@@ -59,42 +63,13 @@ describe.skipIf(skip)('global mode under strict rp_filter', () => {
 
   beforeAll(async () => {
     t = await createTopology();
-    for (const ip of [CAPTURED, DIRECT_RULE]) {
-      await t.upstream.must('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
-      await t.client.must('ip', ['route', 'add', `${ip}/32`, 'via', t.upstreamIp]);
-    }
     uplink = /\bdev (\S+)/.exec(await t.client.must('ip', ['-4', 'route', 'get', t.upstreamIp]))?.[1] ?? '';
     expect(uplink).not.toBe('');
     await t.client.must('sysctl', ['-qw', `net.ipv4.conf.${uplink}.rp_filter=1`]);
-    capture(
-      t.upstream.spawn('node', [
-        `${process.cwd()}/test/e2e/fixtures/whoami.mjs`,
-        CAPTURED,
-        String(WHO),
-        DIRECT_RULE,
-        String(WHO),
-      ]),
-    );
-    mic = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', t.upstreamIp, '-p', String(MIC)]));
-    await waitListening(t.upstream, MIC);
-    await waitListening(t.upstream, WHO);
+    ({ mic } = await globalOrigins(t, [CAPTURED, DIRECT_RULE]));
     before = await dumps();
     expect(before).toContain('src_valid_mark=0');
-    const config = tmpFile(
-      t,
-      'rp.yaml',
-      [
-        'mode: global',
-        `bypassUid: ['${BYPASS_UID}']`,
-        'proxies:',
-        `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${MIC}}`,
-        'rules:',
-        `  - IP-CIDR,${DIRECT_RULE}/32,DIRECT`,
-        '  - MATCH,mic',
-        '',
-      ].join('\n'),
-    );
-    await t.startDaemon(['--config', config]);
+    await startGlobalDaemon(t, 'rp.yaml', [`bypassUid: ['${BYPASS_UID}']`], [`IP-CIDR,${DIRECT_RULE}/32,DIRECT`]);
   }, 60_000);
 
   afterAll(async () => {

@@ -225,6 +225,61 @@ export async function startPickProxies(
   return { a, b, cfg };
 }
 
+/** Where global mode's test origins listen: whoami.mjs on every origin address, microsocks on the upstream address. */
+export const GLOBAL_WHO = 8081;
+export const GLOBAL_MIC = 1080;
+
+/**
+ * Global mode's origins: each of `ips` (public-looking TEST-NET-2/3 addresses,
+ * since private ranges are excluded by default) on the upstream namespace's
+ * loopback, routed from the client via the veth, with whoami.mjs on
+ * GLOBAL_WHO writing the peer of every request (the client's own address:
+ * direct; microsocks': proxied); microsocks on GLOBAL_MIC. Both listen when
+ * this resolves; returns what each printed.
+ */
+export async function globalOrigins(
+  t: Topology,
+  ips: string[],
+): Promise<{ who: { readonly text: string }; mic: { readonly text: string } }> {
+  for (const ip of ips) {
+    await t.upstream.must('ip', ['addr', 'add', `${ip}/32`, 'dev', 'lo']);
+    await t.client.must('ip', ['route', 'add', `${ip}/32`, 'via', t.upstreamIp]);
+  }
+  const whoami = `${ROOT}/test/e2e/fixtures/whoami.mjs`;
+  const who = capture(t.upstream.spawn('node', [whoami, ...ips.flatMap((ip) => [ip, String(GLOBAL_WHO)])]));
+  const mic = capture(t.upstream.spawn('/usr/bin/microsocks', ['-i', t.upstreamIp, '-p', String(GLOBAL_MIC)]));
+  await waitListening(t.upstream, GLOBAL_MIC);
+  await waitListening(t.upstream, GLOBAL_WHO);
+  return { who, mic };
+}
+
+/**
+ * The daemon on a global-mode config in the temp dir (`file`): `head` lines
+ * (exclusions, uids, controller), microsocks (globalOrigins) as proxy `mic`,
+ * then `rules` and MATCH,mic.
+ */
+export function startGlobalDaemon(
+  t: Topology,
+  file: string,
+  head: string[],
+  rules: string[] = [],
+): Promise<DaemonProc> {
+  const config = tmpFile(
+    t,
+    file,
+    [
+      'mode: global',
+      ...head,
+      'proxies:',
+      `  - {name: mic, type: socks5, server: ${t.upstreamIp}, port: ${GLOBAL_MIC}}`,
+      'rules:',
+      ...[...rules, 'MATCH,mic'].map((r) => `  - ${r}`),
+      '',
+    ].join('\n'),
+  );
+  return t.startDaemon(['--config', config]);
+}
+
 /** Writes a file into the topology's temp dir and returns its path. */
 export function tmpFile(t: Topology, name: string, text: string): string {
   const p = join(t.tmp, name);

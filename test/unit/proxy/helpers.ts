@@ -6,11 +6,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 
 import type { Logger } from '../../../src/log.js';
 import type { FlowEntry, NatLookup, Proto } from '../../../src/nat/types.js';
 import type { Outbound } from '../../../src/proxy/outbound.js';
 import { Router } from '../../../src/proxy/router.js';
+import type { Codec } from '../../../src/proxy/socks5-codec.js';
 
 export const LO = '127.0.0.1';
 
@@ -255,4 +257,15 @@ export async function startListener<O extends ListenerBase, L extends Startable<
   await l.start();
   closers.push(() => l.close());
   return { l, log, sessions };
+}
+
+/** dns-packet style: encode → length matches → decode gives the value back, also at an offset. */
+export function roundTrip<T>(codec: Codec<T>, value: T): Buffer {
+  const buf = codec.encode(value);
+  expect(buf.length).toBe(codec.encodingLength(value));
+  expect(codec.decode(buf)).toEqual(value);
+  const padded = Buffer.alloc(buf.length + 7, 0xee);
+  codec.encode(value, padded, 5);
+  expect(codec.decode(padded, 5)).toEqual(value);
+  return buf;
 }

@@ -2,16 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { headEnd } from '../../../src/proxy/handshake-io.js';
 import { connectRequest, responseHead } from '../../../src/proxy/http-codec.js';
 import type { Codec } from '../../../src/proxy/socks5-codec.js';
-
-function roundTrip<T>(codec: Codec<T>, value: T): Buffer {
-  const buf = codec.encode(value);
-  expect(buf.length).toBe(codec.encodingLength(value));
-  expect(codec.decode(buf)).toEqual(value);
-  const padded = Buffer.alloc(buf.length + 3, 0x20);
-  codec.encode(value, padded, 3);
-  expect(codec.decode(padded, 3)).toEqual(value);
-  return buf;
-}
+import { roundTrip } from './helpers.js';
 
 describe('HTTP CONNECT codecs round-trip', () => {
   it.each([

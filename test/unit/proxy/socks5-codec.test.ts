@@ -16,17 +16,7 @@ import {
   userPassReply,
   userPassRequest,
 } from '../../../src/proxy/socks5-codec.js';
-
-/** dns-packet style: encode → length matches → decode gives the value back, also at an offset. */
-function roundTrip<T>(codec: Codec<T>, value: T): Buffer {
-  const buf = codec.encode(value);
-  expect(buf.length).toBe(codec.encodingLength(value));
-  expect(codec.decode(buf)).toEqual(value);
-  const padded = Buffer.alloc(buf.length + 7, 0xee);
-  codec.encode(value, padded, 5);
-  expect(codec.decode(padded, 5)).toEqual(value);
-  return buf;
-}
+import { roundTrip } from './helpers.js';
 
 describe('socks5 codecs round-trip', () => {
   it.each([
