@@ -1,43 +1,17 @@
-/** DirectOutbound: names only through the injected resolver; Happy-Eyeballs-lite over the answers. */
-import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import type * as net from 'node:net';
-import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { upstreamResolver } from '../../../src/proxy/dial.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
-import { echoOrigin, freePort, LO } from './helpers.js';
+import { echoOrigin, freePort, LO, loopbackDns } from './helpers.js';
 
 let origin: Awaited<ReturnType<typeof echoOrigin>>;
-let dns: dgram.Socket;
-let dnsPort: number;
-const asked: string[] = [];
+let dns: Awaited<ReturnType<typeof loopbackDns>>;
 
 beforeAll(async () => {
   origin = await echoOrigin('hi');
-  // A real UDP DNS server on loopback that knows one name (not in /etc/hosts, so getaddrinfo could not find it).
-  dns = dgram.createSocket('udp4');
-  dns.on('message', (msg, rinfo) => {
-    const q = dnsPacket.decode(msg);
-    const question = q.questions?.[0];
-    if (!question) return;
-    asked.push(`${question.type} ${question.name}`);
-    const known = question.name === 'origin.fakeproxy.test' && question.type === 'A';
-    const answer = dnsPacket.encode({
-      id: q.id,
-      type: 'response',
-      flags:
-        dnsPacket.RECURSION_DESIRED |
-        dnsPacket.RECURSION_AVAILABLE |
-        (question.name === 'origin.fakeproxy.test' ? 0 : 3),
-      questions: [question],
-      answers: known ? [{ type: 'A', name: question.name, ttl: 60, data: LO }] : [],
-    });
-    dns.send(answer, rinfo.port, rinfo.address);
-  });
-  dns.bind(0, LO);
-  await once(dns, 'listening');
-  dnsPort = dns.address().port;
+  // Knows one name (not in /etc/hosts, so getaddrinfo could not find it).
+  dns = await loopbackDns({ 'origin.fakeproxy.test': [{ ttl: 60, data: LO }] });
 });
 afterAll(async () => {
   dns?.close();
@@ -58,17 +32,17 @@ describe('DirectOutbound', () => {
   });
 
   it('resolves a name through --dns-upstream (upstreamResolver → our DNS server), not the system', async () => {
-    const out = new DirectOutbound({ resolve: upstreamResolver(`${LO}:${dnsPort}`) });
+    const out = new DirectOutbound({ resolve: upstreamResolver(`${LO}:${dns.port}`) });
     const sock = await out.connect({ host: 'origin.fakeproxy.test', port: origin.port });
     expect(await greeting(sock)).toBe('hi');
-    expect(asked).toContain('A origin.fakeproxy.test');
+    expect(dns.asked).toContain('A origin.fakeproxy.test');
   });
 
   it('unknown name → ENOTFOUND naming the DNS server', async () => {
-    const out = new DirectOutbound({ resolve: upstreamResolver(`${LO}:${dnsPort}`) });
+    const out = new DirectOutbound({ resolve: upstreamResolver(`${LO}:${dns.port}`) });
     const err = await out.connect({ host: 'nope.fakeproxy.test', port: 80 }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'ENOTFOUND' });
-    expect((err as Error).message).toContain(`via ${LO}:${dnsPort}`);
+    expect((err as Error).message).toContain(`via ${LO}:${dns.port}`);
   });
 
   it('a name with no resolver → ENORESOLVER (never getaddrinfo)', async () => {

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import dnsPacket from 'dns-packet';
 import { expect } from 'vitest';
 
 import type { Logger } from '../../../src/log.js';
@@ -268,4 +269,36 @@ export function roundTrip<T>(codec: Codec<T>, value: T): Buffer {
   codec.encode(value, padded, 5);
   expect(codec.decode(padded, 5)).toEqual(value);
   return buf;
+}
+
+/**
+ * A real UDP DNS server on loopback: `a[name]` are the A records of the names
+ * it knows (other types of those names: NOERROR, no answer); any other name
+ * is NXDOMAIN. `asked` records every question as "TYPE name".
+ */
+export async function loopbackDns(
+  a: Record<string, Array<{ ttl: number; data: string }>>,
+): Promise<{ port: number; asked: string[]; close: () => void }> {
+  const asked: string[] = [];
+  const dns = dgram.createSocket('udp4');
+  dns.on('message', (msg, rinfo) => {
+    const q = dnsPacket.decode(msg);
+    const question = q.questions?.[0];
+    if (!question) return;
+    asked.push(`${question.type} ${question.name}`);
+    const known = a[question.name];
+    const answers =
+      known && question.type === 'A' ? known.map((r) => ({ type: 'A' as const, name: question.name, ...r })) : [];
+    const answer = dnsPacket.encode({
+      id: q.id,
+      type: 'response',
+      flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (known ? 0 : 3),
+      questions: [question],
+      answers,
+    });
+    dns.send(answer, rinfo.port, rinfo.address);
+  });
+  dns.bind(0, LO);
+  await once(dns, 'listening');
+  return { port: dns.address().port, asked, close: () => dns.close() };
 }

@@ -1,15 +1,6 @@
-/**
- * The direct outbound's resolver cache (src/proxy/dial.ts cachedResolver):
- * TTL honoured within [min, max], failures remembered briefly, concurrent
- * lookups of one name coalesced into one query. An injected clock; and once
- * end to end against a real UDP DNS server on loopback.
- */
-import * as dgram from 'node:dgram';
-import { once } from 'node:events';
-import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cachedResolver, type ResolvedAnswer, upstreamQuery, upstreamResolver } from '../../../src/proxy/dial.js';
-import { LO } from './helpers.js';
+import { LO, loopbackDns } from './helpers.js';
 
 function fakeQuery(answers: Record<string, ResolvedAnswer | Error>) {
   const calls: string[] = [];
@@ -141,36 +132,17 @@ describe('cachedResolver', () => {
 });
 
 describe('upstreamResolver against a real DNS server', () => {
-  let dns: dgram.Socket;
+  let dns: Awaited<ReturnType<typeof loopbackDns>>;
   let port: number;
-  const asked: string[] = [];
+  let asked: string[];
   beforeAll(async () => {
-    dns = dgram.createSocket('udp4');
-    dns.on('message', (msg, rinfo) => {
-      const q = dnsPacket.decode(msg);
-      const question = q.questions?.[0];
-      if (!question) return;
-      asked.push(`${question.type} ${question.name}`);
-      const known = question.name === 'ttl.fakeproxy.test';
-      const answers =
-        known && question.type === 'A'
-          ? [
-              { type: 'A' as const, name: question.name, ttl: 42, data: '10.9.0.1' },
-              { type: 'A' as const, name: question.name, ttl: 17, data: '10.9.0.2' },
-            ]
-          : [];
-      const answer = dnsPacket.encode({
-        id: q.id,
-        type: 'response',
-        flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (known ? 0 : 3),
-        questions: [question],
-        answers,
-      });
-      dns.send(answer, rinfo.port, rinfo.address);
+    dns = await loopbackDns({
+      'ttl.fakeproxy.test': [
+        { ttl: 42, data: '10.9.0.1' },
+        { ttl: 17, data: '10.9.0.2' },
+      ],
     });
-    dns.bind(0, LO);
-    await once(dns, 'listening');
-    port = dns.address().port;
+    ({ port, asked } = dns);
   });
   afterAll(() => dns?.close());
 
