@@ -1,8 +1,8 @@
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeDns } from '../../../src/dns/index.js';
-import { type Dnsmasq, dig, encodeQuery, frame, startDnsmasq, tcpExchange, udpExchange } from './helpers.js';
+import type { FakeDns } from '../../../src/dns/index.js';
+import { type Dnsmasq, dig, encodeQuery, fakeDnsOn, frame, startDnsmasq, tcpExchange, udpExchange } from './helpers.js';
 
 let upstream: Dnsmasq;
 let dns: FakeDns;
@@ -10,15 +10,7 @@ let port: number;
 
 beforeAll(async () => {
   upstream = await startDnsmasq();
-  dns = new FakeDns({
-    cidr: '198.18.0.0/16',
-    listen: [{ host: '127.0.0.1', port: 0 }],
-    upstream: { host: '127.0.0.1', port: upstream.port },
-    tcpIdleTimeoutMs: 300,
-    maxTcpConnections: 8,
-    maxUpstreamInFlight: 16,
-    logger: () => {},
-  });
+  dns = fakeDnsOn(upstream.port, { tcpIdleTimeoutMs: 300, maxTcpConnections: 8, maxUpstreamInFlight: 16 });
   await dns.start();
   port = dns.addresses[0]?.port as number;
 });

@@ -5,6 +5,7 @@ import {
   type Dnsmasq,
   dig,
   encodeQuery,
+  fakeDnsOn,
   firstData,
   frame,
   must,
@@ -21,13 +22,7 @@ const logs: string[] = [];
 
 beforeAll(async () => {
   upstream = await startDnsmasq();
-  dns = new FakeDns({
-    cidr: '198.18.0.0/16',
-    listen: [{ host: '127.0.0.1', port: 0 }],
-    upstream: { host: '127.0.0.1', port: upstream.port },
-    filters: ['+.lan', 'time.*.com'],
-    logger: (l) => logs.push(l),
-  });
+  dns = fakeDnsOn(upstream.port, { filters: ['+.lan', 'time.*.com'], logger: (l) => logs.push(l) });
   await dns.start();
   port = dns.addresses[0]?.port as number;
 });
@@ -202,13 +197,7 @@ async function silentUpstream(upstreamTimeoutMs: number) {
   await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));
   let n = 0;
   sink.on('message', () => n++);
-  const d = new FakeDns({
-    cidr: '198.18.0.0/24',
-    listen: [{ host: '127.0.0.1', port: 0 }],
-    upstream: { host: '127.0.0.1', port: sink.address().port },
-    upstreamTimeoutMs,
-    logger: () => {},
-  });
+  const d = fakeDnsOn(sink.address().port, { cidr: '198.18.0.0/24', upstreamTimeoutMs });
   await d.start();
   return { sink, d, seen: () => n };
 }
@@ -242,12 +231,8 @@ describe('FakeDns failure paths', () => {
 
   it('answers SERVFAIL and logs when every address is pinned by live flows', async () => {
     const lines: string[] = [];
-    const d = new FakeDns({
-      cidr: '10.99.0.0/29', // 6 hosts: gateway + 5 fake
-      listen: [{ host: '127.0.0.1', port: 0 }],
-      upstream: { host: '127.0.0.1', port: 9 },
-      logger: (l) => lines.push(l),
-    });
+    // 6 hosts: gateway + 5 fake
+    const d = fakeDnsOn(9, { cidr: '10.99.0.0/29', logger: (l) => lines.push(l) });
     await d.start();
     try {
       const p = portOf(d);

@@ -7,6 +7,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import dnsPacket from 'dns-packet';
+import { FakeDns, type FakeDnsOptions } from '../../../src/dns/index.js';
 import { dnsmasqArgs } from '../../support/confs.js';
 import { freePort } from '../../support/net.js';
 
@@ -177,4 +178,19 @@ export function portOf(d: { addresses: { port: number }[] }): number {
 export function must<T>(v: T | undefined | null, what = 'value'): T {
   if (v === undefined || v === null) throw new Error(`expected a ${what}`);
   return v;
+}
+
+/**
+ * A FakeDns (not yet started) for 198.18.0.0/16 on an ephemeral loopback
+ * port, forwarding to 127.0.0.1:`upstreamPort` (9, discard: nothing answers),
+ * silent; `extra` wins.
+ */
+export function fakeDnsOn(upstreamPort: number, extra: Partial<FakeDnsOptions> = {}): FakeDns {
+  return new FakeDns({
+    cidr: '198.18.0.0/16',
+    listen: [{ host: '127.0.0.1', port: 0 }],
+    upstream: { host: '127.0.0.1', port: upstreamPort },
+    logger: () => {},
+    ...extra,
+  });
 }

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import dnsPacket from 'dns-packet';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FakeDns, type FakeDnsOptions, MAP_FILE } from '../../../src/dns/index.js';
+import { type FakeDns, type FakeDnsOptions, MAP_FILE } from '../../../src/dns/index.js';
 import { JOURNAL_PREFIX } from '../../../src/dns/journal.js';
-import { encodeQuery } from './helpers.js';
+import { encodeQuery, fakeDnsOn } from './helpers.js';
 
 let dir: string;
 const open: FakeDns[] = [];
@@ -19,14 +19,7 @@ afterEach(async () => {
 });
 
 async function make(stateDir: string, extra: Partial<FakeDnsOptions> = {}, logs: string[] = []): Promise<FakeDns> {
-  const d = new FakeDns({
-    cidr: '198.18.0.0/16',
-    listen: [{ host: '127.0.0.1', port: 0 }],
-    upstream: { host: '127.0.0.1', port: 9 },
-    stateDir,
-    logger: (l) => logs.push(l),
-    ...extra,
-  });
+  const d = fakeDnsOn(9, { stateDir, logger: (l) => logs.push(l), ...extra });
   await d.start();
   open.push(d);
   return d;

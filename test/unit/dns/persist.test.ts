@@ -2,8 +2,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FakeDns, type FakeDnsOptions, MAP_FILE } from '../../../src/dns/index.js';
-import { dig, must, portOf } from './helpers.js';
+import { type FakeDns, type FakeDnsOptions, MAP_FILE } from '../../../src/dns/index.js';
+import { dig, fakeDnsOn, must, portOf } from './helpers.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -14,14 +14,7 @@ afterEach(async () => {
 });
 
 function make(extra: Partial<FakeDnsOptions> = {}, logs: string[] = []): FakeDns {
-  return new FakeDns({
-    cidr: '198.18.0.0/16',
-    listen: [{ host: '127.0.0.1', port: 0 }],
-    upstream: { host: '127.0.0.1', port: 9 },
-    stateDir: dir,
-    logger: (l) => logs.push(l),
-    ...extra,
-  });
+  return fakeDnsOn(9, { stateDir: dir, logger: (l) => logs.push(l), ...extra });
 }
 
 async function mapNames(d: FakeDns, names: string[]): Promise<Map<string, string>> {
