@@ -1,7 +1,7 @@
 import dgram from 'node:dgram';
 import net from 'node:net';
 import dnsPacket from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Upstream } from '../../../src/dns/index.js';
 import { matches } from '../../../src/dns/upstream.js';
 import { parseQuery } from '../../../src/dns/wire.js';
@@ -34,7 +34,13 @@ async function bindPair(withTcp: boolean): Promise<{ udp: dgram.Socket; tcp?: ne
   }
 }
 
-/** A scripted UDP (and optional TCP) server on 127.0.0.1 standing in for a misbehaving upstream. */
+/** Closes of the fakeUpstreams a test started. */
+const upstreams: Array<() => void> = [];
+afterEach(() => {
+  for (const close of upstreams.splice(0)) close();
+});
+
+/** A scripted UDP (and optional TCP) server on 127.0.0.1 standing in for a misbehaving upstream; closed after the test. */
 async function fakeUpstream(
   onUdp: (q: Buffer, reply: (b: Buffer) => void, n: number) => void,
   onTcp?: (q: Buffer) => Buffer,
@@ -54,14 +60,11 @@ async function fakeUpstream(
       });
     });
   }
-  return {
-    port,
-    count: () => n,
-    close: () => {
-      udp.close();
-      tcp?.close();
-    },
-  };
+  upstreams.push(() => {
+    udp.close();
+    tcp?.close();
+  });
+  return { port, count: () => n };
 }
 
 function set16(b: Buffer, off: number, v: number): Buffer {
@@ -114,43 +117,31 @@ describe('Upstream', () => {
       reply(Buffer.from('junk'));
       reply(answerFor(q, { ip: '10.0.0.3' }));
     });
-    try {
-      const u = new Upstream({ host: '127.0.0.1', port: f.port });
-      const q = encodeQuery('Good.Example', 'A');
-      const d = dnsPacket.decode(await u.query(q, qEnd(q)));
-      expect(firstData(d)).toBe('10.0.0.3');
-    } finally {
-      f.close();
-    }
+    const u = new Upstream({ host: '127.0.0.1', port: f.port });
+    const q = encodeQuery('Good.Example', 'A');
+    const d = dnsPacket.decode(await u.query(q, qEnd(q)));
+    expect(firstData(d)).toBe('10.0.0.3');
   });
 
   it('times out, retries once with a new id, then fails', async () => {
     const ids: number[] = [];
     const f = await fakeUpstream((q) => ids.push(q.readUInt16BE(0)));
-    try {
-      const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 100, retries: 1 });
-      const q = encodeQuery('x.example', 'A', { id: 1 });
-      await expect(u.query(q, qEnd(q))).rejects.toMatchObject({ code: 'EUPSTREAM' });
-      expect(ids).toHaveLength(2);
-      expect(u.inFlight).toBe(0);
-    } finally {
-      f.close();
-    }
+    const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 100, retries: 1 });
+    const q = encodeQuery('x.example', 'A', { id: 1 });
+    await expect(u.query(q, qEnd(q))).rejects.toMatchObject({ code: 'EUPSTREAM' });
+    expect(ids).toHaveLength(2);
+    expect(u.inFlight).toBe(0);
   });
 
   it('succeeds on the retry when the first attempt is lost', async () => {
     const f = await fakeUpstream((q, reply, n) => {
       if (n > 0) reply(answerFor(q));
     });
-    try {
-      const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 100 });
-      const q = encodeQuery('x.example', 'A');
-      const d = dnsPacket.decode(await u.query(q, qEnd(q)));
-      expect(d.answers).toHaveLength(1);
-      expect(f.count()).toBe(2);
-    } finally {
-      f.close();
-    }
+    const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 100 });
+    const q = encodeQuery('x.example', 'A');
+    const d = dnsPacket.decode(await u.query(q, qEnd(q)));
+    expect(d.answers).toHaveLength(1);
+    expect(f.count()).toBe(2);
   });
 
   it('uses TCP after a TC answer from a scripted upstream', async () => {
@@ -158,44 +149,32 @@ describe('Upstream', () => {
       (q, reply) => reply(answerFor(q, { tc: true })),
       (q) => answerFor(q, { ip: '10.0.0.9' }),
     );
-    try {
-      const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 500 });
-      const q = encodeQuery('tc.example', 'A');
-      const d = dnsPacket.decode(await u.query(q, qEnd(q)));
-      expect(firstData(d)).toBe('10.0.0.9');
-    } finally {
-      f.close();
-    }
+    const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 500 });
+    const q = encodeQuery('tc.example', 'A');
+    const d = dnsPacket.decode(await u.query(q, qEnd(q)));
+    expect(firstData(d)).toBe('10.0.0.9');
   });
 
   it('refuses beyond maxInFlight at once', async () => {
     const f = await fakeUpstream(() => {});
-    try {
-      const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 200, retries: 0, maxInFlight: 2 });
-      const q = encodeQuery('x.example', 'A');
-      const a = u.query(q, qEnd(q)).catch((e) => e);
-      const b = u.query(q, qEnd(q)).catch((e) => e);
-      await expect(u.query(q, qEnd(q))).rejects.toMatchObject({ code: 'EUPSTREAMBUSY' });
-      expect(u.inFlight).toBe(2);
-      await Promise.all([a, b]);
-      expect(u.inFlight).toBe(0);
-    } finally {
-      f.close();
-    }
+    const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 200, retries: 0, maxInFlight: 2 });
+    const q = encodeQuery('x.example', 'A');
+    const a = u.query(q, qEnd(q)).catch((e) => e);
+    const b = u.query(q, qEnd(q)).catch((e) => e);
+    await expect(u.query(q, qEnd(q))).rejects.toMatchObject({ code: 'EUPSTREAMBUSY' });
+    expect(u.inFlight).toBe(2);
+    await Promise.all([a, b]);
+    expect(u.inFlight).toBe(0);
   });
 
   it('close() aborts outstanding questions', async () => {
     const f = await fakeUpstream(() => {});
-    try {
-      const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 10_000 });
-      const q = encodeQuery('x.example', 'A');
-      const p = u.query(q, qEnd(q));
-      await new Promise((r) => setTimeout(r, 20));
-      u.close();
-      await expect(p).rejects.toMatchObject({ code: 'EUPSTREAM' });
-    } finally {
-      f.close();
-    }
+    const u = new Upstream({ host: '127.0.0.1', port: f.port, timeoutMs: 10_000 });
+    const q = encodeQuery('x.example', 'A');
+    const p = u.query(q, qEnd(q));
+    await new Promise((r) => setTimeout(r, 20));
+    u.close();
+    await expect(p).rejects.toMatchObject({ code: 'EUPSTREAM' });
   });
 
   it.each([
