@@ -6,20 +6,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { NativeEngine } from '../../../src/native.js';
-import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import { APP, FAKE, fromListener, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import { F, ICMP, icmpPacket, parse, tcpPacket, UDP, udpPacket } from './packets.js';
-
-const APP = GW; // the kernel's source for the fake range on this machine
-const FAKE = '198.18.2.2';
 
 /** Full handshake of app:sport → FAKE:80 through the engine; returns the NAT pair. */
 function handshake(e: NativeEngine, sport: number, src = APP, now = T0): { natIp: string; natPort: number } {
   const fwd = parse(one(e, tcpPacket({ src, dst: FAKE, sport, dport: 80, flags: F.SYN, seq: 1 }), now));
-  one(
-    e,
-    tcpPacket({ src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport, flags: F.SYN | F.ACK, seq: 9, ack: 2 }),
-    now,
-  );
+  one(e, tcpPacket({ ...fromListener(fwd), flags: F.SYN | F.ACK, seq: 9, ack: 2 }), now);
   one(e, tcpPacket({ src, dst: FAKE, sport, dport: 80, flags: F.ACK, seq: 2, ack: 10 }), now);
   return { natIp: fwd.src, natPort: fwd.sport };
 }
@@ -51,10 +44,7 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const nat = Array.from({ length: 16 }, (_, i) => parse(floodSyn(e, floodSrc(i), 1000 + i, T0 + i)[0]));
     for (const [i, n] of nat.entries()) {
       if (i === 15) break;
-      one(
-        e,
-        tcpPacket({ src: GW, dst: n.src, sport: LISTEN, dport: n.sport, flags: F.SYN | F.ACK, seq: 7000 + i, ack: 1 }),
-      );
+      one(e, tcpPacket({ ...fromListener(n), flags: F.SYN | F.ACK, seq: 7000 + i, ack: 1 }));
     }
     // 16 new SYNs evict all 16: 15 of them had seen a SYN-ACK.
     for (let i = 0; i < 16; i++) floodSyn(e, floodSrc(100 + i), 2000 + i, T0 + 100);
@@ -71,7 +61,7 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const big = makeEngine({ maxFlows: 128 });
     for (let i = 0; i < 128; i++) {
       const n = parse(floodSyn(big, floodSrc(i), 1000 + i, T0)[0]);
-      one(big, tcpPacket({ src: GW, dst: n.src, sport: LISTEN, dport: n.sport, flags: F.SYN | F.ACK, seq: 1, ack: 1 }));
+      one(big, tcpPacket({ ...fromListener(n), flags: F.SYN | F.ACK, seq: 1, ack: 1 }));
     }
     for (let i = 0; i < 128; i++) floodSyn(big, floodSrc(1000 + i), 3000 + i, T0 + 1);
     expect(big.expire(T0 + 1 + 2000)).toHaveLength(64);
@@ -82,7 +72,7 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const e = makeEngine({ maxFlows: 16 });
     const app = { src: APP, dst: FAKE, sport: 40000, dport: 80 };
     const syn = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 100 }), T0));
-    const lis = { src: GW, dst: syn.src, sport: LISTEN, dport: syn.sport };
+    const lis = fromListener(syn);
     expect(parse(one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 9000, ack: 101 }), T0 + 1)).dst).toBe(APP);
     // While the SYN-ACK travels to the app and its ACK back, a flood turns the table over twice.
     for (let i = 0; i < 32; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 2);
@@ -103,7 +93,7 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const e = makeEngine({ maxFlows: 4 });
     const app = { src: APP, dst: FAKE, sport: 40001, dport: 80 };
     const syn = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 100 }), T0));
-    one(e, tcpPacket({ src: GW, dst: syn.src, sport: LISTEN, dport: syn.sport, flags: F.SYN | F.ACK, ack: 101 }), T0);
+    one(e, tcpPacket({ ...fromListener(syn), flags: F.SYN | F.ACK, ack: 101 }), T0);
     for (let i = 0; i < 8; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 1);
     expect(e.processPacket(tcpPacket({ ...app, flags: F.RST, seq: 101 }), T0 + 2)).toEqual([]);
     const late = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 1 }), T0 + 1 + 2000));
@@ -148,10 +138,7 @@ describe('early drop of half-open flows (SYN flood)', () => {
     for (let i = 0; i < 6; i++) {
       const fwd = parse(floodSyn(e, atk, 2000 + i, T0 + 1 + i)[0]);
       const synAck = tcpPacket({
-        src: GW,
-        dst: fwd.src,
-        sport: LISTEN,
-        dport: fwd.sport,
+        ...fromListener(fwd),
         flags: F.SYN | F.ACK,
         seq: 9,
         ack: 1001,
@@ -197,7 +184,7 @@ describe('per-source half-open cap', () => {
     // Another source is not affected.
     expect(parse(floodSyn(e, '10.9.0.2', 100)[0]).dport).toBe(LISTEN);
     // The first one completes its handshake: the source may open one more.
-    one(e, tcpPacket({ src: GW, dst: nat[0].src, sport: LISTEN, dport: nat[0].sport, flags: F.SYN | F.ACK, ack: 1 }));
+    one(e, tcpPacket({ ...fromListener(nat[0]), flags: F.SYN | F.ACK, ack: 1 }));
     one(e, tcpPacket({ src: a, dst: FAKE, sport: 100, dport: 80, flags: F.ACK }));
     expect(parse(floodSyn(e, a, 201)[0]).dport).toBe(LISTEN);
     expect(e.stats().halfOpenCapped).toBe(1);

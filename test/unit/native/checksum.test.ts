@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import { fromListener, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import {
   F,
   ipChecksumOk,
@@ -55,10 +55,7 @@ describe('checksums: incremental update (RFC 1624) vs full recomputation (RFC 10
             true,
           );
           const reply = tcpPacket({
-            src: GW,
-            dst: p.src,
-            sport: LISTEN,
-            dport: p.sport,
+            ...fromListener(p),
             flags: F.ACK | F.PSH,
             seq: ack,
             ack: seq,
@@ -92,7 +89,7 @@ describe('checksums: incremental update (RFC 1624) vs full recomputation (RFC 10
           else expect(p.l4Checksum).not.toBe(0);
           expect(ipChecksumOk(out) && l4ChecksumOk(out)).toBe(true);
           expect(sameModuloChecksumZero(out, withFreshChecksums(withAddrs(q, p.src, p.sport, GW, LISTEN)))).toBe(true);
-          const r = udpPacket({ src: GW, dst: p.src, sport: LISTEN, dport: p.sport, payload, noChecksum });
+          const r = udpPacket({ ...fromListener(p), payload, noChecksum });
           const back = one(e, r, T0 + 1);
           expect(parse(back).l4Checksum === 0).toBe(noChecksum);
           expect(sameModuloChecksumZero(back, withFreshChecksums(withAddrs(r, dst, dport, src, sport)))).toBe(true);

@@ -1,14 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, makeEngine, one, T0, TIMEOUTS } from './fixture.js';
+import { APP, FAKE, fromListener, makeEngine, one, T0, TIMEOUTS } from './fixture.js';
 import { F, ipChecksumOk, l4ChecksumOk, parse, tcpPacket, udpPacket } from './packets.js';
-
-const APP = '198.18.0.1';
-const FAKE = '198.18.2.2';
 
 function tcpFlow(e: ReturnType<typeof makeEngine>, sport: number, to: 'syn' | 'established' | 'fin' | 'closed') {
   const app = { src: APP, dst: FAKE, sport, dport: 80 };
   const f = parse(one(e, tcpPacket({ ...app, flags: F.SYN })));
-  const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+  const lis = fromListener(f);
   if (to !== 'syn') {
     one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK }));
     one(e, tcpPacket({ ...app, flags: F.ACK }));
@@ -79,7 +76,7 @@ describe('a TCP flow that times out while open resets the app (issue 15)', () =>
   const app = { src: APP, dst: FAKE, sport: 3000, dport: 80 };
   function established(e: ReturnType<typeof makeEngine>) {
     const f = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 1000 })));
-    const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+    const lis = fromListener(f);
     one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 5000, ack: 1001 }));
     one(e, tcpPacket({ ...app, flags: F.ACK, seq: 1001, ack: 5001 }));
     return { f, lis };
@@ -103,7 +100,7 @@ describe('a TCP flow that times out while open resets the app (issue 15)', () =>
   it('uses the app acknowledgement when it is the later one (serial order across the 2^32 wrap)', () => {
     const e = makeEngine();
     const f = parse(one(e, tcpPacket({ ...app, sport: 3001, flags: F.SYN, seq: 1 })));
-    const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+    const lis = fromListener(f);
     one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 0xfffffff0, ack: 2 }));
     one(e, tcpPacket({ ...app, sport: 3001, flags: F.ACK, seq: 2, ack: 0x00000010 }));
     const r = parse(e.expire(T0 + TIMEOUTS.tcpEstablishedMs)[0] as Buffer);

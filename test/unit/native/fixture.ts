@@ -5,6 +5,9 @@ export const GW = '198.18.0.1';
 export const LISTEN = 1313;
 export const DNS = 53;
 export const T0 = 1_700_000_000_000;
+/** An app's source (the kernel's source address for the fake range here is the gateway) and a fake destination. */
+export const APP = GW;
+export const FAKE = '198.18.2.2';
 
 export const TIMEOUTS = {
   tcpSynMs: 60_000,
@@ -40,4 +43,9 @@ export function one(e: NativeEngine, pkt: Buffer, now = T0): Buffer {
   if (out.length !== 1)
     throw new Error(`expected one packet out, got ${out.length}; stats ${JSON.stringify(e.stats())}`);
   return out[0];
+}
+
+/** The Listener's side of the NAT pair the engine wrote `fwd` to: a packet with these goes back to the app. */
+export function fromListener(fwd: { src: string; sport: number }) {
+  return { src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport };
 }

@@ -1,9 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import { APP, FAKE, fromListener, GW, makeEngine, one, T0 } from './fixture.js';
 import { F, ICMP, icmpPacket, ipChecksumOk, l4ChecksumOk, parse, tcpPacket, udpPacket } from './packets.js';
-
-const APP = '198.18.0.1';
-const FAKE = '198.18.2.2';
 
 describe('ICMP', () => {
   it.each(['198.18.2.2', '198.18.255.254', '198.18.0.2'])('answers an echo request to %s itself', (dst) => {
@@ -54,7 +51,7 @@ describe('ICMP', () => {
     const e = makeEngine();
     const q = udpPacket({ src: APP, dst: FAKE, sport: 5555, dport: 6666 });
     const f = parse(one(e, q));
-    const reply = udpPacket({ src: GW, dst: f.src, sport: LISTEN, dport: f.sport, payload: Buffer.from('pong') });
+    const reply = udpPacket({ ...fromListener(f), payload: Buffer.from('pong') });
     const delivered = one(e, reply);
     const err = icmpPacket({ src: APP, dst: FAKE, type: 3, code: 3, payload: delivered });
     const out = one(e, err);

@@ -11,7 +11,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, makeEngine, T0 } from './fixture.js';
+import { APP, FAKE, GW, LISTEN, makeEngine, T0 } from './fixture.js';
 import {
   F,
   finish,
@@ -31,8 +31,6 @@ import {
   withFreshChecksums,
 } from './packets.js';
 
-const APP = '198.18.0.1';
-const FAKE = '198.18.2.2';
 const NEEDS_CSUM = 1;
 const DATA_VALID = 2;
 const GSO_TCPV4 = 1;

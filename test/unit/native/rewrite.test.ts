@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DNS, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import { APP, DNS, FAKE, fromListener, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import {
   F,
   ipChecksumOk,
@@ -12,9 +12,6 @@ import {
   withAddrs,
   withFreshChecksums,
 } from './packets.js';
-
-const APP = '198.18.0.1';
-const FAKE = '198.18.2.2';
 
 describe('engine rewrite', () => {
   it('forwards a SYN to the Listener, records the flow first, and restores the reply', () => {
@@ -37,10 +34,7 @@ describe('engine rewrite', () => {
 
     // The Listener's SYN-ACK comes back as if from the fake destination.
     const synack = tcpPacket({
-      src: GW,
-      dst: fwd.src,
-      sport: LISTEN,
-      dport: fwd.sport,
+      ...fromListener(fwd),
       flags: F.SYN | F.ACK,
       seq: 999,
       ack: 112,
@@ -66,7 +60,7 @@ describe('engine rewrite', () => {
     const q = udpPacket({ src: '10.0.0.5', dst: FAKE, sport: 5000, dport: 443, payload: Buffer.from('hello') });
     const fwd = parse(one(e, q));
     expect(fwd.dport).toBe(LISTEN);
-    const reply = udpPacket({ src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport, payload: Buffer.from('world!') });
+    const reply = udpPacket({ ...fromListener(fwd), payload: Buffer.from('world!') });
     const back = one(e, reply, T0 + 5);
     expect(back.equals(withFreshChecksums(withAddrs(reply, FAKE, 443, '10.0.0.5', 5000)))).toBe(true);
     const f = e.lookup(17, fwd.src, fwd.sport);
@@ -93,7 +87,7 @@ describe('engine rewrite', () => {
     expect(fwd.dst).toBe(GW);
     expect(fwd.dport).toBe(5353);
     // A reply from the Listener port (not the DNS port) must not match this flow.
-    const wrong = udpPacket({ src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport });
+    const wrong = udpPacket(fromListener(fwd));
     if (proto === UDP) {
       expect(e.processPacket(wrong, T0)).toEqual([]);
       expect(e.stats().dropReverseNoFlow).toBe(1);
@@ -123,7 +117,7 @@ describe('engine rewrite', () => {
     const e = makeEngine();
     const app = { src: APP, dst: FAKE, sport: 3333, dport: 80 };
     const fwd = parse(one(e, tcpPacket({ ...app, flags: F.SYN })));
-    const lis = { src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport };
+    const lis = fromListener(fwd);
     one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK }));
     one(e, tcpPacket({ ...app, flags: F.ACK }));
     one(e, tcpPacket({ ...app, flags: F.FIN | F.ACK }));
@@ -145,7 +139,7 @@ describe('engine rewrite', () => {
   it('RST in either direction closes the flow with reason rst', () => {
     const e = makeEngine();
     const fwd = parse(one(e, tcpPacket({ src: APP, dst: FAKE, sport: 4444, dport: 80, flags: F.SYN })));
-    one(e, tcpPacket({ src: GW, dst: fwd.src, sport: LISTEN, dport: fwd.sport, flags: F.RST | F.ACK }));
+    one(e, tcpPacket({ ...fromListener(fwd), flags: F.RST | F.ACK }));
     expect(e.lookup(6, fwd.src, fwd.sport)?.state).toBe('closed');
     e.expire(T0 + 10_001);
     const ev = e.drainEvents();

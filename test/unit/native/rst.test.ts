@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
+import { fromListener, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
 import { F, parse, tcpPacket } from './packets.js';
 
 const APP = '10.1.0.2';
@@ -16,7 +16,7 @@ describe('RST sequence check (RFC 5961 3.2)', () => {
   /** Handshake with app ISN `isn` and Listener ISN 5000; returns the Listener's side of the flow. */
   function established(e: ReturnType<typeof makeEngine>, isn: number) {
     const f = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: isn })));
-    const lis = { src: GW, dst: f.src, sport: LISTEN, dport: f.sport };
+    const lis = fromListener(f);
     one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 5000, ack: (isn + 1) >>> 0 }));
     one(e, tcpPacket({ ...app, flags: F.ACK, seq: (isn + 1) >>> 0, ack: 5001 }));
     return { f, lis, state: () => e.lookup(6, f.src, f.sport)?.state };
