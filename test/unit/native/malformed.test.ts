@@ -14,46 +14,25 @@ function fixIp(b: Buffer): Buffer {
 const syn = () => tcpPacket({ src: A, dst: B, sport: 1000, dport: 80, flags: F.SYN });
 const udp = () => udpPacket({ src: A, dst: B, sport: 1000, dport: 80, payload: Buffer.from('abcd') });
 
+/** `b` with the byte at `off` set to `v`. */
+function withByte(b: Buffer, off: number, v: number): Buffer {
+  b[off] = v;
+  return b;
+}
+/** `b` with the 16-bit field at `off` set to `v`. */
+function withU16(b: Buffer, off: number, v: number): Buffer {
+  b.writeUInt16BE(v, off);
+  return b;
+}
+
 const cases: Array<[string, string, () => Buffer]> = [
   ['empty buffer', 'dropTruncated', () => Buffer.alloc(0)],
   ['shorter than an IPv4 header', 'dropTruncated', () => syn().subarray(0, 19)],
   ['total length beyond the buffer', 'dropTruncated', () => syn().subarray(0, 30)],
-  [
-    'version 5',
-    'dropBadVersion',
-    () => {
-      const b = syn();
-      b[0] = 0x55;
-      return b;
-    },
-  ],
-  [
-    'IPv6',
-    'dropIpv6',
-    () => {
-      const b = Buffer.alloc(40);
-      b[0] = 0x60;
-      return b;
-    },
-  ],
-  [
-    'IHL < 5',
-    'dropBadHeader',
-    () => {
-      const b = syn();
-      b[0] = 0x44;
-      return b;
-    },
-  ],
-  [
-    'total length < IHL',
-    'dropBadHeader',
-    () => {
-      const b = syn();
-      b.writeUInt16BE(12, 2);
-      return fixIp(b);
-    },
-  ],
+  ['version 5', 'dropBadVersion', () => withByte(syn(), 0, 0x55)],
+  ['IPv6', 'dropIpv6', () => withByte(Buffer.alloc(40), 0, 0x60)],
+  ['IHL < 5', 'dropBadHeader', () => withByte(syn(), 0, 0x44)],
+  ['total length < IHL', 'dropBadHeader', () => fixIp(withU16(syn(), 2, 12))],
   [
     'IP options',
     'dropIpOptions',
@@ -65,68 +44,16 @@ const cases: Array<[string, string, () => Buffer]> = [
     'dropFragment',
     () => udpPacket({ src: A, dst: B, sport: 1, dport: 2, flagsFrag: 0x0010 }),
   ],
-  [
-    'other protocol (GRE)',
-    'dropProtocol',
-    () => {
-      const b = udp();
-      b[9] = 47;
-      return fixIp(b);
-    },
-  ],
-  [
-    'TCP header cut short',
-    'dropTruncated',
-    () => {
-      const b = syn().subarray(0, 30);
-      b.writeUInt16BE(30, 2);
-      return fixIp(Buffer.from(b));
-    },
-  ],
-  [
-    'TCP data offset < 5',
-    'dropBadHeader',
-    () => {
-      const b = syn();
-      b[32] = 0x40;
-      return b;
-    },
-  ],
-  [
-    'TCP data offset past the end',
-    'dropTruncated',
-    () => {
-      const b = syn();
-      b[32] = 0xf0;
-      return b;
-    },
-  ],
-  [
-    'UDP length past the end',
-    'dropTruncated',
-    () => {
-      const b = udp();
-      b.writeUInt16BE(200, 24);
-      return b;
-    },
-  ],
-  [
-    'UDP length < 8',
-    'dropBadHeader',
-    () => {
-      const b = udp();
-      b.writeUInt16BE(4, 24);
-      return b;
-    },
-  ],
+  ['other protocol (GRE)', 'dropProtocol', () => fixIp(withByte(udp(), 9, 47))],
+  ['TCP header cut short', 'dropTruncated', () => fixIp(withU16(Buffer.from(syn().subarray(0, 30)), 2, 30))],
+  ['TCP data offset < 5', 'dropBadHeader', () => withByte(syn(), 32, 0x40)],
+  ['TCP data offset past the end', 'dropTruncated', () => withByte(syn(), 32, 0xf0)],
+  ['UDP length past the end', 'dropTruncated', () => withU16(udp(), 24, 200)],
+  ['UDP length < 8', 'dropBadHeader', () => withU16(udp(), 24, 4)],
   [
     'ICMP shorter than 8',
     'dropTruncated',
-    () => {
-      const b = icmpPacket({ src: A, dst: B, type: 8 }).subarray(0, 24);
-      b.writeUInt16BE(24, 2);
-      return fixIp(Buffer.from(b));
-    },
+    () => fixIp(withU16(Buffer.from(icmpPacket({ src: A, dst: B, type: 8 }).subarray(0, 24)), 2, 24)),
   ],
   [
     'TCP to the gateway itself',
