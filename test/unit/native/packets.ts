@@ -240,15 +240,15 @@ export function withFreshChecksums(b: Buffer): Buffer {
   return c;
 }
 
-/** Copy with addresses/ports replaced (checksums NOT fixed). */
-export function withAddrs(b: Buffer, src: string, sport: number, dst: string, dport: number): Buffer {
+/** Copy of `b` as a NAT rewrite should leave it: addresses/ports replaced, checksums recomputed in full. */
+export function rewritten(b: Buffer, src: string, sport: number, dst: string, dport: number): Buffer {
   const c = Buffer.from(b);
   const hl = (c[0] & 15) * 4;
   c.writeUInt32BE(ip4(src), 12);
   c.writeUInt32BE(ip4(dst), 16);
   c.writeUInt16BE(sport, hl);
   c.writeUInt16BE(dport, hl + 2);
-  return c;
+  return withFreshChecksums(c);
 }
 
 /**

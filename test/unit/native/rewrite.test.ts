@@ -1,17 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { APP, DNS, FAKE, fromListener, GW, LISTEN, makeEngine, one, T0 } from './fixture.js';
-import {
-  F,
-  ipChecksumOk,
-  l4ChecksumOk,
-  parse,
-  TCP,
-  tcpPacket,
-  UDP,
-  udpPacket,
-  withAddrs,
-  withFreshChecksums,
-} from './packets.js';
+import { F, ipChecksumOk, l4ChecksumOk, parse, rewritten, TCP, tcpPacket, UDP, udpPacket } from './packets.js';
 
 describe('engine rewrite', () => {
   it('forwards a SYN to the Listener, records the flow first, and restores the reply', () => {
@@ -40,7 +29,7 @@ describe('engine rewrite', () => {
       ack: 112,
     });
     const back = one(e, synack);
-    const expected = withFreshChecksums(withAddrs(synack, FAKE, 80, APP, 34567));
+    const expected = rewritten(synack, FAKE, 80, APP, 34567);
     expect(back.equals(expected)).toBe(true);
     expect(ipChecksumOk(back) && l4ChecksumOk(back)).toBe(true);
 
@@ -62,7 +51,7 @@ describe('engine rewrite', () => {
     expect(fwd.dport).toBe(LISTEN);
     const reply = udpPacket({ ...fromListener(fwd), payload: Buffer.from('world!') });
     const back = one(e, reply, T0 + 5);
-    expect(back.equals(withFreshChecksums(withAddrs(reply, FAKE, 443, '10.0.0.5', 5000)))).toBe(true);
+    expect(back.equals(rewritten(reply, FAKE, 443, '10.0.0.5', 5000))).toBe(true);
     const f = e.lookup(17, fwd.src, fwd.sport);
     expect(f).toMatchObject({
       state: 'udp',
