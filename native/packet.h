@@ -39,6 +39,34 @@ enum class ParseResult : uint8_t { Ok, Truncated, BadVersion, Ipv6, BadHeader };
 // The IP version nibble of a raw packet, or 0 when the buffer is empty.
 inline uint8_t ip_version(const uint8_t* buf, size_t len) { return len == 0 ? 0 : uint8_t(buf[0] >> 4); }
 
+// ---------------------------------------------------------------- view bases
+// What every header view below holds: the bytes it covers, which its parse()
+// proved to be in bounds (or new_unchecked() was told by a builder).
+class PacketView {
+ public:
+  uint8_t* data() const { return buf_; }
+  size_t len() const { return len_; }
+
+ protected:
+  PacketView() = default;
+  PacketView(uint8_t* buf, size_t len) : buf_(buf), len_(len) {}
+  uint8_t* buf_ = nullptr;
+  size_t len_ = 0;
+};
+
+// A view whose payload follows a header of header_len() bytes.
+class HeaderedView : public PacketView {
+ public:
+  size_t header_len() const { return hl_; }
+  uint8_t* payload() const { return buf_ + hl_; }
+  size_t payload_len() const { return len_ - hl_; }
+
+ protected:
+  HeaderedView() = default;
+  HeaderedView(uint8_t* buf, size_t len, size_t hl) : PacketView(buf, len), hl_(hl) {}
+  size_t hl_ = 0;
+};
+
 // ---------------------------------------------------------------- IPv4 (RFC 791)
 namespace ipv4 {
 constexpr size_t VER_IHL = 0;
@@ -57,7 +85,7 @@ constexpr uint16_t FLAG_MF = 0x2000;
 constexpr uint16_t OFFSET_MASK = 0x1fff;
 }  // namespace ipv4
 
-class Ipv4Packet {
+class Ipv4Packet : public HeaderedView {
  public:
   Ipv4Packet() = default;
 
@@ -74,9 +102,7 @@ class Ipv4Packet {
     size_t total = load_be16(buf + ipv4::LENGTH);
     if (total < hl) return ParseResult::BadHeader;
     if (total > len || hl > len) return ParseResult::Truncated;
-    out->buf_ = buf;
-    out->len_ = total;
-    out->hl_ = hl;
+    *out = Ipv4Packet(buf, total, hl);
     return ParseResult::Ok;
   }
 
@@ -89,24 +115,13 @@ class Ipv4Packet {
     size_t hl = size_t(buf[ipv4::VER_IHL] & 0x0f) * 4;
     if (hl < ipv4::MIN_HEADER_LEN) return ParseResult::BadHeader;
     if (hl + min_payload > len) return ParseResult::Truncated;
-    out->buf_ = buf;
-    out->len_ = len;  // what we hold, not the quoted total length
-    out->hl_ = hl;
+    *out = Ipv4Packet(buf, len, hl);  // len: what we hold, not the quoted total length
     return ParseResult::Ok;
   }
 
   // For building packets into a buffer the caller sized: no checks.
-  static Ipv4Packet new_unchecked(uint8_t* buf, size_t len) {
-    Ipv4Packet p;
-    p.buf_ = buf;
-    p.len_ = len;
-    p.hl_ = ipv4::MIN_HEADER_LEN;
-    return p;
-  }
+  static Ipv4Packet new_unchecked(uint8_t* buf, size_t len) { return Ipv4Packet(buf, len, ipv4::MIN_HEADER_LEN); }
 
-  uint8_t* data() const { return buf_; }
-  size_t len() const { return len_; }
-  size_t header_len() const { return hl_; }
   uint8_t tos() const { return buf_[ipv4::TOS]; }
   uint16_t total_len_field() const { return load_be16(buf_ + ipv4::LENGTH); }
   uint16_t ident() const { return load_be16(buf_ + ipv4::IDENT); }
@@ -133,13 +148,8 @@ class Ipv4Packet {
   void set_src(uint32_t a) { store_be32(buf_ + ipv4::SRC_ADDR, a); }
   void set_dst(uint32_t a) { store_be32(buf_ + ipv4::DST_ADDR, a); }
 
-  uint8_t* payload() const { return buf_ + hl_; }
-  size_t payload_len() const { return len_ - hl_; }
-
  private:
-  uint8_t* buf_ = nullptr;
-  size_t len_ = 0;
-  size_t hl_ = 0;
+  using HeaderedView::HeaderedView;
 };
 
 // ---------------------------------------------------------------- TCP (RFC 9293)
@@ -157,30 +167,19 @@ constexpr size_t MIN_HEADER_LEN = 20;
 constexpr uint8_t FIN = 0x01, SYN = 0x02, RST = 0x04, PSH = 0x08, ACK = 0x10, URG = 0x20;
 }  // namespace tcp
 
-class TcpPacket {
+class TcpPacket : public HeaderedView {
  public:
+  TcpPacket() = default;
   // `len` is the IP payload length; the data offset must fit inside it.
   static ParseResult parse(uint8_t* buf, size_t len, TcpPacket* out) {
     if (len < tcp::MIN_HEADER_LEN) return ParseResult::Truncated;
     size_t hl = size_t(buf[tcp::DATA_OFF] >> 4) * 4;
     if (hl < tcp::MIN_HEADER_LEN) return ParseResult::BadHeader;
     if (hl > len) return ParseResult::Truncated;
-    out->buf_ = buf;
-    out->len_ = len;
-    out->hl_ = hl;
+    *out = TcpPacket(buf, len, hl);
     return ParseResult::Ok;
   }
-  static TcpPacket new_unchecked(uint8_t* buf, size_t len) {
-    TcpPacket p;
-    p.buf_ = buf;
-    p.len_ = len;
-    p.hl_ = tcp::MIN_HEADER_LEN;
-    return p;
-  }
-  uint8_t* data() const { return buf_; }
-  size_t len() const { return len_; }
-  size_t header_len() const { return hl_; }
-  size_t payload_len() const { return len_ - hl_; }
+  static TcpPacket new_unchecked(uint8_t* buf, size_t len) { return TcpPacket(buf, len, tcp::MIN_HEADER_LEN); }
   uint16_t src_port() const { return load_be16(buf_ + tcp::SRC_PORT); }
   uint16_t dst_port() const { return load_be16(buf_ + tcp::DST_PORT); }
   uint32_t seq() const { return load_be32(buf_ + tcp::SEQ_NUM); }
@@ -200,9 +199,7 @@ class TcpPacket {
   void set_checksum(uint16_t v) { store_be16(buf_ + tcp::CHECKSUM, v); }
 
  private:
-  uint8_t* buf_ = nullptr;
-  size_t len_ = 0;
-  size_t hl_ = 0;
+  using HeaderedView::HeaderedView;
 };
 
 // ---------------------------------------------------------------- UDP (RFC 768)
@@ -214,20 +211,18 @@ constexpr size_t CHECKSUM = 6;
 constexpr size_t HEADER_LEN = 8;
 }  // namespace udp
 
-class UdpPacket {
+class UdpPacket : public PacketView {
  public:
+  UdpPacket() = default;
   // `len` is the IP payload length; the UDP length field must be within it.
   static ParseResult parse(uint8_t* buf, size_t len, UdpPacket* out) {
     if (len < udp::HEADER_LEN) return ParseResult::Truncated;
     size_t ulen = load_be16(buf + udp::LENGTH);
     if (ulen < udp::HEADER_LEN) return ParseResult::BadHeader;
     if (ulen > len) return ParseResult::Truncated;
-    out->buf_ = buf;
-    out->len_ = ulen;
+    *out = UdpPacket(buf, ulen);
     return ParseResult::Ok;
   }
-  uint8_t* data() const { return buf_; }
-  size_t len() const { return len_; }
   uint16_t src_port() const { return load_be16(buf_ + udp::SRC_PORT); }
   uint16_t dst_port() const { return load_be16(buf_ + udp::DST_PORT); }
   uint16_t checksum() const { return load_be16(buf_ + udp::CHECKSUM); }
@@ -236,8 +231,7 @@ class UdpPacket {
   void set_checksum(uint16_t v) { store_be16(buf_ + udp::CHECKSUM, v); }
 
  private:
-  uint8_t* buf_ = nullptr;
-  size_t len_ = 0;
+  using PacketView::PacketView;
 };
 
 // ---------------------------------------------------------------- ICMPv4 (RFC 792)
@@ -253,22 +247,15 @@ constexpr uint8_t CODE_PORT_UNREACH = 3;
 constexpr size_t QUOTED_L4_MIN = 8;
 }  // namespace icmp
 
-class IcmpPacket {
+class IcmpPacket : public HeaderedView {
  public:
+  IcmpPacket() = default;
   static ParseResult parse(uint8_t* buf, size_t len, IcmpPacket* out) {
     if (len < icmp::HEADER_LEN) return ParseResult::Truncated;
-    out->buf_ = buf;
-    out->len_ = len;
+    *out = IcmpPacket(buf, len, icmp::HEADER_LEN);
     return ParseResult::Ok;
   }
-  static IcmpPacket new_unchecked(uint8_t* buf, size_t len) {
-    IcmpPacket p;
-    p.buf_ = buf;
-    p.len_ = len;
-    return p;
-  }
-  uint8_t* data() const { return buf_; }
-  size_t len() const { return len_; }
+  static IcmpPacket new_unchecked(uint8_t* buf, size_t len) { return IcmpPacket(buf, len, icmp::HEADER_LEN); }
   uint8_t type() const { return buf_[icmp::TYPE]; }
   uint8_t code() const { return buf_[icmp::CODE]; }
   uint16_t type_code_word() const { return load_be16(buf_ + icmp::TYPE); }
@@ -279,12 +266,9 @@ class IcmpPacket {
   }
   void set_rest(uint32_t v) { store_be32(buf_ + icmp::REST, v); }
   void set_checksum(uint16_t v) { store_be16(buf_ + icmp::CHECKSUM, v); }
-  uint8_t* payload() const { return buf_ + icmp::HEADER_LEN; }
-  size_t payload_len() const { return len_ - icmp::HEADER_LEN; }
 
  private:
-  uint8_t* buf_ = nullptr;
-  size_t len_ = 0;
+  using HeaderedView::HeaderedView;
 };
 
 // Ports of a TCP or UDP header quoted in an ICMP error: both protocols put
@@ -321,14 +305,14 @@ constexpr uint8_t F_DATA_VALID = 2;  // checksum verified: treat it as complete
 constexpr uint8_t GSO_NONE = 0, GSO_TCPV4 = 1, GSO_UDP = 3, GSO_TCPV6 = 4, GSO_UDP_L4 = 5, GSO_ECN = 0x80;
 }  // namespace vnet
 
-class VnetHdr {
+class VnetHdr : public PacketView {
  public:
+  VnetHdr() = default;
   static ParseResult parse(uint8_t* buf, size_t len, VnetHdr* out) {
     if (len < vnet::HEADER_LEN) return ParseResult::Truncated;
-    out->buf_ = buf;
+    *out = VnetHdr(buf, vnet::HEADER_LEN);
     return ParseResult::Ok;
   }
-  uint8_t* data() const { return buf_; }
   uint8_t flags() const { return buf_[vnet::FLAGS]; }
   bool needs_csum() const { return (flags() & vnet::F_NEEDS_CSUM) != 0; }
   bool data_valid() const { return (flags() & vnet::F_DATA_VALID) != 0; }
@@ -341,7 +325,7 @@ class VnetHdr {
   void clear() { std::memset(buf_, 0, vnet::HEADER_LEN); }
 
  private:
-  uint8_t* buf_ = nullptr;
+  using PacketView::PacketView;
 };
 
 // ---------------------------------------------------------------- keys
@@ -389,6 +373,15 @@ struct NatKey {
   uint8_t proto;
   Family family;
   bool operator==(const NatKey& o) const { return std::memcmp(this, &o, sizeof *this) == 0; }
+  // Zero-initialised, like FlowKey::v4.
+  static NatKey v4(uint32_t addr, uint16_t port, uint8_t proto) {
+    NatKey k{};
+    k.addr = IpAddr::v4(addr);
+    k.port = port;
+    k.proto = proto;
+    k.family = Family::V4;
+    return k;
+  }
 };
 static_assert(sizeof(NatKey) == 20, "NatKey must have no implicit padding");
 
