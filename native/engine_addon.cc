@@ -388,11 +388,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       ThrowArg(env, "lookup(proto: 6 | 17, natIp: dotted quad, natPort: 0..65535)");
       return env.Undefined();
     }
-    fp::NatKey k{};
-    k.addr = fp::IpAddr::v4(ip);
-    k.port = port;
-    k.proto = proto;
-    k.family = fp::Family::V4;
+    const fp::NatKey k = fp::NatKey::v4(ip, port, proto);
     fp::Flow copy;
     {
       std::lock_guard<std::mutex> g(engine_->mutex());
@@ -423,11 +419,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       ThrowArg(env, "lookupPacked: natIp must be an IPv4 address as an unsigned 32-bit integer");
       return env.Undefined();
     }
-    fp::NatKey k{};
-    k.addr = fp::IpAddr::v4(static_cast<uint32_t>(ipd));
-    k.port = port;
-    k.proto = proto;
-    k.family = fp::Family::V4;
+    const fp::NatKey k = fp::NatKey::v4(static_cast<uint32_t>(ipd), port, proto);
     double* out = info[3].As<Napi::Float64Array>().Data();
     {
       std::lock_guard<std::mutex> g(engine_->mutex());

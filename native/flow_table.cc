@@ -510,14 +510,7 @@ Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* wh
     return nullptr;
   }
   NatAllocator& al = alloc_for(k.proto);
-  auto live = [&](uint32_t a, uint16_t p) {
-    NatKey nk{};
-    nk.addr = IpAddr::v4(a);
-    nk.port = p;
-    nk.proto = k.proto;
-    nk.family = Family::V4;
-    return find_nat(nk) != nullptr;
-  };
+  auto live = [&](uint32_t a, uint16_t p) { return find_nat(NatKey::v4(a, p, k.proto)) != nullptr; };
   uint32_t addr;
   uint16_t port;
   if (!al.next(now, live, &addr, &port, c_)) {
