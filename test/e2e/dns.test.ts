@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { createTopology, type Topology } from './harness/topology.js';
+import { createTopology, inRange, type Topology } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
-const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
 
 describe.skipIf(skip)('fake-IP DNS end to end (dig, dnsmasq upstream)', () => {
   let t: Topology;

@@ -13,6 +13,7 @@ import {
   createTopology,
   ECHO_PORT,
   HTTP_PORT,
+  inRange,
   startDaemonIn,
   type Topology,
   tmpFile,
@@ -20,7 +21,6 @@ import {
 
 const skip = e2eUnavailableReason();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
 
 interface FlowHash {
   key: string;
@@ -124,6 +124,24 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
   const PORT = 6390;
   const URL = `redis://127.0.0.1:${PORT}`;
   const echoFlows = (hs: FlowHash[], apps: string[]) => hs.filter((h) => apps.includes(h.app));
+  /** Polls the flow hashes of the echo clients `apps` until `ok` holds for them; returns them (throws with the last read). */
+  const untilEchoFlows = async (
+    what: string,
+    apps: string[],
+    ok: (hs: FlowHash[]) => boolean | Promise<boolean>,
+    timeoutMs = 10_000,
+  ): Promise<FlowHash[]> => {
+    let last: FlowHash[] = [];
+    return until(
+      what,
+      async () => {
+        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), apps);
+        return (await ok(last)) ? last : undefined;
+      },
+      timeoutMs,
+      () => last,
+    );
+  };
 
   beforeAll(async () => {
     t = await createTopology();
@@ -136,15 +154,10 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
 
   it('20 live connections: 20 flow hashes with the name and growing bytes; nat ls shows them; gone after close + linger', async () => {
     const c = await openEchoClients(t, t.client, 20);
-    let last: FlowHash[] = [];
-    const first = await until(
+    const first = await untilEchoFlows(
       '20 echo flow hashes with outbound and bytes',
-      async () => {
-        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), c.apps);
-        return last.length === 20 && last.every((h) => h.outbound !== '' && h.bytesOut > 0) ? last : undefined;
-      },
-      10_000,
-      () => last,
+      c.apps,
+      (last) => last.length === 20 && last.every((h) => h.outbound !== '' && h.bytesOut > 0),
     );
     // One hash per connection, keyed fakeproxy:{gw1}:flow:tcp:<id>.
     expect(new Set(first.map((h) => h.app))).toEqual(new Set(c.apps));
@@ -162,19 +175,13 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
 
     // Byte counters keep growing while the clients write (refreshed at least every second).
     const before = new Map(first.map((h) => [h.key, h]));
-    await until(
-      'every flow hash to show more bytes both ways than the first read',
-      async () => {
-        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), c.apps);
-        const grown = last.filter((h) => {
-          const b = before.get(h.key);
-          return b !== undefined && h.bytesOut > b.bytesOut && h.bytesIn > b.bytesIn;
-        });
-        return grown.length === 20 ? true : undefined;
-      },
-      10_000,
-      () => last,
-    );
+    await untilEchoFlows('every flow hash to show more bytes both ways than the first read', c.apps, (last) => {
+      const grown = last.filter((h) => {
+        const b = before.get(h.key);
+        return b !== undefined && h.bytesOut > b.bytesOut && h.bytesIn > b.bytesIn;
+      });
+      return grown.length === 20;
+    });
 
     // fakeproxy nat ls: a table with 20 rows naming echo.test:9000.
     const ls = await runCli(t.client, ['nat', 'ls', '--redis', URL]);
@@ -210,15 +217,7 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
 
     // Close them: after the engine's closed-state linger, hashes and index members are gone.
     await c.close();
-    await until(
-      'the 20 echo flow hashes to disappear',
-      async () => {
-        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), c.apps);
-        return last.length === 0 ? true : undefined;
-      },
-      30_000,
-      () => last,
-    );
+    await untilEchoFlows('the 20 echo flow hashes to disappear', c.apps, (last) => last.length === 0, 30_000);
     const after = (await rcli(t.client, PORT, ['ZRANGE', 'fakeproxy:{gw1}:flows', '0', '-1']))
       .split('\n')
       .filter(Boolean);
@@ -293,16 +292,7 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
       await t.client.exec('dig', ['+short', '+time=2', '+tries=1', '@198.18.0.1', 'before.outage.test'])
     ).stdout.trim();
     expect(inRange(before)).toBe(true);
-    let last: FlowHash[] = [];
-    await until(
-      'the 10 echo flows in Redis',
-      async () => {
-        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), [...stay.apps, ...leave.apps]);
-        return last.length === 10 ? true : undefined;
-      },
-      10_000,
-      () => last,
-    );
+    await untilEchoFlows('the 10 echo flows in Redis', [...stay.apps, ...leave.apps], (last) => last.length === 10);
 
     await killRedis(redis);
     await daemon.waitFor(/redis mirror: lost connection to redis:\/\/127\.0\.0\.1:6390/, 10_000);
@@ -329,18 +319,10 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
       during: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:{gw1}:dns:name', 'during.outage.test'])).trim(),
       reverse: (await rcli(t.client, PORT, ['HGET', 'fakeproxy:{gw1}:dns:ip', during])).trim(),
     });
-    await until(
-      'the live flows and the DNS map back in the restarted Redis',
-      async () => {
-        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), stay.apps);
-        const m = await dnsMap();
-        return last.length === 5 && m.before === before && m.during === during && m.reverse === 'during.outage.test'
-          ? true
-          : undefined;
-      },
-      10_000,
-      () => last,
-    );
+    await untilEchoFlows('the live flows and the DNS map back in the restarted Redis', stay.apps, async (last) => {
+      const m = await dnsMap();
+      return last.length === 5 && m.before === before && m.during === during && m.reverse === 'during.outage.test';
+    });
     // Complete and nothing else: the live echo flows, with their names; no row
     // for a flow that closed during the outage (the 5 that left, the curls).
     const all = await flowHashes(t.client, PORT, 'gw1');
@@ -360,31 +342,17 @@ describe.skipIf(skip)('Redis mirror of the NAT table and fake-IP map (redis-serv
   it('Redis restarted with its old data (SAVE before the kill): the resync deletes the rows of flows that closed meanwhile', async () => {
     const stay = await openEchoClients(t, t.client, 2);
     const leave = await openEchoClients(t, t.client, 3);
-    let last: FlowHash[] = [];
-    await until(
-      'the 5 echo flows in Redis',
-      async () => {
-        last = echoFlows(await flowHashes(t.client, PORT, 'gw1'), [...stay.apps, ...leave.apps]);
-        return last.length === 5 ? true : undefined;
-      },
-      10_000,
-      () => last,
-    );
+    await untilEchoFlows('the 5 echo flows in Redis', [...stay.apps, ...leave.apps], (last) => last.length === 5);
     // Snapshot (dump.rdb in t.tmp, loaded by the next start): the 3 that will leave are in it.
     expect((await rcli(t.client, PORT, ['SAVE'])).trim()).toBe('OK');
     await killRedis(redis);
     await leave.close();
     await sleep(13_000); // past the engine's 10 s closed-state linger
     redis = await startRedis(t.client, t, PORT);
-    await until(
+    await untilEchoFlows(
       'exactly the 2 live echo flows in the restarted Redis',
-      async () => {
-        const hs = await flowHashes(t.client, PORT, 'gw1');
-        last = echoFlows(hs, [...stay.apps, ...leave.apps]);
-        return last.length === 2 && last.every((h) => stay.apps.includes(h.app)) ? true : undefined;
-      },
-      10_000,
-      () => last,
+      [...stay.apps, ...leave.apps],
+      (last) => last.length === 2 && last.every((h) => stay.apps.includes(h.app)),
     );
     const all = await flowHashes(t.client, PORT, 'gw1');
     expect(all.map((h) => h.app).sort()).toEqual([...stay.apps].sort());

@@ -2,13 +2,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { danteConf, tinyproxyConf } from '../support/confs.js';
-import { runCli } from './harness/daemon.js';
+import { type DaemonProc, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import {
   capture,
   createTopology,
   ECHO_PORT,
+  eventually,
   HTTP_PORT,
+  inRange,
   type Topology,
   tmpFile,
   waitListening,
@@ -17,22 +19,6 @@ import {
 const skip = e2eUnavailableReason();
 /** A literal string as a RegExp source. */
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
-
-/** Polls `read()` until `done` holds (a RegExp or a predicate); returns the last value either way (the assertion decides). */
-async function eventually(
-  read: () => string,
-  done: RegExp | ((s: string) => boolean),
-  timeoutMs = 5000,
-): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  const ok = typeof done === 'function' ? done : (s: string) => done.test(s);
-  for (;;) {
-    const s = read();
-    if (ok(s) || Date.now() > deadline) return s;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /**
  * curl failed because the connection was reset, not because it timed out (28): 56 = reset after the request,
@@ -64,6 +50,24 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
   const daemonWith = async (upstream: string) => {
     if (t.daemon) expect(await t.daemon.stop(), `previous daemon's exit:\n${t.daemon.output}`).toBe(0);
     return t.startDaemon(['--upstream', upstream]);
+  };
+  /** The one line the daemon logged about `dest` once it logged `code`. */
+  const oneLine = async (d: DaemonProc, code: string, dest: string): Promise<string> => {
+    const lines = (
+      await eventually(
+        () => d.stderr,
+        (s) => s.includes(code),
+      )
+    )
+      .split('\n')
+      .filter((l) => l.includes(dest));
+    expect(lines).toHaveLength(1);
+    return lines[0] as string;
+  };
+  /** curl to the origin host's closed port is reset; returns the one line the daemon logged about it (`code`). */
+  const closedPortReset = async (d: DaemonProc, code: string): Promise<string> => {
+    expectReset(await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${CLOSED_PORT}/`]));
+    return oneLine(d, code, `origin.test:${CLOSED_PORT}`);
   };
   /** Downloads /big?mib=64 in the client namespace; returns curl's exit status and the body's sha256. */
   const bigSha = async () => {
@@ -144,12 +148,7 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
 
     // The origin host refuses the port: microsocks answers REP 5, the app is reset, the log says why.
     const d = t.daemon as NonNullable<Topology['daemon']>;
-    expectReset(await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${CLOSED_PORT}/`]));
-    const line = (await eventually(() => d.stderr, /ESOCKS5_REFUSED/))
-      .split('\n')
-      .filter((l) => l.includes(`origin.test:${CLOSED_PORT}`));
-    expect(line).toHaveLength(1);
-    expect(line[0]).toMatch(
+    expect(await closedPortReset(d, 'ESOCKS5_REFUSED')).toMatch(
       new RegExp(`via socks5://${esc(t.upstreamIp)}:${SOCKS}: ESOCKS5_REFUSED: .*RFC 1928 REP 5`),
     );
     expect(d.child.exitCode).toBeNull();
@@ -167,11 +166,9 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
     const bad = await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${HTTP_PORT}/hello`]);
     expectReset(bad);
     const label = `socks5://${t.upstreamIp}:${SOCKS_AUTH}`;
-    const out = await eventually(() => d.stderr, /ESOCKS5_AUTH_FAILED/);
-    const lines = out.split('\n').filter((l) => l.includes(`origin.test:${HTTP_PORT}`));
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toContain(`via ${label}`);
-    expect(lines[0]).toMatch(/ESOCKS5_AUTH_FAILED.*rejected user "user"/);
+    const line = await oneLine(d, 'ESOCKS5_AUTH_FAILED', `origin.test:${HTTP_PORT}`);
+    expect(line).toContain(`via ${label}`);
+    expect(line).toMatch(/ESOCKS5_AUTH_FAILED.*rejected user "user"/);
     expect(d.output).not.toContain('wrong'); // the password never reaches the log
   });
 
@@ -182,7 +179,7 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
     expect(big.sha).toBe(t.bigSha256);
     const log = await eventually(
       () => (existsSync(tinyLog) ? readFileSync(tinyLog, 'utf8') : ''),
-      new RegExp(`CONNECT origin\\.test:${HTTP_PORT} `),
+      (s) => s.includes(`CONNECT origin.test:${HTTP_PORT} `),
     );
     expect(log).toMatch(
       new RegExp(`Request \\(file descriptor \\d+\\): CONNECT origin\\.test:${HTTP_PORT} HTTP/1\\.1`),
@@ -191,12 +188,9 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
 
     // A port outside tinyproxy's ConnectPort list: 403, mapped to a reset and one log line with the status.
     const d = t.daemon as NonNullable<Topology['daemon']>;
-    expectReset(await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${CLOSED_PORT}/`]));
-    const line = (await eventually(() => d.stderr, /EHTTP_PROXY_STATUS/))
-      .split('\n')
-      .filter((l) => l.includes(`origin.test:${CLOSED_PORT}`));
-    expect(line).toHaveLength(1);
-    expect(line[0]).toMatch(/via http:\/\/.*: EHTTP_PROXY_STATUS: .*answered 403/);
+    expect(await closedPortReset(d, 'EHTTP_PROXY_STATUS')).toMatch(
+      /via http:\/\/.*: EHTTP_PROXY_STATUS: .*answered 403/,
+    );
   });
 
   it('direct: 64 MiB intact; a refused destination port resets the app', async () => {
@@ -204,12 +198,7 @@ describe.skipIf(skip)('TCP end to end: curl by name → TUN → Listener → out
     const big = await bigSha();
     expect(big.code).toBe(0);
     expect(big.sha).toBe(t.bigSha256);
-    expectReset(await t.client.exec('curl', ['-sS', '--max-time', '3', `http://origin.test:${CLOSED_PORT}/`]));
-    const line = (await eventually(() => d.stderr, /ECONNREFUSED/))
-      .split('\n')
-      .filter((l) => l.includes(`origin.test:${CLOSED_PORT}`));
-    expect(line).toHaveLength(1);
-    expect(line[0]).toMatch(
+    expect(await closedPortReset(d, 'ECONNREFUSED')).toMatch(
       new RegExp(`tcp origin\\.test:${CLOSED_PORT} via direct: ECONNREFUSED: .*${esc(t.upstreamIp)}:${CLOSED_PORT}`),
     );
   });

@@ -9,10 +9,9 @@ import { afterAll, beforeAll, expect } from 'vitest';
 import { type DaemonProc, ROOT, runCli } from './daemon.js';
 import type { Netns } from './netns.js';
 import { output, rcli, until } from './redis.js';
-import { addClient, createTopology, ECHO_PORT, startDaemonIn, type Topology, tmpFile } from './topology.js';
+import { addClient, createTopology, ECHO_PORT, inRange, startDaemonIn, type Topology, tmpFile } from './topology.js';
 
 const RESOLVE = join(ROOT, 'test/e2e/fixtures/resolve-paced.mjs');
-export const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
 
 export interface Resolved {
   answers: [name: string, ip: string, ms: number][];

@@ -13,6 +13,9 @@ import { dnsmasqArgs } from '../../support/confs.js';
 import { DaemonProc, ROOT } from './daemon.js';
 import { Netns, vethPair } from './netns.js';
 
+/** A fake address the daemon hands out: in 198.18.0.0/16, neither the network nor the gateway. */
+export const inRange = (ip: string) => /^198\.18\.\d+\.\d+$/.test(ip) && ip !== '198.18.0.1' && ip !== '198.18.0.0';
+
 export const HTTP_PORT = 8080;
 export const ECHO_PORT = 9000;
 
