@@ -271,48 +271,59 @@ process.stdin.on('data', (d) => s.write(d));`,
     }
   }, 90_000);
 
-  it('TCP DNS slowloris (1 000 idle connections from one source): ≥ 99 % of another source’s TCP queries answered', async () => {
+  /**
+   * The daemon restarted with the LAN sources; dnsload `attackArgs` from the
+   * attacker until the DNS status counter `counter` moves, then dnsload
+   * `queryArgs` from the client. Asserts what every DNS attack must leave:
+   * ≥ 99 % of the other source's queries answered, RSS grown < 100 MiB.
+   */
+  const dnsUnderAttack = async (
+    what: string,
+    attackArgs: (string | number)[],
+    counter: 'tcpPerClientRefused' | 'udpRateLimited',
+    queryArgs: (string | number)[],
+  ) => {
     const pid = await restart(lans.flatMap((l) => ['--lan', l]));
     const rssBefore = rssMiB(pid);
-    const loris = attack(attacker, 'node', [LOAD, 'slowloris', GW, 53, 1000, 40]);
+    const a = attack(attacker, 'node', [LOAD, ...attackArgs]);
     // Let the attacker fill what it can, then query from the other source.
-    await expect
-      .poll(async () => (await status()).dns.tcpPerClientRefused, { timeout: 8000, interval: 200 })
-      .toBeGreaterThan(0);
-    const q = await load(client, ['tcpq', GW, 53, 1000]);
+    await expect.poll(async () => (await status()).dns[counter], { timeout: 8000, interval: 200 }).toBeGreaterThan(0);
+    const q = await load(client, queryArgs);
     const st = await status();
     const rssAfter = rssMiB(pid);
-    expect(loris.over(), 'the attack ended before the queries').toBe(false);
-    const atk = JSON.parse(await loris.stop()) as { opened: number; closed: number };
+    const rss = `RSS ${rssBefore.toFixed(0)} → ${rssAfter.toFixed(0)} MiB`;
+    expect(a.over(), 'the attack ended before the queries').toBe(false);
+    const report = JSON.parse(await a.stop());
     console.info(
-      `TCP DNS slowloris: ${q.answered}/${q.sent} answered; attacker opened ${atk.opened}; refused ${st.dns.tcpPerClientRefused}, evicted ${st.dns.tcpEvicted}; RSS ${rssBefore.toFixed(0)} → ${rssAfter.toFixed(0)} MiB`,
+      `${what}: ${q.answered}/${q.sent} answered; attacker ${JSON.stringify(report)}; dns counters ${JSON.stringify(st.dns)}; ${rss}`,
     );
-    expect(atk.opened).toBeGreaterThanOrEqual(1000);
-    expect(q.answered / q.sent, JSON.stringify({ q, dns: st.dns })).toBeGreaterThanOrEqual(0.99);
-    expect(st.dns.tcpPerClientRefused).toBeGreaterThan(900);
-    expect(rssAfter - rssBefore, `RSS ${rssBefore.toFixed(0)} → ${rssAfter.toFixed(0)} MiB`).toBeLessThan(100);
+    expect(q.answered / q.sent, JSON.stringify({ q, attacker: report, dns: st.dns })).toBeGreaterThanOrEqual(0.99);
+    expect(rssAfter - rssBefore, rss).toBeLessThan(100);
+    return { dns: st.dns, report };
+  };
+
+  it('TCP DNS slowloris (1 000 idle connections from one source): ≥ 99 % of another source’s TCP queries answered', async () => {
+    const { dns, report } = await dnsUnderAttack(
+      'TCP DNS slowloris',
+      ['slowloris', GW, 53, 1000, 40],
+      'tcpPerClientRefused',
+      ['tcpq', GW, 53, 1000],
+    );
+    expect((report as { opened: number }).opened).toBeGreaterThanOrEqual(1000);
+    expect(dns.tcpPerClientRefused).toBeGreaterThan(900);
   }, 90_000);
 
   it('UDP DNS flood from one source: the source is rate-limited (counted) and ≥ 99 % of another source’s queries are answered', async () => {
-    const pid = await restart(lans.flatMap((l) => ['--lan', l]));
-    const rssBefore = rssMiB(pid);
     // At most 40 s and 5 000 000 queries (stopped once the other client is done).
-    const flood = attack(attacker, 'node', [LOAD, 'udpflood', GW, 53, 40, 5_000_000]);
-    await expect
-      .poll(async () => (await status()).dns.udpRateLimited, { timeout: 8000, interval: 200 })
-      .toBeGreaterThan(0);
-    const q = await load(client, ['udpq', GW, 53, 500, 100]);
-    const st = await status();
-    const rssAfter = rssMiB(pid);
-    expect(flood.over(), 'the flood ended before the queries').toBe(false);
-    const f = JSON.parse(await flood.stop()) as { sent: number; answered: number };
-    console.info(
-      `UDP DNS flood: ${q.answered}/${q.sent} answered; flood sent ${f.sent}, answered ${f.answered}, rate-limited ${st.dns.udpRateLimited}, dns counters ${JSON.stringify(st.dns)}; RSS ${rssBefore.toFixed(0)} → ${rssAfter.toFixed(0)} MiB`,
-    );
-    expect(q.answered / q.sent, JSON.stringify({ q, flood: f, dns: st.dns })).toBeGreaterThanOrEqual(0.99);
+    const { dns } = await dnsUnderAttack('UDP DNS flood', ['udpflood', GW, 53, 40, 5_000_000], 'udpRateLimited', [
+      'udpq',
+      GW,
+      53,
+      500,
+      100,
+    ]);
     // The flood gets at most its bucket (1 000/s after a 2 000 burst); the rest is refused and counted.
-    expect(st.dns.udpRateLimited).toBeGreaterThan(10_000);
-    expect(rssAfter - rssBefore, `RSS ${rssBefore.toFixed(0)} → ${rssAfter.toFixed(0)} MiB`).toBeLessThan(100);
+    expect(dns.udpRateLimited).toBeGreaterThan(10_000);
   }, 90_000);
 
   it('out of file descriptors: the log names EMFILE once per 10 s with counts, status answers or says why (exit 1), and it recovers', async () => {
