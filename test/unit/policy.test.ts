@@ -116,38 +116,27 @@ describe('PolicyRouting', () => {
     const f = fake(
       '0:\tfrom all lookup local\n9001:\tfrom all to 10.0.0.0/8 lookup main\n32766:\tfrom all lookup main\n',
     );
-    const p = new PolicyRouting({
-      tun: 'fp0',
-      mark: 0x2d0,
-      table: 2022,
-      priority: 9000,
-      excluded: ['10.0.0.0/8', '192.0.2.1/32'],
-      ip: f.ip,
-      nft: f.nft,
-      journal: f.journal,
-    });
+    const p = make(f, { mark: 0x2d0, excluded: ['10.0.0.0/8', '192.0.2.1/32'] });
     p.install();
-    expect(f.calls).toEqual([
-      'ip -4 rule show',
-      'ip -4 rule del pref 9001',
-      'ip -4 route flush table 2022',
-      'nft delete table ip fakeproxy_fp0',
+    const added = [
       'ip -4 route add default dev fp0 table 2022',
       'ip -4 rule add pref 9000 fwmark 0x2d0 lookup main',
       'ip -4 rule add pref 9001 to 10.0.0.0/8 lookup main',
       'ip -4 rule add pref 9001 to 192.0.2.1/32 lookup main',
       'ip -4 rule add pref 9009 lookup 2022',
+    ];
+    expect(f.calls).toEqual([
+      'ip -4 rule show',
+      'ip -4 rule del pref 9001',
+      'ip -4 route flush table 2022',
+      'nft delete table ip fakeproxy_fp0',
+      ...added,
     ]);
     expect(f.journal.changes).toHaveLength(5);
     f.calls.length = 0;
     p.remove();
-    expect(f.calls).toEqual([
-      'ip -4 rule del pref 9009 lookup 2022',
-      'ip -4 rule del pref 9001 to 192.0.2.1/32 lookup main',
-      'ip -4 rule del pref 9001 to 10.0.0.0/8 lookup main',
-      'ip -4 rule del pref 9000 fwmark 0x2d0 lookup main',
-      'ip -4 route del default dev fp0 table 2022',
-    ]);
+    // Each addition undone, newest first.
+    expect(f.calls).toEqual(added.map((c) => c.replace(' add ', ' del ')).reverse());
     expect(f.journal.changes).toHaveLength(0);
     f.calls.length = 0;
     p.remove();
