@@ -73,16 +73,18 @@ struct RelayDir {
   std::atomic<uint64_t> bytes{0};
 };
 
-// A SOCKS5 handshake in progress (relay.h Socks5Plan).
-struct Socks5Run {
-  enum Stage : uint8_t { kTcp, kMethod, kAuth, kHead, kRest };
-  Socks5Plan plan;
+// A proxy handshake in progress (relay.h ProxyPlan).
+struct ProxyRun {
+  // kTcp: connecting; SOCKS5: kMethod → [kAuth →] kHead → kRest; HTTP: kHttpHead.
+  enum Stage : uint8_t { kTcp, kMethod, kAuth, kHead, kRest, kHttpHead };
+  ProxyPlan plan;
   Stage stage = kTcp;
   std::string out;  // the message being sent
   size_t out_off = 0;
-  uint8_t in[4 + 1 + 255 + 2];  // the longest reply: ATYP 3 with a 255-byte name
+  uint8_t in[4 + 1 + 255 + 2];  // SOCKS5: the longest reply, ATYP 3 with a 255-byte name
   size_t got = 0;
   size_t need = 0;
+  std::string head;   // HTTP: the response head read so far
   uint32_t fail = 0;  // PackHandshakeFailure of a protocol failure, else 0
 
   void Send(std::string m, size_t reply_len, Stage next) {
@@ -112,9 +114,9 @@ struct RelayPair {
   bool connect_issued = false;
   int connect_err = 0;
   int64_t connect_deadline = 0;
-  // Dial() to a SOCKS5 proxy: set until its reply is read (the pair stays
+  // Dial() to a proxy: set until its reply is read (the pair stays
   // `connecting` meanwhile and moves no byte either way).
-  std::unique_ptr<Socks5Run> socks;
+  std::unique_ptr<ProxyRun> proxy;
   bool dead = false;
   bool ready = false;     // on the worker's ready list
   int fd_registered = 0;  // fds [0, n) are in the worker's epoll set
@@ -310,9 +312,9 @@ class RelayWorker {
         Finish(p, RelayHow::kConnectFailed, err, true, false);
         return;
       }
-      // A SOCKS5 dial connected at once still has its handshake ahead: the
+      // A proxy dial connected at once still has its handshake ahead: the
       // OUT edge reported when the socket joins the epoll set starts it.
-      if (err == EINPROGRESS || p->socks) {
+      if (err == EINPROGRESS || p->proxy) {
         p->connecting = true;
         p->connect_deadline = now_ + p->connect_ms;
         connecting_.insert(p);
@@ -384,9 +386,9 @@ class RelayWorker {
     const int src = p->fd[d];
     const int dst = p->fd[1 - d];
     int budget = kPumpBudget;
-    // SOCKS5 handshake under way: the proxy's reply is not the app's, and the
+    // Proxy handshake under way: the proxy's reply is not the app's, and the
     // app's bytes wait in its socket until the tunnel stands.
-    if (p->socks) return true;
+    if (p->proxy) return true;
     for (;;) {
       if (D.done) return true;
       if (D.pre_off < D.pre.size()) {
@@ -470,7 +472,7 @@ class RelayWorker {
   // connected (connect(2), EINPROGRESS); an error ends the pair as
   // kConnectFailed and resets the app, like a failed dial in JavaScript.
   void Connected(RelayPair* p, uint32_t ev) {
-    if (p->socks && p->socks->stage != Socks5Run::kTcp) {
+    if (p->proxy && p->proxy->stage != ProxyRun::kTcp) {
       Handshake(p, ev);
       return;
     }
@@ -483,20 +485,24 @@ class RelayWorker {
       return;
     }
     if (!(ev & EPOLLOUT)) return;
-    if (p->socks) {
-      // Greeting: no-auth, plus username/password when we have one (RFC 1928 §3).
-      std::string hello =
-          p->socks->plan.auth.empty() ? std::string("\x05\x01\x00", 3) : std::string("\x05\x02\x00\x02", 4);
-      p->socks->Send(std::move(hello), 2, Socks5Run::kMethod);
+    if (p->proxy) {
+      ProxyRun& h = *p->proxy;
+      if (h.plan.kind == ProxyPlan::kHttp) {
+        h.Send(std::move(h.plan.request), 0, ProxyRun::kHttpHead);
+      } else {
+        // Greeting: no-auth, plus username/password when we have one (RFC 1928 §3).
+        std::string hello = h.plan.auth.empty() ? std::string("\x05\x01\x00", 3) : std::string("\x05\x02\x00\x02", 4);
+        h.Send(std::move(hello), 2, ProxyRun::kMethod);
+      }
       Handshake(p, ev);
       return;
     }
     Established(p);
   }
 
-  // The upstream stands (connected; for SOCKS5, its reply read): relay.
+  // The upstream stands (connected; through a proxy, its reply read): relay.
   void Established(RelayPair* p) {
-    p->socks.reset();
+    p->proxy.reset();
     p->connecting = false;
     connecting_.erase(p);
     p->last_ms = now_;
@@ -509,7 +515,7 @@ class RelayWorker {
   // until EAGAIN, a failure, or the tunnel stands. Any event on the proxy's
   // socket lands here while the handshake runs.
   void Handshake(RelayPair* p, uint32_t ev) {
-    Socks5Run& h = *p->socks;
+    ProxyRun& h = *p->proxy;
     const int fd = p->fd[1];
     if (ev & EPOLLERR) {
       int soerr = 0;
@@ -529,21 +535,17 @@ class RelayWorker {
           return;
         }
         h.out_off += static_cast<size_t>(n);
+        if (h.out_off == h.out.size()) std::string().swap(h.out);
         continue;
       }
+      if (h.stage == ProxyRun::kHttpHead) {
+        HttpHead(p);
+        return;
+      }
       // Exactly what is missing of this reply: later bytes stay queued for the relay.
-      ssize_t n = recv(fd, h.in + h.got, h.need - h.got, MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return;
-        Finish(p, RelayHow::kConnectFailed, errno, true, false);
-        return;
-      }
-      if (n == 0) {
-        HandshakeFailed(p, HsFail::kClosed, 0);
-        return;
-      }
-      h.got += static_cast<size_t>(n);
+      size_t n = HsRecv(p, h.in + h.got, h.need - h.got, 0);
+      if (n == 0) return;
+      h.got += n;
       if (h.got < h.need) continue;
       if (!NextStep(p)) return;
     }
@@ -552,27 +554,27 @@ class RelayWorker {
   // A complete reply of the current stage is in h.in: check it and queue the
   // next message. False when the pair failed or started relaying.
   bool NextStep(RelayPair* p) {
-    Socks5Run& h = *p->socks;
+    ProxyRun& h = *p->proxy;
     switch (h.stage) {
-      case Socks5Run::kMethod: {
+      case ProxyRun::kMethod: {
         if (h.in[0] != 5) return HandshakeFailed(p, HsFail::kVersion, h.in[0]);
         const uint8_t m = h.in[1];
         if (m == 0xff) return HandshakeFailed(p, HsFail::kNoMethod, m);
         if (m == 2 && !h.plan.auth.empty()) {
-          h.Send(std::move(h.plan.auth), 2, Socks5Run::kAuth);
+          h.Send(std::move(h.plan.auth), 2, ProxyRun::kAuth);
           return true;
         }
         if (m != 0) return HandshakeFailed(p, HsFail::kBadMethod, m);
-        h.Send(std::move(h.plan.request), 5, Socks5Run::kHead);
+        h.Send(std::move(h.plan.request), 5, ProxyRun::kHead);
         return true;
       }
-      case Socks5Run::kAuth:
+      case ProxyRun::kAuth:
         // Some servers answer the subnegotiation with VER=5; the status is what matters.
         if (h.in[0] != 1 && h.in[0] != 5) return HandshakeFailed(p, HsFail::kAuthVersion, h.in[0]);
         if (h.in[1] != 0) return HandshakeFailed(p, HsFail::kAuthFailed, h.in[1]);
-        h.Send(std::move(h.plan.request), 5, Socks5Run::kHead);
+        h.Send(std::move(h.plan.request), 5, ProxyRun::kHead);
         return true;
-      case Socks5Run::kHead: {
+      case ProxyRun::kHead: {
         // VER REP RSV ATYP + the address's first byte tell the reply's length.
         if (h.in[0] != 5) return HandshakeFailed(p, HsFail::kVersion, h.in[0]);
         if (h.in[1] != 0) return HandshakeFailed(p, HsFail::kReply, h.in[1]);
@@ -580,22 +582,94 @@ class RelayWorker {
         size_t total = atyp == 1 ? 4 + 4 + 2 : atyp == 4 ? 4 + 16 + 2 : atyp == 3 ? 4 + 1 + h.in[4] + 2 : 0;
         if (total == 0) return HandshakeFailed(p, HsFail::kAtyp, atyp);
         h.need = total;
-        h.stage = Socks5Run::kRest;
+        h.stage = ProxyRun::kRest;
         return true;
       }
-      case Socks5Run::kRest:
+      case ProxyRun::kRest:
         Established(p);
         return false;
-      case Socks5Run::kTcp:
+      case ProxyRun::kTcp:
         break;
     }
     return true;
   }
 
+  // recv() on the proxy's socket mid-handshake: the bytes read (> 0), or 0
+  // when the caller must return: nothing queued yet, or the pair ended (a
+  // socket error, or the proxy hanging up mid-handshake).
+  size_t HsRecv(RelayPair* p, void* buf, size_t len, int flags) {
+    for (;;) {
+      ssize_t n = recv(p->fd[1], buf, len, flags | MSG_DONTWAIT);
+      if (n > 0) return static_cast<size_t>(n);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return 0;
+      if (n < 0) {
+        Finish(p, RelayHow::kConnectFailed, errno, true, false);
+      } else {
+        HandshakeFailed(p, HsFail::kClosed, 0);
+      }
+      return 0;
+    }
+  }
+
   bool HandshakeFailed(RelayPair* p, HsFail kind, uint8_t detail) {
-    p->socks->fail = PackHandshakeFailure(2, kind, detail);
+    p->proxy->fail = PackHandshakeFailure(2, kind, detail);
     Finish(p, RelayHow::kConnectFailed, 0, true, false);
     return false;
+  }
+
+  // Reads the HTTP proxy's response head and not a byte past it: peek what
+  // is queued (at most what still fits under max_head, plus one byte to tell
+  // "too large"), find the empty line, then read up to it only.
+  void HttpHead(RelayPair* p) {
+    ProxyRun& h = *p->proxy;
+    const int fd = p->fd[1];
+    const size_t max = h.plan.max_head;
+    if (scratch_.size() < max + 1) scratch_.resize(max + 1);
+    for (;;) {
+      const size_t room = max + 1 - h.head.size();  // ≥ 1: the head never exceeds max while we read
+      const size_t n = HsRecv(p, scratch_.data(), room, MSG_PEEK);
+      if (n == 0) return;
+      const size_t old = h.head.size();
+      h.head.append(scratch_.data(), n);
+      const size_t end = HeadEnd(h.head, old >= 3 ? old - 3 : 0);
+      const size_t take = end == std::string::npos ? n : end - old;
+      h.head.resize(old + take);
+      // The same bytes again, this time off the queue (nobody else reads this socket).
+      for (size_t off = 0; off < take;) {
+        ssize_t r = recv(fd, scratch_.data(), take - off, MSG_DONTWAIT);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+          Finish(p, RelayHow::kConnectFailed, r < 0 ? errno : ECONNRESET, true, false);
+          return;
+        }
+        off += static_cast<size_t>(r);
+      }
+      if (end == std::string::npos || end > max) {
+        if (h.head.size() > max) {
+          HandshakeFailed(p, HsFail::kHttpTooLarge, 0);
+          return;
+        }
+        continue;
+      }
+      if (!HttpTunnelHead(h.head.data(), h.head.size())) {
+        HandshakeFailed(p, HsFail::kHttpHead, 0);
+        return;
+      }
+      Established(p);
+      return;
+    }
+  }
+
+  // Index just past the first empty line ("\n\n" or "\n\r\n") at or after
+  // `from`, or npos: src/proxy/handshake-io.ts headEnd.
+  static size_t HeadEnd(const std::string& b, size_t from) {
+    for (size_t i = b.find('\n', from); i != std::string::npos; i = b.find('\n', i + 1)) {
+      size_t j = i + 1;
+      if (j < b.size() && b[j] == '\r') j++;
+      if (j < b.size() && b[j] == '\n') return j + 1;
+    }
+    return std::string::npos;
   }
 
   void ScanConnecting() {
@@ -636,9 +710,10 @@ class RelayWorker {
     r.bytes_down = p->dir[1].bytes.load(std::memory_order_relaxed);
     r.how = how;
     r.error = err;
-    if (how == RelayHow::kConnectFailed && p->socks) {
-      const Socks5Run& h = *p->socks;
-      r.handshake = h.fail != 0 ? h.fail : PackHandshakeFailure(h.stage == Socks5Run::kTcp ? 1 : 2, HsFail::kErrno, 0);
+    if (how == RelayHow::kConnectFailed && p->proxy) {
+      const ProxyRun& h = *p->proxy;
+      r.handshake = h.fail != 0 ? h.fail : PackHandshakeFailure(h.stage == ProxyRun::kTcp ? 1 : 2, HsFail::kErrno, 0);
+      if (h.fail == PackHandshakeFailure(2, HsFail::kHttpHead, 0)) r.head = h.head;
     }
     local_.erase(p->id);
     pool_->Forget(p->id);
@@ -678,7 +753,52 @@ class RelayWorker {
   std::unordered_set<RelayPair*> connecting_;
   std::vector<RelayPair*> grave_;
   std::vector<RelayPipe> free_;
+  std::vector<char> scratch_;  // HTTP response heads are peeked into it
 };
+
+namespace {
+
+bool Digit(char c) { return c >= '0' && c <= '9'; }
+
+// JavaScript's \s within latin1 (how http-codec.ts decodes a head): TAB, LF,
+// VT, FF, CR, space, NBSP.
+bool JsSpace(unsigned char c) { return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0xa0; }
+
+}  // namespace
+
+bool HttpTunnelHead(const char* head, size_t len) {
+  size_t pos = 0;
+  // The next line as split(/\r?\n/) gives it; false past the end.
+  auto line = [&](size_t* b, size_t* e) {
+    if (pos > len) return false;
+    const void* nl = std::memchr(head + pos, '\n', len - pos);
+    size_t end = nl ? static_cast<size_t>(static_cast<const char*>(nl) - head) : len;
+    *b = pos;
+    *e = end > pos && head[end - 1] == '\r' && nl ? end - 1 : end;
+    pos = end + 1;
+    return true;
+  };
+  size_t b, e;
+  if (!line(&b, &e)) return false;
+  // ^HTTP\/(\d\.\d) (\d{3})(?: (.*))?$ with a 2xx status; `.` matches no CR.
+  const char* l = head + b;
+  const size_t n = e - b;
+  if (n < 12 || std::memcmp(l, "HTTP/", 5) != 0 || !Digit(l[5]) || l[6] != '.' || !Digit(l[7]) || l[8] != ' ' ||
+      l[9] != '2' || !Digit(l[10]) || !Digit(l[11])) {
+    return false;
+  }
+  if (n > 12 && (l[12] != ' ' || std::memchr(l + 13, '\r', n - 13) != nullptr)) return false;
+  // Header lines up to the first empty one: a name before a colon, no whitespace in it (RFC 9112 §5.1).
+  while (line(&b, &e)) {
+    if (e == b) return true;
+    const void* colon = std::memchr(head + b, ':', e - b);
+    if (colon == nullptr || colon == head + b) return false;
+    for (const char* c = head + b; c < static_cast<const char*>(colon); c++) {
+      if (JsSpace(static_cast<unsigned char>(*c))) return false;
+    }
+  }
+  return true;
+}
 
 RelayPool::RelayPool(const RelayOptions& opts, std::function<void()> on_end) : opts_(opts), on_end_(std::move(on_end)) {
   if (opts_.threads < 1) opts_.threads = 1;
@@ -789,9 +909,9 @@ bool RelayPool::Add(uint64_t id, int app_fd, int up_fd, std::string pre_up, std:
 
 bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
                      uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
-                     struct sockaddr_storage* local, std::unique_ptr<Socks5Plan> socks5) {
+                     struct sockaddr_storage* local, std::unique_ptr<ProxyPlan> proxy) {
   if (!DialPair(id, app_fd, own, dst, dst_len, mark, connect_ms, std::move(pre_up), err, what, local,
-                std::move(socks5))) {
+                std::move(proxy))) {
     // An owned app socket is ours to end: reset, as a failed dial resets the app.
     if (own && app_fd >= 0) {
       ResetOnClose(app_fd);
@@ -804,7 +924,7 @@ bool RelayPool::Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* d
 
 bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len,
                          uint32_t mark, uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
-                         struct sockaddr_storage* local, std::unique_ptr<Socks5Plan> socks5) {
+                         struct sockaddr_storage* local, std::unique_ptr<ProxyPlan> proxy) {
   if (!Admit(id, app_fd, own, err, what)) return false;
   if (dst == nullptr || (dst->sa_family != AF_INET && dst->sa_family != AF_INET6)) {
     *err = EAFNOSUPPORT;
@@ -847,9 +967,9 @@ bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockadd
   }
   p->connect_ms = connect_ms;
   p->dir[0].pre = std::move(pre_up);
-  if (socks5) {
-    p->socks = std::make_unique<Socks5Run>();
-    p->socks->plan = std::move(*socks5);
+  if (proxy) {
+    p->proxy = std::make_unique<ProxyRun>();
+    p->proxy->plan = std::move(*proxy);
   }
   return Enqueue(std::move(p), app_fd, own, err, what);
 }

@@ -58,39 +58,62 @@ struct RelayEndRecord {
   uint64_t bytes_down;  // upstream → app
   RelayHow how;
   int error;  // errno behind a reset (0 when none or unknown)
-  // A Dial() with a SOCKS5 handshake that ended kConnectFailed: where and why
+  // A Dial() with a proxy handshake that ended kConnectFailed: where and why
   // (PackHandshakeFailure); 0 otherwise.
   uint32_t handshake = 0;
+  // HsFail::kHttpHead: the proxy's whole response head, for the owner to
+  // word the failure exactly as its own HTTP client would (status, reason).
+  std::string head;
 };
 
-// SOCKS5 CONNECT (RFC 1928, RFC 1929) run by the worker right after the
-// upstream (the proxy) connects; the pair relays once the proxy's reply is
-// read. Not pipelined: small servers (microsocks) read one message per
-// recv() and drop the rest, so each message waits for the previous reply.
-// Exactly the reply's bytes are read (recv with the remaining length), so
-// bytes the proxy sends after its reply stay in the socket for the relay.
-struct Socks5Plan {
-  std::string auth;     // RFC 1929 request; empty: offer no-auth only
-  std::string request;  // the CONNECT request (VER CMD RSV ATYP DST.ADDR DST.PORT)
+// A proxy handshake the worker runs right after the upstream (the proxy)
+// connects; the pair relays once the proxy's reply is read, and exactly the
+// reply is read, so bytes the proxy sends after it (a server-first banner)
+// stay in the socket for the relay. The app's bytes wait in its own socket
+// until the tunnel stands.
+// SOCKS5 CONNECT (RFC 1928, RFC 1929): not pipelined: small servers
+// (microsocks) read one message per recv() and drop the rest, so each
+// message waits for the previous reply; replies are read with recv() of the
+// remaining length.
+// HTTP CONNECT (RFC 9110 §9.3.6): `request` is the whole request head; the
+// response head (up to the first empty line, CRLF or bare LF as RFC 9112
+// §2.2 lets a recipient accept) is found with MSG_PEEK and then read up to
+// its end only. A 2xx with a well-formed head relays; anything else ends the
+// pair with HsFail::kHttpHead and the head in the record. A head longer than
+// max_head bytes is kHttpTooLarge.
+struct ProxyPlan {
+  enum Kind : uint8_t { kSocks5, kHttp };
+  Kind kind = kSocks5;
+  std::string auth;         // SOCKS5: RFC 1929 request; empty: offer no-auth only
+  std::string request;      // SOCKS5: VER CMD RSV ATYP DST.ADDR DST.PORT; HTTP: the CONNECT request head
+  size_t max_head = 16384;  // HTTP: the longest response head accepted
 };
 
-// Why a SOCKS5 handshake failed (RelayEndRecord::handshake = stage << 16 |
+// Why a proxy handshake failed (RelayEndRecord::handshake = stage << 16 |
 // kind << 8 | detail). Stage 1: connecting to the proxy (the errno says why),
 // 2: the handshake (kind, or the errno when kind is kHsErrno).
 enum class HsFail : uint8_t {
-  kErrno = 0,       // a socket error or timeout; RelayEndRecord::error has the errno
-  kClosed = 1,      // the proxy closed the connection mid-handshake
-  kNoMethod = 2,    // method selection 0xFF: none of ours acceptable
-  kBadMethod = 3,   // detail: a method we did not offer
-  kAuthFailed = 4,  // detail: RFC 1929 status
-  kReply = 5,       // detail: RFC 1928 REP ≠ 0
-  kVersion = 6,     // detail: the version byte of the proxy's message
-  kAtyp = 7,        // detail: the reply's unknown ATYP
-  kAuthVersion = 8  // detail: the version byte of the RFC 1929 reply
+  kErrno = 0,         // a socket error or timeout; RelayEndRecord::error has the errno
+  kClosed = 1,        // the proxy closed the connection mid-handshake
+  kNoMethod = 2,      // SOCKS5 method selection 0xFF: none of ours acceptable
+  kBadMethod = 3,     // SOCKS5, detail: a method we did not offer
+  kAuthFailed = 4,    // SOCKS5, detail: RFC 1929 status
+  kReply = 5,         // SOCKS5, detail: RFC 1928 REP ≠ 0
+  kVersion = 6,       // SOCKS5, detail: the version byte of the proxy's message
+  kAtyp = 7,          // SOCKS5, detail: the reply's unknown ATYP
+  kAuthVersion = 8,   // SOCKS5, detail: the version byte of the RFC 1929 reply
+  kHttpHead = 9,      // HTTP: a complete head that is not a well-formed 2xx (RelayEndRecord::head)
+  kHttpTooLarge = 10  // HTTP: no empty line within ProxyPlan::max_head bytes
 };
 constexpr uint32_t PackHandshakeFailure(int stage, HsFail kind, uint8_t detail) {
   return static_cast<uint32_t>(stage) << 16 | static_cast<uint32_t>(kind) << 8 | detail;
 }
+
+// Whether an HTTP response head (status line through the empty line) opens a
+// tunnel: "HTTP/d.d 2dd" with an optional reason, and header lines "name:
+// value" with no whitespace in the name (RFC 9112 §5.1) — exactly what
+// src/proxy/http-codec.ts responseHead.decode accepts with a 2xx status.
+bool HttpTunnelHead(const char* head, size_t len);
 
 struct RelayOptions {
   int threads = 1;
@@ -158,13 +181,13 @@ class RelayPool {
   // *local gets the address the kernel bound (getsockname; family AF_UNSPEC
   // when the connect failed at once). Global mode's loop guard needs each
   // dial's 4-tuple before the caller can see a captured copy of its SYN.
-  // socks5: when not null, dst is a SOCKS5 proxy and the worker runs its
-  // CONNECT handshake (Socks5Plan) before relaying; connect_ms covers the
+  // proxy: when not null, dst is a SOCKS5 or HTTP proxy and the worker runs
+  // its CONNECT handshake (ProxyPlan) before relaying; connect_ms covers the
   // connect and the handshake; a failure ends the pair kConnectFailed with
   // RelayEndRecord::handshake set.
   bool Dial(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
             uint32_t connect_ms, std::string pre_up, int* err, std::string* what,
-            struct sockaddr_storage* local = nullptr, std::unique_ptr<Socks5Plan> socks5 = nullptr);
+            struct sockaddr_storage* local = nullptr, std::unique_ptr<ProxyPlan> proxy = nullptr);
 
   // Ends pair `id` now: `reset` sends RST both ways, else a plain close
   // (FIN). It ends as kClosed. False when no such pair is live.
@@ -191,7 +214,7 @@ class RelayPool {
   bool Admit(uint64_t id, int app_fd, bool own, int* err, std::string* what);
   bool DialPair(uint64_t id, int app_fd, bool own, const struct sockaddr* dst, socklen_t dst_len, uint32_t mark,
                 uint32_t connect_ms, std::string pre_up, int* err, std::string* what, struct sockaddr_storage* local,
-                std::unique_ptr<Socks5Plan> socks5);
+                std::unique_ptr<ProxyPlan> proxy);
 
   RelayOptions opts_;
   std::function<void()> on_end_;

@@ -138,11 +138,21 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     if (live_ == 0) tsfn_.Unref(env);
   }
 
+  // onEnd(records, heads?): heads, only when some pair has one, is
+  // [id, Buffer, …]: the HTTP proxy's response head of a failed CONNECT.
   void Deliver(Napi::Env env, Napi::Function fn) {
     if (!pool_) return;
     std::vector<fp::RelayEndRecord> recs = pool_->TakeEnded();
     if (recs.empty()) return;
-    fn.Call({ToJs(env, recs)});
+    Napi::Value heads = env.Undefined();
+    uint32_t n = 0;
+    for (const fp::RelayEndRecord& r : recs) {
+      if (r.head.empty()) continue;
+      if (n == 0) heads = Napi::Array::New(env);
+      heads.As<Napi::Array>().Set(n++, static_cast<double>(r.id));
+      heads.As<Napi::Array>().Set(n++, Napi::Buffer<char>::Copy(env, r.head.data(), r.head.size()));
+    }
+    fn.Call({ToJs(env, recs), heads});
   }
 
   // add(id, appFd, upFd, preUp?, preDown?)
@@ -171,10 +181,11 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
   // accept path) or an IPv4/IPv6 literal; own hands appFd over (no dup);
   // local (a Float64Array of ≥ 2): connect here and now and write the bound
   // [IPv4 as a u32, port] into it (port 0: not IPv4, or the connect failed).
-  // socks5Request (a Buffer): addr:port is a SOCKS5 proxy; the relay sends
+  // proxyRequest (a Buffer): addr:port is a SOCKS5 proxy; the relay sends
   // this CONNECT request after the greeting (and socks5Auth, an RFC 1929
   // request, when the proxy picks username/password) and relays once the
-  // proxy's reply is read (relay.h Socks5Plan).
+  // proxy's reply is read (relay.h ProxyPlan). With httpMaxHead (a number)
+  // it is an HTTP proxy and proxyRequest the CONNECT request head.
   Napi::Value Dial(const Napi::CallbackInfo& info) {
     const bool own = info.Length() > 7 && info[7].ToBoolean().Value();
     int app = -1;
@@ -245,25 +256,37 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       out = info[8].As<Napi::Float64Array>();
       if (out.ElementLength() < 2) out = Napi::Float64Array();
     }
-    std::unique_ptr<fp::Socks5Plan> socks5;
+    std::unique_ptr<fp::ProxyPlan> proxy;
     if (info.Length() > 9 && !info[9].IsNull() && !info[9].IsUndefined()) {
       std::string req = BufferBytes(info[9]);
       std::string auth = info.Length() > 10 ? BufferBytes(info[10]) : std::string();
-      // VER CMD RSV ATYP + at least 2 address bytes + port; RFC 1929: VER ULEN UNAME PLEN PASSWD.
-      if (req.size() < 8 || req[0] != 5 || (!auth.empty() && (auth.size() < 5 || auth[0] != 1))) {
+      const bool http = info.Length() > 11 && info[11].IsNumber();
+      double max_head = http ? info[11].As<Napi::Number>().DoubleValue() : 0;
+      if (http) {
+        if (req.compare(0, 8, "CONNECT ") != 0 || req.size() < 12 || req.compare(req.size() - 4, 4, "\r\n\r\n") != 0 ||
+            !auth.empty() || !(max_head >= 64 && max_head <= 1048576) || max_head != static_cast<int>(max_head)) {
+          ThrowArg(env,
+                   "relay.dial: an HTTP proxy request must be a CONNECT head ending in an empty line, with no "
+                   "socks5Auth and httpMaxHead an integer in [64, 1048576]");
+          return false;
+        }
+      } else if (req.size() < 8 || req[0] != 5 || (!auth.empty() && (auth.size() < 5 || auth[0] != 1))) {
+        // VER CMD RSV ATYP + at least 2 address bytes + port; RFC 1929: VER ULEN UNAME PLEN PASSWD.
         ThrowArg(env, "relay.dial: socks5Request must be a SOCKS5 request and socks5Auth an RFC 1929 request");
         return false;
       }
-      socks5 = std::make_unique<fp::Socks5Plan>();
-      socks5->request = std::move(req);
-      socks5->auth = std::move(auth);
+      proxy = std::make_unique<fp::ProxyPlan>();
+      proxy->kind = http ? fp::ProxyPlan::kHttp : fp::ProxyPlan::kSocks5;
+      proxy->request = std::move(req);
+      proxy->auth = std::move(auth);
+      if (http) proxy->max_head = static_cast<size_t>(max_head);
     }
     struct sockaddr_storage local;
     int err = 0;
     std::string what;
     if (!pool_->Dial(id, app, own, reinterpret_cast<struct sockaddr*>(&ss), len, static_cast<uint32_t>(mark),
                      static_cast<uint32_t>(ms), info.Length() > 6 ? BufferBytes(info[6]) : std::string(), &err, &what,
-                     out.IsEmpty() ? nullptr : &local, std::move(socks5))) {
+                     out.IsEmpty() ? nullptr : &local, std::move(proxy))) {
       *app_out = -1;  // the pool already reset an owned fd
       ThrowSys(env, err, what, "relay.dial: " + what + ": " + std::strerror(err));
       return false;

@@ -269,8 +269,16 @@ export interface NativeRelay {
      * failure ends the pair `connect-failed` with the record's handshake
      * field set (native/relay.h HsFail).
      */
-    socks5Request?: Buffer | null,
+    proxyRequest?: Buffer | null,
     socks5Auth?: Buffer | null,
+    /**
+     * Given: addr:port is an HTTP proxy and proxyRequest its CONNECT request
+     * head; the relay reads the response head (at most this many bytes, and
+     * nothing past it) and relays on a well-formed 2xx. Any other head ends
+     * the pair `connect-failed` (HsFail kHttpHead) and reaches onEnd's
+     * `heads`.
+     */
+    httpMaxHead?: number,
   ): void;
   /** End pair `id` now (RST both ways when `reset`, else FIN); false when it is not live. */
   close(id: number, reset: boolean): boolean;
@@ -441,7 +449,8 @@ export interface NativeBinding {
    */
   Relay: new (
     opts: NativeRelayOptions,
-    onEnd: (records: Float64Array) => void,
+    /** heads: [id, response head, …] of HTTP CONNECTs that failed on their head (only when there are some). */
+    onEnd: (records: Float64Array, heads?: Array<number | Buffer>) => void,
   ) => NativeRelay;
   /** `onEvents` gets batches (layouts: UDP_RELAY_DGRAM_FIELDS, UDP_RELAY_END_FIELDS). */
   UdpRelay: new (

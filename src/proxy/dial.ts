@@ -9,7 +9,9 @@ import * as net from 'node:net';
 import { wrapError } from '../errors.js';
 import { newTcpSocket } from '../util/sockmark.js';
 import { ProxyError } from './errors.js';
+import { closedMidHandshake } from './handshake-io.js';
 import { holdOwnTcp } from './ownTcp.js';
+import { HS_FAIL, type RelayResult } from './relay.js';
 
 /**
  * Name → addresses, best first. Rejects (e.g. ENOTFOUND) when there are none.
@@ -385,6 +387,46 @@ export async function connectViaProxy(
   } finally {
     d.dispose();
   }
+}
+
+/**
+ * The one address connectViaProxy would dial for a proxy, when it is known
+ * now: an IP literal, or a name whose cached answer has exactly one address
+ * (several keep connect()'s Happy-Eyeballs race). The outbounds' nativeDial
+ * hands the handshake to the relay thread only then.
+ */
+export function knownProxyAddress(host: string, resolve: ResolveName | undefined): string | undefined {
+  const addrs = net.isIP(host) !== 0 ? [host] : resolve?.peek?.(host);
+  return addrs?.length === 1 ? addrs[0] : undefined;
+}
+
+/**
+ * A native proxy dial's 'connect-failed' end that is the same for every
+ * proxy protocol — a socket error or timeout (reaching the proxy or during
+ * its handshake), or the proxy hanging up mid-handshake — worded and marked
+ * as connectViaProxy would have; undefined for the protocol's own failures.
+ */
+export function nativeProxyFailure(
+  res: RelayResult,
+  proxy: { host: string; port: number },
+  what: string,
+  timeoutMs: number,
+): Error | undefined {
+  const h = res.handshake ?? 0;
+  const kind = (h >>> 8) & 0xff;
+  if (kind === HS_FAIL.closed) return markProxyDown(closedMidHandshake(what));
+  if (kind !== HS_FAIL.errno) return undefined;
+  const reachingProxy = h >>> 16 === HS_FAIL.reachingProxy;
+  const code = (res.error as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNRESET';
+  const at = hostPort(proxy.host, proxy.port);
+  const e =
+    code === 'ETIMEDOUT'
+      ? timeoutError(what, timeoutMs)
+      : reachingProxy
+        ? wrapError(`${what}: reach the proxy: connect ${at}`, { code, message: `connect ${code} ${at}` })
+        : wrapError(what, { code, message: `read ${code}` });
+  // Not reached (a timeout included): the proxy itself is down, as connectViaProxy says.
+  return reachingProxy ? markProxyDown(e) : e;
 }
 
 /** Marks `e` as a failure of the proxy itself (isProxyDown); returns it. */

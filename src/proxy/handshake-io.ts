@@ -92,12 +92,7 @@ export function readHead(sock: net.Socket, maxBytes: number, signal: AbortSignal
           if (end < acc.length) s.unshift(acc.subarray(end));
           return acc.subarray(0, end);
         }
-        if (acc.length > maxBytes) {
-          throw new ProxyError(
-            'EHTTP_PROXY_HEADER_TOO_LARGE',
-            `${what}: response head exceeds ${maxBytes} bytes without an empty line (is this an HTTP proxy?)`,
-          );
-        }
+        if (acc.length > maxBytes) throw headTooLarge(what, maxBytes);
         scanFrom = Math.max(0, acc.length - 3);
       }
     },
@@ -106,7 +101,15 @@ export function readHead(sock: net.Socket, maxBytes: number, signal: AbortSignal
   );
 }
 
-/** Index just past the blank line ending the head, or -1. */
+/** No empty line within the first `maxBytes` of the proxy's response. */
+export function headTooLarge(what: string, maxBytes: number): ProxyError {
+  return new ProxyError(
+    'EHTTP_PROXY_HEADER_TOO_LARGE',
+    `${what}: response head exceeds ${maxBytes} bytes without an empty line (is this an HTTP proxy?)`,
+  );
+}
+
+/** Index just past the blank line ending the head, or -1 (native/relay.cc HeadEnd is the same scan). */
 export function headEnd(buf: Buffer, from = 0): number {
   for (let i = buf.indexOf(0x0a, from); i >= 0; i = buf.indexOf(0x0a, i + 1)) {
     let j = i + 1;

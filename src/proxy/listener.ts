@@ -599,7 +599,7 @@ export class TcpListener extends EventEmitter {
   }
 
   /**
-   * `direct` to an address known now, or a SOCKS5 proxy at one (`proxied`):
+   * `direct` to an address known now, or a SOCKS5 or HTTP proxy at one (`proxied`):
    * the native relay connects, runs the proxy's handshake and relays
    * (SpliceRelay.dial), so this connection costs JavaScript no upstream
    * socket, promise or timer. False (nothing done) when the app socket
@@ -623,7 +623,7 @@ export class TcpListener extends EventEmitter {
         mark,
         connectTimeoutMs: this.#o.connectTimeoutMs,
         local,
-        socks5: proxied?.socks5,
+        proxy: proxied?.plan,
       });
     } catch (e) {
       // A bare fd was reset by the relay already.

@@ -11,7 +11,7 @@ import { DirectOutbound } from './outbounds/direct.js';
 import { HttpOutbound } from './outbounds/http.js';
 import { RejectOutbound } from './outbounds/reject.js';
 import { Socks5Outbound } from './outbounds/socks5.js';
-import type { RelayResult, Socks5DialPlan } from './relay.js';
+import type { ProxyDialPlan, RelayResult } from './relay.js';
 
 /** Where the app wanted to go: a name (preferred, so the upstream resolves it) or an IP literal. */
 export interface Destination {
@@ -125,7 +125,7 @@ export interface Outbound {
   plainTarget?(dst: Destination): string | undefined;
   /**
    * Optional: the same for a proxy whose handshake the native relay can run
-   * itself (SOCKS5 CONNECT to a proxy address known now): the Listener
+   * itself (SOCKS5 or HTTP CONNECT to a proxy address known now): the Listener
    * connects to the proxy natively, the relay thread runs the handshake and
    * relays; JavaScript holds no socket or promise per connection and reads
    * no handshake byte. undefined → connect().
@@ -158,7 +158,7 @@ export interface NativeProxyDial {
   /** The proxy's address (an IP literal) and port. */
   addr: string;
   port: number;
-  socks5: Socks5DialPlan;
+  plan: ProxyDialPlan;
   /**
    * A 'connect-failed' end of this dial as connect() would have rejected:
    * same code and wording, marked proxyDown (./dial.ts) when the proxy

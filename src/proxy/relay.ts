@@ -69,11 +69,13 @@ export interface RelayResult {
   /** The socket error behind an '*-reset' end. */
   error?: Error;
   /**
-   * SpliceRelay.dial through a SOCKS5 proxy that ended 'connect-failed':
-   * where and why, packed as native/relay.h PackHandshakeFailure (decoded by
-   * src/proxy/outbounds/socks5.ts nativeDialError).
+   * SpliceRelay.dial through a proxy that ended 'connect-failed': where and
+   * why, packed as native/relay.h PackHandshakeFailure (decoded by the
+   * outbound's NativeProxyDial.failure, HS_FAIL).
    */
   handshake?: number;
+  /** An HTTP CONNECT that failed on the proxy's response (HS_FAIL.httpHead): the whole head. */
+  head?: Buffer;
 }
 
 export class Relay {
@@ -250,13 +252,39 @@ export const RELAY_ENDS: readonly RelayEnd[] = [
   'connect-failed',
 ];
 
-/** A SOCKS5 CONNECT the native relay runs itself (src/proxy/outbounds/socks5.ts nativeDial). */
-export interface Socks5DialPlan {
-  /** The CONNECT request (RFC 1928 §4). */
-  request: Buffer;
-  /** The RFC 1929 username/password request, or null: offer no-auth only. */
-  auth: Buffer | null;
-}
+/** A proxy handshake the native relay runs itself (the outbounds' nativeDial, native/relay.h ProxyPlan). */
+export type ProxyDialPlan =
+  | {
+      kind: 'socks5';
+      /** The CONNECT request (RFC 1928 §4). */
+      request: Buffer;
+      /** The RFC 1929 username/password request, or null: offer no-auth only. */
+      auth: Buffer | null;
+    }
+  | {
+      kind: 'http';
+      /** The CONNECT request head (RFC 9110 §9.3.6). */
+      request: Buffer;
+      /** The longest response head accepted (HttpOutboundOptions.maxHeadBytes). */
+      maxHeadBytes: number;
+    };
+
+/** Stage and kind of RelayResult.handshake (native/relay.h HsFail; detail in the low byte). */
+export const HS_FAIL = Object.freeze({
+  /** Stage (handshake >>> 16) 1: reaching the proxy; 2: its handshake. */
+  reachingProxy: 1,
+  errno: 0,
+  closed: 1,
+  noMethod: 2,
+  badMethod: 3,
+  authFailed: 4,
+  reply: 5,
+  version: 6,
+  atyp: 7,
+  authVersion: 8,
+  httpHead: 9,
+  httpTooLarge: 10,
+});
 
 /** What the Listener needs of a relay, JS or native. */
 export interface RelayHandle {
@@ -334,7 +362,7 @@ export class SpliceRelay {
         idleTimeoutMs: opts.idleTimeoutMs ?? 600_000,
         ...(opts.pipeSize !== undefined ? { pipeSize: opts.pipeSize } : {}),
       },
-      (recs) => this.#deliver(recs),
+      (recs, heads) => this.#deliver(recs, heads),
     );
   }
 
@@ -388,17 +416,19 @@ export class SpliceRelay {
       mark: number;
       connectTimeoutMs: number;
       local?: Float64Array | undefined;
-      /** addr:port is a SOCKS5 proxy: run this CONNECT natively first (NativeRelay.dial). */
-      socks5?: Socks5DialPlan | undefined;
+      /** addr:port is a SOCKS5 or HTTP proxy: run this CONNECT natively first (NativeRelay.dial). */
+      proxy?: ProxyDialPlan | undefined;
     },
   ): RelayHandle | undefined {
     const local = opts.local ?? null;
-    const req = opts.socks5?.request ?? null;
-    const auth = opts.socks5?.auth ?? null;
+    const plan = opts.proxy;
+    const req = plan?.request ?? null;
+    const auth = plan?.kind === 'socks5' ? plan.auth : null;
+    const maxHead = plan?.kind === 'http' ? plan.maxHeadBytes : undefined;
     if (typeof app === 'number') {
       if (this.#stopped) return undefined;
       const id = this.#nextId++;
-      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true, local, req, auth);
+      this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true, local, req, auth, maxHead);
       return this.#track(id);
     }
     if (this.#stopped || app.destroyed || app.writableLength > 0) return undefined;
@@ -407,7 +437,7 @@ export class SpliceRelay {
     const preUp = takeBuffered(app);
     const id = this.#nextId++;
     try {
-      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp, false, local, req, auth);
+      this.#n.dial(id, appFd, addr, port, opts.mark, opts.connectTimeoutMs, preUp, false, local, req, auth, maxHead);
     } catch (e) {
       if (preUp) app.unshift(preUp);
       throw e;
@@ -445,7 +475,7 @@ export class SpliceRelay {
     this.#deliver(this.#n.stop());
   }
 
-  #deliver(recs: Float64Array): void {
+  #deliver(recs: Float64Array, heads?: Array<number | Buffer>): void {
     for (let i = 0; i + RELAY_RECORD_FIELDS <= recs.length; i += RELAY_RECORD_FIELDS) {
       const id = recs[i] as number;
       const pair = this.#waiting.get(id);
@@ -453,12 +483,15 @@ export class SpliceRelay {
       this.#waiting.delete(id);
       const error = endError(recs[i + 4] as number);
       const handshake = recs[i + 5] as number;
+      const at = heads ? heads.indexOf(id) : -1;
+      const head = at >= 0 ? (heads?.[at + 1] as Buffer) : undefined;
       pair.end({
         bytesUp: recs[i + 1] as number,
         bytesDown: recs[i + 2] as number,
         end: RELAY_ENDS[recs[i + 3] as number] ?? 'closed',
         ...(error ? { error } : {}),
         ...(handshake !== 0 ? { handshake } : {}),
+        ...(head ? { head } : {}),
       });
     }
   }

@@ -21,11 +21,10 @@
  * small servers) read one message per recv() and drop the rest, so sending
  * greeting+auth+request in one segment breaks them.
  */
-import * as net from 'node:net';
-import { wrapError } from '../../errors.js';
-import { connectViaProxy, hostPort, markProxyDown, type ResolveName, timeoutError } from '../dial.js';
+import type * as net from 'node:net';
+import { connectViaProxy, hostPort, knownProxyAddress, nativeProxyFailure, type ResolveName } from '../dial.js';
 import { ProxyError } from '../errors.js';
-import { closedMidHandshake, readExact } from '../handshake-io.js';
+import { readExact } from '../handshake-io.js';
 import type {
   ConnectOptions,
   Destination,
@@ -35,7 +34,7 @@ import type {
   UdpAssociation,
   UdpNativePlan,
 } from '../outbound.js';
-import type { RelayResult } from '../relay.js';
+import { HS_FAIL, type RelayResult } from '../relay.js';
 import {
   type Address,
   addressLengthFromPrefix,
@@ -79,15 +78,13 @@ export class Socks5Outbound implements Outbound {
   }
 
   /**
-   * The same CONNECT, run by the native relay (native/relay.h Socks5Plan)
-   * when the proxy's address is known now: an IP literal, or a name whose
-   * cached answer has exactly one address (several keep connect()'s
-   * Happy-Eyeballs race). undefined → connect().
+   * The same CONNECT, run by the native relay (native/relay.h ProxyPlan)
+   * when the proxy's address is known now (knownProxyAddress).
+   * undefined → connect().
    */
   nativeDial(dst: Destination): NativeProxyDial | undefined {
-    const { host, port } = this.#o;
-    const addrs = net.isIP(host) !== 0 ? [host] : this.#o.resolve?.peek?.(host);
-    if (addrs?.length !== 1) return undefined;
+    const addr = knownProxyAddress(this.#o.host, this.#o.resolve);
+    if (addr === undefined) return undefined;
     let req: Buffer;
     try {
       req = request.encode({ cmd: Cmd.CONNECT, host: dst.host, port: dst.port });
@@ -95,44 +92,30 @@ export class Socks5Outbound implements Outbound {
       return undefined; // a name longer than 255 bytes: connect() reports it
     }
     return {
-      addr: addrs[0] as string,
-      port,
-      socks5: { request: req, auth: this.#authMsg },
+      addr,
+      port: this.#o.port,
+      plan: { kind: 'socks5', request: req, auth: this.#authMsg },
       failure: this.#nativeFailure,
     };
   }
 
   /** A native dial's 'connect-failed' end as connect() would have rejected (native/relay.h HsFail). */
   #failure(res: RelayResult, what: string, timeoutMs: number): Error {
+    const common = nativeProxyFailure(res, this.#o, what, timeoutMs);
+    if (common) return common;
     const h = res.handshake ?? 0;
-    const reachingProxy = h >>> 16 === 1;
     const kind = (h >>> 8) & 0xff;
     const detail = h & 0xff;
-    let e: Error;
-    if (kind === 0) {
-      const code = (res.error as NodeJS.ErrnoException | undefined)?.code ?? 'ECONNRESET';
-      const at = hostPort(this.#o.host, this.#o.port);
-      e =
-        code === 'ETIMEDOUT'
-          ? timeoutError(what, timeoutMs)
-          : reachingProxy
-            ? wrapError(`${what}: reach the proxy: connect ${at}`, { code, message: `connect ${code} ${at}` })
-            : wrapError(what, { code, message: `read ${code}` });
-      // Not reached (a timeout included): the proxy itself is down, as connectViaProxy says.
-      return reachingProxy ? markProxyDown(e) : e;
-    }
     switch (kind) {
-      case 1:
-        return markProxyDown(closedMidHandshake(what));
-      case 2:
+      case HS_FAIL.noMethod:
         return noMethodError(what, this.#o.auth !== undefined);
-      case 3:
+      case HS_FAIL.badMethod:
         return badMethodError(what, detail);
-      case 4:
+      case HS_FAIL.authFailed:
         return authFailedError(what, this.#o.auth?.username ?? '', detail);
-      case 5:
+      case HS_FAIL.reply:
         return replyError(detail, what);
-      case 7:
+      case HS_FAIL.atyp:
         return new ProxyError(
           'ESOCKS5_PROTOCOL',
           `${what}: socks5 address type ${detail} is unknown (RFC 1928 defines 1, 3, 4)`,
@@ -140,7 +123,7 @@ export class Socks5Outbound implements Outbound {
       default:
         return new ProxyError(
           'ESOCKS5_PROTOCOL',
-          `${what}: the proxy answered with version ${detail}, expected ${kind === 8 ? '1' : '5'} (is the upstream a SOCKS5 server, not SOCKS4/HTTP?)`,
+          `${what}: the proxy answered with version ${detail}, expected ${kind === HS_FAIL.authVersion ? '1' : '5'} (is the upstream a SOCKS5 server, not SOCKS4/HTTP?)`,
         );
     }
   }

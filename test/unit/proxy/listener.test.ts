@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type SessionEvent, TcpListener, type TcpListenerOptions } from '../../../src/proxy/listener.js';
 import type { Outbound } from '../../../src/proxy/outbound.js';
 import { DirectOutbound } from '../../../src/proxy/outbounds/direct.js';
+import { HttpOutbound } from '../../../src/proxy/outbounds/http.js';
 import { RejectOutbound } from '../../../src/proxy/outbounds/reject.js';
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
 import { Router } from '../../../src/proxy/router.js';
@@ -17,6 +18,7 @@ import {
   closeServer,
   type Daemon,
   echoOrigin,
+  echoThrough,
   FakeNat,
   freePort,
   LO,
@@ -24,6 +26,7 @@ import {
   socketError,
   startListener,
   startMicrosocks,
+  startTinyproxy,
   until,
 } from './helpers.js';
 
@@ -61,6 +64,57 @@ async function setup(
     return s;
   };
   return { l, nat, log, sessions, app };
+}
+
+/**
+ * Through `outbound(password)`: the right password relays; a wrong one
+ * resets the app and ends the session with `code` and one log line matching `text`.
+ */
+async function expectAuthChecked(
+  outbound: (password: string) => ConstructorParameters<typeof Router>[0]['final'],
+  right: string,
+  code: string,
+  text: RegExp,
+) {
+  const good = await setup(outbound(right));
+  expect(await roundTrip(good.app({ dstIp: FAKE, dstPort: origin.port }), 'authed')).toBe('authed');
+  const bad = await setup(outbound('wrong'));
+  expect((await socketError(bad.app({ dstIp: FAKE, dstPort: origin.port }))).code).toBe('ECONNRESET');
+  await until(() => bad.sessions.length === 2);
+  expect(bad.sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: code });
+  expect(bad.log).toHaveLength(1);
+  expect(bad.log[0]).toMatch(text);
+  return [good, bad] as const;
+}
+
+/** Everything `s` receives from now on, as latin1 text. */
+function received(s: net.Socket): () => string {
+  let got = '';
+  s.setEncoding('latin1');
+  s.on('data', (d: string) => {
+    got += d;
+  });
+  return () => got;
+}
+
+/**
+ * One connection to port `dst` through `final` fails: the app is reset and
+ * the session ends with `code`. Returns what was reported to the router
+ * (a failure of the proxy itself marks it dead for groups).
+ */
+async function failureReports(
+  final: ConstructorParameters<typeof Router>[0]['final'],
+  dst: number,
+  code: string,
+): Promise<string[]> {
+  const router = new Router({ final });
+  const reports: string[] = [];
+  router.reportFailure = (_chain, why) => void reports.push(why);
+  const { app, sessions } = await setup(final, { router });
+  expect((await socketError(app({ dstIp: FAKE, dstPort: dst }))).code).toBe('ECONNRESET');
+  await until(() => sessions.length === 2);
+  expect(sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: code });
+  return reports;
 }
 
 async function roundTrip(s: net.Socket, msg: string): Promise<string> {
@@ -258,6 +312,19 @@ describe('TcpListener', () => {
   });
 });
 
+/** A scripted server's handle: its port, what it saw, and close() (its connections first). */
+async function scripted<T>(server: net.Server, conns: net.Socket[], seen: T) {
+  const port = await listen(server);
+  return {
+    port,
+    seen,
+    close: async () => {
+      for (const c of conns) c.destroy();
+      await closeServer(server);
+    },
+  };
+}
+
 /**
  * A SOCKS5 server in the test, for what real servers do not do on demand:
  * it answers the greeting with `method` (or hangs up), the CONNECT with
@@ -305,15 +372,7 @@ async function scriptedSocks(script: {
       }
     });
   });
-  const port = await listen(server);
-  return {
-    port,
-    seen,
-    close: async () => {
-      for (const c of conns) c.destroy();
-      await closeServer(server);
-    },
-  };
+  return scripted(server, conns, seen);
 }
 
 describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
@@ -330,12 +389,8 @@ describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
     const { app, l, sessions } = await setup(new Socks5Outbound({ host: LO, port: srv.port }));
     const s = app({ dstIp: FAKE, dstPort: 4242 });
     s.write('hello'); // before the listener even accepted: waits in the app's socket through the handshake
-    s.setEncoding('latin1');
-    let got = '';
-    s.on('data', (d: string) => {
-      got += d;
-    });
-    await until(() => got === 'BANNER|echo:hello');
+    const got = received(s);
+    await until(() => got() === 'BANNER|echo:hello');
     expect(srv.seen.request.equals(Buffer.from([5, 1, 0, 3, 9, ...Buffer.from('localhost'), 0x10, 0x92]))).toBe(true);
     expect(srv.seen.got).toBe('hello');
     s.end();
@@ -347,17 +402,12 @@ describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
   it('username/password (RFC 1929) against microsocks: the right pair relays, a wrong one is ESOCKS5_AUTH_FAILED', async () => {
     const authed = await startMicrosocks({ user: 'u1', pass: 'secret' });
     servers.push({ close: () => authed.stop() });
-    const good = await setup(
-      new Socks5Outbound({ host: LO, port: authed.port, auth: { username: 'u1', password: 'secret' } }),
+    await expectAuthChecked(
+      (password) => new Socks5Outbound({ host: LO, port: authed.port, auth: { username: 'u1', password } }),
+      'secret',
+      'ESOCKS5_AUTH_FAILED',
+      /rejected user "u1" \(RFC 1929 status [1-9]\d*\): check user:pass/,
     );
-    expect(await roundTrip(good.app({ dstIp: FAKE, dstPort: origin.port }), 'authed')).toBe('authed');
-    const bad = await setup(
-      new Socks5Outbound({ host: LO, port: authed.port, auth: { username: 'u1', password: 'wrong' } }),
-    );
-    expect((await socketError(bad.app({ dstIp: FAKE, dstPort: origin.port }))).code).toBe('ECONNRESET');
-    await until(() => bad.sessions.length === 2);
-    expect(bad.sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: 'ESOCKS5_AUTH_FAILED' });
-    expect(bad.log[0]).toMatch(/rejected user "u1" \(RFC 1929 status [1-9]\d*\): check user:pass/);
   });
 
   it('protocol failures reset the app with the stable code and one line naming the fix', async () => {
@@ -389,15 +439,181 @@ describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
       [dead, origin.port, 'ECONNREFUSED', ['ECONNREFUSED']],
       [socks.port, await freePort(), 'ESOCKS5_REFUSED', []],
     ] as const) {
-      const final = new Socks5Outbound({ host: LO, port });
-      const router = new Router({ final });
-      const reports: string[] = [];
-      router.reportFailure = (_chain, why) => void reports.push(why);
-      const { app, sessions } = await setup(final, { router });
-      expect((await socketError(app({ dstIp: FAKE, dstPort: dst }))).code).toBe('ECONNRESET');
-      await until(() => sessions.length === 2);
-      expect(sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: code });
-      expect(reports).toEqual(reported);
+      expect(await failureReports(new Socks5Outbound({ host: LO, port }), dst, code)).toEqual(reported);
     }
   });
 });
+
+/**
+ * An HTTP proxy in the test: reads the CONNECT head, waits `delayMs`, then
+ * answers `reply` in ONE write (a banner may be part of it: a server-first
+ * protocol right behind the 200) and echoes what follows ("echo:" + bytes).
+ * `hangUp` ends the connection after the reply; `silent` never answers.
+ * `early` is every byte that came after the request head before the reply
+ * went out (the app's bytes must wait for the tunnel).
+ */
+async function scriptedHttp(script: { reply: string; delayMs?: number; hangUp?: boolean; silent?: boolean }) {
+  const seen = { heads: [] as string[], early: '', got: '' };
+  const conns: net.Socket[] = [];
+  const server = net.createServer((c) => {
+    conns.push(c);
+    c.on('error', () => {});
+    c.setEncoding('latin1');
+    let acc = '';
+    let stage: 'head' | 'waiting' | 'answered' = 'head';
+    c.on('data', (d: string) => {
+      if (stage === 'answered') {
+        seen.got += d;
+        c.write(`echo:${d}`);
+        return;
+      }
+      acc += d;
+      const end = acc.indexOf('\r\n\r\n');
+      if (stage !== 'head' || end < 0) return;
+      stage = 'waiting';
+      seen.heads.push(acc.slice(0, end + 4));
+      if (script.silent) return;
+      setTimeout(() => {
+        seen.early = acc.slice(end + 4);
+        stage = 'answered';
+        if (script.hangUp) c.end(script.reply);
+        else c.write(script.reply);
+      }, script.delayMs ?? 0);
+    });
+  });
+  return scripted(server, conns, seen);
+}
+
+describe('TcpListener: HTTP CONNECT on the relay thread', () => {
+  const servers: Array<{ close(): Promise<void> }> = [];
+  let tiny: Daemon;
+  let tinyAuth: Daemon;
+  beforeAll(async () => {
+    [tiny, tinyAuth] = await Promise.all([startTinyproxy(), startTinyproxy(['BasicAuth alice s3cret'])]);
+  });
+  afterAll(async () => {
+    await Promise.all([tiny?.stop(), tinyAuth?.stop()]);
+  });
+  afterEach(async () => {
+    await Promise.all(servers.splice(0).map((x) => x.close()));
+  });
+
+  it('the app speaks first and a banner rides in the 200 segment: the app waits for the tunnel, every byte once, in order', async () => {
+    const srv = await scriptedHttp({
+      reply: 'HTTP/1.1 200 Connection established\r\nProxy-Agent: t\r\n\r\nBANNER|',
+      delayMs: 100,
+    });
+    servers.push(srv);
+    const out = new HttpOutbound({ host: LO, port: srv.port, auth: { username: 'u', password: 'p' } });
+    const { app, l, sessions } = await setup(out);
+    const s = app({ dstIp: FAKE, dstPort: 4242 });
+    s.write('hello'); // before the listener even accepted: waits in the app's socket through the handshake
+    const got = received(s);
+    await until(() => got() === 'BANNER|echo:hello');
+    expect(srv.seen.heads).toEqual([
+      'CONNECT localhost:4242 HTTP/1.1\r\nHost: localhost:4242\r\nProxy-Authorization: Basic dTpw\r\n\r\n',
+    ]);
+    expect(srv.seen.early).toBe(''); // nothing of the app's before the 200
+    expect(srv.seen.got).toBe('hello');
+    s.end();
+    await until(() => sessions.length === 2);
+    expect(sessions[1]).toMatchObject({ phase: 'close', bytesUp: 5, bytesDown: 'BANNER|echo:hello'.length });
+    expect(l.stats().nativeDials).toBe(1);
+  });
+
+  it('real tinyproxy: relays by name, Basic auth right and wrong, a refused destination is the proxy status', async () => {
+    const plain = await setup(new HttpOutbound({ host: LO, port: tiny.port }));
+    expect(await roundTrip(plain.app({ dstIp: FAKE, dstPort: origin.port }), 'through tinyproxy')).toBe(
+      'through tinyproxy',
+    );
+    const [good, bad] = await expectAuthChecked(
+      (password) => new HttpOutbound({ host: LO, port: tinyAuth.port, auth: { username: 'alice', password } }),
+      's3cret',
+      'EHTTP_PROXY_AUTH',
+      /: 40[17] .*the proxy rejected user "alice" \(check user:pass in --upstream\)/,
+    );
+    const refused = await setup(new HttpOutbound({ host: LO, port: tiny.port }));
+    expect((await socketError(refused.app({ dstIp: FAKE, dstPort: await freePort() }))).code).toBe('ECONNRESET');
+    await until(() => refused.sessions.length === 2);
+    expect(refused.sessions[1]).toMatchObject({ end: 'connect-failed', errorCode: 'EHTTP_PROXY_STATUS' });
+    expect(refused.log[0]).toMatch(/the proxy answered 5\d\d /);
+    for (const x of [plain, good, bad, refused]) expect(x.l.stats().nativeDials).toBe(1);
+  });
+
+  it('every answer ends as the JavaScript client ends it: same code, same line; nothing of the app reaches the proxy', async () => {
+    const big = `HTTP/1.1 200 OK\r\nX: ${'a'.repeat(70_000)}`;
+    const cases: Array<[string, Parameters<typeof scriptedHttp>[0]]> = [
+      ['502', { reply: 'HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n' }],
+      ['407', { reply: 'HTTP/1.1 407 Proxy Authentication Required\r\n\r\n' }],
+      ['403', { reply: 'HTTP/1.0 403 Forbidden\r\n\r\n' }],
+      ['100', { reply: 'HTTP/1.1 100 Continue\r\n\r\n' }],
+      ['not http', { reply: 'SSH-2.0-OpenSSH_9.6\r\n\r\n' }],
+      ['space in a field name', { reply: 'HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n' }],
+      ['field without colon', { reply: 'HTTP/1.1 200 OK\r\nnocolon\r\n\r\n' }],
+      ['CR inside the reason', { reply: 'HTTP/1.1 200 O\rK\r\n\r\n' }],
+      ['four-digit status', { reply: 'HTTP/1.1 2000 OK\r\n\r\n' }],
+      ['head too large', { reply: big }],
+      ['hang-up mid-head', { reply: 'HTTP/1.1 200 OK\r\n', hangUp: true }],
+      ['silent', { reply: '', silent: true }],
+    ];
+    for (const [name, script] of cases) {
+      const srv = await scriptedHttp(script);
+      servers.push(srv);
+      const out = () => new HttpOutbound({ host: LO, port: srv.port, maxHeadBytes: 4096 });
+      const js = (await out()
+        .connect({ host: 'localhost', port: 80 }, { timeoutMs: 300 })
+        .then(
+          (s) => s.destroy(),
+          (e: unknown) => e,
+        )) as ProxyErrorLike;
+      expect(js?.code, name).toMatch(/^E/);
+      const { app, log, sessions } = await setup(out(), { connectTimeoutMs: 300 });
+      const s = app({ dstIp: FAKE, dstPort: 80 });
+      s.write('early');
+      expect((await socketError(s)).code, name).toBe('ECONNRESET');
+      await until(() => sessions.length === 2);
+      expect(sessions[1], name).toMatchObject({ end: 'connect-failed', errorCode: js.code });
+      expect(log, name).toHaveLength(1);
+      expect(log[0], name).toContain(`${js.code}: ${js.message} (rule`);
+      expect(srv.seen.early + srv.seen.got, name).toBe('');
+    }
+  });
+
+  it('heads the JavaScript client accepts open the tunnel natively too (HTTP/1.0, bare LF, no reason, odd fields)', async () => {
+    const heads = [
+      'HTTP/1.0 200 Connection established\r\n\r\n',
+      'HTTP/1.1 200 OK\n\n',
+      'HTTP/1.1 200\r\n\r\n',
+      'HTTP/1.1 204 No Content\r\nX-A:\r\nx-b:\tv\r\n\n',
+      'HTTP/1.1 299 \r\n\r\n',
+    ];
+    for (const reply of heads) {
+      const srv = await scriptedHttp({ reply });
+      servers.push(srv);
+      const out = new HttpOutbound({ host: LO, port: srv.port });
+      const js = await out.connect({ host: 'localhost', port: 80 });
+      expect(await echoThrough(js, 'js', 7), reply).toBe('echo:js');
+      const { app, l } = await setup(out);
+      const s = app({ dstIp: FAKE, dstPort: 80 });
+      const got = received(s);
+      s.write('native');
+      await until(() => got() === 'echo:native');
+      expect(l.stats().nativeDials).toBe(1);
+    }
+  });
+
+  it('a proxy that cannot be reached or hangs up mid-head is reported to the router (proxyDown); a status is not', async () => {
+    const hangUp = await scriptedHttp({ reply: 'HTTP/1.1 200', hangUp: true });
+    servers.push(hangUp);
+    const cases = [
+      [await freePort(), origin.port, 'ECONNREFUSED', ['ECONNREFUSED']],
+      [hangUp.port, origin.port, 'EUPSTREAM_CLOSED', ['EUPSTREAM_CLOSED']],
+      [tiny.port, await freePort(), 'EHTTP_PROXY_STATUS', []],
+    ] as const;
+    for (const [port, dst, code, reported] of cases) {
+      expect(await failureReports(new HttpOutbound({ host: LO, port }), dst, code), code).toEqual(reported);
+    }
+  });
+});
+
+type ProxyErrorLike = { code: string; message: string };
