@@ -135,6 +135,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
                            InstanceMethod("port", &TcpAcceptor::Port),
                            InstanceMethod("reset", &TcpAcceptor::Reset),
                            InstanceMethod("filterDrops", &TcpAcceptor::FilterDropsJs),
+                           InstanceMethod("congestionErrno", &TcpAcceptor::CongestionErrno),
                            InstanceMethod("close", &TcpAcceptor::Close),
                        });
   }
@@ -184,6 +185,22 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
                      (err == ENODEV ? " (open the TUN before the listener)" : ""));
         return;
       }
+    }
+    // congestion: TCP_CONGESTION on the listening socket; accepted sockets
+    // inherit it (tcp_ca_openreq_child keeps a setsockopt choice). A refusal
+    // (ENOENT: not in this kernel; EPERM: not allowed without CAP_NET_ADMIN)
+    // leaves the system's; JS reads the errno and says so.
+    Napi::Value cc = o.Get("congestion");
+    if (!cc.IsUndefined()) {
+      std::string name = cc.IsString() ? cc.As<Napi::String>().Utf8Value() : std::string();
+      if (name.empty() || name.size() >= 16) {
+        close(fd_);
+        fd_ = -1;
+        ThrowArg(env, "TcpAcceptor: congestion must be a congestion control name of 1-15 bytes");
+        return;
+      }
+      if (setsockopt(fd_, IPPROTO_TCP, TCP_CONGESTION, name.data(), static_cast<socklen_t>(name.size())) < 0)
+        congestionErrno_ = errno;
     }
     struct sockaddr_in a = {};
     a.sin_family = AF_INET;
@@ -255,6 +272,10 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   }
 
   // filterDrops(): segments the device filter dropped (not from the TUN), or -1 when not counted.
+  Napi::Value CongestionErrno(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), congestionErrno_);
+  }
+
   Napi::Value FilterDropsJs(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), FilterDrops(filterMap_));
   }
@@ -306,6 +327,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
 
   int fd_ = -1;
   int reserve_ = -1;
+  int congestionErrno_ = 0;
   int filterMap_ = -1;  // the eBPF device filter's drop counter (AttachCountingIngressFilter), or -1
   JsReadPoll poll_;
   double recs_[kMaxBatch * kFields];

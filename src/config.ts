@@ -30,6 +30,8 @@ export interface StartConfig {
   queues: number;
   tunOffload: boolean;
   tunTxqueuelen: number;
+  /** TCP congestion control set on the Listener's sockets; undefined: the system's (START_OPTIONS.tunCongestion). */
+  tunCongestion: string | undefined;
   listenPort: number;
   dnsListen: { host: string; port: number }[];
   /** Unset: the first nameserver of /etc/resolv.conf that is not us (resolved at start). */
@@ -289,6 +291,7 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     queues: intOpt('queues'),
     tunOffload: boolOpt('tunOffload'),
     tunTxqueuelen: intOpt('tunTxqueuelen'),
+    tunCongestion: congestionName(str(pick('tunCongestion') ?? O.tunCongestion.default, flagName(O.tunCongestion))),
     listenPort,
     dnsListen,
     dnsUpstream: up === undefined ? undefined : parseHostPort(str(up, '--dns-upstream'), 53, '--dns-upstream'),
@@ -314,6 +317,21 @@ export function resolveStartConfig(flags: RawStart, file: RawStart = {}): StartC
     configPath: typeof file.configPath === 'string' ? file.configPath : undefined,
     ...routingConfig(flags, file, pick('geoipDb')),
   };
+}
+
+/**
+ * `--tun-congestion`: a kernel congestion control name (TCP_CA_NAME_MAX is 16
+ * with the NUL), or `kernel` (undefined: the system's). Whether this kernel
+ * has it is only known at setsockopt (the Listener warns then).
+ */
+function congestionName(v: string): string | undefined {
+  if (v === 'kernel') return undefined;
+  if (!/^[a-z0-9_]{1,15}$/.test(v)) {
+    throw new UsageError(
+      `--tun-congestion '${v}': a congestion control name as in /proc/sys/net/ipv4/tcp_available_congestion_control (e.g. cubic, reno), or kernel`,
+    );
+  }
+  return v;
 }
 
 /** `--mode` and the options of global mode. */

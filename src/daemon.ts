@@ -339,6 +339,7 @@ export class Daemon {
     };
     const tcp = new TcpListener({
       ...listen,
+      ...(c.tunCongestion !== undefined ? { congestion: c.tunCongestion } : {}),
       ...(c.relayThreads !== undefined ? { relayThreads: c.relayThreads } : {}),
       sniffTimeoutMs: c.sniff === 'on' || (c.sniff === 'auto' && c.mode === 'global') ? c.sniffTimeout : 0,
     });

@@ -420,6 +420,8 @@ export interface NativeTcpAcceptor {
    * not counted (no `device`, or no eBPF here: a classic filter drops them uncounted).
    */
   filterDrops(): number;
+  /** 0, or the errno setsockopt(TCP_CONGESTION) failed with for the `congestion` option. */
+  congestionErrno(): number;
   close(): void;
 }
 
@@ -464,6 +466,8 @@ export interface NativeBinding {
     backlog: number;
     /** The TUN's name: segments that arrived on any other interface are dropped silently (a BPF socket filter on the ingress ifindex). */
     device?: string;
+    /** TCP_CONGESTION of the listening socket (accepted sockets inherit it); a refusal is kept for congestionErrno(). */
+    congestion?: string;
   }) => NativeTcpAcceptor;
 }
 

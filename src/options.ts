@@ -84,6 +84,12 @@ export const START_OPTIONS = {
     range: [64, 1048576],
     why: 'Kernel transmit queue of the TUN (`ip link` txqueuelen): packets routed into the TUN wait there until the engine thread reads them, and the kernel drops them (counted in `fakeproxy status` as TUN kernel drops) when it is full. The kernel default of 500 overflows at 1 Gbit/s of UDP while the engine reads in bursts (most datagrams died there); 4096 absorbs a burst of ~5 MB of 1200-byte datagrams. A longer queue only holds packets the engine has not read yet: it adds no latency while the engine keeps up.',
   },
+  tunCongestion: {
+    flag: '--tun-congestion <name>',
+    help: "TCP congestion control of the Listener's sockets (the TUN side of each connection); kernel: the system's",
+    default: 'cubic',
+    why: "TCP congestion control of the Listener's sockets, the TUN side of every proxied connection (the upstream side keeps the system's, e.g. BBR, for the real network). The TUN hop is in memory: no loss to react to, so pacing is pure cost. With BBR (a common system default) the Listener paces every download burst with a timer and a softirq and queues megabytes in the TUN; `iperf3 -R` through the TUN cost 1.84 CPU s/GB with BBR against 1.29 with cubic (same run, `npm run bench -- iperf`, rows TKRc and TRc; reno measured like cubic). `kernel` keeps `net.ipv4.tcp_congestion_control`. An algorithm the kernel lacks or refuses gets one warning line and the system's.",
+  },
   listenPort: {
     flag: '--listen-port <port>',
     help: 'Listener port on the gateway, TCP and UDP',

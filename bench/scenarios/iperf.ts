@@ -8,6 +8,8 @@
  *            the TUN and the engine, so T − P is what the TUN hop costs
  *   T / TR   app → fake IP → TUN → engine → Listener → direct → iperf3 -s (upstream ns)
  *   TN       T with --no-tun-offload
+ *   TKR      TR with --tun-congestion kernel: the Listener's sockets keep the system's congestion
+ *            control (BBR on our VMs) instead of the default cubic
  *   TM / TMR T and TR with --mtu 9000 (the default before 2026-12-02: what the 64 KiB MTU buys)
  * The second table is CPU seconds per GB delivered: both iperf3 processes
  * (iperf3's own accounting) plus, on the TUN rows, the daemon (/proc). On 2
@@ -41,6 +43,7 @@ export const iperf: Scenario = {
       spec('LR', 'iperf3 -R loopback', GBPS),
       spec('PR', 'iperf3 -R through a splice forwarder, no TUN', GBPS, { compare: [{ to: 'LR' }] }),
       spec('TR', 'iperf3 -R through TUN (direct)', GBPS, { compare: [{ to: 'LR', goal: 0.5 }] }),
+      spec('TKR', 'iperf3 -R through TUN, --tun-congestion kernel', GBPS, { compare: [{ to: 'LR' }, { to: 'TR' }] }),
       spec('TN', 'iperf3 through TUN, --no-tun-offload', GBPS, { compare: [{ to: 'L' }, { to: 'T' }] }),
       spec('TM', 'iperf3 through TUN, --mtu 9000', GBPS, { compare: [{ to: 'L' }, { to: 'T' }] }),
       spec('TMR', 'iperf3 -R through TUN, --mtu 9000', GBPS, { compare: [{ to: 'LR' }, { to: 'TR' }] }),
@@ -57,6 +60,7 @@ export const iperf: Scenario = {
       cost('LRc', '-R loopback'),
       cost('PRc', '-R through a splice forwarder, no TUN', [{ to: 'LRc' }]),
       cost('TRc', '-R through TUN (direct)', [{ to: 'LRc' }, { to: 'PRc' }]),
+      cost('TKRc', '-R through TUN, --tun-congestion kernel', [{ to: 'LRc' }, { to: 'TRc' }]),
       cost('TNc', 'through TUN, --no-tun-offload', [{ to: 'Lc' }, { to: 'Tc' }]),
       cost('TMc', 'through TUN, --mtu 9000', [{ to: 'Lc' }, { to: 'Tc' }]),
       cost('TMRc', '-R through TUN, --mtu 9000', [{ to: 'LRc' }, { to: 'TRc' }]),
@@ -119,6 +123,14 @@ export const iperf: Scenario = {
             measure('TR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
           );
         }),
+      );
+      await path(ctx, ip, ['TKR'], 'iperf3 -R through TUN, --tun-congestion kernel', () =>
+        withDaemon(
+          topo,
+          'direct',
+          (d) => measure('TKR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
+          { extra: ['--tun-congestion', 'kernel'] },
+        ),
       );
       await path(ctx, ip, ['TN'], 'iperf3 through TUN, no offload', () =>
         withDaemon(topo, 'direct', (d) => measure('TN', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d), {

@@ -67,6 +67,12 @@ export interface TcpListenerOptions {
    */
   device?: string;
   /**
+   * TCP congestion control of the listening socket, which accepted sockets
+   * inherit (the TUN side; why: START_OPTIONS.tunCongestion). Unset: the
+   * system's. One warning line when the kernel refuses it; the Listener runs on.
+   */
+  congestion?: string;
+  /**
    * Epoll threads of the native relay (SpliceRelayOptions.threads).
    * @default os.availableParallelism()
    */
@@ -147,8 +153,20 @@ export interface TcpListener {
   emit(event: 'session', e: SessionEvent): boolean;
 }
 
-type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads' | 'device'>> &
-  Pick<TcpListenerOptions, 'relayThreads' | 'device'>;
+type ResolvedOptions = Required<Omit<TcpListenerOptions, 'relayThreads' | 'device' | 'congestion'>> &
+  Pick<TcpListenerOptions, 'relayThreads' | 'device' | 'congestion'>;
+
+/** The warning when the kernel refuses `--tun-congestion` (setsockopt TCP_CONGESTION errno `err`). */
+export function congestionRefused(name: string, err: number): string {
+  const code = getSystemErrorName(-err);
+  const why =
+    code === 'ENOENT'
+      ? `this kernel has no '${name}' (modprobe tcp_${name}, or pick one of /proc/sys/net/ipv4/tcp_available_congestion_control)`
+      : code === 'EPERM'
+        ? `'${name}' is not in net.ipv4.tcp_allowed_congestion_control and the daemon lacks CAP_NET_ADMIN (add it there, or --tun-congestion reno)`
+        : `the kernel refused it`;
+  return `tcp listener: --tun-congestion ${name}: ${code}: ${why}; the Listener's sockets keep the system's congestion control`;
+}
 
 /** An accepted connection's NAT flow, copied off the reused accept-path record (sniffing outlives the tick). */
 interface FlowFacts {
@@ -237,6 +255,7 @@ export class TcpListener extends EventEmitter {
       logger: opts.logger ?? stderrLogger,
       relayThreads: opts.relayThreads,
       device: opts.device,
+      congestion: opts.congestion,
       sniffTimeoutMs: opts.sniffTimeoutMs ?? 0,
     };
     this.#failLog = rateLimited(this.#o.logger, 10_000);
@@ -256,8 +275,16 @@ export class TcpListener extends EventEmitter {
     const hostU32 = net.isIPv4(this.#o.host) ? ipToInt(this.#o.host) : -1;
     if (hostU32 >= 0) {
       try {
-        const { port, backlog, device } = this.#o;
-        const a = new (native().TcpAcceptor)({ host: hostU32, port, backlog, ...(device ? { device } : {}) });
+        const { port, backlog, device, congestion } = this.#o;
+        const a = new (native().TcpAcceptor)({
+          host: hostU32,
+          port,
+          backlog,
+          ...(device ? { device } : {}),
+          ...(congestion ? { congestion } : {}),
+        });
+        const ccErr = a.congestionErrno();
+        if (congestion && ccErr !== 0) this.#o.logger(congestionRefused(congestion, ccErr));
         a.start((recs, n) => this.#acceptBatch(recs, n));
         this.#acceptor = a;
         if (device && a.filterDrops() >= 0) {

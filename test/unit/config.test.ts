@@ -90,6 +90,16 @@ describe('resolveStartConfig', () => {
       /--lan .* is not an IPv4 network such as 192\.168\.1\.0\/24/,
     );
   });
+  it('--tun-congestion: cubic by default, config twin, kernel keeps the system default', () => {
+    expect(resolveStartConfig({}).tunCongestion).toBe('cubic');
+    expect(resolveStartConfig({}, { tunCongestion: 'reno' }).tunCongestion).toBe('reno');
+    expect(resolveStartConfig({ tunCongestion: 'bbr' }, { tunCongestion: 'reno' }).tunCongestion).toBe('bbr');
+    expect(resolveStartConfig({ tunCongestion: 'kernel' }).tunCongestion).toBeUndefined();
+  });
+  it.each(['', 'Cubic', 'cu bic', 'a'.repeat(16), 'bbr;reno'])('--tun-congestion %j is a usage error', (t) => {
+    expect(() => resolveStartConfig({ tunCongestion: t })).toThrow(UsageError);
+    expect(() => resolveStartConfig({ tunCongestion: t })).toThrow(/--tun-congestion .*: a congestion control name/);
+  });
   it('--redis-shared-pool without --redis is a usage error, caught before anything is created', () => {
     expect(() => resolveStartConfig({ redisSharedPool: true })).toThrow(/--redis-shared-pool needs --redis/);
   });
