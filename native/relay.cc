@@ -321,12 +321,6 @@ class RelayWorker {
       }
     }
     for (int side = 0; side < 2; side++) {
-      // Bound what a pair holds in the kernel for a slow reader (relay.h);
-      // best effort: a refusal leaves the kernel's defaults.
-      if (o_.rcvbuf > 0) setsockopt(p->fd[side], SOL_SOCKET, SO_RCVBUF, &o_.rcvbuf, sizeof o_.rcvbuf);
-      if (o_.notsent_lowat > 0) {
-        setsockopt(p->fd[side], IPPROTO_TCP, TCP_NOTSENT_LOWAT, &o_.notsent_lowat, sizeof o_.notsent_lowat);
-      }
       struct epoll_event e = {};
       e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
       e.data.u64 = reinterpret_cast<uint64_t>(p) | static_cast<uint64_t>(side);

@@ -123,18 +123,6 @@ struct RelayOptions {
   uint32_t idle_ms = 600000;
   // Free pipes kept per thread for reuse (the rest are closed).
   size_t pool_max = 64;
-  // SO_RCVBUF of both sockets (the kernel doubles it for bookkeeping); 0
-  // leaves autotuning on, as mihomo and sing-box do. Off by default: with
-  // 2 MiB (4 MiB of buffer) and TCP_NOTSENT_LOWAT 1 MiB on every pair, a
-  // slow reader had the daemon's sockets hold ~5 MB instead of ~24 MB, but
-  // the 1 GiB download bench fell in the same run from 1.26x to 0.78x of
-  // veth (TUN direct) and 3.55 to 3.09 Gbit/s (TUN -> dante). Kernel socket
-  // memory, not the daemon's RSS, is what a slow reader costs either way.
-  int rcvbuf = 0;
-  // TCP_NOTSENT_LOWAT of both sockets: a splice into a socket stops (EAGAIN)
-  // once this many bytes wait unsent, instead of filling the whole send
-  // buffer behind a reader that does not read. 0: kernel default.
-  int notsent_lowat = 0;
 };
 
 struct RelayTotals {

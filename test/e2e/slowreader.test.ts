@@ -3,9 +3,11 @@
  * download at 2 MB/s; the bytes wait in the kernel's socket buffers (receive
  * queue of the upstream socket, send queue of the app's, bounded by tcp_rmem
  * and tcp_wmem max: ~24 MB here with autotuning, tcp_rmem max 32 MiB on our
- * VMs), never in the daemon, whose RSS stays flat. The relay can cap the
- * kernel's share (native/relay.h: rcvbuf, notsent_lowat) but does not by
- * default: the caps cost a third of the download bench's throughput.
+ * VMs), never in the daemon, whose RSS stays flat. The relay sets no
+ * SO_RCVBUF / TCP_NOTSENT_LOWAT caps (autotuning, as mihomo and sing-box):
+ * 2 MiB / 1 MiB caps cut this backlog to ~5 MB but cost a third of the
+ * download bench's throughput (e6e3ecf); the host's tcp_rmem / tcp_wmem
+ * maxima are the operator's bound.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eUnavailableReason } from './harness/netns.js';
