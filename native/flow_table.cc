@@ -487,7 +487,7 @@ Flow* FlowTable::revive(const FlowKey& k, int64_t now) {
   tcp_++;
   bump(c_.flowsCreated);
   bump(c_.flowsRevived);
-  push_event(true, CloseReason::Timeout, f);
+  f.tcpFlags &= uint8_t(~tcpflag::REPORTED);  // half-open: reported once its handshake completes
   update_gauges();
   return &f;
 }
@@ -536,7 +536,7 @@ Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* wh
   size_++;
   if (k.proto == kProtoTcp) tcp_++;
   bump(c_.flowsCreated);
-  push_event(true, CloseReason::Timeout, f);
+  if (k.proto != kProtoTcp) report_open(f);
   update_gauges();
   *why = Create::Ok;
   return &f;
@@ -550,9 +550,15 @@ void FlowTable::touch(Flow* f, int64_t now) {
   }
 }
 
+void FlowTable::report_open(Flow& f) {
+  f.tcpFlags |= tcpflag::REPORTED;
+  push_event(true, CloseReason::Timeout, f);
+}
+
 void FlowTable::set_state(Flow* f, FlowState s, int64_t now) {
   if (f->state == s) return;
   f->state = s;
+  if (s != FlowState::Closed && !(f->tcpFlags & tcpflag::REPORTED)) report_open(*f);
   if (list_for(*f) != f->list) {
     unlink(f->self);
     link_tail(f->self, now);
@@ -561,7 +567,7 @@ void FlowTable::set_state(Flow* f, FlowState s, int64_t now) {
 
 void FlowTable::free_index(uint32_t i, CloseReason reason, int64_t now) {
   Flow& f = at(i);
-  push_event(false, reason, f);
+  if (f.tcpFlags & tcpflag::REPORTED) push_event(false, reason, f);
   fwd_.erase(hash_fwd(f.key), i);
   rev_.erase(hash_nat(nat_key_of(f)), i);
   unlink(i);

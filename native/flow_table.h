@@ -71,6 +71,7 @@ constexpr uint8_t SYNACK_SEEN = 1;  // Listener answered the SYN
 constexpr uint8_t FIN_OUT = 2;      // app sent FIN
 constexpr uint8_t FIN_IN = 4;       // Listener sent FIN
 constexpr uint8_t APP_NXT = 8;      // Flow::appNxt is known
+constexpr uint8_t REPORTED = 16;    // its open event was queued for JS (see FlowTable::report_open)
 }  // namespace tcpflag
 
 struct Flow {
@@ -217,7 +218,8 @@ class FlowTable {
   const TableConfig& config() const { return cfg_; }
   Flow* find(const FlowKey& k);
   Flow* find_nat(const NatKey& k);
-  // New flow (the caller checked find() first). Records an open event.
+  // New flow (the caller checked find() first). Records an open event, for
+  // TCP only once the flow leaves the half-open state (see report_open).
   // When the table is full, a closed TCP flow (lingering after both FINs or
   // a RST), else the least recently seen half-open one, is evicted to make
   // room (Linux conntrack's early_drop: entries that are not assured go
@@ -273,6 +275,15 @@ class FlowTable {
   void unlink(uint32_t i);
   uint32_t alloc_slot();
   void push_event(bool open, CloseReason r, const Flow& f);
+  // JS hears of a TCP flow when its handshake completes (it leaves Syn for
+  // anything but Closed), not at its SYN: a half-open flow is no connection
+  // yet, and under a spoofed SYN flood every SYN is a new half-open flow that
+  // is early-dropped or times out unanswered. Reporting those cost the JS
+  // thread an open and a close event each (~50 000/s at full hping3 speed:
+  // half a core, and the DNS server and control socket on that thread
+  // stopped answering). A flow never reported closes silently; the native
+  // counters and gauges (halfOpenFlows, flowsEarlyDropped) still count it.
+  void report_open(Flow& f);
   uint32_t hash_fwd(const FlowKey& k) const;
   uint32_t hash_nat(const NatKey& k) const;
   static NatKey nat_key_of(const Flow& f);

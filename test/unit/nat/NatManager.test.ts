@@ -283,10 +283,15 @@ describe('NatManager', () => {
   it('stop() closes every flow with reason shutdown and is idempotent', () => {
     const { m, closed } = manager();
     m.ensureFlow('udp', '198.18.0.1', 5000, '203.0.113.1', 3478);
-    m.ensureFlow('tcp', '198.18.0.1', 5001, '203.0.113.1', 80);
+    m.ensureFlow('udp', '198.18.0.1', 5001, '203.0.113.1', 3478);
+    // Half-open (never reported open): it goes without a close event.
+    m.ensureFlow('tcp', '198.18.0.1', 5002, '203.0.113.1', 80);
     m.stop();
     m.stop();
-    expect(closed.map(([, r]) => r)).toEqual(['shutdown', 'shutdown']);
+    expect(closed.map(([f, r]) => [f.srcPort, r])).toEqual([
+      [5000, 'shutdown'],
+      [5001, 'shutdown'],
+    ]);
     expect(m.entries()).toEqual([]);
   });
 

@@ -117,26 +117,37 @@ describe('engine rewrite', () => {
     e.drainEvents();
     const again = parse(one(e, tcpPacket({ ...app, flags: F.SYN })));
     expect(`${again.src}:${again.sport}`).not.toBe(`${fwd.src}:${fwd.sport}`);
+    // The new flow is reported once its own handshake completes.
+    expect(e.drainEvents().map((x) => [x.type, x.reason])).toEqual([['close', 'fin']]);
+    one(e, tcpPacket({ ...fromListener(again), flags: F.SYN | F.ACK }));
+    one(e, tcpPacket({ ...app, flags: F.ACK }));
     const ev = e.drainEvents();
-    expect(ev.map((x) => [x.type, x.reason])).toEqual([
-      ['close', 'fin'],
-      ['open', undefined],
-    ]);
+    expect(ev.map((x) => [x.type, x.flow.natPort, x.flow.state])).toEqual([['open', again.sport, 'established']]);
     expect(e.lookup(6, fwd.src, fwd.sport)).toBeUndefined();
   });
 
-  it('RST in either direction closes the flow with reason rst', () => {
+  it('a Listener RST closes the flow with reason rst; a half-open flow reset goes without events', () => {
     const e = makeEngine();
-    const fwd = parse(one(e, tcpPacket({ src: APP, dst: FAKE, sport: 4444, dport: 80, flags: F.SYN })));
+    const app = { src: APP, dst: FAKE, sport: 4444, dport: 80 };
+    const fwd = parse(one(e, tcpPacket({ ...app, flags: F.SYN })));
+    one(e, tcpPacket({ ...fromListener(fwd), flags: F.SYN | F.ACK }));
+    one(e, tcpPacket({ ...app, flags: F.ACK }));
     one(e, tcpPacket({ ...fromListener(fwd), flags: F.RST | F.ACK }));
     expect(e.lookup(6, fwd.src, fwd.sport)?.state).toBe('closed');
+    // Refused at once: never reported open, so no close either.
+    const half = parse(one(e, tcpPacket({ ...app, sport: 4445, flags: F.SYN })));
+    one(e, tcpPacket({ ...fromListener(half), flags: F.RST | F.ACK }));
+    expect(e.lookup(6, half.src, half.sport)?.state).toBe('closed');
     e.expire(T0 + 10_001);
     const ev = e.drainEvents();
-    expect(ev.at(-1)).toMatchObject({ type: 'close', reason: 'rst' });
-    expect(e.stats().flowsClosed).toBe(1);
+    expect(ev.map((x) => [x.type, x.flow.srcPort, x.reason])).toEqual([
+      ['open', 4444, undefined],
+      ['close', 4444, 'rst'],
+    ]);
+    expect(e.stats().flowsClosed).toBe(2);
   });
 
-  it('emits open events carrying the flow, once per flow', () => {
+  it('emits open events carrying the flow, once per flow; TCP once its handshake completes', () => {
     const e = makeEngine();
     one(e, udpPacket({ src: APP, dst: FAKE, sport: 7000, dport: 9 }));
     one(e, udpPacket({ src: APP, dst: FAKE, sport: 7000, dport: 9 }));
@@ -144,5 +155,13 @@ describe('engine rewrite', () => {
     expect(ev).toHaveLength(1);
     expect(ev[0]).toMatchObject({ type: 'open', flow: { proto: 17, srcPort: 7000, dstIp: FAKE, dstPort: 9 } });
     expect(e.drainEvents()).toEqual([]);
+    // A SYN (and its SYN-ACK) is no connection yet; the app's ACK completing the handshake is.
+    const app = { src: APP, dst: FAKE, sport: 7001, dport: 80 };
+    const fwd = parse(one(e, tcpPacket({ ...app, flags: F.SYN })));
+    one(e, tcpPacket({ ...fromListener(fwd), flags: F.SYN | F.ACK }));
+    expect(e.drainEvents()).toEqual([]);
+    one(e, tcpPacket({ ...app, flags: F.ACK }));
+    one(e, tcpPacket({ ...app, flags: F.PSH | F.ACK, payload: Buffer.from('x') }));
+    expect(e.drainEvents()).toMatchObject([{ type: 'open', flow: { proto: 6, srcPort: 7001, state: 'established' } }]);
   });
 });

@@ -39,7 +39,7 @@ export class LiveNat {
     this.nat = new NatManager({ logger: () => {}, clock: () => this.now, timeouts: opts.timeouts });
   }
 
-  /** A new flow from the app side (TCP SYN or a UDP datagram); returns the table's entry. */
+  /** A new flow from the app side (a whole TCP handshake, or a UDP datagram); returns the table's entry. */
   open(o: OpenOptions = {}): FlowEntry {
     const proto = o.proto ?? 'tcp';
     const app = {
@@ -52,9 +52,14 @@ export class LiveNat {
     const out = this.nat.engine.processPacket(pkt, o.at ?? this.now);
     if (out.length !== 1) throw new Error(`the engine did not forward the first packet of ${JSON.stringify(app)}`);
     const nat = parse(out[0]);
-    const entry = this.nat.lookup(proto, nat.src, nat.sport);
+    let entry = this.nat.lookup(proto, nat.src, nat.sport);
     if (!entry) throw new Error('flow not in the table');
     this.sides.set(entry.id, { app });
+    // The engine reports a TCP flow once its handshake completes (a half-open one is no connection yet).
+    if (proto === 'tcp') {
+      this.establish(entry, o.at ?? this.now);
+      entry = this.entry(entry);
+    }
     if (!o.silent) this.nat.flushEvents();
     return entry;
   }

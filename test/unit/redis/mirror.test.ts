@@ -55,7 +55,7 @@ describe('RedisMirror', () => {
       name: 'example.com',
       nat: `${flows[0].natIp}:${flows[0].natPort}`,
       outbound: 'socks5',
-      state: 'syn',
+      state: 'established',
       createdMs: String(nat.now),
     });
     const ttl = Number(await redis.cli('TTL', `fakeproxy:{gw-basic}:flow:tcp:${flows[0].id}`));
@@ -108,8 +108,8 @@ describe('RedisMirror', () => {
     m.start();
     const f = nat.open();
     const key = `fakeproxy:{gw-bytes}:flow:tcp:${f.id}`;
-    // A SYN is 40 bytes of IPv4 + TCP headers.
-    await eventually(async () => (await reader.hget(key, 'bytesOut')) === '40', 'initial counters');
+    // The handshake open() completes: the SYN and the ACK, 40 bytes of IPv4 + TCP headers each.
+    await eventually(async () => (await reader.hget(key, 'bytesOut')) === '80', 'initial counters');
     let now = nat.now;
     for (let i = 1; i <= 3; i++) {
       now += 1000;

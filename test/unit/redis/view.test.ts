@@ -54,25 +54,26 @@ describe('MirrorView', () => {
       outbound: 'direct',
       rule: 'DOMAIN-SUFFIX,example.com,DIRECT',
       chain: 'DIRECT',
-      state: 'syn',
+      state: 'established',
       createdMs: String(live.now),
       lastSeenMs: String(live.now),
-      // The open event is the engine's snapshot before it counted the SYN; polls bring the counters.
-      bytesOut: '0',
-      bytesIn: '0',
-      pktsOut: '0',
-      pktsIn: '0',
+      // The open event is the engine's snapshot as the handshake completes: the SYN and the SYN-ACK
+      // counted, not yet the app's ACK; polls bring the counters.
+      bytesOut: '40',
+      bytesIn: '40',
+      pktsOut: '1',
+      pktsIn: '1',
     });
     expect(events(b1.events).map((e) => [e.type, e.node, e.flow.id, e.flow.outbound, e.flow.rule])).toEqual([
       ['open', 'gw-view', f.id, 'direct', 'DOMAIN-SUFFIX,example.com,DIRECT'],
     ]);
     expect(view.pendingCount()).toBe(0);
 
-    // The first poll writes the SYN's counters; one without change writes nothing; traffic makes the
-    // next poll write the row again, without a new TTL.
+    // The first poll writes the handshake's counters (SYN + ACK); one without change writes nothing;
+    // traffic makes the next poll write the row again, without a new TTL.
     view.poll(live.nat.entries(), live.now);
     expect(view.takeBatch(live.now).writes.map((x) => [fieldsOf(x.fields).bytesOut, x.withTtl])).toEqual([
-      ['40', false],
+      ['80', false],
     ]);
     view.poll(live.nat.entries(), live.now);
     expect(view.takeBatch(live.now).writes).toEqual([]);
