@@ -153,14 +153,15 @@ describe.each(['js', 'native'] as const)('Relay (%s)', (kind) => {
   });
 
   it('traffic keeps an idle timer from firing', async () => {
-    const { app, origin, relay } = await chain(150);
+    // A 1 s timeout against 50 ms spacing: a loaded machine's timer slips stay far below it.
+    const { app, origin, relay } = await chain(1000);
     origin.on('data', (d: Buffer) => origin.write(d));
     app.resume();
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < 30; i++) {
       app.write('ping');
       await new Promise((r) => setTimeout(r, 50));
     }
-    // 300 ms of traffic at 50 ms spacing: past the 150 ms timeout, still open.
+    // 1.5 s of traffic at 50 ms spacing: past the 1 s timeout, still open.
     expect(app.destroyed || app.readableEnded).toBe(false);
     expect(await Promise.race([relay.done.then(() => 'ended'), Promise.resolve('open')])).toBe('open');
     relay.close();
