@@ -33,6 +33,17 @@ bool GetMarkArg(const Napi::CallbackInfo& info, size_t i, const char* usage, uin
   return true;
 }
 
+// (number, mark) arguments: false once it threw (naming `usage`).
+bool IntAndMarkArgs(const Napi::CallbackInfo& info, const char* usage, int* first, uint32_t* mark) {
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    ThrowArg(info.Env(), usage);
+    return false;
+  }
+  if (!GetMarkArg(info, 1, usage, mark)) return false;
+  *first = info[0].As<Napi::Number>().Int32Value();
+  return true;
+}
+
 void ThrowMark(Napi::Env env, int err) {
   ThrowSys(env, err, "setsockopt",
            err == EPERM ? "set SO_MARK: needs CAP_NET_ADMIN (run as root)" : "set SO_MARK on a socket");
@@ -43,12 +54,9 @@ void ThrowMark(Napi::Env env, int err) {
 Napi::Value MarkedTcpSocket(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "markedTcpSocket(family 4|6, mark)";
+  int fam;
   uint32_t mark;
-  if (info.Length() < 1 || !info[0].IsNumber() || !GetMarkArg(info, 1, usage, &mark)) {
-    ThrowArg(env, usage);
-    return env.Undefined();
-  }
-  const int fam = info[0].As<Napi::Number>().Int32Value();
+  if (!IntAndMarkArgs(info, usage, &fam, &mark)) return env.Undefined();
   if (fam != 4 && fam != 6) {
     ThrowArg(env, usage);
     return env.Undefined();
@@ -70,13 +78,9 @@ Napi::Value MarkedTcpSocket(const Napi::CallbackInfo& info) {
 // setSocketMark(fd, mark): mark an existing socket (UDP after bind).
 Napi::Value SetSocketMark(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* usage = "setSocketMark(fd, mark)";
+  int fd;
   uint32_t mark;
-  if (info.Length() < 1 || !info[0].IsNumber() || !GetMarkArg(info, 1, usage, &mark)) {
-    ThrowArg(env, usage);
-    return env.Undefined();
-  }
-  const int fd = info[0].As<Napi::Number>().Int32Value();
+  if (!IntAndMarkArgs(info, "setSocketMark(fd, mark)", &fd, &mark)) return env.Undefined();
   if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) ThrowMark(env, errno);
   return env.Undefined();
 }
