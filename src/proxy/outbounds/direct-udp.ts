@@ -11,9 +11,10 @@ import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import { markUdpSocket } from '../../util/sockmark.js';
 import type { ResolveName } from '../dial.js';
-import type { Destination, UdpAssociateOptions, UdpAssociation, UdpAssociationStats } from '../outbound.js';
-import { DEFAULT_UPSTREAM_RCVBUF, dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
+import type { Destination, UdpAssociateOptions } from '../outbound.js';
+import { DEFAULT_UPSTREAM_RCVBUF, hpKey, unmapV4 } from '../udp/drops.js';
 import { holdOwnPort, releaseOwnPort } from '../udp/ownPorts.js';
+import { noSystemLookup, UdpAssociationBase } from './udp-association.js';
 
 export interface DirectUdpOptions extends UdpAssociateOptions {
   /** Name → addresses. Absent → datagrams to names are dropped ('resolve-failed'); IP destinations still work. */
@@ -42,15 +43,7 @@ interface NameState {
   logged?: boolean;
 }
 
-// Guard: sends go to IP literals only, so dgram never needs a lookup; if it
-// ever did, fail loudly instead of asking getaddrinfo (= ourselves).
-const noSystemLookup = ((host: string, _o: unknown, cb: (e: Error | null, a?: string, f?: number) => void) => {
-  const f = net.isIP(host);
-  if (f !== 0) cb(null, host, f);
-  else cb(new Error('fakeproxy never uses the system resolver'));
-}) as unknown as dgram.SocketOptions['lookup'];
-
-export class DirectUdpAssociation implements UdpAssociation {
+export class DirectUdpAssociation extends UdpAssociationBase {
   readonly #o: DirectUdpOptions;
   readonly #clock: () => number;
   readonly #max: number;
@@ -60,19 +53,11 @@ export class DirectUdpAssociation implements UdpAssociation {
   readonly #names = new Map<string, NameState>();
   /** (resolved ip, port) → the destination as given to send(), for names only. */
   readonly #rev = new Map<string, Destination>();
-  readonly #msg: Array<(src: Destination, payload: Buffer) => void> = [];
-  readonly #closeCbs: Array<(err?: Error) => void> = [];
-  readonly #stats: UdpAssociationStats = { sent: 0, received: 0, dropped: dropCounters() };
-  #closed = false;
   /** Local ports of our sockets, held in ownPorts.ts while open (loop detection). */
   readonly #ports: number[] = [];
-  /** One callback for every send (no closure per datagram). */
-  readonly #onSent = (err: Error | null) => {
-    if (err) this.#stats.dropped['send-error']++;
-    else this.#stats.sent++;
-  };
 
   constructor(opts: DirectUdpOptions = {}) {
+    super();
     this.#o = opts;
     this.#clock = opts.clock ?? (() => performance.now());
     this.#max = opts.maxPayloadBytes ?? 65507;
@@ -80,12 +65,12 @@ export class DirectUdpAssociation implements UdpAssociation {
   }
 
   send(dst: Destination, payload: Uint8Array): void {
-    if (this.#closed) {
-      this.#stats.dropped.closed++;
+    if (this.closed) {
+      this.counters.dropped.closed++;
       return;
     }
     if (payload.length > this.#max) {
-      this.#stats.dropped.oversized++;
+      this.counters.dropped.oversized++;
       return;
     }
     if (net.isIP(dst.host) !== 0) {
@@ -101,13 +86,13 @@ export class DirectUdpAssociation implements UdpAssociation {
     if (st?.pending) {
       if (st.pending.length >= this.#maxQueue) {
         st.pending.shift();
-        this.#stats.dropped['queue-full']++;
+        this.counters.dropped['queue-full']++;
       }
       st.pending.push({ port: dst.port, payload });
       return;
     }
     if (st?.failedAtMs !== undefined && this.#clock() - st.failedAtMs < NEGATIVE_TTL_MS) {
-      this.#stats.dropped['resolve-failed']++;
+      this.counters.dropped['resolve-failed']++;
       return;
     }
     if (!st) {
@@ -118,17 +103,7 @@ export class DirectUdpAssociation implements UdpAssociation {
     this.#resolve(dst.host, st, { port: dst.port, payload });
   }
 
-  onMessage(cb: (src: Destination, payload: Buffer) => void): void {
-    this.#msg.push(cb);
-  }
-
-  onClose(cb: (err?: Error) => void): void {
-    this.#closeCbs.push(cb);
-  }
-
-  close(err?: Error): void {
-    if (this.#closed) return;
-    this.#closed = true;
+  protected release(): void {
     for (const p of this.#ports.splice(0)) releaseOwnPort(p);
     for (const s of [this.#s4, this.#s6]) {
       try {
@@ -138,14 +113,9 @@ export class DirectUdpAssociation implements UdpAssociation {
       }
     }
     for (const st of this.#names.values()) {
-      if (st.pending) this.#stats.dropped.closed += st.pending.length;
+      if (st.pending) this.counters.dropped.closed += st.pending.length;
       st.pending = undefined;
     }
-    for (const cb of this.#closeCbs.splice(0)) cb(err);
-  }
-
-  stats(): UdpAssociationStats {
-    return { ...this.#stats, dropped: { ...this.#stats.dropped } };
   }
 
   /** Local port of the IPv4 socket (tests, logs), once it exists. */
@@ -161,7 +131,7 @@ export class DirectUdpAssociation implements UdpAssociation {
     const resolve = this.#o.resolve;
     const fail = (why: string) => {
       st.failedAtMs = this.#clock();
-      this.#stats.dropped['resolve-failed'] += 1 + (st.pending?.length ?? 0);
+      this.counters.dropped['resolve-failed'] += 1 + (st.pending?.length ?? 0);
       st.pending = undefined;
       if (!st.logged) {
         st.logged = true;
@@ -192,8 +162,8 @@ export class DirectUdpAssociation implements UdpAssociation {
         }
         const queued = st.pending ?? [];
         st.pending = undefined;
-        if (this.#closed) {
-          this.#stats.dropped.closed += queued.length;
+        if (this.closed) {
+          this.counters.dropped.closed += queued.length;
           return;
         }
         st.addr = addr;
@@ -219,7 +189,7 @@ export class DirectUdpAssociation implements UdpAssociation {
 
   #sendTo(ip: string, port: number, payload: Uint8Array): void {
     const s = this.#socket(net.isIPv4(ip) ? 'udp4' : 'udp6');
-    s.send(payload, port, ip, this.#onSent);
+    s.send(payload, port, ip, this.onSent);
   }
 
   #socket(type: 'udp4' | 'udp6'): dgram.Socket {
@@ -233,19 +203,17 @@ export class DirectUdpAssociation implements UdpAssociation {
     s.on('message', (msg, rinfo) => {
       const host = unmapV4(rinfo.address);
       if (msg.length > this.#max) {
-        this.#stats.dropped.oversized++;
+        this.counters.dropped.oversized++;
         return;
       }
-      this.#stats.received++;
-      const src = this.#rev.get(hpKey(host, rinfo.port)) ?? { host, port: rinfo.port };
-      for (const cb of this.#msg) cb(src, msg);
+      this.deliver(this.#rev.get(hpKey(host, rinfo.port)) ?? { host, port: rinfo.port }, msg);
     });
     s.on('error', (e) => this.close(e));
     // Bind now (sends queue until it completes): wildcard address, so the
     // kernel picks the route per destination; port 0, kept for the
     // association's life — the stable mapping full cone needs.
     s.bind({ port: 0, address: type === 'udp4' ? '0.0.0.0' : '::' }, () => {
-      if (this.#closed) return;
+      if (this.closed) return;
       // Global mode: before the queued sends leave (they flush after this callback).
       try {
         markUdpSocket(s);

@@ -21,16 +21,11 @@ import * as net from 'node:net';
 import { markUdpSocket } from '../../util/sockmark.js';
 import { connectDeadline, dialTcp, hostPort, type ResolveName, raceSignal } from '../dial.js';
 import { ProxyError } from '../errors.js';
-import type {
-  Destination,
-  UdpAssociateOptions,
-  UdpAssociation,
-  UdpAssociationStats,
-  UdpDropReason,
-} from '../outbound.js';
+import type { Destination, UdpAssociateOptions, UdpDropReason } from '../outbound.js';
 import { type Address, Atyp, udpHeader } from '../socks5-codec.js';
-import { DEFAULT_UPSTREAM_RCVBUF, dropCounters, hpKey, unmapV4 } from '../udp/drops.js';
+import { DEFAULT_UPSTREAM_RCVBUF, hpKey, unmapV4 } from '../udp/drops.js';
 import { holdOwnPort, releaseOwnPort } from '../udp/ownPorts.js';
+import { noSystemLookup, UdpAssociationBase } from './udp-association.js';
 
 export interface Socks5UdpDeps {
   host: string;
@@ -52,13 +47,6 @@ const MIN_HEADER = 4;
 const MAX_UDP_PAYLOAD = 65507;
 /** See direct-udp.ts MAX_DESTINATIONS. */
 const MAX_DESTINATIONS = 1024;
-
-// Sends and binds use IP literals only; never getaddrinfo (= ourselves).
-const noSystemLookup = ((host: string, _o: unknown, cb: (e: Error | null, a?: string, f?: number) => void) => {
-  const f = net.isIP(host);
-  if (f !== 0) cb(null, host, f);
-  else cb(new Error('fakeproxy never uses the system resolver'));
-}) as unknown as dgram.SocketOptions['lookup'];
 
 function isUnspecified(ip: string): boolean {
   return ip === '0.0.0.0' || ip === '::' || /^[0:]+$/.test(ip);
@@ -160,7 +148,7 @@ interface SentTo {
   bound: boolean;
 }
 
-export class Socks5UdpAssociation implements UdpAssociation {
+export class Socks5UdpAssociation extends UdpAssociationBase {
   readonly #ctrl: net.Socket;
   readonly #udp: dgram.Socket;
   readonly #relay: Address;
@@ -172,20 +160,12 @@ export class Socks5UdpAssociation implements UdpAssociation {
   readonly #unbound = new Map<number, Set<string>>();
   /** (ip, port) the relay reported → the name destination it answers for. */
   readonly #learned = new Map<string, Destination>();
-  readonly #msg: Array<(src: Destination, payload: Buffer) => void> = [];
-  readonly #closeCbs: Array<(err?: Error) => void> = [];
-  readonly #stats: UdpAssociationStats = { sent: 0, received: 0, dropped: dropCounters() };
   readonly #loggedReasons = new Set<UdpDropReason>();
-  #closed = false;
   /** Our UDP socket's port, held in ownPorts.ts while open (loop detection). */
   readonly #port: number;
-  /** One callback for every send (no closure per datagram). */
-  readonly #onSent = (err: Error | null) => {
-    if (err) this.#stats.dropped['send-error']++;
-    else this.#stats.sent++;
-  };
 
   constructor(ctrl: net.Socket, udp: dgram.Socket, relay: Address, label: string, opts: UdpAssociateOptions = {}) {
+    super();
     this.#ctrl = ctrl;
     this.#udp = udp;
     this.#relay = relay;
@@ -225,8 +205,8 @@ export class Socks5UdpAssociation implements UdpAssociation {
   }
 
   send(dst: Destination, payload: Uint8Array): void {
-    if (this.#closed) {
-      this.#stats.dropped.closed++;
+    if (this.closed) {
+      this.counters.dropped.closed++;
       return;
     }
     const k = hpKey(dst.host, dst.port);
@@ -237,7 +217,7 @@ export class Socks5UdpAssociation implements UdpAssociation {
         header = udpHeader.encode({ frag: 0, host: dst.host, port: dst.port });
       } catch {
         // A name longer than 255 bytes cannot be carried (ATYP 3 length is one byte).
-        this.#stats.dropped.oversized++;
+        this.counters.dropped.oversized++;
         return;
       }
       s = { dst, header, bound: false };
@@ -253,23 +233,13 @@ export class Socks5UdpAssociation implements UdpAssociation {
       if (this.#sent.size > MAX_DESTINATIONS) this.#forgetOldest();
     }
     if (payload.length > this.#max || s.header.length + payload.length > MAX_UDP_PAYLOAD) {
-      this.#stats.dropped.oversized++;
+      this.counters.dropped.oversized++;
       return;
     }
-    this.#udp.send([s.header, payload], this.#relay.port, this.#relay.host, this.#onSent);
+    this.#udp.send([s.header, payload], this.#relay.port, this.#relay.host, this.onSent);
   }
 
-  onMessage(cb: (src: Destination, payload: Buffer) => void): void {
-    this.#msg.push(cb);
-  }
-
-  onClose(cb: (err?: Error) => void): void {
-    this.#closeCbs.push(cb);
-  }
-
-  close(err?: Error): void {
-    if (this.#closed) return;
-    this.#closed = true;
+  protected release(): void {
     releaseOwnPort(this.#port);
     this.#ctrl.destroy();
     try {
@@ -277,15 +247,10 @@ export class Socks5UdpAssociation implements UdpAssociation {
     } catch {
       // already closed
     }
-    for (const cb of this.#closeCbs.splice(0)) cb(err);
-  }
-
-  stats(): UdpAssociationStats {
-    return { ...this.#stats, dropped: { ...this.#stats.dropped } };
   }
 
   #drop(reason: UdpDropReason, detail: string): void {
-    this.#stats.dropped[reason]++;
+    this.counters.dropped[reason]++;
     // One line per reason per association: a broken relay must not flood the log.
     if (this.#log && !this.#loggedReasons.has(reason)) {
       this.#loggedReasons.add(reason);
@@ -294,7 +259,7 @@ export class Socks5UdpAssociation implements UdpAssociation {
   }
 
   #onDatagram(msg: Buffer, from: string): void {
-    if (this.#closed) return;
+    if (this.closed) return;
     // RFC 1928 §7: "MUST drop any datagrams arriving from any source IP
     // address other than the one recorded for the particular association."
     // The port is not checked: some relays answer from another socket.
@@ -328,9 +293,7 @@ export class Socks5UdpAssociation implements UdpAssociation {
       this.#drop('oversized', `${payload.length}-byte payload, larger than ${this.#max}`);
       return;
     }
-    this.#stats.received++;
-    const src = this.#source(h.host, h.port);
-    for (const cb of this.#msg) cb(src, payload);
+    this.deliver(this.#source(h.host, h.port), payload);
   }
 
   /**
