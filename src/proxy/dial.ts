@@ -352,19 +352,18 @@ function raceAddresses(addrs: readonly string[], port: number, opts: DialOptions
   });
 }
 
-/** `host:port` with IPv6 literals bracketed, for labels and log lines. */
 /**
- * The frame every proxy outbound shares: one deadline for the whole connect,
- * dial the proxy (through the injected resolver only), run the protocol's
- * handshake for `dst`, and destroy the socket on any failure.
+ * The frame of every connection to a proxy: one deadline for the whole
+ * setup (`what` names it), the proxy dialled through the injected resolver
+ * only, `use` run on the connected socket; the socket destroyed on any
+ * failure. Resolves with what `use` returns.
  */
-export async function connectViaProxy(
-  proxy: { host: string; port: number; label: string; resolve?: ResolveName | undefined },
-  dst: { host: string; port: number },
+export async function withProxySocket<T>(
+  proxy: { host: string; port: number; resolve?: ResolveName | undefined },
+  what: string,
   opts: { timeoutMs?: number; signal?: AbortSignal } | undefined,
-  handshake: (sock: net.Socket, signal: AbortSignal, what: string) => Promise<unknown>,
-): Promise<net.Socket> {
-  const what = `connect to ${hostPort(dst.host, dst.port)} via ${proxy.label}`;
+  use: (sock: net.Socket, signal: AbortSignal) => Promise<T>,
+): Promise<T> {
   const d = connectDeadline(what, opts);
   let sock: net.Socket | undefined;
   try {
@@ -373,19 +372,42 @@ export async function connectViaProxy(
       signal: d.signal,
       what: `${what}: reach the proxy`,
     });
-    await handshake(sock, d.signal, what);
-    return sock;
+    return await use(sock, d.signal);
   } catch (e) {
     sock?.destroy();
-    const code = (e as { code?: string } | undefined)?.code;
-    // Not reached, or hung up on us mid-handshake: the proxy itself is down
-    // (an error reply or a slow handshake may be the destination's fault).
-    if (typeof e === 'object' && e !== null && code !== 'EABORTED' && (!sock || code === 'EUPSTREAM_CLOSED')) {
-      markProxyDown(e as Error);
-    }
     throw e;
   } finally {
     d.dispose();
+  }
+}
+
+/**
+ * What every proxy outbound's connect does (withProxySocket): run the
+ * protocol's handshake for `dst`; a proxy not reached, or hanging up
+ * mid-handshake, is marked down (isProxyDown).
+ */
+export async function connectViaProxy(
+  proxy: { host: string; port: number; label: string; resolve?: ResolveName | undefined },
+  dst: { host: string; port: number },
+  opts: { timeoutMs?: number; signal?: AbortSignal } | undefined,
+  handshake: (sock: net.Socket, signal: AbortSignal, what: string) => Promise<unknown>,
+): Promise<net.Socket> {
+  const what = `connect to ${hostPort(dst.host, dst.port)} via ${proxy.label}`;
+  let reached = false;
+  try {
+    return await withProxySocket(proxy, what, opts, async (sock, signal) => {
+      reached = true;
+      await handshake(sock, signal, what);
+      return sock;
+    });
+  } catch (e) {
+    const code = (e as { code?: string } | undefined)?.code;
+    // Not reached, or hung up on us mid-handshake: the proxy itself is down
+    // (an error reply or a slow handshake may be the destination's fault).
+    if (typeof e === 'object' && e !== null && code !== 'EABORTED' && (!reached || code === 'EUPSTREAM_CLOSED')) {
+      markProxyDown(e as Error);
+    }
+    throw e;
   }
 }
 
@@ -440,6 +462,7 @@ export function isProxyDown(e: unknown): boolean {
   return (e as { proxyDown?: unknown } | undefined)?.proxyDown === true;
 }
 
+/** `host:port` with IPv6 literals bracketed, for labels and log lines. */
 export function hostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

@@ -19,7 +19,7 @@
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import { markUdpSocket } from '../../util/sockmark.js';
-import { connectDeadline, dialTcp, hostPort, type ResolveName, raceSignal } from '../dial.js';
+import { hostPort, type ResolveName, raceSignal, withProxySocket } from '../dial.js';
 import { ProxyError } from '../errors.js';
 import type { Destination, UdpAssociateOptions, UdpDropReason } from '../outbound.js';
 import { type Address, Atyp, udpHeader } from '../socks5-codec.js';
@@ -64,18 +64,11 @@ export async function socks5UdpControl(
   bindUdp: (local: string, signal: AbortSignal) => Promise<number>,
 ): Promise<{ ctrl: net.Socket; relay: Address; local: string }> {
   const what = `udp associate via ${deps.label}`;
-  const d = connectDeadline(what, opts);
-  let ctrl: net.Socket | undefined;
-  try {
-    ctrl = await dialTcp(deps.host, deps.port, {
-      resolve: deps.resolve,
-      signal: d.signal,
-      what: `${what}: reach the proxy`,
-    });
+  return withProxySocket(deps, what, opts, async (ctrl, signal) => {
     const local = unmapV4(ctrl.localAddress ?? '');
     const proxyIp = unmapV4(ctrl.remoteAddress ?? '');
-    const port = await bindUdp(local, d.signal);
-    const bnd = await deps.handshake(ctrl, { host: local, port }, d.signal, what);
+    const port = await bindUdp(local, signal);
+    const bnd = await deps.handshake(ctrl, { host: local, port }, signal, what);
     // BND.ADDR 0.0.0.0 means "the address you reached me on" (common in
     // servers bound to a wildcard); a name we would have to resolve — use
     // the control connection's peer as well.
@@ -89,12 +82,7 @@ export async function socks5UdpControl(
     if (bnd.port === 0)
       throw new ProxyError('ESOCKS5_PROTOCOL', `${what}: the proxy answered UDP ASSOCIATE with relay port 0`);
     return { ctrl, relay: { host: relayIp, port: bnd.port }, local };
-  } catch (e) {
-    ctrl?.destroy();
-    throw e;
-  } finally {
-    d.dispose();
-  }
+  });
 }
 
 /** Dial the proxy, bind our UDP socket, run the handshake: the association, or a ProxyError/socket error (nothing left open). */
