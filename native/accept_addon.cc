@@ -164,6 +164,10 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
     int one = 1;
     // As libuv does for every TCP listener: a restart binds while old connections sit in TIME_WAIT.
     setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // As net.createServer({ noDelay: true }): the app already chose its own
+    // batching. Set once here: every accepted socket inherits it (Linux clones
+    // the listener), one system call per connection less.
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     // device: the TUN. Only the engine writes segments for the Listener, into
     // the TUN. A classic BPF filter on the ingress ifindex drops anything else
     // silently, on the listener and on every accepted socket (they share it):
@@ -305,9 +309,6 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
         Put(n++, -err, 0, 0);
         break;  // the next wake-up tries again
       }
-      // As net.createServer({ noDelay: true }): the app already chose its own batching.
-      int one = 1;
-      setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       Put(n++, c, peer.sin_family == AF_INET ? ntohl(peer.sin_addr.s_addr) : 0,
           peer.sin_family == AF_INET ? ntohs(peer.sin_port) : 0);
     }

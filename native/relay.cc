@@ -50,6 +50,14 @@ constexpr int kPumpBudget = 16;
 // connect timeout fires at most this late.
 constexpr int kConnectTickMs = 50;
 
+// At most one ended-pairs signal to the owner per this many ms (relay.h):
+// each signal wakes the JavaScript thread, and at a steady trickle of short
+// connections (1 000/s, one ending per ms) that was one more JS wake-up per
+// connection, as costly as the accept itself on our VM kind. Ends are
+// bookkeeping (byte counts, how it ended), never on a connection's data
+// path; the engine's flow events to JS are paced the same way.
+constexpr int64_t kEndSignalMs = 20;
+
 void ResetOnClose(int fd) {
   // SO_LINGER {on, 0}: close() sends RST instead of FIN (tcp(7)).
   struct linger l = {1, 0};
@@ -208,6 +216,8 @@ class RelayWorker {
     while (!stopping_) {
       // Connect deadlines are checked every kConnectTickMs while any pair connects.
       int wait = !ready_.empty() ? 0 : connecting_.empty() ? tick : std::min(tick, kConnectTickMs);
+      const int signal_due = pool_->EndSignalDueIn(NowMs());
+      if (signal_due >= 0 && signal_due < wait) wait = signal_due;
       int n = epoll_wait(ep_, evs, 256, wait);
       if (n < 0 && errno != EINTR) break;
       now_ = NowMs();
@@ -258,6 +268,7 @@ class RelayWorker {
         ScanIdle();
       }
       Reap();
+      pool_->FlushEndSignal(now_);
     }
     // Stop: close what is left like the JS relay's close('fin').
     std::vector<RelayPair*> left;
@@ -1042,8 +1053,37 @@ void RelayPool::Ended(const RelayEndRecord& r) {
     std::lock_guard<std::mutex> g(end_mu_);
     ended_.push_back(r);
     if (!signalled_) {
-      signalled_ = true;
-      signal = true;
+      const int64_t now = NowMs();
+      if (now - last_signal_ms_ >= kEndSignalMs) {
+        signalled_ = signal = true;
+        last_signal_ms_ = now;
+        held_.store(false, std::memory_order_relaxed);
+      } else {
+        held_.store(true, std::memory_order_release);
+      }
+    }
+  }
+  if (signal && on_end_) on_end_();
+}
+
+int RelayPool::EndSignalDueIn(int64_t now_ms) {
+  if (!held_.load(std::memory_order_acquire)) return -1;
+  std::lock_guard<std::mutex> g(end_mu_);
+  if (!held_.load(std::memory_order_relaxed)) return -1;
+  const int64_t left = last_signal_ms_ + kEndSignalMs - now_ms;
+  return left > 0 ? static_cast<int>(left) : 0;
+}
+
+void RelayPool::FlushEndSignal(int64_t now_ms) {
+  if (!held_.load(std::memory_order_acquire)) return;
+  bool signal = false;
+  {
+    std::lock_guard<std::mutex> g(end_mu_);
+    if (!held_.load(std::memory_order_relaxed) || now_ms - last_signal_ms_ < kEndSignalMs) return;
+    held_.store(false, std::memory_order_relaxed);
+    if (!signalled_ && !ended_.empty()) {
+      signalled_ = signal = true;
+      last_signal_ms_ = now_ms;
     }
   }
   if (signal && on_end_) on_end_();
@@ -1054,6 +1094,7 @@ std::vector<RelayEndRecord> RelayPool::TakeEnded() {
   std::lock_guard<std::mutex> g(end_mu_);
   out.swap(ended_);
   signalled_ = false;
+  held_.store(false, std::memory_order_relaxed);
   return out;
 }
 

@@ -139,7 +139,9 @@ class RelayPool {
  public:
   // `on_end` is called from a worker thread when the queue of ended pairs
   // goes from empty to non-empty; the owner then calls TakeEnded() (from any
-  // thread). Batched: no call per pair while the owner has not drained.
+  // thread). Batched: no call per pair while the owner has not drained, and
+  // at most one call per kEndSignalMs (a pair ending sooner after the last
+  // call waits for the next one, at most that long).
   RelayPool(const RelayOptions& opts, std::function<void()> on_end);
   ~RelayPool();
   RelayPool(const RelayPool&) = delete;
@@ -195,6 +197,10 @@ class RelayPool {
   // Worker-side hooks.
   void Ended(const RelayEndRecord& r);
   void Forget(uint64_t id);
+  // A held-back on_end call (see the constructor): ms until it is due, or -1
+  // when none is held; FlushEndSignal makes it once due.
+  int EndSignalDueIn(int64_t now_ms);
+  void FlushEndSignal(int64_t now_ms);
 
  private:
   // Checks app_fd, dups it and queues the pair (its fd[1] already set).
@@ -217,6 +223,9 @@ class RelayPool {
   std::mutex end_mu_;
   std::vector<RelayEndRecord> ended_;
   bool signalled_ = false;
+  int64_t last_signal_ms_ = -(int64_t{1} << 40);
+  // Ended records wait for a held-back on_end call (read without the lock by the workers' loops).
+  std::atomic<bool> held_{false};
 
   std::atomic<uint64_t> ended_up_{0};
   std::atomic<uint64_t> ended_down_{0};

@@ -226,6 +226,28 @@ describe('SpliceRelay', () => {
     expect(s.handOff(app, origin)).toBeUndefined();
   });
 
+  it('a trickle of ends (held back to one signal per 20 ms) and an end right before stop() each arrive exactly once', async () => {
+    const s = newSplice(1);
+    const pairs: RelayHandle[] = [];
+    for (let i = 0; i < 6; i++) {
+      const { a, b } = await chain();
+      pairs.push(handOff(s, a, b));
+    }
+    // One at a time, each once the previous end arrived: every end after the first comes
+    // within 20 ms of the last signal, so its signal is held back and must still come.
+    for (const h of pairs.slice(0, 5)) {
+      h.close('fin');
+      expect((await h.done).end).toBe('closed');
+    }
+    expect(s.totals().active).toBe(1);
+    // Ended (possibly held) and stopped at once: stop() hands it over.
+    const last = pairs[5] as RelayHandle;
+    last.close('reset');
+    s.stop();
+    expect((await last.done).end).toBe('closed');
+    expect(s.totals().active).toBe(0);
+  });
+
   it('live byte counts are readable while the pair runs', async () => {
     const s = newSplice();
     const { app, a, b, origin } = await chain();
