@@ -1054,7 +1054,9 @@ void RelayPool::Ended(const RelayEndRecord& r) {
     ended_.push_back(r);
     if (!signalled_) {
       const int64_t now = NowMs();
-      if (now - last_signal_ms_ >= kEndSignalMs) {
+      // A failed dial is told at once: its log line and the proxy's health
+      // (groups) must not lag the reset the app already got.
+      if (r.how == RelayHow::kConnectFailed || now - last_signal_ms_ >= kEndSignalMs) {
         signalled_ = signal = true;
         last_signal_ms_ = now;
         held_.store(false, std::memory_order_relaxed);
