@@ -129,6 +129,15 @@ export const POOL_WAIT_REPLICAS = 1;
 /** How long an allocation waits for its replica before it is refused (SERVFAIL, retried by the resolver). */
 export const POOL_WAIT_TIMEOUT_MS = 1_000;
 const WAIT_TIMEOUT_MS = POOL_WAIT_TIMEOUT_MS;
+/**
+ * The most a name waits on Redis for its address (the allocation and its
+ * replica WAIT) before it is refused: SERVFAIL, retried by the resolver.
+ * Without it a Cluster failover held queries for seconds (ioredis queues a
+ * Cluster's commands while a node is down), so the apps' resolvers timed out
+ * instead of getting a fast answer to retry on. The allocation itself goes on:
+ * when it lands, the name is cached and the retry is answered at once.
+ */
+export const POOL_ALLOCATE_DEADLINE_MS = POOL_WAIT_TIMEOUT_MS + 500;
 const TOUCH = script(TOUCH_LUA);
 
 /** Normalised CIDR and its usable host range (network and broadcast excluded). */
@@ -295,7 +304,17 @@ export class RedisSharedPool extends EventEmitter {
     if (cached !== undefined) return Promise.resolve(cached);
     const pending = this.inflight.get(key);
     if (pending) return pending;
-    const p = this.allocateRemote(key).finally(() => this.inflight.delete(key));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(this.unavailable(new Error(`no reply within ${POOL_ALLOCATE_DEADLINE_MS} ms`))),
+        POOL_ALLOCATE_DEADLINE_MS,
+      );
+    });
+    const p = Promise.race([this.allocateRemote(key), late]).finally(() => {
+      clearTimeout(timer);
+      this.inflight.delete(key);
+    });
     this.inflight.set(key, p);
     return p;
   }
