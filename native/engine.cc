@@ -327,8 +327,10 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
         if (flags & tcp::RST) return 0;
         return build_rst(ip, tcp);
       }
-      f = table_.create(k, target, now, &why);
+      f = table_.create(k, target, now, &why, true);
       if (f == nullptr) {
+        // Dropped without a word: the app retransmits the SYN, and that one gets in.
+        if (why == FlowTable::Create::FirstSyn) return 0;
         if (why != FlowTable::Create::HalfOpenCap) bump(c_.flowsRefused);  // else counted as halfOpenCapped
         return build_rst(ip, tcp);
       }

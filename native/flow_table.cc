@@ -492,7 +492,24 @@ Flow* FlowTable::revive(const FlowKey& k, int64_t now) {
   return &f;
 }
 
-Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* why) {
+bool FlowTable::first_syn_held(const FlowKey& k, int64_t now) {
+  if (lists_[3].head != kNil || lists_[0].head == kNil) return false;  // a closed flow, or nothing, goes first
+  if (now - at(lists_[0].head).createdMs >= kHalfOpenGraceMs) return false;
+  uint64_t w[5];
+  std::memcpy(w, &k, sizeof w);
+  uint64_t h = mum(w[0] ^ seed_[3], w[1] ^ seed_[2]) ^ mum(w[2] ^ seed_[1], w[3] ^ seed_[0]) ^
+               mum(w[4] ^ seed_[2], seed_[3] ^ kGolden);
+  h = mum(h, kGolden);
+  if (synMemory_.empty()) synMemory_.resize(size_t(1) << kSynMemoryBits);
+  uint64_t& slot = synMemory_[h & ((uint64_t(1) << kSynMemoryBits) - 1)];
+  const uint64_t fp = (h >> 32) | 1;  // never 0: an empty slot matches nothing
+  const uint32_t ms = uint32_t(now);
+  if ((slot >> 32) == fp && int64_t(uint32_t(ms - uint32_t(slot))) < kSynMemoryMs) return false;  // retransmitted
+  slot = fp << 32 | ms;
+  return true;
+}
+
+Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* why, bool synGate) {
   if (k.proto == kProtoTcp && cfg_.maxHalfOpenPerSource != 0) {
     auto it = halfOpenBySrc_.find(k.src.as_v4());
     if (it != halfOpenBySrc_.end() && it->second >= cfg_.maxHalfOpenPerSource) {
@@ -504,6 +521,11 @@ Flow* FlowTable::create(const FlowKey& k, Target target, int64_t now, Create* wh
   if (ghostCount_ != 0) {
     const uint32_t g = ghost_find(k);  // the app starts over on this 4-tuple: the old attempt is gone
     if (g != kNil) ghost_kill(g);
+  }
+  if (size_ >= cfg_.maxFlows && synGate && first_syn_held(k, now)) {
+    bump(c_.firstSynDropped);
+    *why = Create::FirstSyn;
+    return nullptr;
   }
   if (size_ >= cfg_.maxFlows && !make_room(now)) {
     *why = Create::Full;
@@ -616,7 +638,8 @@ size_t FlowTable::memory_bytes() const {
   constexpr size_t kMapNode = 4 * sizeof(void*);
   return size_t(used_) * sizeof(Flow) + fwd_.bytes() + rev_.bytes() + allocTcp_.bytes() + allocUdp_.bytes() +
          chunks_.capacity() * sizeof(void*) + halfOpenBySrc_.size() * kMapNode +
-         halfOpenBySrc_.bucket_count() * sizeof(void*) + ghosts_.capacity() * sizeof(Flow) + ghostIdx_.bytes();
+         halfOpenBySrc_.bucket_count() * sizeof(void*) + ghosts_.capacity() * sizeof(Flow) + ghostIdx_.bytes() +
+         synMemory_.capacity() * sizeof(uint64_t);
 }
 
 void FlowTable::update_gauges() {

@@ -44,7 +44,7 @@ const char* reason_name(CloseReason r);
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
   X(csumCompleted) X(rstOnExpiry) X(rstOnEvict) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)  \
-  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused) X(rstIgnored) X(flowsRevived) X(ringReads)
+  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused) X(rstIgnored) X(flowsRevived) X(ringReads) X(firstSynDropped)
 // clang-format on
 
 // Gauges: current values, also relaxed atomics.
@@ -209,7 +209,7 @@ class NatAllocator {
 // ---- the table --------------------------------------------------------------
 class FlowTable {
  public:
-  enum class Create { Ok, Full, Exhausted, HalfOpenCap };
+  enum class Create { Ok, Full, Exhausted, HalfOpenCap, FirstSyn };
   FlowTable(const TableConfig& cfg, Counters& counters);
   ~FlowTable();
   FlowTable(const FlowTable&) = delete;
@@ -227,7 +227,14 @@ class FlowTable {
   // revive()); established, half-closed and UDP flows are never evicted for
   // a new one. Refused (Full) when neither is left, or (HalfOpenCap) when a new
   // TCP flow would exceed the source's maxHalfOpenPerSource.
-  Flow* create(const FlowKey& k, Target target, int64_t now, Create* why);
+  // `synGate` (a SYN from the TUN): while the only flows left to evict are
+  // half-open ones younger than kHalfOpenGraceMs (the table turns over
+  // faster than a real client retransmits its SYN: a flood), a SYN whose
+  // 4-tuple was not seen lately is dropped (FirstSyn) and remembered, and
+  // its retransmission gets in. Spoofed floods never retransmit, so they
+  // cost one lookup per SYN, the TUN queue stops overflowing, and a real
+  // client pays one SYN retransmission (1 s) while the flood lasts.
+  Flow* create(const FlowKey& k, Target target, int64_t now, Create* why, bool synGate = false);
   // The app of a half-open flow early-dropped moments ago (see ghosts_) sent
   // its handshake ACK after all: the flow comes back with its NAT pair, so
   // the Listener, which still holds its half of the handshake, completes it.
@@ -262,6 +269,17 @@ class FlowTable {
   // timestamp store in the common case.
   static constexpr int64_t kRelinkMs = 1000;
   static constexpr uint32_t kChunkShift = 14;  // 16384 flows per pool chunk
+  // A half-open flow keeps its slot this long against a first SYN: the
+  // initial retransmission timeout (RFC 6298 2.1), after which a real
+  // client has sent its SYN again.
+  static constexpr int64_t kHalfOpenGraceMs = 1000;
+  // How long a dropped first SYN's 4-tuple is remembered: covers a client's
+  // SYN retransmissions at 1, 3 and 7 s even when one of them is dropped too.
+  static constexpr int64_t kSynMemoryMs = 8000;
+  // Remembered 4-tuples (direct-mapped, 8 B each, allocated at the first
+  // drop: 8 MiB). At 100 000 flood SYNs/s a tuple survives the 1 s to its
+  // retransmission with probability e^-0.1 (90 %); the next one gets in.
+  static constexpr uint32_t kSynMemoryBits = 20;
 
  private:
   static constexpr uint32_t kLists = 6;  // syn, est, fin, closed, udp, udp-dns
@@ -295,6 +313,8 @@ class FlowTable {
   // Early drop (see create()): frees one closed or half-open flow; false when
   // every flow is established, half-closed or UDP.
   bool make_room(int64_t now);
+  // The synGate rule of create(): true when k must wait for its retransmission.
+  bool first_syn_held(const FlowKey& k, int64_t now);
   void ghost_push(const Flow& f, int64_t now);
   // Retires the oldest ghost: its app gets a RST (rstOnEvict) unless revived.
   void ghost_pop();
@@ -335,7 +355,8 @@ class FlowTable {
   std::vector<Flow> ghosts_;
   IndexTable ghostIdx_;  // hash_fwd(key) -> slot
   uint32_t ghostHead_ = 0, ghostCount_ = 0;
-  size_t halfOpen_ = 0;  // flows on the syn list
+  std::vector<uint64_t> synMemory_;  // fingerprint << 32 | ms (mod 2^32) of a dropped first SYN
+  size_t halfOpen_ = 0;              // flows on the syn list
   // source address (v4) -> half-open flows it holds; entries at 0 are erased.
   std::unordered_map<uint32_t, uint32_t> halfOpenBySrc_;
 };

@@ -142,8 +142,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   readonly #localAddresses: () => string[];
   #sourcesKey: string | undefined;
   #lastForeign = 0;
-  #lastEarly = 0;
-  #lastEarlyDropped = 0;
+  #lastEarly = { early: 0, first: 0, capped: 0 };
   #lastEarlyLogAt = Number.NEGATIVE_INFINITY;
   #lastForeignLogAt = Number.NEGATIVE_INFINITY;
 
@@ -366,16 +365,22 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
 
   /** One line per 10 s while half-open flows are early-dropped or capped (a SYN flood). */
   #checkEarlyDrop(s: EngineStats): void {
-    const n = (s.flowsEarlyDropped ?? 0) + (s.halfOpenCapped ?? 0);
     const now = this.#clock();
-    if (n === this.#lastEarly || now - this.#lastEarlyLogAt < this.#fullLogIntervalMs) return;
-    const early = (s.flowsEarlyDropped ?? 0) - this.#lastEarlyDropped;
-    const capped = n - this.#lastEarly - early;
-    this.#lastEarly = n;
-    this.#lastEarlyDropped = s.flowsEarlyDropped ?? 0;
+    const at = { early: s.flowsEarlyDropped ?? 0, first: s.firstSynDropped ?? 0, capped: s.halfOpenCapped ?? 0 };
+    const last = this.#lastEarly;
+    if (
+      (at.early === last.early && at.first === last.first && at.capped === last.capped) ||
+      now - this.#lastEarlyLogAt < this.#fullLogIntervalMs
+    )
+      return;
+    const early = at.early - last.early;
+    const first = at.first - last.first;
+    const capped = at.capped - last.capped;
+    this.#lastEarly = at;
     this.#lastEarlyLogAt = now;
+    const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
     this.#log(
-      `engine: NAT table under SYN pressure (${s.halfOpenFlows}/${s.flowsActive} flows half-open): evicted ${early} closed or half-open flow${early === 1 ? '' : 's'} to admit new ones, refused ${capped} over the per-source half-open cap; established flows untouched`,
+      `engine: NAT table under SYN pressure (${s.halfOpenFlows}/${s.flowsActive} flows half-open): evicted ${plural(early, 'closed or half-open flow')} to admit new ones, dropped ${plural(first, 'first SYN')} until retransmitted (spoofed floods never retransmit), refused ${capped} over the per-source half-open cap; established flows untouched`,
     );
   }
 

@@ -206,9 +206,15 @@ describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends',
     await expect.poll(() => appOut, { timeout: 10_000 }).toContain('connected');
     const before = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).engine;
     // Up to 64 SYNs into a 16-flow table: each new one early-drops the oldest half-open flow, the app's first.
-    const h = await t.client.exec('hping3', ['-S', '-a', '10.99.0.5', '-p', '7002', '-c', '64', '-i', 'u10000', fake], {
-      timeoutMs: 30_000,
-    });
+    // 10 a second, so the table turns over more slowly than a SYN is retransmitted (faster, the engine
+    // drops first SYNs instead: firstSynDropped, test/e2e/abuse.test.ts).
+    const h = await t.client.exec(
+      'hping3',
+      ['-S', '-a', '10.99.0.5', '-p', '7002', '-c', '64', '-i', 'u100000', fake],
+      {
+        timeoutMs: 30_000,
+      },
+    );
     // hping3 stops early once it has counted 64 answers (it sees the SYN-ACKs the engine writes into the TUN).
     const sent = Number(/(\d+) packets transmitted/.exec(h.stderr)?.[1]);
     expect(sent, h.stderr).toBeGreaterThanOrEqual(32);

@@ -29,8 +29,9 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const flood = Array.from({ length: 64 }, (_, i) => parse(floodSyn(e, floodSrc(i), 1000 + i, T0 + i)[0]));
     expect(flood.every((p) => p.dport === LISTEN)).toBe(true);
     expect(e.stats()).toMatchObject({ flowsActive: 64, halfOpenFlows: 64, flowsEarlyDropped: 0 });
-    // A legitimate connection gets in; the oldest flood entry made room.
-    const { natIp, natPort } = handshake(e, 40000, APP, T0 + 100);
+    // A second later (the flood's flows have had their grace), a legitimate connection gets in at its
+    // first SYN; the oldest flood entry made room.
+    const { natIp, natPort } = handshake(e, 40000, APP, T0 + 1100);
     expect(e.lookup(6, natIp, natPort)).toMatchObject({ srcIp: APP, srcPort: 40000, state: 'established' });
     const s = e.stats();
     expect(s).toMatchObject({ flowsActive: 64, halfOpenFlows: 63, flowsEarlyDropped: 1, flowsRefused: 0 });
@@ -50,15 +51,15 @@ describe('early drop of half-open flows (SYN flood)', () => {
       one(e, tcpPacket({ ...fromListener(n), flags: F.SYN | F.ACK, seq: 7000 + i, ack: 1 }));
     }
     // 16 new SYNs evict all 16: 15 of them had seen a SYN-ACK.
-    for (let i = 0; i < 16; i++) floodSyn(e, floodSrc(100 + i), 2000 + i, T0 + 100);
+    for (let i = 0; i < 16; i++) floodSyn(e, floodSrc(100 + i), 2000 + i, T0 + 1100);
     expect(e.stats()).toMatchObject({ flowsEarlyDropped: 16 });
     // Its app may still answer (see the revival case below): not before 2 s.
-    expect(e.expire(T0 + 100 + 1999)).toEqual([]);
-    const rsts = e.expire(T0 + 100 + 2000).map((b) => parse(b));
+    expect(e.expire(T0 + 1100 + 1999)).toEqual([]);
+    const rsts = e.expire(T0 + 1100 + 2000).map((b) => parse(b));
     expect(rsts).toHaveLength(15);
     expect(rsts[0]).toMatchObject({ src: FAKE, dst: floodSrc(0), sport: 80, dport: 1000, seq: 7001, flags: F.RST });
     expect(e.stats()).toMatchObject({ rstOnEvict: 15, rstOnExpiry: 0 });
-    expect(e.expire(T0 + 5000)).toEqual([]); // handed out once
+    expect(e.expire(T0 + 6000)).toEqual([]); // handed out once
 
     // A flood evicting more than 64 answered flows in one round resets 64 of them.
     const big = makeEngine({ maxFlows: 128 });
@@ -66,8 +67,8 @@ describe('early drop of half-open flows (SYN flood)', () => {
       const n = parse(floodSyn(big, floodSrc(i), 1000 + i, T0)[0]);
       one(big, tcpPacket({ ...fromListener(n), flags: F.SYN | F.ACK, seq: 1, ack: 1 }));
     }
-    for (let i = 0; i < 128; i++) floodSyn(big, floodSrc(1000 + i), 3000 + i, T0 + 1);
-    expect(big.expire(T0 + 1 + 2000)).toHaveLength(64);
+    for (let i = 0; i < 128; i++) floodSyn(big, floodSrc(1000 + i), 3000 + i, T0 + 1001);
+    expect(big.expire(T0 + 1001 + 2000)).toHaveLength(64);
     expect(big.stats()).toMatchObject({ flowsEarlyDropped: 128, rstOnEvict: 64 });
   });
 
@@ -78,14 +79,15 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const lis = fromListener(syn);
     expect(parse(one(e, tcpPacket({ ...lis, flags: F.SYN | F.ACK, seq: 9000, ack: 101 }), T0 + 1)).dst).toBe(APP);
     // While the SYN-ACK travels to the app and its ACK back, a flood turns the table over twice.
-    for (let i = 0; i < 32; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 2);
+    // (A second on: the half-open flows have had their grace against first SYNs.)
+    for (let i = 0; i < 32; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 1002);
     expect(e.lookup(6, syn.src, syn.sport)).toBeUndefined();
-    e.expire(T0 + 3);
+    e.expire(T0 + 1003);
     // The app's ACK and its first data: the flow is back, on the NAT pair the Listener knows, and completes.
-    const ack = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 9001 }), T0 + 500));
+    const ack = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 9001 }), T0 + 1500));
     expect([ack.src, ack.sport, ack.dport]).toEqual([syn.src, syn.sport, LISTEN]);
     expect(e.lookup(6, syn.src, syn.sport)).toMatchObject({ srcPort: 40000, state: 'established' });
-    one(e, tcpPacket({ ...app, flags: F.ACK | F.PSH, seq: 101, ack: 9001, payload: Buffer.from('GET /') }), T0 + 501);
+    one(e, tcpPacket({ ...app, flags: F.ACK | F.PSH, seq: 101, ack: 9001, payload: Buffer.from('GET /') }), T0 + 1501);
     expect(e.stats()).toMatchObject({ flowsRevived: 1, flowsActive: 16, dropTcpNoFlow: 0 });
     // Its ghost is gone: no reset for it later.
     expect(e.expire(T0 + 10_000).map((b) => parse(b).dst)).not.toContain(APP);
@@ -97,9 +99,9 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const app = { src: APP, dst: FAKE, sport: 40001, dport: 80 };
     const syn = parse(one(e, tcpPacket({ ...app, flags: F.SYN, seq: 100 }), T0));
     one(e, tcpPacket({ ...fromListener(syn), flags: F.SYN | F.ACK, ack: 101 }), T0);
-    for (let i = 0; i < 8; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 1);
-    expect(e.processPacket(tcpPacket({ ...app, flags: F.RST, seq: 101 }), T0 + 2)).toEqual([]);
-    const late = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 1 }), T0 + 1 + 2000));
+    for (let i = 0; i < 8; i++) floodSyn(e, floodSrc(i), 1000 + i, T0 + 1001);
+    expect(e.processPacket(tcpPacket({ ...app, flags: F.RST, seq: 101 }), T0 + 1002)).toEqual([]);
+    const late = parse(one(e, tcpPacket({ ...app, flags: F.ACK, seq: 101, ack: 1 }), T0 + 1001 + 2000));
     expect(late.flags & F.RST).toBe(F.RST);
     expect(e.stats()).toMatchObject({ flowsRevived: 0, dropTcpNoFlow: 2 });
   });
@@ -114,14 +116,15 @@ describe('early drop of half-open flows (SYN flood)', () => {
     for (const p of pairs) expect(e.lookup(6, p.natIp, p.natPort)?.state).toBe('established');
   });
 
-  it('a sustained flood 20x the table size keeps every established flow and admits each new handshake', () => {
+  it('a slow flood 20x the table size keeps every established flow and admits each new handshake at its first SYN', () => {
     const e = makeEngine({ maxFlows: 256 });
     const est = Array.from({ length: 128 }, (_, i) => handshake(e, 3000 + i));
     let legit = 0;
+    // 100 SYNs a second: the flood's ~120 half-open flows turn over in over a second: each has had its grace.
     for (let i = 0; i < 256 * 20; i++) {
-      floodSyn(e, floodSrc(i), 1024 + (i % 60000), T0 + i);
+      floodSyn(e, floodSrc(i), 1024 + (i % 60000), T0 + 10 * i);
       if (i % 500 === 499) {
-        const p = handshake(e, 10000 + i, APP, T0 + i);
+        const p = handshake(e, 10000 + i, APP, T0 + 10 * i);
         if (e.lookup(6, p.natIp, p.natPort)?.state === 'established') legit++;
       }
     }
@@ -130,7 +133,54 @@ describe('early drop of half-open flows (SYN flood)', () => {
     const s = e.stats();
     expect(s.flowsActive).toBe(256);
     expect(s.flowsEarlyDropped).toBeGreaterThanOrEqual(256 * 20 - 128 - 10);
+    expect(s).toMatchObject({ flowsRefused: 0, firstSynDropped: 0 });
+  });
+
+  it('a fast flood meets a first-SYN drop: only retransmitted SYNs take the slot of a young half-open flow', () => {
+    const e = makeEngine({ maxFlows: 256 });
+    const est = Array.from({ length: 128 }, (_, i) => handshake(e, 3000 + i));
+    let legit = 0;
+    let heldOut = 0;
+    // 20 SYNs a millisecond (20 000/s) for 2 s: the table would turn over every 6 ms.
+    for (let i = 0; i < 40_000; i++) {
+      const now = T0 + Math.floor(i / 20);
+      heldOut += floodSyn(e, floodSrc(i), 1024 + (i % 60000), now).length === 0 ? 1 : 0;
+      if (i % 4000 === 3999) {
+        // A real client: its first SYN vanishes (nothing back: no RST), its retransmission 1 s later gets in.
+        const sport = 10000 + i;
+        expect(floodSyn(e, APP, sport, now)).toEqual([]);
+        const p = handshake(e, sport, APP, now + 1000);
+        if (e.lookup(6, p.natIp, p.natPort)?.state === 'established') legit++;
+      }
+    }
+    expect(legit).toBe(10);
+    for (const p of est) expect(e.lookup(6, p.natIp, p.natPort)?.state).toBe('established');
+    const s = e.stats();
+    expect(s.flowsActive).toBe(256);
+    // The flood's SYNs cost a lookup each; the table turned over only as each half-open flow's second
+    // ran out (~128 a second) and for the 10 retransmissions.
+    expect(s.firstSynDropped).toBe(heldOut + 10);
+    expect(heldOut).toBeGreaterThan(40_000 - 128 - 4 * 128);
+    expect(s.flowsEarlyDropped).toBeLessThan(4 * 128 + 10);
     expect(s.flowsRefused).toBe(0);
+  });
+
+  it('a first SYN is remembered by its whole 4-tuple for 8 s; another port or a later retry starts over', () => {
+    const e = makeEngine({ maxFlows: 4 });
+    for (let i = 0; i < 4; i++) floodSyn(e, floodSrc(i), 1000 + i, T0);
+    expect(floodSyn(e, APP, 40000, T0 + 1)).toEqual([]);
+    expect(floodSyn(e, APP, 40001, T0 + 2)).toEqual([]); // another source port: another first SYN
+    expect(e.stats()).toMatchObject({ firstSynDropped: 2, flowsEarlyDropped: 0, flowsActive: 4 });
+    // The retransmission (same 4-tuple) within the grace gets in, evicting the oldest half-open flow.
+    expect(
+      parse(one(e, tcpPacket({ src: APP, dst: FAKE, sport: 40000, dport: 80, flags: F.SYN }), T0 + 500)).dport,
+    ).toBe(LISTEN);
+    expect(e.stats()).toMatchObject({ firstSynDropped: 2, flowsEarlyDropped: 1 });
+    // Refill the table with young flows, then a retry of 40001 after 8 s and more is a first SYN again.
+    const late = T0 + 2 + 8000;
+    for (let i = 0; i < 4; i++) floodSyn(e, floodSrc(10 + i), 2000 + i, late - 10 + i);
+    expect(floodSyn(e, APP, 40001, late)).toEqual([]);
+    expect(e.stats().firstSynDropped).toBe(3);
   });
 
   it('a flood from a real address (its kernel resets each SYN-ACK) fills the table with closed flows: those go first', () => {
