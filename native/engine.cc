@@ -122,6 +122,18 @@ bool Engine::bad_dst(uint32_t a) const {
 
 namespace {
 
+// Set an IPv4 header's addresses, updating its checksum incrementally.
+// Returns the change, which a transport checksum's pseudo-header shares.
+csum::Delta set_addrs(Ipv4Packet& ip, uint32_t nsrc, uint32_t ndst) {
+  csum::Delta d;
+  d.dword(ip.src(), nsrc);
+  d.dword(ip.dst(), ndst);
+  ip.set_checksum(d.apply(ip.checksum()));
+  ip.set_src(nsrc);
+  ip.set_dst(ndst);
+  return d;
+}
+
 // Rewrite addresses and ports of a TCP/UDP packet, fixing the IP header
 // checksum and the transport checksum (pseudo-header + ports) incrementally.
 //
@@ -134,12 +146,7 @@ namespace {
 template <class L4>
 void rewrite(Ipv4Packet& ip, L4& seg, bool is_udp, bool partial, uint32_t nsrc, uint16_t nsport, uint32_t ndst,
              uint16_t ndport) {
-  csum::Delta addr;
-  addr.dword(ip.src(), nsrc);
-  addr.dword(ip.dst(), ndst);
-  ip.set_checksum(addr.apply(ip.checksum()));
-  ip.set_src(nsrc);
-  ip.set_dst(ndst);
+  const csum::Delta addr = set_addrs(ip, nsrc, ndst);
   if (partial) {
     seg.set_checksum(uint16_t(~addr.apply(uint16_t(~seg.checksum()))));
   } else {
@@ -273,12 +280,7 @@ size_t Engine::l4(Ipv4Packet& ip, size_t cap, int64_t now) {
 
   if (src == gateway_ && is_reverse_port(sport)) {
     // Listener (or DNS server) -> NAT address: back to origDst -> origSrc.
-    NatKey nk{};
-    nk.addr = IpAddr::v4(dst);
-    nk.port = dport;
-    nk.proto = proto;
-    nk.family = Family::V4;
-    Flow* f = table_.find_nat(nk);
+    Flow* f = table_.find_nat(NatKey::v4(dst, dport, proto));
     if (f == nullptr || target_port(*f) != sport) return drop(c_.dropReverseNoFlow);
     if (!is_udp) {
       // The Listener's RST is taken as is: a segment from the gateway's
@@ -566,12 +568,7 @@ size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
   uint32_t n_qsrc, n_qdst, n_osrc, n_odst;
   uint16_t n_qsport, n_qdport;
   if (qsrc != gateway_ && qdst == gateway_ && is_reverse_port(qdport)) {
-    NatKey nk{};
-    nk.addr = IpAddr::v4(qsrc);
-    nk.port = qsport;
-    nk.proto = qp;
-    nk.family = Family::V4;
-    Flow* f = table_.find_nat(nk);
+    Flow* f = table_.find_nat(NatKey::v4(qsrc, qsport, qp));
     if (f == nullptr || target_port(*f) != qdport) return drop(c_.dropIcmpNoFlow);
     n_qsrc = f->key.src.as_v4();
     n_qsport = f->key.sport;
@@ -591,15 +588,9 @@ size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
     n_odst = gateway_;
   }
   // Quoted datagram: header checksum and, when quoted, the L4 checksum.
-  csum::Delta qa;
-  qa.dword(qsrc, n_qsrc);
-  qa.dword(qdst, n_qdst);
-  csum::Delta ql = qa;
+  csum::Delta ql = set_addrs(q, n_qsrc, n_qdst);
   ql.word(qsport, n_qsport);
   ql.word(qdport, n_qdport);
-  q.set_checksum(qa.apply(q.checksum()));
-  q.set_src(n_qsrc);
-  q.set_dst(n_qdst);
   QuotedPorts::set_src(ql4, n_qsport);
   QuotedPorts::set_dst(ql4, n_qdport);
   if (qp == kProtoUdp) {
@@ -610,12 +601,7 @@ size_t Engine::icmp_error(Ipv4Packet& ip, IcmpPacket& ic) {
     store_be16(c, ql.apply(load_be16(c)));
   }
   // Outer header, then the ICMP checksum over the whole (short) message.
-  csum::Delta oa;
-  oa.dword(ip.src(), n_osrc);
-  oa.dword(ip.dst(), n_odst);
-  ip.set_checksum(oa.apply(ip.checksum()));
-  ip.set_src(n_osrc);
-  ip.set_dst(n_odst);
+  set_addrs(ip, n_osrc, n_odst);
   ic.set_checksum(0);
   ic.set_checksum(csum::finish(csum::partial(ic.data(), ic.len())));
   bump(c_.icmpErrorsTranslated);
