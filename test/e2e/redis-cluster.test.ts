@@ -6,19 +6,12 @@
  * promoted. The same checks as the Sentinel test (test/e2e/harness/failover.ts).
  */
 import { describe, expect, it } from 'vitest';
-import {
-  expectFailoverTimeline,
-  expectMirrorsResynced,
-  expectPoolHolds,
-  resolveThroughKill,
-  twoGatewaysAround,
-} from './harness/failover.js';
+import { expectFailover, expectMirrorsResynced, twoGatewaysAround } from './harness/failover.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { startRedisCluster } from './harness/redis.js';
 
 const skip = e2eUnavailableReason();
 const POOL_KEY = 'fakeproxy:pool:{198.18.0.0/16}:n2i';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(skip)('shared fake-IP pool through a Redis Cluster failover (two gateways)', () => {
   const s = twoGatewaysAround(
@@ -30,23 +23,10 @@ describe.skipIf(skip)('shared fake-IP pool through a Redis Cluster failover (two
     const { gws, fleet: cluster } = s;
     const before = await cluster.ownerOf(POOL_KEY);
     expect(before.replica).toBeDefined();
-    const survivor = cluster.ports.find((p) => p !== before.primary && p !== before.replica) as number;
-    let switchedMs = 0;
-    let watching = true;
-    // Polls (from a node that stays up) until the replica serves the pool's slot.
-    const watch = (async () => {
-      while (watching && switchedMs === 0) {
-        const now = await cluster.ownerOf(POOL_KEY, survivor).catch(() => undefined);
-        if (now?.primary === before.replica) switchedMs = Date.now();
-        else await sleep(50);
-      }
-    })();
-    const { res1, res2, killedMs } = await resolveThroughKill(gws.t, gws.client2, () => cluster.kill(before.primary));
-    watching = false;
-    await watch;
-
-    const ipOf = expectFailoverTimeline('cluster', res1, res2, killedMs, switchedMs);
-    await expectPoolHolds(gws.t.upstream, cluster.ip, before.replica as number, ipOf);
+    const replica = before.replica as number;
+    const survivor = cluster.ports.find((p) => p !== before.primary && p !== replica) as number;
+    const watch = cluster.watchPromotion(POOL_KEY, replica, survivor);
+    await expectFailover('cluster', gws, watch, () => cluster.kill(before.primary), { ip: cluster.ip, port: replica });
   });
 
   it('the mirrors resynchronised: dns ls and nat ls read through the Cluster', async () => {

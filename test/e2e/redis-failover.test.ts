@@ -8,15 +8,9 @@
  * through the Sentinels. The scenario and its checks: harness/failover.ts.
  */
 import { describe, expect, it } from 'vitest';
-import {
-  expectFailoverTimeline,
-  expectMirrorsResynced,
-  expectPoolHolds,
-  resolveThroughKill,
-  twoGatewaysAround,
-} from './harness/failover.js';
+import { expectFailover, expectMirrorsResynced, twoGatewaysAround } from './harness/failover.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { killRedis, output, startSentinelFleet } from './harness/redis.js';
+import { killRedis, startSentinelFleet } from './harness/redis.js';
 
 const skip = e2eUnavailableReason();
 
@@ -31,30 +25,14 @@ describe.skipIf(skip)('shared fake-IP pool through a Sentinel failover (two gate
   it('the primary killed while 1 000 names resolve on both: one address per name, SERVFAIL in the gap, answers resume after the switch', async () => {
     const { gws, fleet } = s;
     // Told when the Sentinels announce the new primary.
-    const watch = gws.t.upstream.spawn('redis-cli', [
-      '-h',
-      fleet.ip,
-      '-p',
-      String(fleet.sentinelPorts[1]),
-      'SUBSCRIBE',
-      '+switch-master',
-    ]);
-    let switchedMs = 0;
-    const watched = output(watch);
-    watch.stdout?.on('data', (d: string) => {
-      if (switchedMs === 0 && /mymaster \S+ \d+ \S+ \d+/.test(d)) switchedMs = Date.now();
+    const watch = await fleet.watchSwitch();
+    // WAIT had each allocation on the replica before it was answered: the new primary holds them all.
+    await expectFailover('sentinel', gws, watch, () => killRedis(fleet.primary), {
+      ip: fleet.ip,
+      port: fleet.replicaPort,
     });
-    // Subscribed (Sentinels have no PUBSUB to ask): redis-cli printed the confirmation.
-    await watched.wait(/^\+switch-master\n1$/m, 10_000);
-
-    const { res1, res2, killedMs } = await resolveThroughKill(gws.t, gws.client2, () => killRedis(fleet.primary));
-    watch.kill('SIGKILL');
-
     // The replica took over.
-    const ipOf = expectFailoverTimeline('sentinel', res1, res2, killedMs, switchedMs);
     expect(await fleet.primaryNow()).toBe(fleet.replicaPort);
-    // The new primary holds every answered allocation (WAIT had it on the replica before it was answered).
-    await expectPoolHolds(gws.t.upstream, fleet.ip, fleet.replicaPort, ipOf);
   });
 
   it('the mirror resynchronised into the new primary: dns ls and nat ls read through the Sentinels', async () => {

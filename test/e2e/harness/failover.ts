@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect } from 'vitest';
 import { type DaemonProc, ROOT, runCli } from './daemon.js';
 import type { Netns } from './netns.js';
-import { output, rcli, until } from './redis.js';
+import { output, rcli, type SwitchWatch, until } from './redis.js';
 import { addClient, createTopology, ECHO_PORT, inRange, startDaemonIn, type Topology, tmpFile } from './topology.js';
 
 const RESOLVE = join(ROOT, 'test/e2e/fixtures/resolve-paced.mjs');
@@ -31,7 +31,7 @@ export const failoverName = (i: number) => `n${i}.failover.test`;
  * construction, not by timing. Returns both sides' replies and when the
  * kill began.
  */
-export async function resolveThroughKill(
+async function resolveThroughKill(
   t: Topology,
   client2: Netns,
   kill: () => Promise<void>,
@@ -106,7 +106,7 @@ export function resumedAfter(res1: Resolved, res2: Resolved, killedMs: number, s
  * took over after the kill, one address per name, answers resumed on both
  * sides within bounds. Prints the timeline; returns name → address.
  */
-export function expectFailoverTimeline(
+function expectFailoverTimeline(
   label: string,
   res1: Resolved,
   res2: Resolved,
@@ -130,13 +130,37 @@ export function expectFailoverTimeline(
 }
 
 /** Every answered allocation is in the pool held by the Redis at ip:port (the promoted replica). */
-export async function expectPoolHolds(ns: Netns, ip: string, port: number, ipOf: Map<string, string>): Promise<void> {
+async function expectPoolHolds(ns: Netns, ip: string, port: number, ipOf: Map<string, string>): Promise<void> {
   const names = [...ipOf.keys()];
   const input = names.map((n) => `HGET fakeproxy:pool:{198.18.0.0/16}:n2i ${n}\n`).join('');
   const inRedis = (await rcli(ns, port, [], { host: ip, input })).split('\n');
   names.forEach((n, i) => {
     expect(inRedis[i], n).toBe(ipOf.get(n));
   });
+}
+
+/**
+ * The failover itself, as both fleet tests run it: `kill` takes the pool's
+ * primary away while both gateways resolve (resolveThroughKill), `watch`
+ * (started before) is stopped and its last check awaited, the timeline is checked
+ * (expectFailoverTimeline, printed with `label`), and the promoted node at
+ * `promoted` holds every answered allocation.
+ */
+export async function expectFailover(
+  label: string,
+  gws: TwoGateways,
+  watch: SwitchWatch,
+  kill: () => Promise<void>,
+  promoted: { ip: string; port: number },
+): Promise<void> {
+  let run: Awaited<ReturnType<typeof resolveThroughKill>>;
+  try {
+    run = await resolveThroughKill(gws.t, gws.client2, kill);
+  } finally {
+    await watch.stop();
+  }
+  const ipOf = expectFailoverTimeline(label, run.res1, run.res2, run.killedMs, watch.switchedMs());
+  await expectPoolHolds(gws.t.upstream, promoted.ip, promoted.port, ipOf);
 }
 
 /**

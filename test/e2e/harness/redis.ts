@@ -116,6 +116,16 @@ function pairs(text: string): Record<string, string> {
   return o;
 }
 
+/**
+ * Watches a fleet for its new primary. `switchedMs()` is when it was first
+ * seen (0 until then); `stop()` ends the watch and resolves only once its
+ * last check has finished, so the time read after it is final.
+ */
+export interface SwitchWatch {
+  switchedMs(): number;
+  stop(): Promise<void>;
+}
+
 export interface SentinelFleet {
   ip: string;
   primaryPort: number;
@@ -127,6 +137,8 @@ export interface SentinelFleet {
   replica: ChildProcess;
   /** Where the Sentinels say the primary is now (ask the first one). */
   primaryNow(): Promise<number>;
+  /** Subscribes to +switch-master on a Sentinel; resolves once subscribed. */
+  watchSwitch(): Promise<SwitchWatch>;
 }
 
 /**
@@ -201,6 +213,20 @@ export async function startSentinelFleet(
       const r = await rcli(ns, sentinelPorts[0], ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', 'mymaster'], { host: ip });
       return Number(r.split('\n')[1]);
     },
+    async watchSwitch() {
+      const watch = ns.spawn('redis-cli', ['-h', ip, '-p', String(sentinelPorts[1]), 'SUBSCRIBE', '+switch-master']);
+      let switchedMs = 0;
+      const watched = output(watch);
+      watch.stdout?.on('data', (d: string) => {
+        if (switchedMs === 0 && /mymaster \S+ \d+ \S+ \d+/.test(d)) switchedMs = Date.now();
+      });
+      // Subscribed (Sentinels have no PUBSUB to ask): redis-cli printed the confirmation.
+      await watched.wait(/^\+switch-master\n1$/m, 10_000);
+      return {
+        switchedMs: () => switchedMs,
+        stop: () => killRedis(watch),
+      };
+    },
   };
 }
 
@@ -215,6 +241,8 @@ export interface RedisClusterFleet {
   kill(port: number): Promise<void>;
   /** The primary serving `key`'s slot now, and its replica (ports), as `asker` sees the cluster. */
   ownerOf(key: string, asker?: number): Promise<{ primary: number; replica?: number }>;
+  /** Polls `asker` (a node that stays up) until `node` serves `key`'s slot as its primary. */
+  watchPromotion(key: string, node: number, asker: number): SwitchWatch;
 }
 
 /**
@@ -277,6 +305,24 @@ export async function startRedisCluster(
       30_000,
     );
   }
+  const ownerOf: RedisClusterFleet['ownerOf'] = async (key, asker) => {
+    const from = asker ?? ports[0];
+    const slot = Number((await rcli(ns, from, ['CLUSTER', 'KEYSLOT', key], { host: ip })).trim());
+    const lines = (await rcli(ns, from, ['CLUSTER', 'NODES'], { host: ip })).split('\n').filter(Boolean);
+    const nodes = lines.map((l) => {
+      const [id, addr, flags, masterId, , , , , ...slots] = l.split(' ');
+      return { id, port: Number(addr.split('@')[0].split(':')[1]), flags, masterId, slots };
+    });
+    const owns = (ranges: string[]) =>
+      ranges.some((r) => {
+        const [a, b = a] = r.split('-').map(Number);
+        return slot >= a && slot <= b;
+      });
+    const primary = nodes.find((n) => /master/.test(n.flags) && !/fail/.test(n.flags) && owns(n.slots));
+    if (!primary) throw new Error(`no live primary serves slot ${slot}: ${lines.join(' / ')}`);
+    const replica = nodes.find((n) => n.masterId === primary.id && !/fail/.test(n.flags));
+    return { primary: primary.port, replica: replica?.port };
+  };
   return {
     ip,
     ports,
@@ -286,23 +332,24 @@ export async function startRedisCluster(
       const p = procs.get(port);
       if (p) await killRedis(p);
     },
-    async ownerOf(key, asker) {
-      const from = asker ?? ports[0];
-      const slot = Number((await rcli(ns, from, ['CLUSTER', 'KEYSLOT', key], { host: ip })).trim());
-      const lines = (await rcli(ns, from, ['CLUSTER', 'NODES'], { host: ip })).split('\n').filter(Boolean);
-      const nodes = lines.map((l) => {
-        const [id, addr, flags, masterId, , , , , ...slots] = l.split(' ');
-        return { id, port: Number(addr.split('@')[0].split(':')[1]), flags, masterId, slots };
-      });
-      const owns = (ranges: string[]) =>
-        ranges.some((r) => {
-          const [a, b = a] = r.split('-').map(Number);
-          return slot >= a && slot <= b;
-        });
-      const primary = nodes.find((n) => /master/.test(n.flags) && !/fail/.test(n.flags) && owns(n.slots));
-      if (!primary) throw new Error(`no live primary serves slot ${slot}: ${lines.join(' / ')}`);
-      const replica = nodes.find((n) => n.masterId === primary.id && !/fail/.test(n.flags));
-      return { primary: primary.port, replica: replica?.port };
+    ownerOf,
+    watchPromotion(key, node, asker) {
+      let switchedMs = 0;
+      let watching = true;
+      const polls = (async () => {
+        while (watching && switchedMs === 0) {
+          const now = await ownerOf(key, asker).catch(() => undefined);
+          if (now?.primary === node) switchedMs = Date.now();
+          else await sleep(50);
+        }
+      })();
+      return {
+        switchedMs: () => switchedMs,
+        stop: async () => {
+          watching = false;
+          await polls;
+        },
+      };
     },
   };
 }
