@@ -4,23 +4,18 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DaemonProc, ROOT, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
-import { createTopology, type Topology } from './harness/topology.js';
+import { topologyPerSuite } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
 describe.skipIf(skip)('lifecycle: usage errors and the remembered resolver', () => {
-  let t: Topology;
-  beforeAll(async () => {
-    t = await createTopology();
-  });
-  afterAll(async () => {
-    await t?.destroy();
-  });
+  const suite = topologyPerSuite();
 
   it('every usage error exits 2 with one line before the TUN exists, even while resolv.conf names only the daemon', async () => {
+    const { t } = suite;
     t.client.writeEtc('resolv.conf', 'nameserver 198.18.0.1\n');
     for (const [args, re] of [
       [['--upstream', 'ftp://x:1'], /--upstream scheme "ftp" is not supported/],
@@ -44,6 +39,7 @@ describe.skipIf(skip)('lifecycle: usage errors and the remembered resolver', () 
   });
 
   it('a restart while resolv.conf points at the daemon uses the resolver remembered in the state dir', async () => {
+    const { t } = suite;
     const state = join(t.tmp, 'state-remember');
     const args = ['start', '--state-dir', state, '--fake-ip-filter', '+.lan'];
     // First run, as the quick start: resolv.conf still names the real resolver.
@@ -68,15 +64,10 @@ describe.skipIf(skip)('lifecycle: usage errors and the remembered resolver', () 
 });
 
 describe.skipIf(skip)('crash safety: kill -9 under a stream of new names', () => {
-  let t: Topology;
-  beforeAll(async () => {
-    t = await createTopology();
-  });
-  afterAll(async () => {
-    await t?.destroy();
-  });
+  const suite = topologyPerSuite();
 
   it('after 20 random kill points every address an app received still maps to its name', async () => {
+    const { t } = suite;
     const state = join(t.tmp, 'state-crash');
     const stream = join(ROOT, 'test/e2e/fixtures/dnsstream.mjs');
     const held: string[] = [];
@@ -108,15 +99,10 @@ describe.skipIf(skip)('crash safety: kill -9 under a stream of new names', () =>
 });
 
 describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends', () => {
-  let t: Topology;
-  beforeAll(async () => {
-    t = await createTopology();
-  });
-  afterAll(async () => {
-    await t?.destroy();
-  });
+  const suite = topologyPerSuite();
 
   it('an engine thread that dies (TUN device deleted under it) → one line with errno and the fix, exit 1 within 1 s', async () => {
+    const { t } = suite;
     const d = await t.startDaemon(['--queues', '2']);
     const t0 = Date.now();
     // Something real: the device goes away under the engine; its reads fail with EBADFD.
@@ -134,6 +120,7 @@ describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends',
   });
 
   it('a TCP flow that times out resets the app blocked in read within 1 s of the upstream reset, and the upstream', async () => {
+    const { t } = suite;
     // An upstream server that records when its side of the connection is reset.
     const server = await t.spawnUpstream(
       'node',
@@ -174,6 +161,7 @@ describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends',
   });
 
   it('a full table evicts a half-open flow whose app already saw the handshake: the app blocked in read gets a reset (rstOnEvict)', async () => {
+    const { t } = suite;
     const server = await t.spawnUpstream(
       'node',
       ['-e', `require('net').createServer(() => {}).listen(7002, '${t.upstreamIp}', () => console.log('listening'));`],

@@ -9,6 +9,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { dnsmasqArgs } from '../../support/confs.js';
 import { DaemonProc, ROOT } from './daemon.js';
 import { Netns, vethPair } from './netns.js';
@@ -71,6 +72,21 @@ export async function waitListening(ns: Netns, port: number, proto: 'tcp' | 'udp
 export interface TopologyOptions {
   /** Extra dnsmasq arguments (e.g. --address=/x.test/1.2.3.4). */
   dnsmasqArgs?: string[];
+}
+
+/**
+ * A describe block's own topology: beforeAll creates it, afterAll destroys
+ * it. Read `.t` inside tests and later hooks (it is set once beforeAll ran).
+ */
+export function topologyPerSuite(opts: TopologyOptions = {}): { t: Topology } {
+  const s = {} as { t: Topology };
+  beforeAll(async () => {
+    s.t = await createTopology(opts);
+  });
+  afterAll(async () => {
+    await s.t?.destroy();
+  });
+  return s;
 }
 
 export async function createTopology(opts: TopologyOptions = {}): Promise<Topology> {
