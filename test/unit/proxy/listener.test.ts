@@ -98,6 +98,30 @@ function received(s: net.Socket): () => string {
 }
 
 /**
+ * The app speaks first ('hello', written before the listener even accepted:
+ * it waits in the app's socket through the handshake) and the scripted proxy
+ * `srv` sends 'BANNER|' right behind its reply: the app receives every byte
+ * once, in order; `proxySaw` checks the handshake the proxy got; the session
+ * closes with both directions counted, dialed on the relay thread.
+ */
+async function expectBannerRelayed(
+  { app, l, sessions }: Awaited<ReturnType<typeof setup>>,
+  srv: { seen: { got: string } },
+  proxySaw: () => void,
+) {
+  const s = app({ dstIp: FAKE, dstPort: 4242 });
+  s.write('hello');
+  const got = received(s);
+  await until(() => got() === 'BANNER|echo:hello');
+  proxySaw();
+  expect(srv.seen.got).toBe('hello');
+  s.end();
+  await until(() => sessions.length === 2);
+  expect(sessions[1]).toMatchObject({ phase: 'close', bytesUp: 5, bytesDown: 'BANNER|echo:hello'.length });
+  expect(l.stats().nativeDials).toBe(1);
+}
+
+/**
  * One connection to port `dst` through `final` fails: the app is reset and
  * the session ends with `code`. Returns what was reported to the router
  * (a failure of the proxy itself marks it dead for groups).
@@ -386,17 +410,10 @@ describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
     const reply = Buffer.concat([Buffer.from([5, 0, 0, 3, bnd.length]), bnd, Buffer.from([0x1f, 0x90])]);
     const srv = await scriptedSocks({ method: 0, reply, banner: 'BANNER|' });
     servers.push(srv);
-    const { app, l, sessions } = await setup(new Socks5Outbound({ host: LO, port: srv.port }));
-    const s = app({ dstIp: FAKE, dstPort: 4242 });
-    s.write('hello'); // before the listener even accepted: waits in the app's socket through the handshake
-    const got = received(s);
-    await until(() => got() === 'BANNER|echo:hello');
-    expect(srv.seen.request.equals(Buffer.from([5, 1, 0, 3, 9, ...Buffer.from('localhost'), 0x10, 0x92]))).toBe(true);
-    expect(srv.seen.got).toBe('hello');
-    s.end();
-    await until(() => sessions.length === 2);
-    expect(sessions[1]).toMatchObject({ phase: 'close', bytesUp: 5, bytesDown: 'BANNER|echo:hello'.length });
-    expect(l.stats().nativeDials).toBe(1);
+    const request = Buffer.from([5, 1, 0, 3, 9, ...Buffer.from('localhost'), 0x10, 0x92]);
+    await expectBannerRelayed(await setup(new Socks5Outbound({ host: LO, port: srv.port })), srv, () => {
+      expect(srv.seen.request.equals(request)).toBe(true);
+    });
   });
 
   it('username/password (RFC 1929) against microsocks: the right pair relays, a wrong one is ESOCKS5_AUTH_FAILED', async () => {
@@ -505,20 +522,12 @@ describe('TcpListener: HTTP CONNECT on the relay thread', () => {
     });
     servers.push(srv);
     const out = new HttpOutbound({ host: LO, port: srv.port, auth: { username: 'u', password: 'p' } });
-    const { app, l, sessions } = await setup(out);
-    const s = app({ dstIp: FAKE, dstPort: 4242 });
-    s.write('hello'); // before the listener even accepted: waits in the app's socket through the handshake
-    const got = received(s);
-    await until(() => got() === 'BANNER|echo:hello');
-    expect(srv.seen.heads).toEqual([
-      'CONNECT localhost:4242 HTTP/1.1\r\nHost: localhost:4242\r\nProxy-Authorization: Basic dTpw\r\n\r\n',
-    ]);
-    expect(srv.seen.early).toBe(''); // nothing of the app's before the 200
-    expect(srv.seen.got).toBe('hello');
-    s.end();
-    await until(() => sessions.length === 2);
-    expect(sessions[1]).toMatchObject({ phase: 'close', bytesUp: 5, bytesDown: 'BANNER|echo:hello'.length });
-    expect(l.stats().nativeDials).toBe(1);
+    await expectBannerRelayed(await setup(out), srv, () => {
+      expect(srv.seen.heads).toEqual([
+        'CONNECT localhost:4242 HTTP/1.1\r\nHost: localhost:4242\r\nProxy-Authorization: Basic dTpw\r\n\r\n',
+      ]);
+      expect(srv.seen.early).toBe(''); // nothing of the app's before the 200
+    });
   });
 
   it('real tinyproxy: relays by name, Basic auth right and wrong, a refused destination is the proxy status', async () => {
