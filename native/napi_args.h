@@ -1,12 +1,16 @@
 // The N-API shapes every addon class would otherwise write again: the
-// options-object argument of a constructor, integer arguments, and stopping
+// options-object argument of a constructor, integer arguments, stopping
 // a wrapper's native threads when Node tears the environment down (worker
-// exit) before JS collected the wrapper.
+// exit) before JS collected the wrapper, and the lifetime of a native core
+// whose threads signal JS through a ThreadSafeFunction.
 #pragma once
 
 #include <napi.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "napi_errors.h"
 
@@ -59,6 +63,57 @@ class EnvTeardown {
   Napi::Env::CleanupHook<void (*)(EnvTeardown*), EnvTeardown> hook_;
   T* self_ = nullptr;
   bool active_ = false;
+};
+
+// The native core of a wrapper whose threads signal JS through a
+// ThreadSafeFunction (Relay, UdpRelay). The core's threads are stopped
+// before the callback goes: in the wrapper's stop(), its destructor, and
+// when the environment ends first.
+template <class Core>
+class ThreadedCore {
+ public:
+  // Makes the callback `fn` (`name` shows in diagnostics), then the core
+  // `make(notify)` returns; the core calls `notify` from its threads to have
+  // `deliver(env, fn)` run on the JS thread.
+  template <class MakeCore, class Deliver>
+  void Create(Napi::Env env, const Napi::Value& fn, const char* name, MakeCore make, Deliver deliver) {
+    tsfn_ = Napi::ThreadSafeFunction::New(env, fn.As<Napi::Function>(), name, 0, 1);
+    core_ =
+        make([this, deliver] { tsfn_.NonBlockingCall([deliver](Napi::Env e, Napi::Function f) { deliver(e, f); }); });
+  }
+  // Once the core started: tear it down if the environment ends first.
+  void Arm(Napi::Env env) { teardown_.Arm(env, this); }
+  // For the wrapper's destructor.
+  void Destroy(Napi::Env env) {
+    Teardown();
+    teardown_.Disarm(env);
+  }
+  // Stops the core's threads, then drops the callback and the core. Idempotent.
+  void Teardown() {
+    if (!core_) return;
+    core_->Stop();
+    Release();
+  }
+  // Drops the callback and the core, whose threads do not run (stopped, or
+  // never started).
+  void Release() {
+    tsfn_.Abort();
+    core_.reset();
+  }
+  // True while the core lives; else throws ESHUTDOWN ("`what` is stopped: …").
+  bool Ready(Napi::Env env, const char* syscall, const char* what) const {
+    if (core_) return true;
+    ThrowSys(env, ESHUTDOWN, syscall, std::string(what) + " is stopped: create a new one");
+    return false;
+  }
+  explicit operator bool() const { return core_ != nullptr; }
+  Core* operator->() const { return core_.get(); }
+  Napi::ThreadSafeFunction& tsfn() { return tsfn_; }
+
+ private:
+  std::unique_ptr<Core> core_;
+  Napi::ThreadSafeFunction tsfn_;
+  EnvTeardown<ThreadedCore, &ThreadedCore::Teardown> teardown_;
 };
 
 }  // namespace fakeproxy

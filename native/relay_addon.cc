@@ -65,39 +65,25 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     opts.threads = static_cast<int>(vals[0]);
     opts.pipe_size = static_cast<size_t>(vals[1]);
     opts.idle_ms = static_cast<uint32_t>(vals[2]);
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fakeproxy-relay-ends", 0, 1);
-    tsfn_.Unref(env);
-    pool_ = std::make_unique<fp::RelayPool>(
-        opts, [this] { tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); }); });
+    pool_.Create(
+        env, info[1], "fakeproxy-relay-ends",
+        [&opts](std::function<void()> notify) { return std::make_unique<fp::RelayPool>(opts, std::move(notify)); },
+        [this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); });
+    pool_.tsfn().Unref(env);
     int err = 0;
     std::string what;
     if (!pool_->Start(&err, &what)) {
-      tsfn_.Abort();
-      pool_.reset();
+      pool_.Release();
       ThrowSys(env, err, what, "Relay: cannot start its threads (" + what + "); raise the fd limit (ulimit -n)");
       return;
     }
-    teardown_.Arm(env, this);
+    pool_.Arm(env);
   }
 
-  ~RelayWrap() override {
-    Teardown();
-    teardown_.Disarm(Env());
-  }
+  ~RelayWrap() override { pool_.Destroy(Env()); }
 
  private:
-  void Teardown() {
-    if (!pool_) return;
-    pool_->Stop();
-    tsfn_.Abort();
-    pool_.reset();
-  }
-
-  bool Ready(Napi::Env env) {
-    if (pool_) return true;
-    ThrowSys(env, ESHUTDOWN, "relay", "Relay is stopped: create a new one");
-    return false;
-  }
+  bool Ready(Napi::Env env) { return pool_.Ready(env, "relay", "Relay"); }
 
   static bool GetId(const Napi::Value& v, uint64_t* out) {
     double d;
@@ -135,7 +121,7 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
 
   void Unlive(Napi::Env env, size_t n) {
     live_ = n >= live_ ? 0 : live_ - n;
-    if (live_ == 0) tsfn_.Unref(env);
+    if (live_ == 0) pool_.tsfn().Unref(env);
   }
 
   // onEnd(records, heads?): heads, only when some pair has one, is
@@ -172,7 +158,7 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       ThrowSys(env, err, "relay.add", "relay.add: " + what);
       return env.Undefined();
     }
-    if (live_++ == 0) tsfn_.Ref(env);
+    if (live_++ == 0) pool_.tsfn().Ref(env);
     return env.Undefined();
   }
 
@@ -298,7 +284,7 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
       out[1] = v4 ? static_cast<double>(ntohs(lin->sin_port)) : 0;
     }
     *app_out = -1;
-    if (live_++ == 0) tsfn_.Ref(env);
+    if (live_++ == 0) pool_.tsfn().Ref(env);
     return true;
   }
 
@@ -353,15 +339,12 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     pool_->Stop();
     std::vector<fp::RelayEndRecord> recs = pool_->TakeEnded();
     Napi::Float64Array a = ToJs(env, recs);
-    tsfn_.Abort();
-    pool_.reset();
+    pool_.Release();
     return a;
   }
 
-  std::unique_ptr<fp::RelayPool> pool_;
-  Napi::ThreadSafeFunction tsfn_;
+  ThreadedCore<fp::RelayPool> pool_;
   size_t live_ = 0;
-  EnvTeardown<RelayWrap, &RelayWrap::Teardown> teardown_;
 };
 
 }  // namespace

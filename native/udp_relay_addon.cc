@@ -88,15 +88,15 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
         return;
       }
     }
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fakeproxy-udp-relay", 0, 1);
-    relay_ = std::make_unique<fp::UdpRelay>(
-        opts, [this] { tsfn_.NonBlockingCall([this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); }); });
+    relay_.Create(
+        env, info[1], "fakeproxy-udp-relay",
+        [&opts](std::function<void()> notify) { return std::make_unique<fp::UdpRelay>(opts, std::move(notify)); },
+        [this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); });
     int err = 0;
     std::string what;
     if (!relay_->Start(static_cast<uint32_t>(f[0].v), static_cast<uint16_t>(f[1].v), static_cast<int>(f[2].v),
                        static_cast<uint32_t>(f[3].v), &err, &what)) {
-      tsfn_.Abort();
-      relay_.reset();
+      relay_.Release();
       std::string hint = err == EADDRNOTAVAIL ? " (the gateway address does not exist yet: configure the TUN first)"
                          : err == EADDRINUSE  ? " (another process holds the port: pick another --listen-port)"
                          : err == EPERM       ? " (SO_MARK needs CAP_NET_ADMIN: run as root)"
@@ -104,27 +104,13 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
       ThrowSys(env, err, what, "udp relay: " + what + ": " + strerror(err) + hint);
       return;
     }
-    teardown_.Arm(env, this);
+    relay_.Arm(env);
   }
 
-  ~UdpRelayWrap() override {
-    Teardown();
-    teardown_.Disarm(Env());
-  }
+  ~UdpRelayWrap() override { relay_.Destroy(Env()); }
 
  private:
-  void Teardown() {
-    if (!relay_) return;
-    relay_->Stop();
-    tsfn_.Abort();
-    relay_.reset();
-  }
-
-  bool Ready(Napi::Env env) {
-    if (relay_) return true;
-    ThrowSys(env, ESHUTDOWN, "udpRelay", "UdpRelay is stopped: create a new one");
-    return false;
-  }
+  bool Ready(Napi::Env env) { return relay_.Ready(env, "udpRelay", "UdpRelay"); }
 
   void Deliver(Napi::Env env, Napi::Function fn) {
     if (!relay_) return;
@@ -358,14 +344,11 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
     std::vector<fp::UdpJsDatagram> d;
     std::vector<fp::UdpEndRecord> e;
     relay_->Take(&d, &e);
-    tsfn_.Abort();
-    relay_.reset();
+    relay_.Release();
     return Ended(env, e);
   }
 
-  std::unique_ptr<fp::UdpRelay> relay_;
-  Napi::ThreadSafeFunction tsfn_;
-  EnvTeardown<UdpRelayWrap, &UdpRelayWrap::Teardown> teardown_;
+  ThreadedCore<fp::UdpRelay> relay_;
 };
 
 }  // namespace
