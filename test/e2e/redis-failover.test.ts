@@ -17,10 +17,7 @@ const skip = e2eUnavailableReason();
 describe.skipIf(skip)('shared fake-IP pool through a Sentinel failover (two gateways)', () => {
   // Primary, replica and 3 Sentinels in the upstream namespace, on its address;
   // the second gateway reaches it through its own link.
-  const s = twoGatewaysAround(
-    (topo) => startSentinelFleet(topo.upstream, topo, topo.upstreamIp),
-    (fleet) => ['--redis', fleet.url],
-  );
+  const s = twoGatewaysAround(startSentinelFleet, (fleet) => ['--redis', fleet.url]);
 
   it('the primary killed while 1 000 names resolve on both: one address per name, SERVFAIL in the gap, answers resume after the switch', async () => {
     const { gws, fleet } = s;

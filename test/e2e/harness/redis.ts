@@ -141,19 +141,18 @@ export interface SentinelFleet {
   watchSwitch(): Promise<SwitchWatch>;
 }
 
+/** Where a fleet runs: in the topology's upstream namespace, on its address. */
+export type FleetSite = Pick<Topology, 'upstream' | 'upstreamIp' | 'tmp'>;
+
 /**
  * A primary, one replica and three Sentinels (quorum 2,
- * down-after-milliseconds 1000) on `ip` inside `ns`, all answering before
- * this resolves: the replica in sync and every Sentinel knowing the replica
- * and the two other Sentinels, so a failover can start as soon as the
- * primary is gone.
+ * down-after-milliseconds 1000) in t.upstream on t.upstreamIp, all answering
+ * before this resolves: the replica in sync and every Sentinel knowing the
+ * replica and the two other Sentinels, so a failover can start as soon as
+ * the primary is gone.
  */
-export async function startSentinelFleet(
-  ns: Netns,
-  t: Pick<Topology, 'tmp'>,
-  ip: string,
-  base = 6390,
-): Promise<SentinelFleet> {
+export async function startSentinelFleet(t: FleetSite, base = 6390): Promise<SentinelFleet> {
+  const { upstream: ns, upstreamIp: ip } = t;
   const [primaryPort, replicaPort] = [base, base + 1];
   const sentinelPorts = [base + 20000, base + 20001, base + 20002];
   const primary = await startRedis(ns, t, primaryPort, ['--protected-mode', 'no'], ip);
@@ -247,15 +246,11 @@ export interface RedisClusterFleet {
 
 /**
  * A Redis Cluster of 3 primaries and 3 replicas (redis-cli --cluster create,
- * cluster-node-timeout 1000 ms) on `ip` inside `ns`, every node agreeing
- * that the cluster is ok before this resolves.
+ * cluster-node-timeout 1000 ms) in t.upstream on t.upstreamIp, every node
+ * agreeing that the cluster is ok before this resolves.
  */
-export async function startRedisCluster(
-  ns: Netns,
-  t: Pick<Topology, 'tmp'>,
-  ip: string,
-  base = 7000,
-): Promise<RedisClusterFleet> {
+export async function startRedisCluster(t: FleetSite, base = 7000): Promise<RedisClusterFleet> {
+  const { upstream: ns, upstreamIp: ip } = t;
   const ports = Array.from({ length: 6 }, (_, i) => base + i);
   const procs = new Map<number, ChildProcess>();
   for (const port of ports) {
