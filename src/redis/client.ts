@@ -221,6 +221,63 @@ export interface RedisLogger {
   warn(msg: string): void;
 }
 
+/** How a long-lived Redis user (the mirror, the shared pool) connects. */
+export interface RedisConnectOptions {
+  /** Where Redis is: any RedisTarget form (parseRedisUrl). */
+  url: string;
+  /** @default console */
+  logger?: RedisLogger;
+  /** @default defaultRedisFactory */
+  redisFactory?: RedisFactory;
+  /** Cap of the reconnect backoff. @default DEFAULT_MAX_BACKOFF_MS */
+  maxBackoffMs?: number;
+}
+
+/**
+ * A long-lived Redis user's end of the connection: the validated URL, its
+ * logger, the FailureLog of its outages, and the resilient clients it makes,
+ * which retry slowly while the credentials are refused and stop
+ * reconnecting once `wanted()` turns false (the owner closed).
+ */
+export class RedisEndpoint {
+  readonly url: string;
+  readonly logger: RedisLogger;
+  readonly failures = new FailureLog();
+  private readonly factory: RedisFactory;
+  private readonly maxBackoffMs?: number;
+  private readonly wanted: () => boolean;
+
+  /** Throws UsageError for a URL that is not a RedisTarget. */
+  constructor(opts: RedisConnectOptions, wanted: () => boolean) {
+    parseRedisUrl(opts.url);
+    this.url = opts.url;
+    this.logger = opts.logger ?? console;
+    this.factory = opts.redisFactory ?? defaultRedisFactory;
+    this.maxBackoffMs = opts.maxBackoffMs;
+    this.wanted = wanted;
+  }
+
+  /** A resilient client; a `subscriber` queues its commands while offline (ResilientOptions). */
+  client(subscriber = false): RedisClient {
+    return resilientClient(this.factory, this.url, {
+      maxBackoffMs: this.maxBackoffMs,
+      authFailed: () => this.failures.authFailed,
+      wanted: this.wanted,
+      subscriber,
+    });
+  }
+
+  /** The URL without its passwords, for log lines. */
+  get redacted(): string {
+    return redactRedisUrl(this.url);
+  }
+
+  /** describeRedisError for this URL. */
+  describe(err: unknown): string {
+    return describeRedisError(this.url, err);
+  }
+}
+
 /**
  * Validate a Redis URL (the forms of RedisTarget) and say where it points.
  * Throws UsageError (CLI exit 2) naming what is wrong, so a typo never turns

@@ -13,18 +13,7 @@
  */
 import type { ChainableCommander } from 'ioredis';
 import type { FlowEntry, FlowEvent } from '../nat/types.js';
-import {
-  defaultRedisFactory,
-  describeRedisError,
-  FailureLog,
-  parseRedisUrl,
-  type RedisClient,
-  type RedisFactory,
-  type RedisLogger,
-  redactRedisUrl,
-  resilientClient,
-  scanKeys,
-} from './client.js';
+import { type RedisClient, type RedisConnectOptions, RedisEndpoint, scanKeys } from './client.js';
 import { encodeNodeInfo, type FlowAnnotation, type NodeKeys, nodeKeys } from './schema.js';
 import { type Batch, MirrorView } from './view.js';
 
@@ -42,9 +31,7 @@ export interface DnsEventSource {
   entries(): { name: string; ip: string }[];
 }
 
-export interface RedisMirrorOptions {
-  /** redis://[user:pass@]host:port[/db] or rediss://… */
-  url: string;
+export interface RedisMirrorOptions extends RedisConnectOptions {
   /** Key namespace `fakeproxy:<nodeId>:`; the CLI defaults it to os.hostname(). */
   nodeId: string;
   /**
@@ -70,12 +57,8 @@ export interface RedisMirrorOptions {
    * 20 000 flows → about every 4 s), keeping the Listener's latency flat.
    */
   refreshMs?: number;
-  /** Cap of the reconnect backoff. @default DEFAULT_MAX_BACKOFF_MS (src/redis/client.ts) */
-  maxBackoffMs?: number;
   /** Remove this node's keys in close() (a clean shutdown leaves nothing). @default true */
   clearOnClose?: boolean;
-  logger?: RedisLogger;
-  redisFactory?: RedisFactory;
   /** Clock, for tests. @default Date.now */
   now?: () => number;
 }
@@ -114,20 +97,16 @@ export function sessionAnnotation(e: {
 
 export class RedisMirror {
   readonly nodeId: string;
-  private readonly url: string;
+  private readonly redis: RedisEndpoint;
   private readonly keys: NodeKeys;
   private readonly view: MirrorView;
   private readonly batchMs: number;
   private readonly batchMax: number;
   private readonly ttlMs: number;
   private readonly refreshMs: number;
-  private readonly maxBackoffMs?: number;
   private readonly clearOnClose: boolean;
-  private readonly logger: RedisLogger;
-  private readonly factory: RedisFactory;
   private readonly now: () => number;
   private readonly startedMs: number;
-  private readonly failures = new FailureLog();
 
   private client?: RedisClient;
   private nat?: NatEventSource;
@@ -146,8 +125,7 @@ export class RedisMirror {
   private counters = { written: 0, dropped: 0, resyncs: 0 };
 
   constructor(opts: RedisMirrorOptions) {
-    parseRedisUrl(opts.url);
-    this.url = opts.url;
+    this.redis = new RedisEndpoint(opts, () => !this.closed);
     this.keys = nodeKeys(opts.nodeId);
     this.nodeId = opts.nodeId;
     this.view = new MirrorView(this.nodeId, this.keys);
@@ -155,10 +133,7 @@ export class RedisMirror {
     this.batchMax = opts.batchMax ?? 500;
     this.ttlMs = (opts.keyTtlSec ?? 60) * 1000;
     this.refreshMs = opts.refreshMs ?? 1000;
-    this.maxBackoffMs = opts.maxBackoffMs;
     this.clearOnClose = opts.clearOnClose ?? true;
-    this.logger = opts.logger ?? console;
-    this.factory = opts.redisFactory ?? defaultRedisFactory;
     this.now = opts.now ?? Date.now;
     this.startedMs = this.now();
   }
@@ -170,11 +145,7 @@ export class RedisMirror {
    */
   start(): void {
     if (this.client || this.closed) return;
-    const client = resilientClient(this.factory, this.url, {
-      maxBackoffMs: this.maxBackoffMs,
-      authFailed: () => this.failures.authFailed,
-      wanted: () => !this.closed,
-    });
+    const client = this.redis.client();
     this.client = client;
     client.on('ready', () => this.onReady());
     // A Cluster stays 'ready' while one primary fails over: what that primary
@@ -423,18 +394,18 @@ export class RedisMirror {
 
   private onReady(): void {
     this.connected = true;
-    if (this.failures.ready()) {
-      this.logger.info(`redis mirror: connected to ${redactRedisUrl(this.url)}; resynchronising`);
+    if (this.redis.failures.ready()) {
+      this.redis.logger.info(`redis mirror: connected to ${this.redis.redacted}; resynchronising`);
     }
     void this.resync();
   }
 
   private onClose(): void {
     if (this.connected && !this.closed) {
-      this.logger.warn(
-        `redis mirror: lost connection to ${redactRedisUrl(this.url)}; proxying continues, mirror writes are dropped until it is back`,
+      this.redis.logger.warn(
+        `redis mirror: lost connection to ${this.redis.redacted}; proxying continues, mirror writes are dropped until it is back`,
       );
-      this.failures.lost();
+      this.redis.failures.lost();
     }
     this.connected = false;
     this.needResync = true;
@@ -442,10 +413,10 @@ export class RedisMirror {
 
   private onError(err: unknown): void {
     if (this.closed) return;
-    const { kind, log } = this.failures.error(err);
+    const { kind, log } = this.redis.failures.error(err);
     if (!log) return;
     const retry = kind === 'auth' || kind === 'noauth' ? 'retrying every 30 s' : 'retrying in the background';
-    this.logger.warn(`redis mirror: ${describeRedisError(this.url, err)}; proxying continues, ${retry}`);
+    this.redis.logger.warn(`redis mirror: ${this.redis.describe(err)}; proxying continues, ${retry}`);
   }
 
   /**
@@ -504,7 +475,7 @@ export class RedisMirror {
       this.counters.resyncs++;
       this.needResync = false;
       if (removed > 0 || this.counters.resyncs > 1) {
-        this.logger.info(
+        this.redis.logger.info(
           `redis mirror: resynchronised ${live.length} flows and ${byName.size} names (${removed} stale keys removed)`,
         );
       }

@@ -25,34 +25,23 @@ import { FakeproxyError, UsageError } from '../errors.js';
 import { intToIp, parseIpv4 } from '../util/cidr.js';
 import {
   classifyRedisError,
-  defaultRedisFactory,
-  describeRedisError,
-  FailureLog,
-  parseRedisUrl,
   type RedisClient,
-  type RedisFactory,
-  type RedisLogger,
-  redactRedisUrl,
+  type RedisConnectOptions,
+  RedisEndpoint,
   redisErrorCode,
-  resilientClient,
   subscribeAlways,
 } from './client.js';
 import { decodeRecycled, type PoolKeys, poolKeys } from './schema.js';
 
-export interface RedisSharedPoolOptions {
-  url: string;
+export interface RedisSharedPoolOptions extends RedisConnectOptions {
   /** IPv4 CIDR of the fake range; the pool is shared by every daemon with the same (normalised) CIDR. */
   cidr: string;
   /** Never handed out (the TUN address). Every daemon sharing the pool must use the same one. */
   gateway: string;
-  logger?: RedisLogger;
-  redisFactory?: RedisFactory;
   /** How often batched touch() calls are written. @default 1000 */
   touchFlushMs?: number;
   /** start() waits this long for a first connection before resolving anyway. @default 5000 */
   startTimeoutMs?: number;
-  /** Reconnect backoff cap. @default DEFAULT_MAX_BACKOFF_MS (src/redis/client.ts) */
-  maxBackoffMs?: number;
   /** Replicas an allocation must reach before it is answered. @default POOL_WAIT_REPLICAS */
   waitReplicas?: number;
 }
@@ -159,16 +148,13 @@ export function normaliseName(name: string): string {
 
 export class RedisSharedPool extends EventEmitter {
   readonly cidr: string;
-  private readonly url: string;
+  private readonly redis: RedisEndpoint;
   private readonly first: number;
   private readonly size: number;
   private readonly gatewayInt: number;
   private readonly keys: PoolKeys;
-  private readonly logger: RedisLogger;
-  private readonly factory: RedisFactory;
   private readonly touchFlushMs: number;
   private readonly startTimeoutMs: number;
-  private readonly maxBackoffMs?: number;
   private readonly waitReplicas: number;
   /**
    * Replicas the primary had at the last allocation (ROLE); the next WAIT
@@ -178,7 +164,6 @@ export class RedisSharedPool extends EventEmitter {
   private replicas = 0;
   /** The WAIT in flight, which allocations whose reply arrived meanwhile join. */
   private waiting?: { k: number; acked: Promise<number> };
-  private readonly failures = new FailureLog();
   /** Identifies this instance in recycling messages. */
   private readonly instanceId = `${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
 
@@ -197,8 +182,7 @@ export class RedisSharedPool extends EventEmitter {
 
   constructor(opts: RedisSharedPoolOptions) {
     super();
-    parseRedisUrl(opts.url);
-    this.url = opts.url;
+    this.redis = new RedisEndpoint(opts, () => !this.closed);
     const range = parsePoolCidr(opts.cidr);
     this.cidr = range.cidr;
     this.first = range.first;
@@ -207,11 +191,8 @@ export class RedisSharedPool extends EventEmitter {
     if (gw === undefined) throw new UsageError(`invalid gateway address "${opts.gateway}"`);
     this.gatewayInt = gw;
     this.keys = poolKeys(this.cidr);
-    this.logger = opts.logger ?? console;
-    this.factory = opts.redisFactory ?? defaultRedisFactory;
     this.touchFlushMs = opts.touchFlushMs ?? 1000;
     this.startTimeoutMs = opts.startTimeoutMs ?? 5000;
-    this.maxBackoffMs = opts.maxBackoffMs;
     this.waitReplicas = opts.waitReplicas ?? POOL_WAIT_REPLICAS;
   }
 
@@ -233,14 +214,9 @@ export class RedisSharedPool extends EventEmitter {
    */
   async start(): Promise<void> {
     if (this.client) return;
-    const resilient = {
-      maxBackoffMs: this.maxBackoffMs,
-      authFailed: () => this.failures.authFailed,
-      wanted: () => !this.closed,
-    };
-    const client = resilientClient(this.factory, this.url, resilient);
+    const client = this.redis.client();
     this.client = client;
-    const sub = resilientClient(this.factory, this.url, { ...resilient, subscriber: true });
+    const sub = this.redis.client(true);
     this.sub = sub;
     sub.on('error', () => {
       /* the main client reports connection problems */
@@ -252,10 +228,10 @@ export class RedisSharedPool extends EventEmitter {
 
     client.on('close', () => {
       if (this.connected && !this.closed) {
-        this.logger.warn(
-          `shared fake-IP pool: lost Redis at ${redactRedisUrl(this.url)}; answering cached names only (others get SERVFAIL) until it is back`,
+        this.redis.logger.warn(
+          `shared fake-IP pool: lost Redis at ${this.redis.redacted}; answering cached names only (others get SERVFAIL) until it is back`,
         );
-        this.failures.lost();
+        this.redis.failures.lost();
       }
       this.connected = false;
     });
@@ -287,13 +263,9 @@ export class RedisSharedPool extends EventEmitter {
     const kind = outcome === undefined || outcome === 'timeout' ? undefined : classifyRedisError(outcome);
     if (kind === 'auth' || kind === 'noauth') {
       this.close();
-      throw new FakeproxyError(
-        redisErrorCode(outcome),
-        `shared fake-IP pool: ${describeRedisError(this.url, outcome)}`,
-        {
-          cause: outcome,
-        },
-      );
+      throw new FakeproxyError(redisErrorCode(outcome), `shared fake-IP pool: ${this.redis.describe(outcome)}`, {
+        cause: outcome,
+      });
     }
   }
 
@@ -452,7 +424,7 @@ export class RedisSharedPool extends EventEmitter {
   private unavailable(cause?: unknown): FakeproxyError {
     return new FakeproxyError(
       'EPOOLUNAVAILABLE',
-      `shared fake-IP pool: Redis at ${redactRedisUrl(this.url)} is unavailable; only cached names are answered`,
+      `shared fake-IP pool: Redis at ${this.redis.redacted} is unavailable; only cached names are answered`,
       cause === undefined ? undefined : { cause },
     );
   }
@@ -502,19 +474,19 @@ export class RedisSharedPool extends EventEmitter {
     // start() rejects with a refused password (one line from the CLI); logging
     // it too, with "retrying", would be a second and misleading line.
     if (auth && this.starting) {
-      this.failures.authFailed = true;
+      this.redis.failures.authFailed = true;
       return;
     }
-    if (!this.failures.error(err).log) return;
-    this.logger.warn(
-      `shared fake-IP pool: ${describeRedisError(this.url, err)}; answering cached names only (others get SERVFAIL), retrying`,
+    if (!this.redis.failures.error(err).log) return;
+    this.redis.logger.warn(
+      `shared fake-IP pool: ${this.redis.describe(err)}; answering cached names only (others get SERVFAIL), retrying`,
     );
   }
 
   private async onReady(): Promise<void> {
     const reconnect = this.everConnected;
     this.everConnected = true;
-    if (this.failures.ready()) this.logger.info(`shared fake-IP pool: connected to ${redactRedisUrl(this.url)}`);
+    if (this.redis.failures.ready()) this.redis.logger.info(`shared fake-IP pool: connected to ${this.redis.redacted}`);
     if (reconnect) await this.revalidate();
     this.connected = true;
   }
