@@ -48,50 +48,39 @@ describe.each(['js', 'native'] as const)('Relay (%s)', (kind) => {
     expect(res).toEqual({ bytesUp: 3, bytesDown: 6, end: 'done' });
   });
 
-  it('half-close: the app ends its side and still receives the full reply', async () => {
-    const { app, origin, relay } = await chain();
-    // Origin answers only after it has seen the request's EOF (like `nc -q`, or an HTTP/1.0 upload).
-    const request = readAll(origin);
-    app.end('request body');
-    expect((await request).toString()).toBe('request body');
-    const reply = readAll(app);
-    origin.write('reply part 1, ');
-    await new Promise((r) => setTimeout(r, 20));
-    origin.end('part 2');
-    expect((await reply).toString()).toBe('reply part 1, part 2');
-    expect((await relay.done).end).toBe('done');
-  });
+  it.each([
+    ['app', 'origin'],
+    ['origin', 'app'],
+  ] as const)(
+    'half-close: the %s ends its side first and still receives all the %s sends after',
+    async (first, other) => {
+      const ends = await chain();
+      const [closer, peer] = [ends[first], ends[other]];
+      // The peer answers only after it has seen the EOF (like `nc -q`, or an HTTP/1.0 upload).
+      const request = readAll(peer);
+      closer.end('request body');
+      expect((await request).toString()).toBe('request body');
+      const reply = readAll(closer);
+      peer.write('reply part 1, ');
+      await new Promise((r) => setTimeout(r, 20));
+      peer.end('part 2');
+      expect((await reply).toString()).toBe('reply part 1, part 2');
+      expect((await ends.relay.done).end).toBe('done');
+    },
+  );
 
-  it('half-close the other way: origin ends first, app can still send', async () => {
-    const { app, origin, relay } = await chain();
-    const toApp = readAll(app);
-    origin.end('bye');
-    expect((await toApp).toString()).toBe('bye');
-    const toOrigin = readAll(origin);
-    app.end('late data');
-    expect((await toOrigin).toString()).toBe('late data');
-    expect((await relay.done).end).toBe('done');
-  });
-
-  it('RST from the app is propagated to the origin as a reset', async () => {
-    const { app, origin, relay } = await chain();
-    app.write('x');
-    await once(origin, 'data');
-    const err = socketError(origin);
-    app.resetAndDestroy();
+  it.each([
+    ['app', 'origin', 'app-reset'],
+    ['origin', 'app', 'upstream-reset'],
+  ] as const)('RST from the %s is propagated to the %s as a reset (%s)', async (from, to, end) => {
+    const ends = await chain();
+    const [resetter, peer] = [ends[from], ends[to]];
+    resetter.write('x');
+    await once(peer, 'data');
+    const err = socketError(peer);
+    resetter.resetAndDestroy();
     expect((await err).code).toBe('ECONNRESET');
-    const res = await relay.done;
-    expect(res.end).toBe('app-reset');
-  });
-
-  it('RST from the origin is propagated to the app as a reset', async () => {
-    const { app, origin, relay } = await chain();
-    origin.write('y');
-    await once(app, 'data');
-    const err = socketError(app);
-    origin.resetAndDestroy();
-    expect((await err).code).toBe('ECONNRESET');
-    expect((await relay.done).end).toBe('upstream-reset');
+    expect((await ends.relay.done).end).toBe(end);
   });
 
   it('backpressure: a paused reader keeps the relay’s buffers bounded', async () => {
