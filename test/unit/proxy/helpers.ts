@@ -32,6 +32,35 @@ export function closeServer(server: net.Server): Promise<void> {
   return new Promise((r) => server.close(() => r()));
 }
 
+/**
+ * A scripted TCP peer, for protocol corner cases that real servers do not
+ * produce on demand. `onConnection(c)` returns that connection's reader: after
+ * each read it gets every byte received and not yet consumed, and returns
+ * what it leaves for later. Connection errors are ignored (tests reset them
+ * on purpose); close() destroys the open connections, then the server.
+ */
+export async function scriptedServer(onConnection: (c: net.Socket) => (buf: Buffer) => Buffer) {
+  const conns: net.Socket[] = [];
+  const server = net.createServer((c) => {
+    conns.push(c);
+    c.on('error', () => {});
+    const read = onConnection(c);
+    let buf: Buffer = Buffer.alloc(0);
+    c.on('data', (d: Buffer) => {
+      buf = read(Buffer.concat([buf, d]));
+    });
+  });
+  const port = await listen(server);
+  return {
+    port,
+    conns,
+    close: async () => {
+      for (const c of conns) c.destroy();
+      await closeServer(server);
+    },
+  };
+}
+
 /** Resolves once something accepts on port (the spawned daemon is up). */
 export async function waitForPort(port: number, proc?: ChildProcess, ms = 5000): Promise<void> {
   const until = Date.now() + ms;

@@ -23,6 +23,7 @@ import {
   freePort,
   LO,
   listen,
+  scriptedServer,
   socketError,
   startListener,
   startMicrosocks,
@@ -31,6 +32,7 @@ import {
 } from './helpers.js';
 
 const FAKE = '198.18.2.2';
+const EMPTY = Buffer.alloc(0);
 
 const names = { reverse: (ip: string) => (ip === FAKE ? 'localhost' : undefined) };
 
@@ -336,19 +338,6 @@ describe('TcpListener', () => {
   });
 });
 
-/** A scripted server's handle: its port, what it saw, and close() (its connections first). */
-async function scripted<T>(server: net.Server, conns: net.Socket[], seen: T) {
-  const port = await listen(server);
-  return {
-    port,
-    seen,
-    close: async () => {
-      for (const c of conns) c.destroy();
-      await closeServer(server);
-    },
-  };
-}
-
 /**
  * A SOCKS5 server in the test, for what real servers do not do on demand:
  * it answers the greeting with `method` (or hangs up), the CONNECT with
@@ -361,18 +350,16 @@ async function scriptedSocks(script: {
   reply?: Buffer;
   banner?: string;
 }) {
-  const seen = { request: Buffer.alloc(0), got: '' };
-  const conns: net.Socket[] = [];
-  const server = net.createServer((c) => {
-    conns.push(c);
-    c.on('error', () => {});
-    let buf = Buffer.alloc(0);
+  const seen: { request: Buffer; got: string } = { request: Buffer.alloc(0), got: '' };
+  const srv = await scriptedServer((c) => {
     let stage = 0;
-    c.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
+    return (buf) => {
       if (stage === 0 && buf.length >= 2 && buf.length >= 2 + (buf[1] as number)) {
         buf = buf.subarray(2 + (buf[1] as number));
-        if (script.hangUpAfterGreeting) return void c.end();
+        if (script.hangUpAfterGreeting) {
+          c.end();
+          return buf;
+        }
         c.write(Buffer.from([5, script.method]));
         stage = 1;
       }
@@ -392,11 +379,12 @@ async function scriptedSocks(script: {
       if (stage === 2 && buf.length > 0) {
         seen.got += buf.toString('latin1');
         c.write(`echo:${buf.toString('latin1')}`);
-        buf = Buffer.alloc(0);
+        return EMPTY;
       }
-    });
+      return buf;
+    };
   });
-  return scripted(server, conns, seen);
+  return { ...srv, seen };
 }
 
 describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
@@ -471,34 +459,32 @@ describe('TcpListener: SOCKS5 handshake on the relay thread', () => {
  */
 async function scriptedHttp(script: { reply: string; delayMs?: number; hangUp?: boolean; silent?: boolean }) {
   const seen = { heads: [] as string[], early: '', got: '' };
-  const conns: net.Socket[] = [];
-  const server = net.createServer((c) => {
-    conns.push(c);
-    c.on('error', () => {});
-    c.setEncoding('latin1');
+  const srv = await scriptedServer((c) => {
     let acc = '';
     let stage: 'head' | 'waiting' | 'answered' = 'head';
-    c.on('data', (d: string) => {
+    return (buf) => {
+      const d = buf.toString('latin1');
       if (stage === 'answered') {
         seen.got += d;
         c.write(`echo:${d}`);
-        return;
+        return EMPTY;
       }
       acc += d;
       const end = acc.indexOf('\r\n\r\n');
-      if (stage !== 'head' || end < 0) return;
+      if (stage !== 'head' || end < 0) return EMPTY;
       stage = 'waiting';
       seen.heads.push(acc.slice(0, end + 4));
-      if (script.silent) return;
+      if (script.silent) return EMPTY;
       setTimeout(() => {
         seen.early = acc.slice(end + 4);
         stage = 'answered';
         if (script.hangUp) c.end(script.reply);
         else c.write(script.reply);
       }, script.delayMs ?? 0);
-    });
+      return EMPTY;
+    };
   });
-  return scripted(server, conns, seen);
+  return { ...srv, seen };
 }
 
 describe('TcpListener: HTTP CONNECT on the relay thread', () => {

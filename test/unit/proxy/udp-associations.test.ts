@@ -7,7 +7,7 @@
  */
 import * as dgram from 'node:dgram';
 import { once } from 'node:events';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FlowEntry, Proto } from '../../../src/nat/types.js';
 import type { Destination, UdpAssociation } from '../../../src/proxy/outbound.js';
@@ -15,7 +15,7 @@ import { DirectUdpAssociation } from '../../../src/proxy/outbounds/direct-udp.js
 import { Socks5Outbound } from '../../../src/proxy/outbounds/socks5.js';
 import { udpHeader } from '../../../src/proxy/socks5-codec.js';
 import { UdpListener } from '../../../src/proxy/udp/udpListener.js';
-import { flowEntry, LO, listen, startListener, until } from './helpers.js';
+import { flowEntry, LO, scriptedServer, startListener, until } from './helpers.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -37,20 +37,15 @@ async function udpSocket(address = LO): Promise<dgram.Socket> {
  */
 async function fakeSocks(opts: { bnd?: string; rep?: number } = {}) {
   const relay = await udpSocket();
-  const ctrls: net.Socket[] = [];
   let requested: { host: string; port: number } | undefined;
   const got: Array<{ host: string; port: number; data: Buffer; from: dgram.RemoteInfo }> = [];
   relay.on('message', (m, r) => {
     const h = udpHeader.decode(m);
     got.push({ host: h.host, port: h.port, data: m.subarray(udpHeader.encodingLength(h)), from: r });
   });
-  const server = net.createServer((c) => {
-    ctrls.push(c);
-    c.on('error', () => {});
-    let buf = Buffer.alloc(0);
+  const server = await scriptedServer((c) => {
     let stage = 0;
-    c.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
+    return (buf) => {
       if (stage === 0 && buf.length >= 3) {
         buf = buf.subarray(3);
         stage = 1;
@@ -67,17 +62,14 @@ async function fakeSocks(opts: { bnd?: string; rep?: number } = {}) {
         rep.writeUInt16BE(relay.address().port, 8);
         c.write(rep);
       }
-    });
+      return buf;
+    };
   });
-  const port = await listen(server);
-  cleanups.push(() => {
-    for (const c of ctrls) c.destroy();
-    return new Promise<void>((r) => server.close(() => r()));
-  });
+  cleanups.push(server.close);
   return {
-    port,
+    port: server.port,
     relay,
-    ctrls,
+    ctrls: server.conns,
     got,
     requested: () => requested,
     /** Send raw bytes from the relay to the association's UDP socket. */
