@@ -1,6 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../../../src/errors.js';
 import { parseUpstream } from '../../../src/proxy/outbound.js';
+import { type Daemon, echoOrigin, echoThrough, LO, startMicrosocks, startTinyproxy } from './helpers.js';
 
 describe('parseUpstream', () => {
   it.each([
@@ -38,5 +39,28 @@ describe('parseUpstream', () => {
     expect((err as UsageError).code).toBe('EUSAGE');
     expect((err as Error).message).toMatch(msg);
     expect((err as Error).message).not.toContain('\n');
+  });
+});
+
+describe('every proxy --upstream CONNECTs by name: the proxy resolves it (we have no resolver at all)', () => {
+  let socks: Daemon;
+  let tiny: Daemon;
+  let origin: Awaited<ReturnType<typeof echoOrigin>>;
+  beforeAll(async () => {
+    [socks, tiny, origin] = await Promise.all([startMicrosocks(), startTinyproxy(), echoOrigin()]);
+  });
+  afterAll(async () => {
+    await Promise.all([socks?.stop(), tiny?.stop(), origin?.close()]);
+  });
+
+  it.each([
+    ['socks5', () => `socks5://${LO}:${socks.port}`],
+    ['http', () => `http://${LO}:${tiny.port}`],
+  ])('%s (microsocks, tinyproxy): a half-open socket that relays', async (kind, url) => {
+    // No `resolve` given: had we tried to resolve 'localhost' ourselves, connect would fail with ENORESOLVER.
+    const out = parseUpstream(url());
+    const sock = await out.connect({ host: 'localhost', port: origin.port }, { timeoutMs: 3000 });
+    expect(sock.allowHalfOpen).toBe(true);
+    expect(await echoThrough(sock, `by name through ${kind}`)).toBe(`by name through ${kind}`);
   });
 });

@@ -20,14 +20,6 @@ afterAll(async () => {
 });
 
 describe('Socks5Outbound via microsocks', () => {
-  it('CONNECTs by name: the proxy resolves it (we have no resolver at all)', async () => {
-    // No `resolve` given: had we tried to resolve 'localhost' ourselves, connect would fail with ENORESOLVER.
-    const out = new Socks5Outbound({ host: LO, port: open.port });
-    const sock = await out.connect({ host: 'localhost', port: origin.port }, { timeoutMs: 3000 });
-    expect(sock.allowHalfOpen).toBe(true);
-    expect(await echoThrough(sock, 'hello by name')).toBe('hello by name');
-  });
-
   it('CONNECTs to an IPv4 literal', async () => {
     const out = new Socks5Outbound({ host: LO, port: open.port });
     const sock = await out.connect({ host: LO, port: origin.port });
