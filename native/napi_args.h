@@ -1,5 +1,5 @@
 // The N-API shapes every addon class would otherwise write again: the
-// options-object argument of a constructor, integer arguments, stopping
+// options-object argument of a constructor, integer arguments and options, stopping
 // a wrapper's native threads when Node tears the environment down (worker
 // exit) before JS collected the wrapper, and the lifetime of a native core
 // whose threads signal JS through a ThreadSafeFunction.
@@ -36,6 +36,19 @@ inline bool IntegerIn(const Napi::Value& v, double lo, double hi, double* out) {
   if (!(d >= lo && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))) return false;
   *out = d;
   return true;
+}
+
+// o[key] a whole number in [lo, hi] into *out; with `optional`, an absent
+// key leaves *out (its default) as it is. Else throws a TypeError
+// "<who>: <key> must be an integer in [lo, hi]" and returns false.
+inline bool IntegerOption(Napi::Env env, const Napi::Object& o, const char* who, const char* key, double lo, double hi,
+                          double* out, bool optional = false) {
+  Napi::Value v = o.Get(key);
+  if (optional && v.IsUndefined()) return true;
+  if (IntegerIn(v, lo, hi, out)) return true;
+  ThrowArg(env, std::string(who) + ": " + key + " must be an integer in [" + std::to_string(static_cast<int64_t>(lo)) +
+                    ", " + std::to_string(static_cast<int64_t>(hi)) + "]");
+  return false;
 }
 
 // Calls (self->*Teardown)() once if the environment is torn down while the

@@ -45,26 +45,14 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
     Napi::Object o;
     if (!OptionsArg(info, true, "new Relay(options, onEnd) needs an options object and a callback", &o)) return;
     fp::RelayOptions opts;
-    struct {
-      const char* key;
-      double lo, hi;
-    } checks[] = {{"threads", 1, 256}, {"pipeSize", 4096, 1 << 30}, {"idleTimeoutMs", 0, 4294967295.0}};
-    double vals[3] = {1, static_cast<double>(opts.pipe_size), static_cast<double>(opts.idle_ms)};
-    for (int i = 0; i < 3; i++) {
-      Napi::Value v = o.Get(checks[i].key);
-      if (v.IsUndefined()) continue;
-      double d;
-      if (!IntegerIn(v, checks[i].lo, checks[i].hi, &d)) {
-        ThrowArg(env, std::string("Relay: ") + checks[i].key + " must be an integer in [" +
-                          std::to_string(static_cast<int64_t>(checks[i].lo)) + ", " +
-                          std::to_string(static_cast<int64_t>(checks[i].hi)) + "]");
-        return;
-      }
-      vals[i] = d;
-    }
-    opts.threads = static_cast<int>(vals[0]);
-    opts.pipe_size = static_cast<size_t>(vals[1]);
-    opts.idle_ms = static_cast<uint32_t>(vals[2]);
+    double threads = 1, pipe_size = static_cast<double>(opts.pipe_size), idle_ms = static_cast<double>(opts.idle_ms);
+    if (!IntegerOption(env, o, "Relay", "threads", 1, 256, &threads, true) ||
+        !IntegerOption(env, o, "Relay", "pipeSize", 4096, 1 << 30, &pipe_size, true) ||
+        !IntegerOption(env, o, "Relay", "idleTimeoutMs", 0, 4294967295.0, &idle_ms, true))
+      return;
+    opts.threads = static_cast<int>(threads);
+    opts.pipe_size = static_cast<size_t>(pipe_size);
+    opts.idle_ms = static_cast<uint32_t>(idle_ms);
     pool_.Create(
         env, info[1], "fakeproxy-relay-ends",
         [&opts](std::function<void()> notify) { return std::make_unique<fp::RelayPool>(opts, std::move(notify)); },

@@ -61,23 +61,17 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
     Napi::Env env = info.Env();
     Napi::Object o;
     if (!OptionsArg(info, true, "new UdpRelay(options, onEvents) needs an options object and a callback", &o)) return;
-    struct {
-      const char* key;
-      double hi;
-      double v;
-    } f[] = {{"ip", 4294967295.0, 0},         {"port", 65535, 0},
-             {"recvBufferBytes", 1 << 30, 0}, {"mark", 4294967295.0, 0},
-             {"maxPayloadBytes", 65507, 0},   {"batch", 1024, 0}};
-    for (auto& x : f) {
-      if (!GetU(o.Get(x.key), x.hi, &x.v)) {
-        ThrowArg(env, std::string("UdpRelay: ") + x.key + " must be an integer in [0, " +
-                          std::to_string(static_cast<int64_t>(x.hi)) + "]");
-        return;
-      }
-    }
+    double ip, port, rcvbuf, mark, max_payload, batch;
+    if (!IntegerOption(env, o, "UdpRelay", "ip", 0, 4294967295.0, &ip) ||
+        !IntegerOption(env, o, "UdpRelay", "port", 0, 65535, &port) ||
+        !IntegerOption(env, o, "UdpRelay", "recvBufferBytes", 0, 1 << 30, &rcvbuf) ||
+        !IntegerOption(env, o, "UdpRelay", "mark", 0, 4294967295.0, &mark) ||
+        !IntegerOption(env, o, "UdpRelay", "maxPayloadBytes", 0, 65507, &max_payload) ||
+        !IntegerOption(env, o, "UdpRelay", "batch", 0, 1024, &batch))
+      return;
     fp::UdpRelayOptions opts;
-    opts.max_payload = static_cast<uint32_t>(f[4].v);
-    opts.batch = f[5].v < 1 ? 1 : static_cast<int>(f[5].v);
+    opts.max_payload = static_cast<uint32_t>(max_payload);
+    opts.batch = batch < 1 ? 1 : static_cast<int>(batch);
     Napi::Value dev = o.Get("device");
     if (!dev.IsUndefined()) {
       std::string name = dev.IsString() ? dev.As<Napi::String>().Utf8Value() : std::string();
@@ -94,8 +88,8 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
         [this](Napi::Env e, Napi::Function fn) { Deliver(e, fn); });
     int err = 0;
     std::string what;
-    if (!relay_->Start(static_cast<uint32_t>(f[0].v), static_cast<uint16_t>(f[1].v), static_cast<int>(f[2].v),
-                       static_cast<uint32_t>(f[3].v), &err, &what)) {
+    if (!relay_->Start(static_cast<uint32_t>(ip), static_cast<uint16_t>(port), static_cast<int>(rcvbuf),
+                       static_cast<uint32_t>(mark), &err, &what)) {
       relay_.Release();
       std::string hint = err == EADDRNOTAVAIL ? " (the gateway address does not exist yet: configure the TUN first)"
                          : err == EADDRINUSE  ? " (another process holds the port: pick another --listen-port)"
