@@ -117,14 +117,23 @@ Napi::Value TunCloseJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The test-only packet calls take (fd, x): info[0] a number and `x_ok` (the
+// caller's check of info[1], undefined when missing); else a TypeError with
+// `usage`.
+bool TestPacketArgs(const Napi::CallbackInfo& info, bool x_ok, const char* usage, int* fd) {
+  if (!info[0].IsNumber() || !x_ok) {
+    ThrowArg(info.Env(), usage);
+    return false;
+  }
+  *fd = info[0].As<Napi::Number>().Int32Value();
+  return true;
+}
+
 // Test-only: write one raw packet into the device.
 Napi::Value TunWritePacketForTest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer()) {
-    ThrowArg(env, "tunWritePacketForTest(fd, buffer)");
-    return env.Undefined();
-  }
-  int fd = info[0].As<Napi::Number>().Int32Value();
+  int fd;
+  if (!TestPacketArgs(info, info[1].IsBuffer(), "tunWritePacketForTest(fd, buffer)", &fd)) return env.Undefined();
   Napi::Buffer<uint8_t> b = info[1].As<Napi::Buffer<uint8_t>>();
   ssize_t n = write(fd, b.Data(), b.Length());
   if (n < 0) {
@@ -138,11 +147,8 @@ Napi::Value TunWritePacketForTest(const Napi::CallbackInfo& info) {
 // offloads on, the packet starts with its virtio_net_hdr.
 Napi::Value TunReadPacketForTest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
-    ThrowArg(env, "tunReadPacketForTest(fd, timeoutMs)");
-    return env.Undefined();
-  }
-  int fd = info[0].As<Napi::Number>().Int32Value();
+  int fd;
+  if (!TestPacketArgs(info, info[1].IsNumber(), "tunReadPacketForTest(fd, timeoutMs)", &fd)) return env.Undefined();
   int timeout = info[1].As<Napi::Number>().Int32Value();
   struct pollfd p = {fd, POLLIN, 0};
   int r = poll(&p, 1, timeout);
