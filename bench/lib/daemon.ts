@@ -39,6 +39,8 @@ export interface DaemonOpts {
   upstream: string;
   redis?: string;
   extra?: string[];
+  /** The daemon's cli.js (default CLI): an A/B run starts two builds in one topology. */
+  cli?: string;
 }
 
 export class Daemon {
@@ -86,14 +88,15 @@ export class Daemon {
 
   /** Starts `fakeproxy start …` in the client namespace and waits for "running". */
   static async start(topo: Topology, opts: DaemonOpts): Promise<Daemon> {
-    if (!existsSync(CLI)) throw new Error(`${CLI} is missing (run \`npm run build\`)`);
+    const cli = opts.cli ?? CLI;
+    if (!existsSync(cli)) throw new Error(`${cli} is missing (run \`npm run build\`)`);
     const k = nextRange.get(topo) ?? 0;
     nextRange.set(topo, k + 1);
     const range = RANGES[k % RANGES.length];
     // The client namespace resolves through this daemon (bind-mounted by every later `ip netns exec`).
     topo.client.writeEtc('resolv.conf', `nameserver ${range.gateway}\n`);
     const args = [
-      CLI,
+      cli,
       'start',
       '--cidr',
       range.cidr,

@@ -1,0 +1,163 @@
+/**
+ * A/B of the tcp-connect measurements between builds, interleaved in one
+ * topology so that machine load drifts hit every build alike:
+ *
+ *   node dist/bench/ab-connect.js [--rounds N] [--n REQS] [--paced SECS] NAME=/path/to/dist/src/cli.js ...
+ *
+ * Each round measures the plain veth, then every build in the order given (a
+ * fresh daemon each): ab (64 concurrent, closed loop) and the open-loop pacer
+ * at PACED_RATE. Prints per-round rows and per-build medians: conn/s, the
+ * conn/s ratio to the same round's veth, paced p99 and added p99 (the build's
+ * paced p99 minus the same round's veth paced p99). Needs root.
+ */
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Daemon, probeTun } from './lib/daemon.js';
+import { type Ctx, deleteAllNetns, makeTmp, removeStale, removeTmp } from './lib/env.js';
+import { abRun, pacedRun } from './lib/tools.js';
+import { bigFile, ORIGIN_NAME, PORTS, Topology } from './lib/topology.js';
+import { CONCURRENCY, PACED_RATE } from './scenarios/tcpConnect.js';
+
+/** Per thread name (comm): CPU ticks (user + system) and context switches, summed over the daemon's threads. */
+function threads(pid: number): Map<string, { ticks: number; csw: number }> {
+  const out = new Map<string, { ticks: number; csw: number }>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '');
+      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+      const st = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+      const csw =
+        Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(st)?.[1]) +
+        Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(st)?.[1]);
+      const o = out.get(comm) ?? { ticks: 0, csw: 0 };
+      o.ticks += Number(f[11]) + Number(f[12]);
+      o.csw += csw;
+      out.set(comm, o);
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return out;
+}
+
+function perConn(
+  a: Map<string, { ticks: number; csw: number }>,
+  b: Map<string, { ticks: number; csw: number }>,
+  n: number,
+): string {
+  return [...b]
+    .map(([k, v]) => {
+      const o = a.get(k) ?? { ticks: 0, csw: 0 };
+      return `${k} ${(((v.ticks - o.ticks) * 1e4) / n).toFixed(0)}µs ${((v.csw - o.csw) / n).toFixed(2)}cs`;
+    })
+    .filter((x) => !/ 0µs 0.00cs$/.test(x))
+    .join(', ');
+}
+
+interface Sample {
+  rps: number;
+  pacedP99: number;
+  jsUs: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  let rounds = 3;
+  let n = 20_000;
+  let pacedSecs = 8;
+  const builds: [string, string][] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--rounds') rounds = Number(argv[++i]);
+    else if (a === '--n') n = Number(argv[++i]);
+    else if (a === '--paced') pacedSecs = Number(argv[++i]);
+    else {
+      const eq = a.indexOf('=');
+      if (eq < 1) throw new Error(`expected NAME=cli.js, got ${a}`);
+      builds.push([a.slice(0, eq), a.slice(eq + 1)]);
+    }
+  }
+  const ctx: Ctx = {
+    reps: 1,
+    quick: false,
+    tmp: makeTmp(),
+    aborted: false,
+    log: (m) => process.stderr.write(`  · ${m}\n`),
+  };
+  await removeStale();
+  const topo = await Topology.create(ctx, 'abc');
+  const csv = join(ctx.tmp, 'ab.csv');
+  const results = new Map<string, Sample[]>([['veth', []], ...builds.map(([b]) => [b, []] as [string, Sample[]])]);
+  const ratio = new Map<string, number[]>(builds.map(([b]) => [b, []]));
+  const added = new Map<string, number[]>(builds.map(([b]) => [b, []]));
+  try {
+    topo.big = bigFile(ctx, 1024 * 1024);
+    await topo.start('dnsmasq', 'origin');
+    const measure = async (url: string, d?: Daemon): Promise<Sample> => {
+      await abRun(topo.client, url, Math.min(1000, n), CONCURRENCY, csv, 20);
+      const cpu0 = d?.jsThreadCpuSecs() ?? 0;
+      const r = await abRun(topo.client, url, n, CONCURRENCY, csv, 15);
+      const jsUs = d ? ((d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete : 0;
+      const t0 = d ? threads(d.pid) : undefined;
+      // AB_PROFILE="perf stat -p %PID% -- sleep 3": a profiler attached to the daemon during the paced run (it must end by itself).
+      const prof =
+        d && process.env.AB_PROFILE
+          ? spawn('sh', ['-c', `${process.env.AB_PROFILE.replaceAll('%PID%', String(d.pid))}`], { stdio: 'inherit' })
+          : undefined;
+      const p = await pacedRun(ctx, topo.client, url, PACED_RATE, pacedSecs);
+      if (prof && prof.exitCode === null) await new Promise((r) => prof.once('exit', r));
+      if (d && t0) console.log(`    paced per conn: ${perConn(t0, threads(d.pid), p.ok)}`);
+      console.log(
+        `    paced p50 ${p.p50ms.toFixed(2)} p99 ${p.p99ms.toFixed(2)} connect p99 ${p.connectP99ms.toFixed(2)} ms, late ${p.late}`,
+      );
+      return { rps: r.rps, pacedP99: p.p99ms, jsUs };
+    };
+    for (let i = 0; i < rounds; i++) {
+      const v = await measure(`http://${topo.upIp}:${PORTS.origin}/small`);
+      results.get('veth')?.push(v);
+      console.log(`round ${i} veth: ${v.rps.toFixed(0)} conn/s, paced p99 ${v.pacedP99.toFixed(2)} ms`);
+      for (const [name, cli] of builds) {
+        const d = await Daemon.start(topo, { upstream: 'direct', cli });
+        try {
+          const why = await probeTun(topo, d);
+          if (why) throw new Error(`${name}: the TUN path does not work: ${why}`);
+          const s = await measure(`http://${ORIGIN_NAME}:${PORTS.origin}/small`, d);
+          results.get(name)?.push(s);
+          ratio.get(name)?.push(s.rps / v.rps);
+          added.get(name)?.push(s.pacedP99 - v.pacedP99);
+          console.log(
+            `round ${i} ${name} (pid ${d.pid}): ${s.rps.toFixed(0)} conn/s (${(s.rps / v.rps).toFixed(2)}×), paced p99 ${s.pacedP99.toFixed(2)} ms (+${(s.pacedP99 - v.pacedP99).toFixed(2)}), JS ${s.jsUs.toFixed(0)} µs/conn`,
+          );
+        } finally {
+          await d.stop();
+        }
+      }
+    }
+    console.log('\nmedians:');
+    for (const [name, ss] of results) {
+      const line = `${name.padEnd(10)} ${median(ss.map((s) => s.rps)).toFixed(0)} conn/s, paced p99 ${median(ss.map((s) => s.pacedP99)).toFixed(2)} ms`;
+      const extra =
+        name === 'veth'
+          ? ''
+          : `, ratio ${median(ratio.get(name) ?? []).toFixed(2)}×, added p99 +${median(added.get(name) ?? []).toFixed(2)} ms, JS ${median(ss.map((s) => s.jsUs)).toFixed(0)} µs/conn`;
+      console.log(line + extra);
+    }
+  } finally {
+    await topo.destroy();
+    await deleteAllNetns();
+    removeTmp();
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`${(e as Error).stack}\n`);
+  process.exit(1);
+});
