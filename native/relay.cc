@@ -77,6 +77,10 @@ struct RelayDir {
   std::string pre;  // bytes read before the hand-off, written first
   size_t pre_off = 0;
   bool src_eof = false;
+  // The source's FIN has arrived (EPOLLRDHUP) but is not read yet: what is
+  // left in it is its last bytes, so they are written with SPLICE_F_MORE and
+  // the shutdown(SHUT_WR) that follows sends the FIN in their segment.
+  bool fin_seen = false;
   bool done = false;  // EOF forwarded as shutdown(SHUT_WR)
   std::atomic<uint64_t> bytes{0};
 };
@@ -231,6 +235,7 @@ class RelayWorker {
         int side = static_cast<int>(tag & 1);
         if (p->dead) continue;
         uint32_t ev = evs[i].events;
+        if (ev & EPOLLRDHUP) p->dir[side].fin_seen = true;
         if (side == 1 && p->connecting) {
           Connected(p, ev);
           continue;
@@ -414,7 +419,14 @@ class RelayWorker {
         continue;
       }
       if (D.in_pipe > 0) {
-        ssize_t n = splice(D.pipe.r, nullptr, dst, nullptr, D.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        // A source that has sent its FIN ends soon (the next reads reach
+        // EOF, and then shutdown() pushes): its last bytes wait corked for
+        // that FIN, one segment instead of data + FIN (a short response and
+        // its close: one packet less through the TUN each way, the app's
+        // ACK of the data included). MSG_MORE holds back only a segment
+        // short of the MSS, and never past the shutdown, a reset or close.
+        const unsigned more = D.fin_seen && !p->connecting ? SPLICE_F_MORE : 0;
+        ssize_t n = splice(D.pipe.r, nullptr, dst, nullptr, D.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | more);
         if (n < 0) {
           if (errno == EINTR) continue;
           if (errno == EAGAIN) return true;

@@ -6,7 +6,7 @@
  * test/unit/proxy/relay.test.ts.
  */
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
@@ -324,6 +324,39 @@ describe('native Relay: bad input gets a clear error, never a crash', () => {
     origin.end('reply\n');
     expect((await down).toString()).toBe('reply\n');
     expect(await h.done).toEqual({ bytesUp: 12, bytesDown: 6, end: 'done' });
+  });
+
+  it("dial: an origin's last bytes and its FIN reach the app in one segment, not two", async () => {
+    // The origin corks its reply and shuts down: reply and FIN arrive at the relay in one segment,
+    // some time after the connect (so the relay has long been relaying).
+    const py = spawn('python3', [
+      '-S',
+      '-c',
+      [
+        'import socket,time',
+        "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1)",
+        'print(s.getsockname()[1],flush=True)',
+        'c,_=s.accept();time.sleep(0.2)',
+        'c.setsockopt(socket.IPPROTO_TCP,socket.TCP_CORK,1);c.sendall(b"reply\\n");c.shutdown(socket.SHUT_WR)',
+        'c.recv(1);c.close()',
+      ].join('\n'),
+    ]);
+    try {
+      const [line] = (await once(py.stdout, 'data')) as [Buffer];
+      const s = newSplice();
+      const [app, a] = await socketPair();
+      open.push(app, a);
+      const h = s.dial(a, LO, Number(line.toString().trim()), { mark: 0, connectTimeoutMs: 5000 });
+      if (!h) throw new Error('dial refused');
+      expect((await readAll(app)).toString()).toBe('reply\n');
+      // Segments the app received: the SYN-ACK, then the reply carrying the FIN (3 with a FIN of its own).
+      const ss = spawnSync('ss', ['-tinH', `sport = :${app.localPort}`], { encoding: 'utf8' });
+      expect(/segs_in:(\d+)/.exec(ss.stdout)?.[1], ss.stdout).toBe('2');
+      app.end();
+      expect(await h.done).toEqual({ bytesUp: 0, bytesDown: 6, end: 'done' });
+    } finally {
+      py.kill();
+    }
   });
 
   it('dial: a refused connect resets the app and ends connect-failed/ECONNREFUSED; an IPv4 u32 address works too', async () => {
