@@ -493,10 +493,15 @@ class RelayWorker {
       Handshake(p, ev);
       return;
     }
+    // tcp_poll() reports OUT only once the socket left SYN_SENT, and a
+    // failed connect (RST, a hard ICMP error) sets ERR and HUP with it: no
+    // SO_ERROR read (one system call per connection) unless one is set.
     int soerr = 0;
-    socklen_t len = sizeof soerr;
-    if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) soerr = errno;
-    if (soerr == 0 && (ev & (EPOLLERR | EPOLLHUP))) soerr = ECONNRESET;
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+      socklen_t len = sizeof soerr;
+      if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) soerr = errno;
+      if (soerr == 0) soerr = ECONNRESET;
+    }
     if (soerr != 0) {
       Finish(p, RelayHow::kConnectFailed, soerr, true, false);
       return;
