@@ -493,8 +493,9 @@ Flow* FlowTable::revive(const FlowKey& k, int64_t now) {
 }
 
 bool FlowTable::first_syn_held(const FlowKey& k, int64_t now) {
-  if (lists_[3].head != kNil || lists_[0].head == kNil) return false;  // a closed flow, or nothing, goes first
-  if (now - at(lists_[0].head).createdMs >= kHalfOpenGraceMs) return false;
+  // make_room()'s victim: the closed flow that ended first, else the oldest half-open one.
+  const uint32_t victim = lists_[3].head != kNil ? lists_[3].head : lists_[0].head;
+  if (victim == kNil || now - at(victim).createdMs >= kEvictGraceMs) return false;
   uint64_t w[5];
   std::memcpy(w, &k, sizeof w);
   uint64_t h = mum(w[0] ^ seed_[3], w[1] ^ seed_[2]) ^ mum(w[2] ^ seed_[1], w[3] ^ seed_[0]) ^

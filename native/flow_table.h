@@ -227,13 +227,14 @@ class FlowTable {
   // revive()); established, half-closed and UDP flows are never evicted for
   // a new one. Refused (Full) when neither is left, or (HalfOpenCap) when a new
   // TCP flow would exceed the source's maxHalfOpenPerSource.
-  // `synGate` (a SYN from the TUN): while the only flows left to evict are
-  // half-open ones younger than kHalfOpenGraceMs (the table turns over
-  // faster than a real client retransmits its SYN: a flood), a SYN whose
-  // 4-tuple was not seen lately is dropped (FirstSyn) and remembered, and
-  // its retransmission gets in. Spoofed floods never retransmit, so they
-  // cost one lookup per SYN, the TUN queue stops overflowing, and a real
-  // client pays one SYN retransmission (1 s) while the flood lasts.
+  // `synGate` (a SYN from the TUN): while the flow early drop would evict
+  // is younger than kEvictGraceMs (the table turns over faster than a real
+  // client retransmits its SYN: a flood), a SYN whose 4-tuple was not seen
+  // lately is dropped (FirstSyn) and remembered, and its retransmission
+  // gets in. Floods never retransmit (hping3, spoofed or from its own
+  // address), so they cost one lookup per SYN instead of a handshake with
+  // the Listener, the TUN queue stops overflowing, and a real client pays
+  // one SYN retransmission (1 s) while the flood lasts.
   Flow* create(const FlowKey& k, Target target, int64_t now, Create* why, bool synGate = false);
   // The app of a half-open flow early-dropped moments ago (see ghosts_) sent
   // its handshake ACK after all: the flow comes back with its NAT pair, so
@@ -269,10 +270,10 @@ class FlowTable {
   // timestamp store in the common case.
   static constexpr int64_t kRelinkMs = 1000;
   static constexpr uint32_t kChunkShift = 14;  // 16384 flows per pool chunk
-  // A half-open flow keeps its slot this long against a first SYN: the
-  // initial retransmission timeout (RFC 6298 2.1), after which a real
-  // client has sent its SYN again.
-  static constexpr int64_t kHalfOpenGraceMs = 1000;
+  // A flow keeps its slot this long after its creation against a first
+  // SYN: the initial retransmission timeout (RFC 6298 2.1), after which a
+  // real client has sent its SYN again.
+  static constexpr int64_t kEvictGraceMs = 1000;
   // How long a dropped first SYN's 4-tuple is remembered: covers a client's
   // SYN retransmissions at 1, 3 and 7 s even when one of them is dropped too.
   static constexpr int64_t kSynMemoryMs = 8000;

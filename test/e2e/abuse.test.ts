@@ -129,8 +129,9 @@ describe.skipIf(skip)('abuse: floods and slow clients from one LAN host do not l
   //  - spoofed random sources, only the two LANs admitted (the configuration README gives): dropped as
   //    foreign sources before the table;
   //  - the attacker's own address, one SYN per random fake address (no spoofing): fills the table from ONE
-  //    source; early drop alone keeps new connections succeeding, which is why the per-source half-open cap
-  //    stays off (NatManagerOptions.maxHalfOpenPerSource, not an option).
+  //    source with flows its kernel resets; early drop evicts those, and while they are younger than a SYN
+  //    retransmission first SYNs are dropped as above. That keeps new connections succeeding, which is why
+  //    the per-source half-open cap stays off (NatManagerOptions.maxHalfOpenPerSource, not an option).
   it.each([
     // Every flood at full speed (hping3 --flood: as fast as one core sends, ~100 000 SYNs a
     // second through the TUN here), bounded in time.

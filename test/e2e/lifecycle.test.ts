@@ -193,7 +193,7 @@ describe.skipIf(skip)('engine lifecycle: thread death, expiry resets both ends',
     });
     await expect.poll(() => appOut, { timeout: 10_000 }).toContain('connected');
     const before = JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).engine;
-    // The app's flow has had its grace against first SYNs (FlowTable::kHalfOpenGraceMs).
+    // The app's flow has had its grace against first SYNs (FlowTable::kEvictGraceMs).
     await new Promise((r) => setTimeout(r, 1100));
     // Up to 64 SYNs into a 16-flow table: each new one early-drops the oldest half-open flow, the app's first.
     // 10 a second, so the table turns over more slowly than a SYN is retransmitted (faster, the engine

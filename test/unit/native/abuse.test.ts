@@ -206,7 +206,10 @@ describe('early drop of half-open flows (SYN flood)', () => {
       );
     }
     expect(e.stats()).toMatchObject({ flowsActive: 8, halfOpenFlows: 1 });
-    const p = handshake(e, 40000, APP, T0 + 100);
+    // Within a second of their creation the closed flows, too, turn a first SYN away.
+    expect(floodSyn(e, APP, 40000, T0 + 100)).toEqual([]);
+    expect(e.stats()).toMatchObject({ firstSynDropped: 1, flowsEarlyDropped: 0 });
+    const p = handshake(e, 40000, APP, T0 + 1100);
     expect(e.lookup(6, p.natIp, p.natPort)?.state).toBe('established');
     expect(e.lookup(6, est.natIp, est.natPort)?.state).toBe('established');
     // The oldest closed flow made room; the half-open one and the other closed ones are still there.
