@@ -204,6 +204,17 @@ export interface IperfUdp {
   packets: number;
 }
 
+/** The `Udp:` counters of /proc/net/snmp in `ns` (InDatagrams, RcvbufErrors, …): per network namespace. */
+export async function udpSnmp(ns: Netns): Promise<Record<string, number>> {
+  const r = await ns.exec('cat', ['/proc/net/snmp']);
+  const [keys, vals] = r.stdout
+    .split('\n')
+    .filter((l) => l.startsWith('Udp:'))
+    .map((l) => l.split(/\s+/).slice(1));
+  if (!keys || !vals) throw new Error(`no Udp: lines in /proc/net/snmp of ${ns.name}`);
+  return Object.fromEntries(keys.map((k, i) => [k, Number(vals[i])]));
+}
+
 /** iperf3 UDP at `rate` (e.g. "500M"), `len`-byte datagrams, server-side counts. */
 export async function iperfUdp(
   ns: Netns,

@@ -9,7 +9,7 @@
 import { probeUdp } from '../lib/daemon.js';
 import { type Ctx, waitListening } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
-import { iperfUdp, socksUdp, VerifyError } from '../lib/tools.js';
+import { iperfUdp, socksUdp, udpSnmp, VerifyError } from '../lib/tools.js';
 import { bigFile, PORTS, Topology } from '../lib/topology.js';
 import { path, repeat, rows, type Scenario } from './common.js';
 import { withDaemon } from './tcp.js';
@@ -55,6 +55,16 @@ export const udp: Scenario = {
             },
           ),
         );
+        if (p.id !== 'dante')
+          s.rows.push(
+            ...rows({
+              id: `${p.id}@${rate}-rcvbuf`,
+              label: `${p.label} @ ${rate}bit/s`,
+              metric: 'of it at a full rcvbuf',
+              unit: '%',
+              higherIsBetter: false,
+            }),
+          );
       }
     }
     const topo = await Topology.create(ctx, 'udp');
@@ -73,7 +83,10 @@ export const udp: Scenario = {
           await waitListening(topo.upstream, 'tcp', '*', port).catch(() =>
             waitListening(topo.upstream, 'tcp', '0.0.0.0', port),
           );
-          return await iperfUdp(topo.client, host, port, secs, rate, LEN);
+          const before = await udpSnmp(topo.upstream);
+          const r = await iperfUdp(topo.client, host, port, secs, rate, LEN);
+          const after = await udpSnmp(topo.upstream);
+          return { ...r, rcvbufPct: (100 * (after.RcvbufErrors - before.RcvbufErrors)) / r.packets };
         } finally {
           srv.kill('SIGKILL');
         }
@@ -84,9 +97,10 @@ export const udp: Scenario = {
           const rs = await repeat(ctx, () => oneRun(host, rate));
           get(`${pid}@${rate}`).samples = rs.map((r) => r.pps);
           get(`${pid}@${rate}-loss`).samples = rs.map((r) => r.lossPct);
+          get(`${pid}@${rate}-rcvbuf`).samples = rs.map((r) => r.rcvbufPct);
         }
       };
-      const ids = (pid: string) => rates.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`]);
+      const ids = (pid: string) => rates.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`, `${pid}@${r}-rcvbuf`]);
       await path(ctx, s, ids('veth'), 'udp: veth', async () => {
         const why = await probeUdp(topo, topo.upIp);
         if (why) throw new Error(`UDP echo server check over the veth: ${why}`);
@@ -117,6 +131,7 @@ export const udp: Scenario = {
       s.notes.push(
         'iperf3 UDP: the control connection is TCP (through the TUN too); datagrams/s = (sent − lost) / seconds as counted by the server; a run that delivers nothing fails',
         'offered rate is paced by the iperf3 client; loss is what the path could not carry (socket buffers at their defaults on every hop); each run uses a fresh one-shot iperf3 -s on a new port',
+        '"of it at a full rcvbuf": Udp RcvbufErrors of the upstream namespace during the run (/proc/net/snmp) per datagram sent, i.e. the share lost at the receiver\'s full socket buffer (208 KiB default), not on the way; on dante paths dante\'s own sockets count too',
         '"client → dante, no fakeproxy": bench/lib/socks-udp.c does UDP ASSOCIATE with dante and sends the same rate and size (paced in 1 ms slices, sendmmsg) to a counting sink beside iperf3 -s; what dante delivers there bounds TUN → fakeproxy → dante',
       );
       return [s];
