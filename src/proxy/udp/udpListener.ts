@@ -577,8 +577,14 @@ export class UdpListener extends EventEmitter {
     this.#lastTunDrops = tun;
     this.#lastDrops = [...t.drops];
     if (causes.length === 0) return;
+    // The TUN queue holds every protocol's packets (a TCP SYN flood fills it too): with no drop in
+    // the relay, the line is the TUN's, not the relay's.
+    if (relayNew === 0) {
+      this.#o.logger(`tun: in the last ${OVERLOAD_LOG_MS / 1000} s ${causes[0]} (total ${tun}; TCP and UDP alike)`);
+      return;
+    }
     this.#o.logger(
-      `udp relay: dropped ${tunNew + relayNew} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s: ${causes.join('; ')} (totals: ${tun} at the TUN queue, ${UDP_RELAY_DROPS.flatMap((why, i) => ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS ? [`${why} ${t.drops[i]}`] : [])).join(', ') || 'none in the relay'})`,
+      `udp relay: dropped ${relayNew} datagrams in the last ${OVERLOAD_LOG_MS / 1000} s: ${causes.join('; ')} (totals: ${tun} at the TUN queue, ${UDP_RELAY_DROPS.flatMap((why, i) => ((t.drops[i] as number) > 0 && i !== FOREIGN_INGRESS ? [`${why} ${t.drops[i]}`] : [])).join(', ') || 'none in the relay'})`,
     );
   }
 
