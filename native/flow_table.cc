@@ -412,6 +412,8 @@ void FlowTable::half_open_add(const Flow& f, int delta) {
   }
 }
 
+uint32_t FlowTable::evict_victim() const { return lists_[3].head != kNil ? lists_[3].head : lists_[0].head; }
+
 bool FlowTable::make_room(int64_t now) {
   // Early drop: a flow that is already over (both FINs or a RST, kept only
   // to translate the last retransmits) makes room, else the oldest
@@ -422,8 +424,7 @@ bool FlowTable::make_room(int64_t now) {
   // each SYN-ACK with a RST, so the flood's entries are closed ones.
   // Either way new connections keep getting in and established flows stay
   // untouched. The evicted pair still cools down (NatAllocator::release).
-  uint32_t victim = lists_[3].head;
-  if (victim == kNil) victim = lists_[0].head;
+  const uint32_t victim = evict_victim();
   if (victim == kNil) return false;
   const Flow& v = at(victim);
   if (v.key.proto == kProtoTcp && v.state != FlowState::Closed && (v.tcpFlags & tcpflag::APP_NXT)) ghost_push(v, now);
@@ -493,8 +494,7 @@ Flow* FlowTable::revive(const FlowKey& k, int64_t now) {
 }
 
 bool FlowTable::first_syn_held(const FlowKey& k, int64_t now) {
-  // make_room()'s victim: the closed flow that ended first, else the oldest half-open one.
-  const uint32_t victim = lists_[3].head != kNil ? lists_[3].head : lists_[0].head;
+  const uint32_t victim = evict_victim();
   if (victim == kNil || now - at(victim).createdMs >= kEvictGraceMs) return false;
   uint64_t w[5];
   std::memcpy(w, &k, sizeof w);

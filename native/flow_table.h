@@ -314,6 +314,9 @@ class FlowTable {
   // Early drop (see create()): frees one closed or half-open flow; false when
   // every flow is established, half-closed or UDP.
   bool make_room(int64_t now);
+  // Whom make_room() would free: the closed flow that ended first, else the
+  // oldest half-open one; kNil when neither exists.
+  uint32_t evict_victim() const;
   // The synGate rule of create(): true when k must wait for its retransmission.
   bool first_syn_held(const FlowKey& k, int64_t now);
   void ghost_push(const Flow& f, int64_t now);
