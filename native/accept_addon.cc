@@ -337,6 +337,9 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
 
 }  // namespace
 
-void InitAccept(Napi::Env env, Napi::Object exports) { exports.Set("TcpAcceptor", TcpAcceptor::Define(env)); }
+void InitAccept(Napi::Env env, Napi::Object exports) {
+  exports.Set("TcpAcceptor", TcpAcceptor::Define(env));
+  SetLayout(env, exports, "acceptRecordFields", kFields);
+}
 
 }  // namespace fakeproxy

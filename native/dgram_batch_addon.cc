@@ -194,6 +194,9 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
 
 }  // namespace
 
-void InitDgramBatch(Napi::Env env, Napi::Object exports) { exports.Set("DgramSocket", DgramSocketJs::Define(env)); }
+void InitDgramBatch(Napi::Env env, Napi::Object exports) {
+  exports.Set("DgramSocket", DgramSocketJs::Define(env));
+  SetLayout(env, exports, "dgramMetaWords", fp::kDgramMetaWords);
+}
 
 }  // namespace fakeproxy

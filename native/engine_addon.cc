@@ -580,4 +580,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 }  // namespace
 }  // namespace fakeproxy
 
-void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", fakeproxy::EngineWrap::Define(env)); }
+void InitEngine(Napi::Env env, Napi::Object exports) {
+  using namespace fakeproxy;
+  exports.Set("Engine", EngineWrap::Define(env));
+  SetLayout(env, exports, "packedFlowLen", EngineWrap::kPackedLen);
+  SetLayout(env, exports, "flowStates", static_cast<uint32_t>(fp::FlowState::Udp) + 1);
+}

@@ -129,4 +129,15 @@ class ThreadedCore {
   EnvTeardown<ThreadedCore, &ThreadedCore::Teardown> teardown_;
 };
 
+// exports.layout[key] = value: the sizes of the records and the lengths of
+// the enums this addon shares with TypeScript, which src/native.ts checks
+// against its own when it loads the addon (a stale build fails there, by
+// name, instead of misreading records).
+inline void SetLayout(Napi::Env env, Napi::Object exports, const char* key, uint32_t value) {
+  Napi::Value v = exports.Get("layout");
+  Napi::Object o = v.IsObject() ? v.As<Napi::Object>() : Napi::Object::New(env);
+  if (!v.IsObject()) exports.Set("layout", o);
+  o.Set(key, Napi::Number::New(env, value));
+}
+
 }  // namespace fakeproxy

@@ -338,4 +338,8 @@ class RelayWrap : public Napi::ObjectWrap<RelayWrap> {
 }  // namespace
 }  // namespace fakeproxy
 
-void InitRelay(Napi::Env env, Napi::Object exports) { exports.Set("Relay", fakeproxy::RelayWrap::Define(env)); }
+void InitRelay(Napi::Env env, Napi::Object exports) {
+  using namespace fakeproxy;
+  exports.Set("Relay", RelayWrap::Define(env));
+  SetLayout(env, exports, "relayRecordFields", kRecordFields);
+}

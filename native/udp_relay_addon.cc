@@ -349,5 +349,10 @@ class UdpRelayWrap : public Napi::ObjectWrap<UdpRelayWrap> {
 }  // namespace fakeproxy
 
 void InitUdpRelay(Napi::Env env, Napi::Object exports) {
-  exports.Set("UdpRelay", fakeproxy::UdpRelayWrap::Define(env));
+  using namespace fakeproxy;
+  exports.Set("UdpRelay", UdpRelayWrap::Define(env));
+  SetLayout(env, exports, "udpRelayDgramFields", kDgramFields);
+  SetLayout(env, exports, "udpRelayEndFields", kEndFields);
+  SetLayout(env, exports, "udpRelayEnds", static_cast<uint32_t>(fp::UdpEnd::kUpstreamClosed) + 1);
+  SetLayout(env, exports, "udpRelayDrops", fp::kDropCount);
 }

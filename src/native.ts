@@ -198,10 +198,12 @@ export interface DgramSocketStats {
 }
 /**
  * A UDP socket polled on the event loop that receives with recvmmsg and sends
- * with sendmmsg. Layout of `meta` (both ways): 8 words per datagram — offset
+ * with sendmmsg. Layout of `meta` (both ways): DGRAM_META_WORDS per datagram — offset
  * and length in `bytes`, family (4|6), peer port, peer address (IPv4: one
  * host-order word; IPv6: four big-endian words). See src/util/dgramBatch.ts.
  */
+/** Words of `meta` per datagram in a NativeDgramSocket batch (native/dgram_batch.h kDgramMetaWords). */
+export const DGRAM_META_WORDS = 8;
 export interface NativeDgramSocket {
   start(onBatch: (bytes: Buffer, meta: Uint32Array, count: number) => void): void;
   send(bytes: Buffer, meta: Uint32Array, count: number): number;
@@ -426,6 +428,8 @@ export interface NativeTcpAcceptor {
 }
 
 export interface NativeBinding {
+  /** Record sizes and enum lengths shared with this file (checked when loaded: checkLayout). */
+  layout: NativeLayout;
   tunOpen(opts: TunOpenOptions): TunHandle;
   /** Close the fds (the non-persistent device disappears with the last one). */
   tunClose(fds: number[]): void;
@@ -486,11 +490,62 @@ function findAddon(): string {
   });
 }
 
+/**
+ * What the addon reports of the records and enums it shares with this file
+ * (native/napi_args.h SetLayout): record sizes and enum lengths.
+ */
+export interface NativeLayout {
+  packedFlowLen: number;
+  flowStates: number;
+  acceptRecordFields: number;
+  relayRecordFields: number;
+  udpRelayDgramFields: number;
+  udpRelayEndFields: number;
+  udpRelayEnds: number;
+  udpRelayDrops: number;
+  dgramMetaWords: number;
+}
+
+/** The layout this JavaScript reads records with (the constants above). */
+export function expectedLayout(): NativeLayout {
+  return {
+    packedFlowLen: PACKED_FLOW_LEN,
+    flowStates: PACKED_STATES.length,
+    acceptRecordFields: ACCEPT_RECORD_FIELDS,
+    relayRecordFields: RELAY_RECORD_FIELDS,
+    udpRelayDgramFields: UDP_RELAY_DGRAM_FIELDS,
+    udpRelayEndFields: UDP_RELAY_END_FIELDS,
+    udpRelayEnds: UDP_RELAY_ENDS.length,
+    udpRelayDrops: UDP_RELAY_DROPS.length,
+    dgramMetaWords: DGRAM_META_WORDS,
+  };
+}
+
+/**
+ * Throws (code EADDONSTALE) unless the addon's layout is ours: an addon built
+ * from other sources than this JavaScript (an upgrade without a rebuild) would
+ * otherwise misread every record it hands over.
+ */
+export function checkLayout(actual: Partial<NativeLayout> | undefined): void {
+  for (const [key, want] of Object.entries(expectedLayout())) {
+    const got = actual?.[key as keyof NativeLayout];
+    if (got !== want)
+      throw Object.assign(
+        new Error(
+          `native addon was built from other sources than this JavaScript (${key}: addon ${got ?? 'missing'}, expected ${want}): rebuild with \`npm run build\``,
+        ),
+        { code: 'EADDONSTALE' },
+      );
+  }
+}
+
 let cached: NativeBinding | undefined;
 export function native(): NativeBinding {
   if (!cached) {
     const require = createRequire(import.meta.url);
-    cached = require(findAddon()) as NativeBinding;
+    const b = require(findAddon()) as NativeBinding;
+    checkLayout(b.layout);
+    cached = b;
   }
   return cached;
 }

@@ -10,10 +10,15 @@
  * OUT_MAX_BYTES bytes and is flushed when full; a send buffer that is full
  * makes the kernel refuse the rest, which is dropped and counted (stats()).
  */
-import { type DgramSocketOptions, type DgramSocketStats, type NativeDgramSocket, native } from '../native.js';
+import {
+  type DgramSocketOptions,
+  type DgramSocketStats,
+  DGRAM_META_WORDS as META_WORDS,
+  type NativeDgramSocket,
+  native,
+} from '../native.js';
 
-/** Words of metadata per datagram (native/dgram_batch.h kDgramMetaWords). */
-export const META_WORDS = 8;
+export { META_WORDS };
 export const M_OFF = 0;
 export const M_LEN = 1;
 export const M_FAMILY = 2;
