@@ -196,14 +196,14 @@ export interface DgramSocketStats {
   /** errno name of the last refused send, '' if none. */
   lastSendError: string;
 }
+/** Words of `meta` per datagram in a NativeDgramSocket batch (native/dgram_batch.h kDgramMetaWords). */
+export const DGRAM_META_WORDS = 8;
 /**
  * A UDP socket polled on the event loop that receives with recvmmsg and sends
  * with sendmmsg. Layout of `meta` (both ways): DGRAM_META_WORDS per datagram — offset
  * and length in `bytes`, family (4|6), peer port, peer address (IPv4: one
  * host-order word; IPv6: four big-endian words). See src/util/dgramBatch.ts.
  */
-/** Words of `meta` per datagram in a NativeDgramSocket batch (native/dgram_batch.h kDgramMetaWords). */
-export const DGRAM_META_WORDS = 8;
 export interface NativeDgramSocket {
   start(onBatch: (bytes: Buffer, meta: Uint32Array, count: number) => void): void;
   send(bytes: Buffer, meta: Uint32Array, count: number): number;
