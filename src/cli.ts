@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
 import { Command, CommanderError } from 'commander';
 import { closeConnection, formatConnections, listConnections } from './api/client.js';
 import { sendCommand } from './command.js';
@@ -10,6 +10,7 @@ import { FakeproxyError, UsageError } from './errors.js';
 import { dnsLookup, dnsLs, natLs, natWatch } from './inspect/index.js';
 import { flagName, helpLine, START_OPTIONS, type StartOption } from './options.js';
 import { buildRouteTable, explainRoute, type RouteAnswer } from './proxy/routing.js';
+import { cliNodeFlags, missingNodeFlags } from './util/nodeFlags.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage (bad flag or value). */
 const EXIT_RUNTIME = 1;
@@ -23,6 +24,18 @@ function fail(e: unknown, debug: boolean): never {
   const code = e instanceof UsageError || err.code === 'EUSAGE' ? EXIT_USAGE : EXIT_RUNTIME;
   process.stderr.write(`fakeproxy: ${err.message ?? String(e)}\n`);
   process.exit(code);
+}
+
+/** Started as `node cli.js` without the `#!` line's flags (src/util/nodeFlags.ts): say what it costs. */
+function warnMissingNodeFlags(log: (line: string) => void): void {
+  const script = process.argv[1];
+  if (script === undefined) return;
+  const missing = missingNodeFlags(cliNodeFlags(script), process.execArgv, process.env.NODE_OPTIONS);
+  if (missing.length === 0) return;
+  log(
+    `node was started without ${missing.join(' ')} (cli.js's #! line): garbage collection may stall new ` +
+      `connections for 5-25 ms; start it as \`fakeproxy start\` or \`node ${missing.join(' ')} ${script} start\``,
+  );
 }
 
 async function runStart(opts: Record<string, unknown>): Promise<void> {
@@ -65,6 +78,7 @@ async function runStart(opts: Record<string, unknown>): Promise<void> {
       process.exit(EXIT_RUNTIME);
     });
     await d.start();
+    warnMissingNodeFlags(d.log);
     // Holds the event loop open until a signal stops the daemon, even before
     // any socket is listening.
     const keepAlive = setInterval(() => {}, 1 << 30);

@@ -4,6 +4,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { cliNodeFlags } from '../../src/util/nodeFlags.js';
 import { CLI, run, sleep } from './env.js';
 import { ORIGIN_NAME, PORTS, type Topology } from './topology.js';
 
@@ -117,7 +118,11 @@ export class Daemon {
     // (root may raise the hard limit; the namespace shell is the daemon's own parent).
     // FAKEPROXY_BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof": node flags for the daemon
     // only (NODE_OPTIONS refuses --cpu-prof), to profile it while a scenario runs.
-    const nodeArgs = (process.env.FAKEPROXY_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    // The flags on the #! line come first: `fakeproxy start` runs with them (src/util/nodeFlags.ts).
+    const nodeArgs = [
+      ...cliNodeFlags(cli),
+      ...(process.env.FAKEPROXY_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean),
+    ];
     const child = topo.client.spawn('sh', ['-c', RAISE_NOFILE, 'sh', 'node', ...nodeArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });

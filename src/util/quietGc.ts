@@ -3,7 +3,8 @@
  *
  * V8 collects when the heap grows, not when the process goes quiet: after a
  * burst of connection set-ups the young generation stays at its peak size
- * (2 × 16 MiB semi-spaces on Node 20, all of it resident once used) and the
+ * (2 semi-spaces, 1 MiB each with the flag on cli.ts's #! line, 16 MiB by
+ * default on Node 20; all of it resident once used) and the
  * accept/dial path's garbage, promoted while dials were in flight, keeps its
  * old-space pages. A daemon then holding thousands of idle connections would
  * carry that as RSS for hours (issue 11: 10 000 idle proxied connections must

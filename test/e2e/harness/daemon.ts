@@ -2,11 +2,14 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cliNodeFlags } from '../../../src/util/nodeFlags.js';
 import type { Netns } from './netns.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 /** The compiled CLI: e2e tests run what users run (`npm run build` first). */
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
+/** `node` and the flags on cli.js's #! line, as `fakeproxy …` runs it (src/util/nodeFlags.ts). */
+const nodeCmd = (): string[] => ['node', ...cliNodeFlags(CLI)];
 
 export function assertBuilt(): void {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` before the e2e suite`);
@@ -30,7 +33,7 @@ export class DaemonProc {
   /** `wrap`: a command that runs the daemon (e.g. setpriv with its flags). */
   static start(ns: Netns, args: string[], env: NodeJS.ProcessEnv = {}, wrap: string[] = []): DaemonProc {
     assertBuilt();
-    const [cmd, ...rest] = [...wrap, 'node', CLI, ...args] as [string, ...string[]];
+    const [cmd, ...rest] = [...wrap, ...nodeCmd(), CLI, ...args] as [string, ...string[]];
     const child = ns.spawn(cmd, rest, { env: { ...process.env, ...env } });
     return new DaemonProc(child);
   }
@@ -76,7 +79,7 @@ export async function runCli(
   assertBuilt();
   const base =
     opts.asUser !== undefined
-      ? ['setpriv', `--reuid=${opts.asUser}`, `--regid=${opts.asUser}`, '--clear-groups', 'node', CLI, ...args]
-      : ['node', CLI, ...args];
+      ? ['setpriv', `--reuid=${opts.asUser}`, `--regid=${opts.asUser}`, '--clear-groups', ...nodeCmd(), CLI, ...args]
+      : [...nodeCmd(), CLI, ...args];
   return ns ? ns.exec(base[0], base.slice(1), opts) : run(base[0], base.slice(1), opts);
 }
