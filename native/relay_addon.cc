@@ -342,4 +342,5 @@ void InitRelay(Napi::Env env, Napi::Object exports) {
   using namespace fakeproxy;
   exports.Set("Relay", RelayWrap::Define(env));
   SetLayout(env, exports, "relayRecordFields", kRecordFields);
+  SetLayout(env, exports, "relayEnds", static_cast<uint32_t>(fp::RelayHow::kConnectFailed) + 1);
 }

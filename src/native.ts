@@ -309,6 +309,26 @@ export interface NativeUdpRelayOptions {
 }
 /** Fields per datagram in the first Float64Array onEvents gets: [assoc, natIp, natPort, off, len, keyOff, keyLen]. */
 export const UDP_RELAY_DGRAM_FIELDS = 7;
+/**
+ * How a relay ended, the first thing that ended it; native end codes
+ * (native/relay.h RelayHow) index this list:
+ * - done: both directions finished with FIN
+ * - idle: idle timeout
+ * - app-reset: the app side failed (RST or other error); upstream was reset
+ * - upstream-reset: the upstream side failed; the app was reset
+ * - closed: close() was called (shutdown)
+ * - connect-failed: SpliceRelay.dial only: the upstream never connected; the app was reset
+ */
+export const RELAY_ENDS = Object.freeze([
+  'done',
+  'idle',
+  'app-reset',
+  'upstream-reset',
+  'closed',
+  'connect-failed',
+] as const);
+export type RelayEnd = (typeof RELAY_ENDS)[number];
+
 /** Fields per ended association: [id, how (index into UDP_RELAY_ENDS), dgramsUp, bytesUp, dgramsDown, bytesDown]. */
 export const UDP_RELAY_END_FIELDS = 6;
 /** fp::UdpEnd order (native/udp_relay.h). */
@@ -451,7 +471,7 @@ export interface NativeBinding {
   DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
   /**
    * `onEnd` gets ended pairs in batches: [id, bytesUp, bytesDown, how, errno]
-   * × n, `how` indexing RELAY_ENDS in src/proxy/relay.ts.
+   * × n, `how` indexing RELAY_ENDS.
    */
   Relay: new (
     opts: NativeRelayOptions,
@@ -499,6 +519,7 @@ export interface NativeLayout {
   flowStates: number;
   acceptRecordFields: number;
   relayRecordFields: number;
+  relayEnds: number;
   udpRelayDgramFields: number;
   udpRelayEndFields: number;
   udpRelayEnds: number;
@@ -513,6 +534,7 @@ export function expectedLayout(): NativeLayout {
     flowStates: PACKED_STATES.length,
     acceptRecordFields: ACCEPT_RECORD_FIELDS,
     relayRecordFields: RELAY_RECORD_FIELDS,
+    relayEnds: RELAY_ENDS.length,
     udpRelayDgramFields: UDP_RELAY_DGRAM_FIELDS,
     udpRelayEndFields: UDP_RELAY_END_FIELDS,
     udpRelayEnds: UDP_RELAY_ENDS.length,

@@ -38,7 +38,16 @@
 import type * as net from 'node:net';
 import { availableParallelism } from 'node:os';
 import { getSystemErrorName } from 'node:util';
-import { type NativeRelay, type NativeRelayTotals, native, RELAY_RECORD_FIELDS } from '../native.js';
+import {
+  type NativeRelay,
+  type NativeRelayTotals,
+  native,
+  RELAY_ENDS,
+  RELAY_RECORD_FIELDS,
+  type RelayEnd,
+} from '../native.js';
+
+export type { RelayEnd };
 
 export interface RelayOptions {
   /**
@@ -50,15 +59,6 @@ export interface RelayOptions {
    */
   idleTimeoutMs?: number;
 }
-
-/** How the relay ended: the first thing that ended it. */
-export type RelayEnd =
-  | 'done' // both directions finished with FIN
-  | 'idle' // idle timeout
-  | 'app-reset' // the app side failed (RST or other error); upstream was reset
-  | 'upstream-reset' // the upstream side failed; the app was reset
-  | 'closed' // close() was called (shutdown)
-  | 'connect-failed'; // SpliceRelay.dial only: the upstream never connected; the app was reset
 
 export interface RelayResult {
   /** app → upstream bytes written through the relay. */
@@ -241,16 +241,6 @@ function readInto(src: net.Socket, dst: net.Socket, count: (n: number) => void):
 export function relay(app: net.Socket, upstream: net.Socket, opts?: RelayOptions): Relay {
   return new Relay(app, upstream, opts);
 }
-
-/** Native end codes (native/relay.h RelayHow) → RelayEnd, by index. */
-export const RELAY_ENDS: readonly RelayEnd[] = [
-  'done',
-  'idle',
-  'app-reset',
-  'upstream-reset',
-  'closed',
-  'connect-failed',
-];
 
 /** A proxy handshake the native relay runs itself (the outbounds' nativeDial, native/relay.h ProxyPlan). */
 export type ProxyDialPlan =
