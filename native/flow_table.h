@@ -44,7 +44,8 @@ const char* reason_name(CloseReason r);
   X(dropProtocol) X(dropToGateway) X(dropBadAddress) X(dropReverseNoFlow) X(dropTcpNoFlow) X(dropIcmpUnsupported) \
   X(dropIcmpNoFlow) X(readErrors) X(writeErrors) X(batches) X(eventsDropped) X(cooldownOverflow) X(gsoIn)     \
   X(csumCompleted) X(rstOnExpiry) X(rstOnEvict) X(flowsEarlyDropped) X(halfOpenCapped) X(dropForeignSource) X(dropNatSource)  \
-  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused) X(rstIgnored) X(flowsRevived) X(ringReads) X(firstSynDropped)
+  X(udpGsoWrites) X(udpGsoSegments) X(udpGsoRefused) X(rstIgnored) X(flowsRevived) X(ringReads) X(firstSynDropped) \
+  X(ringCoalesced)
 // clang-format on
 
 // Gauges: current values, also relaxed atomics.

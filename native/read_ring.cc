@@ -12,6 +12,9 @@
 #ifndef IORING_OP_READ_MULTISHOT
 #define IORING_OP_READ_MULTISHOT 49  // Linux 6.7; the build machine's headers may be older
 #endif
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)  // Linux 6.12: io_uring_getevents_arg.min_wait_usec
+#endif
 
 namespace fp {
 
@@ -64,6 +67,7 @@ bool ReadRing::Open(int fd, int wake_fd, uint8_t* mem, unsigned nbufs, size_t bu
     return false;
   }
   ring_fd_ = rfd;
+  min_timeout_ = (p.features & IORING_FEAT_MIN_TIMEOUT) != 0;
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_EXT_ARG)) {
     *err = ENOSYS;
     Close();
@@ -170,7 +174,17 @@ bool ReadRing::Submit(uint8_t opcode, int fd, uint64_t user_data, bool buffer_se
   return true;
 }
 
-int ReadRing::Wait(int timeout_ms, uint8_t** bufs, size_t* lens, size_t max, bool* woken) {
+// The kernel's struct io_uring_getevents_arg since Linux 6.12 (older headers call min_wait_usec "pad").
+struct GetEventsArg {
+  uint64_t sigmask;
+  uint32_t sigmask_sz;
+  uint32_t min_wait_usec;
+  uint64_t ts;
+};
+static_assert(sizeof(GetEventsArg) == sizeof(struct io_uring_getevents_arg), "io_uring_getevents_arg layout");
+
+int ReadRing::Wait(int timeout_ms, uint8_t** bufs, size_t* lens, size_t max, bool* woken, unsigned coalesce_us,
+                   unsigned coalesce_n) {
   *woken = false;
   if (pending_err_ != 0) return -pending_err_;
   if (!out_.empty()) {
@@ -185,11 +199,17 @@ int ReadRing::Wait(int timeout_ms, uint8_t** bufs, size_t* lens, size_t max, boo
   struct __kernel_timespec ts;
   ts.tv_sec = timeout_ms / 1000;
   ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
-  struct io_uring_getevents_arg arg;
+  GetEventsArg arg;
   memset(&arg, 0, sizeof arg);
   arg.ts = reinterpret_cast<uint64_t>(&ts);
-  if (SysEnter(ring_fd_, to_submit, ready ? 0 : 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg) <
-          0 &&
+  // Coalescing (the caller asks under load): wake for coalesce_n completions, or once coalesce_us has passed
+  // with at least one; with DEFER_TASKRUN the kernel does not even wake this thread per packet meanwhile.
+  unsigned want = ready ? 0 : 1;
+  if (!ready && coalesce_us > 0 && coalesce_n > 1 && min_timeout_) {
+    want = coalesce_n;
+    arg.min_wait_usec = coalesce_us;
+  }
+  if (SysEnter(ring_fd_, to_submit, want, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg) < 0 &&
       errno != ETIME && errno != EINTR && errno != EAGAIN && errno != EBUSY)
     return -errno;
   size_t n = 0;

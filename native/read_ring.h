@@ -40,7 +40,15 @@ class ReadRing {
   // wake (*woken then true when wake_fd fired: the caller drains it), a
   // negative errno for a read error that ends the loop, or kUnsupported. The
   // buffers stay the caller's until the next Wait().
-  int Wait(int timeout_ms, uint8_t** bufs, size_t* lens, size_t max, bool* woken);
+  //
+  // coalesce_us > 0 (and coalesce_n > 1): interrupt coalescing where the
+  // kernel has io_uring's min-wait (Linux 6.12): return once coalesce_n
+  // packets are in, or coalesce_us after the wait began if at least one is;
+  // older kernels wait for the first packet as without it.
+  int Wait(int timeout_ms, uint8_t** bufs, size_t* lens, size_t max, bool* woken, unsigned coalesce_us = 0,
+           unsigned coalesce_n = 0);
+  // Whether Wait() can coalesce here (IORING_FEAT_MIN_TIMEOUT).
+  bool CanCoalesce() const { return min_timeout_; }
 
  private:
   bool Submit(uint8_t opcode, int fd, uint64_t user_data, bool buffer_select, uint32_t poll_events);
@@ -70,6 +78,7 @@ class ReadRing {
   // Buffers handed out by the last Wait(), given back at the next.
   std::vector<uint16_t> out_;
   bool read_armed_ = false, wake_armed_ = false;
+  bool min_timeout_ = false;
   bool seen_read_ = false;
   int pending_err_ = 0;  // a read completed once: the kernel does multishot reads
 };

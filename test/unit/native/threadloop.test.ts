@@ -104,6 +104,47 @@ describe('engine thread loop over a socketpair (no TUN, no root)', () => {
     }),
   );
 
+  it(
+    'coalesces its reads under a UDP load (io_uring min-wait, Linux >= 6.12), never under TCP, and a lone datagram after a burst is not held',
+    withLoop(async ({ nat, testFd }) => {
+      const b = native();
+      const [major, minor] = release().split('.').map(Number);
+      const disabled = '/proc/sys/kernel/io_uring_disabled';
+      const enabled = !existsSync(disabled) || readFileSync(disabled, 'utf8').trim() === '0';
+      const canCoalesce = enabled && (major > 6 || (major === 6 && minor >= 12));
+      // A burst of SYNs: batches of TCP never make the next wait coalesce.
+      for (let i = 0; i < N; i++)
+        b.tunWritePacketForTest(
+          testFd,
+          tcpPacket({ src: GW, dst: '198.18.2.3', sport: 22_000 + i, dport: 80, flags: F.SYN }),
+        );
+      for (let i = 0; i < N; i++) expect(b.tunReadPacketForTest(testFd, 10_000), `SYN ${i}`).toBeDefined();
+      expect(nat.stats().ringCoalesced).toBe(0);
+      const lone: number[] = [];
+      for (let round = 0; round < 5; round++) {
+        // A burst of datagrams (written faster than the engine wakes: batches of several)...
+        for (let i = 0; i < N; i++)
+          b.tunWritePacketForTest(
+            testFd,
+            udpPacket({ src: GW, dst: '198.18.2.4', sport: 31_000, dport: 443, payload: Buffer.alloc(100, i) }),
+          );
+        for (let i = 0; i < N; i++) expect(b.tunReadPacketForTest(testFd, 10_000), `datagram ${i}`).toBeDefined();
+        // ...then one alone, while the engine waits coalescing: it must come back once the short
+        // min-wait is over, not when the wait's full timeout (20 or 250 ms) ends or 64 more arrive.
+        const t0 = performance.now();
+        b.tunWritePacketForTest(testFd, udpPacket({ src: GW, dst: '198.18.2.4', sport: 31_000, dport: 443 }));
+        expect(b.tunReadPacketForTest(testFd, 10_000), 'the lone datagram').toBeDefined();
+        lone.push(performance.now() - t0);
+      }
+      // The least of five: a busy test machine may delay one, not every one by the full timeout.
+      expect(Math.min(...lone)).toBeLessThan(15);
+      const s = nat.stats();
+      if (canCoalesce) expect(s.ringCoalesced).toBeGreaterThan(0);
+      else expect(s.ringCoalesced).toBe(0);
+      expect(s.pktsIn).toBe(N + 5 * (N + 1));
+    }),
+  );
+
   it('stop() joins the thread and closes every flow with reason shutdown', async () => {
     const b = native();
     const [engineFd, testFd] = b.socketpairForTest();
