@@ -33,8 +33,10 @@ const char* state_name(FlowState s);
 const char* reason_name(CloseReason r);
 
 // ---- counters -------------------------------------------------------------
-// Written only while holding the Engine mutex (so a relaxed load+store is a
-// race-free increment), read from JS at any time without the lock.
+// Written while holding the Engine mutex (so a relaxed load+store is a
+// race-free increment), except the engine thread's ring counters (ringReads,
+// ringCoalesced), which it bumps with fetch_add outside the lock; read from JS
+// at any time without the lock.
 // An X-macro list: clang-format re-wraps it differently on every pass.
 // clang-format off
 #define FP_COUNTERS(X)                                                                                            \
