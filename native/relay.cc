@@ -108,6 +108,31 @@ struct ProxyRun {
   }
 };
 
+namespace {
+
+// Dial()'s upstream: a nonblocking TCP socket of `family` with TCP_NODELAY
+// (as the JS dial's noDelay: the app already chose its own batching) and
+// SO_MARK `mark` unless 0; -1 with *err (and *what, when given) on failure.
+int UpstreamSocket(int family, uint32_t mark, int* err, std::string* what) {
+  int s = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (s < 0) {
+    *err = errno;
+    if (what) *what = "socket";
+    return -1;
+  }
+  if (mark != 0 && setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
+    *err = errno;
+    if (what) *what = "setsockopt SO_MARK (needs CAP_NET_ADMIN)";
+    close(s);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return s;
+}
+
+}  // namespace
+
 struct RelayPair {
   uint64_t id = 0;
   int fd[2] = {-1, -1};  // [0] app, [1] upstream
@@ -119,8 +144,12 @@ struct RelayPair {
   // Dial(): where to connect; the worker calls connect(2) (its kernel work —
   // the SYN through the stack, often the peer's SYN-ACK in the same softirq —
   // is not the JavaScript thread's) and frees it.
+  // The upstream socket is made there too (fd[1] stays -1 until then):
+  // socket(2) and setsockopt(2) cost the JavaScript thread ~10 µs per
+  // connection on our VM kind; a failure ends the pair kConnectFailed.
   std::unique_ptr<struct sockaddr_storage> dst;
   socklen_t dst_len = 0;
+  uint32_t mark = 0;  // SO_MARK of that socket (0: none)
   // Dial() with `local`: connect(2) already ran on the caller's thread; its
   // errno (0 or EINPROGRESS when under way) for the worker to act on.
   bool connect_issued = false;
@@ -318,6 +347,15 @@ class RelayWorker {
     p->last_ms = now_;
     if (p->dst || p->connect_issued) {
       int err = p->connect_err;
+      if (p->dst && p->fd[1] < 0) {
+        p->fd[1] = UpstreamSocket(p->dst->ss_family, p->mark, &err, nullptr);
+        if (p->fd[1] < 0) {
+          p->dst.reset();
+          p->fd_registered = 0;
+          Finish(p, RelayHow::kConnectFailed, err, true, false);
+          return;
+        }
+      }
       if (p->dst) {
         int r = connect(p->fd[1], reinterpret_cast<struct sockaddr*>(p->dst.get()), p->dst_len);
         err = r < 0 ? errno : 0;
@@ -720,6 +758,7 @@ class RelayWorker {
     for (int side = 0; side < 2; side++) {
       // Explicit DEL: the hand-off's original fd may still be open for a
       // moment, and epoll forgets a socket only when its last fd closes.
+      if (p->fd[side] < 0) continue;  // a Dial() whose upstream socket was never made
       if (side < p->fd_registered) epoll_ctl(ep_, EPOLL_CTL_DEL, p->fd[side], nullptr);
       if (reset[side]) ResetOnClose(p->fd[side]);
       close(p->fd[side]);
@@ -953,25 +992,12 @@ bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockadd
     *what = "the destination is not an IPv4 or IPv6 address";
     return false;
   }
-  int s = socket(dst->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-  if (s < 0) {
-    *err = errno;
-    *what = "socket";
-    return false;
-  }
-  if (mark != 0 && setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) {
-    *err = errno;
-    *what = "setsockopt SO_MARK (needs CAP_NET_ADMIN)";
-    close(s);
-    return false;
-  }
-  // As the JS dial (noDelay): the app already chose its own batching.
-  int one = 1;
-  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   auto p = std::make_unique<RelayPair>();
   p->id = id;
-  p->fd[1] = s;
   if (local != nullptr) {
+    int s = UpstreamSocket(dst->sa_family, mark, err, what);
+    if (s < 0) return false;
+    p->fd[1] = s;
     // Here and now: the 4-tuple exists before this call returns. A failure
     // still ends the pair on its worker (kConnectFailed), as when it connects.
     std::memset(local, 0, sizeof *local);
@@ -986,6 +1012,7 @@ bool RelayPool::DialPair(uint64_t id, int app_fd, bool own, const struct sockadd
     p->dst = std::make_unique<struct sockaddr_storage>();
     std::memcpy(p->dst.get(), dst, dst_len);
     p->dst_len = dst_len;
+    p->mark = mark;
   }
   p->connect_ms = connect_ms;
   p->dir[0].pre = std::move(pre_up);
@@ -1001,7 +1028,7 @@ bool RelayPool::Enqueue(std::unique_ptr<RelayPair> p, int app_fd, bool own, int*
   if (p->fd[0] < 0) {
     *err = errno;
     *what = "dup app fd";
-    close(p->fd[1]);
+    if (p->fd[1] >= 0) close(p->fd[1]);
     return false;
   }
   const uint64_t id = p->id;

@@ -161,13 +161,15 @@ class RelayPool {
   // Like Add, but the upstream is a new TCP socket connecting to `dst` (an
   // AF_INET or AF_INET6 address), with SO_MARK `mark` when it is not 0 and
   // TCP_NODELAY. The connect must finish within connect_ms or the pair ends
-  // as kConnectFailed/ETIMEDOUT. False with *err as Add, or the errno of
-  // socket()/setsockopt(SO_MARK) when they fail
-  // (EMFILE, EPERM). connect(2) itself runs on the pair's worker thread; its
-  // immediate failures (ENETUNREACH, …) end the pair as kConnectFailed.
+  // as kConnectFailed/ETIMEDOUT. False with *err as Add. The upstream
+  // socket is made and connect(2) runs on the pair's worker thread (not the
+  // caller's: on the accept path that thread is JavaScript's); their
+  // failures (EMFILE, EPERM for a mark, ENETUNREACH, …) end the pair as
+  // kConnectFailed.
   // own: app_fd is handed over, not dup'd (a socket the caller accepted
   // itself and will not touch again); on failure it is closed with RST.
-  // local: when not null, connect(2) runs here, on the caller's thread, and
+  // local: when not null, socket(2) and connect(2) run here, on the caller's
+  // thread (their immediate failures return false with *err), and
   // *local gets the address the kernel bound (getsockname; family AF_UNSPEC
   // when the connect failed at once). Global mode's loop guard needs each
   // dial's 4-tuple before the caller can see a captured copy of its SYN.

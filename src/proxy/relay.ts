@@ -392,8 +392,11 @@ export class SpliceRelay {
    * (0 = none). A failed or timed-out connect resets the app and `done`
    * resolves with end 'connect-failed' and the errno's code (ECONNREFUSED,
    * ETIMEDOUT, …). Returns undefined (app untouched) when the app socket
-   * cannot be handed off; throws the errno's error when the connect fails at
-   * once (EMFILE; EPERM for a mark without CAP_NET_ADMIN). `app` may be a
+   * cannot be handed off; throws the errno's error when the relay cannot take
+   * the pair (EBADF, ESHUTDOWN) or, with `opts.local`, when socket() or the
+   * connect fails at once (EMFILE; EPERM for a mark without CAP_NET_ADMIN);
+   * without it the upstream socket is made on a relay thread and such a
+   * failure ends as 'connect-failed' with its code. `app` may be a
    * bare fd from TcpAcceptor: it is handed over (reset if dial throws).
    * `opts.local`: connect before this returns and write the bound
    * [IPv4 as a u32, port] there (the loop guard's 4-tuple, ./ownTcp.ts).
