@@ -34,24 +34,17 @@ export interface UdpSessionSource extends SessionEvents<UdpSessionEvent> {
   closeSession(id: number): boolean;
 }
 
-interface Tracked {
-  id: string;
-  network: 'tcp' | 'udp';
-  /** The TCP session's NAT flow id, or the UDP session's id. */
-  key: number;
-  name: string | undefined;
-  /** `name` came from the app's first bytes (TLS SNI, HTTP Host), not from a fake address. */
-  sniffed: boolean;
-  ip: string;
-  port: number;
-  srcIp: string;
-  srcPort: number;
-  ruleType: string;
-  rulePayload: string;
-  start: string;
-  /** mihomo's `chains`: the proxy first, the rule's target last. */
-  chains: string[];
-}
+/**
+ * One live connection: the Listener's open event itself, kept as it came.
+ * What only the API shows — the UUID (made the first time a snapshot lists
+ * the connection), the start as ISO text, mihomo's reversed chain — is made
+ * by snapshots, not per connection: with no dashboard open, tracking costs a
+ * Map entry and no allocation (fewer young-generation collections on the
+ * accept path, whose pauses are the tail of tcp-connect's latency, issue 11).
+ */
+type Tracked =
+  | { network: 'tcp'; key: number; ev: SessionEvent; id: string | undefined }
+  | { network: 'udp'; key: number; ev: UdpSessionEvent; id: string | undefined };
 
 /** mihomo's tunnel/statistic TrackerInfo as JSON (the fields dashboards read). */
 export interface ConnectionJson {
@@ -96,67 +89,44 @@ export class ConnectionTracker {
   }
 
   get size(): number {
-    return this.#byId.size;
+    return this.#byFlow.size + this.#byUdp.size;
   }
 
   #session(e: SessionEvent): void {
-    if (e.phase === 'open') {
-      this.#add(this.#byFlow, {
-        id: randomUUID(),
-        network: 'tcp',
-        key: e.flowId,
-        name: e.name,
-        sniffed: e.sniffed !== undefined,
-        ip: e.ip,
-        port: e.port,
-        srcIp: e.srcIp ?? '',
-        srcPort: e.srcPort ?? 0,
-        ruleType: e.ruleType ?? 'Match',
-        rulePayload: e.rulePayload ?? '',
-        start: new Date(e.startMs ?? Date.now()).toISOString(),
-        chains: e.chains ? [...e.chains].reverse() : [e.outbound],
-      });
-    } else this.#remove(this.#byFlow, e.flowId);
+    if (e.phase === 'open') this.#byFlow.set(e.flowId, { network: 'tcp', key: e.flowId, ev: e, id: undefined });
+    else this.#remove(this.#byFlow, e.flowId);
   }
 
   #udpSession(e: UdpSessionEvent): void {
-    if (e.phase === 'open') {
-      const [srcIp, srcPort] = splitHostPort(e.app);
-      this.#add(this.#byUdp, {
-        id: randomUUID(),
-        network: 'udp',
-        key: e.id,
-        name: e.name,
-        sniffed: false,
-        ip: e.ip,
-        port: e.port,
-        srcIp,
-        srcPort,
-        ruleType: e.ruleType || 'Match',
-        rulePayload: e.rulePayload,
-        start: new Date(e.startMs).toISOString(),
-        chains: e.chains.length > 0 ? [...e.chains].reverse() : [e.outbound],
-      });
-    } else this.#remove(this.#byUdp, e.id);
-  }
-
-  #add(by: Map<number, Tracked>, t: Tracked): void {
-    this.#byId.set(t.id, t);
-    by.set(t.key, t);
+    if (e.phase === 'open') this.#byUdp.set(e.id, { network: 'udp', key: e.id, ev: e, id: undefined });
+    else this.#remove(this.#byUdp, e.id);
   }
 
   #remove(by: Map<number, Tracked>, key: number): void {
     const t = by.get(key);
     if (!t) return;
     by.delete(key);
-    this.#byId.delete(t.id);
+    if (t.id !== undefined) this.#byId.delete(t.id);
+  }
+
+  /** The connection's API id, made (and indexed for close(id)) the first time a snapshot lists it. */
+  #id(t: Tracked): string {
+    if (t.id === undefined) {
+      t.id = randomUUID();
+      this.#byId.set(t.id, t);
+    }
+    return t.id;
   }
 
   #close(t: Tracked): boolean {
     return t.network === 'tcp' ? this.#src.closeFlow(t.key) : (this.#udp?.closeSession(t.key) ?? false);
   }
 
-  /** Reset one connection (end one UDP association); false when no live connection has that id. */
+  /**
+   * Reset one connection (end one UDP association); false when no live
+   * connection has that id. Ids exist once a snapshot listed them, and a
+   * client learns them only there.
+   */
   close(id: string): boolean {
     const t = this.#byId.get(id);
     return t ? this.#close(t) : false;
@@ -165,7 +135,7 @@ export class ConnectionTracker {
   /** Reset every connection; returns how many. */
   closeAll(): number {
     let n = 0;
-    for (const t of [...this.#byId.values()]) if (this.#close(t)) n++;
+    for (const t of [...this.#byFlow.values(), ...this.#byUdp.values()]) if (this.#close(t)) n++;
     return n;
   }
 
@@ -180,32 +150,51 @@ export class ConnectionTracker {
   snapshot(): Snapshot {
     const totals = this.snapshotTotals();
     const connections: ConnectionJson[] = [];
-    for (const t of this.#byId.values()) connections.push(this.#json(t));
+    for (const t of this.#byFlow.values()) connections.push(this.#json(t));
+    for (const t of this.#byUdp.values()) connections.push(this.#json(t));
     return { downloadTotal: totals.bytesDown, uploadTotal: totals.bytesUp, connections, memory: this.#memory() };
   }
 
   #json(t: Tracked): ConnectionJson {
     const b = t.network === 'tcp' ? this.#src.sessionBytes(t.key) : this.#udp?.sessionBytes(t.key);
+    const e = t.ev;
+    let srcIp: string;
+    let srcPort: number;
+    let sniffed: boolean;
+    let ruleType: string;
+    let chains: readonly string[] | undefined;
+    if (t.network === 'tcp') {
+      srcIp = t.ev.srcIp ?? '';
+      srcPort = t.ev.srcPort ?? 0;
+      sniffed = t.ev.sniffed !== undefined;
+      ruleType = t.ev.ruleType ?? 'Match';
+      chains = t.ev.chains;
+    } else {
+      [srcIp, srcPort] = splitHostPort(t.ev.app);
+      sniffed = false;
+      ruleType = t.ev.ruleType || 'Match';
+      chains = t.ev.chains.length > 0 ? t.ev.chains : undefined;
+    }
     return {
-      id: t.id,
+      id: this.#id(t),
       metadata: {
         network: t.network,
         type: 'Tun',
-        sourceIP: t.srcIp,
-        destinationIP: t.ip,
+        sourceIP: srcIp,
+        destinationIP: e.ip,
         sourceGeoIP: null,
         destinationGeoIP: null,
         sourceIPASN: '',
         destinationIPASN: '',
-        sourcePort: String(t.srcPort),
-        destinationPort: String(t.port),
+        sourcePort: String(srcPort),
+        destinationPort: String(e.port),
         inboundIP: '',
         inboundPort: '0',
         inboundName: 'DEFAULT-TUN',
         inboundUser: '',
-        host: t.name ?? '',
+        host: e.name ?? '',
         // A sniffed name came with a real address: no fake IP was involved.
-        dnsMode: t.name === undefined || t.sniffed ? 'normal' : 'fake-ip',
+        dnsMode: e.name === undefined || sniffed ? 'normal' : 'fake-ip',
         uid: 0,
         process: '',
         processPath: '',
@@ -214,14 +203,16 @@ export class ConnectionTracker {
         remoteDestination: '',
         dscp: 0,
         // mihomo fills it when its sniffer recovered the name (and shows it as host too).
-        sniffHost: t.sniffed ? (t.name ?? '') : '',
+        sniffHost: sniffed ? (e.name ?? '') : '',
       },
       upload: b?.bytesUp ?? 0,
       download: b?.bytesDown ?? 0,
-      start: t.start,
-      chains: t.chains,
-      rule: t.ruleType,
-      rulePayload: t.rulePayload,
+      // A source event without startMs (tests only; the Listeners set it) shows the snapshot's time.
+      start: new Date(e.startMs ?? Date.now()).toISOString(),
+      // mihomo's order: the proxy first, the rule's target last.
+      chains: chains ? [...chains].reverse() : [e.outbound],
+      rule: ruleType,
+      rulePayload: e.rulePayload ?? '',
     };
   }
 }
