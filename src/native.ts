@@ -106,6 +106,35 @@ export const PACKED_FLOW_LEN = 8;
 /** fp::FlowState order (native/flow_table.h). */
 export const PACKED_STATES = Object.freeze(['syn', 'established', 'fin', 'closed', 'udp'] as const);
 
+/**
+ * Slots of one flow event in the Float64Array that start()'s callback and
+ * drainEventsPacked() hand over (native/engine_addon.cc EventsToPacked), FLOW_EVENT_FIELDS per event.
+ */
+export const FLOW_EVENT = Object.freeze({
+  /** 0: open; 1 + an index into CLOSE_REASONS: close. */
+  kind: 0,
+  id: 1,
+  proto: 2,
+  /** IPv4 addresses as unsigned 32-bit integers. */
+  srcIp: 3,
+  srcPort: 4,
+  dstIp: 5,
+  dstPort: 6,
+  natIp: 7,
+  natPort: 8,
+  /** Index into PACKED_STATES. */
+  state: 9,
+  createdMs: 10,
+  lastSeenMs: 11,
+  pktsOut: 12,
+  bytesOut: 13,
+  pktsIn: 14,
+  bytesIn: 15,
+});
+export const FLOW_EVENT_FIELDS = 16;
+/** fp::CloseReason order (native/flow_table.h). */
+export const CLOSE_REASONS = Object.freeze(['fin', 'rst', 'timeout', 'evicted', 'shutdown'] as const);
+
 export interface NativeFlowEvent {
   type: 'open' | 'close';
   flow: NativeFlow;
@@ -122,7 +151,8 @@ export interface NativeEngine {
    */
   start(
     fds: number[],
-    onEvents: (events: NativeFlowEvent[]) => void,
+    /** Events as numbers, FLOW_EVENT_FIELDS each (layout FLOW_EVENT). */
+    onEvents: (events: Float64Array) => void,
     vnetHdr?: boolean[],
     /** A thread ended on an error (errno > 0) — not on stop(); called on the JS thread. */
     onThreadExit?: (errno: number, queue: number) => void,
@@ -159,6 +189,8 @@ export interface NativeEngine {
    * callback drains). For tests and for engines driven by processPacket only.
    */
   drainEvents(): NativeFlowEvent[];
+  /** The same as start()'s callback gets them: FLOW_EVENT_FIELDS numbers per event. */
+  drainEventsPacked(): Float64Array;
   /** Remove every flow; each gets a close event with reason 'shutdown'. */
   clear(nowMs?: number): void;
   /** Turn the source filter on with this list (see EngineOptions.sources). */
@@ -517,6 +549,8 @@ function findAddon(): string {
 export interface NativeLayout {
   packedFlowLen: number;
   flowStates: number;
+  flowEventFields: number;
+  closeReasons: number;
   acceptRecordFields: number;
   relayRecordFields: number;
   relayEnds: number;
@@ -532,6 +566,8 @@ export function expectedLayout(): NativeLayout {
   return {
     packedFlowLen: PACKED_FLOW_LEN,
     flowStates: PACKED_STATES.length,
+    flowEventFields: FLOW_EVENT_FIELDS,
+    closeReasons: CLOSE_REASONS.length,
     acceptRecordFields: ACCEPT_RECORD_FIELDS,
     relayRecordFields: RELAY_RECORD_FIELDS,
     relayEnds: RELAY_ENDS.length,

@@ -53,6 +53,47 @@ describe('NatManager', () => {
     expect(closed.filter(([f]) => f.dstPort === 443).map(([, r]) => r)).toEqual(['timeout']);
   });
 
+  it('events arrive as the engine queued them (packed numbers decoded): every field of open and close, the close reason', () => {
+    // A twin engine fed the same packets hands its queue over as objects (drainEvents): the reference.
+    const a = manager();
+    const b = manager();
+    const feed = (m: NatManager) => {
+      const udp = (sport: number, at: number) =>
+        m.engine.processPacket(udpPacket({ src: '198.18.0.1', dst: '198.18.3.3', sport, dport: 443 }), at);
+      m.engine.ensureFlow(6, '198.18.0.9', 40001, '203.0.113.5', 80, T0);
+      udp(4000, T0);
+      udp(4001, T0 + 3);
+      // The UDP flows time out; one opened after that lives until clear() (shutdown), with the TCP one.
+      const later = T0 + NAT_TIMEOUTS.udp.defaultMs + 10;
+      m.engine.expire(later);
+      udp(4002, later);
+      m.engine.clear(later + 10);
+    };
+    feed(a.m);
+    feed(b.m);
+    a.m.flushEvents();
+    const want = b.m.engine.drainEvents().map((e) => ({
+      type: e.type,
+      flow: { ...e.flow, proto: e.flow.proto === 6 ? 'tcp' : 'udp' },
+      ...(e.type === 'close' ? { reason: e.reason } : {}),
+    }));
+    expect(new Set(want.map((e) => ('reason' in e ? e.reason : 'open')))).toEqual(
+      new Set(['open', 'timeout', 'shutdown']),
+    );
+    // NAT pairs are drawn at random per engine: compared apart, an open's pair is its close's.
+    const noNat = (e: FlowEvent) => ({ ...e, flow: { ...e.flow, natIp: '', natPort: 0 } });
+    const got = a.batches.flat();
+    expect(got.map(noNat)).toEqual(want.map((e) => noNat(e as FlowEvent)));
+    const pairs = new Map(
+      got.filter((e) => e.type === 'open').map((e) => [e.flow.id, `${e.flow.natIp}:${e.flow.natPort}`]),
+    );
+    for (const e of got) {
+      expect(e.flow.natIp).toMatch(/^198\.1[89]\.\d+\.\d+$/);
+      expect(e.flow.natPort).toBeGreaterThan(0);
+      expect(`${e.flow.natIp}:${e.flow.natPort}`).toBe(pairs.get(e.flow.id));
+    }
+  });
+
   it('derives the gateway from the range: the Listener is reached at its first host', () => {
     const { m } = manager({ range: '10.7.0.0/24' });
     const syn = parse(
