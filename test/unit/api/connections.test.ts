@@ -13,7 +13,7 @@ class Sessions extends EventEmitter implements SessionSource {
   sessionBytes() {
     return { bytesUp: 1, bytesDown: 2 };
   }
-  closeFlow(): boolean {
+  closeFlow(_flowId: number): boolean {
     return false;
   }
   stats() {
