@@ -68,6 +68,48 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/**
+ * The daemon's young-generation collections while `stop` is pending, from
+ * its --trace-gc lines (FAKEPROXY_BENCH_NODE_ARGS="--trace-gc …"; nothing
+ * without it): how many, their pauses, and the bytes allocated between them
+ * (each one's heap before it minus the previous one's after).
+ */
+function scavenges(d: Daemon): { stop(): { n: number; pauseMs: number; maxMs: number; allocMb: number } } {
+  const r = { n: 0, pauseMs: 0, maxMs: 0, allocMb: 0 };
+  let rest = '';
+  let after: number | undefined;
+  const line = (l: string) => {
+    const m =
+      /: (Scavenge|Mark-Compact|Mark-sweep)[^\d]*([\d.]+) \([\d.]+\) -> ([\d.]+) \([\d.]+\) MB, (?:pooled: [\d.]+ MB, )?([\d.]+) \/ [\d.]+ ms/.exec(
+        l,
+      );
+    if (!m) return;
+    const before = Number(m[2]);
+    if (m[1] === 'Scavenge') {
+      const ms = Number(m[5]);
+      r.n++;
+      r.pauseMs += ms;
+      r.maxMs = Math.max(r.maxMs, ms);
+      if (after !== undefined && before > after) r.allocMb += before - after;
+    }
+    after = Number(m[3]);
+  };
+  const on = (chunk: string) => {
+    rest += chunk;
+    for (let i = rest.indexOf('\n'); i >= 0; i = rest.indexOf('\n')) {
+      line(rest.slice(0, i));
+      rest = rest.slice(i + 1);
+    }
+  };
+  d.child.stdout?.on('data', on);
+  return {
+    stop() {
+      d.child.stdout?.off('data', on);
+      return r;
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   let rounds = 3;
@@ -112,9 +154,15 @@ async function main(): Promise<void> {
         d && process.env.AB_PROFILE
           ? spawn('sh', ['-c', `${process.env.AB_PROFILE.replaceAll('%PID%', String(d.pid))}`], { stdio: 'inherit' })
           : undefined;
+      const gc = d ? scavenges(d) : undefined;
       const p = await pacedRun(ctx, topo.client, url, PACED_RATE, pacedSecs);
+      const g = gc?.stop();
       if (prof && prof.exitCode === null) await new Promise((r) => prof.once('exit', r));
       if (d && t0) console.log(`    paced per conn: ${perConn(t0, threads(d.pid), p.ok)}`);
+      if (g && g.n > 0)
+        console.log(
+          `    paced scavenges: ${g.n} (${((g.n * 1000) / p.ok).toFixed(2)} per 1000 conn), pauses ${g.pauseMs.toFixed(1)} ms total, max ${g.maxMs.toFixed(2)} ms; ~${((g.allocMb * 1024 * 1024) / p.ok).toFixed(0)} B allocated per conn`,
+        );
       console.log(
         `    paced p50 ${p.p50ms.toFixed(2)} p99 ${p.p99ms.toFixed(2)} connect p99 ${p.connectP99ms.toFixed(2)} ms, late ${p.late}`,
       );
