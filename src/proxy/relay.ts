@@ -411,6 +411,12 @@ export class SpliceRelay {
       local?: Float64Array | undefined;
       /** addr:port is a SOCKS5 or HTTP proxy: run this CONNECT natively first (NativeRelay.dial). */
       proxy?: ProxyDialPlan | undefined;
+      /**
+       * Called with the result when the pair ends, as `done` resolves but
+       * synchronously, from the batch that reports it: the accept path's way,
+       * with no promise, reaction or microtask per connection.
+       */
+      onEnd?: ((r: RelayResult) => void) | undefined;
     },
   ): RelayHandle | undefined {
     const local = opts.local ?? null;
@@ -422,7 +428,7 @@ export class SpliceRelay {
       if (this.#stopped) return undefined;
       const id = this.#nextId++;
       this.#n.dial(id, app, addr, port, opts.mark, opts.connectTimeoutMs, null, true, local, req, auth, maxHead);
-      return this.#track(id);
+      return this.#track(id, opts.onEnd);
     }
     if (this.#stopped || app.destroyed || app.writableLength > 0) return undefined;
     const appFd = fdOf(app);
@@ -436,12 +442,12 @@ export class SpliceRelay {
       throw e;
     }
     app.destroy();
-    return this.#track(id);
+    return this.#track(id, opts.onEnd);
   }
 
-  /** A small SplicePair per live pair: its id, no sockets or closures. */
-  #track(id: number): RelayHandle {
-    const pair = new SplicePair(this, id);
+  /** A small SplicePair per live pair: its id (and the owner's onEnd), no sockets. */
+  #track(id: number, onEnd?: (r: RelayResult) => void): RelayHandle {
+    const pair = new SplicePair(this, id, onEnd);
     this.#waiting.set(id, pair);
     return pair;
   }
@@ -478,14 +484,15 @@ export class SpliceRelay {
       const handshake = recs[i + 5] as number;
       const at = heads ? heads.indexOf(id) : -1;
       const head = at >= 0 ? (heads?.[at + 1] as Buffer) : undefined;
-      pair.end({
+      const r: RelayResult = {
         bytesUp: recs[i + 1] as number,
         bytesDown: recs[i + 2] as number,
         end: RELAY_ENDS[recs[i + 3] as number] ?? 'closed',
-        ...(error ? { error } : {}),
-        ...(handshake !== 0 ? { handshake } : {}),
-        ...(head ? { head } : {}),
-      });
+      };
+      if (error) r.error = error;
+      if (handshake !== 0) r.handshake = handshake;
+      if (head) r.head = head;
+      pair.end(r);
     }
   }
 }
@@ -499,17 +506,27 @@ const BYTES = new Float64Array(2);
  * are cheap: issue 11, "nothing regresses").
  */
 class SplicePair implements RelayHandle {
-  readonly done: Promise<RelayResult>;
-  #resolve!: (r: RelayResult) => void;
+  /** Made when first asked for: the Listener's native dials take onEnd instead. */
+  #done: Promise<RelayResult> | undefined;
+  #resolve: ((r: RelayResult) => void) | undefined;
   #result: RelayResult | undefined;
 
   constructor(
     readonly relay: SpliceRelay,
     readonly id: number,
-  ) {
-    this.done = new Promise((r) => {
-      this.#resolve = r;
-    });
+    readonly onEnd?: (r: RelayResult) => void,
+  ) {}
+
+  get done(): Promise<RelayResult> {
+    if (!this.#done) {
+      const r = this.#result;
+      this.#done = r
+        ? Promise.resolve(r)
+        : new Promise((resolve) => {
+            this.#resolve = resolve;
+          });
+    }
+    return this.#done;
   }
 
   get bytesUp(): number {
@@ -528,6 +545,7 @@ class SplicePair implements RelayHandle {
 
   end(r: RelayResult): void {
     this.#result = r;
-    this.#resolve(r);
+    this.#resolve?.(r);
+    this.onEnd?.(r);
   }
 }

@@ -111,7 +111,8 @@ export class RouteTable {
 
   decide(ctx: RouteContext): Decision {
     const name = ctx.name === undefined ? undefined : normName(ctx.name);
-    const i = this.#compiled.match({ ...ctx, name });
+    // Names are mostly normalized already (the fake DNS stores them so): no copy of ctx then.
+    const i = this.#compiled.match(name === ctx.name ? ctx : { ...ctx, name });
     const r = i < 0 ? undefined : this.rules[i];
     const { chain, outbound } = this.follow(r ? r.target : this.final, name ?? ctx.ip);
     const api = r ? (this.apiRules[i] as { type: string; payload: string }) : FINAL_API;

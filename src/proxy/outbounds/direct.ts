@@ -63,7 +63,9 @@ export class DirectOutbound implements Outbound {
    * Happy-Eyeballs race of connect(), a guarded (looping) one its ELOOP error.
    */
   plainTarget(dst: Destination): string | undefined {
-    const addrs = net.isIP(dst.host) !== 0 ? [dst.host] : this.#o.resolve?.peek?.(dst.host);
+    // Once per connection, mostly with a name: isIPv6's long regex only for text that has a colon.
+    const h = dst.host;
+    const addrs = net.isIPv4(h) || (h.includes(':') && net.isIPv6(h)) ? [h] : this.#o.resolve?.peek?.(h);
     if (addrs?.length !== 1) return undefined;
     const addr = addrs[0] as string;
     return this.#o.loopGuard?.(addr) === undefined ? addr : undefined;
