@@ -1,7 +1,8 @@
 // N-API `TcpAcceptor` (surface declared in src/native.ts): the Listener's
 // listening socket, accepted in C++ on the Node event loop (uv_poll, no extra
 // thread): each wake-up accepts until EAGAIN (at most kMaxBatch) and hands
-// JavaScript ONE call with a Float64Array [fd, peerIpU32, peerPort] × n — no
+// JavaScript ONE call with a Float64Array [fd, peerIpU32, peerPort] × n (the
+// same array every time: read it before returning) — no
 // net.Socket, no address text, no getpeername per connection (accept4 gives
 // the peer). The Listener decides per flow: native dial (the fd goes to the
 // relay), a JS outbound (the fd is wrapped in a net.Socket), or a reset.
@@ -228,7 +229,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   }
 
  private:
-  // start(onBatch(records: Float64Array, n)): records [fd, peerIpU32, peerPort] × n;
+  // start(onBatch(records: Float64Array, n)): records [fd, peerIpU32, peerPort] × n (one array, reused);
   // fd = -errno for an accept that failed (the connection was reset when it could be).
   Napi::Value Start(const Napi::CallbackInfo& info) {
     if (poll_.StartBatches(info, fd_, this, OnPoll, "TcpAcceptor", "the listening socket")) {
@@ -315,7 +316,11 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
     if (n == 0 || !poll_.has_callback()) return;
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    Napi::Float64Array a = Napi::Float64Array::New(env, static_cast<size_t>(n) * kFields);
+    // One array for every batch (JavaScript reads it before it returns): a
+    // new ArrayBuffer per wake-up, i.e. per connection at a paced rate, was
+    // a backing store to malloc and an extension for the scavenger to sweep.
+    if (out_.IsEmpty()) out_ = Napi::Persistent(Napi::Float64Array::New(env, kMaxBatch * kFields));
+    Napi::Float64Array a = out_.Value();
     std::memcpy(a.Data(), recs_, static_cast<size_t>(n) * kFields * sizeof(double));
     poll_.Deliver(env, Value(), {a, Napi::Number::New(env, n)});
   }
@@ -332,6 +337,7 @@ class TcpAcceptor : public Napi::ObjectWrap<TcpAcceptor> {
   int filterMap_ = -1;  // the eBPF device filter's drop counter (AttachCountingIngressFilter), or -1
   JsReadPoll poll_;
   double recs_[kMaxBatch * kFields];
+  Napi::Reference<Napi::Float64Array> out_;  // the array every batch is delivered in
   bool finalizing_ = false;
 };
 

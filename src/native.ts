@@ -462,7 +462,8 @@ export interface NativeTcpAcceptor {
   /**
    * Poll on the event loop; every wake-up accepts until EAGAIN (≤ 256) and
    * calls onBatch once. fd < 0 is -errno of a failed accept (EMFILE: the
-   * connection was reset through a reserve fd).
+   * connection was reset through a reserve fd). `records` is the same array
+   * every call, overwritten by the next batch: read it before returning.
    */
   start(onBatch: (records: Float64Array, n: number) => void): void;
   port(): number;
