@@ -86,7 +86,7 @@ function scavenges(d: Daemon): { stop(): { n: number; pauseMs: number; maxMs: nu
     if (!m) return;
     const before = Number(m[2]);
     if (m[1] === 'Scavenge') {
-      const ms = Number(m[5]);
+      const ms = Number(m[4]);
       r.n++;
       r.pauseMs += ms;
       r.maxMs = Math.max(r.maxMs, ms);
