@@ -177,7 +177,13 @@ interface FlowFacts {
   dstPort: number;
 }
 
-type SessionBase = Omit<SessionEvent, 'phase' | 'bytesUp' | 'bytesDown'>;
+/**
+ * A session's facts, which are its 'open' event itself (phase 'open', no
+ * bytes yet): emitted as they are and never changed afterwards, so opening a
+ * session copies nothing and a listener that keeps the open event (the
+ * controller's tracker) holds the same object as the session.
+ */
+type SessionBase = SessionEvent & { readonly phase: 'open' };
 
 /**
  * One accepted connection; `native` once its bytes moved to the SpliceRelay.
@@ -559,6 +565,7 @@ export class TcpListener extends EventEmitter {
     // A proxy is given the name (SOCKS5 ATYP domain, CONNECT host); direct keeps the address the app chose.
     const host = name === undefined || (sniffed !== undefined && outbound.kind === 'direct') ? dstIp : name;
     const base: SessionBase = {
+      phase: 'open',
       flowId,
       name,
       sniffed,
@@ -573,11 +580,13 @@ export class TcpListener extends EventEmitter {
       srcIp,
       srcPort,
       startMs: Date.now(),
+      bytesUp: 0,
+      bytesDown: 0,
     };
     const session: Session = { app: undefined, abort: undefined, base };
     this.#sessions.add(session);
     this.#byFlow.set(flowId, session);
-    if (this.listenerCount('session') > 0) this.emit('session', { phase: 'open', ...base, bytesUp: 0, bytesDown: 0 });
+    if (this.listenerCount('session') > 0) this.emit('session', base);
 
     const target = outbound.plainTarget?.({ host, port: dstPort });
     if (target !== undefined && this.#dialNative(session, accepted, target, dstPort, undefined)) return;
@@ -796,7 +805,7 @@ export class TcpListener extends EventEmitter {
       this.#stats.bytesUp += r.bytesUp;
       this.#stats.bytesDown += r.bytesDown;
     }
-    if (this.listenerCount('session') > 0) this.emit('session', { phase: 'close', ...base, ...r });
+    if (this.listenerCount('session') > 0) this.emit('session', closeEvent(base, r));
   }
 
   #refuseLoop(app: net.Socket | number, src: string, dst: string): void {
@@ -845,6 +854,38 @@ function machineAddresses(): Set<string> {
     for (const a of list ?? []) if (a.family === 'IPv4') out.add(a.address);
   }
   return out;
+}
+
+/**
+ * The 'close' event: the open event's fields and how it ended, as one object
+ * literal (a literal with two spreads was built property by property, in the
+ * slow dictionary form, once per connection).
+ */
+function closeEvent(
+  b: SessionBase,
+  r: { end: SessionEvent['end']; bytesUp: number; bytesDown: number; errorCode?: string | undefined },
+): SessionEvent {
+  return {
+    phase: 'close',
+    flowId: b.flowId,
+    name: b.name,
+    sniffed: b.sniffed,
+    ip: b.ip,
+    port: b.port,
+    outbound: b.outbound,
+    rule: b.rule,
+    chain: b.chain,
+    chains: b.chains,
+    ruleType: b.ruleType,
+    rulePayload: b.rulePayload,
+    srcIp: b.srcIp,
+    srcPort: b.srcPort,
+    startMs: b.startMs,
+    bytesUp: r.bytesUp,
+    bytesDown: r.bytesDown,
+    end: r.end,
+    errorCode: r.errorCode,
+  };
 }
 
 /** "connect to name:port via outbound", as the JS dial's errors begin. */

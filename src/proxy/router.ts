@@ -81,11 +81,14 @@ export class RouteTable {
   /** Per rule, computed once: what the controller API shows (no work per connection). */
   readonly apiRules: readonly { type: string; payload: string }[];
   readonly #compiled: CompiledRules;
+  /** The rule text when none matched, made once (not per connection). */
+  readonly #finalRule: string;
 
   constructor(o: RouteTableOptions) {
     this.outbounds = o.outbounds;
     this.rules = o.rules ?? [];
     this.final = o.final;
+    this.#finalRule = `MATCH (final),${o.final}`;
     this.apiRules = this.rules.map(ruleApiView);
     const deps: GroupDeps = { leaf: (m) => this.leaf(m), log: o.log, probe: o.probe };
     for (const g of o.groups ?? []) this.groups.set(g.name, new Group(g, deps));
@@ -118,7 +121,7 @@ export class RouteTable {
     const api = r ? (this.apiRules[i] as { type: string; payload: string }) : FINAL_API;
     return {
       outbound,
-      rule: r ? r.text : `MATCH (final),${this.final}`,
+      rule: r ? r.text : this.#finalRule,
       line: r ? r.line : 0,
       chain,
       ruleType: api.type,
