@@ -13,7 +13,7 @@ import { findUpstream } from './dns/resolvconf.js';
 import { UsageError } from './errors.js';
 import { type Logger, stderrLogger } from './log.js';
 import { describeThreadExit, NatManager } from './nat/NatManager.js';
-import type { FlowEvent } from './nat/types.js';
+import { CLOSE_REASONS, FLOW_EVENT, FLOW_EVENT_FIELDS } from './native.js';
 import { upstreamResolver } from './proxy/dial.js';
 import { TcpListener } from './proxy/listener.js';
 import { Router } from './proxy/router.js';
@@ -296,13 +296,15 @@ export class Daemon {
     });
     this.nat = nat;
     // A live flow pins its fake address (never recycled) and counts as use.
-    nat.on('events', (events: FlowEvent[]) => {
-      for (const ev of events) {
-        if (!dns.isFake(ev.flow.dstIp)) continue;
-        if (ev.type === 'open') {
-          dns.acquire(ev.flow.dstIp);
-          dns.touch(ev.flow.dstIp);
-        } else dns.release(ev.flow.dstIp);
+    // From the packed batch: two events per connection, no FlowEntry objects.
+    nat.on('packed', (r) => {
+      for (let i = 0; i + FLOW_EVENT_FIELDS <= r.length; i += FLOW_EVENT_FIELDS) {
+        const dst = r[i + FLOW_EVENT.dstIp] as number;
+        if (!dns.isFakeU32(dst)) continue;
+        if (r[i + FLOW_EVENT.kind] === 0) {
+          dns.acquireU32(dst);
+          dns.touchU32(dst);
+        } else dns.releaseU32(dst);
       }
     });
 
@@ -347,8 +349,12 @@ export class Daemon {
     annotate(tcp);
     // A TCP flow that left the table by idle timeout or eviction can carry no
     // more data: end its session now rather than at the relay's idle timeout.
-    nat.on('close', (flow, reason) => {
-      if (flow.proto === 'tcp' && (reason === 'timeout' || reason === 'evicted')) tcp.closeFlow(flow.id);
+    nat.on('packed', (r) => {
+      for (let i = 0; i + FLOW_EVENT_FIELDS <= r.length; i += FLOW_EVENT_FIELDS) {
+        const reason = CLOSE_REASONS[(r[i + FLOW_EVENT.kind] as number) - 1];
+        if (r[i + FLOW_EVENT.proto] === 6 && (reason === 'timeout' || reason === 'evicted'))
+          tcp.closeFlow(r[i + FLOW_EVENT.id] as number);
+      }
     });
     // One line per connection at log-level debug (--debug, or PATCH /configs from a dashboard).
     if (c.debug || c.controller)

@@ -243,6 +243,27 @@ export class FakeDns extends EventEmitter {
   }
 
   /**
+   * isFake, acquire, release and touch for an IPv4 address as an unsigned
+   * 32-bit integer: the daemon pins addresses from the engine's packed flow
+   * events, twice per connection, without address text.
+   */
+  isFakeU32(ip: number): boolean {
+    return this.range.contains(ip);
+  }
+
+  acquireU32(ip: number): void {
+    this.store.acquire(ip);
+  }
+
+  releaseU32(ip: number): void {
+    this.store.release(ip);
+  }
+
+  touchU32(ip: number): void {
+    this.store.touch(ip);
+  }
+
+  /**
    * The controller's `POST /cache/fakeip/flush`: drop every mapping no live
    * flow pins, so the next query for those names gets a fresh address; a
    * pinned one stays (re-pointing an address an app holds is what DESIGN.md

@@ -5,8 +5,9 @@
  * batched open/close events. It must not import src/dns: the daemon wires
  * open events to the fake-IP pool.
  *
- * Events: `'events'` (FlowEvent[], one call per native batch, at most every
- * ~20 ms), then `'open'` / `'close'` (FlowEntry[, reason]) per flow.
+ * Events: `'packed'` (the batch as numbers), `'events'` (FlowEvent[], one
+ * call per native batch, at most every ~20 ms), then `'open'` / `'close'`
+ * (FlowEntry[, reason]) per flow; the objects only while someone listens.
  */
 import { EventEmitter } from 'node:events';
 import { networkInterfaces } from 'node:os';
@@ -102,6 +103,14 @@ export function hostAddresses(): string[] {
 }
 
 export interface NatManagerEvents {
+  /**
+   * The batch as the engine packed it, before 'events': FLOW_EVENT_FIELDS
+   * numbers per event (layout FLOW_EVENT, src/native.ts; kind 0 = open,
+   * 1 + an index into CLOSE_REASONS = close). For per-connection consumers
+   * that need a field or two: FlowEvent objects are built only while
+   * someone listens to 'events', 'open' or 'close'.
+   */
+  packed: [Float64Array];
   events: [FlowEvent[]];
   open: [FlowEntry];
   close: [FlowEntry, CloseReason];
@@ -262,7 +271,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
     this.engine.start(
       [...fds],
       // No checkCounters() per batch (engine.stats() builds ~60 properties, ~25 µs): the 1 s timer below runs it.
-      (evs) => this.#emitBatch(fromPacked(evs)),
+      (evs) => this.#deliver(evs),
       undefined,
       (errno, queue) => this.emit('threadExit', errno, queue),
     );
@@ -363,7 +372,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   flushEvents(): void {
     const evs = this.engine.drainEventsPacked();
     if (evs.length === 0) return;
-    this.#emitBatch(fromPacked(evs));
+    this.#deliver(evs);
     this.checkCounters();
   }
 
@@ -429,6 +438,12 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
     this.#log(
       `engine: dropped ${n} packet${n === 1 ? '' : 's'} from sources this daemon does not serve (only this machine${this.#lan.length ? ` and ${this.#lan.join(', ')}` : ''}; admit a LAN with --lan CIDR)`,
     );
+  }
+
+  #deliver(recs: Float64Array): void {
+    this.emit('packed', recs);
+    if (this.listenerCount('events') + this.listenerCount('open') + this.listenerCount('close') > 0)
+      this.#emitBatch(fromPacked(recs));
   }
 
   #emitBatch(batch: FlowEvent[]): void {

@@ -1,7 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { NatManager } from '../../../src/nat/NatManager.js';
 import type { CloseReason, FlowEntry, FlowEvent, PackedFlow } from '../../../src/nat/types.js';
-import { PACKED_FLOW, PACKED_FLOW_LEN, PACKED_STATES } from '../../../src/native.js';
+import {
+  CLOSE_REASONS,
+  FLOW_EVENT,
+  FLOW_EVENT_FIELDS,
+  PACKED_FLOW,
+  PACKED_FLOW_LEN,
+  PACKED_STATES,
+} from '../../../src/native.js';
 import { NAT_TIMEOUTS, START_OPTIONS } from '../../../src/options.js';
 import { dottedToU32, intToIp, ipToInt } from '../../../src/util/cidr.js';
 import { resourceAlarm } from '../../../src/util/exhaustion.js';
@@ -92,6 +99,41 @@ describe('NatManager', () => {
       expect(e.flow.natPort).toBeGreaterThan(0);
       expect(`${e.flow.natIp}:${e.flow.natPort}`).toBe(pairs.get(e.flow.id));
     }
+  });
+
+  it("'packed' comes first with the same batch as numbers, and without listeners for the objects too", () => {
+    const { m, batches } = manager();
+    const packed: number[][] = [];
+    m.on('packed', (r) => {
+      for (let i = 0; i < r.length; i += FLOW_EVENT_FIELDS)
+        packed.push([
+          r[i + FLOW_EVENT.kind],
+          r[i + FLOW_EVENT.id],
+          r[i + FLOW_EVENT.dstIp],
+          r[i + FLOW_EVENT.dstPort],
+        ] as number[]);
+      // Before the objects of the same batch.
+      expect(batches.flat().length).toBe(packed.length - r.length / FLOW_EVENT_FIELDS);
+    });
+    m.ensureFlow('udp', '198.18.0.9', 40001, '203.0.113.5', 80);
+    m.engine.clear(T0 + 5);
+    m.flushEvents();
+    const objs = batches.flat();
+    expect(packed).toEqual(
+      objs.map((e) => [
+        e.type === 'open' ? 0 : 1 + CLOSE_REASONS.indexOf(e.reason),
+        e.flow.id,
+        ipToInt(e.flow.dstIp),
+        e.flow.dstPort,
+      ]),
+    );
+    expect(packed.map((p) => p[0])).toEqual([0, 1 + CLOSE_REASONS.indexOf('shutdown')]);
+    // No listener for objects: the numbers still come.
+    m.removeAllListeners('events').removeAllListeners('open').removeAllListeners('close');
+    m.ensureFlow('udp', '198.18.0.9', 40002, '203.0.113.5', 80);
+    m.flushEvents();
+    expect(packed.at(-1)?.[0]).toBe(0);
+    expect(packed).toHaveLength(3);
   });
 
   it('derives the gateway from the range: the Listener is reached at its first host', () => {
