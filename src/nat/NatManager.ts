@@ -28,7 +28,7 @@ import {
 import { DEFAULT_NAT_TIMEOUTS, type NatTimeoutKey, START_OPTIONS as O } from '../options.js';
 import { CidrSet, type Ipv4Range, intToIp, ipToInt, isIpv4, parseCidr } from '../util/cidr.js';
 import { exhaustionCode, probeFd, resourceAlarm } from '../util/exhaustion.js';
-import type { CloseReason, FlowEntry, FlowEvent, NatLookup, PackedFlow, Proto } from './types.js';
+import type { CloseReason, FlowCloseEvent, FlowEntry, FlowEvent, NatLookup, PackedFlow, Proto } from './types.js';
 
 /**
  * Idle timeouts of the NAT table by TCP state / UDP, in ms. Defaults and the
@@ -114,6 +114,8 @@ export interface NatManagerEvents {
   events: [FlowEvent[]];
   open: [FlowEntry];
   close: [FlowEntry, CloseReason];
+  /** 'close' for UDP flows only (the UdpListener's): built only for them. */
+  udpClose: [FlowEntry, CloseReason];
   /** An engine thread ended on an error (errno, queue index): nothing reads that TUN queue any more. */
   threadExit: [number, number];
 }
@@ -442,8 +444,19 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
 
   #deliver(recs: Float64Array): void {
     this.emit('packed', recs);
-    if (this.listenerCount('events') + this.listenerCount('open') + this.listenerCount('close') > 0)
-      this.#emitBatch(fromPacked(recs));
+    if (this.listenerCount('events') + this.listenerCount('open') + this.listenerCount('close') > 0) {
+      const batch = fromPacked(recs);
+      this.#emitBatch(batch);
+      if (this.listenerCount('udpClose') > 0)
+        for (const ev of batch)
+          if (ev.type === 'close' && ev.flow.proto === 'udp') this.emit('udpClose', ev.flow, ev.reason);
+    } else if (this.listenerCount('udpClose') > 0) {
+      for (let i = 0; i + FLOW_EVENT_FIELDS <= recs.length; i += FLOW_EVENT_FIELDS) {
+        if (recs[i + E.kind] === 0 || recs[i + E.proto] !== 17) continue;
+        const ev = fromPacked(recs.subarray(i, i + FLOW_EVENT_FIELDS))[0] as FlowCloseEvent;
+        this.emit('udpClose', ev.flow, ev.reason);
+      }
+    }
   }
 
   #emitBatch(batch: FlowEvent[]): void {

@@ -20,7 +20,9 @@ export interface UdpNat {
   lookup(proto: Proto, natIp: string, natPort: number): FlowEntry | undefined;
   ensureFlow?(proto: 'udp', srcIp: string, srcPort: number, dstIp: string, dstPort: number): FlowEntry | undefined;
   /**
-   * Optional: flows leaving the table (NatManager's 'close' event). A NAT
+   * Optional: UDP flows leaving the table (NatManager's 'udpClose' event:
+   * its 'close' for UDP flows only, so the TCP flows of every connection
+   * build no objects for it). A NAT
    * that reports them lets the listener cache what it learnt per flow (the
    * entry, its name and outbound) and skip the per-datagram lookup both ways:
    * a NAT pair is not handed to another flow for reuseDelayMs (60 s) after
@@ -28,8 +30,8 @@ export interface UdpNat {
    * ~20 ms) a cached entry can only be its own flow's. Without it every
    * datagram and every reply is looked up.
    */
-  on?(event: 'close', cb: (flow: FlowEntry) => void): unknown;
-  off?(event: 'close', cb: (flow: FlowEntry) => void): unknown;
+  on?(event: 'udpClose', cb: (flow: FlowEntry) => void): unknown;
+  off?(event: 'udpClose', cb: (flow: FlowEntry) => void): unknown;
 }
 
 /** Drops the listener counts itself (the upstream association counts its own, see UdpDropReason). */

@@ -446,7 +446,7 @@ export class UdpListener extends EventEmitter {
         reject(wrapError(`udp listen on ${hostPort(this.#o.host, this.#o.port)}${hint}`, e));
       });
       sock.bind({ address: this.#o.host, port: this.#o.port, exclusive: true }, () => {
-        if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
+        if (this.#onFlowClose) this.#o.nat.on?.('udpClose', this.#onFlowClose);
         sock.removeAllListeners('error');
         sock.on('error', (e) => this.#rl('sock', `udp listener: ${e.message}`));
         sock.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo.address, rinfo.port));
@@ -495,7 +495,7 @@ export class UdpListener extends EventEmitter {
       },
       upstreamClosed: (a, err) => this.#end(a, 'upstream-closed', err.code),
     };
-    if (this.#onFlowClose) this.#o.nat.on?.('close', this.#onFlowClose);
+    if (this.#onFlowClose) this.#o.nat.on?.('udpClose', this.#onFlowClose);
     this.#overloadTimer = setInterval(() => this.#logOverload(), OVERLOAD_LOG_MS);
     this.#overloadTimer.unref();
     return Promise.resolve();
@@ -632,7 +632,7 @@ export class UdpListener extends EventEmitter {
   close(): Promise<void> {
     for (const a of [...this.#assocs.values()]) this.#end(a, 'closed');
     this.#failedUntil.clear();
-    if (this.#onFlowClose) this.#o.nat.off?.('close', this.#onFlowClose);
+    if (this.#onFlowClose) this.#o.nat.off?.('udpClose', this.#onFlowClose);
     this.#ctx.clear();
     this.#live.clear();
     clearInterval(this.#overloadTimer);

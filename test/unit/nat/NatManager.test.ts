@@ -136,6 +136,20 @@ describe('NatManager', () => {
     expect(packed).toHaveLength(3);
   });
 
+  it("'udpClose' reports UDP flows leaving the table, with or without listeners for the other events", () => {
+    for (const withEvents of [false, true]) {
+      const m = new NatManager({ clock: () => T0 });
+      if (withEvents) m.on('close', () => {});
+      const got: Array<[string, number, CloseReason]> = [];
+      m.on('udpClose', (f, why) => got.push([f.proto, f.srcPort, why]));
+      const u = m.ensureFlow('udp', '198.18.0.9', 40001, '203.0.113.5', 53);
+      m.engine.clear(T0 + 5);
+      m.flushEvents();
+      expect(got).toEqual([['udp', 40001, 'shutdown']]);
+      expect(u.srcPort).toBe(40001);
+    }
+  });
+
   it('derives the gateway from the range: the Listener is reached at its first host', () => {
     const { m } = manager({ range: '10.7.0.0/24' });
     const syn = parse(

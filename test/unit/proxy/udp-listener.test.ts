@@ -451,7 +451,7 @@ describe('UdpListener: idle, bounds, outbounds that cannot carry UDP', () => {
   });
 });
 
-/** A FakeNat that counts lookups and reports closes like NatManager's 'close' event. */
+/** A FakeNat that counts lookups and reports closes like NatManager's 'udpClose' event. */
 class ClosingNat extends FakeNat {
   lookups = 0;
   readonly #cbs = new Set<(flow: FlowEntry) => void>();
@@ -459,11 +459,11 @@ class ClosingNat extends FakeNat {
     this.lookups++;
     return super.lookup(proto, natIp, natPort);
   }
-  on(_e: 'close', cb: (flow: FlowEntry) => void): this {
+  on(_e: 'udpClose', cb: (flow: FlowEntry) => void): this {
     this.#cbs.add(cb);
     return this;
   }
-  off(_e: 'close', cb: (flow: FlowEntry) => void): this {
+  off(_e: 'udpClose', cb: (flow: FlowEntry) => void): this {
     this.#cbs.delete(cb);
     return this;
   }
