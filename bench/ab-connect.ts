@@ -11,42 +11,17 @@
  * paced p99 minus the same round's veth paced p99). Needs root.
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { abCtx, parseAbArgs, type ThreadTicks, threadTicks } from './lib/ab.js';
 import { Daemon, probeTun } from './lib/daemon.js';
-import { type Ctx, deleteAllNetns, makeTmp, removeStale, removeTmp } from './lib/env.js';
+import { deleteAllNetns, removeStale, removeTmp } from './lib/env.js';
+import { median } from './lib/report.js';
 import { abRun, pacedRun } from './lib/tools.js';
 import { bigFile, ORIGIN_NAME, PORTS, Topology } from './lib/topology.js';
 import { CONCURRENCY, PACED_RATE } from './scenarios/tcpConnect.js';
 
 /** Per thread name (comm): CPU ticks (user + system) and context switches, summed over the daemon's threads. */
-function threads(pid: number): Map<string, { ticks: number; csw: number }> {
-  const out = new Map<string, { ticks: number; csw: number }>();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '');
-      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
-      const st = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-      const csw =
-        Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(st)?.[1]) +
-        Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(st)?.[1]);
-      const o = out.get(comm) ?? { ticks: 0, csw: 0 };
-      o.ticks += Number(f[11]) + Number(f[12]);
-      o.csw += csw;
-      out.set(comm, o);
-    } catch {
-      // a thread that ended meanwhile
-    }
-  }
-  return out;
-}
-
-function perConn(
-  a: Map<string, { ticks: number; csw: number }>,
-  b: Map<string, { ticks: number; csw: number }>,
-  n: number,
-): string {
+function perConn(a: ThreadTicks, b: ThreadTicks, n: number): string {
   return [...b]
     .map(([k, v]) => {
       const o = a.get(k) ?? { ticks: 0, csw: 0 };
@@ -60,12 +35,6 @@ interface Sample {
   rps: number;
   pacedP99: number;
   jsUs: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 /**
@@ -112,28 +81,9 @@ function scavenges(d: Daemon): { stop(): { n: number; pauseMs: number; maxMs: nu
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  let rounds = 3;
-  let n = 20_000;
-  let pacedSecs = 8;
-  const builds: [string, string][] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--rounds') rounds = Number(argv[++i]);
-    else if (a === '--n') n = Number(argv[++i]);
-    else if (a === '--paced') pacedSecs = Number(argv[++i]);
-    else {
-      const eq = a.indexOf('=');
-      if (eq < 1) throw new Error(`expected NAME=cli.js, got ${a}`);
-      builds.push([a.slice(0, eq), a.slice(eq + 1)]);
-    }
-  }
-  const ctx: Ctx = {
-    reps: 1,
-    quick: false,
-    tmp: makeTmp(),
-    aborted: false,
-    log: (m) => process.stderr.write(`  · ${m}\n`),
-  };
+  const { opts, builds } = parseAbArgs(argv, { rounds: 3, n: 20_000, paced: 8 });
+  const { rounds, n, paced: pacedSecs } = opts;
+  const ctx = abCtx();
   await removeStale();
   const topo = await Topology.create(ctx, 'abc');
   const csv = join(ctx.tmp, 'ab.csv');
@@ -148,7 +98,7 @@ async function main(): Promise<void> {
       const cpu0 = d?.jsThreadCpuSecs() ?? 0;
       const r = await abRun(topo.client, url, n, CONCURRENCY, csv, 15);
       const jsUs = d ? ((d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete : 0;
-      const t0 = d ? threads(d.pid) : undefined;
+      const t0 = d ? threadTicks(d.pid) : undefined;
       // AB_PROFILE="perf stat -p %PID% -- sleep 3": a profiler attached to the daemon during the paced run (it must end by itself).
       const prof =
         d && process.env.AB_PROFILE
@@ -158,7 +108,7 @@ async function main(): Promise<void> {
       const p = await pacedRun(ctx, topo.client, url, PACED_RATE, pacedSecs);
       const g = gc?.stop();
       if (prof && prof.exitCode === null) await new Promise((r) => prof.once('exit', r));
-      if (d && t0) console.log(`    paced per conn: ${perConn(t0, threads(d.pid), p.ok)}`);
+      if (d && t0) console.log(`    paced per conn: ${perConn(t0, threadTicks(d.pid), p.ok)}`);
       if (g && g.n > 0)
         console.log(
           `    paced scavenges: ${g.n} (${((g.n * 1000) / p.ok).toFixed(2)} per 1000 conn), pauses ${g.pauseMs.toFixed(1)} ms total, max ${g.maxMs.toFixed(2)} ms; ~${((g.allocMb * 1024 * 1024) / p.ok).toFixed(0)} B allocated per conn`,

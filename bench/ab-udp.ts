@@ -17,31 +17,14 @@
  * beside each build's iperf3 (it must end by itself).
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { abCtx, parseAbArgs, threadTicks } from './lib/ab.js';
 import { Daemon, probeUdp } from './lib/daemon.js';
-import { type Ctx, deleteAllNetns, makeTmp, type Netns, removeStale, removeTmp, waitListening } from './lib/env.js';
+import { deleteAllNetns, type Netns, removeStale, removeTmp, waitListening } from './lib/env.js';
+import { median } from './lib/report.js';
 import { iperfUdp, udpSnmp } from './lib/tools.js';
 import { bigFile, Topology } from './lib/topology.js';
 
-type Ticks = Map<string, number>;
-
 const CLEAN_VETH_LOSS = 3;
-
-/** Per thread name (comm, digits stripped): CPU ticks (user + system), summed over the daemon's threads. */
-function threads(pid: number): Ticks {
-  const out: Ticks = new Map();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '');
-      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
-      out.set(comm, (out.get(comm) ?? 0) + Number(f[11]) + Number(f[12]));
-    } catch {
-      // a thread that ended meanwhile
-    }
-  }
-  return out;
-}
 
 /** RX/TX packet and drop counters of every link in `ns` (ip -s -j link). */
 async function links(ns: Netns): Promise<Map<string, Record<string, number>>> {
@@ -79,12 +62,6 @@ function snmpDelta(a: Record<string, number>, b: Record<string, number>): string
     .join(' ');
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 interface Sample {
   pps: number;
   loss: number;
@@ -94,28 +71,9 @@ interface Sample {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  let rounds = 3;
-  let secs = 2;
-  let rate = '1G';
-  const builds: [string, string][] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--rounds') rounds = Number(argv[++i]);
-    else if (a === '--secs') secs = Number(argv[++i]);
-    else if (a === '--rate') rate = argv[++i];
-    else {
-      const eq = a.indexOf('=');
-      if (eq < 1) throw new Error(`expected NAME=cli.js, got ${a}`);
-      builds.push([a.slice(0, eq), a.slice(eq + 1)]);
-    }
-  }
-  const ctx: Ctx = {
-    reps: 1,
-    quick: false,
-    tmp: makeTmp(),
-    aborted: false,
-    log: (m) => process.stderr.write(`  · ${m}\n`),
-  };
+  const { opts, builds } = parseAbArgs(argv, { rounds: 3, secs: 2, rate: '1G' });
+  const { rounds, secs, rate } = opts;
+  const ctx = abCtx();
   await removeStale();
   const topo = await Topology.create(ctx, 'abu');
   const results = new Map<string, Sample[]>([['veth', []], ...builds.map(([b]) => [b, []] as [string, Sample[]])]);
@@ -137,7 +95,7 @@ async function main(): Promise<void> {
           links(topo.upstream),
           links(topo.client),
         ]);
-        const t0 = d ? threads(d.pid) : undefined;
+        const t0 = d ? threadTicks(d.pid) : undefined;
         const prof =
           d && process.env.AB_PROFILE
             ? spawn(
@@ -148,7 +106,7 @@ async function main(): Promise<void> {
             : undefined;
         const r = await iperfUdp(topo.client, host, port, secs, rate, 1200);
         if (prof && prof.exitCode === null) await new Promise((res) => prof.once('exit', res));
-        const t1 = d ? threads(d.pid) : undefined;
+        const t1 = d ? threadTicks(d.pid) : undefined;
         const [u1, c1, lu1, lc1] = await Promise.all([
           udpSnmp(topo.upstream),
           udpSnmp(topo.client),
@@ -161,7 +119,7 @@ async function main(): Promise<void> {
           let tot = 0;
           per = [...t1]
             .map(([k, v]) => {
-              const dt = v - (t0.get(k) ?? 0);
+              const dt = v.ticks - (t0.get(k)?.ticks ?? 0);
               tot += dt;
               return dt ? `${k} ${((dt * 1e4) / r.packets).toFixed(2)}` : '';
             })
