@@ -166,7 +166,9 @@ export async function startSentinelFleet(t: FleetSite, base = 6390): Promise<Sen
   await until(
     'the replica in sync',
     async () =>
-      /master_link_status:up/.test(await rcli(ns, replicaPort, ['INFO', 'replication'], { host: ip }))
+      // Both sides: the primary lists the replica online only at its first ACK.
+      /master_link_status:up/.test(await rcli(ns, replicaPort, ['INFO', 'replication'], { host: ip })) &&
+      /state=online/.test(await rcli(ns, primaryPort, ['INFO', 'replication'], { host: ip }))
         ? true
         : undefined,
     15_000,

@@ -152,8 +152,13 @@ describe('RedisSharedPool with a replica (what a failover keeps)', () => {
     const replica = await TestRedis.start({ args: ['--replicaof', '127.0.0.1', String(redis.port)] });
     const onReplica = new Redis(replica.url);
     try {
+      // In sync on both sides: the replica's link is up, and the primary lists it
+      // as online (what ROLE, and so the pool's WAIT count, sees; the primary
+      // puts it online only at the replica's first ACK, a moment later).
       await eventually(
-        async () => (await replica.cli('INFO', 'replication')).includes('master_link_status:up'),
+        async () =>
+          (await replica.cli('INFO', 'replication')).includes('master_link_status:up') &&
+          (await redis.cli('INFO', 'replication')).includes('state=online'),
         'replica in sync',
       );
       const a = await pool('198.23.0.0/16', '198.23.0.1');
@@ -168,6 +173,8 @@ describe('RedisSharedPool with a replica (what a failover keeps)', () => {
           if (there !== ip) missing.push(`${n}: ${ip} answered, replica has ${there}`);
         }),
       );
+      // On failure, what the primary saw of its replica says which side lagged.
+      if (missing.length) missing.unshift(`primary: ${await redis.cli('INFO', 'replication')}`);
       expect(missing).toEqual([]);
 
       // A replica that is connected but silent (SIGSTOP): new names are refused after the WAIT timeout …
