@@ -3,11 +3,12 @@
  * that machine load drifts hit every build alike, with where the datagrams
  * died:
  *
- *   node dist/bench/ab-udp.js [--rounds N] [--secs S] [--rate 1G] NAME=/path/to/dist/src/cli.js ...
+ *   node dist/bench/ab-udp.js [--rounds N] [--secs S] [--rate 1G] [--window 4M] NAME=/path/to/dist/src/cli.js ...
  *
  * Each round measures the plain veth, then every build in the order given (a
  * fresh daemon each, `direct`): iperf3 -u at --rate, 1200-byte datagrams, as
- * `npm run bench -- udp` does. Per run it prints delivered datagrams/s, the
+ * `npm run bench -- udp` does (--window: iperf3's -w, both ends' socket
+ * buffers, on every path alike). Per run it prints delivered datagrams/s, the
  * ratio to the same round's veth, loss, and the counters that say where the
  * lost datagrams went: Udp RcvbufErrors of each namespace (client: the
  * Listener's socket; upstream: iperf3 -s), the TUN's and the veths' drops, and
@@ -71,8 +72,8 @@ interface Sample {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const { opts, builds } = parseAbArgs(argv, { rounds: 3, secs: 2, rate: '1G' });
-  const { rounds, secs, rate } = opts;
+  const { opts, builds } = parseAbArgs(argv, { rounds: 3, secs: 2, rate: '1G', window: '' });
+  const { rounds, secs, rate, window } = opts;
   const ctx = abCtx();
   await removeStale();
   const topo = await Topology.create(ctx, 'abu');
@@ -104,7 +105,7 @@ async function main(): Promise<void> {
                 { stdio: 'inherit' },
               )
             : undefined;
-        const r = await iperfUdp(topo.client, host, port, secs, rate, 1200);
+        const r = await iperfUdp(topo.client, host, port, secs, rate, 1200, window || undefined);
         if (prof && prof.exitCode === null) await new Promise((res) => prof.once('exit', res));
         const t1 = d ? threadTicks(d.pid) : undefined;
         const [u1, c1, lu1, lc1] = await Promise.all([

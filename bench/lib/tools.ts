@@ -215,7 +215,11 @@ export async function udpSnmp(ns: Netns): Promise<Record<string, number>> {
   return Object.fromEntries(keys.map((k, i) => [k, Number(vals[i])]));
 }
 
-/** iperf3 UDP at `rate` (e.g. "500M"), `len`-byte datagrams, server-side counts. */
+/**
+ * iperf3 UDP at `rate` (e.g. "500M"), `len`-byte datagrams, server-side counts.
+ * `window` (e.g. "4M"): iperf3's -w, the socket buffers of both ends (the
+ * server's receive buffer too); the kernel default when absent.
+ */
 export async function iperfUdp(
   ns: Netns,
   host: string,
@@ -223,11 +227,15 @@ export async function iperfUdp(
   secs: number,
   rate: string,
   len: number,
+  window?: string,
 ): Promise<IperfUdp> {
   need('iperf3');
   const r = await ns.exec(
     'iperf3',
-    ['-J', '-u', '-c', host, '-p', String(port), '-t', String(secs), '-b', rate, '-l', String(len)],
+    [
+      ...['-J', '-u', '-c', host, '-p', String(port), '-t', String(secs), '-b', rate, '-l', String(len)],
+      ...(window ? ['-w', window] : []),
+    ],
     {
       timeoutMs: (secs + 20) * 1000,
     },

@@ -6,6 +6,7 @@
  * (bench/lib/socks-udp.c: iperf3 speaks no SOCKS).
  */
 
+import { readFileSync } from 'node:fs';
 import { probeUdp } from '../lib/daemon.js';
 import { type Ctx, waitListening } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
@@ -16,6 +17,24 @@ import { withDaemon } from './tcp.js';
 
 const LEN = 1200;
 const FIRST_PORT = 5300;
+/**
+ * The socket buffers (iperf3 -w, the receiver's too) of the rows that run
+ * 1 Gbit/s as a QUIC stack would: quic-go asks the kernel for a 7 MiB
+ * receive buffer, Chromium for 1 MiB. At the 208 KiB default a receiver that
+ * waits ~1 ms for a CPU overflows at this rate on every path.
+ */
+const WINDOW_MIB = 4;
+const WINDOW = `${WINDOW_MIB}M`;
+const WINDOW_RATE = '1G';
+
+/** net.core.rmem_max, the cap on what -w gets (SO_RCVBUF): a namespace starts with the host's value. */
+function rmemMax(): string {
+  try {
+    return `${(Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8')) / 2 ** 20).toFixed(2)} MiB`;
+  } catch {
+    return 'unknown';
+  }
+}
 
 export const udp: Scenario = {
   name: 'udp',
@@ -28,6 +47,11 @@ export const udp: Scenario = {
       { id: 'tun', label: 'TUN → fakeproxy direct', upstream: 'direct' },
       { id: 'tun-dante', label: 'TUN → fakeproxy → dante', upstream: 'dante' },
       { id: 'dante', label: 'client → dante, no fakeproxy', upstream: undefined },
+    ] as const;
+    // The same two paths with QUIC-sized socket buffers, at one rate.
+    const windowed = [
+      { id: `veth-w${WINDOW}`, label: `veth, no proxy, -w ${WINDOW}` },
+      { id: `tun-w${WINDOW}`, label: `TUN → fakeproxy direct, -w ${WINDOW}` },
     ] as const;
     const s: Section = {
       scenario: 'udp',
@@ -67,6 +91,32 @@ export const udp: Scenario = {
           );
       }
     }
+    for (const p of windowed)
+      s.rows.push(
+        ...rows(
+          {
+            id: `${p.id}@${WINDOW_RATE}`,
+            label: `${p.label} @ ${WINDOW_RATE}bit/s`,
+            metric: 'delivered',
+            unit: 'dgram/s',
+            compare: p.id.startsWith('veth') ? undefined : [{ to: `${windowed[0].id}@${WINDOW_RATE}` }],
+          },
+          {
+            id: `${p.id}@${WINDOW_RATE}-loss`,
+            label: `${p.label} @ ${WINDOW_RATE}bit/s`,
+            metric: 'loss',
+            unit: '%',
+            higherIsBetter: false,
+          },
+          {
+            id: `${p.id}@${WINDOW_RATE}-rcvbuf`,
+            label: `${p.label} @ ${WINDOW_RATE}bit/s`,
+            metric: 'of it at a full rcvbuf',
+            unit: '%',
+            higherIsBetter: false,
+          },
+        ),
+      );
     const topo = await Topology.create(ctx, 'udp');
     try {
       topo.big = bigFile(ctx, 1024 * 1024);
@@ -76,7 +126,7 @@ export const udp: Scenario = {
       // datagrams of the previous run, and iperf3 -s pairs its UDP socket with the first sender
       // it hears, so a stray late datagram on a shared port would hijack the next test.
       let port = FIRST_PORT;
-      const oneRun = async (host: string, rate: string) => {
+      const oneRun = async (host: string, rate: string, window?: string) => {
         port = port >= FIRST_PORT + 500 ? FIRST_PORT : port + 1;
         const srv = topo.upstream.spawn('iperf3', ['-s', '-1', '-p', String(port)], { stdio: 'ignore' });
         try {
@@ -84,27 +134,30 @@ export const udp: Scenario = {
             waitListening(topo.upstream, 'tcp', '0.0.0.0', port),
           );
           const before = await udpSnmp(topo.upstream);
-          const r = await iperfUdp(topo.client, host, port, secs, rate, LEN);
+          const r = await iperfUdp(topo.client, host, port, secs, rate, LEN, window);
           const after = await udpSnmp(topo.upstream);
           return { ...r, rcvbufPct: (100 * (after.RcvbufErrors - before.RcvbufErrors)) / r.packets };
         } finally {
           srv.kill('SIGKILL');
         }
       };
-      const sweep = async (pid: string, host: string) => {
-        for (const rate of rates) {
+      const sweep = async (pid: string, host: string, at = rates, window?: string) => {
+        for (const rate of at) {
           if (ctx.aborted) return;
-          const rs = await repeat(ctx, () => oneRun(host, rate));
+          const rs = await repeat(ctx, () => oneRun(host, rate, window));
           get(`${pid}@${rate}`).samples = rs.map((r) => r.pps);
           get(`${pid}@${rate}-loss`).samples = rs.map((r) => r.lossPct);
           get(`${pid}@${rate}-rcvbuf`).samples = rs.map((r) => r.rcvbufPct);
         }
       };
-      const ids = (pid: string) => rates.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`, `${pid}@${r}-rcvbuf`]);
-      await path(ctx, s, ids('veth'), 'udp: veth', async () => {
+      const ids = (pid: string, at = rates) =>
+        at.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`, `${pid}@${r}-rcvbuf`]);
+      const [vethW, tunW] = windowed;
+      await path(ctx, s, [...ids('veth'), ...ids(vethW.id, [WINDOW_RATE])], 'udp: veth', async () => {
         const why = await probeUdp(topo, topo.upIp);
         if (why) throw new Error(`UDP echo server check over the veth: ${why}`);
         await sweep('veth', topo.upIp);
+        await sweep(vethW.id, topo.upIp, [WINDOW_RATE], WINDOW);
       });
       await path(ctx, s, ids('dante'), 'udp: straight to dante', async () => {
         for (const rate of rates) {
@@ -120,17 +173,19 @@ export const udp: Scenario = {
       });
       for (const p of paths) {
         if (!p.upstream) continue;
-        await path(ctx, s, ids(p.id), `udp: ${p.label}`, () =>
+        const withW = p.id === 'tun' ? ids(tunW.id, [WINDOW_RATE]) : [];
+        await path(ctx, s, [...ids(p.id), ...withW], `udp: ${p.label}`, () =>
           withDaemon(topo, p.upstream, async () => {
             const why = await probeUdp(topo);
             if (why) throw new VerifyError(`UDP through the TUN does not work (${p.upstream}): ${why}`);
             await sweep(p.id, 'iperf.test');
+            if (withW.length) await sweep(tunW.id, 'iperf.test', [WINDOW_RATE], WINDOW);
           }),
         );
       }
       s.notes.push(
         'iperf3 UDP: the control connection is TCP (through the TUN too); datagrams/s = (sent − lost) / seconds as counted by the server; a run that delivers nothing fails',
-        'offered rate is paced by the iperf3 client; loss is what the path could not carry (socket buffers at their defaults on every hop); each run uses a fresh one-shot iperf3 -s on a new port',
+        `offered rate is paced by the iperf3 client; loss is what the path could not carry (socket buffers at their defaults on every hop, except the "-w ${WINDOW}" rows: iperf3's sockets at both ends ${WINDOW_MIB} MiB, as QUIC stacks ask — quic-go 7 MiB, Chromium 1 MiB — within net.core.rmem_max, here ${rmemMax()}; the daemon's own sockets as always); each run uses a fresh one-shot iperf3 -s on a new port`,
         '"of it at a full rcvbuf": Udp RcvbufErrors of the upstream namespace during the run (/proc/net/snmp) per datagram sent, i.e. the share lost at the receiver\'s full socket buffer (208 KiB default), not on the way; on dante paths dante\'s own sockets count too',
         '"client → dante, no fakeproxy": bench/lib/socks-udp.c does UDP ASSOCIATE with dante and sends the same rate and size (paced in 1 ms slices, sendmmsg) to a counting sink beside iperf3 -s; what dante delivers there bounds TUN → fakeproxy → dante',
       );
