@@ -93,16 +93,19 @@ async function main(): Promise<void> {
   try {
     topo.big = bigFile(ctx, 1024 * 1024);
     await topo.start('dnsmasq', 'origin');
-    const measure = async (url: string, d?: Daemon): Promise<Sample> => {
+    const measure = async (url: string, d?: Daemon, name = ''): Promise<Sample> => {
       await abRun(topo.client, url, Math.min(1000, n), CONCURRENCY, csv, 20);
       const cpu0 = d?.jsThreadCpuSecs() ?? 0;
       const r = await abRun(topo.client, url, n, CONCURRENCY, csv, 15);
       const jsUs = d ? ((d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete : 0;
       const t0 = d ? threadTicks(d.pid) : undefined;
-      // AB_PROFILE="perf stat -p %PID% -- sleep 3": a profiler attached to the daemon during the paced run (it must end by itself).
+      // AB_PROFILE="perf stat -p %PID% -- sleep 3": a command run beside the daemon's paced run (it must end by
+      // itself); %PID% is the daemon, %NAME% the build's name.
       const prof =
         d && process.env.AB_PROFILE
-          ? spawn('sh', ['-c', `${process.env.AB_PROFILE.replaceAll('%PID%', String(d.pid))}`], { stdio: 'inherit' })
+          ? spawn('sh', ['-c', process.env.AB_PROFILE.replaceAll('%PID%', String(d.pid)).replaceAll('%NAME%', name)], {
+              stdio: 'inherit',
+            })
           : undefined;
       const gc = d ? scavenges(d) : undefined;
       const p = await pacedRun(ctx, topo.client, url, PACED_RATE, pacedSecs);
@@ -127,7 +130,7 @@ async function main(): Promise<void> {
         try {
           const why = await probeTun(topo, d);
           if (why) throw new Error(`${name}: the TUN path does not work: ${why}`);
-          const s = await measure(`http://${ORIGIN_NAME}:${PORTS.origin}/small`, d);
+          const s = await measure(`http://${ORIGIN_NAME}:${PORTS.origin}/small`, d, name);
           results.get(name)?.push(s);
           ratio.get(name)?.push(s.rps / v.rps);
           added.get(name)?.push(s.pacedP99 - v.pacedP99);
