@@ -59,64 +59,44 @@ export const udp: Scenario = {
       notes: [],
       rows: [],
     };
-    for (const rate of rates) {
-      for (const p of paths) {
-        s.rows.push(
-          ...rows(
-            {
-              id: `${p.id}@${rate}`,
-              label: `${p.label} @ ${rate}bit/s`,
-              metric: 'delivered',
-              unit: 'dgram/s',
-              compare: p.id === 'veth' ? undefined : [{ to: `veth@${rate}` }],
-            },
-            {
-              id: `${p.id}@${rate}-loss`,
-              label: `${p.label} @ ${rate}bit/s`,
-              metric: 'loss',
-              unit: '%',
-              higherIsBetter: false,
-            },
-          ),
-        );
-        if (p.id !== 'dante')
-          s.rows.push(
-            ...rows({
-              id: `${p.id}@${rate}-rcvbuf`,
-              label: `${p.label} @ ${rate}bit/s`,
-              metric: 'of it at a full rcvbuf',
-              unit: '%',
-              higherIsBetter: false,
-            }),
-          );
-      }
-    }
-    for (const p of windowed)
-      s.rows.push(
-        ...rows(
-          {
-            id: `${p.id}@${WINDOW_RATE}`,
-            label: `${p.label} @ ${WINDOW_RATE}bit/s`,
-            metric: 'delivered',
-            unit: 'dgram/s',
-            compare: p.id.startsWith('veth') ? undefined : [{ to: `${windowed[0].id}@${WINDOW_RATE}` }],
-          },
-          {
-            id: `${p.id}@${WINDOW_RATE}-loss`,
-            label: `${p.label} @ ${WINDOW_RATE}bit/s`,
-            metric: 'loss',
-            unit: '%',
-            higherIsBetter: false,
-          },
-          {
-            id: `${p.id}@${WINDOW_RATE}-rcvbuf`,
-            label: `${p.label} @ ${WINDOW_RATE}bit/s`,
-            metric: 'of it at a full rcvbuf',
-            unit: '%',
-            higherIsBetter: false,
-          },
-        ),
+    // One path at one rate: delivered (compared with `baseline`), loss, and (not on the dante-only path) the
+    // share lost at a full receive buffer.
+    const pathRows = (id: string, label: string, rate: string, baseline: string | undefined, rcvbuf = true) =>
+      rows(
+        {
+          id: `${id}@${rate}`,
+          label: `${label} @ ${rate}bit/s`,
+          metric: 'delivered',
+          unit: 'dgram/s',
+          compare: baseline === undefined ? undefined : [{ to: `${baseline}@${rate}` }],
+        },
+        {
+          id: `${id}@${rate}-loss`,
+          label: `${label} @ ${rate}bit/s`,
+          metric: 'loss',
+          unit: '%',
+          higherIsBetter: false,
+        },
+        ...(rcvbuf
+          ? [
+              {
+                id: `${id}@${rate}-rcvbuf`,
+                label: `${label} @ ${rate}bit/s`,
+                metric: 'of it at a full rcvbuf',
+                unit: '%',
+                higherIsBetter: false,
+              },
+            ]
+          : []),
       );
+    for (const rate of rates)
+      for (const p of paths)
+        s.rows.push(...pathRows(p.id, p.label, rate, p.id === 'veth' ? undefined : 'veth', p.id !== 'dante'));
+    const [vethW, tunW] = windowed;
+    s.rows.push(
+      ...pathRows(vethW.id, vethW.label, WINDOW_RATE, undefined),
+      ...pathRows(tunW.id, tunW.label, WINDOW_RATE, vethW.id),
+    );
     const topo = await Topology.create(ctx, 'udp');
     try {
       topo.big = bigFile(ctx, 1024 * 1024);
@@ -152,7 +132,6 @@ export const udp: Scenario = {
       };
       const ids = (pid: string, at = rates) =>
         at.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`, `${pid}@${r}-rcvbuf`]);
-      const [vethW, tunW] = windowed;
       await path(ctx, s, [...ids('veth'), ...ids(vethW.id, [WINDOW_RATE])], 'udp: veth', async () => {
         const why = await probeUdp(topo, topo.upIp);
         if (why) throw new Error(`UDP echo server check over the veth: ${why}`);
