@@ -775,7 +775,14 @@ export class TcpListener extends EventEmitter {
    */
   #relay(session: Session, outbound: Outbound, app: net.Socket, up: net.Socket): RelayHandle {
     if (!outbound.transformsBytes) {
-      const h = this.#spliceRelay().handOff(app, up);
+      let h: RelayHandle | undefined;
+      try {
+        h = this.#spliceRelay().handOff(app, up);
+      } catch {
+        // The native relay could not start (EMFILE for its eventfd while the process is out of fds, already
+        // logged by the exhaustion check): this pair keeps the JS Relay, the next one tries again.
+        h = undefined;
+      }
       if (h) {
         session.relay = h;
         session.native = true;
