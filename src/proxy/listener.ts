@@ -662,9 +662,11 @@ export class TcpListener extends EventEmitter {
     // Global mode: the loop guard (./ownTcp.ts) needs this dial's 4-tuple before a captured
     // copy of its SYN can be accepted, so the relay connects here and reports the bound address.
     const local = mark !== 0 ? LOCAL : undefined;
+    const relay = this.#spliceRelay();
+    if (!relay) return false;
     let release: (() => void) | undefined;
     try {
-      h = this.#spliceRelay().dial(app, addr, port, {
+      h = relay.dial(app, addr, port, {
         mark,
         connectTimeoutMs: this.#o.connectTimeoutMs,
         local,
@@ -740,11 +742,24 @@ export class TcpListener extends EventEmitter {
     this.#finish(session, { end: 'connect-failed', bytesUp: 0, bytesDown: 0, errorCode: err.code });
   }
 
-  #spliceRelay(): SpliceRelay {
-    this.#splice ??= new SpliceRelay({
-      idleTimeoutMs: this.#o.idleTimeoutMs,
-      ...(this.#o.relayThreads !== undefined ? { threads: this.#o.relayThreads } : {}),
-    });
+  /**
+   * The native relay, started on first use. Undefined when it cannot start
+   * (EMFILE for its epoll or eventfd fds while the process is near its fd
+   * limit; counted and logged by the exhaustion alarm): this connection keeps
+   * the JavaScript dial and relay, the next one tries again.
+   */
+  #spliceRelay(): SpliceRelay | undefined {
+    if (this.#splice) return this.#splice;
+    try {
+      this.#splice = new SpliceRelay({
+        idleTimeoutMs: this.#o.idleTimeoutMs,
+        ...(this.#o.relayThreads !== undefined ? { threads: this.#o.relayThreads } : {}),
+      });
+    } catch (e) {
+      if (!resourceAlarm.check(e, 'tcp relay start'))
+        this.#failLog('relay start', `tcp listener: ${(e as Error).message}; relaying in JavaScript meanwhile`);
+      return undefined;
+    }
     return this.#splice;
   }
 
@@ -775,14 +790,7 @@ export class TcpListener extends EventEmitter {
    */
   #relay(session: Session, outbound: Outbound, app: net.Socket, up: net.Socket): RelayHandle {
     if (!outbound.transformsBytes) {
-      let h: RelayHandle | undefined;
-      try {
-        h = this.#spliceRelay().handOff(app, up);
-      } catch {
-        // The native relay could not start (EMFILE for its eventfd while the process is out of fds, already
-        // logged by the exhaustion check): this pair keeps the JS Relay, the next one tries again.
-        h = undefined;
-      }
+      const h = this.#spliceRelay()?.handOff(app, up);
       if (h) {
         session.relay = h;
         session.native = true;

@@ -37,14 +37,16 @@ const nat = {
   lookup: (proto, natIp, natPort) => ({ id: ++id, proto, srcIp: '198.18.0.1', srcPort: 40000, ...dst, natIp, natPort,
     state: 'established', createdMs: 0, lastSeenMs: 0, pktsOut: 0, bytesOut: 0, pktsIn: 0, bytesIn: 0 }),
 };
-const l = new TcpListener({ host: '127.0.0.1', port: 0, nat, names: { reverse: () => undefined },
+const relayThreads = process.env.RELAY_THREADS ? Number(process.env.RELAY_THREADS) : undefined;
+const l = new TcpListener({ host: '127.0.0.1', port: 0, nat, names: { reverse: () => undefined }, relayThreads,
   router: new Router({ final: new DirectOutbound() }), logger: (line) => process.stderr.write(line + '\\n') });
 await l.start();
 const held = [];
 const say = (o) => process.stdout.write(JSON.stringify(o) + '\\n');
 say({ port: l.address().port });
 for await (const cmd of createInterface({ input: process.stdin })) {
-  if (cmd === 'fill') {
+  if (cmd.startsWith('fill')) {
+    // "fill N": leave N fds free.
     // The previous connection's fds (relay pair, origin side) close asynchronously: wait for them,
     // or they would free up right after the fill and let a connection through.
     for (;;) {
@@ -55,11 +57,13 @@ for await (const cmd of createInterface({ input: process.stdin })) {
     for (;;) {
       try { held.push(openSync('/dev/null', 'r')); } catch (e) { say({ filled: held.length, code: e.code }); break; }
     }
+    for (const fd of held.splice(held.length - Number(cmd.slice(5) || 0))) closeSync(fd);
   } else if (cmd === 'free') {
     for (const fd of held.splice(0)) closeSync(fd);
     say({ freed: true });
   } else if (cmd === 'stats') {
-    say({ accepted: l.stats().accepted, exhaustion: resourceAlarm.totals() });
+    const st = l.stats();
+    say({ accepted: st.accepted, nativeDials: st.nativeDials, exhaustion: resourceAlarm.totals() });
   }
 }
 `;
@@ -78,9 +82,10 @@ interface Child {
   lines: { at: number; text: string }[];
 }
 
-function startChild(): Child {
+function startChild(env: Record<string, string> = {}): Child {
   const c = spawn('prlimit', ['--nofile=256:256', process.execPath, '--input-type=module', '-e', CHILD], {
     stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
   });
   children.push(c);
   const lines: Child['lines'] = [];
@@ -177,4 +182,24 @@ describe('TcpAcceptor at EMFILE (RLIMIT_NOFILE 256 in a child process)', () => {
     expect((st2.exhaustion as Record<string, number>).EMFILE).toBe(K);
     expect(emfile()).toHaveLength(2);
   }, 60_000);
+
+  it('a native relay that cannot start for want of fds leaves the connection to the JavaScript dial and relay', async () => {
+    // Four relay threads need eight fds (an epoll and an eventfd each); three are left: the
+    // accepted app, the JavaScript dial's socket and the origin's side of it.
+    const child = startChild({ RELAY_THREADS: '4' });
+    const { port } = (await child.first) as { port: number };
+    expect((await child.ask('fill 3')).code).toBe('EMFILE');
+    expect(await echo(port, 'in javascript')).toBe('in javascript');
+    const st = await child.ask('stats');
+    // Tried twice, both counted: for the native dial, then for the hand-off after the JavaScript dial.
+    expect(st).toMatchObject({ accepted: 1, nativeDials: 0, exhaustion: { EMFILE: 2 } });
+    const emfile = () => child.lines.filter((l) => l.text.includes('EMFILE'));
+    await until(() => emfile().length >= 1);
+    expect(emfile()[0]?.text).toMatch(/1 failure \(tcp relay start 1\)/);
+
+    // With fds to spare the next connection starts the native relay and goes through it.
+    await child.ask('free');
+    expect(await echo(port, 'natively')).toBe('natively');
+    expect(await child.ask('stats')).toMatchObject({ accepted: 2, nativeDials: 1, exhaustion: { EMFILE: 2 } });
+  }, 30_000);
 });
