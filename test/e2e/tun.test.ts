@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { START_OPTIONS } from '../../src/options.js';
 import { DaemonProc, runCli } from './harness/daemon.js';
 import { e2eUnavailableReason, Netns } from './harness/netns.js';
+import { eventually } from './harness/topology.js';
 
 const skip = e2eUnavailableReason();
 
@@ -133,10 +134,12 @@ describe.skipIf(skip)('fakeproxy start: the TUN device (in a namespace)', () => 
     await d.stop('SIGKILL');
     // The kernel deletes the device once its last fd is released; the engine's io_uring lets go of its
     // files in the ring's teardown work, which may run just after the process is reaped: allow it 5 s.
-    const gone = async () => (await ns.exec('ip', ['link', 'show', 'dev', 'fpkill'])).code !== 0;
-    const deadline = Date.now() + 5000;
-    while (!(await gone()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(await gone(), 'fpkill still exists 5 s after SIGKILL').toBe(true);
+    const gone = await eventually(
+      async () => (await ns.exec('ip', ['link', 'show', 'dev', 'fpkill'])).code !== 0,
+      (v) => v,
+      5000,
+    );
+    expect(gone, 'fpkill still exists 5 s after SIGKILL').toBe(true);
   });
 
   it('--cidr 198.10.0.0/16 warns that it is public space, then works', async () => {
