@@ -72,7 +72,7 @@ interface Sample {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const { opts, builds } = parseAbArgs(argv, { rounds: 3, secs: 2, rate: '1G', window: '' });
+  const { opts, builds } = parseAbArgs(argv, { rounds: 3, secs: 2, rate: '1G', window: undefined as string | undefined });
   const { rounds, secs, rate, window } = opts;
   const ctx = abCtx();
   await removeStale();
@@ -105,7 +105,7 @@ async function main(): Promise<void> {
                 { stdio: 'inherit' },
               )
             : undefined;
-        const r = await iperfUdp(topo.client, host, port, secs, rate, 1200, window || undefined);
+        const r = await iperfUdp(topo.client, host, port, secs, rate, 1200, window);
         if (prof && prof.exitCode === null) await new Promise((res) => prof.once('exit', res));
         const t1 = d ? threadTicks(d.pid) : undefined;
         const [u1, c1, lu1, lc1] = await Promise.all([

@@ -33,21 +33,25 @@ export function threadTicks(pid: number): ThreadTicks {
 }
 
 /**
- * `--name VALUE` for each key of `defaults` (a number where its default is one),
- * then NAME=/path/to/cli.js builds in the order given.
+ * `--name VALUE` for each key of `defaults` (a number where its default is one;
+ * a key whose default is undefined is an optional string), then
+ * NAME=/path/to/cli.js builds in the order given.
  */
-export function parseAbArgs<T extends Record<string, number | string>>(
+export function parseAbArgs<T extends Record<string, number | string | undefined>>(
   argv: readonly string[],
   defaults: T,
 ): { opts: T; builds: [string, string][] } {
-  const opts: Record<string, number | string> = { ...defaults };
+  const opts: Record<string, number | string | undefined> = { ...defaults };
   const builds: [string, string][] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
     const key = a.startsWith('--') ? a.slice(2) : '';
     if (key in opts) {
-      const v = argv[++i] ?? '';
-      opts[key] = typeof defaults[key] === 'number' ? Number(v) : v;
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      const n = Number(v);
+      if (typeof defaults[key] === 'number' && !Number.isFinite(n)) throw new Error(`${a} needs a number, got ${v}`);
+      opts[key] = typeof defaults[key] === 'number' ? n : v;
     } else {
       const eq = a.indexOf('=');
       if (eq < 1) throw new Error(`expected NAME=cli.js, got ${a}`);
