@@ -11,10 +11,11 @@
  * view (a full resync), which is always bounded by the number of live flows
  * and names.
  */
-import type { ChainableCommander } from 'ioredis';
+import type { ChainableCommander, Command } from 'ioredis';
 import type { FlowEntry, FlowEvent } from '../nat/types.js';
 import { type RedisClient, type RedisConnectOptions, RedisEndpoint, scanKeys } from './client.js';
-import { encodeNodeInfo, type FlowAnnotation, type NodeKeys, nodeKeys } from './schema.js';
+import { RespWriter } from './resp.js';
+import { encodeNodeInfo, type FlowAnnotation, hsetFlow, type NodeKeys, nodeKeys } from './schema.js';
 import { type Batch, MirrorView } from './view.js';
 
 export type { FlowEventMessage, MirroredFlow } from './schema.js';
@@ -78,6 +79,9 @@ export interface RedisMirrorStats {
   names: number;
 }
 
+/** A pipeline, which also takes Commands made elsewhere (ioredis's Pipeline.sendCommand; ./resp.ts). */
+type Pipe = ChainableCommander & { sendCommand(c: Command): unknown };
+
 /** Commands per pipeline during a resync: big enough to be fast, small enough not to stall Redis. */
 const RESYNC_CHUNK = 1_000;
 /** The next poll of entries() waits at least this many times the last poll's duration (see refreshMs). */
@@ -107,6 +111,8 @@ export class RedisMirror {
   private readonly clearOnClose: boolean;
   private readonly now: () => number;
   private readonly startedMs: number;
+  /** Encodes the flow writes and events (one scratch buffer, reused: ./resp.ts). */
+  private readonly resp = new RespWriter();
 
   private client?: RedisClient;
   private nat?: NatEventSource;
@@ -271,7 +277,7 @@ export class RedisMirror {
       return;
     }
     this.flushing = true;
-    const p = client.pipeline();
+    const p = client.pipeline() as Pipe;
     const n = this.queueBatch(p, this.view.takeBatch(this.now()));
     await this.execCounted(p, n);
     this.flushing = false;
@@ -284,25 +290,31 @@ export class RedisMirror {
    * zset s m…): per flow only its HSET (+ PEXPIRE the first time) is a
    * command of its own.
    */
-  private queueBatch(p: ChainableCommander, b: Batch): number {
+  private queueBatch(p: Pipe, b: Batch): number {
+    const r = this.resp;
     let n = 0;
     if (b.deleteKeys.length > 0) {
-      p.unlink(...b.deleteKeys);
-      p.zrem(this.keys.flows, ...b.deleteMembers);
+      const first = b.deleteKeys[0] as string;
+      r.begin('unlink', first, 1 + b.deleteKeys.length);
+      for (const k of b.deleteKeys) r.str(k);
+      p.sendCommand(r.end());
+      r.begin('zrem', this.keys.flows, 2 + b.deleteMembers.length).str(this.keys.flows);
+      for (const m of b.deleteMembers) r.str(m);
+      p.sendCommand(r.end());
       n += 2;
     }
-    const index: (string | number)[] = [];
     for (const w of b.writes) {
-      p.hset(w.key, ...w.fields);
+      p.sendCommand(hsetFlow(r, w.key, w.row));
       n++;
-      index.push(w.score, w.member);
       if (w.withTtl) {
-        p.pexpire(w.key, this.ttlMs);
+        p.sendCommand(r.begin('pexpire', w.key, 3).str(w.key).num(this.ttlMs).end());
         n++;
       }
     }
-    if (index.length > 0) {
-      p.zadd(this.keys.flows, ...index);
+    if (b.writes.length > 0) {
+      r.begin('zadd', this.keys.flows, 2 + 2 * b.writes.length).str(this.keys.flows);
+      for (const w of b.writes) r.num(w.score).str(w.member);
+      p.sendCommand(r.end());
       n++;
     }
     for (const [name, ip] of b.names) {
@@ -321,7 +333,7 @@ export class RedisMirror {
       n += 2;
     }
     for (const ev of b.events) {
-      p.publish(this.keys.events, ev);
+      p.sendCommand(r.begin('publish', this.keys.events, 3).str(this.keys.events).str(ev).end());
       n++;
     }
     return n;
@@ -378,7 +390,7 @@ export class RedisMirror {
   private async refreshTtls(now: number): Promise<void> {
     const client = this.client;
     if (!client || this.resyncing) return;
-    const p = client.pipeline();
+    const p = client.pipeline() as Pipe;
     let n = this.queueInfo(p, now);
     for (const key of [this.keys.flows, this.keys.dnsName, this.keys.dnsIp]) p.pexpire(key, this.ttlMs);
     n += 3;
@@ -449,7 +461,7 @@ export class RedisMirror {
         this.counters.written++;
       }
       for (let i = 0; i < live.length; i += RESYNC_CHUNK / 4) {
-        const p = client.pipeline();
+        const p = client.pipeline() as Pipe;
         const writes = live
           .slice(i, i + RESYNC_CHUNK / 4)
           .filter((t) => this.view.isLive(t)) // closed meanwhile: its delete is queued

@@ -11,8 +11,10 @@
  * tolerate fields they do not know and rows that lack new ones (decodeFlow
  * fills the zero value), so mixed versions of a fleet keep working.
  */
+import type { Command } from 'ioredis';
 import { UsageError } from '../errors.js';
 import type { CloseReason, FlowEntry } from '../nat/types.js';
+import type { RespWriter } from './resp.js';
 
 /** Every key starts with this. */
 export const KEY_ROOT = 'fakeproxy';
@@ -203,6 +205,18 @@ export function encodeFlow(row: MirroredFlow): string[] {
     out[i++] = String(row[f.name]);
   }
   return out;
+}
+
+/** HSET key …row's fields as one encoded command: encodeFlow's fields, written without a string per field. */
+export function hsetFlow(w: RespWriter, key: string, row: MirroredFlow): Command {
+  w.begin('hset', key, 2 + FLOW_FIELDS.length * 2).str(key);
+  for (const f of FLOW_FIELDS) {
+    const v = row[f.name];
+    w.str(f.name);
+    if (typeof v === 'number') w.num(v);
+    else w.str(v);
+  }
+  return w.end();
 }
 
 /** A flow hash as read back (HGETALL); undefined for a hash that is gone or not a flow. */

@@ -13,12 +13,12 @@
 import type { CloseReason, FlowEntry, FlowEvent } from '../nat/types.js';
 import {
   encodeEvent,
-  encodeFlow,
   type FlowAnnotation,
   type FlowEventMessage,
   flowKeyOf,
   flowMember,
   flowRow,
+  type MirroredFlow,
   type NodeKeys,
 } from './schema.js';
 
@@ -49,10 +49,10 @@ type PendingEvent =
   | { type: 'open'; t: Tracked; ts: number }
   | { type: 'close'; t: Tracked; reason: CloseReason; ts: number };
 
-/** One flow hash to write: HSET key …fields, its index entry, and a TTL the first time. */
+/** One flow hash to write: HSET key …row's fields, its index entry, and a TTL the first time. */
 export interface FlowWrite {
   key: string;
-  fields: string[];
+  row: MirroredFlow;
   member: string;
   score: number;
   withTtl: boolean;
@@ -323,7 +323,7 @@ export class MirrorView {
     if (withTtl) t.lastExpireMs = now;
     t.inRedis = true;
     t.written = { bytesIn: row.bytesIn, bytesOut: row.bytesOut, state: row.state, lastSeenMs: row.lastSeenMs };
-    return { key: t.key, fields: encodeFlow(row), member: t.member, score: row.lastSeenMs, withTtl };
+    return { key: t.key, row, member: t.member, score: row.lastSeenMs, withTtl };
   }
 
   /** Flow keys whose TTL is due for renewal (every ttl/3); marks them renewed as of now. */

@@ -44,7 +44,7 @@ describe('MirrorView', () => {
     const w = b1.writes[0];
     expect(w).toMatchObject({ key: `fakeproxy:{gw-view}:flow:tcp:${f.id}`, member: `tcp:${f.id}`, withTtl: true });
     expect(w.key).toBe(flowKeyOf(keys, w.member));
-    expect(fieldsOf(w.fields)).toEqual({
+    expect(fieldsOf(encodeFlow(w.row))).toEqual({
       id: String(f.id),
       proto: 'tcp',
       app: `198.18.0.1:40000`,
@@ -72,7 +72,7 @@ describe('MirrorView', () => {
     // The first poll writes the handshake's counters (SYN + ACK); one without change writes nothing;
     // traffic makes the next poll write the row again, without a new TTL.
     view.poll(live.nat.entries(), live.now);
-    expect(view.takeBatch(live.now).writes.map((x) => [fieldsOf(x.fields).bytesOut, x.withTtl])).toEqual([
+    expect(view.takeBatch(live.now).writes.map((x) => [fieldsOf(encodeFlow(x.row)).bytesOut, x.withTtl])).toEqual([
       ['80', false],
     ]);
     view.poll(live.nat.entries(), live.now);
@@ -81,7 +81,7 @@ describe('MirrorView', () => {
     view.poll(live.nat.entries(), live.now + 5);
     const b2 = view.takeBatch(live.now + 5);
     expect(b2.writes.map((x) => [x.key, x.withTtl, x.score])).toEqual([[w.key, false, live.now + 5]]);
-    expect(fieldsOf(b2.writes[0].fields)).toMatchObject({ state: 'established', bytesIn: String(40 + 240) });
+    expect(fieldsOf(encodeFlow(b2.writes[0].row))).toMatchObject({ state: 'established', bytesIn: String(40 + 240) });
   });
 
   it('a flow opened and closed within one batch: both events, no write, no delete', () => {
@@ -121,11 +121,11 @@ describe('MirrorView', () => {
     view.annotate(f.id, { name: 'early.example', outbound: 'socks5' }, live.now);
     view.annotate(999_999, { outbound: 'never' }, live.now);
     live.flush();
-    const row = decodeFlow(fieldsOf(view.takeBatch(live.now).writes[0].fields));
+    const row = decodeFlow(fieldsOf(encodeFlow(view.takeBatch(live.now).writes[0].row)));
     expect(row).toMatchObject({ id: f.id, name: 'early.example', outbound: 'socks5' });
     view.expireAnnotations(live.now + 10_001);
     view.addEntries([{ ...live.entry(f), id: 999_999 }], live.now);
-    expect(decodeFlow(fieldsOf(view.takeBatch(live.now).writes[0].fields))?.outbound).toBe('');
+    expect(decodeFlow(fieldsOf(encodeFlow(view.takeBatch(live.now).writes[0].row)))?.outbound).toBe('');
   });
 
   it('names a flow after the fake IP it was opened to, and mirrors recycled names', async () => {
@@ -139,7 +139,7 @@ describe('MirrorView', () => {
     for (let i = 1; i <= 5; i++) ips.push(await dns.resolve(`n${i}.example`));
     const f = live.open({ dst: ips[1], dport: 443 });
     const b1 = view.takeBatch(live.now);
-    expect(fieldsOf(b1.writes[0].fields).name).toBe('n2.example');
+    expect(fieldsOf(encodeFlow(b1.writes[0].row)).name).toBe('n2.example');
     expect(b1.names).toHaveLength(5);
     expect(await dns.resolve('n6.example')).toBe(ips[0]);
     const b2 = view.takeBatch(live.now);

@@ -1,0 +1,119 @@
+/**
+ * Redis commands encoded straight into RESP bytes, for the mirror's hot
+ * writes (one HSET of 33 arguments, a PEXPIRE and PUBLISHes per flow).
+ *
+ * ioredis builds a command's RESP by string concatenation, several short
+ * strings per argument, and a pipeline joins them into one more string: for
+ * the mirror's rows that came to ~6 KB of garbage per HSET, most of the
+ * daemon's allocation at a few thousand new connections a second with
+ * --redis, and each scavenge on this VM kind costs milliseconds. Here the
+ * arguments are written into one reused scratch buffer and each command
+ * leaves as a single Buffer. The command still travels as an ioredis
+ * Command (its reply, promise, pipeline order, Cluster slot from its key):
+ * only its encoding is ours.
+ */
+import { Command } from 'ioredis';
+
+const CRLF = 0x0d0a;
+
+/** A Command whose RESP bytes were encoded by RespWriter; ioredis sends them as they are. */
+class EncodedCommand extends Command {
+  readonly #bytes: Buffer;
+
+  constructor(name: string, key: string, bytes: Buffer) {
+    // The key alone is what ioredis reads from args: a Cluster's slot (every mirror key of a node shares one).
+    super(name, [key]);
+    this.#bytes = bytes;
+  }
+
+  override toWritable(): Buffer {
+    return this.#bytes;
+  }
+}
+
+/**
+ * Builds one command at a time: begin(name, key, argc) writes the header and
+ * the command name (argc counts it), then exactly argc - 1 str()/num()
+ * arguments follow (the key among them, where the command wants it), and
+ * end() returns the Command.
+ */
+export class RespWriter {
+  #buf = Buffer.allocUnsafeSlow(16 * 1024);
+  #len = 0;
+  #name = '';
+  #key = '';
+  #left = 0;
+
+  begin(name: string, key: string, argc: number): this {
+    this.#len = 0;
+    this.#name = name;
+    this.#key = key;
+    this.#left = argc;
+    this.#room(24);
+    this.#buf[this.#len++] = 0x2a; // '*'
+    this.#digits(argc);
+    return this.str(name);
+  }
+
+  /** A bulk string argument (UTF-8). */
+  str(s: string): this {
+    const n = Buffer.byteLength(s);
+    this.#room(n + 32);
+    this.#buf[this.#len++] = 0x24; // '$'
+    this.#digits(n);
+    this.#len += this.#buf.write(s, this.#len);
+    this.#buf.writeUInt16BE(CRLF, this.#len);
+    this.#len += 2;
+    this.#left--;
+    return this;
+  }
+
+  /** A number argument, as Redis reads it: decimal digits for integers, String(n) otherwise. */
+  num(n: number): this {
+    if (!Number.isSafeInteger(n) || n < 0) return this.str(String(n));
+    this.#room(48);
+    let len = 1;
+    for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
+    this.#buf[this.#len++] = 0x24;
+    this.#digits(len);
+    this.#unsigned(n, len);
+    this.#buf.writeUInt16BE(CRLF, this.#len);
+    this.#len += 2;
+    this.#left--;
+    return this;
+  }
+
+  /** The finished command: a copy of its bytes, so the scratch buffer serves the next one. */
+  end(): Command {
+    if (this.#left !== 0)
+      throw new Error(`RespWriter: ${this.#name} is off by ${this.#left} from the arguments begin() announced`);
+    const bytes = Buffer.allocUnsafe(this.#len);
+    this.#buf.copy(bytes, 0, 0, this.#len);
+    return new EncodedCommand(this.#name, this.#key, bytes);
+  }
+
+  /** n and CRLF (a header's count or length). */
+  #digits(n: number): void {
+    let len = 1;
+    for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
+    this.#unsigned(n, len);
+    this.#buf.writeUInt16BE(CRLF, this.#len);
+    this.#len += 2;
+  }
+
+  #unsigned(n: number, len: number): void {
+    let t = n;
+    for (let i = this.#len + len - 1; i >= this.#len; i--) {
+      this.#buf[i] = 0x30 + (t % 10);
+      t = Math.floor(t / 10);
+    }
+    this.#len += len;
+  }
+
+  #room(n: number): void {
+    if (this.#len + n <= this.#buf.length) return;
+    const next = Buffer.allocUnsafeSlow(Math.max(this.#buf.length * 2, this.#len + n));
+    this.#buf.copy(next, 0, 0, this.#len);
+    this.#buf = next;
+  }
+}
