@@ -110,6 +110,14 @@ export const redis: Scenario = {
             s.notes.push(
               `Redis held ${list.length} fakeproxy:* keys after the run, the fake-IP map among them (mirror verified)`,
             );
+            const stats = await topo.client.exec('redis-cli', ['-h', '127.0.0.1', '-p', '6379', 'info', 'commandstats'], {
+              timeoutMs: 20_000,
+            });
+            const calls = [...stats.stdout.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)]
+              .map(([, cmd, n]) => [cmd as string, Number(n)] as const)
+              .filter(([, n]) => n >= 100)
+              .sort((a, b) => b[1] - a[1]);
+            s.notes.push(`Redis commands the mirror sent: ${calls.map(([c, n]) => `${c} ${n}`).join(', ')}`);
           },
           { redis: REDIS },
         ),
