@@ -23,7 +23,7 @@ import { Daemon, probeUdp } from './lib/daemon.js';
 import { deleteAllNetns, type Netns, removeStale, removeTmp, waitListening } from './lib/env.js';
 import { median } from './lib/report.js';
 import { iperfUdp, udpSnmp } from './lib/tools.js';
-import { bigFile, Topology } from './lib/topology.js';
+import { bigFile, IPERF_NAME, Topology } from './lib/topology.js';
 
 const CLEAN_VETH_LOSS = 3;
 
@@ -150,7 +150,7 @@ async function main(): Promise<void> {
         try {
           const why = await probeUdp(topo);
           if (why) throw new Error(`${name}: UDP through the TUN does not work: ${why}`);
-          const s = await measure('iperf.test', name, d);
+          const s = await measure(IPERF_NAME, name, d);
           results.get(name)?.push(s);
           ratio.get(name)?.push(s.pps / v.pps);
           if (process.env.AB_STATUS) {

@@ -7,8 +7,10 @@
  *   fpbench-socks-udp sink <bind-ip> <port> <idle-ms>
  *     counts datagrams until none came for idle-ms after the first; prints
  *     {"received":N,"bytes":B}
- *   fpbench-socks-udp send <proxy-ip> <proxy-port> <dst-ip> <dst-port> <bits/s> <len> <secs>
- *     UDP ASSOCIATE (no auth), then <len>-byte payloads to dst through the relay,
+ *   fpbench-socks-udp send <proxy-ip> <proxy-port> <dst> <dst-port> <bits/s> <len> <secs>
+ *     UDP ASSOCIATE (no auth), then <len>-byte payloads to dst through the relay
+ *     (dst an IPv4 literal: ATYP 1; else a name: ATYP 3, which the relay resolves,
+ *     the form fakeproxy sends for a fake IP's name),
  *     paced to <bits/s> of payload in 1 ms slices (like iperf3 -b), sendmmsg per
  *     slice; prints {"sent":N,"seconds":S,"sendErrors":E}
  */
@@ -103,9 +105,29 @@ static int send_through(const char *pip, int pport, const char *dip, int dport, 
     fprintf(stderr, "fpbench-socks-udp: need 1 <= len <= 1400, bits/s > 0, secs > 0\n");
     return 2;
   }
-  struct sockaddr_in proxy, dst;
+  struct sockaddr_in proxy;
   addr(&proxy, pip, pport);
-  addr(&dst, dip, dport);
+  // RFC 1928 §7 header: RSV RSV FRAG ATYP DST.ADDR DST.PORT, then the payload.
+  static unsigned char dgram[4 + 1 + 255 + 2 + 1400];
+  size_t hdr = 4;
+  struct in_addr ip4;
+  memcpy(dgram, "\x00\x00\x00\x01", 4);
+  if (inet_pton(AF_INET, dip, &ip4) == 1) {
+    memcpy(dgram + hdr, &ip4, 4);
+    hdr += 4;
+  } else {
+    size_t n = strlen(dip);
+    if (n == 0 || n > 255) {
+      fprintf(stderr, "fpbench-socks-udp: destination name must be 1..255 bytes\n");
+      return 2;
+    }
+    dgram[3] = 3;
+    dgram[hdr++] = (unsigned char)n;
+    memcpy(dgram + hdr, dip, n);
+    hdr += n;
+  }
+  dgram[hdr++] = (unsigned char)(dport >> 8);
+  dgram[hdr++] = (unsigned char)dport;
   int c = socket(AF_INET, SOCK_STREAM, 0);
   if (c < 0) die("socket");
   if (connect(c, (struct sockaddr *)&proxy, sizeof proxy) != 0) die("connect to the proxy");
@@ -137,14 +159,9 @@ static int send_through(const char *pip, int pport, const char *dip, int dport, 
   int buf = 4 << 20;
   if (setsockopt(u, SOL_SOCKET, SO_SNDBUFFORCE, &buf, sizeof buf) != 0)
     setsockopt(u, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-  // RFC 1928 §7 header: RSV RSV FRAG ATYP=1 DST.ADDR DST.PORT, then the payload.
-  static unsigned char dgram[10 + 1400];
-  memcpy(dgram, "\x00\x00\x00\x01", 4);
-  memcpy(dgram + 4, &dst.sin_addr, 4);
-  memcpy(dgram + 8, &dst.sin_port, 2);
-  memset(dgram + 10, 0x5a, (size_t)len);
+  memset(dgram + hdr, 0x5a, (size_t)len);
   struct mmsghdr m[BATCH];
-  struct iovec io = {dgram, (size_t)(10 + len)};
+  struct iovec io = {dgram, hdr + (size_t)len};
   for (int i = 0; i < BATCH; i++) {
     memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
     m[i].msg_hdr.msg_name = &relay;
@@ -184,6 +201,6 @@ int main(int argc, char **argv) {
     return send_through(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]), atoi(argv[7]), atof(argv[8]));
   fprintf(stderr,
           "usage: fpbench-socks-udp sink <bind-ip> <port> <idle-ms>\n"
-          "       fpbench-socks-udp send <proxy-ip> <proxy-port> <dst-ip> <dst-port> <bits/s> <len> <secs>\n");
+          "       fpbench-socks-udp send <proxy-ip> <proxy-port> <dst-ip|name> <dst-port> <bits/s> <len> <secs>\n");
   return 2;
 }

@@ -337,7 +337,8 @@ export function rateBps(rate: string): number {
 
 /**
  * `len`-byte datagrams at `rate` for `secs` from `client` straight through the SOCKS5 relay at
- * proxy:proxyPort (UDP ASSOCIATE, no fakeproxy) to a counting sink at sinkIp:sinkPort in `server`.
+ * proxy:proxyPort (UDP ASSOCIATE, no fakeproxy) to a counting sink at sinkIp:sinkPort in `server`,
+ * addressed to `sink.name` when given (ATYP 3: the relay resolves it to sinkIp), else to sinkIp.
  * Verifies that the sink got only whole datagrams and no more than were sent.
  */
 export async function socksUdp(
@@ -345,7 +346,7 @@ export async function socksUdp(
   client: Netns,
   server: Netns,
   proxy: { ip: string; port: number },
-  sink: { ip: string; port: number },
+  sink: { ip: string; port: number; name?: string },
   secs: number,
   rate: string,
   len: number,
@@ -366,7 +367,7 @@ export async function socksUdp(
         'send',
         proxy.ip,
         String(proxy.port),
-        sink.ip,
+        sink.name ?? sink.ip,
         String(sink.port),
         String(rateBps(rate)),
         String(len),

@@ -32,6 +32,8 @@ export const PORTS = {
 } as const;
 /** The name every TUN-path client asks for; dnsmasq in the upstream ns answers it with the upstream IP. */
 export const ORIGIN_NAME = 'origin.test';
+/** The name iperf3 clients (and the straight-to-dante UDP sender) ask for: the same answer, the upstream IP. */
+export const IPERF_NAME = 'iperf.test';
 
 export interface BigFile {
   path: string;

@@ -22,11 +22,9 @@ import type { Ctx } from '../lib/env.js';
 import { sleep } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { type IperfTcp, iperfTcp } from '../lib/tools.js';
-import { bigFile, PORTS, Topology } from '../lib/topology.js';
+import { bigFile, IPERF_NAME, PORTS, Topology } from '../lib/topology.js';
 import { GBPS, type Measure, MiB, path, repeat, row, type Scenario, section, spec } from './common.js';
 import { withDaemon } from './tcp.js';
-
-const TUN_HOST = 'iperf.test';
 
 export const iperf: Scenario = {
   name: 'iperf',
@@ -117,10 +115,10 @@ export const iperf: Scenario = {
       await path(ctx, ip, ['T', 'TR'], 'iperf3 through TUN', () =>
         withDaemon(topo, 'direct', async (d) => {
           await path(ctx, ip, ['T'], 'iperf3 through TUN', () =>
-            measure('T', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d),
+            measure('T', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs), d),
           );
           await path(ctx, ip, ['TR'], 'iperf3 -R through TUN', () =>
-            measure('TR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
+            measure('TR', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs, ['-R']), d),
           );
         }),
       );
@@ -128,12 +126,12 @@ export const iperf: Scenario = {
         withDaemon(
           topo,
           'direct',
-          (d) => measure('TKR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
+          (d) => measure('TKR', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs, ['-R']), d),
           { extra: ['--tun-congestion', 'kernel'] },
         ),
       );
       await path(ctx, ip, ['TN'], 'iperf3 through TUN, no offload', () =>
-        withDaemon(topo, 'direct', (d) => measure('TN', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d), {
+        withDaemon(topo, 'direct', (d) => measure('TN', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs), d), {
           extra: ['--no-tun-offload'],
         }),
       );
@@ -143,10 +141,10 @@ export const iperf: Scenario = {
           'direct',
           async (d) => {
             await path(ctx, ip, ['TM'], 'iperf3 through TUN, --mtu 9000', () =>
-              measure('TM', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs), d),
+              measure('TM', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs), d),
             );
             await path(ctx, ip, ['TMR'], 'iperf3 -R through TUN, --mtu 9000', () =>
-              measure('TMR', () => iperfTcp(topo.client, TUN_HOST, PORTS.iperf3, secs, ['-R']), d),
+              measure('TMR', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs, ['-R']), d),
             );
           },
           { extra: ['--mtu', '9000'] },

@@ -11,7 +11,7 @@ import { probeUdp } from '../lib/daemon.js';
 import { type Ctx, waitListening } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
 import { iperfUdp, socksUdp, udpSnmp, VerifyError } from '../lib/tools.js';
-import { bigFile, PORTS, Topology } from '../lib/topology.js';
+import { bigFile, IPERF_NAME, PORTS, Topology } from '../lib/topology.js';
 import { path, repeat, rows, type Scenario } from './common.js';
 import { withDaemon } from './tcp.js';
 
@@ -144,7 +144,9 @@ export const udp: Scenario = {
           const rs = await repeat(ctx, () => {
             port = port >= FIRST_PORT + 500 ? FIRST_PORT : port + 1;
             const proxy = { ip: topo.upIp, port: PORTS.dante };
-            return socksUdp(ctx, topo.client, topo.upstream, proxy, { ip: topo.upIp, port }, secs, rate, LEN);
+            // Addressed by name, as fakeproxy addresses a fake IP's datagrams: dante resolves it per datagram.
+            const sink = { ip: topo.upIp, port, name: IPERF_NAME };
+            return socksUdp(ctx, topo.client, topo.upstream, proxy, sink, secs, rate, LEN);
           });
           get(`dante@${rate}`).samples = rs.map((r) => r.pps);
           get(`dante@${rate}-loss`).samples = rs.map((r) => r.lossPct);
@@ -157,8 +159,8 @@ export const udp: Scenario = {
           withDaemon(topo, p.upstream, async () => {
             const why = await probeUdp(topo);
             if (why) throw new VerifyError(`UDP through the TUN does not work (${p.upstream}): ${why}`);
-            await sweep(p.id, 'iperf.test');
-            if (withW.length) await sweep(tunW.id, 'iperf.test', [WINDOW_RATE], WINDOW);
+            await sweep(p.id, IPERF_NAME);
+            if (withW.length) await sweep(tunW.id, IPERF_NAME, [WINDOW_RATE], WINDOW);
           }),
         );
       }
@@ -166,7 +168,7 @@ export const udp: Scenario = {
         'iperf3 UDP: the control connection is TCP (through the TUN too); datagrams/s = (sent − lost) / seconds as counted by the server; a run that delivers nothing fails',
         `offered rate is paced by the iperf3 client; loss is what the path could not carry (socket buffers at their defaults on every hop, except the "-w ${WINDOW}" rows: iperf3's sockets at both ends ${WINDOW_MIB} MiB, as QUIC stacks ask — quic-go 7 MiB, Chromium 1 MiB — within net.core.rmem_max, here ${rmemMax()}; the daemon's own sockets as always); each run uses a fresh one-shot iperf3 -s on a new port`,
         '"of it at a full rcvbuf": Udp RcvbufErrors of the upstream namespace during the run (/proc/net/snmp) per datagram sent, i.e. the share lost at the receiver\'s full socket buffer (208 KiB default), not on the way; on dante paths dante\'s own sockets count too',
-        '"client → dante, no fakeproxy": bench/lib/socks-udp.c does UDP ASSOCIATE with dante and sends the same rate and size (paced in 1 ms slices, sendmmsg) to a counting sink beside iperf3 -s; what dante delivers there bounds TUN → fakeproxy → dante',
+        `"client → dante, no fakeproxy": bench/lib/socks-udp.c does UDP ASSOCIATE with dante and sends the same rate and size (paced in 1 ms slices, sendmmsg) to a counting sink beside iperf3 -s, addressed as fakeproxy addresses them, by name (ATYP 3, ${IPERF_NAME}: dante resolves it for every datagram); what dante delivers there bounds TUN → fakeproxy → dante`,
       );
       return [s];
     } finally {
