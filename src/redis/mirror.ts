@@ -390,7 +390,7 @@ export class RedisMirror {
   private async refreshTtls(now: number): Promise<void> {
     const client = this.client;
     if (!client || this.resyncing) return;
-    const p = client.pipeline() as Pipe;
+    const p = client.pipeline();
     let n = this.queueInfo(p, now);
     for (const key of [this.keys.flows, this.keys.dnsName, this.keys.dnsIp]) p.pexpire(key, this.ttlMs);
     n += 3;

@@ -14,7 +14,9 @@
  */
 import { Command } from 'ioredis';
 
-const CRLF = 0x0d0a;
+/** The scratch buffer's size, and the most it keeps between commands. */
+const SCRATCH = 16 * 1024;
+const SCRATCH_MAX = 1024 * 1024;
 
 /** A Command whose RESP bytes were encoded by RespWriter; ioredis sends them as they are. */
 class EncodedCommand extends Command {
@@ -38,20 +40,23 @@ class EncodedCommand extends Command {
  * end() returns the Command.
  */
 export class RespWriter {
-  #buf = Buffer.allocUnsafeSlow(16 * 1024);
+  #buf = Buffer.allocUnsafeSlow(SCRATCH);
   #len = 0;
   #name = '';
   #key = '';
   #left = 0;
 
   begin(name: string, key: string, argc: number): this {
+    // A batch's UNLINK or ZADD may have grown the scratch buffer; do not keep a big one.
+    if (this.#buf.length > SCRATCH_MAX) this.#buf = Buffer.allocUnsafeSlow(SCRATCH);
     this.#len = 0;
     this.#name = name;
     this.#key = key;
     this.#left = argc;
     this.#room(24);
     this.#buf[this.#len++] = 0x2a; // '*'
-    this.#digits(argc);
+    this.#uint(argc, digitsOf(argc));
+    this.#crlf();
     return this.str(name);
   }
 
@@ -59,26 +64,21 @@ export class RespWriter {
   str(s: string): this {
     const n = Buffer.byteLength(s);
     this.#room(n + 32);
-    this.#buf[this.#len++] = 0x24; // '$'
-    this.#digits(n);
+    this.#bulkHeader(n);
     this.#len += this.#buf.write(s, this.#len);
-    this.#buf.writeUInt16BE(CRLF, this.#len);
-    this.#len += 2;
+    this.#crlf();
     this.#left--;
     return this;
   }
 
-  /** A number argument, as Redis reads it: decimal digits for integers, String(n) otherwise. */
+  /** A number argument, as Redis reads it: its decimal digits (String(n) for all but non-negative safe integers). */
   num(n: number): this {
     if (!Number.isSafeInteger(n) || n < 0) return this.str(String(n));
+    const len = digitsOf(n);
     this.#room(48);
-    let len = 1;
-    for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
-    this.#buf[this.#len++] = 0x24;
-    this.#digits(len);
-    this.#unsigned(n, len);
-    this.#buf.writeUInt16BE(CRLF, this.#len);
-    this.#len += 2;
+    this.#bulkHeader(len);
+    this.#uint(n, len);
+    this.#crlf();
     this.#left--;
     return this;
   }
@@ -92,16 +92,15 @@ export class RespWriter {
     return new EncodedCommand(this.#name, this.#key, bytes);
   }
 
-  /** n and CRLF (a header's count or length). */
-  #digits(n: number): void {
-    let len = 1;
-    for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
-    this.#unsigned(n, len);
-    this.#buf.writeUInt16BE(CRLF, this.#len);
-    this.#len += 2;
+  /** `$<n>` CRLF: a bulk string of n bytes follows. */
+  #bulkHeader(n: number): void {
+    this.#buf[this.#len++] = 0x24; // '$'
+    this.#uint(n, digitsOf(n));
+    this.#crlf();
   }
 
-  #unsigned(n: number, len: number): void {
+  /** The `len` decimal digits of n. */
+  #uint(n: number, len: number): void {
     let t = n;
     for (let i = this.#len + len - 1; i >= this.#len; i--) {
       this.#buf[i] = 0x30 + (t % 10);
@@ -110,10 +109,22 @@ export class RespWriter {
     this.#len += len;
   }
 
+  #crlf(): void {
+    this.#buf[this.#len++] = 0x0d;
+    this.#buf[this.#len++] = 0x0a;
+  }
+
   #room(n: number): void {
     if (this.#len + n <= this.#buf.length) return;
     const next = Buffer.allocUnsafeSlow(Math.max(this.#buf.length * 2, this.#len + n));
     this.#buf.copy(next, 0, 0, this.#len);
     this.#buf = next;
   }
+}
+
+/** Decimal digits of a non-negative integer. */
+function digitsOf(n: number): number {
+  let len = 1;
+  for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
+  return len;
 }
