@@ -72,7 +72,12 @@ interface Sample {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const { opts, builds } = parseAbArgs(argv, { rounds: 3, secs: 2, rate: '1G', window: undefined as string | undefined });
+  const { opts, builds } = parseAbArgs(argv, {
+    rounds: 3,
+    secs: 2,
+    rate: '1G',
+    window: undefined as string | undefined,
+  });
   const { rounds, secs, rate, window } = opts;
   const ctx = abCtx();
   await removeStale();

@@ -131,9 +131,14 @@ export const iperf: Scenario = {
         ),
       );
       await path(ctx, ip, ['TN'], 'iperf3 through TUN, no offload', () =>
-        withDaemon(topo, 'direct', (d) => measure('TN', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs), d), {
-          extra: ['--no-tun-offload'],
-        }),
+        withDaemon(
+          topo,
+          'direct',
+          (d) => measure('TN', () => iperfTcp(topo.client, IPERF_NAME, PORTS.iperf3, secs), d),
+          {
+            extra: ['--no-tun-offload'],
+          },
+        ),
       );
       await path(ctx, ip, ['TM', 'TMR'], 'iperf3 through TUN, --mtu 9000', () =>
         withDaemon(

@@ -110,9 +110,13 @@ export const redis: Scenario = {
             s.notes.push(
               `Redis held ${list.length} fakeproxy:* keys after the run, the fake-IP map among them (mirror verified)`,
             );
-            const stats = await topo.client.exec('redis-cli', ['-h', '127.0.0.1', '-p', '6379', 'info', 'commandstats'], {
-              timeoutMs: 20_000,
-            });
+            const stats = await topo.client.exec(
+              'redis-cli',
+              ['-h', '127.0.0.1', '-p', '6379', 'info', 'commandstats'],
+              {
+                timeoutMs: 20_000,
+              },
+            );
             const calls = [...stats.stdout.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)]
               .map(([, cmd, n]) => [cmd as string, Number(n)] as const)
               .filter(([, n]) => n >= 100)

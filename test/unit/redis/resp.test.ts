@@ -54,9 +54,7 @@ describe('RespWriter', () => {
     const long = 'x'.repeat(100_000);
     expect(ours(w.begin('publish', 'ch', 3).str('ch').str(long).end())).toEqual(ioredisBytes('publish', ['ch', long]));
     // The scratch buffer is reused: a short command after the long one carries nothing of it.
-    expect(ours(w.begin('pexpire', 'k', 3).str('k').num(60_000).end())).toEqual(
-      ioredisBytes('pexpire', ['k', 60_000]),
-    );
+    expect(ours(w.begin('pexpire', 'k', 3).str('k').num(60_000).end())).toEqual(ioredisBytes('pexpire', ['k', 60_000]));
   });
 
   it('refuses a command whose argument count differs from what begin() announced', () => {
