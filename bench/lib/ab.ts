@@ -49,9 +49,13 @@ export function parseAbArgs<T extends Record<string, number | string | undefined
     if (key in opts) {
       const v = argv[++i];
       if (v === undefined) throw new Error(`${a} needs a value`);
+      if (typeof defaults[key] !== 'number') {
+        opts[key] = v;
+        continue;
+      }
       const n = Number(v);
-      if (typeof defaults[key] === 'number' && !Number.isFinite(n)) throw new Error(`${a} needs a number, got ${v}`);
-      opts[key] = typeof defaults[key] === 'number' ? n : v;
+      if (!Number.isFinite(n)) throw new Error(`${a} needs a number, got ${v}`);
+      opts[key] = n;
     } else {
       const eq = a.indexOf('=');
       if (eq < 1) throw new Error(`expected NAME=cli.js, got ${a}`);

@@ -195,7 +195,8 @@ export function flowRow(entry: FlowEntry, ann: FlowAnnotation): MirroredFlow {
 
 /**
  * A row as HSET's flat field/value list. Every field is always written, so an
- * overwrite leaves nothing stale.
+ * overwrite leaves nothing stale. The reference form: the mirror sends the
+ * same bytes through hsetFlow (test/unit/redis/resp.test.ts holds them equal).
  */
 export function encodeFlow(row: MirroredFlow): string[] {
   const out = new Array<string>(FLOW_FIELDS.length * 2);
