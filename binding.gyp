@@ -12,6 +12,7 @@
         "native/engine_addon.cc",
         "native/dgram_batch.cc",
         "native/dgram_batch_addon.cc",
+        "native/fake_answers.cc",
         "native/relay.cc",
         "native/relay_addon.cc",
         "native/udp_relay.cc",

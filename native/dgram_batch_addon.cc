@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "dgram_batch.h"
+#include "fake_answers.h"
 #include "js_read_poll.h"
 #include "napi_args.h"
 #include "napi_errors.h"
@@ -29,6 +30,127 @@ uint32_t OptU32(const Napi::Object& o, const char* key, uint32_t def, uint32_t l
   return static_cast<uint32_t>(d);
 }
 
+// Marks FakeAnswers wrappers, so setFastPath can check what it is given.
+constexpr napi_type_tag kFakeAnswersTag = {0x6661'6b65'616e'7377ULL, 0x6572'7364'6e73'0001ULL};
+
+// `FakeAnswers` (surface in src/native.ts NativeFakeAnswers): the fast-path
+// table of fake_answers.h, shared by the DNS sockets it is attached to.
+class FakeAnswersJs : public Napi::ObjectWrap<FakeAnswersJs> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FakeAnswers",
+                       {
+                           InstanceMethod<&FakeAnswersJs::Set>("set"),
+                           InstanceMethod<&FakeAnswersJs::Delete>("delete"),
+                           InstanceMethod<&FakeAnswersJs::Clear>("clear"),
+                           InstanceMethod<&FakeAnswersJs::SetTrusted>("setTrusted"),
+                           InstanceMethod<&FakeAnswersJs::AnswerJs>("answer"),
+                           InstanceMethod<&FakeAnswersJs::TakeHits>("takeHits"),
+                           InstanceMethod<&FakeAnswersJs::Stats>("stats"),
+                       });
+  }
+
+  static FakeAnswersJs* From(const Napi::Value& v) {
+    if (!v.IsObject()) return nullptr;
+    Napi::Object o = v.As<Napi::Object>();
+    if (!o.CheckTypeTag(&kFakeAnswersTag)) return nullptr;
+    return Unwrap(o);
+  }
+
+  explicit FakeAnswersJs(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FakeAnswersJs>(info) {
+    Napi::Env env = info.Env();
+    Napi::Object o;
+    if (!OptionsArg(info, false, "new FakeAnswers({ ttl })", &o)) return;
+    double ttl = 0;
+    if (!IntegerOption(env, o, "FakeAnswers", "ttl", 0, 2147483647, &ttl)) return;
+    table_ = std::make_unique<fp::FakeAnswers>(static_cast<uint32_t>(ttl));
+    info.This().As<Napi::Object>().TypeTag(&kFakeAnswersTag);
+  }
+
+  fp::FakeAnswers* table() { return table_.get(); }
+
+ private:
+  // set(name, ip): ip a host-order IPv4 word.
+  Napi::Value Set(const Napi::CallbackInfo& info) {
+    double ip = 0;
+    if (info.Length() < 2 || !info[0].IsString() || !IntegerIn(info[1], 0, 4294967295.0, &ip)) {
+      ThrowArg(info.Env(), "FakeAnswers.set(name, ip)");
+      return info.Env().Undefined();
+    }
+    table_->Set(info[0].As<Napi::String>().Utf8Value(), static_cast<uint32_t>(ip));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Delete(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsString()) {
+      ThrowArg(info.Env(), "FakeAnswers.delete(name)");
+      return info.Env().Undefined();
+    }
+    table_->Delete(info[0].As<Napi::String>().Utf8Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Clear(const Napi::CallbackInfo& info) {
+    table_->Clear();
+    return info.Env().Undefined();
+  }
+
+  // setTrusted(addrs: host-order IPv4 words, loopback: boolean, all: boolean)
+  Napi::Value SetTrusted(const Napi::CallbackInfo& info) {
+    if (info.Length() < 3 || !info[0].IsArray() || !info[1].IsBoolean() || !info[2].IsBoolean()) {
+      ThrowArg(info.Env(), "FakeAnswers.setTrusted(addrs, loopback, all)");
+      return info.Env().Undefined();
+    }
+    Napi::Array a = info[0].As<Napi::Array>();
+    std::vector<uint32_t> addrs;
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      double d = 0;
+      if (!IntegerIn(a.Get(i), 0, 4294967295.0, &d)) {
+        ThrowArg(info.Env(), "FakeAnswers.setTrusted: addresses are host-order IPv4 words");
+        return info.Env().Undefined();
+      }
+      addrs.push_back(static_cast<uint32_t>(d));
+    }
+    table_->SetTrusted(addrs, info[1].As<Napi::Boolean>().Value(), info[2].As<Napi::Boolean>().Value());
+    return info.Env().Undefined();
+  }
+
+  // answer(query: Buffer, source: number): what a socket would send back to
+  // that IPv4 source, or undefined when the query goes to JavaScript.
+  Napi::Value AnswerJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double src = 0;
+    if (info.Length() < 2 || !info[0].IsBuffer() || !IntegerIn(info[1], 0, 4294967295.0, &src)) {
+      ThrowArg(env, "FakeAnswers.answer(query, source)");
+      return env.Undefined();
+    }
+    if (!table_->Trusted(static_cast<uint32_t>(src))) return env.Undefined();
+    auto q = info[0].As<Napi::Buffer<uint8_t>>();
+    uint8_t out[fp::FakeAnswers::kMaxAnswer];
+    size_t n = table_->Answer(q.Data(), q.Length(), out);
+    if (n == 0) return env.Undefined();
+    return Napi::Buffer<uint8_t>::Copy(env, out, n);
+  }
+
+  Napi::Value TakeHits(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::vector<std::string> hits = table_->TakeHits();
+    Napi::Array r = Napi::Array::New(env, hits.size());
+    for (uint32_t i = 0; i < hits.size(); i++) r.Set(i, Napi::String::New(env, hits[i]));
+    return r;
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("entries", Napi::Number::New(env, static_cast<double>(table_->size())));
+    r.Set("answered", Napi::Number::New(env, static_cast<double>(table_->answered())));
+    return r;
+  }
+
+  std::unique_ptr<fp::FakeAnswers> table_;
+};
+
 class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -38,6 +160,7 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
                            InstanceMethod<&DgramSocketJs::Send>("send"),
                            InstanceMethod<&DgramSocketJs::Address>("address"),
                            InstanceMethod<&DgramSocketJs::Stats>("stats"),
+                           InstanceMethod<&DgramSocketJs::SetFastPath>("setFastPath"),
                            InstanceMethod<&DgramSocketJs::Close>("close"),
                        });
   }
@@ -100,6 +223,23 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
     return Napi::Number::New(env, ok);
   }
 
+  // setFastPath(answers: FakeAnswers | null): queries the table answers
+  // leave from Drain without reaching JavaScript.
+  Napi::Value SetFastPath(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || (!info[0].IsNull() && FakeAnswersJs::From(info[0]) == nullptr)) {
+      ThrowArg(env, "DgramSocket.setFastPath(answers: FakeAnswers | null)");
+      return env.Undefined();
+    }
+    fast_ref_.Reset();
+    fast_ = nullptr;
+    if (!info[0].IsNull()) {
+      fast_ref_ = Napi::Persistent(info[0].As<Napi::Object>());
+      fast_ = FakeAnswersJs::From(info[0])->table();
+    }
+    return env.Undefined();
+  }
+
   Napi::Value Address(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     struct sockaddr_storage ss;
@@ -138,6 +278,7 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
     set("sendCalls", c.send_calls);
     set("sendDropped", c.send_dropped);
     set("wakeups", wakeups_);
+    set("fastAnswered", fast_answered_);
     r.Set("lastSendError", Napi::String::New(env, c.last_send_errno ? ErrnoName(c.last_send_errno) : ""));
     return r;
   }
@@ -172,17 +313,65 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
       if (!sock_ || !poll_.has_callback()) return;
       int n = sock_->Recv(&data_, &meta_);
       if (n <= 0) return;  // nothing more (or a transient socket error; the next wake-up retries)
+      int rest = fast_ != nullptr ? AnswerFast(n) : n;
+      if (rest == 0) {
+        if (n < batch_) return;
+        continue;
+      }
       Napi::Buffer<uint8_t> bytes = Napi::Buffer<uint8_t>::Copy(env, data_.data(), data_.size());
       Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, meta_.size() * sizeof(uint32_t));
       std::memcpy(ab.Data(), meta_.data(), meta_.size() * sizeof(uint32_t));
       Napi::Uint32Array meta = Napi::Uint32Array::New(env, meta_.size(), ab, 0);
-      if (!poll_.Deliver(env, Value(), {bytes, meta, Napi::Number::New(env, n)})) return;
+      if (!poll_.Deliver(env, Value(), {bytes, meta, Napi::Number::New(env, rest)})) return;
       if (n < batch_) return;
     }
   }
 
+  // Answers what the fast-path table can among the n datagrams just received
+  // (one sendmmsg for all of them) and compacts meta_ to the rest, whose
+  // count it returns; data_ is left as it is (the rest's offsets still hold).
+  int AnswerFast(int n) {
+    out_data_.resize(static_cast<size_t>(n) * fp::FakeAnswers::kMaxAnswer);
+    out_meta_.resize(static_cast<size_t>(n) * fp::kDgramMetaWords);
+    int answered = 0;
+    int rest = 0;
+    size_t out_len = 0;
+    for (int i = 0; i < n; i++) {
+      const uint32_t* m = meta_.data() + static_cast<size_t>(i) * fp::kDgramMetaWords;
+      size_t len = 0;
+      if (m[fp::kFamily] == 4 && fast_->Trusted(m[fp::kAddr])) {
+        len = fast_->Answer(data_.data() + m[fp::kOff], m[fp::kLen], out_data_.data() + out_len);
+      }
+      if (len == 0) {
+        if (rest != i) {
+          std::memmove(meta_.data() + static_cast<size_t>(rest) * fp::kDgramMetaWords, m,
+                       fp::kDgramMetaWords * sizeof(uint32_t));
+        }
+        rest++;
+        continue;
+      }
+      uint32_t* o = out_meta_.data() + static_cast<size_t>(answered) * fp::kDgramMetaWords;
+      std::memcpy(o, m, fp::kDgramMetaWords * sizeof(uint32_t));
+      o[fp::kOff] = static_cast<uint32_t>(out_len);
+      o[fp::kLen] = static_cast<uint32_t>(len);
+      out_len += len;
+      answered++;
+    }
+    if (answered > 0) {
+      fast_answered_ += static_cast<uint64_t>(answered);
+      sock_->Send(out_data_.data(), out_len, out_meta_.data(), answered);
+    }
+    meta_.resize(static_cast<size_t>(rest) * fp::kDgramMetaWords);
+    return rest;
+  }
+
   std::unique_ptr<fp::DgramBatchSocket> sock_;
   fp::DgramCounters last_;
+  fp::FakeAnswers* fast_ = nullptr;
+  Napi::ObjectReference fast_ref_;  // keeps the table alive while attached
+  std::vector<uint8_t> out_data_;
+  std::vector<uint32_t> out_meta_;
+  uint64_t fast_answered_ = 0;
   JsReadPoll poll_;
   std::vector<uint8_t> data_;
   std::vector<uint32_t> meta_;
@@ -196,7 +385,9 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
 
 void InitDgramBatch(Napi::Env env, Napi::Object exports) {
   exports.Set("DgramSocket", DgramSocketJs::Define(env));
+  exports.Set("FakeAnswers", FakeAnswersJs::Define(env));
   SetLayout(env, exports, "dgramMetaWords", fp::kDgramMetaWords);
+  SetLayout(env, exports, "dnsUdpPayload", fp::FakeAnswers::kOurUdpPayload);
 }
 
 }  // namespace fakeproxy

@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { OUR_UDP_PAYLOAD } from './dns/wire.js';
 import type { FlowEntry } from './nat/types.js';
 
 // ---- TUN device (native/tun.cc) ----
@@ -225,6 +226,8 @@ export interface DgramSocketStats {
   /** Datagrams the kernel refused (send buffer full, per-datagram errors): dropped. */
   sendDropped: number;
   wakeups: number;
+  /** Queries answered by the attached FakeAnswers table without a call into JS. */
+  fastAnswered: number;
   /** errno name of the last refused send, '' if none. */
   lastSendError: string;
 }
@@ -241,7 +244,28 @@ export interface NativeDgramSocket {
   send(bytes: Buffer, meta: Uint32Array, count: number): number;
   address(): { address: string; port: number; family: 'IPv4' | 'IPv6' };
   stats(): DgramSocketStats;
+  /** Answer what `answers` can on the socket's own wake-up (native/fake_answers.h); null detaches. */
+  setFastPath(answers: NativeFakeAnswers | null): void;
   close(): void;
+}
+
+/**
+ * The DNS fast path's table (native/fake_answers.h): fake A answers for names
+ * that already hold an address, made by the DNS sockets it is attached to.
+ * A cache the owner of the fake-IP map keeps current, never the map itself.
+ */
+export interface NativeFakeAnswers {
+  /** name: lower-case presentation form, no trailing dot; ip: host-order IPv4. */
+  set(name: string, ip: number): void;
+  delete(name: string): void;
+  clear(): void;
+  /** IPv4 sources (host order) the fast path serves: all, or `addrs` (and 127/8 with `loopback`); others reach JS. None until called. */
+  setTrusted(addrs: number[], loopback: boolean, all: boolean): void;
+  /** What a socket would send to `source` for `query`; undefined when JS must answer (tests). */
+  answer(query: Buffer, source: number): Buffer | undefined;
+  /** Names answered since the last call, each once (for the pool's LRU). */
+  takeHits(): string[];
+  stats(): { entries: number; answered: number };
 }
 
 // ---- Native TCP relay (native/relay*.cc) ----
@@ -502,6 +526,7 @@ export interface NativeBinding {
   lowMemoryNotification(): void;
   Engine: new (opts: EngineOptions) => NativeEngine;
   DgramSocket: new (opts: DgramSocketOptions) => NativeDgramSocket;
+  FakeAnswers: new (opts: { ttl: number }) => NativeFakeAnswers;
   /**
    * `onEnd` gets ended pairs in batches: [id, bytesUp, bytesDown, how, errno]
    * × n, `how` indexing RELAY_ENDS.
@@ -560,6 +585,8 @@ export interface NativeLayout {
   udpRelayEnds: number;
   udpRelayDrops: number;
   dgramMetaWords: number;
+  /** The OPT payload size the DNS fast path advertises (native/fake_answers.h). */
+  dnsUdpPayload: number;
 }
 
 /** The layout this JavaScript reads records with (the constants above). */
@@ -577,6 +604,7 @@ export function expectedLayout(): NativeLayout {
     udpRelayEnds: UDP_RELAY_ENDS.length,
     udpRelayDrops: UDP_RELAY_DROPS.length,
     dgramMetaWords: DGRAM_META_WORDS,
+    dnsUdpPayload: OUR_UDP_PAYLOAD,
   };
 }
 

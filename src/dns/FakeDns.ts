@@ -10,6 +10,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FakeproxyError } from '../errors.js';
+import { type NativeFakeAnswers, native } from '../native.js';
 import { START_OPTIONS } from '../options.js';
 import { resourceAlarm } from '../util/exhaustion.js';
 import { fsyncDirSync } from '../util/stateFile.js';
@@ -73,6 +74,13 @@ export interface FakeDnsOptions {
    * store, so known names cost no round trip. @default none (local pool only)
    */
   shared?: SharedFakeIpPool;
+  /**
+   * Answer A queries for names that already hold an address in native code,
+   * on the UDP socket's own wake-up (native/fake_answers.h), from the sources
+   * `sources` trusts. @default true — false leaves every query to JavaScript
+   * (tests compare the two).
+   */
+  fastPath?: boolean;
   /** Storage seam: make the pool (e.g. a Redis-backed shared pool). @default in-memory FakeIpPool */
   storeFactory?: (range: FakeRange, clock: () => number, listener: PoolListener) => FakeIpStore;
 }
@@ -86,6 +94,13 @@ export interface SharedFakeIpPool {
 }
 
 const LOG_INTERVAL_MS = 10_000;
+/**
+ * How often names the fast path answered count as used in the pool's LRU.
+ * A second late is harmless: the LRU only picks which unpinned name gives
+ * its address up when the range is full, and the pool asks for the hits
+ * first when it is (see process()).
+ */
+const HITS_DRAIN_MS = 1000;
 
 export class FakeDns extends EventEmitter {
   readonly range: FakeRange;
@@ -107,6 +122,9 @@ export class FakeDns extends EventEmitter {
   private savedVersion = -1;
   private saving: Promise<void> | undefined;
   private started = false;
+  /** The native fast path's copy of the map (names whose mapping is durable), or none. */
+  private readonly fast: NativeFakeAnswers | undefined;
+  private hitsTimer: NodeJS.Timeout | undefined;
   private readonly lastLog = new Map<string, { at: number; suppressed: number }>();
   private readonly counters = {
     queries: 0,
@@ -139,8 +157,12 @@ export class FakeDns extends EventEmitter {
     this.maxUdp = opts.maxUdpSize ?? 4096;
     this.persistIntervalMs = opts.persistIntervalMs ?? 60_000;
     this.listen = opts.listen.map((l) => ({ host: l.host, port: l.port }));
+    if (opts.fastPath ?? true) this.fast = new (native().FakeAnswers)({ ttl: this.ttl });
     const listener: PoolListener = (ev, name, ip) => {
-      if (ev === 'mapped' && this.journal) void this.journal.append(name, intToIp(ip), this.clock());
+      if (ev === 'mapped') {
+        if (this.journal) void this.journal.append(name, intToIp(ip), this.clock());
+        if (this.fast) this.fastAdd(name, ip);
+      } else this.fast?.delete(name);
       if (this.listenerCount(ev) > 0) this.emit(ev, name, intToIp(ip));
     };
     this.store = opts.storeFactory
@@ -161,8 +183,41 @@ export class FakeDns extends EventEmitter {
       idleTimeoutMs: opts.tcpIdleTimeoutMs,
       maxConnections: opts.maxTcpConnections,
       ...(opts.sources ? { sources: opts.sources } : {}),
+      ...(this.fast ? { fastAnswers: this.fast } : {}),
       logger: this.log,
     });
+  }
+
+  /**
+   * The fast path answers a name only once JavaScript would answer it
+   * without waiting: when its mapping is on disk (journal) and still the
+   * pool's. A journal that fails leaves the name to JavaScript (it answers
+   * SERVFAIL for the waiting query and the mapping from then on).
+   */
+  private fastAdd(name: string, ip: number): void {
+    const fast = this.fast as NativeFakeAnswers;
+    const durable = this.journal?.durable(name);
+    if (!durable) {
+      fast.set(name, ip);
+      return;
+    }
+    durable.then(
+      () => {
+        if (this.store.lookup(name) === ip) fast.set(name, ip);
+      },
+      () => {},
+    );
+  }
+
+  /** Count the fast path's answers as uses (LRU; the shared pool's recency too). */
+  private drainHits(): void {
+    if (!this.fast) return;
+    for (const name of this.fast.takeHits()) {
+      const ip = this.store.lookup(name);
+      if (ip === undefined) continue;
+      this.store.touch(ip);
+      this.shared?.touch(intToIp(ip));
+    }
   }
 
   /** Actually bound addresses (port 0 resolved); UDP and TCP share each port. */
@@ -185,6 +240,10 @@ export class FakeDns extends EventEmitter {
       }
     }
     await this.server.listen(this.listen);
+    if (this.fast) {
+      this.hitsTimer = setInterval(() => this.drainHits(), HITS_DRAIN_MS);
+      this.hitsTimer.unref();
+    }
     if (this.stateDir && this.persistIntervalMs > 0) {
       this.persistTimer = setInterval(() => void this.persist(), this.persistIntervalMs);
       this.persistTimer.unref();
@@ -194,6 +253,8 @@ export class FakeDns extends EventEmitter {
   async close(): Promise<void> {
     if (this.persistTimer) clearInterval(this.persistTimer);
     this.persistTimer = undefined;
+    if (this.hitsTimer) clearInterval(this.hitsTimer);
+    this.hitsTimer = undefined;
     this.upstream.close();
     await this.server.close();
     if (this.saving) await this.saving;
@@ -274,6 +335,7 @@ export class FakeDns extends EventEmitter {
    */
   flushUnpinned(): { dropped: number; kept: number } | undefined {
     if (this.shared) return undefined;
+    this.drainHits();
     const dropped = this.store.flushUnpinned();
     if (dropped > 0) void this.persist();
     return { dropped, kept: this.store.mapped };
@@ -281,14 +343,20 @@ export class FakeDns extends EventEmitter {
 
   entries(): { name: string; ip: string; lastUsedMs: number; flows: number }[] {
     const out: { name: string; ip: string; lastUsedMs: number; flows: number }[] = [];
+    this.drainHits(); // lastUsedMs and the LRU order include the fast path's answers (the saved map too)
     for (const e of this.store.entries())
       out.push({ name: e.name, ip: intToIp(e.ip), lastUsedMs: e.lastUsedMs, flows: e.flows });
     return out;
   }
 
   stats(): Record<string, number> {
+    const fastAnswered = this.fast?.stats().answered ?? 0;
     return {
       ...this.counters,
+      // The fast path's answers are fake A answers to queries like any other.
+      queries: this.counters.queries + fastAnswered,
+      fakeA: this.counters.fakeA + fastAnswered,
+      fastAnswered,
       poolCapacity: this.store.capacity,
       poolMapped: this.store.mapped,
       poolPinned: this.store.pinned,
@@ -343,6 +411,9 @@ export class FakeDns extends EventEmitter {
             this.counters.fakeNoData++;
             return buildResponse(msg, q, Rcode.NOERROR, undefined, 0, limit);
           }
+          // A new name in a full range takes the least recently used one's address: count the fast path's uses first.
+          if (this.fast && this.store.mapped >= this.store.capacity && this.store.lookup(name) === undefined)
+            this.drainHits();
           if (this.shared && this.store.lookup(name) === undefined) return this.allocateShared(msg, q, name, limit);
           const ip = this.store.allocate(name);
           if (ip !== undefined) this.shared?.touch(intToIp(ip));

@@ -11,7 +11,10 @@
  * `maxPipelined` queries outstanding stops being read until answers drain.
  *
  * UDP: one native socket per address (src/util/dgramBatch.ts) receives up
- * to UDP_BATCH queries per recvmmsg and hands them to JS as one batch; the
+ * to UDP_BATCH queries per recvmmsg. With a `fastAnswers` table, the A
+ * queries it can answer (names that already hold a fake address, from
+ * sources the policy trusts) are answered there, natively, in one sendmmsg;
+ * the rest go to JS as one batch; the
  * answers made synchronously leave together in one sendmmsg at the end of the
  * batch, later (upstream) answers on the next event-loop turn. Under overload
  * the kernel's receive buffer fills and further queries are dropped there —
@@ -36,6 +39,7 @@
  */
 import net from 'node:net';
 import { FakeproxyError } from '../errors.js';
+import type { DgramSocketStats, NativeFakeAnswers } from '../native.js';
 import { ipToInt } from '../util/cidr.js';
 import {
   DgramBatchSocket,
@@ -90,6 +94,13 @@ export interface DnsSourcePolicy {
   client(addr: number, port: number, proto: 'udp' | 'tcp'): number;
   /** Clients exempt from the UDP rate limit (this machine). */
   trusted(client: number): boolean;
+  /**
+   * The IPv4 sources (host order) that are their own trusted client, besides
+   * 127.0.0.0/8, which a policy implementing this trusts too: the fast path
+   * answers only them. Asked once a second; return the same array while
+   * nothing changed. @default not implemented: the fast path answers nobody.
+   */
+  trustedSources?(): readonly number[];
 }
 
 export interface DnsServerOptions {
@@ -115,6 +126,8 @@ export interface DnsServerOptions {
   maxConnections?: number;
   /** @default 32 */
   maxPipelined?: number;
+  /** The native fast path's table (see the file comment); attached to every UDP socket. @default none */
+  fastAnswers?: NativeFakeAnswers;
   logger?: (line: string) => void;
 }
 
@@ -122,6 +135,8 @@ export interface ServerStats {
   udpReceived: number;
   /** UDP queries dropped by the kernel (receive buffer full: overload) or too large, plus answers the kernel refused. */
   udpDropped: number;
+  /** UDP queries answered by the native fast path (also counted in udpReceived). */
+  udpFastAnswered: number;
   tcpReceived: number;
   tcpConnections: number;
   tcpRefused: number;
@@ -163,7 +178,7 @@ interface Listener {
 }
 
 export class DnsServer {
-  private readonly counters: Omit<ServerStats, 'udpDropped' | 'sendErrors'> = {
+  private readonly counters: Omit<ServerStats, 'udpDropped' | 'sendErrors' | 'udpFastAnswered'> = {
     udpReceived: 0,
     tcpReceived: 0,
     tcpConnections: 0,
@@ -184,6 +199,7 @@ export class DnsServer {
   private readonly byClient = new Map<number, Set<Conn>>();
   private readonly buckets = new Map<number, Bucket>();
   private bucketTimer: NodeJS.Timeout | undefined;
+  private trustedTimer: NodeJS.Timeout | undefined;
   private lastRefusedLog = Number.NEGATIVE_INFINITY;
   private refusedLogged = 0;
   private readonly listeners: Listener[] = [];
@@ -197,6 +213,9 @@ export class DnsServer {
   /** Drops and refused sends of sockets already closed. */
   private closedDrops = 0;
   private closedSendErrors = 0;
+  private closedFast = 0;
+  private readonly fast: NativeFakeAnswers | undefined;
+  private trustedSeen: readonly number[] | undefined;
 
   constructor(
     private readonly handler: QueryHandler,
@@ -210,6 +229,14 @@ export class DnsServer {
     this.policy = opts.sources;
     this.maxPerClient = opts.maxConnectionsPerClient ?? 32;
     this.udpRate = opts.udpQueriesPerSecond ?? 1000;
+    this.fast = opts.fastAnswers;
+    // Without a policy every source is served, none rate-limited: the fast path may answer all.
+    if (this.fast) this.fast.setTrusted([], false, !this.policy);
+    if (this.fast && this.policy?.trustedSources) {
+      // Also checked on every batch JS gets, so a source that just became trusted is answered natively at once.
+      this.trustedTimer = setInterval(() => this.refreshTrusted(), 1000);
+      this.trustedTimer.unref();
+    }
     if (this.policy) {
       // Full buckets carry no state: forget them, so the map stays as large as the set of active clients.
       this.bucketTimer = setInterval(() => {
@@ -219,6 +246,14 @@ export class DnsServer {
       }, 10_000);
       this.bucketTimer.unref();
     }
+  }
+
+  /** Hand the fast path the policy's trusted sources when they changed. */
+  private refreshTrusted(): void {
+    const list = this.fast ? this.policy?.trustedSources?.() : undefined;
+    if (!list || list === this.trustedSeen) return;
+    this.trustedSeen = list;
+    this.fast?.setTrusted([...list], true, false);
   }
 
   /** One line per 10 s while sources are refused or limited. */
@@ -253,11 +288,20 @@ export class DnsServer {
   get stats(): ServerStats {
     let udpDropped = this.closedDrops;
     let sendErrors = this.closedSendErrors;
+    let udpFastAnswered = this.closedFast;
     for (const l of this.listeners) {
-      udpDropped += udpDrops(l.udp);
-      sendErrors += l.udp.stats().sendDropped;
+      const st = l.udp.stats();
+      udpDropped += udpDrops(st);
+      sendErrors += st.sendDropped;
+      udpFastAnswered += st.fastAnswered;
     }
-    return { ...this.counters, udpDropped, sendErrors };
+    return {
+      ...this.counters,
+      udpReceived: this.counters.udpReceived + udpFastAnswered,
+      udpFastAnswered,
+      udpDropped,
+      sendErrors,
+    };
   }
 
   get addresses(): { host: string; port: number }[] {
@@ -291,6 +335,10 @@ export class DnsServer {
       try {
         const tcp = await this.bindTcp(host, actual);
         const l: Listener = { udp, tcp, host };
+        if (this.fast) {
+          this.refreshTrusted();
+          udp.setFastPath(this.fast);
+        }
         udp.start((bytes, meta, count) => this.onUdpBatch(udp, bytes, meta, count));
         this.watchDrops(l, actual);
         return l;
@@ -313,7 +361,7 @@ export class DnsServer {
   private watchDrops(l: Listener, port: number): void {
     let seen = 0;
     l.dropTimer = setInterval(() => {
-      const n = udpDrops(l.udp);
+      const n = udpDrops(l.udp.stats());
       if (n > seen) {
         const st = l.udp.stats();
         this.log(
@@ -380,6 +428,7 @@ export class DnsServer {
 
   private onUdpBatch(sock: DgramBatchSocket, bytes: Buffer, meta: Uint32Array, count: number): void {
     this.counters.udpReceived += count;
+    if (this.fast) this.refreshTrusted();
     const policy = this.policy;
     for (let i = 0; i < count; i++) {
       const b = i * META_WORDS;
@@ -543,6 +592,7 @@ export class DnsServer {
 
   async close(): Promise<void> {
     clearInterval(this.bucketTimer);
+    clearInterval(this.trustedTimer);
     for (const s of this.conns) s.destroy();
     this.conns.clear();
     this.byClient.clear();
@@ -552,8 +602,10 @@ export class DnsServer {
         (l) =>
           new Promise<void>((resolve) => {
             clearInterval(l.dropTimer);
-            this.closedDrops += udpDrops(l.udp);
-            this.closedSendErrors += l.udp.stats().sendDropped;
+            const st = l.udp.stats();
+            this.closedDrops += udpDrops(st);
+            this.closedSendErrors += st.sendDropped;
+            this.closedFast += st.fastAnswered;
             l.udp.close();
             l.tcp.close(() => resolve());
           }),
@@ -563,8 +615,7 @@ export class DnsServer {
   }
 }
 
-function udpDrops(sock: DgramBatchSocket): number {
-  const st = sock.stats();
+function udpDrops(st: DgramSocketStats): number {
   return st.kernelDrops + st.sendDropped + st.truncated;
 }
 

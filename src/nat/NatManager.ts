@@ -181,6 +181,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   readonly #network: number;
   readonly #mask: number;
   #local = new Set<number>();
+  #trusted: readonly number[] = [];
   readonly #localAddresses: () => string[];
   #sourcesKey: string | undefined;
   #lastForeign = 0;
@@ -208,6 +209,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
     this.#lanSet = new CidrSet(this.#lan);
     this.#anySource = opts.anySource ?? false;
     this.#gateway = ipToInt(this.engineOptions.gateway);
+    this.#trusted = [this.#gateway];
     this.#network = ipToInt(range.networkIp);
     this.#mask = (0xffffffff << (32 - range.prefixLen)) >>> 0;
     this.#localAddresses = opts.localAddresses ?? hostAddresses;
@@ -242,7 +244,17 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
     if (key === this.#sourcesKey) return;
     this.#sourcesKey = key;
     this.#local = new Set(local.filter(isIpv4).map(ipToInt));
+    this.#trusted = [this.#gateway, ...this.#local];
     this.engine.setSources(list);
+  }
+
+  /**
+   * isLocal's addresses beyond loopback (the gateway and this machine's
+   * IPv4 addresses), as one array that stays the same object until they
+   * change: the DNS fast path answers these sources (DnsSourcePolicy).
+   */
+  trustedSources(): readonly number[] {
+    return this.#trusted;
   }
 
   /** This machine: the gateway, one of its addresses, or loopback. */

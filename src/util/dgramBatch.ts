@@ -15,6 +15,7 @@ import {
   type DgramSocketStats,
   DGRAM_META_WORDS as META_WORDS,
   type NativeDgramSocket,
+  type NativeFakeAnswers,
   native,
 } from '../native.js';
 
@@ -119,6 +120,11 @@ export class DgramBatchSocket {
 
   stats(): DgramSocketStats {
     return this.#s.stats();
+  }
+
+  /** Let `answers` answer what it can natively, before JS sees the batch (src/dns/server.ts); null detaches. */
+  setFastPath(answers: NativeFakeAnswers | null): void {
+    this.#s.setFastPath(answers);
   }
 
   close(): void {
