@@ -264,6 +264,7 @@ export interface DnsperfResult {
   avgMs: number;
   lostPct: number;
   sent: number;
+  completed: number;
 }
 
 /** dnsperf for `secs` against server:port with the given query file, at most `outstanding` queries in flight (-q). */
@@ -311,7 +312,7 @@ export async function dnsperf(
     throw new VerifyError(`dnsperf ${server}:${port}: exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(-300)}`);
   if (noerror < completed * 0.99)
     throw new VerifyError(`dnsperf ${server}:${port}: only ${noerror} of ${completed} answers were NOERROR`);
-  return { qps, avgMs: avg * 1000, lostPct: (100 * (sent - completed)) / sent, sent };
+  return { qps, avgMs: avg * 1000, lostPct: (100 * (sent - completed)) / sent, sent, completed };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: iperf3 JSON is untyped

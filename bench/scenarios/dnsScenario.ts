@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { dnsmasqArgs } from '../../test/support/confs.js';
 import { benchDns } from '../dns.js';
+import { procCpuSecs } from '../lib/daemon.js';
 import { type Ctx, need, sleep, Unavailable, waitListening, which } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { dnsperf, VerifyError } from '../lib/tools.js';
@@ -67,6 +68,8 @@ async function namespaced(ctx: Ctx): Promise<Section> {
   const secs = ctx.quick ? 2 : 5;
   const lat = (w: number) => MS(`avg latency -q ${w}`);
   const lost = (w: number): Measure => ({ metric: `lost -q ${w}`, unit: '%', higherIsBetter: false });
+  // The server's own CPU (every thread) per answered query at -q 500: what it leaves dnsperf on 2 CPUs.
+  const cpu: Measure = { metric: `CPU per query -q ${WINDOW}`, unit: 'µs', higherIsBetter: false };
   const fake = 'fakeproxy fake DNS';
   const s = section(
     'dns',
@@ -76,9 +79,11 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     spec('dnsmasq-lost', 'dnsmasq', lost(WINDOW)),
     spec('dnsmasq-lat2', 'dnsmasq', lat(SMALL_WINDOW)),
     spec('dnsmasq-lost2', 'dnsmasq', lost(SMALL_WINDOW)),
+    spec('dnsmasq-cpu', 'dnsmasq', cpu),
     spec('unbound', 'unbound local-zone', QPS, { compare: [{ to: 'dnsmasq' }] }),
     spec('unbound-lat', 'unbound', lat(WINDOW)),
     spec('unbound-lat2', 'unbound', lat(SMALL_WINDOW)),
+    spec('unbound-cpu', 'unbound', cpu),
     // Issue 12: ≥ 1.2× dnsmasq's QPS in the same run, average latency ≤ dnsmasq's.
     spec('fake', 'fakeproxy fake DNS gateway:53', QPS, { compare: [{ to: 'dnsmasq', goal: 1.2 }, { to: 'unbound' }] }),
     // No goal here: see the note on dnsmasq's lost queries.
@@ -86,6 +91,7 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     spec('fake-lost', fake, lost(WINDOW)),
     spec('fake-lat2', fake, lat(SMALL_WINDOW), { compare: [{ to: 'dnsmasq-lat2', goal: 1 }] }),
     spec('fake-lost2', fake, lost(SMALL_WINDOW)),
+    spec('fake-cpu', fake, cpu, { compare: [{ to: 'dnsmasq-cpu' }] }),
   );
   need('dnsperf');
   const topo = await Topology.create(ctx, 'dns');
@@ -96,12 +102,17 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     writeFileSync(qfile, Array.from({ length: NAMES }, (_, i) => `n${i}.${ZONE} A\n`).join(''));
     const c = topo.client;
     const inFlightNotes: string[] = [];
-    const measure = async (id: string, server: string) => {
+    /** `cpuSecs`: the server's CPU seconds so far (every thread), for the `-cpu` row. */
+    const measure = async (id: string, server: string, cpuSecs: () => number) => {
       await dnsperf(c, server, 53, qfile, ctx.quick ? 1 : 2); // warm-up (JIT, pool allocation of the names), untimed
-      const rs = await repeat(ctx, async () => ({
-        full: await dnsperf(c, server, 53, qfile, secs, 8, WINDOW),
-        small: await dnsperf(c, server, 53, qfile, secs, 8, SMALL_WINDOW),
-      }));
+      const rs = await repeat(ctx, async () => {
+        const c0 = cpuSecs();
+        const full = await dnsperf(c, server, 53, qfile, secs, 8, WINDOW);
+        const usPerQuery = ((cpuSecs() - c0) * 1e6) / full.completed;
+        if (!(usPerQuery > 0)) throw new VerifyError(`${id}: no CPU time measured for ${full.completed} answers`);
+        return { full, usPerQuery, small: await dnsperf(c, server, 53, qfile, secs, 8, SMALL_WINDOW) };
+      });
+      row(s, `${id}-cpu`).samples = rs.map((r) => r.usPerQuery);
       row(s, id).samples = rs.map((r) => r.full.qps);
       row(s, `${id}-lat`).samples = rs.map((r) => r.full.avgMs);
       row(s, `${id}-lat2`).samples = rs.map((r) => r.small.avgMs);
@@ -124,10 +135,10 @@ async function namespaced(ctx: Ctx): Promise<Section> {
     await path(
       ctx,
       s,
-      ['dnsmasq', 'dnsmasq-lat', 'dnsmasq-lost', 'dnsmasq-lat2', 'dnsmasq-lost2'],
+      ['dnsmasq', 'dnsmasq-lat', 'dnsmasq-lost', 'dnsmasq-lat2', 'dnsmasq-lost2', 'dnsmasq-cpu'],
       'dns: dnsmasq',
       async () => {
-        c.spawn(
+        const dnsmasq = c.spawn(
           'dnsmasq',
           dnsmasqArgs(DNSMASQ_IP, [
             `--address=/${ZONE}/${LOCAL_ANSWER}`,
@@ -138,11 +149,11 @@ async function namespaced(ctx: Ctx): Promise<Section> {
         await waitListening(c, 'udp', DNSMASQ_IP, 53);
         const a = await digA(DNSMASQ_IP, `n1.${ZONE}`);
         if (a !== LOCAL_ANSWER) throw new VerifyError(`dnsmasq answered "${a}", expected ${LOCAL_ANSWER}`);
-        await measure('dnsmasq', DNSMASQ_IP);
+        await measure('dnsmasq', DNSMASQ_IP, () => procCpuSecs(dnsmasq.pid ?? -1));
       },
     );
 
-    await path(ctx, s, ['unbound', 'unbound-lat', 'unbound-lat2'], 'dns: unbound', async () => {
+    await path(ctx, s, ['unbound', 'unbound-lat', 'unbound-lat2', 'unbound-cpu'], 'dns: unbound', async () => {
       if (!which('unbound'))
         throw new Unavailable('unbound is not installed (Debian package unbound); optional baseline');
       const conf = join(ctx.tmp, 'unbound.conf');
@@ -168,14 +179,14 @@ remote-control:
   control-enable: no
 `,
       );
-      c.spawn('unbound', ['-d', '-c', conf], { stdio: 'ignore' });
+      const unbound = c.spawn('unbound', ['-d', '-c', conf], { stdio: 'ignore' });
       await waitListening(c, 'udp', UNBOUND_IP, 53);
       const a = await digA(UNBOUND_IP, `n1.${ZONE}`);
       if (a !== LOCAL_ANSWER) throw new VerifyError(`unbound answered "${a}", expected ${LOCAL_ANSWER}`);
-      await measure('unbound', UNBOUND_IP);
+      await measure('unbound', UNBOUND_IP, () => procCpuSecs(unbound.pid ?? -1));
     });
 
-    await path(ctx, s, ['fake', 'fake-lat', 'fake-lost', 'fake-lat2', 'fake-lost2'], 'dns: fakeproxy', () =>
+    await path(ctx, s, ['fake', 'fake-lat', 'fake-lost', 'fake-lat2', 'fake-lost2', 'fake-cpu'], 'dns: fakeproxy', () =>
       withDaemon(topo, 'direct', async (d) => {
         // Every answer is a fake address in the range (not the gateway), stable across queries.
         for (const i of [0, 1, 4242]) {
@@ -185,7 +196,15 @@ remote-control:
           const again = await digA(d.gateway, `n${i}.${ZONE}`);
           if (again !== a) throw new VerifyError(`fake DNS answered n${i}.${ZONE} with ${a} then ${again}`);
         }
-        await measure('fake', d.gateway);
+        const before = dnsCounters(await d.status(topo));
+        await measure('fake', d.gateway, () => d.cpuSecs());
+        const after = dnsCounters(await d.status(topo));
+        const q = after.queries - before.queries;
+        const f = after.fastAnswered - before.fastAnswered;
+        if (!(q > 0)) throw new VerifyError(`fakeproxy status counted no DNS queries during the runs`);
+        s.notes.push(
+          `fakeproxy answered ${f} of the ${q} queries of its runs (${((100 * f) / q).toFixed(1)} %) on the native fast path (names already mapped, native/fake_answers.h), the rest in JavaScript`,
+        );
       }),
     );
     s.notes.push(
@@ -198,4 +217,14 @@ remote-control:
   } finally {
     await topo.destroy();
   }
+}
+
+/** The DNS query counters of `fakeproxy status --json` (see src/daemon.ts status()). */
+function dnsCounters(status: Record<string, unknown>): { queries: number; fastAnswered: number } {
+  const d = status.dns as Record<string, unknown> | null;
+  const queries = Number(d?.queries);
+  const fastAnswered = Number(d?.fastAnswered);
+  if (!Number.isFinite(queries) || !Number.isFinite(fastAnswered))
+    throw new VerifyError('fakeproxy status --json has no dns.queries/dns.fastAnswered');
+  return { queries, fastAnswered };
 }
