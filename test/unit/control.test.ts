@@ -53,6 +53,21 @@ describe('readStatus', () => {
     expect(formatStatus({ ...base, tun: tunOf(0) } as never)).toMatch(/^drops: badChecksum 2$/m);
   });
 
+  it('the dns line says how many fake answers the native fast path made', () => {
+    const dns = {
+      queries: 10,
+      fakeA: 9,
+      fastAnswered: 7,
+      forwarded: 1,
+      upstreamFailures: 0,
+      poolMapped: 3,
+      poolCapacity: 65533,
+    };
+    expect(formatStatus({ pid: 42, uptimeSec: 3, rssBytes: 1, dns } as never)).toMatch(
+      /^dns: 10 queries, 9 fake answers \(7 of them native\), 1 forwarded, 0 upstream failures, 3\/65533 names mapped$/m,
+    );
+  });
+
   it('an unknown RSS prints as unknown, not NaN', async () => {
     const tun = `fpt-st-${process.pid}-c`;
     await serve(tun, (s) => s.end(`${JSON.stringify({ pid: 42, uptimeSec: 3, rssBytes: null, tun: null })}\n`));
