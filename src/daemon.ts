@@ -33,9 +33,6 @@ import { resourceAlarm } from './util/exhaustion.js';
 import { readFdLimit } from './util/fdLimit.js';
 import { ownMark, setOwnMark } from './util/sockmark.js';
 
-/** The DNS fast path's trusted sources before the NAT exists: loopback only. */
-const NO_SOURCES: readonly number[] = [];
-
 export interface DaemonDeps {
   log?: Logger;
   /** Start-up report lines (stdout). */
@@ -270,7 +267,8 @@ export class Daemon {
       sources: {
         client: (addr, port, proto) => this.nat?.dnsClient(addr, port, proto) ?? -1,
         trusted: (client) => this.nat?.isLocal(client) ?? false,
-        trustedSources: () => this.nat?.trustedSources() ?? NO_SOURCES,
+        // None before the NAT exists: client() serves nobody then either.
+        trustedSources: () => this.nat?.trustedSources(),
       },
     });
     this.dns = dns;

@@ -203,7 +203,10 @@ export class FakeDns extends EventEmitter {
     }
     durable.then(
       () => {
-        if (this.store.lookup(name) === ip) fast.set(name, ip);
+        // Still the pool's, and no newer record of the name waits for its sync
+        // (a flush and a re-map while this batch synced: that batch adds it).
+        const newer = this.journal?.durable(name);
+        if (this.store.lookup(name) === ip && (newer === undefined || newer === durable)) fast.set(name, ip);
       },
       () => {},
     );
@@ -411,9 +414,9 @@ export class FakeDns extends EventEmitter {
             this.counters.fakeNoData++;
             return buildResponse(msg, q, Rcode.NOERROR, undefined, 0, limit);
           }
-          // A new name in a full range takes the least recently used one's address: count the fast path's uses first.
-          if (this.fast && this.store.mapped >= this.store.capacity && this.store.lookup(name) === undefined)
-            this.drainHits();
+          // A new name may take the least recently used name's address (a full
+          // range, or free addresses all held by flows): count the fast path's uses first.
+          if (this.fast && this.store.lookup(name) === undefined) this.drainHits();
           if (this.shared && this.store.lookup(name) === undefined) return this.allocateShared(msg, q, name, limit);
           const ip = this.store.allocate(name);
           if (ip !== undefined) this.shared?.touch(intToIp(ip));

@@ -97,10 +97,11 @@ export interface DnsSourcePolicy {
   /**
    * The IPv4 sources (host order) that are their own trusted client, besides
    * 127.0.0.0/8, which a policy implementing this trusts too: the fast path
-   * answers only them. Asked once a second; return the same array while
+   * answers only them. Undefined while the policy serves nobody yet. Asked
+   * once a second and on every batch JS gets; return the same array while
    * nothing changed. @default not implemented: the fast path answers nobody.
    */
-  trustedSources?(): readonly number[];
+  trustedSources?(): readonly number[] | undefined;
 }
 
 export interface DnsServerOptions {
@@ -250,10 +251,13 @@ export class DnsServer {
 
   /** Hand the fast path the policy's trusted sources when they changed. */
   private refreshTrusted(): void {
-    const list = this.fast ? this.policy?.trustedSources?.() : undefined;
-    if (!list || list === this.trustedSeen) return;
+    const policy = this.policy;
+    if (!this.fast || !policy?.trustedSources) return;
+    const list = policy.trustedSources();
+    if (list === this.trustedSeen) return;
     this.trustedSeen = list;
-    this.fast?.setTrusted([...list], true, false);
+    if (list) this.fast.setTrusted([...list], true, false);
+    else this.fast.setTrusted([], false, false);
   }
 
   /** One line per 10 s while sources are refused or limited. */

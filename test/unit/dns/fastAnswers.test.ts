@@ -323,6 +323,35 @@ describe('DnsServer: the fast path follows the source policy', () => {
     expect(s.stats.udpFastAnswered).toBe(1);
   });
 
+  it('a policy that serves nobody yet (trustedSources undefined): JavaScript answers, loopback included, until it does', async () => {
+    const fast = new (native().FakeAnswers)({ ttl: TTL });
+    fast.set('p.test', ipToInt('198.18.0.9'));
+    let list: readonly number[] | undefined;
+    let js = 0;
+    const s = new DnsServer(
+      (msg) => {
+        js++;
+        const p = parseQuery(msg);
+        return p.kind === 'query' ? buildAResponse(msg, p.q, 1, TTL) : undefined;
+      },
+      { sources: { client: (a) => a, trusted: () => true, trustedSources: () => list }, fastAnswers: fast },
+    );
+    await s.listen([{ host: '127.0.0.1', port: 0 }]);
+    try {
+      const port = must(s.addresses[0]).port;
+      await udpExchange(port, encodeQuery('p.test', 'A'));
+      expect([js, s.stats.udpFastAnswered]).toEqual([1, 0]);
+      list = [];
+      // The first batch JS gets after the change hands it over; the next query is native.
+      await udpExchange(port, encodeQuery('p.test', 'A'));
+      const r = must(await udpExchange(port, encodeQuery('p.test', 'A')));
+      expect(dnsPacket.decode(r).answers?.[0]).toMatchObject({ data: '198.18.0.9' });
+      expect([js, s.stats.udpFastAnswered]).toEqual([2, 1]);
+    } finally {
+      await s.close();
+    }
+  });
+
   it('a policy without trustedSources: JavaScript answers everything', async () => {
     const fast = new (native().FakeAnswers)({ ttl: TTL });
     fast.set('p.test', ipToInt('198.18.0.9'));
