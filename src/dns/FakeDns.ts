@@ -97,8 +97,8 @@ const LOG_INTERVAL_MS = 10_000;
 /**
  * How often names the fast path answered count as used in the pool's LRU.
  * A second late is harmless: the LRU only picks which unpinned name gives
- * its address up when the range is full, and the pool asks for the hits
- * first when it is (see process()).
+ * its address up to a new name, and every new name asks for the hits first
+ * (see process()).
  */
 const HITS_DRAIN_MS = 1000;
 
