@@ -124,10 +124,9 @@ class FakeAnswersJs : public Napi::ObjectWrap<FakeAnswersJs> {
       ThrowArg(env, "FakeAnswers.answer(query, source)");
       return env.Undefined();
     }
-    if (!table_->Trusted(static_cast<uint32_t>(src))) return env.Undefined();
     auto q = info[0].As<Napi::Buffer<uint8_t>>();
     uint8_t out[fp::FakeAnswers::kMaxAnswer];
-    size_t n = table_->Answer(q.Data(), q.Length(), out);
+    size_t n = table_->Answer(q.Data(), q.Length(), static_cast<uint32_t>(src), out);
     if (n == 0) return env.Undefined();
     return Napi::Buffer<uint8_t>::Copy(env, out, n);
   }
@@ -338,10 +337,9 @@ class DgramSocketJs : public Napi::ObjectWrap<DgramSocketJs> {
     size_t out_len = 0;
     for (int i = 0; i < n; i++) {
       const uint32_t* m = meta_.data() + static_cast<size_t>(i) * fp::kDgramMetaWords;
-      size_t len = 0;
-      if (m[fp::kFamily] == 4 && fast_->Trusted(m[fp::kAddr])) {
-        len = fast_->Answer(data_.data() + m[fp::kOff], m[fp::kLen], out_data_.data() + out_len);
-      }
+      size_t len = m[fp::kFamily] == 4 ? fast_->Answer(data_.data() + m[fp::kOff], m[fp::kLen], m[fp::kAddr],
+                                                       out_data_.data() + out_len)
+                                       : 0;
       if (len == 0) {
         if (rest != i) {
           std::memmove(meta_.data() + static_cast<size_t>(rest) * fp::kDgramMetaWords, m,

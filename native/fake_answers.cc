@@ -55,8 +55,8 @@ void FakeAnswers::SetTrusted(const std::vector<uint32_t>& addrs, bool loopback, 
 // answers: a QUERY with one question and nothing else but at most one OPT
 // (version 0, owned by the root); a name of plain labels; A/IN. Anything
 // else — including what parseQuery would reject — returns 0 for JavaScript.
-size_t FakeAnswers::Answer(const uint8_t* q, size_t len, uint8_t* out) {
-  if (len < kHeader) return 0;
+size_t FakeAnswers::Answer(const uint8_t* q, size_t len, uint32_t src, uint8_t* out) {
+  if (len < kHeader || !Trusted(src)) return 0;
   const uint16_t flags = Get16(q + 2);
   if ((flags & kFlagQr) != 0 || ((flags >> 11) & 0xf) != 0) return 0;
   if (Get16(q + 4) != 1 || Get16(q + 6) != 0 || Get16(q + 8) != 0) return 0;

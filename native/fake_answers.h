@@ -40,10 +40,11 @@ class FakeAnswers {
     return all_trusted_ || (loopback_trusted_ && addr >> 24 == 127) || trusted_.count(addr) != 0;
   }
 
-  // Writes the answer to query[0, len) into out (room for kMaxAnswer bytes)
-  // and returns its length, or 0 when JavaScript must answer it. Counts the
-  // answer and notes the name as used.
-  size_t Answer(const uint8_t* query, size_t len, uint8_t* out);
+  // Writes the answer to query[0, len) from the IPv4 source `src` (host
+  // order) into out (room for kMaxAnswer bytes) and returns its length, or 0
+  // when JavaScript must answer it (an untrusted source included). Counts
+  // the answer and notes the name as used.
+  size_t Answer(const uint8_t* query, size_t len, uint32_t src, uint8_t* out);
 
   // Names answered here since the last call (each once), for the pool's LRU.
   std::vector<std::string> TakeHits();

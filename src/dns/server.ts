@@ -365,9 +365,9 @@ export class DnsServer {
   private watchDrops(l: Listener, port: number): void {
     let seen = 0;
     l.dropTimer = setInterval(() => {
-      const n = udpDrops(l.udp.stats());
+      const st = l.udp.stats();
+      const n = udpDrops(st);
       if (n > seen) {
-        const st = l.udp.stats();
         this.log(
           `dns: UDP ${l.host}:${port} dropped ${n - seen} queries/answers in the last ${DROP_LOG_MS / 1000} s (${st.kernelDrops} receive-buffer overflows, ${st.sendDropped} refused sends, ${st.truncated} oversized so far): more queries than the daemon answers; they are dropped, not queued`,
         );

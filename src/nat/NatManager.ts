@@ -181,7 +181,7 @@ export class NatManager extends EventEmitter<NatManagerEvents> implements NatLoo
   readonly #network: number;
   readonly #mask: number;
   #local = new Set<number>();
-  #trusted: readonly number[] = [];
+  #trusted: readonly number[];
   readonly #localAddresses: () => string[];
   #sourcesKey: string | undefined;
   #lastForeign = 0;

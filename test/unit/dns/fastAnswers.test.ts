@@ -287,91 +287,78 @@ describe('FakeDns with the fast path (dig against the real sockets)', () => {
 });
 
 describe('DnsServer: the fast path follows the source policy', () => {
-  it('answers only the sources the policy lists, rate limits still apply to the rest', async () => {
+  const TABLE_IP = ipToInt('198.18.0.9');
+  /**
+   * A DnsServer on 127.0.0.1 with a table holding p.test → TABLE_IP; its JS
+   * handler answers every A with `jsIp` and counts its calls (`js()`).
+   */
+  async function withServer(
+    sources: DnsSourcePolicy,
+    jsIp: number,
+    body: (s: DnsServer, port: number, js: () => number) => Promise<void>,
+  ): Promise<DnsServer> {
     const fast = new (native().FakeAnswers)({ ttl: TTL });
-    fast.set('p.test', ipToInt('198.18.0.9'));
+    fast.set('p.test', TABLE_IP);
     let js = 0;
+    const s = new DnsServer(
+      (msg) => {
+        js++;
+        const p = parseQuery(msg);
+        return p.kind === 'query' ? buildAResponse(msg, p.q, jsIp, TTL) : undefined;
+      },
+      { sources, fastAnswers: fast },
+    );
+    await s.listen([{ host: '127.0.0.1', port: 0 }]);
+    try {
+      await body(s, must(s.addresses[0]).port, () => js);
+    } finally {
+      await s.close();
+    }
+    return s;
+  }
+
+  it('answers the sources the policy trusts natively; names not in the table reach the handler', async () => {
     const trustedList = [ipToInt('127.0.0.4')];
     const policy: DnsSourcePolicy = {
       client: (addr) => addr,
       trusted: () => false,
       trustedSources: () => trustedList,
     };
-    const s = new DnsServer(
-      (msg) => {
-        js++;
-        const p = parseQuery(msg);
-        return p.kind === 'query' ? buildAResponse(msg, p.q, ipToInt('198.18.0.9'), TTL) : undefined;
-      },
-      { sources: policy, fastAnswers: fast },
-    );
-    await s.listen([{ host: '127.0.0.1', port: 0 }]);
-    try {
-      const port = must(s.addresses[0]).port;
+    const s = await withServer(policy, TABLE_IP, async (s, port, js) => {
       // The policy trusts loopback: 127.0.0.1 is answered natively.
       const r = must(await udpExchange(port, encodeQuery('p.test', 'A')));
       expect(dnsPacket.decode(r).answers?.[0]).toMatchObject({ data: '198.18.0.9', ttl: TTL });
       expect(s.stats.udpFastAnswered).toBe(1);
-      expect(js).toBe(0);
+      expect(js()).toBe(0);
       // A name not in the table reaches the handler.
       await udpExchange(port, encodeQuery('q.test', 'A'));
-      expect(js).toBe(1);
+      expect(js()).toBe(1);
       expect(s.stats.udpReceived).toBe(2);
-    } finally {
-      await s.close();
-    }
+    });
     expect(s.stats.udpFastAnswered).toBe(1);
   });
 
   it('a policy that serves nobody yet (trustedSources undefined): JavaScript answers, loopback included, until it does', async () => {
-    const fast = new (native().FakeAnswers)({ ttl: TTL });
-    fast.set('p.test', ipToInt('198.18.0.9'));
     let list: readonly number[] | undefined;
-    let js = 0;
-    const s = new DnsServer(
-      (msg) => {
-        js++;
-        const p = parseQuery(msg);
-        return p.kind === 'query' ? buildAResponse(msg, p.q, 1, TTL) : undefined;
-      },
-      { sources: { client: (a) => a, trusted: () => true, trustedSources: () => list }, fastAnswers: fast },
-    );
-    await s.listen([{ host: '127.0.0.1', port: 0 }]);
-    try {
-      const port = must(s.addresses[0]).port;
+    const policy: DnsSourcePolicy = { client: (a) => a, trusted: () => true, trustedSources: () => list };
+    await withServer(policy, 1, async (s, port, js) => {
       await udpExchange(port, encodeQuery('p.test', 'A'));
-      expect([js, s.stats.udpFastAnswered]).toEqual([1, 0]);
+      expect([js(), s.stats.udpFastAnswered]).toEqual([1, 0]);
       list = [];
       // The first batch JS gets after the change hands it over; the next query is native.
       await udpExchange(port, encodeQuery('p.test', 'A'));
       const r = must(await udpExchange(port, encodeQuery('p.test', 'A')));
       expect(dnsPacket.decode(r).answers?.[0]).toMatchObject({ data: '198.18.0.9' });
-      expect([js, s.stats.udpFastAnswered]).toEqual([2, 1]);
-    } finally {
-      await s.close();
-    }
+      expect([js(), s.stats.udpFastAnswered]).toEqual([2, 1]);
+    });
   });
 
   it('a policy without trustedSources: JavaScript answers everything', async () => {
-    const fast = new (native().FakeAnswers)({ ttl: TTL });
-    fast.set('p.test', ipToInt('198.18.0.9'));
-    let js = 0;
-    const s = new DnsServer(
-      (msg) => {
-        js++;
-        const p = parseQuery(msg);
-        return p.kind === 'query' ? buildAResponse(msg, p.q, 1, TTL) : undefined;
-      },
-      { sources: { client: (a) => a, trusted: () => true }, fastAnswers: fast },
-    );
-    await s.listen([{ host: '127.0.0.1', port: 0 }]);
-    try {
-      const r = must(await udpExchange(must(s.addresses[0]).port, encodeQuery('p.test', 'A')));
+    await withServer({ client: (a) => a, trusted: () => true }, 1, async (s, port, js) => {
+      const r = must(await udpExchange(port, encodeQuery('p.test', 'A')));
       expect(dnsPacket.decode(r).answers?.[0]).toMatchObject({ data: '0.0.0.1' });
-      expect(js).toBe(1);
+      expect(js()).toBe(1);
       expect(s.stats.udpFastAnswered).toBe(0);
-    } finally {
-      await s.close();
-    }
+    });
   });
 });
