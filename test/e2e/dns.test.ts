@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from './harness/daemon.js';
 import { e2eUnavailableReason } from './harness/netns.js';
 import { createTopology, inRange, type Topology } from './harness/topology.js';
 
@@ -36,6 +37,19 @@ describe.skipIf(skip)('fake-IP DNS end to end (dig, dnsmasq upstream)', () => {
     const other = answers(await dig('@198.18.0.1', 'other.example', 'A', '+noall', '+answer'))[0];
     expect(inRange(other[4])).toBe(true);
     expect(other[4]).not.toBe(rr[4]);
+  });
+
+  it('a known name asked from this machine is answered by the native fast path, with the same address', async () => {
+    const fast = async () =>
+      JSON.parse((await runCli(t.client, ['status', '--json'])).stdout).dns.fastAnswered as number;
+    const first = answers(await dig('@198.18.0.1', 'fast.example', 'A', '+noall', '+answer'))[0];
+    expect(inRange(first[4])).toBe(true);
+    const before = await fast();
+    for (let i = 0; i < 3; i++) {
+      const again = answers(await dig('@198.18.0.1', 'fast.example', 'A', '+noall', '+answer'))[0];
+      expect(again[4]).toBe(first[4]);
+    }
+    expect((await fast()) - before).toBe(3);
   });
 
   it('answers over TCP too (RFC 7766), with the same address', async () => {
