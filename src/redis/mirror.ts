@@ -5,7 +5,7 @@
  *
  * The packet path and the Listener never wait for Redis (DESIGN.md "Redis
  * view"): events only update the in-memory MirrorView (src/redis/view.ts);
- * a timer writes what changed in pipelines. ioredis's offline queue is
+ * a timer writes what changed, one EVAL per flush (./batchScript.ts). ioredis's offline queue is
  * disabled, so during an outage nothing accumulates: pending writes are
  * dropped and counted, and the next connection rewrites everything from the
  * view (a full resync), which is always bounded by the number of live flows
@@ -13,6 +13,7 @@
  */
 import type { ChainableCommander, Command } from 'ioredis';
 import type { FlowEntry, FlowEvent } from '../nat/types.js';
+import { batchCommands, evalBatch, refusesScripts } from './batchScript.js';
 import { type RedisClient, type RedisConnectOptions, RedisEndpoint, scanKeys } from './client.js';
 import { RespWriter } from './resp.js';
 import { encodeNodeInfo, type FlowAnnotation, hsetFlow, type NodeKeys, nodeKeys } from './schema.js';
@@ -58,6 +59,12 @@ export interface RedisMirrorOptions extends RedisConnectOptions {
    * 20 000 flows → about every 4 s), keeping the Listener's latency flat.
    */
   refreshMs?: number;
+  /**
+   * Send each flush as one EVAL of a Lua script instead of a pipeline of
+   * commands (./batchScript.ts); a server that refuses scripts gets the
+   * pipeline anyway. @default true
+   */
+  batchScript?: boolean;
   /** Remove this node's keys in close() (a clean shutdown leaves nothing). @default true */
   clearOnClose?: boolean;
   /** Clock, for tests. @default Date.now */
@@ -113,6 +120,8 @@ export class RedisMirror {
   private readonly startedMs: number;
   /** Encodes the flow writes and events (one scratch buffer, reused: ./resp.ts). */
   private readonly resp = new RespWriter();
+  /** Flushes go as one EVAL each (./batchScript.ts) until the server refuses scripts. */
+  private scripted: boolean;
 
   private client?: RedisClient;
   private nat?: NatEventSource;
@@ -142,6 +151,7 @@ export class RedisMirror {
     this.clearOnClose = opts.clearOnClose ?? true;
     this.now = opts.now ?? Date.now;
     this.startedMs = this.now();
+    this.scripted = opts.batchScript ?? true;
   }
 
   /**
@@ -277,22 +287,23 @@ export class RedisMirror {
       return;
     }
     this.flushing = true;
-    const p = client.pipeline() as Pipe;
-    const n = this.queueBatch(p, this.view.takeBatch(this.now()));
-    await this.execCounted(p, n);
+    const b = this.view.takeBatch(this.now());
+    if (!this.scripted || !(await this.evalCounted(client, b))) {
+      const p = client.pipeline() as Pipe;
+      await this.execCounted(p, this.queueBatch(p, b));
+    }
     this.flushing = false;
     if (this.view.pendingCount() > 0) this.scheduleFlush();
   }
 
   /**
-   * Queue one batch; returns the command count. Deletes and index updates of
+   * Queue one batch; returns the command count (batchCommands). Deletes and index updates of
    * the whole batch go in one command each (UNLINK k…, ZREM zset m…, ZADD
    * zset s m…): per flow only its HSET (+ PEXPIRE the first time) is a
    * command of its own.
    */
   private queueBatch(p: Pipe, b: Batch): number {
     const r = this.resp;
-    let n = 0;
     if (b.deleteKeys.length > 0) {
       const first = b.deleteKeys[0] as string;
       r.begin('unlink', first, 1 + b.deleteKeys.length);
@@ -301,42 +312,60 @@ export class RedisMirror {
       r.begin('zrem', this.keys.flows, 2 + b.deleteMembers.length).str(this.keys.flows);
       for (const m of b.deleteMembers) r.str(m);
       p.sendCommand(r.end());
-      n += 2;
     }
     for (const w of b.writes) {
       p.sendCommand(hsetFlow(r, w.key, w.row));
-      n++;
       if (w.withTtl) {
         p.sendCommand(r.begin('pexpire', w.key, 3).str(w.key).num(this.ttlMs).end());
-        n++;
       }
     }
     if (b.writes.length > 0) {
       r.begin('zadd', this.keys.flows, 2 + 2 * b.writes.length).str(this.keys.flows);
       for (const w of b.writes) r.num(w.score).str(w.member);
       p.sendCommand(r.end());
-      n++;
     }
     for (const [name, ip] of b.names) {
       if (ip !== undefined) p.hset(this.keys.dnsName, name, ip);
       else p.hdel(this.keys.dnsName, name);
-      n++;
     }
     for (const [ip, name] of b.ips) {
       if (name !== undefined) p.hset(this.keys.dnsIp, ip, name);
       else p.hdel(this.keys.dnsIp, ip);
-      n++;
     }
     if (b.names.length + b.ips.length > 0) {
       p.pexpire(this.keys.dnsName, this.ttlMs);
       p.pexpire(this.keys.dnsIp, this.ttlMs);
-      n += 2;
     }
     for (const ev of b.events) {
       p.sendCommand(r.begin('publish', this.keys.events, 3).str(this.keys.events).str(ev).end());
-      n++;
     }
-    return n;
+    return batchCommands(b);
+  }
+
+  /**
+   * The batch as one EVAL (./batchScript.ts); false when the server refuses
+   * scripts, with nothing applied: the caller then sends the batch command
+   * by command, as every later flush does (one log line says so).
+   */
+  private async evalCounted(client: RedisClient, b: Batch): Promise<boolean> {
+    const n = batchCommands(b);
+    const cmd = evalBatch(this.resp, this.keys, this.ttlMs, b);
+    client.sendCommand(cmd);
+    try {
+      await cmd.promise;
+      this.counters.written += n;
+    } catch (err) {
+      if (refusesScripts(err)) {
+        this.scripted = false;
+        this.redis.logger.warn(
+          `redis mirror: ${this.redis.redacted} refuses EVAL (${err instanceof Error ? err.message : String(err)}); writing each change as its own command from now on (allow +eval for the mirror's user to send one command per flush)`,
+        );
+        return false;
+      }
+      this.counters.dropped += n;
+      this.needResync = true;
+    }
+    return true;
   }
 
   private async execCounted(p: ChainableCommander, n: number): Promise<boolean> {

@@ -24,7 +24,8 @@ class EncodedCommand extends Command {
 
   constructor(name: string, key: string, bytes: Buffer) {
     // The key alone is what ioredis reads from args: a Cluster's slot (every mirror key of a node shares one).
-    super(name, [key]);
+    // EVAL's keys follow the script and their count.
+    super(name, name === 'eval' ? ['', '1', key] : [key]);
     this.#bytes = bytes;
   }
 

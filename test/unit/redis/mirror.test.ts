@@ -351,3 +351,115 @@ describe('RedisMirror across a Redis outage', () => {
     }
   });
 });
+
+describe('RedisMirror flushes as one EVAL', () => {
+  const T = 1_700_000_000_000;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  async function commandCalls(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const l of await redis.cliLines('INFO', 'commandstats')) {
+      const m = /^cmdstat_(\w+):calls=(\d+)/.exec(l);
+      if (m) out[m[1] as string] = Number(m[2]);
+    }
+    return out;
+  }
+
+  /** Everything one node left in Redis (every key's value and whether it expires) and its events, in order. */
+  async function scenario(batchScript: boolean) {
+    const node = 'gw-eval';
+    await redis.cli('FLUSHALL');
+    await redis.cli('CONFIG', 'RESETSTAT');
+    const sub = new Redis(redis.url);
+    const events: string[] = [];
+    sub.on('message', (_channel: string, msg: string) => events.push(msg));
+    await sub.subscribe(`fakeproxy:{${node}}:events`);
+    const nat = new LiveNat();
+    nat.now = T;
+    const dns = new LiveDns();
+    // One flush takes everything pending (batchMax above the flow count): more than the script's chunk of 512.
+    const m = mirror({ nodeId: node, batchScript, batchMs: 50, batchMax: 100_000, refreshMs: 100, now: () => T });
+    try {
+      m.attachDns(dns.dns);
+      m.attachNat(nat.nat);
+      m.start();
+      await eventually(() => m.stats().connected, 'connected');
+      const a = await dns.resolve('a.example');
+      await dns.resolve('b.example');
+      const flows = Array.from({ length: 1200 }, (_, i) =>
+        nat.open({ dst: i % 2 === 0 ? a : undefined, sport: 20_000 + i }),
+      );
+      m.annotate(flows[1].id, { outbound: 'socks5', rule: 'DOMAIN,a.example' });
+      await eventually(async () => (await flowKeys(node)).length === 1200, '1 200 rows');
+      for (const f of flows.slice(0, 700)) nat.close(f);
+      await eventually(async () => (await flowKeys(node)).length === 500, '500 rows left');
+      // Polls of the counters (every refreshMs) after the last change, written: the rows hold the final counts.
+      await sleep(500);
+      await eventually(async () => {
+        const n = events.length;
+        await sleep(200);
+        return n === events.length && m.stats().pending === 0;
+      }, 'every event delivered, every row final');
+      const dump: Record<string, unknown> = {};
+      for (const key of (await redis.cliLines('--scan', '--pattern', 'fakeproxy:*')).sort()) {
+        const type = await reader.type(key);
+        const value =
+          type === 'hash'
+            ? await reader.hgetall(key)
+            : type === 'zset'
+              ? await reader.zrange(key, 0, -1, 'WITHSCORES')
+              : await reader.get(key);
+        // NAT addresses are drawn at random: the same in a flow's row and its events, and nowhere else.
+        if (type === 'hash' && key.includes(':flow:')) (value as Record<string, string>).nat = 'random';
+        dump[key] = { type, value, expires: (await reader.pttl(key)) > 0 };
+      }
+      const evs = events.map((e) => {
+        const ev = JSON.parse(e) as FlowEventMessage;
+        return JSON.stringify({ ...ev, flow: { ...ev.flow, nat: 'random' } });
+      });
+      return { dump, events: evs, calls: await commandCalls(), stats: m.stats() };
+    } finally {
+      sub.disconnect();
+      await m.close();
+    }
+  }
+
+  it('leaves the same keys, values, TTLs and events as the commands one by one, in a few commands', async () => {
+    const one = await scenario(false);
+    const script = await scenario(true);
+    expect(Object.keys(script.dump)).toHaveLength(500 + 4); // rows, index, both maps, node info
+    expect(script.dump).toEqual(one.dump);
+    expect(script.events.length).toBeGreaterThanOrEqual(1200 + 700);
+    expect(script.events).toEqual(one.events);
+    expect(script.stats.dropped).toBe(0);
+    expect(one.calls.eval ?? 0).toBe(0);
+    // ~3 600 commands one by one (rows, TTLs, events); a few flushes as scripts, which run the same commands inside.
+    expect(one.calls.publish).toBe(one.events.length);
+    expect(script.calls.publish).toBe(script.events.length);
+    expect(script.calls.eval).toBeGreaterThan(0);
+    expect(script.calls.eval).toBeLessThan(50);
+  });
+
+  it('writes each change as its own command, logging once and losing nothing, for a user that may not EVAL', async () => {
+    await redis.cli('ACL', 'SETUSER', 'noeval', 'on', '>pw', '~*', '&*', '+@all', '-eval', '-evalsha');
+    try {
+      const log = captureLog();
+      const nat = new LiveNat();
+      const m = mirror({ url: `redis://noeval:pw@127.0.0.1:${redis.port}`, nodeId: 'gw-noeval', logger: log });
+      m.attachNat(nat.nat);
+      m.start();
+      await eventually(() => m.stats().connected, 'connected');
+      const flows = Array.from({ length: 20 }, () => nat.open());
+      await eventually(async () => (await flowKeys('gw-noeval')).length === 20, '20 rows');
+      for (const f of flows.slice(0, 5)) nat.close(f);
+      await eventually(async () => (await flowKeys('gw-noeval')).length === 15, '15 rows left');
+      expect(m.stats().dropped).toBe(0);
+      const refused = log.lines.filter((l) => l.includes('refuses EVAL'));
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatch(/^warn redis mirror: .* refuses EVAL \(NOPERM .*eval.*\); writing each change/);
+      expect(refused[0]).not.toContain('pw@');
+    } finally {
+      await redis.cli('ACL', 'DELUSER', 'noeval');
+    }
+  });
+});

@@ -6,8 +6,17 @@
  */
 import { Command } from 'ioredis';
 import { describe, expect, it } from 'vitest';
+import { evalBatch, MIRROR_BATCH_SCRIPT } from '../../../src/redis/batchScript.js';
 import { RespWriter } from '../../../src/redis/resp.js';
-import { encodeFlow, hsetFlow, type MirroredFlow } from '../../../src/redis/schema.js';
+import {
+  encodeFlow,
+  FLOW_FIELDS,
+  flowKeyOf,
+  hsetFlow,
+  type MirroredFlow,
+  nodeKeys,
+} from '../../../src/redis/schema.js';
+import type { Batch } from '../../../src/redis/view.js';
 
 /** What ioredis writes for `name args…`, as bytes. */
 const ioredisBytes = (name: string, args: (string | number)[]) => {
@@ -55,6 +64,57 @@ describe('RespWriter', () => {
     expect(ours(w.begin('publish', 'ch', 3).str('ch').str(long).end())).toEqual(ioredisBytes('publish', ['ch', long]));
     // The scratch buffer is reused: a short command after the long one carries nothing of it.
     expect(ours(w.begin('pexpire', 'k', 3).str('k').num(60_000).end())).toEqual(ioredisBytes('pexpire', ['k', 60_000]));
+  });
+
+  it("encodes a flush's EVAL as ioredis encodes it, with the slot of the node's keys", () => {
+    const w = new RespWriter();
+    const keys = nodeKeys('gw');
+    const flowKey = flowKeyOf(keys, 'tcp:1');
+    const batch: Batch = {
+      deleteKeys: [flowKeyOf(keys, 'tcp:2')],
+      deleteMembers: ['tcp:2'],
+      writes: [{ key: flowKey, row, member: 'tcp:1', score: 1_764_000_000_000, withTtl: true }],
+      names: [['bücher.example', '198.18.0.7']],
+      ips: [['198.18.0.9', undefined]],
+      events: ['{"v":1}'],
+    };
+    const c = evalBatch(w, keys, 60_000, batch);
+    const fields = FLOW_FIELDS.map((f) => f.name);
+    const args = [
+      MIRROR_BATCH_SCRIPT,
+      5,
+      keys.flows,
+      keys.dnsName,
+      keys.dnsIp,
+      flowKeyOf(keys, 'tcp:2'),
+      flowKey,
+      60_000,
+      1,
+      1,
+      1,
+      fields.length,
+      1,
+      1,
+      1,
+      keys.events,
+      'tcp:2',
+      ...fields,
+      '1',
+      1_764_000_000_000,
+      'tcp:1',
+      ...fields.map((f) => String(row[f])),
+      '1',
+      'bücher.example',
+      '198.18.0.7',
+      '0',
+      '198.18.0.9',
+      '',
+      '{"v":1}',
+    ];
+    expect(ours(c).toString('latin1')).toBe(ioredisBytes('eval', args).toString('latin1'));
+    // A Cluster sends it to the shard of the node's hash tag, as ioredis would route the same EVAL.
+    expect(c.getSlot()).toBe(new Command('eval', args).getSlot());
+    expect(c.getSlot()).toBe(new Command('hset', [flowKey, 'id', '1']).getSlot());
   });
 
   it('refuses a command whose argument count differs from what begin() announced', () => {
