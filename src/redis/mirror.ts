@@ -13,7 +13,7 @@
  */
 import type { ChainableCommander, Command } from 'ioredis';
 import type { FlowEntry, FlowEvent } from '../nat/types.js';
-import { batchCommands, evalBatch, refusesScripts } from './batchScript.js';
+import { batchCommands, evalBatch, refusesScripts, splitBatch } from './batchScript.js';
 import { type RedisClient, type RedisConnectOptions, RedisEndpoint, scanKeys } from './client.js';
 import { RespWriter } from './resp.js';
 import { encodeNodeInfo, type FlowAnnotation, hsetFlow, type NodeKeys, nodeKeys } from './schema.js';
@@ -89,6 +89,18 @@ export interface RedisMirrorStats {
 /** A pipeline, which also takes Commands made elsewhere (ioredis's Pipeline.sendCommand; ./resp.ts). */
 type Pipe = ChainableCommander & { sendCommand(c: Command): unknown };
 
+/** What unlessClosed() yields for a command whose connection closed before its reply. */
+const LOST = Symbol('lost');
+
+/** A promise and the function that resolves it to LOST (once). */
+function settleOnce(): { promise: Promise<typeof LOST>; settle: () => void } {
+  let settle = () => {};
+  const promise = new Promise<typeof LOST>((r) => {
+    settle = () => r(LOST);
+  });
+  return { promise, settle };
+}
+
 /** Commands per pipeline during a resync: big enough to be fast, small enough not to stall Redis. */
 const RESYNC_CHUNK = 1_000;
 /** The next poll of entries() waits at least this many times the last poll's duration (see refreshMs). */
@@ -120,8 +132,12 @@ export class RedisMirror {
   private readonly startedMs: number;
   /** Encodes the flow writes and events (one scratch buffer, reused: ./resp.ts). */
   private readonly resp = new RespWriter();
-  /** Flushes go as one EVAL each (./batchScript.ts) until the server refuses scripts. */
+  /** Whether flushes may go as EVALs at all (the option). */
+  private readonly batchScript: boolean;
+  /** Flushes go as EVALs (./batchScript.ts) until the server refuses scripts; each connection's probe decides anew. */
   private scripted: boolean;
+  /** Settles when the current connection closes (see unlessClosed). */
+  private lost = settleOnce();
 
   private client?: RedisClient;
   private nat?: NatEventSource;
@@ -151,7 +167,8 @@ export class RedisMirror {
     this.clearOnClose = opts.clearOnClose ?? true;
     this.now = opts.now ?? Date.now;
     this.startedMs = this.now();
-    this.scripted = opts.batchScript ?? true;
+    this.batchScript = opts.batchScript ?? true;
+    this.scripted = this.batchScript;
   }
 
   /**
@@ -287,12 +304,21 @@ export class RedisMirror {
       return;
     }
     this.flushing = true;
-    const b = this.view.takeBatch(this.now());
-    if (!this.scripted || !(await this.evalCounted(client, b))) {
-      const p = client.pipeline() as Pipe;
-      await this.execCounted(p, this.queueBatch(p, b));
+    try {
+      const b = this.view.takeBatch(this.now());
+      if (!this.scripted || !(await this.evalCounted(client, b))) {
+        const p = client.pipeline() as Pipe;
+        await this.execCounted(p, this.queueBatch(p, b));
+      }
+    } catch (err) {
+      // A defect, not Redis: keep mirroring (the next resync rewrites what this flush lost) and say so.
+      this.needResync = true;
+      this.redis.logger.warn(
+        `redis mirror: a flush failed (${err instanceof Error ? err.message : String(err)}); resynchronising`,
+      );
+    } finally {
+      this.flushing = false;
     }
-    this.flushing = false;
     if (this.view.pendingCount() > 0) this.scheduleFlush();
   }
 
@@ -343,34 +369,72 @@ export class RedisMirror {
   }
 
   /**
-   * The batch as one EVAL (./batchScript.ts); false when the server refuses
-   * scripts, with nothing applied: the caller then sends the batch command
-   * by command, as every later flush does (one log line says so).
+   * The batch as EVALs (./batchScript.ts; one unless it is big); false when
+   * the server refuses scripts, with nothing of the batch applied: the
+   * caller then sends it command by command, as every later flush does until
+   * a new connection's probe says scripts run (one log line says so).
    */
   private async evalCounted(client: RedisClient, b: Batch): Promise<boolean> {
-    const n = batchCommands(b);
-    const cmd = evalBatch(this.resp, this.keys, this.ttlMs, b);
-    client.sendCommand(cmd);
-    try {
-      await cmd.promise;
-      this.counters.written += n;
-    } catch (err) {
-      if (refusesScripts(err)) {
-        this.scripted = false;
-        this.redis.logger.warn(
-          `redis mirror: ${this.redis.redacted} refuses EVAL (${err instanceof Error ? err.message : String(err)}); writing each change as its own command from now on (allow +eval for the mirror's user to send one command per flush)`,
-        );
-        return false;
+    const parts = splitBatch(b);
+    for (const [i, part] of parts.entries()) {
+      const n = batchCommands(part);
+      const cmd = evalBatch(this.resp, this.keys, this.ttlMs, part);
+      client.sendCommand(cmd);
+      try {
+        const failed = await this.unlessClosed(cmd.promise as Promise<unknown>);
+        const f = failed === LOST ? n : Math.min(n, Number(failed) || 0);
+        this.counters.written += n - f;
+        this.counters.dropped += f;
+        if (f > 0) this.needResync = true;
+      } catch (err) {
+        if (i === 0 && refusesScripts(err)) {
+          this.refuseScripts(err);
+          return false;
+        }
+        this.counters.dropped += n;
+        this.needResync = true;
       }
-      this.counters.dropped += n;
-      this.needResync = true;
     }
     return true;
   }
 
+  private refuseScripts(err: unknown): void {
+    if (this.scripted)
+      this.redis.logger.warn(
+        `redis mirror: ${this.redis.redacted} refuses EVAL (${err instanceof Error ? err.message : String(err)}); writing each change as its own command from now on (allow +eval for the mirror's user to send one command per flush)`,
+      );
+    this.scripted = false;
+  }
+
+  /**
+   * On each new connection: may this user run scripts? A refusal (any error
+   * reply to a script that only returns 1) turns the one-EVAL flushes off
+   * until the next connection's probe.
+   */
+  private async probeScripts(client: RedisClient): Promise<void> {
+    if (!this.batchScript) return;
+    try {
+      await client.eval('return 1', 0);
+      this.scripted = true;
+    } catch (err) {
+      if (err instanceof Error && err.name === 'ReplyError') this.refuseScripts(err);
+    }
+  }
+
+  /**
+   * `p`, or LOST once the connection closes first: ioredis neither answers
+   * nor rejects a command that was in flight when a connection closed and
+   * came back (no offline queue, no resend), so nothing waits on it forever.
+   */
+  private unlessClosed<T>(p: Promise<T>): Promise<T | typeof LOST> {
+    return Promise.race([p, this.lost.promise]);
+  }
+
   private async execCounted(p: ChainableCommander, n: number): Promise<boolean> {
     try {
-      const results = (await p.exec()) ?? [];
+      const r = await this.unlessClosed(p.exec());
+      if (r === LOST) throw new Error('connection closed');
+      const results = r ?? [];
       let failed = n - results.length;
       for (const [err] of results) if (err) failed++;
       this.counters.written += n - failed;
@@ -435,6 +499,8 @@ export class RedisMirror {
 
   private onReady(): void {
     this.connected = true;
+    this.lost = settleOnce();
+    if (this.client) void this.probeScripts(this.client);
     if (this.redis.failures.ready()) {
       this.redis.logger.info(`redis mirror: connected to ${this.redis.redacted}; resynchronising`);
     }
@@ -450,6 +516,7 @@ export class RedisMirror {
     }
     this.connected = false;
     this.needResync = true;
+    this.lost.settle();
   }
 
   private onError(err: unknown): void {

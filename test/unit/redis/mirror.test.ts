@@ -440,6 +440,39 @@ describe('RedisMirror flushes as one EVAL', () => {
     expect(script.calls.eval).toBeLessThan(50);
   });
 
+  it('runs the rest of a flush when one of its commands fails, counts it, and the resync repairs it', async () => {
+    const node = 'gw-pcall';
+    // The fake-IP map's key holds a string: the flush's HSET on it fails with WRONGTYPE.
+    await redis.cli('SET', `fakeproxy:{${node}}:dns:name`, 'not a hash');
+    const sub = new Redis(redis.url);
+    const events: string[] = [];
+    sub.on('message', (_channel: string, msg: string) => events.push(msg));
+    await sub.subscribe(`fakeproxy:{${node}}:events`);
+    try {
+      const nat = new LiveNat();
+      const dns = new LiveDns();
+      const m = mirror({ nodeId: node, batchMs: 50 });
+      m.attachNat(nat.nat);
+      m.attachDns(dns.dns);
+      m.start();
+      await eventually(() => m.stats().connected && m.stats().resyncs === 1, 'connected and resynced');
+      await redis.cli('SET', `fakeproxy:{${node}}:dns:name`, 'not a hash');
+      const ip = await dns.resolve('pcall.example');
+      for (let i = 0; i < 5; i++) nat.open({ dst: ip });
+      // Rows after the failing command's place in the script, and every event, still land.
+      await eventually(async () => (await flowKeys(node)).length === 5 && events.length === 5, 'rows and events');
+      expect(m.stats().dropped).toBeGreaterThan(0);
+      expect(await reader.hget(`fakeproxy:{${node}}:dns:ip`, ip)).toBe('pcall.example');
+      // The failure asked for a resync, which replaces the map with a hash.
+      await eventually(
+        async () => (await reader.hget(`fakeproxy:{${node}}:dns:name`, 'pcall.example').catch(() => null)) === ip,
+        'the map repaired by the resync',
+      );
+    } finally {
+      sub.disconnect();
+    }
+  });
+
   it('writes each change as its own command, logging once and losing nothing, for a user that may not EVAL', async () => {
     await redis.cli('ACL', 'SETUSER', 'noeval', 'on', '>pw', '~*', '&*', '+@all', '-eval', '-evalsha');
     try {

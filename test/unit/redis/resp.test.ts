@@ -6,7 +6,7 @@
  */
 import { Command } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { evalBatch, MIRROR_BATCH_SCRIPT } from '../../../src/redis/batchScript.js';
+import { evalBatch, MIRROR_BATCH_SCRIPT, splitBatch } from '../../../src/redis/batchScript.js';
 import { RespWriter } from '../../../src/redis/resp.js';
 import {
   encodeFlow,
@@ -121,5 +121,48 @@ describe('RespWriter', () => {
     const w = new RespWriter();
     expect(() => w.begin('unlink', 'a', 3).str('a').end()).toThrow(/unlink is off by 1/);
     expect(() => w.begin('unlink', 'a', 2).str('a').str('b').end()).toThrow(/unlink is off by -1/);
+  });
+});
+
+describe('splitBatch', () => {
+  it('cuts a big batch along its command order into parts of at most maxArgs arguments', () => {
+    const keys = nodeKeys('gw');
+    const w = (i: number) => ({
+      key: flowKeyOf(keys, `tcp:${i}`),
+      row,
+      member: `tcp:${i}`,
+      score: i,
+      withTtl: i % 2 === 0,
+    });
+    const big: Batch = {
+      deleteKeys: Array.from({ length: 3000 }, (_, i) => flowKeyOf(keys, `tcp:${100_000 + i}`)),
+      deleteMembers: Array.from({ length: 3000 }, (_, i) => `tcp:${100_000 + i}`),
+      writes: Array.from({ length: 2500 }, (_, i) => w(i)),
+      names: Array.from({ length: 10 }, (_, i): [string, string] => [`n${i}.example`, `198.18.0.${i}`]),
+      ips: [['198.18.0.1', undefined]],
+      events: Array.from({ length: 5000 }, (_, i) => `{"i":${i}}`),
+    };
+    const parts = splitBatch(big, 20_000);
+    const args = (b: Batch) =>
+      2 * b.deleteKeys.length +
+      (3 + FLOW_FIELDS.length) * b.writes.length +
+      3 * (b.names.length + b.ips.length) +
+      b.events.length;
+    expect(parts.length).toBeGreaterThanOrEqual(Math.ceil(args(big) / 20_000));
+    for (const p of parts) {
+      expect(args(p)).toBeLessThanOrEqual(20_000);
+      expect(p.deleteMembers).toEqual(p.deleteKeys.map((k) => k.slice(k.lastIndexOf(':flow:') + 6)));
+    }
+    // In order: the parts' commands, one after the other, are the whole batch's.
+    const seq = (b: Batch) => [
+      ...b.deleteKeys.map((k) => `del ${k}`),
+      ...b.writes.map((x) => `write ${x.key}`),
+      ...b.names.map(([n]) => `name ${n}`),
+      ...b.ips.map(([ip]) => `ip ${ip}`),
+      ...b.events.map((e) => `event ${e}`),
+    ];
+    expect(parts.flatMap(seq)).toEqual(seq(big));
+    const small: Batch = { ...big, deleteKeys: [], deleteMembers: [], writes: [w(1)], events: ['{}'] };
+    expect(splitBatch(small, 20_000)).toEqual([small]);
   });
 });
