@@ -31,6 +31,7 @@
  * and every later one, command by command (./mirror.ts).
  */
 import type { Command } from 'ioredis';
+import { errorText } from '../util/errorText.js';
 import type { RespWriter } from './resp.js';
 import { FLOW_FIELDS, type NodeKeys } from './schema.js';
 import type { Batch } from './view.js';
@@ -122,17 +123,34 @@ export function batchCommands(b: Batch): number {
 }
 
 /**
- * The batch cut into parts of at most maxArgs script arguments each, along
- * its command order (deletes, writes, names, ips, events): sent in order,
- * the parts run the same commands in the same order as the whole.
+ * What each part of a batch adds to its EVAL's argument count (evalArgs):
+ * a deleted flow its key and index member; a write its key, ttl flag,
+ * score, member and one value per field; a name or ip entry its flag and
+ * two strings; an event itself.
+ */
+const ARGS_PER = { delete: 2, write: 4 + FLOW_FIELDS.length, mapEntry: 3, event: 1 } as const;
+
+/** EVAL, the script, numkeys, the three fixed keys, ttl, seven counts, the channel and the field names. */
+const ARGS_FIXED = 3 + 3 + 9 + FLOW_FIELDS.length;
+
+/** The arguments of the batch's EVAL (evalBatch), the command's name included: what splitBatch bounds. */
+export function evalArgs(b: Batch): number {
+  return (
+    ARGS_FIXED +
+    ARGS_PER.delete * b.deleteKeys.length +
+    ARGS_PER.write * b.writes.length +
+    ARGS_PER.mapEntry * (b.names.length + b.ips.length) +
+    ARGS_PER.event * b.events.length
+  );
+}
+
+/**
+ * The batch cut into parts whose EVALs have at most maxArgs arguments each,
+ * along its command order (deletes, writes, names, ips, events): sent in
+ * order, the parts run the same commands in the same order as the whole.
  */
 export function splitBatch(b: Batch, maxArgs = MAX_EVAL_ARGS): Batch[] {
-  const perWrite = 3 + FLOW_FIELDS.length;
-  if (
-    2 * b.deleteKeys.length + perWrite * b.writes.length + 3 * (b.names.length + b.ips.length) + b.events.length <=
-    maxArgs
-  )
-    return [b];
+  if (evalArgs(b) <= maxArgs) return [b];
   const parts: Batch[] = [];
   let part: Batch | undefined;
   let used = 0;
@@ -140,20 +158,20 @@ export function splitBatch(b: Batch, maxArgs = MAX_EVAL_ARGS): Batch[] {
     if (!part || used + cost > maxArgs) {
       part = { deleteKeys: [], deleteMembers: [], writes: [], names: [], ips: [], events: [] };
       parts.push(part);
-      used = 0;
+      used = ARGS_FIXED;
     }
     used += cost;
     return part;
   };
   b.deleteKeys.forEach((k, i) => {
-    const p = room(2);
+    const p = room(ARGS_PER.delete);
     p.deleteKeys.push(k);
     p.deleteMembers.push(b.deleteMembers[i] as string);
   });
-  for (const w of b.writes) room(perWrite).writes.push(w);
-  for (const n of b.names) room(3).names.push(n);
-  for (const ip of b.ips) room(3).ips.push(ip);
-  for (const ev of b.events) room(1).events.push(ev);
+  for (const w of b.writes) room(ARGS_PER.write).writes.push(w);
+  for (const n of b.names) room(ARGS_PER.mapEntry).names.push(n);
+  for (const ip of b.ips) room(ARGS_PER.mapEntry).ips.push(ip);
+  for (const ev of b.events) room(ARGS_PER.event).events.push(ev);
   return parts;
 }
 
@@ -161,14 +179,7 @@ export function splitBatch(b: Batch, maxArgs = MAX_EVAL_ARGS): Batch[] {
 export function evalBatch(r: RespWriter, keys: NodeKeys, ttlMs: number, b: Batch): Command {
   const nf = FLOW_FIELDS.length;
   const nkeys = 3 + b.deleteKeys.length + b.writes.length;
-  const nargv =
-    9 +
-    b.deleteMembers.length +
-    nf +
-    b.writes.length * (3 + nf) +
-    3 * (b.names.length + b.ips.length) +
-    b.events.length;
-  r.begin('eval', keys.flows, 3 + nkeys + nargv)
+  r.begin('eval', keys.flows, evalArgs(b))
     .str(MIRROR_BATCH_SCRIPT)
     .num(nkeys)
     .str(keys.flows)
@@ -215,6 +226,6 @@ export function evalBatch(r: RespWriter, keys: NodeKeys, ttlMs: number, b: Batch
  * one (a wrong type, out of memory, a lost connection).
  */
 export function refusesScripts(err: unknown): boolean {
-  const msg = err instanceof Error ? err.message : String(err);
+  const msg = errorText(err);
   return /^NOPERM\b.*[`'"]eval[`'"] command/i.test(msg) || /^ERR unknown command [`'"]eval[`'"]/i.test(msg);
 }

@@ -13,6 +13,7 @@
  */
 import type { ChainableCommander, Command } from 'ioredis';
 import type { FlowEntry, FlowEvent } from '../nat/types.js';
+import { errorText } from '../util/errorText.js';
 import { batchCommands, evalBatch, refusesScripts, splitBatch } from './batchScript.js';
 import { type RedisClient, type RedisConnectOptions, RedisEndpoint, scanKeys } from './client.js';
 import { RespWriter } from './resp.js';
@@ -313,9 +314,7 @@ export class RedisMirror {
     } catch (err) {
       // A defect, not Redis: keep mirroring (the next resync rewrites what this flush lost) and say so.
       this.needResync = true;
-      this.redis.logger.warn(
-        `redis mirror: a flush failed (${err instanceof Error ? err.message : String(err)}); resynchronising`,
-      );
+      this.redis.logger.warn(`redis mirror: a flush failed (${errorText(err)}); resynchronising`);
     } finally {
       this.flushing = false;
     }
@@ -401,7 +400,7 @@ export class RedisMirror {
   private refuseScripts(err: unknown): void {
     if (this.scripted)
       this.redis.logger.warn(
-        `redis mirror: ${this.redis.redacted} refuses EVAL (${err instanceof Error ? err.message : String(err)}); writing each change as its own command from now on (allow +eval for the mirror's user to send one command per flush)`,
+        `redis mirror: ${this.redis.redacted} refuses EVAL (${errorText(err)}); writing each change as its own command from now on (allow +eval for the mirror's user to send one command per flush)`,
       );
     this.scripted = false;
   }
