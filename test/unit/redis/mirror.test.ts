@@ -495,4 +495,42 @@ describe('RedisMirror flushes as one EVAL', () => {
       await redis.cli('ACL', 'DELUSER', 'noeval');
     }
   });
+
+  it('does not wait for the reply of a flush whose connection closed under it: counts it and resyncs', async () => {
+    const node = 'gw-inflight';
+    const clients: Redis[] = [];
+    const factory: RedisFactory = (url, options) => {
+      const c = new Redis(url, options);
+      clients.push(c);
+      return c;
+    };
+    const nat = new LiveNat();
+    const m = mirror({ nodeId: node, redisFactory: factory, batchMs: 50, refreshMs: 200, maxBackoffMs: 200 });
+    m.attachNat(nat.nat);
+    m.start();
+    await eventually(() => m.stats().connected && m.stats().resyncs === 1, 'connected and resynced');
+    expect(clients).toHaveLength(1);
+    const conn = clients[0] as Redis;
+    const id = await conn.client('ID');
+    let readies = 0;
+    conn.on('ready', () => readies++);
+    // Redis holds every write (EVAL included) unanswered; the flush of these five is sent and waits.
+    await redis.cli('CLIENT', 'PAUSE', '20000', 'WRITE');
+    try {
+      for (let i = 0; i < 5; i++) nat.open();
+      await eventually(() => m.stats().pending === 0, 'the flush taken and sent');
+      await sleep(100);
+      expect(await flowKeys(node)).toEqual([]);
+      // The connection drops with the EVAL in flight; ioredis reconnects and never settles that EVAL.
+      expect((await redis.cli('CLIENT', 'KILL', 'ID', String(id))).trim()).toBe('1');
+      await eventually(() => readies === 1, 'reconnected');
+    } finally {
+      await redis.cli('CLIENT', 'UNPAUSE');
+    }
+    // Later changes are flushed (no flush is left waiting), and the resync rewrites the lost flush's rows.
+    for (let i = 0; i < 5; i++) nat.open();
+    await eventually(async () => (await flowKeys(node)).length === 10, 'all ten rows');
+    expect(m.stats().dropped).toBeGreaterThan(0);
+    expect(m.stats().resyncs).toBeGreaterThanOrEqual(2);
+  });
 });
