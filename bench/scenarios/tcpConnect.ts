@@ -71,60 +71,90 @@ export const tcpConnect: Scenario = {
       topo.big = bigFile(ctx, 1 * 1024 * 1024);
       await topo.start('dnsmasq', 'origin', 'dante');
       const csv = join(ctx.tmp, 'ab.csv');
-      const fill = async (prefix: string, url: string, withPaced = true, d?: Daemon) => {
-        // One untimed warm-up pass of 1000 (page cache, ARP, daemon JIT, dante's preforked children;
-        // up to 20 s: a proxy's slow start is not measured), then the timed repetitions.
-        await abRun(topo.client, url, Math.min(1000, n), CONCURRENCY, csv, 20);
-        const jsUs: number[] = [];
-        const rs = await repeat(ctx, async () => {
-          const cpu0 = d?.jsThreadCpuSecs() ?? 0;
-          const r = await abRun(topo.client, url, n, CONCURRENCY, csv, limit);
-          if (d && r.complete > 0) jsUs.push(((d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete);
-          return r;
+      interface Leg {
+        prefix: string;
+        url: string;
+        paced: boolean;
+        d?: Daemon;
+      }
+      /**
+       * Measures the legs with their repetitions alternating (leg 1, leg 2, leg 1, …; ab, then the
+       * paced runs), so that a drift of this host's load hits every leg alike and each paced TUN run
+       * has its veth run of the same index right beside it.
+       */
+      const fill = async (...legs: Leg[]) => {
+        // One untimed warm-up pass of 1000 per leg (page cache, ARP, daemon JIT, dante's preforked
+        // children; up to 20 s: a proxy's slow start is not measured), then the timed repetitions.
+        for (const l of legs) await abRun(topo.client, l.url, Math.min(1000, n), CONCURRENCY, csv, 20);
+        const ab = new Map(legs.map((l) => [l, [] as Awaited<ReturnType<typeof abRun>>[]]));
+        const jsUs = new Map(legs.map((l) => [l, [] as number[]]));
+        const paced = new Map(legs.map((l) => [l, [] as Awaited<ReturnType<typeof pacedRun>>[]]));
+        await repeat(ctx, async () => {
+          for (const l of legs) {
+            const cpu0 = l.d?.jsThreadCpuSecs() ?? 0;
+            const r = await abRun(topo.client, l.url, n, CONCURRENCY, csv, limit);
+            if (l.d && r.complete > 0) jsUs.get(l)?.push(((l.d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete);
+            ab.get(l)?.push(r);
+          }
+          for (const l of legs)
+            if (l.paced) paced.get(l)?.push(await pacedRun(ctx, topo.client, l.url, PACED_RATE, pacedSecs));
         });
-        if (d) row(s, `${prefix}-js-us`).samples = jsUs;
-        if (rs.some((r) => r.complete < n))
-          s.notes.push(
-            `${prefix}: some repetitions hit the ${limit} s limit before ${n} requests (rate over what completed)`,
-          );
-        row(s, prefix).samples = rs.map((r) => r.rps);
-        const p50 = s.rows.find((r) => r.id === `${prefix}-p50`);
-        if (p50) p50.samples = rs.map((r) => r.p50ms);
-        row(s, `${prefix}-p99`).samples = rs.map((r) => r.p99ms);
-        if (!withPaced) return;
-        const ps = await repeat(ctx, () => pacedRun(ctx, topo.client, url, PACED_RATE, pacedSecs));
-        row(s, `${prefix}-paced-p50`).samples = ps.map((r) => r.p50ms);
-        row(s, `${prefix}-paced-p99`).samples = ps.map((r) => r.p99ms);
-        const late = ps.reduce((a, r) => a + r.late, 0);
-        if (late > 0)
-          s.notes.push(
-            `${prefix} paced: the client started ${late} of ${ps.length * PACED_RATE * pacedSecs} connections > 1 ms behind schedule (busy machine; counted against the path)`,
-          );
+        for (const l of legs) {
+          const { prefix } = l;
+          const rs = ab.get(l) ?? [];
+          if (l.d) row(s, `${prefix}-js-us`).samples = jsUs.get(l) ?? [];
+          if (rs.some((r) => r.complete < n))
+            s.notes.push(
+              `${prefix}: some repetitions hit the ${limit} s limit before ${n} requests (rate over what completed)`,
+            );
+          row(s, prefix).samples = rs.map((r) => r.rps);
+          const p50 = s.rows.find((r) => r.id === `${prefix}-p50`);
+          if (p50) p50.samples = rs.map((r) => r.p50ms);
+          row(s, `${prefix}-p99`).samples = rs.map((r) => r.p99ms);
+          if (!l.paced) continue;
+          const ps = paced.get(l) ?? [];
+          row(s, `${prefix}-paced-p50`).samples = ps.map((r) => r.p50ms);
+          row(s, `${prefix}-paced-p99`).samples = ps.map((r) => r.p99ms);
+          const late = ps.reduce((a, r) => a + r.late, 0);
+          if (late > 0)
+            s.notes.push(
+              `${prefix} paced: the client started ${late} of ${ps.length * PACED_RATE * pacedSecs} connections > 1 ms behind schedule (busy machine; counted against the path)`,
+            );
+        }
       };
-      await path(ctx, s, filled('direct'), 'tcp-connect: veth', () =>
-        fill('direct', `http://${topo.upIp}:${PORTS.origin}/small`),
-      );
       const viaName = `http://${ORIGIN_NAME}:${PORTS.origin}/small`;
-      await path(ctx, s, [...filled('tun'), 'tun-added-p99', 'tun-js-us'], 'tcp-connect: TUN direct', () =>
-        withDaemon(topo, 'direct', async (daemon) => {
-          await fill('tun', viaName, true, daemon);
-          const d = row(s, 'direct-paced-p99').samples;
-          const t = row(s, 'tun-paced-p99').samples;
-          row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
-        }),
+      // The plain veth and the TUN alternate with the daemon up (the veth path does not touch the TUN).
+      await path(
+        ctx,
+        s,
+        [...filled('direct'), ...filled('tun'), 'tun-added-p99', 'tun-js-us'],
+        'tcp-connect: veth and TUN direct, alternating',
+        () =>
+          withDaemon(topo, 'direct', async (daemon) => {
+            await fill(
+              { prefix: 'direct', url: `http://${topo.upIp}:${PORTS.origin}/small`, paced: true },
+              { prefix: 'tun', url: viaName, paced: true, d: daemon },
+            );
+            const d = row(s, 'direct-paced-p99').samples;
+            const t = row(s, 'tun-paced-p99').samples;
+            row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
+          }),
       );
       await path(ctx, s, filled('tun-noctl', false), 'tcp-connect: TUN direct, --controller off', () =>
-        withDaemon(topo, 'direct', () => fill('tun-noctl', viaName, false), { extra: ['--controller', 'off'] }),
+        withDaemon(topo, 'direct', () => fill({ prefix: 'tun-noctl', url: viaName, paced: false }), {
+          extra: ['--controller', 'off'],
+        }),
       );
       await path(ctx, s, [...filled('tun-dante', false), 'tun-dante-js-us'], 'tcp-connect: TUN → dante', () =>
         // No paced row: PACED_RATE is above what dante's path takes today (its queue would grow for the whole run).
-        withDaemon(topo, 'dante', (daemon) => fill('tun-dante', viaName, false, daemon)),
+        withDaemon(topo, 'dante', (daemon) => fill({ prefix: 'tun-dante', url: viaName, paced: false, d: daemon })),
       );
       s.notes.push(
         "JS thread CPU/conn: the daemon main thread's user + system CPU (/proc/<pid>/task/<pid>/stat, clock ticks) over the timed ab runs ÷ completed connections; a cost per connection that moves far less with machine load than conn/s",
         "latency = ab's per-request total (connect + request + first byte + 128 B), percentiles from ab -e (fractional ms); ab checks every response (complete = n, 0 failed, 0 non-2xx)",
         'tun-noctl: the same daemon without the controller API; the controller keeps a record per live connection for /connections whether or not a dashboard is open, so this is its cost with no client (nat-scale has its memory)',
         `paced = open loop (bench/lib/pacer.c): a new connection every 1/${PACED_RATE} s for ${pacedSecs} s, latency from its scheduled start to the response's EOF; every response checked (HTTP 200, body = Content-Length). ab's p99 is closed-loop (≈ ${CONCURRENCY} / rate), so "added p99" uses the paced rows`,
+        'direct and tun alternate repetition by repetition (ab on each, then the paced run on each) with the daemon up, so each tun-added-p99 sample pairs two paced runs taken one after the other',
         'ab is single-threaded: on 2 CPUs it competes with the origin, the daemon and the kernel, so the direct rate is a lower bound of what the origin can take',
       );
       return [s];
