@@ -28,6 +28,17 @@ function mirror(opts: Partial<ConstructorParameters<typeof RedisMirror>[0]> & { 
   return m;
 }
 
+/** A RedisFactory that keeps every client it makes, so a test can reach the mirror's connections. */
+function recordingFactory(): { clients: Redis[]; factory: RedisFactory } {
+  const clients: Redis[] = [];
+  const factory: RedisFactory = (url, options) => {
+    const c = new Redis(url, options);
+    clients.push(c);
+    return c;
+  };
+  return { clients, factory };
+}
+
 const flowKeys = async (node: string) =>
   (await redis.cliLines('--scan', '--pattern', `fakeproxy:{${node}}:flow:*`)).sort();
 
@@ -279,12 +290,7 @@ describe('RedisMirror without Redis', () => {
 describe('RedisMirror across a Redis outage', () => {
   it('keeps accepting events without queueing, counts drops, and resyncs fully after a restart', async () => {
     const r = await TestRedis.start();
-    const clients: Redis[] = [];
-    const factory: RedisFactory = (url, options) => {
-      const c = new Redis(url, options);
-      clients.push(c);
-      return c;
-    };
+    const { clients, factory } = recordingFactory();
     const nat = new LiveNat();
     // A /29 (five addresses): names resolved during the outage recycle before.example's.
     const dns = new LiveDns('10.9.0.8/29');
@@ -498,12 +504,7 @@ describe('RedisMirror flushes as one EVAL', () => {
 
   it('does not wait for the reply of a flush whose connection closed under it: counts it and resyncs', async () => {
     const node = 'gw-inflight';
-    const clients: Redis[] = [];
-    const factory: RedisFactory = (url, options) => {
-      const c = new Redis(url, options);
-      clients.push(c);
-      return c;
-    };
+    const { clients, factory } = recordingFactory();
     const nat = new LiveNat();
     const m = mirror({ nodeId: node, redisFactory: factory, batchMs: 50, refreshMs: 200, maxBackoffMs: 200 });
     m.attachNat(nat.nat);
