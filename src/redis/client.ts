@@ -128,6 +128,8 @@ export interface ResilientOptions {
    * dropped when the connection is back.
    */
   subscriber?: boolean;
+  /** What the connection calls itself (CLIENT SETNAME, seen in CLIENT LIST): see schema.ts clientName. */
+  name?: string;
 }
 
 /** Options of a long-lived connection that reconnects by itself forever. */
@@ -141,6 +143,8 @@ export function resilientOptions(opts: ResilientOptions = {}): RedisOptions {
     autoResendUnfulfilledCommands: false,
     connectTimeout: CONNECT_TIMEOUT_MS,
     retryStrategy: (times) => retryDelayMs(times, maxBackoffMs, authFailed()),
+    // Sent on every (re)connect; a user not allowed CLIENT SETNAME just stays unnamed (ioredis ignores the error).
+    ...(opts.name ? { connectionName: opts.name } : {}),
   };
 }
 
@@ -257,13 +261,14 @@ export class RedisEndpoint {
     this.wanted = wanted;
   }
 
-  /** A resilient client; a `subscriber` queues its commands while offline (ResilientOptions). */
-  client(subscriber = false): RedisClient {
+  /** A resilient client named `name`; a `subscriber` queues its commands while offline (ResilientOptions). */
+  client(name: string, subscriber = false): RedisClient {
     return resilientClient(this.factory, this.url, {
       maxBackoffMs: this.maxBackoffMs,
       authFailed: () => this.failures.authFailed,
       wanted: this.wanted,
       subscriber,
+      name,
     });
   }
 

@@ -17,7 +17,7 @@ import { errorText } from '../util/errorText.js';
 import { batchCommands, evalBatch, refusesScripts, splitBatch } from './batchScript.js';
 import { type RedisClient, type RedisConnectOptions, RedisEndpoint, scanKeys } from './client.js';
 import { RespWriter } from './resp.js';
-import { encodeNodeInfo, type FlowAnnotation, hsetFlow, type NodeKeys, nodeKeys } from './schema.js';
+import { clientName, encodeNodeInfo, type FlowAnnotation, hsetFlow, type NodeKeys, nodeKeys } from './schema.js';
 import { type Batch, MirrorView } from './view.js';
 
 export type { FlowEventMessage, MirroredFlow } from './schema.js';
@@ -179,7 +179,7 @@ export class RedisMirror {
    */
   start(): void {
     if (this.client || this.closed) return;
-    const client = this.redis.client();
+    const client = this.redis.client(clientName(this.nodeId, 'mirror'));
     this.client = client;
     client.on('ready', () => this.onReady());
     // A Cluster stays 'ready' while one primary fails over: what that primary

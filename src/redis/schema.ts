@@ -19,6 +19,14 @@ import type { RespWriter } from './resp.js';
 /** Every key starts with this. */
 export const KEY_ROOT = 'fakeproxy';
 
+/**
+ * The name each of the daemon's Redis connections gives itself (CLIENT SETNAME), so an operator's
+ * CLIENT LIST tells them apart: `fakeproxy:<node>:mirror`, `fakeproxy:pool`, `fakeproxy:pool:events`.
+ */
+export function clientName(...parts: string[]): string {
+  return [KEY_ROOT, ...parts].join(':');
+}
+
 // ---- per-node keys (the mirror) ----
 
 /** Suffixes of a node's keys, after `fakeproxy:{<node>}:`. */

@@ -31,7 +31,7 @@ import {
   redisErrorCode,
   subscribeAlways,
 } from './client.js';
-import { decodeRecycled, type PoolKeys, poolKeys } from './schema.js';
+import { clientName, decodeRecycled, type PoolKeys, poolKeys } from './schema.js';
 
 export interface RedisSharedPoolOptions extends RedisConnectOptions {
   /** IPv4 CIDR of the fake range; the pool is shared by every daemon with the same (normalised) CIDR. */
@@ -214,9 +214,9 @@ export class RedisSharedPool extends EventEmitter {
    */
   async start(): Promise<void> {
     if (this.client) return;
-    const client = this.redis.client();
+    const client = this.redis.client(clientName('pool'));
     this.client = client;
-    const sub = this.redis.client(true);
+    const sub = this.redis.client(clientName('pool', 'events'), true);
     this.sub = sub;
     sub.on('error', () => {
       /* the main client reports connection problems */

@@ -82,6 +82,25 @@ describe('RedisMirror', () => {
     expect(m.stats().dropped).toBe(0);
   });
 
+  it('names its connection fakeproxy:<node>:mirror in CLIENT LIST, again after a reconnect', async () => {
+    const m = mirror({ nodeId: 'gw-named', maxBackoffMs: 200 });
+    m.attachNat(new LiveNat().nat);
+    m.start();
+    const named = async () =>
+      (await redis.cliLines('CLIENT', 'LIST')).filter((l) => l.includes(' name=fakeproxy:gw-named:mirror '));
+    const first = await eventually(async () => {
+      const l = await named();
+      return l.length === 1 ? l[0] : undefined;
+    }, 'one connection of that name');
+    const id = /^id=(\d+) /.exec(first ?? '')?.[1];
+    expect(id).toBeDefined();
+    expect((await redis.cli('CLIENT', 'KILL', 'ID', String(id))).trim()).toBe('1');
+    await eventually(async () => {
+      const l = await named();
+      return l.length === 1 && !l[0]?.startsWith(`id=${id} `);
+    }, 'the new connection named too');
+  });
+
   it('polls entries() less often when a poll is slow (big tables), so the event loop stays free', async () => {
     // The real table, big enough that copying it out takes milliseconds; each poll timed.
     const live = new LiveNat();
@@ -480,7 +499,20 @@ describe('RedisMirror flushes as one EVAL', () => {
   });
 
   it('writes each change as its own command, logging once and losing nothing, for a user that may not EVAL', async () => {
-    await redis.cli('ACL', 'SETUSER', 'noeval', 'on', '>pw', '~*', '&*', '+@all', '-eval', '-evalsha');
+    // Nor name its connection (CLIENT SETNAME): that is ignored.
+    await redis.cli(
+      'ACL',
+      'SETUSER',
+      'noeval',
+      'on',
+      '>pw',
+      '~*',
+      '&*',
+      '+@all',
+      '-eval',
+      '-evalsha',
+      '-client|setname',
+    );
     try {
       const log = captureLog();
       const nat = new LiveNat();

@@ -78,6 +78,18 @@ describe('RedisSharedPool', () => {
     expect(Number(await redis.cli('HLEN', 'fakeproxy:pool:{198.19.0.0/16}:i2n'))).toBe(1000);
   });
 
+  it('names its two connections in CLIENT LIST: fakeproxy:pool and fakeproxy:pool:events', async () => {
+    const p = await pool('198.19.0.0/24', '198.19.0.1');
+    await p.allocate('named.example');
+    const names = async () =>
+      (await redis.cliLines('CLIENT', 'LIST', 'TYPE', 'normal')).map((l) => / name=(\S*) /.exec(l)?.[1]);
+    expect(await names()).toContain('fakeproxy:pool');
+    // The subscriber is in pub/sub mode.
+    expect(
+      (await redis.cliLines('CLIENT', 'LIST', 'TYPE', 'pubsub')).map((l) => / name=(\S*) /.exec(l)?.[1]),
+    ).toContain('fakeproxy:pool:events');
+  });
+
   it("recycles the least recently used address of a full /29 and invalidates other daemons' caches", async () => {
     const a = await pool('10.0.0.8/29', '10.0.0.9');
     const b = await pool('10.0.0.8/29', '10.0.0.9');
