@@ -137,7 +137,8 @@ const ARGS_FIXED = 3 + 3 + 9 + FLOW_FIELDS.length;
 export function evalArgs(b: Batch): number {
   return (
     ARGS_FIXED +
-    ARGS_PER.delete * b.deleteKeys.length +
+    b.deleteKeys.length +
+    b.deleteMembers.length +
     ARGS_PER.write * b.writes.length +
     ARGS_PER.mapEntry * (b.names.length + b.ips.length) +
     ARGS_PER.event * b.events.length
