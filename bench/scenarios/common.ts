@@ -84,5 +84,18 @@ export async function repeat<T>(ctx: Ctx, fn: (i: number) => Promise<T>): Promis
   return out;
 }
 
+/**
+ * ctx.reps repetitions, each running `run` once per leg in the legs' order
+ * (leg 1, leg 2, …, leg 1, leg 2, …): a drift of the host's load between
+ * minutes hits every leg alike. Each leg's results, in repetition order.
+ */
+export async function alternate<L, T>(ctx: Ctx, legs: readonly L[], run: (leg: L) => Promise<T>): Promise<Map<L, T[]>> {
+  const out = new Map(legs.map((l) => [l, [] as T[]]));
+  await repeat(ctx, async () => {
+    for (const l of legs) out.get(l)?.push(await run(l));
+  });
+  return out;
+}
+
 export const GiB = 1024 ** 3;
 export const MiB = 1024 ** 2;

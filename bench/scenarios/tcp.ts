@@ -15,7 +15,7 @@ import { type Ctx, need, sleep, Unavailable } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { type CurlVia, curlGbps, curlVerifySha, VerifyError } from '../lib/tools.js';
 import { bigFile, ORIGIN_NAME, PORTS, Topology } from '../lib/topology.js';
-import { GBPS, GiB, MiB, path, repeat, row, type Scenario, section, spec } from './common.js';
+import { alternate, GBPS, GiB, MiB, path, repeat, row, type Scenario, section, spec } from './common.js';
 
 const REDSOCKS_PORT = 12345;
 
@@ -72,11 +72,8 @@ export const tcpThroughput: Scenario = {
             if (redsocks instanceof Error) row(dl, 'e').unavailable = redsocks.message;
             else legs.splice(1, 0, ['e', originIp, []]);
             for (const [, url, via] of legs) await curlVerifySha(topo.client, url, via, file, timeout);
-            for (const [id] of legs) row(dl, id).samples = [];
-            await repeat(ctx, async () => {
-              for (const [id, url, via] of legs)
-                row(dl, id).samples.push(await curlGbps(topo.client, url, via, file, timeout));
-            });
+            const gbps = await alternate(ctx, legs, ([, url, via]) => curlGbps(topo.client, url, via, file, timeout));
+            for (const [leg, samples] of gbps) row(dl, leg[0]).samples = samples;
           }),
         ),
       );

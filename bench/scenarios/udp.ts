@@ -12,7 +12,7 @@ import { type Ctx, waitListening } from '../lib/env.js';
 import type { Row, Section } from '../lib/report.js';
 import { iperfUdp, socksUdp, udpSnmp, VerifyError } from '../lib/tools.js';
 import { bigFile, IPERF_NAME, PORTS, Topology } from '../lib/topology.js';
-import { path, repeat, rows, type Scenario } from './common.js';
+import { alternate, path, repeat, rows, type Scenario } from './common.js';
 import { withDaemon } from './tcp.js';
 
 const LEN = 1200;
@@ -130,10 +130,7 @@ export const udp: Scenario = {
       const sweep = async (legs: Leg[], at = rates) => {
         for (const rate of at) {
           if (ctx.aborted) return;
-          const rs = new Map(legs.map((l) => [l, [] as Awaited<ReturnType<typeof oneRun>>[]]));
-          await repeat(ctx, async () => {
-            for (const l of legs) rs.get(l)?.push(await oneRun(l.host, rate, l.window));
-          });
+          const rs = await alternate(ctx, legs, (l) => oneRun(l.host, rate, l.window));
           for (const [l, r] of rs) {
             get(`${l.pid}@${rate}`).samples = r.map((x) => x.pps);
             get(`${l.pid}@${rate}-loss`).samples = r.map((x) => x.lossPct);

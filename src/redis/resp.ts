@@ -21,16 +21,21 @@ const SCRATCH_MAX = 1024 * 1024;
 /** A Command whose RESP bytes were encoded by RespWriter; ioredis sends them as they are. */
 class EncodedCommand extends Command {
   readonly #bytes: Buffer;
+  readonly #key: string;
 
   constructor(name: string, key: string, bytes: Buffer) {
-    // The key alone is what ioredis reads from args: a Cluster's slot (every mirror key of a node shares one).
-    // EVAL's keys follow the script and their count.
-    super(name, name === 'eval' ? ['', '1', key] : [key]);
+    super(name, [key]);
     this.#bytes = bytes;
+    this.#key = key;
   }
 
   override toWritable(): Buffer {
     return this.#bytes;
+  }
+
+  /** The key begin() named, whatever the command: ioredis routes by it (a Cluster's slot; every mirror key of a node shares one). */
+  override getKeys(): string[] {
+    return [this.#key];
   }
 }
 
