@@ -64,17 +64,22 @@ export async function path(
   try {
     await body();
   } catch (e) {
-    const msg = (e as Error).message.split('\n')[0].slice(0, 300);
-    for (const id of ids) {
-      const r = section.rows.find((x) => x.id === id);
-      if (r) {
-        r.samples = [];
-        r.unavailable = e instanceof Unavailable ? msg : `FAILED: ${msg}`;
-      }
-    }
-    if (!(e instanceof Unavailable)) section.error = [section.error, `${what}: ${msg}`].filter(Boolean).join('; ');
-    ctx.log(`${what}: ${e instanceof Unavailable ? 'unavailable' : 'FAILED'}: ${msg}`);
+    failed(ctx, { section, ids, what }, e);
   }
+}
+
+/** Marks a path's or a leg's rows as not measured because of `e` (see path()). */
+export function failed(ctx: Ctx, { section, ids, what }: LegRows, e: unknown): void {
+  const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0].slice(0, 300);
+  for (const id of ids) {
+    const r = section.rows.find((x) => x.id === id);
+    if (r) {
+      r.samples = [];
+      r.unavailable = e instanceof Unavailable ? msg : `FAILED: ${msg}`;
+    }
+  }
+  if (!(e instanceof Unavailable)) section.error = [section.error, `${what}: ${msg}`].filter(Boolean).join('; ');
+  ctx.log(`${what}: ${e instanceof Unavailable ? 'unavailable' : 'FAILED'}: ${msg}`);
 }
 
 /** Repeats `fn` ctx.reps times (stops early on Ctrl-C). */
@@ -84,15 +89,43 @@ export async function repeat<T>(ctx: Ctx, fn: (i: number) => Promise<T>): Promis
   return out;
 }
 
+/** Where a leg of alternate() writes: its rows (marked when it fails) and its name in the log. */
+export interface LegRows {
+  section: Section;
+  ids: readonly string[];
+  what: string;
+}
+
 /**
  * ctx.reps repetitions, each running `run` once per leg in the legs' order
  * (leg 1, leg 2, …, leg 1, leg 2, …): a drift of the host's load between
- * minutes hits every leg alike. Each leg's results, in repetition order.
+ * minutes hits every leg alike (`rep` counts from 0: an untimed check can
+ * go before repetition 0). Each leg's results, in repetition order.
+ *
+ * A leg whose run throws loses only its own rows (`rowsOf(leg)`, marked as
+ * path() marks them, the section's error set unless Unavailable), sits out
+ * the remaining repetitions and is absent from the result; the other legs,
+ * baselines included, go on. An error thrown outside a leg's run (a shared
+ * set-up) is the enclosing path()'s.
  */
-export async function alternate<L, T>(ctx: Ctx, legs: readonly L[], run: (leg: L) => Promise<T>): Promise<Map<L, T[]>> {
+export async function alternate<L, T>(
+  ctx: Ctx,
+  legs: readonly L[],
+  rowsOf: (leg: L) => LegRows,
+  run: (leg: L, rep: number) => Promise<T>,
+): Promise<Map<L, T[]>> {
   const out = new Map(legs.map((l) => [l, [] as T[]]));
-  await repeat(ctx, async () => {
-    for (const l of legs) out.get(l)?.push(await run(l));
+  await repeat(ctx, async (rep) => {
+    for (const l of legs) {
+      const got = out.get(l);
+      if (!got) continue;
+      try {
+        got.push(await run(l, rep));
+      } catch (e) {
+        failed(ctx, rowsOf(l), e);
+        out.delete(l);
+      }
+    }
   });
   return out;
 }

@@ -18,14 +18,14 @@ import type { Ctx } from '../lib/env.js';
 import type { Section } from '../lib/report.js';
 import { abRun, pacedRun } from '../lib/tools.js';
 import { bigFile, ORIGIN_NAME, PORTS, Topology } from '../lib/topology.js';
-import { CONN_RATE, latencyRows, MS, path, repeat, row, type Scenario, section, spec } from './common.js';
+import { CONN_RATE, failed, latencyRows, MS, path, repeat, row, type Scenario, section, spec } from './common.js';
 import { withDaemon } from './tcp.js';
 
 export const CONCURRENCY = 64;
 /** Open-loop new connections/s for the latency rows: well under every path's closed-loop rate. */
 export const PACED_RATE = 1000;
 /** The daemon JavaScript thread's CPU per connection. */
-const JS_US = { metric: 'JS thread CPU/conn', unit: 'µs', higherIsBetter: false };
+export const JS_US = { metric: 'JS thread CPU/conn', unit: 'µs', higherIsBetter: false };
 
 export const tcpConnect: Scenario = {
   name: 'tcp-connect',
@@ -83,23 +83,42 @@ export const tcpConnect: Scenario = {
        * has its veth run of the same index right beside it.
        */
       const fill = async (...legs: Leg[]) => {
-        // One untimed warm-up pass of 1000 per leg (page cache, ARP, daemon JIT, dante's preforked
-        // children; up to 20 s: a proxy's slow start is not measured), then the timed repetitions.
-        for (const l of legs) await abRun(topo.client, l.url, Math.min(1000, n), CONCURRENCY, csv, 20);
         const ab = new Map(legs.map((l) => [l, [] as Awaited<ReturnType<typeof abRun>>[]]));
         const jsUs = new Map(legs.map((l) => [l, [] as number[]]));
         const paced = new Map(legs.map((l) => [l, [] as Awaited<ReturnType<typeof pacedRun>>[]]));
-        await repeat(ctx, async () => {
-          for (const l of legs) {
-            const cpu0 = l.d?.jsThreadCpuSecs() ?? 0;
-            const r = await abRun(topo.client, l.url, n, CONCURRENCY, csv, limit);
-            if (l.d && r.complete > 0) jsUs.get(l)?.push(((l.d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete);
-            ab.get(l)?.push(r);
+        // A leg that fails (warm-up included) loses its own rows and sits out the rest; the others go on.
+        const live = new Set(legs);
+        const guard = async (l: Leg, what: string, fn: () => Promise<void>) => {
+          if (!live.has(l)) return;
+          try {
+            await fn();
+          } catch (e) {
+            const ids = [...filled(l.prefix, l.paced), ...(l.d ? [`${l.prefix}-js-us`] : [])];
+            failed(ctx, { section: s, ids, what: `tcp-connect: ${l.prefix} (${what})` }, e);
+            live.delete(l);
           }
+        };
+        // One untimed warm-up pass of 1000 per leg (page cache, ARP, daemon JIT, dante's preforked
+        // children; up to 20 s: a proxy's slow start is not measured), then the timed repetitions.
+        for (const l of legs)
+          await guard(l, 'warm-up', async () => {
+            await abRun(topo.client, l.url, Math.min(1000, n), CONCURRENCY, csv, 20);
+          });
+        await repeat(ctx, async () => {
           for (const l of legs)
-            if (l.paced) paced.get(l)?.push(await pacedRun(ctx, topo.client, l.url, PACED_RATE, pacedSecs));
+            await guard(l, 'ab', async () => {
+              const cpu0 = l.d?.jsThreadCpuSecs() ?? 0;
+              const r = await abRun(topo.client, l.url, n, CONCURRENCY, csv, limit);
+              if (l.d && r.complete > 0) jsUs.get(l)?.push(((l.d.jsThreadCpuSecs() - cpu0) * 1e6) / r.complete);
+              ab.get(l)?.push(r);
+            });
+          for (const l of legs)
+            if (l.paced)
+              await guard(l, 'paced', async () => {
+                paced.get(l)?.push(await pacedRun(ctx, topo.client, l.url, PACED_RATE, pacedSecs));
+              });
         });
-        for (const l of legs) {
+        for (const l of live) {
           const { prefix } = l;
           const rs = ab.get(l) ?? [];
           if (l.d) row(s, `${prefix}-js-us`).samples = jsUs.get(l) ?? [];
@@ -137,7 +156,9 @@ export const tcpConnect: Scenario = {
             );
             const d = row(s, 'direct-paced-p99').samples;
             const t = row(s, 'tun-paced-p99').samples;
-            row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
+            if (d.length === 0 || t.length === 0)
+              row(s, 'tun-added-p99').unavailable = 'needs the paced p99 of both direct and tun';
+            else row(s, 'tun-added-p99').samples = t.map((x, i) => x - (d[i] ?? d[0]));
           }),
       );
       await path(ctx, s, filled('tun-noctl', false), 'tcp-connect: TUN direct, --controller off', () =>

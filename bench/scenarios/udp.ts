@@ -126,11 +126,21 @@ export const udp: Scenario = {
         host: string;
         window?: string;
       }
-      /** Each rate on every leg, the legs' repetitions alternating (leg 1, leg 2, leg 1, …). */
+      const ids = (pid: string, at = rates) =>
+        at.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`, `${pid}@${r}-rcvbuf`]);
+      /**
+       * Each rate on every leg, the legs' repetitions alternating (leg 1, leg 2, leg 1, …); a leg
+       * that fails at one rate loses that rate's rows only.
+       */
       const sweep = async (legs: Leg[], at = rates) => {
         for (const rate of at) {
           if (ctx.aborted) return;
-          const rs = await alternate(ctx, legs, (l) => oneRun(l.host, rate, l.window));
+          const rs = await alternate(
+            ctx,
+            legs,
+            (l) => ({ section: s, ids: ids(l.pid, [rate]), what: `udp: ${l.pid} at ${rate}` }),
+            (l) => oneRun(l.host, rate, l.window),
+          );
           for (const [l, r] of rs) {
             get(`${l.pid}@${rate}`).samples = r.map((x) => x.pps);
             get(`${l.pid}@${rate}-loss`).samples = r.map((x) => x.lossPct);
@@ -138,8 +148,6 @@ export const udp: Scenario = {
           }
         }
       };
-      const ids = (pid: string, at = rates) =>
-        at.flatMap((r) => [`${pid}@${r}`, `${pid}@${r}-loss`, `${pid}@${r}-rcvbuf`]);
       // The plain veth and TUN → direct alternate run by run with the daemon up (the veth path does
       // not touch the TUN): the ratios the goals use pair runs taken one right after the other.
       await path(
