@@ -4,6 +4,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dottedToU32 } from '../../src/util/cidr.js';
 import { cliNodeFlags } from '../../src/util/nodeFlags.js';
 import { CLI, run, sleep } from './env.js';
 import { ORIGIN_NAME, PORTS, type Topology } from './topology.js';
@@ -12,13 +13,17 @@ import { ORIGIN_NAME, PORTS, type Topology } from './topology.js';
  * Fake ranges handed to successive daemons in one topology. A daemon restarted in the same
  * namespace within 60 s would start its NAT cursor where the previous one did and hand out
  * pairs the previous Listener still holds in TIME_WAIT (SYNs are then retransmitted after
- * 1 s): every daemon of a scenario gets its own range so each configuration is measured
- * from a clean slate. Both lie in 198.18.0.0/15 (RFC 2544 benchmarking space).
+ * 1 s): every daemon gets the next range, so each configuration is measured from a clean
+ * slate. Eight /18s of 198.18.0.0/15 (RFC 2544 benchmarking space), so that a scenario that
+ * alternates fresh daemons (redis: two legs × the repetitions) comes back to a range only
+ * after seven other daemons; each holds 16 384 addresses, above the most names (dns: 10 000)
+ * or connections (nat-scale) a scenario asks of one daemon.
  */
-export const RANGES = [
-  { cidr: '198.18.0.0/16', gateway: '198.18.0.1', prefix: '198.18.' },
-  { cidr: '198.19.0.0/16', gateway: '198.19.0.1', prefix: '198.19.' },
-] as const;
+export const RANGES = Array.from({ length: 8 }, (_, i) => {
+  const base = ((198 << 24) | (18 << 16)) + i * 64 * 256;
+  const dotted = (n: number) => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+  return { cidr: `${dotted(base)}/18`, gateway: dotted(base + 1), base: base >>> 0 };
+});
 export type Range = (typeof RANGES)[number];
 const nextRange = new WeakMap<Topology, number>();
 
@@ -65,7 +70,8 @@ export class Daemon {
 
   /** True for an address of this daemon's fake range other than its gateway. */
   isFake(ip: string): boolean {
-    return /^\d+\.\d+\.\d+\.\d+$/.test(ip) && ip.startsWith(this.range.prefix) && ip !== this.range.gateway;
+    const n = dottedToU32(ip);
+    return n >= 0 && n >>> 14 === this.range.base >>> 14 && ip !== this.range.gateway;
   }
 
   get pid(): number {
@@ -226,7 +232,7 @@ export async function probeTun(topo: Topology, d: Daemon): Promise<string | unde
   });
   const ip = dig.stdout.trim().split('\n')[0] ?? '';
   if (!d.isFake(ip))
-    return `fake DNS did not answer ${ORIGIN_NAME} with a ${d.range.prefix}x.y address (got "${ip || dig.stderr.trim() || 'nothing'}")`;
+    return `fake DNS did not answer ${ORIGIN_NAME} with a ${d.range.cidr} address (got "${ip || dig.stderr.trim() || 'nothing'}")`;
   const r = await topo.client.exec(
     'curl',
     [

@@ -140,7 +140,7 @@ export async function pacedRun(ctx: Ctx, ns: Netns, url: string, rate: number, s
   if (r.code !== 0 || !m)
     throw new VerifyError(`pacer ${url}: exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(-400)}`);
   const [sent, ok, failed, late] = [m[1], m[2], m[3], m[4]].map(Number);
-  if (failed > 0 || ok !== sent)
+  if (failed > 0 || ok !== sent || ok === 0)
     throw new VerifyError(`pacer ${url}: ${ok}/${sent} complete, ${failed} failed: ${r.stderr.trim().slice(-300)}`);
   return { ok, p50ms: Number(m[5]), p99ms: Number(m[6]), connectP99ms: Number(m[7]), late };
 }

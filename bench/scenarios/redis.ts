@@ -131,7 +131,7 @@ export const redis: Scenario = {
       if (got.has(legs[1] as Leg)) s.notes.push(await commandStats(topo));
       s.notes.push(
         'redis-server runs in the client namespace (no persistence); the legs alternate repetition by repetition, a fresh daemon each (1 000 untimed connections first), and see the same traffic in the same order',
-        `JS thread CPU/conn and redis-server CPU/conn: user + system CPU (/proc/<pid>/stat) over the timed ab run ÷ completed connections; the mirror's cost per connection, which moves far less with this host's load than conn/s`,
+        `JS thread CPU/conn and redis-server CPU/conn: user + system CPU (/proc/<pid>/task/<pid>/stat of the daemon's main thread, /proc/<pid>/stat of redis-server) over the timed ab run ÷ completed connections; the mirror's cost per connection, which moves far less with this host's load than conn/s`,
       );
       return [s];
     } finally {

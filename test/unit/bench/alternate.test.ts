@@ -33,6 +33,8 @@ describe('bench alternate()', () => {
     const order: string[] = [];
     const s = section('t', 't', { id: 'base', label: 'base', ...M }, { id: 'tun', label: 'tun', ...M });
     s.rows.push(...rows({ id: 'tun-loss', label: 'tun', ...M }));
+    // Samples from before (a partial fill) must not survive the failure.
+    for (const r of s.rows) r.samples = [9];
     const ids = (l: string) => (l === 'tun' ? ['tun', 'tun-loss'] : [l]);
     const c = ctx(3);
     const got = await alternate(
@@ -54,8 +56,30 @@ describe('bench alternate()', () => {
       expect(r?.samples).toEqual([]);
     }
     expect(s.rows.find((x) => x.id === 'base')?.unavailable).toBeUndefined();
+    expect(s.rows.find((x) => x.id === 'base')?.samples).toEqual([9]);
     expect(s.error).toBe('leg tun: daemon died');
     expect(c.lines).toEqual(['leg tun: FAILED: daemon died']);
+  });
+
+  it('a leg failing in the middle of a repetition does not stop the legs after it', async () => {
+    const order: string[] = [];
+    const s = section('t', 't', ...['b', 'e', 'c'].map((id) => ({ id, label: id, ...M })));
+    const got = await alternate(
+      ctx(2),
+      ['b', 'e', 'c'],
+      (l) => ({ section: s, ids: [l], what: l }),
+      async (l, rep) => {
+        order.push(`${l}${rep}`);
+        if (l === 'e') throw new Error('redsocks exited');
+        return rep;
+      },
+    );
+    expect(order).toEqual(['b0', 'e0', 'c0', 'b1', 'c1']);
+    expect([...got]).toEqual([
+      ['b', [0, 1]],
+      ['c', [0, 1]],
+    ]);
+    expect(s.rows.map((r) => r.unavailable)).toEqual([undefined, 'FAILED: redsocks exited', undefined]);
   });
 
   it('an Unavailable leg is a plain skip: no section error', async () => {
